@@ -1,0 +1,326 @@
+//! The agent's configuration: a YAML file (`sigil agent start --config`) or
+//! the flags of the common case. Errors name the file, line and field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use sigil_types::HumanDuration;
+
+/// The parsed, validated configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub auth_server: String,
+    pub ca_pins: Vec<String>,
+    pub onboarding: Onboarding,
+    pub storage: PathBuf,
+    pub credential_ttl: Duration,
+    pub renewal_interval: Duration,
+    pub diag_addr: Option<String>,
+    pub outputs: Vec<OutputConfig>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Onboarding {
+    #[serde(default = "default_join_method")]
+    pub join_method: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Onboarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Onboarding")
+            .field("join_method", &self.join_method)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_path", &self.token_path)
+            .finish()
+    }
+}
+
+fn default_join_method() -> String {
+    "token".into()
+}
+
+impl Onboarding {
+    /// The token, read from `token_path` if that is how it was given.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_string()));
+        }
+        if let Some(p) = &self.token_path {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("onboarding.token_path {}: cannot read the token", p.display()))?;
+            return Ok(Some(t.trim().to_string()));
+        }
+        Ok(None)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub destination: Destination,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    version: String,
+    auth_server: String,
+    #[serde(default)]
+    ca_pins: Vec<String>,
+    onboarding: Onboarding,
+    storage: Destination,
+    #[serde(default)]
+    credential_ttl: Option<HumanDuration>,
+    #[serde(default)]
+    renewal_interval: Option<HumanDuration>,
+    #[serde(default)]
+    diag_addr: Option<String>,
+    #[serde(default)]
+    outputs: Vec<OutputConfig>,
+    /// Services (e.g. the SPIFFE Workload API) arrive in a later release;
+    /// accepted empty so configs can carry the key.
+    #[serde(default)]
+    services: Vec<serde_norway::Value>,
+}
+
+/// The flags of `sigil agent start` without a config file.
+#[derive(Clone, Debug, Default)]
+pub struct AgentFlags {
+    pub auth_server: String,
+    pub ca_pins: Vec<String>,
+    pub token: Option<String>,
+    pub token_path: Option<PathBuf>,
+    pub storage: PathBuf,
+    /// "identity:DIR"
+    pub outputs: Vec<String>,
+    pub credential_ttl: Option<String>,
+    pub renewal_interval: Option<String>,
+    pub diag_addr: Option<String>,
+}
+
+/// The output types this agent can write.
+pub const OUTPUT_TYPES: [&str; 1] = ["identity"];
+
+impl AgentConfig {
+    /// Read and validate a YAML config file.
+    pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the agent config {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse config text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> anyhow::Result<AgentConfig> {
+        let fc: FileConfig = serde_norway::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            match e.location() {
+                Some(l) => anyhow::anyhow!("{source}:{}:{}: {}", l.line(), l.column(), strip_location(&msg)),
+                None => anyhow::anyhow!("{source}: {msg}"),
+            }
+        })?;
+        let at = |field: &str| line_of(text, field).map(|l| format!("{source}:{l}")).unwrap_or_else(|| source.to_string());
+        if fc.version != "v1" {
+            bail!("{}: version: {:?} is not supported; use `version: v1`", at("version"), fc.version);
+        }
+        if !fc.services.is_empty() {
+            bail!("{}: services: no service types are available in this version", at("services"));
+        }
+        if fc.storage.kind != "directory" {
+            bail!("{}: storage.type: {:?} is not supported; use `directory`", at("storage"), fc.storage.kind);
+        }
+        let cfg = AgentConfig {
+            auth_server: fc.auth_server,
+            ca_pins: fc.ca_pins,
+            onboarding: fc.onboarding,
+            storage: fc.storage.path,
+            credential_ttl: fc.credential_ttl.map(|d| d.0).unwrap_or(sigil_types::DEFAULT_CREDENTIAL_TTL),
+            renewal_interval: fc.renewal_interval.map(|d| d.0).unwrap_or(sigil_types::DEFAULT_RENEWAL_INTERVAL),
+            diag_addr: fc.diag_addr,
+            outputs: fc.outputs,
+        };
+        cfg.validate().map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Build a config from command-line flags.
+    pub fn from_flags(f: AgentFlags) -> anyhow::Result<AgentConfig> {
+        let dur = |flag: &str, v: &Option<String>, default: Duration| -> anyhow::Result<Duration> {
+            match v {
+                None => Ok(default),
+                Some(s) => sigil_types::parse_duration(s).map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}")),
+            }
+        };
+        let outputs = f
+            .outputs
+            .iter()
+            .map(|o| {
+                let (kind, path) = o
+                    .split_once(':')
+                    .with_context(|| format!("--output {o:?} must be TYPE:DIR, e.g. identity:/opt/machine-id"))?;
+                Ok(OutputConfig {
+                    kind: kind.to_string(),
+                    destination: Destination { kind: "directory".into(), path: PathBuf::from(path) },
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cfg = AgentConfig {
+            auth_server: f.auth_server,
+            ca_pins: f.ca_pins,
+            onboarding: Onboarding { join_method: "token".into(), token: f.token, token_path: f.token_path },
+            storage: f.storage,
+            credential_ttl: dur("credential-ttl", &f.credential_ttl, sigil_types::DEFAULT_CREDENTIAL_TTL)?,
+            renewal_interval: dur("renewal-interval", &f.renewal_interval, sigil_types::DEFAULT_RENEWAL_INTERVAL)?,
+            diag_addr: f.diag_addr,
+            outputs,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.auth_server.trim().is_empty() {
+            bail!("auth_server: required (HOST:PORT of the auth service)");
+        }
+        if self.ca_pins.is_empty() {
+            bail!("ca_pins: at least one pin is required (sha256:<hex>, printed by `sigil bots add` and `sigil status`)");
+        }
+        for p in &self.ca_pins {
+            let hex = p.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("ca_pins: {p:?} is not of the form sha256:<64 hex digits>");
+            }
+        }
+        if self.onboarding.join_method != "token" {
+            bail!(
+                "onboarding.join_method: {:?} is not available in this version; use `token`",
+                self.onboarding.join_method
+            );
+        }
+        if self.onboarding.token.is_some() && self.onboarding.token_path.is_some() {
+            bail!("onboarding: give token or token_path, not both");
+        }
+        if self.storage.as_os_str().is_empty() {
+            bail!("storage.path: required");
+        }
+        if self.renewal_interval < Duration::from_secs(1) {
+            bail!("renewal_interval: must be at least 1s");
+        }
+        if self.credential_ttl < Duration::from_secs(60) {
+            bail!("credential_ttl: must be at least 1m");
+        }
+        if self.renewal_interval >= self.credential_ttl {
+            bail!(
+                "renewal_interval ({}) must be shorter than credential_ttl ({}) or credentials would lapse",
+                sigil_types::format_duration(self.renewal_interval),
+                sigil_types::format_duration(self.credential_ttl)
+            );
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            if !OUTPUT_TYPES.contains(&o.kind.as_str()) {
+                bail!("outputs[{i}].type: {:?} is not a known output type ({})", o.kind, OUTPUT_TYPES.join(", "));
+            }
+            if o.destination.kind != "directory" {
+                bail!("outputs[{i}].destination.type: {:?} is not supported; use `directory`", o.destination.kind);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// serde_norway appends " at line L column C"; we print the location first.
+fn strip_location(msg: &str) -> &str {
+    match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    }
+}
+
+/// The 1-based line where a top-level key appears, for validation errors.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn base() -> String {
+        format!(
+            "version: v1\nauth_server: 127.0.0.1:3025\nca_pins: [{PIN}]\nonboarding: {{join_method: token, token: abc}}\nstorage: {{type: directory, path: /tmp/s}}\noutputs:\n  - type: identity\n    destination: {{type: directory, path: /tmp/o}}\n"
+        )
+    }
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = AgentConfig::parse(&base(), "agent.yaml").expect("valid");
+        assert_eq!(c.auth_server, "127.0.0.1:3025");
+        assert_eq!(c.credential_ttl, Duration::from_secs(3600));
+        assert_eq!(c.renewal_interval, Duration::from_secs(1200));
+        assert_eq!(c.outputs.len(), 1);
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let text = base().replace("storage:", "storgae:");
+        let e = AgentConfig::parse(&text, "agent.yaml").expect_err("typo").to_string();
+        assert!(e.starts_with("agent.yaml:5:"), "{e}");
+        assert!(e.contains("storgae"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_field() {
+        let text = format!("{}credential_ttl: 5parsecs\n", base());
+        let e = AgentConfig::parse(&text, "a.yaml").expect_err("bad").to_string();
+        assert!(e.contains("a.yaml:9:"), "{e}");
+        assert!(e.contains("credential_ttl"), "{e}");
+    }
+
+    #[test]
+    fn renewal_must_be_shorter_than_ttl() {
+        let text = format!("{}credential_ttl: 10m\nrenewal_interval: 20m\n", base());
+        assert!(AgentConfig::parse(&text, "a").is_err());
+    }
+
+    #[test]
+    fn bad_pin_rejected() {
+        let text = base().replace(PIN, "sha256:abc");
+        let e = AgentConfig::parse(&text, "a").expect_err("bad pin").to_string();
+        assert!(e.contains("ca_pins"), "{e}");
+    }
+
+    #[test]
+    fn flags_build_outputs() {
+        let c = AgentConfig::from_flags(AgentFlags {
+            auth_server: "127.0.0.1:1".into(),
+            ca_pins: vec![PIN.into()],
+            token: Some("t".into()),
+            storage: "/tmp/x".into(),
+            outputs: vec!["identity:/tmp/y".into()],
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(c.outputs[0].destination.path, PathBuf::from("/tmp/y"));
+        assert!(AgentConfig::from_flags(AgentFlags { outputs: vec!["nocolon".into()], ..Default::default() }).is_err());
+    }
+}

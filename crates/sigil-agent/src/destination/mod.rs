@@ -1,0 +1,23 @@
+//! Where outputs write their artifacts. One `Destination` per file.
+
+mod directory;
+
+use crate::config;
+
+pub use directory::DirectoryDestination;
+
+pub trait Destination: Send + Sync {
+    /// For logs and errors.
+    fn describe(&self) -> String;
+    /// Fail early (before any network call) if artifacts cannot be written.
+    fn check_writable(&self) -> anyhow::Result<()>;
+    /// Write one artifact atomically; `secret` artifacts are owner-only.
+    fn write(&self, name: &str, data: &[u8], secret: bool) -> anyhow::Result<()>;
+}
+
+pub fn from_config(d: &config::Destination) -> anyhow::Result<Box<dyn Destination>> {
+    match d.kind.as_str() {
+        "directory" => Ok(Box::new(DirectoryDestination::new(&d.path))),
+        other => anyhow::bail!("destination type {other:?} is not supported; use `directory`"),
+    }
+}

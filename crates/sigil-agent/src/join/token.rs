@@ -1,0 +1,29 @@
+//! Join method `token`: present the single-use secret.
+
+use anyhow::Context;
+use sigil_proto::v1::JoinInit;
+
+use super::JoinProver;
+use crate::config::Onboarding;
+
+pub struct TokenProver {
+    token: String,
+}
+
+impl TokenProver {
+    pub fn new(o: &Onboarding) -> anyhow::Result<Self> {
+        let token = o.token()?.filter(|t| !t.is_empty()).context(
+            "no credential in storage and no join token: set onboarding.token (or --token) from `sigil bots add`",
+        )?;
+        Ok(TokenProver { token })
+    }
+}
+
+#[async_trait::async_trait]
+impl JoinProver for TokenProver {
+    fn init(&self, init: &mut JoinInit) -> anyhow::Result<()> {
+        init.join_method = "token".into();
+        init.token = self.token.clone();
+        Ok(())
+    }
+}

@@ -1,0 +1,291 @@
+//! The Sigil agent: joins, keeps its own identity renewed (with a crash-safe
+//! generation counter), and writes credentials that ordinary tools use.
+
+pub mod client;
+mod config;
+mod destination;
+mod diag;
+mod fsutil;
+mod identity_file;
+mod join;
+mod output;
+mod storage;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::Rng;
+use sigil_pki::TlsKeyPair;
+use sigil_proto::v1::auth_service_client::AuthServiceClient;
+use sigil_proto::v1::join_client_message::Message as ClientMsg;
+use sigil_proto::v1::join_server_message::Message as ServerMsg;
+use sigil_proto::v1::{Credentials, Heartbeat, JoinChallengeResponse, JoinClientMessage, JoinInit, RenewRequest};
+use time::OffsetDateTime;
+use tokio::signal::unix::{SignalKind, signal};
+
+pub use config::{AgentConfig, AgentFlags, OUTPUT_TYPES};
+pub use identity_file::IdentityFile;
+use output::{Output, OutputContext};
+use storage::{Storage, StoredCredential};
+
+/// A refusal that retrying will not fix (the join was denied).
+#[derive(Debug)]
+pub struct JoinDeniedError(pub String);
+impl std::fmt::Display for JoinDeniedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "join denied: {}", self.0)
+    }
+}
+impl std::error::Error for JoinDeniedError {}
+
+/// A gRPC status as an error a person can read.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    let what = match s.code() {
+        tonic::Code::Unavailable => "auth service unreachable",
+        tonic::Code::PermissionDenied => "refused",
+        tonic::Code::Unauthenticated => "not authenticated",
+        tonic::Code::InvalidArgument => "invalid request",
+        tonic::Code::DeadlineExceeded => "timed out",
+        _ => "auth service error",
+    };
+    anyhow::anyhow!("{what}: {}", s.message())
+}
+
+/// Run the agent. With `oneshot`, obtain credentials once and return.
+pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Everything local is checked before the first network call.
+    fsutil::ensure_writable_dir(&cfg.storage, "storage", true)?;
+    let outputs = cfg.outputs.iter().map(output::from_config).collect::<anyhow::Result<Vec<_>>>()?;
+    for o in &outputs {
+        o.destination().check_writable()?;
+    }
+    let storage = Storage::new(&cfg.storage);
+    if storage.load()?.is_none() {
+        join::prover(&cfg.onboarding)?;
+    }
+    let ready = diag::Readiness::default();
+    if let Some(addr) = &cfg.diag_addr {
+        let bound = diag::start(addr, ready.clone()).await?;
+        tracing::info!(addr = %bound, "diagnostics listening");
+    }
+    let agent = Agent { cfg, storage, outputs, started: std::time::Instant::now(), oneshot };
+
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut failures: u32 = 0;
+    loop {
+        let wait = match agent.cycle().await {
+            Ok(cred) => {
+                failures = 0;
+                ready.succeeded(cred.expires);
+                metrics::counter!("sigil_agent_renewals_total", "result" => "ok").increment(1);
+                tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation,
+                    expires = %cred.expires, "credentials renewed");
+                if oneshot {
+                    return Ok(());
+                }
+                jitter(agent.cfg.renewal_interval)
+            }
+            Err(e) => {
+                metrics::counter!("sigil_agent_renewals_total", "result" => "error").increment(1);
+                if oneshot || e.downcast_ref::<JoinDeniedError>().is_some() {
+                    return Err(e);
+                }
+                failures += 1;
+                ready.failed(format!("{e:#}"));
+                let b = backoff(failures, agent.cfg.renewal_interval);
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?b, "renewal failed; keeping the current credentials");
+                b
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {},
+            _ = hup.recv() => tracing::info!("SIGHUP: renewing now"),
+            _ = term.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// 90–100% of the interval, so a fleet started together spreads out.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.9..=1.0))
+}
+
+/// Exponential from 1s, capped at the renewal interval (and 5 minutes), jittered.
+fn backoff(failures: u32, interval: Duration) -> Duration {
+    let cap = interval.min(Duration::from_secs(300));
+    let base = Duration::from_secs(1u64 << failures.min(9)).min(cap);
+    base.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    storage: Storage,
+    outputs: Vec<Box<dyn Output>>,
+    started: std::time::Instant,
+    oneshot: bool,
+}
+
+impl Agent {
+    /// One round: join or renew, then refresh every output.
+    async fn cycle(&self) -> anyhow::Result<StoredCredential> {
+        let cred = match self.storage.load()? {
+            Some(c) if c.expires > OffsetDateTime::now_utc() => self.renew(&c).await?,
+            Some(c) => {
+                if self.cfg.onboarding.token()?.is_none() {
+                    anyhow::bail!(
+                        "the stored credential expired at {}; create a new token (`sigil tokens add --bot {}`) and configure it",
+                        c.expires, c.bot
+                    );
+                }
+                tracing::warn!("stored credential expired; joining again with the configured token");
+                self.join().await?
+            }
+            None => self.join().await?,
+        };
+        if !self.outputs.is_empty() {
+            let client = self.client(&cred)?;
+            for o in &self.outputs {
+                o.generate(OutputContext {
+                    client: client.clone(),
+                    credential: &cred,
+                    auth_server: &self.cfg.auth_server,
+                    ttl: self.cfg.credential_ttl,
+                })
+                .await
+                .with_context(|| format!("output {}", o.describe()))?;
+            }
+        }
+        Ok(cred)
+    }
+
+    fn client(&self, cred: &StoredCredential) -> anyhow::Result<AuthServiceClient<tonic::transport::Channel>> {
+        let tls = client::tls_config(
+            &self.pins(Some(cred)),
+            Some(client::ClientCert { cert_pem: &cred.cert_pem, key_pem: &cred.key_pem }),
+        )?;
+        Ok(AuthServiceClient::new(client::channel(&self.cfg.auth_server, tls)?))
+    }
+
+    /// The configured pins plus the host CA learned at join time.
+    fn pins(&self, cred: Option<&StoredCredential>) -> Vec<String> {
+        let mut pins = self.cfg.ca_pins.clone();
+        if let Some(c) = cred
+            && let Ok(ders) = sigil_pki::pem_to_ders(&c.ca_certs_pem, "CERTIFICATE")
+            && let Some(host) = ders.first()
+            && let Ok(p) = sigil_pki::spki_pin_of_cert(host)
+            && !pins.contains(&p)
+        {
+            pins.push(p);
+        }
+        pins
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            hostname: hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            os: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            one_shot: self.oneshot,
+        }
+    }
+
+    async fn join(&self) -> anyhow::Result<StoredCredential> {
+        let prover = join::prover(&self.cfg.onboarding)?;
+        let key = TlsKeyPair::generate()?;
+        let mut init = JoinInit {
+            public_key_spki: key.spki_der(),
+            ttl_seconds: self.cfg.credential_ttl.as_secs(),
+            heartbeat: Some(self.heartbeat()),
+            ..Default::default()
+        };
+        prover.init(&mut init)?;
+        let tls = client::tls_config(&self.cfg.ca_pins, None)?;
+        let mut client = AuthServiceClient::new(client::channel(&self.cfg.auth_server, tls)?);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(JoinClientMessage { message: Some(ClientMsg::Init(init)) }).await?;
+        let mut inbound = client
+            .join(tokio_stream_rx(rx))
+            .await
+            .map_err(join_status)?
+            .into_inner();
+        loop {
+            let msg = inbound.message().await.map_err(join_status)?;
+            match msg.and_then(|m| m.message) {
+                Some(ServerMsg::Challenge(c)) => {
+                    let payload = prover.answer(&c.payload).await?;
+                    tx.send(JoinClientMessage {
+                        message: Some(ClientMsg::ChallengeResponse(JoinChallengeResponse { payload })),
+                    })
+                    .await?;
+                }
+                Some(ServerMsg::Result(creds)) => {
+                    let cred = stored(creds, &key)?;
+                    self.storage.save(&cred)?;
+                    tracing::info!(bot = %cred.bot, instance = %cred.instance_id, "joined");
+                    return Ok(cred);
+                }
+                None => anyhow::bail!("the auth service closed the join stream without a result"),
+            }
+        }
+    }
+
+    async fn renew(&self, cur: &StoredCredential) -> anyhow::Result<StoredCredential> {
+        // Persist the next key before asking (crash safety, see storage.rs).
+        let next = self.storage.next_key()?;
+        let mut client = self.client(cur)?;
+        let creds = client
+            .renew(RenewRequest {
+                public_key_spki: next.spki_der(),
+                ttl_seconds: self.cfg.credential_ttl.as_secs(),
+                heartbeat: Some(self.heartbeat()),
+            })
+            .await
+            .map_err(status_error)
+            .context("renewing the agent's identity")?
+            .into_inner();
+        let cred = stored(creds, &next)?;
+        self.storage.save(&cred)?;
+        self.storage.clear_next_key()?;
+        Ok(cred)
+    }
+}
+
+fn join_status(s: tonic::Status) -> anyhow::Error {
+    if s.code() == tonic::Code::PermissionDenied {
+        anyhow::Error::new(JoinDeniedError(
+            "the auth service refused the token (unknown, used or expired); create a new one with `sigil tokens add`".into(),
+        ))
+    } else {
+        status_error(s)
+    }
+}
+
+fn tokio_stream_rx(
+    rx: tokio::sync::mpsc::Receiver<JoinClientMessage>,
+) -> impl tokio_stream::Stream<Item = JoinClientMessage> {
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+fn stored(c: Credentials, key: &TlsKeyPair) -> anyhow::Result<StoredCredential> {
+    Ok(StoredCredential {
+        cluster: c.cluster_name,
+        bot: c.bot_name,
+        instance_id: c.instance_id,
+        generation: c.generation,
+        roles: c.roles,
+        cert_pem: c.tls_cert_pem,
+        key_pem: key.to_pkcs8_pem(),
+        ca_certs_pem: c.ca_certs_pem,
+        expires: OffsetDateTime::from_unix_timestamp(c.expires_unix)?,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,36 @@
+//! Outputs: what the agent writes for other tools. One `Output` per file,
+//! built from `outputs:` entries by [`from_config`].
+
+mod identity;
+
+use async_trait::async_trait;
+use sigil_proto::v1::auth_service_client::AuthServiceClient;
+use tonic::transport::Channel;
+
+use crate::config::OutputConfig;
+use crate::destination::{self, Destination};
+use crate::storage::StoredCredential;
+
+/// What an output needs to produce its artifacts.
+pub struct OutputContext<'a> {
+    pub client: AuthServiceClient<Channel>,
+    pub credential: &'a StoredCredential,
+    pub auth_server: &'a str,
+    pub ttl: std::time::Duration,
+}
+
+#[async_trait]
+pub trait Output: Send + Sync {
+    fn describe(&self) -> String;
+    fn destination(&self) -> &dyn Destination;
+    /// Obtain fresh credentials and write them.
+    async fn generate(&self, ctx: OutputContext<'_>) -> anyhow::Result<()>;
+}
+
+pub fn from_config(o: &OutputConfig) -> anyhow::Result<Box<dyn Output>> {
+    let dest = destination::from_config(&o.destination)?;
+    match o.kind.as_str() {
+        "identity" => Ok(Box::new(identity::IdentityOutput::new(dest))),
+        other => anyhow::bail!("output type {other:?} is not known"),
+    }
+}

@@ -1,0 +1,295 @@
+//! `sigil.v1.AdminService`: resource CRUD, bots, tokens, locks, audit and
+//! status. Served on the owner-only Unix socket (full access) and on the mTLS
+//! port (role `rules` decide).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+use sigil_proto::v1::admin_service_server::AdminService;
+use sigil_proto::v1::*;
+use sigil_store::{AuditQuery, AuditVerification, Txn};
+use sigil_types::{
+    AnyResource, Bot, BotSpec, HumanDuration, JoinMethodKind, Lock, LockSpec, LockTarget, Metadata,
+    Token, TokenSpec,
+};
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use super::resources::{self, store_err};
+use crate::authz::{self, Caller};
+use crate::keys;
+use crate::state::SharedState;
+
+pub struct AdminApi {
+    pub state: SharedState,
+}
+
+impl AdminApi {
+    fn authorize<T>(&self, req: &Request<T>, kind: &str, verb: &str) -> Result<Caller, Status> {
+        let caller = authz::caller(&self.state, req)?;
+        authz::authorize_admin(&self.state, &caller, kind, verb)?;
+        Ok(caller)
+    }
+}
+
+type AuditStream = Pin<Box<dyn Stream<Item = Result<AuditEvent, Status>> + Send>>;
+
+#[async_trait]
+impl AdminService for AdminApi {
+    async fn create_resource(
+        &self,
+        req: Request<CreateResourceRequest>,
+    ) -> Result<Response<ResourceResponse>, Status> {
+        let r = req.get_ref();
+        let mut parsed = sigil_types::parse_resources(&r.json, "request")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if parsed.len() != 1 {
+            return Err(Status::invalid_argument("send exactly one resource per request"));
+        }
+        let res = parsed.remove(0);
+        let verb = if r.upsert { "update" } else { "create" };
+        let caller = self.authorize(&req, res.kind(), verb)?;
+        let json = resources::create(&self.state, res, r.upsert, &authz::actor(&caller)).await?;
+        Ok(Response::new(ResourceResponse { json }))
+    }
+
+    async fn get_resource(&self, req: Request<ResourceRef>) -> Result<Response<ResourceResponse>, Status> {
+        let r = req.get_ref();
+        let kind = resources::normalize_kind(&r.kind)?;
+        self.authorize(&req, kind, "read")?;
+        let json = resources::get(&self.state, kind, &r.name).await?;
+        Ok(Response::new(ResourceResponse { json }))
+    }
+
+    async fn list_resources(
+        &self,
+        req: Request<ListResourcesRequest>,
+    ) -> Result<Response<ListResourcesResponse>, Status> {
+        let r = req.get_ref();
+        let kind = resources::normalize_kind(&r.kind)?;
+        self.authorize(&req, kind, "list")?;
+        let json = resources::list(&self.state, kind, &r.filter).await?;
+        Ok(Response::new(ListResourcesResponse { json }))
+    }
+
+    async fn delete_resource(&self, req: Request<ResourceRef>) -> Result<Response<DeleteResponse>, Status> {
+        let r = req.get_ref();
+        let kind = resources::normalize_kind(&r.kind)?;
+        let caller = self.authorize(&req, kind, "delete")?;
+        resources::delete(&self.state, kind, &r.name, &authz::actor(&caller)).await?;
+        Ok(Response::new(DeleteResponse {}))
+    }
+
+    async fn add_bot(&self, req: Request<AddBotRequest>) -> Result<Response<AddBotResponse>, Status> {
+        let caller = self.authorize(&req, "bot", "create")?;
+        self.authorize(&req, "token", "create")?;
+        let r = req.get_ref();
+        let bot = Bot::new(
+            Metadata { name: r.name.clone(), ..Default::default() },
+            BotSpec {
+                roles: r.roles.clone(),
+                max_ttl: (r.max_ttl_seconds > 0)
+                    .then(|| HumanDuration(Duration::from_secs(r.max_ttl_seconds))),
+            },
+        );
+        let ttl = ttl_or(r.token_ttl_seconds, sigil_types::DEFAULT_TOKEN_TTL);
+        let token = new_token(&r.name, ttl)?;
+        let actor = authz::actor(&caller);
+        let (bot_op, bot_ev) = resources::create_ops(&self.state, AnyResource::Bot(bot.clone()), false, &actor)?;
+        let (tok_op, tok_ev) = resources::create_ops(&self.state, AnyResource::Token(token.clone()), false, &actor)?;
+        self.state
+            .store
+            .commit(Txn { ops: vec![bot_op, tok_op], audit: vec![bot_ev, tok_ev] })
+            .await
+            .map_err(store_err)?;
+        resources::refresh_cache(&self.state, &keys::bot(&r.name)).await;
+        Ok(Response::new(AddBotResponse {
+            bot_json: serde_json::to_string(&bot).map_err(|e| Status::internal(e.to_string()))?,
+            token: token.metadata.name.clone(),
+            expires_unix: token.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or_default(),
+            ca_pin: self.state.ca_pin.clone(),
+            auth_server: self.state.advertise_addr.clone(),
+        }))
+    }
+
+    async fn update_bot(&self, req: Request<UpdateBotRequest>) -> Result<Response<ResourceResponse>, Status> {
+        let caller = self.authorize(&req, "bot", "update")?;
+        let r = req.get_ref();
+        let mut bot = self
+            .state
+            .cache
+            .bot(&r.name)
+            .ok_or_else(|| Status::not_found(format!("bot {:?} not found", r.name)))?;
+        bot.spec.roles = r.set_roles.clone();
+        let json = resources::create(&self.state, AnyResource::Bot(bot), true, &authz::actor(&caller)).await?;
+        Ok(Response::new(ResourceResponse { json }))
+    }
+
+    async fn add_token(&self, req: Request<AddTokenRequest>) -> Result<Response<AddTokenResponse>, Status> {
+        let caller = self.authorize(&req, "token", "create")?;
+        let r = req.get_ref();
+        if !r.join_method.is_empty() && r.join_method != "token" {
+            return Err(Status::invalid_argument(format!(
+                "join method {:?} needs rules: create it with `sigil create -f token.yaml`",
+                r.join_method
+            )));
+        }
+        if self.state.cache.bot(&r.bot).is_none() {
+            return Err(Status::not_found(format!("bot {:?} not found: create it with `sigil bots add`", r.bot)));
+        }
+        let token = new_token(&r.bot, ttl_or(r.ttl_seconds, sigil_types::DEFAULT_TOKEN_TTL))?;
+        resources::create(&self.state, AnyResource::Token(token.clone()), false, &authz::actor(&caller)).await?;
+        Ok(Response::new(AddTokenResponse {
+            token: token.metadata.name.clone(),
+            expires_unix: token.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or_default(),
+            ca_pin: self.state.ca_pin.clone(),
+            auth_server: self.state.advertise_addr.clone(),
+            bot: r.bot.clone(),
+        }))
+    }
+
+    async fn add_lock(&self, req: Request<AddLockRequest>) -> Result<Response<ResourceResponse>, Status> {
+        let caller = self.authorize(&req, "lock", "create")?;
+        let r = req.get_ref();
+        let v = r.target_value.clone();
+        if v.is_empty() {
+            return Err(Status::invalid_argument("the lock target is empty"));
+        }
+        let target = match r.target_kind.as_str() {
+            "bot" => LockTarget::Bot(v),
+            "bot_instance" | "bot-instance" => LockTarget::BotInstance(v),
+            "role" => LockTarget::Role(v),
+            "token" => LockTarget::Token(v),
+            "spiffe_id" | "spiffe-id" => LockTarget::SpiffeId(v),
+            "login" => LockTarget::Login(v),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown lock target {other:?}: use bot, bot_instance, role, token, spiffe_id or login"
+                )));
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        let lock = Lock::new(
+            Metadata {
+                name: uuid::Uuid::new_v4().to_string(),
+                expires: (r.ttl_seconds > 0).then(|| now + Duration::from_secs(r.ttl_seconds)),
+                ..Default::default()
+            },
+            LockSpec {
+                target,
+                message: r.message.clone(),
+                created_by: authz::actor(&caller),
+                created_at: Some(now),
+            },
+        );
+        let json = resources::create(&self.state, AnyResource::Lock(lock), false, &authz::actor(&caller)).await?;
+        Ok(Response::new(ResourceResponse { json }))
+    }
+
+    type QueryAuditStream = AuditStream;
+
+    async fn query_audit(
+        &self,
+        req: Request<AuditQueryRequest>,
+    ) -> Result<Response<Self::QueryAuditStream>, Status> {
+        self.authorize(&req, "audit", "list")?;
+        let r = req.get_ref();
+        let q = AuditQuery {
+            since: (r.since_unix_nanos > 0)
+                .then(|| OffsetDateTime::from_unix_timestamp_nanos(r.since_unix_nanos as i128).ok())
+                .flatten(),
+            event_type: (!r.event_type.is_empty()).then(|| r.event_type.clone()),
+            after_seq: None,
+            limit: (r.limit > 0).then_some(r.limit as usize),
+        };
+        let records = self.state.store.audit_query(q).await.map_err(store_err)?;
+        let items: Vec<Result<AuditEvent, Status>> = records
+            .into_iter()
+            .map(|rec| {
+                serde_json::to_string(&rec)
+                    .map(|json| AuditEvent { json })
+                    .map_err(|e| Status::internal(e.to_string()))
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(items))))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditResponse>, Status> {
+        self.authorize(&req, "audit", "read")?;
+        let v = self.state.store.audit_verify().await.map_err(store_err)?;
+        Ok(Response::new(match v {
+            AuditVerification::Intact { count, head_hash } => VerifyAuditResponse {
+                intact: true,
+                count,
+                head_hash,
+                ..Default::default()
+            },
+            AuditVerification::Broken { seq, reason } => VerifyAuditResponse {
+                intact: false,
+                bad_seq: seq,
+                reason,
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.authorize(&req, "status", "read")?;
+        let s = &self.state;
+        let count = |prefix: &'static str| async move {
+            s.store.list(prefix).await.map(|v| v.len() as u64).map_err(store_err)
+        };
+        let cas = s
+            .cas
+            .stored
+            .iter()
+            .map(|c| {
+                let fp = match (&c.cert_pem, &c.ssh_public_key) {
+                    (Some(pem), _) => sigil_pki::pem_to_ders(pem, "CERTIFICATE")
+                        .ok()
+                        .and_then(|d| d.first().and_then(|d| sigil_pki::spki_pin_of_cert(d).ok()))
+                        .unwrap_or_default(),
+                    (None, Some(ssh)) => format!("sha256:{}", sigil_pki::sha256_hex(ssh.as_bytes())),
+                    _ => String::new(),
+                };
+                CaStatus { purpose: c.purpose.as_str().to_string(), fingerprint: fp, not_after_unix: 0 }
+            })
+            .collect();
+        Ok(Response::new(StatusResponse {
+            cluster_name: s.cluster.clone(),
+            ca_pin: s.ca_pin.clone(),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            cas,
+            bots: s.cache.bots().len() as u64,
+            bot_instances: count(keys::BOT_INSTANCES).await?,
+            locks: s.cache.locks().len() as u64,
+            uptime_seconds: s.started.elapsed().as_secs(),
+            auth_listen: s.advertise_addr.clone(),
+            public_listen: s.public_addr.clone(),
+            data_dir: s.data_dir.display().to_string(),
+        }))
+    }
+}
+
+fn ttl_or(secs: u64, default: Duration) -> Duration {
+    if secs == 0 { default } else { Duration::from_secs(secs) }
+}
+
+/// A fresh single-use join token: 128 random bits, hex.
+fn new_token(bot: &str, ttl: Duration) -> Result<Token, Status> {
+    let mut raw = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| Status::internal("no randomness"))?;
+    Ok(Token::new(
+        Metadata {
+            name: hex::encode(raw),
+            expires: Some(OffsetDateTime::now_utc() + ttl),
+            ..Default::default()
+        },
+        TokenSpec { bot_name: bot.to_string(), join_method: JoinMethodKind::Token },
+    ))
+}

@@ -1,0 +1,342 @@
+//! `sigil.v1.AuthService`: ping, join, renewal and output issuance.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+use sigil_pki::ClientIdentity;
+use sigil_proto::v1::auth_service_server::AuthService;
+use sigil_proto::v1::join_client_message::Message as ClientMsg;
+use sigil_proto::v1::join_server_message::Message as ServerMsg;
+use sigil_proto::v1::{
+    Credentials, IdentityCredentials, IssueIdentityRequest, JoinChallenge, JoinClientMessage,
+    JoinInit, JoinServerMessage, PingRequest, PingResponse, RenewRequest,
+};
+use sigil_store::{Op, Txn};
+use sigil_types::{Authentication, BotInstance, BotInstanceSpec, LockTarget, Metadata};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::audit;
+use crate::authz::{self, Caller};
+use crate::issuance::{self, bot_authority, effective_ttl};
+use crate::join::{Conversation, JoinDenied};
+use crate::keys;
+use crate::renewal;
+use crate::state::SharedState;
+
+pub struct AuthApi {
+    pub state: SharedState,
+}
+
+type JoinStream = Pin<Box<dyn Stream<Item = Result<JoinServerMessage, Status>> + Send>>;
+
+/// The message every refused join gets, whatever the reason.
+const JOIN_DENIED: &str = "join denied";
+
+#[async_trait]
+impl AuthService for AuthApi {
+    async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse {
+            cluster_name: self.state.cluster.clone(),
+            ca_pin: self.state.ca_pin.clone(),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    type JoinStream = JoinStream;
+
+    async fn join(
+        &self,
+        req: Request<Streaming<JoinClientMessage>>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let remote = authz::remote_addr(&req);
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<JoinServerMessage, Status>>(4);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let init = match inbound.message().await {
+                Ok(Some(JoinClientMessage {
+                    message: Some(ClientMsg::Init(init)),
+                })) => init,
+                _ => {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument("the join stream must start with JoinInit")))
+                        .await;
+                    return;
+                }
+            };
+            let mut conv = StreamConversation {
+                inbound,
+                outbound: tx.clone(),
+            };
+            let result = join(&state, &init, &mut conv, &remote).await;
+            let msg = match result {
+                Ok(creds) => Ok(JoinServerMessage {
+                    message: Some(ServerMsg::Result(creds)),
+                }),
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<Credentials>, Status> {
+        let remote = authz::remote_addr(&req);
+        let caller = match authz::caller(&self.state, &req) {
+            Ok(Caller::Bot(b)) => b,
+            Ok(Caller::LocalAdmin) => {
+                return Err(Status::permission_denied("the admin socket cannot renew"));
+            }
+            Err(e) => {
+                audit_refusal(&self.state, &req, &e).await;
+                return Err(e);
+            }
+        };
+        let creds = renewal::renew(&self.state, &caller, req.get_ref(), &remote).await?;
+        Ok(Response::new(creds))
+    }
+
+    async fn issue_identity(
+        &self,
+        req: Request<IssueIdentityRequest>,
+    ) -> Result<Response<IdentityCredentials>, Status> {
+        let caller = match authz::caller(&self.state, &req)? {
+            Caller::Bot(b) => b,
+            Caller::LocalAdmin => {
+                return Err(Status::permission_denied("use `sigil` verbs on the admin socket"));
+            }
+        };
+        let (id, _) = caller.as_ref();
+        if !id.renewable {
+            return Err(Status::permission_denied(
+                "output credentials cannot request further credentials",
+            ));
+        }
+        let r = req.get_ref();
+        let auth = bot_authority(&self.state, &id.bot).map_err(Status::permission_denied)?;
+        let ttl = effective_ttl(r.ttl_seconds, auth.max_ttl);
+        let out_id = ClientIdentity {
+            renewable: false,
+            roles: auth.roles.clone(),
+            logins: auth.logins.clone(),
+            ..id.clone()
+        };
+        issuance::check_locks(&self.state, &out_id, &[])?;
+        let cas = &self.state.cas;
+        let tls = cas
+            .client
+            .issue_client(&r.tls_public_key_spki, &out_id, ttl)
+            .map_err(issuance::pki_error)?;
+        let mut events = vec![issuance::x509_issued_event(&out_id, &tls, ttl, "client")];
+        let mut ssh_cert = String::new();
+        if !r.ssh_public_key.is_empty() {
+            let key_id = format!("bot:{}:{}", id.bot, id.instance_id);
+            let c = cas
+                .ssh_user
+                .issue_user_cert(&r.ssh_public_key, &key_id, &auth.logins, ttl)
+                .map_err(issuance::pki_error)?;
+            events.push(audit::event(
+                audit::CERT_ISSUED,
+                serde_json::json!({
+                    "kind": "ssh_user", "ca": "ssh-user", "serial": c.serial.to_string(),
+                    "ttl_seconds": ttl.as_secs(), "bot": id.bot, "bot_instance": id.instance_id,
+                    "principals": auth.logins,
+                }),
+            ));
+            metrics::counter!("sigil_certs_issued_total", "kind" => "ssh").increment(1);
+            ssh_cert = c.openssh;
+        }
+        self.state
+            .store
+            .commit(Txn {
+                ops: vec![],
+                audit: events,
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("storage: {e}")))?;
+        metrics::counter!("sigil_certs_issued_total", "kind" => "x509").increment(1);
+        Ok(Response::new(IdentityCredentials {
+            tls_cert_pem: tls.pem,
+            ca_certs_pem: cas.agent_bundle_pem(),
+            ssh_cert,
+            known_hosts: format!("{}\n", cas.ssh_host.known_hosts_line("*")),
+            principals: auth.logins,
+            expires_unix: tls.not_after.unix_timestamp(),
+            cluster_name: self.state.cluster.clone(),
+            ssh_user_ca: cas.ssh_user.public_key_openssh(),
+        }))
+    }
+}
+
+/// Audit a refused mTLS call when the refusal is a lock (the interesting case).
+async fn audit_refusal<T>(state: &SharedState, req: &Request<T>, err: &Status) {
+    if err.code() != tonic::Code::PermissionDenied {
+        return;
+    }
+    let who = authz::peer(req)
+        .and_then(|p| p.identity.as_ref())
+        .map(|i| (i.0.bot.clone(), i.0.instance_id.clone()));
+    let ev = audit::event(
+        audit::RENEWAL_DENIED,
+        serde_json::json!({
+            "bot": who.as_ref().map(|w| w.0.clone()),
+            "bot_instance": who.as_ref().map(|w| w.1.clone()),
+            "reason": err.message(),
+            "remote_addr": authz::remote_addr(req),
+        }),
+    );
+    let _ = state.store.commit(Txn { ops: vec![], audit: vec![ev] }).await;
+}
+
+#[allow(dead_code)] // read through `Conversation::challenge`
+struct StreamConversation {
+    inbound: Streaming<JoinClientMessage>,
+    outbound: mpsc::Sender<Result<JoinServerMessage, Status>>,
+}
+
+#[async_trait]
+impl Conversation for StreamConversation {
+    async fn challenge(&mut self, payload: Vec<u8>) -> Result<Vec<u8>, JoinDenied> {
+        self.outbound
+            .send(Ok(JoinServerMessage {
+                message: Some(ServerMsg::Challenge(JoinChallenge { payload })),
+            }))
+            .await
+            .map_err(|_| JoinDenied::new("agent went away during the challenge"))?;
+        match self.inbound.message().await {
+            Ok(Some(JoinClientMessage {
+                message: Some(ClientMsg::ChallengeResponse(r)),
+            })) => Ok(r.payload),
+            _ => Err(JoinDenied::new("expected a challenge response")),
+        }
+    }
+}
+
+/// The whole join: prove, authorize, create the instance, issue, audit.
+async fn join(
+    state: &SharedState,
+    init: &JoinInit,
+    conv: &mut dyn Conversation,
+    remote: &str,
+) -> Result<Credentials, Status> {
+    let denied = |reason: String, audit_fields: serde_json::Value| async move {
+        metrics::counter!("sigil_joins_total", "result" => "denied").increment(1);
+        tracing::info!(method = %init.join_method, remote, "join denied");
+        let mut fields = serde_json::json!({
+            "method": init.join_method, "remote_addr": remote, "reason": reason,
+        });
+        if let (Some(f), Some(extra)) = (fields.as_object_mut(), audit_fields.as_object()) {
+            f.extend(extra.clone());
+        }
+        let ev = audit::event(audit::JOIN_DENIED, fields);
+        if let Err(e) = state.store.commit(Txn { ops: vec![], audit: vec![ev] }).await {
+            tracing::error!(error = %e, "failed to audit a denied join");
+        }
+        Status::permission_denied(JOIN_DENIED)
+    };
+
+    let Some(method) = state.joins.get(&init.join_method) else {
+        return Err(denied(format!("unknown join method {:?}", init.join_method), serde_json::json!({})).await);
+    };
+    let verified = match method.verify(state, init, conv).await {
+        Ok(v) => v,
+        Err(d) => return Err(denied(d.reason, serde_json::json!({})).await),
+    };
+    let auth = match bot_authority(state, &verified.bot_name) {
+        Ok(a) => a,
+        Err(reason) => return Err(denied(reason, verified.audit.clone()).await),
+    };
+    let instance_id = uuid::Uuid::new_v4().to_string();
+    let id = ClientIdentity {
+        cluster: state.cluster.clone(),
+        bot: verified.bot_name.clone(),
+        instance_id: instance_id.clone(),
+        roles: auth.roles.clone(),
+        generation: 1,
+        renewable: verified.renewable,
+        join_method: init.join_method.clone(),
+        logins: auth.logins.clone(),
+    };
+    if let Err(e) = issuance::check_locks(state, &id, &[LockTarget::Token(verified.token_name.clone())]) {
+        return Err(denied(e.message().to_string(), verified.audit.clone()).await);
+    }
+    let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
+    let cert = state
+        .cas
+        .client
+        .issue_client(&init.public_key_spki, &id, ttl)
+        .map_err(issuance::pki_error)?;
+    let now = OffsetDateTime::now_utc();
+    let key_fp = sigil_pki::sha256_hex(&init.public_key_spki);
+    let authn = Authentication {
+        time: now,
+        method: init.join_method.clone(),
+        remote_addr: remote.to_string(),
+        public_key_sha256: key_fp.clone(),
+        generation: 1,
+        attributes: verified.attributes.clone(),
+    };
+    let mut spec = BotInstanceSpec {
+        bot_name: id.bot.clone(),
+        instance_id: instance_id.clone(),
+        join_method: init.join_method.clone(),
+        generation: 1,
+        current_key_sha256: key_fp.clone(),
+        pending_key_sha256: None,
+        initial_authentication: Some(authn.clone()),
+        authentications: vec![],
+        heartbeats: vec![],
+    };
+    spec.push_authentication(authn, sigil_types::HISTORY_CAP);
+    if let Some(hb) = &init.heartbeat {
+        spec.push_heartbeat(renewal::heartbeat(hb, now), sigil_types::HISTORY_CAP);
+    }
+    let inst = BotInstance::new(
+        Metadata {
+            name: instance_id.clone(),
+            ..Default::default()
+        },
+        spec,
+    );
+    let mut ops = verified.consume.clone();
+    ops.push(Op::Create {
+        key: keys::bot_instance(&id.bot, &instance_id),
+        value: serde_json::to_vec(&inst).map_err(|e| Status::internal(e.to_string()))?,
+        expires: None,
+    });
+    let mut fields = serde_json::json!({
+        "method": init.join_method, "bot": id.bot, "bot_instance": instance_id,
+        "remote_addr": remote, "public_key_sha256": key_fp, "roles": auth.roles,
+    });
+    if let (Some(f), Some(extra)) = (fields.as_object_mut(), verified.audit.as_object()) {
+        f.extend(extra.clone());
+    }
+    let txn = Txn {
+        ops,
+        audit: vec![
+            audit::event(audit::JOIN_SUCCESS, fields),
+            issuance::x509_issued_event(&id, &cert, ttl, "client"),
+        ],
+    };
+    if let Err(e) = state.store.commit(txn).await {
+        // Lost the race for a single-use token (or storage failed).
+        return Err(denied(format!("could not consume the token: {e}"), verified.audit.clone()).await);
+    }
+    metrics::counter!("sigil_joins_total", "result" => "ok").increment(1);
+    metrics::counter!("sigil_certs_issued_total", "kind" => "x509").increment(1);
+    tracing::info!(bot = %id.bot, instance = %instance_id, method = %init.join_method, "bot joined");
+    Ok(Credentials {
+        tls_cert_pem: cert.pem,
+        ca_certs_pem: state.cas.agent_bundle_pem(),
+        bot_name: id.bot,
+        instance_id,
+        generation: 1,
+        expires_unix: cert.not_after.unix_timestamp(),
+        cluster_name: state.cluster.clone(),
+        roles: auth.roles,
+    })
+}

@@ -1,0 +1,4 @@
+//! gRPC service implementations.
+pub mod admin_api;
+pub mod auth_api;
+pub mod resources;

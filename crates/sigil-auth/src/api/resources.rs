@@ -1,0 +1,240 @@
+//! Resource operations shared by the admin verbs: one place that knows how
+//! each kind is keyed, what it must refer to, and how its change is audited.
+
+use sigil_store::{Item, NewAuditEvent, Op, StoreError, Txn};
+use sigil_types::{AnyResource, JoinMethodKind};
+use time::OffsetDateTime;
+use tonic::Status;
+
+use crate::audit;
+use crate::keys;
+use crate::state::AuthState;
+
+/// The resource kinds the admin API knows, singular.
+pub const KINDS: [&str; 5] = ["role", "bot", "token", "lock", "bot_instance"];
+
+pub fn normalize_kind(kind: &str) -> Result<&'static str, Status> {
+    let k = kind.trim().to_ascii_lowercase().replace('-', "_");
+    let k = k.strip_suffix('s').unwrap_or(&k);
+    KINDS
+        .iter()
+        .find(|known| **known == k)
+        .copied()
+        .ok_or_else(|| Status::invalid_argument(format!("unknown resource kind {kind:?}; known kinds: {}", KINDS.join(", "))))
+}
+
+pub fn store_err(e: StoreError) -> Status {
+    match e {
+        StoreError::AlreadyExists(_) => Status::already_exists(redact(&e)),
+        StoreError::NotFound(_) => Status::not_found(redact(&e)),
+        StoreError::Conflict(_) => Status::aborted(redact(&e)),
+        StoreError::Backend(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Turn a store key in an error into "kind name" (token keys are hashes already).
+fn redact(e: &StoreError) -> String {
+    let s = e.to_string();
+    for (prefix, kind) in [
+        (keys::ROLES, "role "),
+        (keys::BOTS, "bot "),
+        (keys::TOKENS, "token sha256:"),
+        (keys::LOCKS, "lock "),
+        (keys::BOT_INSTANCES, "bot instance "),
+    ] {
+        if s.contains(prefix) {
+            return s.replacen(prefix, kind, 1);
+        }
+    }
+    s
+}
+
+fn key_of(res: &AnyResource) -> String {
+    match res {
+        AnyResource::Role(r) => keys::role(&r.metadata.name),
+        AnyResource::Bot(b) => keys::bot(&b.metadata.name),
+        AnyResource::Token(t) => keys::token(&t.metadata.name),
+        AnyResource::Lock(l) => keys::lock(&l.metadata.name),
+        AnyResource::BotInstance(i) => keys::bot_instance(&i.spec.bot_name, &i.metadata.name),
+    }
+}
+
+/// The store op and audit event that create (or replace) a resource, after
+/// checking what it refers to.
+pub fn create_ops(
+    state: &AuthState,
+    mut res: AnyResource,
+    upsert: bool,
+    actor: &str,
+) -> Result<(Op, NewAuditEvent), Status> {
+    let mut expires = None;
+    match &mut res {
+        AnyResource::BotInstance(_) => {
+            return Err(Status::invalid_argument(
+                "bot_instance resources are read-only: they are created when an agent joins",
+            ));
+        }
+        AnyResource::Bot(b) => {
+            if b.spec.roles.is_empty() {
+                return Err(Status::invalid_argument(format!("bot {:?} needs at least one role", b.metadata.name)));
+            }
+            if let Err(missing) = state.cache.roles(&b.spec.roles) {
+                return Err(Status::failed_precondition(format!(
+                    "role {missing:?} does not exist: create it first with `sigil create -f role.yaml`"
+                )));
+            }
+        }
+        AnyResource::Token(t) => {
+            if state.cache.bot(&t.spec.bot_name).is_none() {
+                return Err(Status::failed_precondition(format!(
+                    "bot {:?} does not exist: create it first with `sigil bots add`",
+                    t.spec.bot_name
+                )));
+            }
+            if t.spec.join_method == JoinMethodKind::Token && t.metadata.expires.is_none() {
+                t.metadata.expires = Some(OffsetDateTime::now_utc() + sigil_types::DEFAULT_TOKEN_TTL);
+            }
+            if t.metadata.name.len() < 16 {
+                return Err(Status::invalid_argument(
+                    "a token's name is its secret: use at least 16 characters (or `sigil tokens add`)",
+                ));
+            }
+            expires = t.metadata.expires;
+        }
+        AnyResource::Lock(l) => {
+            if l.spec.created_at.is_none() {
+                l.spec.created_at = Some(OffsetDateTime::now_utc());
+            }
+            if l.spec.created_by.is_empty() {
+                l.spec.created_by = actor.to_string();
+            }
+            expires = l.metadata.expires;
+        }
+        AnyResource::Role(_) => {}
+    }
+    let key = key_of(&res);
+    let value = res
+        .to_json_value()
+        .and_then(|v| serde_json::to_vec(&v))
+        .map_err(|e| Status::invalid_argument(format!("cannot encode the resource: {e}")))?;
+    let (event_type, verb) = match (&res, upsert) {
+        (AnyResource::Lock(_), _) => (audit::LOCK_CREATED, "created"),
+        (_, true) => (audit::RESOURCE_UPDATED, "updated"),
+        (_, false) => (audit::RESOURCE_CREATED, "created"),
+    };
+    let mut fields = serde_json::json!({"kind": res.kind(), "name": display_name(&res), "by": actor, "verb": verb});
+    if let AnyResource::Lock(l) = &res
+        && let Some(f) = fields.as_object_mut()
+    {
+        f.insert("target".into(), l.spec.target.to_string().into());
+        f.insert("message".into(), l.spec.message.clone().into());
+        f.insert("lock".into(), l.metadata.name.clone().into());
+    }
+    let op = if upsert {
+        Op::Put { key, value, expires }
+    } else {
+        Op::Create { key, value, expires }
+    };
+    Ok((op, audit::event(event_type, fields)))
+}
+
+/// Names fit for logs: a token's name is its secret.
+fn display_name(res: &AnyResource) -> String {
+    match res {
+        AnyResource::Token(t) => keys::secret_hint(&t.metadata.name),
+        other => other.name().to_string(),
+    }
+}
+
+/// Create a resource, committing its audit event with it.
+pub async fn create(state: &AuthState, res: AnyResource, upsert: bool, actor: &str) -> Result<String, Status> {
+    let (op, ev) = create_ops(state, res, upsert, actor)?;
+    let key = match &op {
+        Op::Put { key, .. } | Op::Create { key, .. } => key.clone(),
+        _ => String::new(),
+    };
+    state
+        .store
+        .commit(Txn { ops: vec![op], audit: vec![ev] })
+        .await
+        .map_err(store_err)?;
+    refresh_cache(state, &key).await;
+    let item = state.store.get(&key).await.map_err(store_err)?;
+    item.map(|i| String::from_utf8_lossy(&i.value).into_owned())
+        .ok_or_else(|| Status::internal("the resource vanished after creation"))
+}
+
+/// Make a just-committed change visible to this server's checks at once.
+pub async fn refresh_cache(state: &AuthState, key: &str) {
+    if let Ok(Some(item)) = state.store.get(key).await {
+        state.cache.apply_put(&item);
+    }
+}
+
+async fn find(state: &AuthState, kind: &str, name: &str) -> Result<Item, Status> {
+    let not_found = || {
+        let shown = if kind == "token" { keys::secret_hint(name) } else { name.to_string() };
+        Status::not_found(format!("{kind} {shown:?} not found"))
+    };
+    if kind == "bot_instance" && !name.contains('/') {
+        // Look an instance up by id alone.
+        let all = state.store.list(keys::BOT_INSTANCES).await.map_err(store_err)?;
+        let suffix = format!("/{name}");
+        return all.into_iter().find(|i| i.key.ends_with(&suffix)).ok_or_else(not_found);
+    }
+    let key = keys::for_kind(kind, name).ok_or_else(not_found)?;
+    state.store.get(&key).await.map_err(store_err)?.ok_or_else(not_found)
+}
+
+pub async fn get(state: &AuthState, kind: &str, name: &str) -> Result<String, Status> {
+    let item = find(state, kind, name).await?;
+    Ok(String::from_utf8_lossy(&item.value).into_owned())
+}
+
+pub async fn list(state: &AuthState, kind: &str, filter: &str) -> Result<Vec<String>, Status> {
+    let prefix = match kind {
+        "role" => keys::ROLES.to_string(),
+        "bot" => keys::BOTS.to_string(),
+        "token" => keys::TOKENS.to_string(),
+        "lock" => keys::LOCKS.to_string(),
+        _ if filter.is_empty() => keys::BOT_INSTANCES.to_string(),
+        _ => keys::bot_instances_of(filter),
+    };
+    let items = state.store.list(&prefix).await.map_err(store_err)?;
+    Ok(items.into_iter().map(|i| String::from_utf8_lossy(&i.value).into_owned()).collect())
+}
+
+pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> Result<(), Status> {
+    let item = find(state, kind, name).await?;
+    let mut ops = vec![Op::Delete { key: item.key.clone(), expected_revision: Some(item.revision) }];
+    match kind {
+        "role" => {
+            let users: Vec<String> = state
+                .cache
+                .bots()
+                .into_iter()
+                .filter(|b| b.spec.roles.iter().any(|r| r == name))
+                .map(|b| b.metadata.name)
+                .collect();
+            if !users.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "role {name:?} is still used by bot(s) {}: remove it from them first (`sigil bots update NAME --set-roles ...`)",
+                    users.join(", ")
+                )));
+            }
+        }
+        "bot" => {
+            // A removed bot's instances can never renew again; drop them too.
+            for inst in state.store.list(&keys::bot_instances_of(name)).await.map_err(store_err)? {
+                ops.push(Op::Delete { key: inst.key, expected_revision: None });
+            }
+        }
+        _ => {}
+    }
+    let event_type = if kind == "lock" { audit::LOCK_DELETED } else { audit::RESOURCE_DELETED };
+    let shown = if kind == "token" { keys::secret_hint(name) } else { name.to_string() };
+    let ev = audit::event(event_type, serde_json::json!({"kind": kind, "name": shown, "by": actor}));
+    state.store.commit(Txn { ops, audit: vec![ev] }).await.map_err(store_err)?;
+    state.cache.apply_delete(&item.key);
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Audit event types and a constructor. Events are committed in the same
+//! store transaction as the change they describe, so a change and its record
+//! cannot diverge.
+
+use sigil_store::NewAuditEvent;
+use time::OffsetDateTime;
+
+pub const CLUSTER_CREATED: &str = "cluster.created";
+pub const AUTH_STARTED: &str = "auth.started";
+pub const JOIN_SUCCESS: &str = "bot.join";
+pub const JOIN_DENIED: &str = "bot.join.denied";
+pub const RENEWAL: &str = "bot.renewal";
+pub const RENEWAL_DENIED: &str = "bot.renewal.denied";
+pub const GENERATION_MISMATCH: &str = "bot.generation_mismatch";
+pub const CERT_ISSUED: &str = "cert.issued";
+pub const LOCK_CREATED: &str = "lock.created";
+pub const LOCK_DELETED: &str = "lock.deleted";
+pub const RESOURCE_CREATED: &str = "resource.created";
+pub const RESOURCE_UPDATED: &str = "resource.updated";
+pub const RESOURCE_DELETED: &str = "resource.deleted";
+
+/// Build an event stamped now.
+pub fn event(event_type: &str, fields: serde_json::Value) -> NewAuditEvent {
+    NewAuditEvent {
+        time: OffsetDateTime::now_utc(),
+        event_type: event_type.to_string(),
+        fields,
+    }
+}

@@ -1,0 +1,153 @@
+//! An in-memory copy of the small, hot resource kinds (roles, bots, locks),
+//! kept current from the store's watch stream so that the per-request checks
+//! (locks, role evaluation) never touch the database.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use sigil_store::{Item, Store, WatchEvent};
+use sigil_types::{Bot, Lock, LockTarget, Role};
+use time::OffsetDateTime;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::keys;
+
+const CACHED: [&str; 3] = [keys::ROLES, keys::BOTS, keys::LOCKS];
+
+#[derive(Default)]
+struct Snapshot {
+    roles: HashMap<String, Role>,
+    bots: HashMap<String, Bot>,
+    locks: BTreeMap<String, Lock>,
+}
+
+/// The watch-fed cache. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Cache {
+    inner: Arc<RwLock<Snapshot>>,
+}
+
+impl Cache {
+    /// Load the cached kinds and follow the store's changes in the background.
+    pub async fn start(store: Arc<dyn Store>) -> anyhow::Result<Cache> {
+        let cache = Cache::default();
+        // Subscribe before loading so no change between the two is lost.
+        let mut rx = store.watch();
+        cache.reload(store.as_ref()).await?;
+        let c = cache.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(WatchEvent::Put(item)) => c.apply_put(&item),
+                    Ok(WatchEvent::Delete { key }) => c.apply_delete(&key),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "cache fell behind the store; reloading");
+                        if let Err(e) = c.reload(store.as_ref()).await {
+                            tracing::error!(error = %e, "cache reload failed");
+                        }
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok(cache)
+    }
+
+    async fn reload(&self, store: &dyn Store) -> anyhow::Result<()> {
+        let mut items = Vec::new();
+        for prefix in CACHED {
+            items.extend(store.list(prefix).await?);
+        }
+        let mut snap = Snapshot::default();
+        for item in &items {
+            insert(&mut snap, item);
+        }
+        *self.write() = snap;
+        Ok(())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply a committed write right away (read-your-writes for the writer;
+    /// the watch event that follows is idempotent).
+    pub fn apply_put(&self, item: &Item) {
+        if CACHED.iter().any(|p| item.key.starts_with(p)) {
+            insert(&mut self.write(), item);
+        }
+    }
+
+    pub fn apply_delete(&self, key: &str) {
+        let mut s = self.write();
+        if let Some(n) = key.strip_prefix(keys::ROLES) {
+            s.roles.remove(n);
+        } else if let Some(n) = key.strip_prefix(keys::BOTS) {
+            s.bots.remove(n);
+        } else if let Some(n) = key.strip_prefix(keys::LOCKS) {
+            s.locks.remove(n);
+        }
+    }
+
+    pub fn bot(&self, name: &str) -> Option<Bot> {
+        self.read().bots.get(name).cloned()
+    }
+    pub fn bots(&self) -> Vec<Bot> {
+        self.read().bots.values().cloned().collect()
+    }
+    /// Locks in force (not expired).
+    pub fn locks(&self) -> Vec<Lock> {
+        let now = OffsetDateTime::now_utc();
+        self.read()
+            .locks
+            .values()
+            .filter(|l| l.metadata.expires.is_none_or(|e| e > now))
+            .cloned()
+            .collect()
+    }
+
+    /// The first lock in force that targets any of `targets`.
+    pub fn lock_for(&self, targets: &[LockTarget]) -> Option<Lock> {
+        let now = OffsetDateTime::now_utc();
+        let s = self.read();
+        s.locks
+            .values()
+            .find(|l| {
+                l.metadata.expires.is_none_or(|e| e > now) && targets.contains(&l.spec.target)
+            })
+            .cloned()
+    }
+
+    /// Roles by name; a name that no longer exists is reported.
+    pub fn roles(&self, names: &[String]) -> Result<Vec<Role>, String> {
+        let s = self.read();
+        names
+            .iter()
+            .map(|n| s.roles.get(n).cloned().ok_or_else(|| n.clone()))
+            .collect()
+    }
+}
+
+fn insert(s: &mut Snapshot, item: &Item) {
+    let parsed = if let Some(n) = item.key.strip_prefix(keys::ROLES) {
+        serde_json::from_slice(&item.value).map(|r| {
+            s.roles.insert(n.to_string(), r);
+        })
+    } else if let Some(n) = item.key.strip_prefix(keys::BOTS) {
+        serde_json::from_slice(&item.value).map(|b| {
+            s.bots.insert(n.to_string(), b);
+        })
+    } else if let Some(n) = item.key.strip_prefix(keys::LOCKS) {
+        serde_json::from_slice(&item.value).map(|l| {
+            s.locks.insert(n.to_string(), l);
+        })
+    } else {
+        Ok(())
+    };
+    if let Err(e) = parsed {
+        tracing::error!(key = %item.key, error = %e, "undecodable resource in the store");
+    }
+}

@@ -1,0 +1,90 @@
+//! Shared issuance rules: who a bot is right now (its roles, logins, TTL cap)
+//! and the audit record of every certificate.
+
+use std::time::Duration;
+
+use sigil_pki::{ClientIdentity, IssuedCert};
+use sigil_types::{LockTarget, RoleSet};
+use tonic::Status;
+
+use crate::audit;
+use crate::authz;
+use crate::state::AuthState;
+
+/// A bot's effective authority, from its current roles.
+pub struct BotAuthority {
+    pub roles: Vec<String>,
+    pub logins: Vec<String>,
+    pub max_ttl: Duration,
+}
+
+/// Resolve a bot's current roles and TTL cap, refusing a missing bot, a
+/// missing role, or a lock on the bot or any of its roles.
+pub fn bot_authority(state: &AuthState, bot_name: &str) -> Result<BotAuthority, String> {
+    let bot = state
+        .cache
+        .bot(bot_name)
+        .ok_or_else(|| format!("bot {bot_name:?} does not exist"))?;
+    let roles = state
+        .cache
+        .roles(&bot.spec.roles)
+        .map_err(|r| format!("role {r:?} of bot {bot_name:?} does not exist"))?;
+    let set = RoleSet::new(roles);
+    let mut max_ttl = set.max_ttl(sigil_types::DEFAULT_MAX_TTL);
+    if let Some(b) = bot.spec.max_ttl {
+        max_ttl = max_ttl.min(b.0);
+    }
+    Ok(BotAuthority {
+        roles: bot.spec.roles.clone(),
+        logins: set.logins(),
+        max_ttl,
+    })
+}
+
+/// The TTL to issue: the request (or the default) capped by the bot's roles.
+pub fn effective_ttl(requested_secs: u64, cap: Duration) -> Duration {
+    let req = if requested_secs == 0 {
+        sigil_types::DEFAULT_CREDENTIAL_TTL
+    } else {
+        Duration::from_secs(requested_secs)
+    };
+    req.min(cap).max(Duration::from_secs(60).min(cap))
+}
+
+/// Check the locks for a new identity before issuing it.
+pub fn check_locks(state: &AuthState, id: &ClientIdentity, extra: &[LockTarget]) -> Result<(), Status> {
+    let mut targets = authz::lock_targets(id);
+    targets.extend_from_slice(extra);
+    match state.cache.lock_for(&targets) {
+        Some(l) => Err(authz::locked(&l)),
+        None => Ok(()),
+    }
+}
+
+/// The audit event for an issued X.509 certificate.
+pub fn x509_issued_event(
+    id: &ClientIdentity,
+    cert: &IssuedCert,
+    ttl: Duration,
+    purpose: &str,
+) -> sigil_store::NewAuditEvent {
+    audit::event(
+        audit::CERT_ISSUED,
+        serde_json::json!({
+            "kind": "x509",
+            "ca": purpose,
+            "serial": cert.serial_hex,
+            "ttl_seconds": ttl.as_secs(),
+            "bot": id.bot,
+            "bot_instance": id.instance_id,
+            "generation": id.generation,
+            "renewable": id.renewable,
+            "principals": id.roles,
+        }),
+    )
+}
+
+/// Map a PKI failure (usually a malformed public key from the client).
+pub fn pki_error(e: sigil_pki::PkiError) -> Status {
+    Status::invalid_argument(format!("cannot issue for the presented public key: {e}"))
+}

@@ -1,0 +1,58 @@
+//! Store key layout. Every resource lives under `/<kind>s/`; join tokens are
+//! keyed by the SHA-256 of the token so a key in an error or log never
+//! reveals the secret.
+
+use sigil_pki::CaPurpose;
+
+pub const CLUSTER: &str = "/cluster/name";
+
+pub fn ca(p: CaPurpose) -> String {
+    format!("/cas/{}", p.as_str())
+}
+
+pub const ROLES: &str = "/roles/";
+pub const BOTS: &str = "/bots/";
+pub const TOKENS: &str = "/tokens/";
+pub const LOCKS: &str = "/locks/";
+pub const BOT_INSTANCES: &str = "/bot_instances/";
+
+pub fn role(name: &str) -> String {
+    format!("{ROLES}{name}")
+}
+pub fn bot(name: &str) -> String {
+    format!("{BOTS}{name}")
+}
+pub fn token(secret: &str) -> String {
+    format!("{TOKENS}{}", sigil_pki::sha256_hex(secret.as_bytes()))
+}
+pub fn lock(id: &str) -> String {
+    format!("{LOCKS}{id}")
+}
+pub fn bot_instance(bot: &str, id: &str) -> String {
+    format!("{BOT_INSTANCES}{bot}/{id}")
+}
+pub fn bot_instances_of(bot: &str) -> String {
+    format!("{BOT_INSTANCES}{bot}/")
+}
+
+/// The key a resource of `kind` named `name` is stored under.
+pub fn for_kind(kind: &str, name: &str) -> Option<String> {
+    Some(match kind {
+        "role" => role(name),
+        "bot" => bot(name),
+        "token" => token(name),
+        "lock" => lock(name),
+        "bot_instance" => {
+            // bot_instance names are "<bot>/<id>" or just "<id>" (looked up by scan).
+            let (b, id) = name.split_once('/')?;
+            bot_instance(b, id)
+        }
+        _ => return None,
+    })
+}
+
+/// Short, non-reversible form of a secret for logs and audit events.
+pub fn secret_hint(secret: &str) -> String {
+    let h = sigil_pki::sha256_hex(secret.as_bytes());
+    format!("sha256:{}", &h[..16])
+}

@@ -1,0 +1,242 @@
+//! The Sigil auth service: an automated CA per purpose with roles, join
+//! methods, bot instances, locks and a hash-chained audit log.
+//!
+//! [`run`] starts three listeners: the control plane (gRPC over TLS 1.3, mTLS
+//! after joining), the public HTTPS endpoints, and the owner-only admin Unix
+//! socket in the data dir.
+
+mod api;
+mod audit;
+mod authz;
+mod cache;
+mod cluster;
+mod issuance;
+mod join;
+mod keys;
+mod public_http;
+mod renewal;
+mod state;
+mod tls;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sigil_pki::SoftwareKeyManager;
+use sigil_proto::v1::admin_service_server::AdminServiceServer;
+use sigil_proto::v1::auth_service_server::AuthServiceServer;
+use sigil_store::{SqliteStore, Store, Txn};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+pub use tls::provider;
+
+/// How to run the auth service.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub public_listen: SocketAddr,
+    /// Only used when the cluster is created (first start).
+    pub cluster_name: Option<String>,
+    /// Extra DNS names / IPs for the server certificate.
+    pub server_names: Vec<String>,
+}
+
+/// File names inside the data dir.
+pub const DB_FILE: &str = "sigil.db";
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// Run until SIGINT or SIGTERM.
+pub async fn run(cfg: AuthConfig) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    serve(cfg, stop_rx).await
+}
+
+/// Run until `stop` turns true.
+pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let metrics = public_http::install_metrics();
+    prepare_data_dir(&cfg.data_dir)?;
+    let db = cfg.data_dir.join(DB_FILE);
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db)
+            .await
+            .with_context(|| format!("opening the database {}", db.display()))?,
+    );
+    let km = SoftwareKeyManager;
+    let (cluster, cas) = cluster::load_or_create(store.as_ref(), &km, cfg.cluster_name.as_deref()).await?;
+    let cache = cache::Cache::start(store.clone()).await?;
+    let ca_pin = cas.host.spki_pin();
+
+    // Bind everything before announcing readiness, so a port clash fails fast.
+    let grpc_listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", cfg.listen))?;
+    let public_listener = TcpListener::bind(cfg.public_listen)
+        .await
+        .with_context(|| format!("binding --public-listen {}", cfg.public_listen))?;
+    let listen = grpc_listener.local_addr()?;
+    let public = public_listener.local_addr()?;
+    let sock_path = cfg.data_dir.join(ADMIN_SOCKET);
+    let _ = std::fs::remove_file(&sock_path);
+    let admin_listener = UnixListener::bind(&sock_path)
+        .with_context(|| format!("binding the admin socket {}", sock_path.display()))?;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
+
+    let (dns, ips) = tls::server_names(&cluster, &cfg.server_names, &[listen, public]);
+    let grpc_tls = tls::server_config(&cas.host, &cas.client, &cluster, &dns, &ips, true)?;
+    let public_tls = tls::server_config(&cas.host, &cas.client, &cluster, &dns, &ips, false)?;
+
+    let state = Arc::new(state::AuthState {
+        store: store.clone(),
+        cluster: cluster.clone(),
+        cas,
+        cache,
+        joins: join::JoinRegistry::standard(),
+        advertise_addr: listen.to_string(),
+        public_addr: public.to_string(),
+        data_dir: cfg.data_dir.clone(),
+        started: Instant::now(),
+        ca_pin: ca_pin.clone(),
+    });
+    store
+        .commit(Txn {
+            ops: vec![],
+            audit: vec![audit::event(
+                audit::AUTH_STARTED,
+                serde_json::json!({"cluster": cluster, "listen": listen.to_string(), "version": env!("CARGO_PKG_VERSION")}),
+            )],
+        })
+        .await?;
+
+    tracing::info!(cluster = %cluster, listen = %listen, public = %public, ca_pin = %ca_pin, "auth service ready");
+    // A stable line for scripts and humans: the pin agents need.
+    println!("sigil auth service ready: cluster={cluster} listen={listen} public={public} ca_pin={ca_pin}");
+
+    let grpc = {
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let incoming = tls_incoming(grpc_listener, grpc_tls);
+            tonic::transport::Server::builder()
+                .add_service(AuthServiceServer::new(api::auth_api::AuthApi { state: state.clone() }))
+                .add_service(AdminServiceServer::new(api::admin_api::AdminApi { state }))
+                .serve_with_incoming_shutdown(incoming, wait(stop))
+                .await
+        })
+    };
+    let admin = {
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let incoming = async_stream_unix(admin_listener);
+            tonic::transport::Server::builder()
+                .add_service(AdminServiceServer::new(api::admin_api::AdminApi { state }))
+                .serve_with_incoming_shutdown(incoming, wait(stop))
+                .await
+        })
+    };
+    let public_srv = tokio::spawn(public_http::serve(
+        public_listener,
+        public_tls,
+        state.clone(),
+        metrics,
+        stop.clone(),
+    ));
+    let janitor = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.purge_expired().await {
+                    tracing::warn!(error = %e, "purging expired resources failed");
+                }
+            }
+        })
+    };
+
+    let _ = stop.wait_for(|s| *s).await;
+    tracing::info!("shutting down");
+    janitor.abort();
+    let _ = grpc.await;
+    let _ = admin.await;
+    let _ = public_srv.await;
+    let _ = std::fs::remove_file(&sock_path);
+    Ok(())
+}
+
+pub(crate) async fn wait(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating --data-dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting --data-dir {} to its owner", dir.display()))?;
+    Ok(())
+}
+
+/// Accept TCP connections and complete TLS handshakes concurrently, so one
+/// slow client cannot stall the accept loop.
+fn tls_incoming(
+    listener: TcpListener,
+    cfg: rustls::ServerConfig,
+) -> impl futures::Stream<Item = Result<tls::TlsConn, std::io::Error>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls::TlsConn::new(tls, remote))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+fn async_stream_unix(
+    listener: UnixListener,
+) -> impl futures::Stream<Item = Result<tls::AdminConn, std::io::Error>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| tls::AdminConn(s));
+        Some((r, l))
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

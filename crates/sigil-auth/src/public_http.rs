@@ -1,0 +1,80 @@
+//! Public HTTPS (no client certificate): health, readiness and Prometheus
+//! metrics. SPIFFE bundle and OIDC discovery endpoints join here.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::state::SharedState;
+
+/// Install the Prometheus recorder once per process.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+#[derive(Clone)]
+struct Http {
+    state: SharedState,
+    metrics: Option<PrometheusHandle>,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    state: SharedState,
+    metrics: Option<PrometheusHandle>,
+    stop: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(Http { state, metrics });
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+            _ = crate::wait(stop.clone()) => return,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+                return;
+            };
+            let svc = TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+async fn readyz(State(h): State<Http>) -> (StatusCode, &'static str) {
+    match h.state.store.get(crate::keys::CLUSTER).await {
+        Ok(Some(_)) => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n"),
+    }
+}
+
+async fn metrics_text(State(h): State<Http>) -> (StatusCode, String) {
+    match h.metrics {
+        Some(m) => (StatusCode::OK, m.render()),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n".into()),
+    }
+}

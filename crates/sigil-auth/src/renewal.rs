@@ -1,0 +1,224 @@
+//! Renewal of a bot instance's own identity, with the generation counter.
+//!
+//! The server stores, per instance, the generation it last issued and the
+//! fingerprint of the key it issued it to. A renewal presenting generation
+//! `g` with next key `K`:
+//! - `g == stored`: normal; issue `g + 1` to `K`.
+//! - `g + 1 == stored` and `K` is the key `stored` was issued to: the agent
+//!   crashed after we issued but before it saved the result, and retries
+//!   with the key it persisted before asking. Reissue `stored` to `K`.
+//! - anything else: someone renewed this identity from a copy. Refuse, lock
+//!   this instance (only this one) and audit it.
+
+use sigil_pki::{CertInfo, ClientIdentity};
+use sigil_proto::v1::{Credentials, RenewRequest};
+use sigil_store::{Op, StoreError, Txn};
+use sigil_types::{Authentication, BotInstance, Heartbeat, Lock, LockSpec, LockTarget, Metadata};
+use time::OffsetDateTime;
+use tonic::Status;
+
+use crate::audit;
+use crate::issuance::{self, bot_authority, effective_ttl};
+use crate::keys;
+use crate::state::AuthState;
+
+/// How many times a renewal retries after losing a compare-and-swap race.
+const CAS_RETRIES: usize = 3;
+
+pub async fn renew(
+    state: &AuthState,
+    caller: &(ClientIdentity, CertInfo),
+    req: &RenewRequest,
+    remote: &str,
+) -> Result<Credentials, Status> {
+    let (id, _info) = caller;
+    if !id.renewable {
+        return Err(Status::permission_denied(
+            "this identity is not renewable (output credentials cannot renew)",
+        ));
+    }
+    let auth = match bot_authority(state, &id.bot) {
+        Ok(a) => a,
+        Err(reason) => {
+            deny(state, id, remote, &reason).await;
+            return Err(Status::permission_denied(format!("renewal denied: {reason}")));
+        }
+    };
+    let key_fp = sigil_pki::sha256_hex(&req.public_key_spki);
+    let ttl = effective_ttl(req.ttl_seconds, auth.max_ttl);
+    let key = keys::bot_instance(&id.bot, &id.instance_id);
+
+    for _ in 0..CAS_RETRIES {
+        let item = state
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| Status::unavailable(format!("storage: {e}")))?;
+        let Some(item) = item else {
+            deny(state, id, remote, "bot instance no longer exists").await;
+            return Err(Status::permission_denied(
+                "renewal denied: this bot instance was removed; rejoin with a new token",
+            ));
+        };
+        let mut inst: BotInstance = serde_json::from_slice(&item.value)
+            .map_err(|e| Status::internal(format!("undecodable bot instance: {e}")))?;
+        let stored = inst.spec.generation;
+        let next = if id.generation == stored {
+            stored + 1
+        } else if id.generation + 1 == stored && inst.spec.current_key_sha256 == key_fp {
+            stored
+        } else {
+            return Err(generation_mismatch(state, id, &inst, remote).await);
+        };
+
+        let new_id = ClientIdentity {
+            generation: next,
+            roles: auth.roles.clone(),
+            logins: auth.logins.clone(),
+            ..id.clone()
+        };
+        issuance::check_locks(state, &new_id, &[])?;
+        let cert = state
+            .cas
+            .client
+            .issue_client(&req.public_key_spki, &new_id, ttl)
+            .map_err(issuance::pki_error)?;
+        let now = OffsetDateTime::now_utc();
+        inst.spec.generation = next;
+        inst.spec.current_key_sha256 = key_fp.clone();
+        inst.spec.push_authentication(
+            Authentication {
+                time: now,
+                method: format!("{}+renewal", id.join_method),
+                remote_addr: remote.to_string(),
+                public_key_sha256: key_fp.clone(),
+                generation: next,
+                attributes: Default::default(),
+            },
+            sigil_types::HISTORY_CAP,
+        );
+        if let Some(hb) = &req.heartbeat {
+            inst.spec.push_heartbeat(heartbeat(hb, now), sigil_types::HISTORY_CAP);
+        }
+        let txn = Txn {
+            ops: vec![Op::Update {
+                key: key.clone(),
+                value: serde_json::to_vec(&inst).map_err(|e| Status::internal(e.to_string()))?,
+                expires: None,
+                expected_revision: Some(item.revision),
+            }],
+            audit: vec![
+                audit::event(
+                    audit::RENEWAL,
+                    serde_json::json!({
+                        "bot": id.bot, "bot_instance": id.instance_id,
+                        "generation": next, "retry": next == stored,
+                        "remote_addr": remote, "public_key_sha256": key_fp,
+                    }),
+                ),
+                issuance::x509_issued_event(&new_id, &cert, ttl, "client"),
+            ],
+        };
+        match state.store.commit(txn).await {
+            Ok(_) => {
+                metrics::counter!("sigil_renewals_total", "result" => "ok").increment(1);
+                metrics::counter!("sigil_certs_issued_total", "kind" => "x509").increment(1);
+                return Ok(Credentials {
+                    tls_cert_pem: cert.pem,
+                    ca_certs_pem: state.cas.agent_bundle_pem(),
+                    bot_name: id.bot.clone(),
+                    instance_id: id.instance_id.clone(),
+                    generation: next,
+                    expires_unix: cert.not_after.unix_timestamp(),
+                    cluster_name: state.cluster.clone(),
+                    roles: auth.roles.clone(),
+                });
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(Status::unavailable(format!("storage: {e}"))),
+        }
+    }
+    Err(Status::aborted("concurrent renewals of the same instance; retry"))
+}
+
+/// Lock the instance and audit the copy; the error names the lock.
+async fn generation_mismatch(
+    state: &AuthState,
+    id: &ClientIdentity,
+    inst: &BotInstance,
+    remote: &str,
+) -> Status {
+    metrics::counter!("sigil_renewals_total", "result" => "generation_mismatch").increment(1);
+    let lock_id = uuid::Uuid::new_v4().to_string();
+    let message = format!(
+        "generation mismatch: presented {} but {} was issued; the credential was copied",
+        id.generation, inst.spec.generation
+    );
+    let lock = Lock::new(
+        Metadata {
+            name: lock_id.clone(),
+            ..Default::default()
+        },
+        LockSpec {
+            target: LockTarget::BotInstance(id.instance_id.clone()),
+            message: message.clone(),
+            created_by: "sigil-auth".to_string(),
+            created_at: Some(OffsetDateTime::now_utc()),
+        },
+    );
+    let fields = serde_json::json!({
+        "bot": id.bot, "bot_instance": id.instance_id,
+        "presented_generation": id.generation, "stored_generation": inst.spec.generation,
+        "remote_addr": remote, "lock": lock_id,
+    });
+    let txn = Txn {
+        ops: vec![Op::Create {
+            key: keys::lock(&lock_id),
+            value: serde_json::to_vec(&lock).unwrap_or_default(),
+            expires: None,
+        }],
+        audit: vec![
+            audit::event(audit::GENERATION_MISMATCH, fields.clone()),
+            audit::event(
+                audit::LOCK_CREATED,
+                serde_json::json!({"lock": lock_id, "target": lock.spec.target.to_string(), "message": message, "by": "sigil-auth"}),
+            ),
+        ],
+    };
+    match state.store.commit(txn).await {
+        Ok(_) => {
+            // Enforce at once, before the watch event arrives.
+            if let Ok(Some(item)) = state.store.get(&keys::lock(&lock_id)).await {
+                state.cache.apply_put(&item);
+            }
+            tracing::warn!(bot = %id.bot, instance = %id.instance_id, "generation mismatch: instance locked");
+        }
+        Err(e) => tracing::error!(error = %e, "failed to store the generation-mismatch lock"),
+    }
+    Status::permission_denied(format!("renewal denied: {message}; bot instance locked"))
+}
+
+async fn deny(state: &AuthState, id: &ClientIdentity, remote: &str, reason: &str) {
+    metrics::counter!("sigil_renewals_total", "result" => "denied").increment(1);
+    let ev = audit::event(
+        audit::RENEWAL_DENIED,
+        serde_json::json!({"bot": id.bot, "bot_instance": id.instance_id, "reason": reason, "remote_addr": remote}),
+    );
+    if let Err(e) = state.store.commit(Txn { ops: vec![], audit: vec![ev] }).await {
+        tracing::error!(error = %e, "failed to audit a denied renewal");
+    }
+}
+
+/// Convert a self-reported heartbeat.
+pub fn heartbeat(hb: &sigil_proto::v1::Heartbeat, now: OffsetDateTime) -> Heartbeat {
+    // Self-reported: clip lengths so an agent cannot bloat its record.
+    let clip = |s: &str| s.chars().take(128).collect::<String>();
+    Heartbeat {
+        time: now,
+        hostname: clip(&hb.hostname),
+        version: clip(&hb.version),
+        os: clip(&hb.os),
+        uptime_seconds: hb.uptime_seconds,
+        one_shot: hb.one_shot,
+    }
+}

@@ -1,0 +1,28 @@
+//! Shared state of a running auth service.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sigil_store::Store;
+
+use crate::cache::Cache;
+use crate::cluster::Cas;
+use crate::join::JoinRegistry;
+
+/// Everything the API handlers share.
+pub struct AuthState {
+    pub store: Arc<dyn Store>,
+    pub cluster: String,
+    pub cas: Cas,
+    pub cache: Cache,
+    pub joins: JoinRegistry,
+    /// What `bots add` prints as the address to join (the control-plane listener).
+    pub advertise_addr: String,
+    pub public_addr: String,
+    pub data_dir: std::path::PathBuf,
+    pub started: Instant,
+    /// The host CA pin agents use to trust this service on first contact.
+    pub ca_pin: String,
+}
+
+pub type SharedState = Arc<AuthState>;

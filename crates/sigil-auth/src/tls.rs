@@ -1,0 +1,224 @@
+//! TLS for the control plane: the auth service's server certificate (issued by
+//! the `host` CA at start-up) and client-certificate verification against the
+//! `client` CA. Clients without a certificate may connect (to `Ping`/`Join`);
+//! every other call checks the verified identity per request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sigil_pki::{CertInfo, ClientIdentity, TlsKeyPair, X509Ca};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+/// How long the auth service's own TLS certificate lives; it is re-issued at
+/// every start and the service refreshes it well before expiry.
+pub const SERVER_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The process-wide crypto provider: aws-lc-rs, installed explicitly.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Names the server certificate carries: the configured names, `localhost`,
+/// the cluster name and the concrete IPs it listens on.
+pub fn server_names(
+    cluster: &str,
+    configured: &[String],
+    listens: &[SocketAddr],
+) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns = vec!["localhost".to_string(), cluster.to_string()];
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    for name in configured {
+        match name.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(name.clone()),
+        }
+    }
+    for l in listens {
+        if !l.ip().is_unspecified() {
+            ips.push(l.ip());
+        }
+    }
+    dns.sort();
+    dns.dedup();
+    ips.sort();
+    ips.dedup();
+    (dns, ips)
+}
+
+/// Build the rustls server config for a listener with the given server
+/// certificate chain, optionally verifying client certificates.
+pub fn server_config(
+    host_ca: &X509Ca,
+    client_ca: &X509Ca,
+    cluster: &str,
+    dns: &[String],
+    ips: &[IpAddr],
+    client_auth: bool,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let key = TlsKeyPair::generate().context("generating the auth service TLS key")?;
+    let leaf = host_ca
+        .issue_server(&key.spki_der(), &format!("{cluster} auth"), dns, ips, SERVER_CERT_TTL)
+        .context("issuing the auth service TLS certificate")?;
+    let chain = vec![
+        CertificateDer::from(leaf.der.clone()),
+        CertificateDer::from(host_ca.cert_der().to_vec()),
+    ];
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with aws-lc-rs")?;
+    let builder = if client_auth {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(client_ca.cert_der().to_vec()))
+            .context("adding the client CA to the trust store")?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .context("building the client certificate verifier")?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut cfg = builder
+        .with_single_cert(chain, key_der)
+        .context("installing the auth service certificate")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// What a request knows about its connection: the peer address and, when the
+/// client presented a valid certificate, its parsed identity (parsed once per
+/// connection, not per request).
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub remote_addr: Option<SocketAddr>,
+    pub identity: Option<Arc<(ClientIdentity, CertInfo)>>,
+    /// Set when the client showed a certificate that is not a Sigil identity.
+    pub identity_error: Option<String>,
+    /// True for the owner-only admin Unix socket.
+    pub local_admin: bool,
+}
+
+/// A TLS connection carrying its [`PeerInfo`] for tonic.
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl TlsConn {
+    pub fn new(inner: TlsStream<TcpStream>, remote: SocketAddr) -> Self {
+        let (_, conn) = inner.get_ref();
+        let mut info = PeerInfo {
+            remote_addr: Some(remote),
+            identity: None,
+            identity_error: None,
+            local_admin: false,
+        };
+        if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
+            match sigil_pki::read_client_identity(leaf) {
+                Ok(id) => info.identity = Some(Arc::new(id)),
+                Err(e) => info.identity_error = Some(e.to_string()),
+            }
+        }
+        TlsConn { inner, info }
+    }
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A Unix-socket connection for the local admin API. Access control is the
+/// socket's file mode (owner-only), so every caller here is the data dir owner.
+pub struct AdminConn(pub tokio::net::UnixStream);
+
+impl Connected for AdminConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        PeerInfo {
+            remote_addr: None,
+            identity: None,
+            identity_error: None,
+            local_admin: true,
+        }
+    }
+}
+
+impl AsyncRead for AdminConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AdminConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,299 @@
+//! `sigil create -f`, `sigil get` and `sigil rm`: the verbs every kind shares.
+
+use super::connect::{AdminClient, connect};
+use super::render::kind_table;
+use crate::cli::{CreateArgs, Format, GetArgs, GetFormat, GlobalArgs, RmArgs};
+use crate::error::CliError;
+use crate::output::{self, parse_json_docs, token_prefix};
+use anyhow::Context;
+use serde_json::Value;
+use sigil_proto::v1::{CreateResourceRequest, ListResourcesRequest, ResourceRef};
+use std::io::Read;
+use std::path::Path;
+
+/// Resource kinds the admin verbs address by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceKind {
+    /// `role`
+    Role,
+    /// `bot`
+    Bot,
+    /// `token`
+    Token,
+    /// `lock`
+    Lock,
+    /// `bot_instance`
+    BotInstance,
+}
+
+impl ResourceKind {
+    /// Every kind, in help order.
+    pub const ALL: [ResourceKind; 5] = [
+        ResourceKind::Role,
+        ResourceKind::Bot,
+        ResourceKind::Token,
+        ResourceKind::Lock,
+        ResourceKind::BotInstance,
+    ];
+
+    /// The singular API name (`ResourceRef.kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Role => "role",
+            ResourceKind::Bot => "bot",
+            ResourceKind::Token => "token",
+            ResourceKind::Lock => "lock",
+            ResourceKind::BotInstance => "bot_instance",
+        }
+    }
+
+    /// Parses a kind: singular or plural, any case, `-` or `_` (`bot-instances`).
+    pub fn parse(s: &str) -> Result<ResourceKind, CliError> {
+        let norm = s.trim().to_ascii_lowercase().replace('-', "_");
+        let singular = norm.strip_suffix('s').unwrap_or(&norm);
+        ResourceKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == singular || k.as_str() == norm)
+            .ok_or_else(|| {
+                let known: Vec<&str> = ResourceKind::ALL.iter().map(|k| k.as_str()).collect();
+                CliError::usage(format!(
+                    "unknown resource kind {s:?}: known kinds are {} (plural forms work too)",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    /// How a resource of this kind is named in messages: token names are secrets,
+    /// so only their prefix is shown.
+    pub fn display_name(self, name: &str) -> String {
+        match self {
+            ResourceKind::Token => token_prefix(name),
+            _ => name.to_string(),
+        }
+    }
+}
+
+/// Splits `KIND`, `KIND/NAME` or `KIND NAME` into a kind and an optional name.
+pub fn parse_target(target: &str, name: Option<&str>) -> Result<(ResourceKind, Option<String>), CliError> {
+    let (kind, inline) = match target.split_once('/') {
+        Some((k, n)) => (k, Some(n)),
+        None => (target, None),
+    };
+    let kind = ResourceKind::parse(kind)?;
+    match (inline, name) {
+        (Some(_), Some(_)) => Err(CliError::usage(format!(
+            "give the name once: either {}/NAME or {} NAME",
+            kind.as_str(),
+            kind.as_str()
+        ))),
+        (Some(""), None) => Err(CliError::usage(format!("missing name after {}/", kind.as_str()))),
+        (Some(n), None) | (None, Some(n)) => Ok((kind, Some(n.to_string()))),
+        (None, None) => Ok((kind, None)),
+    }
+}
+
+/// Reads `-f FILE` (`-` = stdin); returns the text and the name used in errors.
+fn read_input(path: &Path) -> anyhow::Result<(String, String)> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading resources from stdin")?;
+        return Ok((text, "<stdin>".to_string()));
+    }
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(format!("cannot read {display}: {e}")))?;
+    Ok((text, display))
+}
+
+/// Parses and validates every document locally, so a bad file fails with
+/// file:line:field before anything is sent and nothing is changed.
+pub fn parse_file_text(text: &str, display: &str) -> Result<Vec<(ResourceKind, String, String)>, CliError> {
+    let resources =
+        sigil_types::parse_resources(text, display).map_err(|e| CliError::usage(e.to_string()))?;
+    if resources.is_empty() {
+        return Err(CliError::usage(format!("{display}: no resources found")));
+    }
+    let mut out = Vec::with_capacity(resources.len());
+    for r in &resources {
+        let kind = ResourceKind::parse(r.kind())?;
+        let shown = kind.display_name(r.name());
+        r.validate()
+            .map_err(|e| CliError::usage(format!("{display}: {} {shown:?}: {e}", kind.as_str())))?;
+        let json = r
+            .to_json_value()
+            .map_err(|e| CliError::usage(format!("{display}: {} {shown:?}: {e}", kind.as_str())))?
+            .to_string();
+        out.push((kind, r.name().to_string(), json));
+    }
+    Ok(out)
+}
+
+/// `sigil create -f FILE [--force]`
+pub async fn create(global: &GlobalArgs, args: &CreateArgs) -> anyhow::Result<()> {
+    let (text, display) = read_input(&args.file)?;
+    let docs = parse_file_text(&text, &display)?;
+    let mut client = connect(global).await?;
+    for (kind, name, json) in docs {
+        let shown = kind.display_name(&name);
+        // The API does not say whether an upsert replaced something; ask first so
+        // the message is accurate.
+        let existed = args.force && exists(&mut client, kind, &name).await?;
+        client
+            .create_resource(CreateResourceRequest { json, upsert: args.force })
+            .await
+            .with_context(|| format!("{} {shown:?} not created", kind.as_str()))?;
+        let verb = if existed { "updated" } else { "created" };
+        println!("{} {shown:?} {verb}", kind.as_str());
+    }
+    Ok(())
+}
+
+/// True if the resource exists.
+async fn exists(client: &mut AdminClient, kind: ResourceKind, name: &str) -> anyhow::Result<bool> {
+    let req = ResourceRef { kind: kind.as_str().to_string(), name: name.to_string() };
+    match client.get_resource(req).await {
+        Ok(_) => Ok(true),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+        Err(s) => Err(s.into()),
+    }
+}
+
+/// Lists resources of `kind` (with an optional filter) as JSON values.
+pub async fn list(client: &mut AdminClient, kind: ResourceKind, filter: &str) -> anyhow::Result<Vec<Value>> {
+    let resp = client
+        .list_resources(ListResourcesRequest { kind: kind.as_str().to_string(), filter: filter.to_string() })
+        .await?
+        .into_inner();
+    parse_json_docs(&resp.json)
+}
+
+/// Prints a list for `ls` verbs: a table, or a JSON array.
+pub fn print_list(kind: ResourceKind, items: &[Value], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Text if items.is_empty() => eprintln!("no {}s", kind.as_str()),
+        Format::Text => println!("{}", kind_table(kind, items)),
+        Format::Json => println!("{}", output::json(&Value::Array(items.to_vec()))?),
+    }
+    Ok(())
+}
+
+/// `sigil get KIND[/NAME]`
+pub async fn get(global: &GlobalArgs, args: &GetArgs) -> anyhow::Result<()> {
+    let (kind, name) = parse_target(&args.target, args.name.as_deref())?;
+    let mut client = connect(global).await?;
+    match name {
+        Some(name) => {
+            let req = ResourceRef { kind: kind.as_str().to_string(), name: name.clone() };
+            let resp = client.get_resource(req).await?.into_inner();
+            let value = parse_json_docs(&[resp.json])?.remove(0);
+            match args.output.unwrap_or(GetFormat::Yaml) {
+                GetFormat::Yaml => print!("{}", output::yaml_docs(std::slice::from_ref(&value))?),
+                GetFormat::Json => println!("{}", output::json(&value)?),
+                GetFormat::Text => println!("{}", kind_table(kind, std::slice::from_ref(&value))),
+            }
+        }
+        None => {
+            let items = list(&mut client, kind, "").await?;
+            match args.output.unwrap_or(GetFormat::Text) {
+                GetFormat::Yaml => print!("{}", output::yaml_docs(&items)?),
+                GetFormat::Json => print_list(kind, &items, Format::Json)?,
+                GetFormat::Text => print_list(kind, &items, Format::Text)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `sigil rm KIND/NAME`
+pub async fn rm(global: &GlobalArgs, args: &RmArgs) -> anyhow::Result<()> {
+    let (kind, name) = parse_target(&args.target, args.name.as_deref())?;
+    let name = name.ok_or_else(|| {
+        CliError::usage(format!("which {0}? use `sigil rm {0}/NAME`", kind.as_str()))
+    })?;
+    delete(global, kind, &name).await
+}
+
+/// Deletes one resource and says so.
+pub async fn delete(global: &GlobalArgs, kind: ResourceKind, name: &str) -> anyhow::Result<()> {
+    let mut client = connect(global).await?;
+    let req = ResourceRef { kind: kind.as_str().to_string(), name: name.to_string() };
+    client.delete_resource(req).await?;
+    println!("{} {:?} removed", kind.as_str(), kind.display_name(name));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Failure;
+
+    #[test]
+    fn kinds_normalise() {
+        let cases = [
+            ("role", ResourceKind::Role),
+            ("roles", ResourceKind::Role),
+            ("Roles", ResourceKind::Role),
+            ("bot", ResourceKind::Bot),
+            ("bots", ResourceKind::Bot),
+            ("token", ResourceKind::Token),
+            ("tokens", ResourceKind::Token),
+            ("lock", ResourceKind::Lock),
+            ("locks", ResourceKind::Lock),
+            ("bot_instance", ResourceKind::BotInstance),
+            ("bot_instances", ResourceKind::BotInstance),
+            ("bot-instances", ResourceKind::BotInstance),
+            ("bot-instance", ResourceKind::BotInstance),
+        ];
+        for (s, want) in cases {
+            assert_eq!(ResourceKind::parse(s), Ok(want), "{s}");
+        }
+    }
+
+    #[test]
+    fn unknown_kind_lists_known_ones() {
+        let err = ResourceKind::parse("robots").unwrap_err();
+        assert_eq!(err.failure, Failure::Usage);
+        for k in ["role", "bot", "token", "lock", "bot_instance"] {
+            assert!(err.message.contains(k), "{}", err.message);
+        }
+        assert!(ResourceKind::parse("s").is_err());
+        assert!(ResourceKind::parse("").is_err());
+    }
+
+    #[test]
+    fn targets_split() {
+        assert_eq!(parse_target("roles", None), Ok((ResourceKind::Role, None)));
+        assert_eq!(parse_target("role/dev", None), Ok((ResourceKind::Role, Some("dev".into()))));
+        assert_eq!(parse_target("bot", Some("ci")), Ok((ResourceKind::Bot, Some("ci".into()))));
+        assert!(parse_target("role/dev", Some("x")).is_err());
+        assert!(parse_target("role/", None).is_err());
+        assert_eq!(parse_target("widget/x", None).unwrap_err().failure, Failure::Usage);
+    }
+
+    #[test]
+    fn token_names_are_masked_in_messages() {
+        assert_eq!(ResourceKind::Token.display_name("0123456789abcdef"), "01234567…");
+        assert_eq!(ResourceKind::Role.display_name("0123456789abcdef"), "0123456789abcdef");
+    }
+
+    #[test]
+    fn bad_yaml_fails_locally_with_location() {
+        let text = "kind: role\nversion: v1\nmetadata:\n  name: dev\nspec:\n  allow:\n    loginz: [root]\n";
+        let err = parse_file_text(text, "role.yaml").unwrap_err();
+        assert_eq!(err.failure, Failure::Usage);
+        assert!(err.message.starts_with("role.yaml:"), "{}", err.message);
+        assert!(err.message.contains("loginz"), "{}", err.message);
+    }
+
+    #[test]
+    fn good_documents_become_json() {
+        let text = "kind: role\nversion: v1\nmetadata:\n  name: dev\nspec:\n  allow:\n    logins: [root]\n---\n\
+                    kind: bot\nversion: v1\nmetadata:\n  name: ci\nspec:\n  roles: [dev]\n";
+        let docs = parse_file_text(text, "f.yaml").unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!((docs[0].0, docs[0].1.as_str()), (ResourceKind::Role, "dev"));
+        assert_eq!((docs[1].0, docs[1].1.as_str()), (ResourceKind::Bot, "ci"));
+        let v: Value = serde_json::from_str(&docs[1].2).unwrap();
+        assert_eq!(v["spec"]["roles"][0], "dev");
+    }
+}

@@ -1,0 +1,432 @@
+//! Command-line structure (clap derive). The command names, flags and their
+//! meanings are a fixed interface used by scripts and the end-to-end tests.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Shown by `sigil --help`; documents the exit codes (kept in sync with
+/// `EXIT_CODES.md` and [`crate::error::Failure`]).
+pub const LONG_ABOUT: &str = "\
+Sigil gives machines and workloads short-lived, attested identities.
+
+Servers:
+  sigil auth start   run the auth service (CA, policy, audit, admin API)
+  sigil agent start  run the agent that joins and keeps credentials fresh
+
+Admin verbs talk to the auth service either locally through DIR/admin.sock
+(--data-dir DIR, on the auth host, as the data dir's owner) or remotely with
+mutual TLS (--auth-server HOST:PORT --identity FILE, an identity file written by
+an agent's `identity` output).
+
+Exit codes:
+  0  success
+  1  other error (internal error, audit log broken, unexpected failure)
+  2  bad input: usage error, invalid file or flag, unknown kind, resource
+     not found or already exists, failed precondition
+  3  permission denied or not authenticated
+  4  auth service unavailable (not running, unreachable, socket missing)";
+
+/// The `sigil` command line.
+#[derive(Parser, Debug)]
+#[command(name = "sigil", version, about = "Sigil machine identity: auth service, agent and admin CLI", long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// Connection options shared by every subcommand.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// True for the long-running servers (`auth start`, `agent start`), which log at
+    /// `info` by default; admin verbs log at `warn` so their output stays clean.
+    pub fn is_server(&self) -> bool {
+        matches!(self.command, Command::Auth(_) | Command::Agent(_))
+    }
+}
+
+/// Options accepted anywhere on the command line.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GlobalArgs {
+    /// The auth service's data directory. `auth start`: where its state lives.
+    /// Admin verbs: talk to the service through DIR/admin.sock.
+    #[arg(long, global = true, env = "SIGIL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the auth service. `agent start`: where to join. Admin verbs: connect
+    /// with mutual TLS (needs --identity).
+    #[arg(long, global = true, env = "SIGIL_AUTH_SERVER", value_name = "HOST:PORT")]
+    pub auth_server: Option<String>,
+    /// Identity file (written by an agent's `identity` output) for remote admin access.
+    #[arg(long, global = true, env = "SIGIL_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+/// Top-level subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The auth service.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+    /// The agent.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Create resources from a YAML or JSON file (one or several documents).
+    Create(CreateArgs),
+    /// Show resources: `sigil get roles`, `sigil get role/NAME -o yaml`.
+    Get(GetArgs),
+    /// Remove a resource: `sigil rm role/NAME`.
+    Rm(RmArgs),
+    /// Manage bots (machine users).
+    #[command(subcommand)]
+    Bots(BotsCommand),
+    /// Manage join tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Manage locks (cut a bot, instance, role, token or login off at once).
+    #[command(subcommand)]
+    Locks(LocksCommand),
+    /// Query and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Show the cluster name, CA pin, CAs and resource counts.
+    Status(StatusArgs),
+}
+
+/// Output format of most admin verbs.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Human-readable text and tables.
+    #[default]
+    Text,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Output format of `sigil get`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetFormat {
+    /// A table (lists) or a summary.
+    Text,
+    /// JSON (a list is an array).
+    Json,
+    /// YAML (a list is several documents, ready for `sigil create -f`).
+    Yaml,
+}
+
+/// `sigil auth ...`
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Run the auth service until SIGINT/SIGTERM. Needs --data-dir.
+    Start(AuthStartArgs),
+}
+
+/// `sigil auth start`
+#[derive(Args, Debug, Clone)]
+pub struct AuthStartArgs {
+    /// gRPC control plane (mutual TLS) listen address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Public HTTPS listen address (SPIFFE bundle, OIDC discovery, JWKS, health).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub public_listen: SocketAddr,
+    /// Cluster name (trust domain); set on first start only.
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Extra DNS names or IPs for the auth service's TLS certificate (repeatable).
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_names: Vec<String>,
+}
+
+/// `sigil agent ...`
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Run the agent: join, write outputs, keep them renewed.
+    Start(AgentStartArgs),
+}
+
+/// `sigil agent start`: either --config FILE or the flags (with the global --auth-server).
+#[derive(Args, Debug, Clone, Default)]
+pub struct AgentStartArgs {
+    /// Agent YAML configuration file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ca_pins", "token", "token_path", "storage", "outputs", "credential_ttl", "renewal_interval"])]
+    pub config: Option<PathBuf>,
+    /// Pin of the auth service's host CA, `sha256:HEX` (repeatable; from `sigil bots add`).
+    #[arg(long = "ca-pin", value_name = "sha256:HEX")]
+    pub ca_pins: Vec<String>,
+    /// Join token (prefer --token-path or SIGIL_TOKEN: arguments are visible in `ps`).
+    #[arg(long, env = "SIGIL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// File holding the join token.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_path: Option<PathBuf>,
+    /// Directory for the agent's own key and identity.
+    #[arg(long, value_name = "DIR")]
+    pub storage: Option<PathBuf>,
+    /// Output, `identity:DIR` (repeatable).
+    #[arg(long = "output", value_name = "TYPE:DIR")]
+    pub outputs: Vec<String>,
+    /// Join, write the outputs once and exit (CI).
+    #[arg(long)]
+    pub oneshot: bool,
+    /// Lifetime of issued credentials, e.g. `1h`.
+    #[arg(long, value_name = "DURATION")]
+    pub credential_ttl: Option<String>,
+    /// How often to renew, e.g. `20m`.
+    #[arg(long, value_name = "DURATION")]
+    pub renewal_interval: Option<String>,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub diag_addr: Option<String>,
+}
+
+/// `sigil create -f FILE`
+#[derive(Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// YAML or JSON file with one or more resources; `-` reads stdin.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Replace resources that already exist (upsert).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `sigil get KIND[/NAME] [NAME]`
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    /// Kind (`roles`, `bots`, `tokens`, `locks`, `bot_instances`, singular too) or KIND/NAME.
+    pub target: String,
+    /// Name, as an alternative to KIND/NAME.
+    pub name: Option<String>,
+    /// Output format (default: text for lists, yaml for one resource).
+    #[arg(short = 'o', long = "output", alias = "format", value_enum)]
+    pub output: Option<GetFormat>,
+}
+
+/// `sigil rm KIND/NAME`
+#[derive(Args, Debug, Clone)]
+pub struct RmArgs {
+    /// KIND/NAME, e.g. `role/deployer`.
+    pub target: String,
+    /// Name, as an alternative to KIND/NAME.
+    pub name: Option<String>,
+}
+
+/// `--format` shared by the admin verbs.
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct FormatArg {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// `sigil bots ...`
+#[derive(Subcommand, Debug)]
+pub enum BotsCommand {
+    /// Create a bot and a join token for it.
+    Add(BotsAddArgs),
+    /// List bots.
+    #[command(alias = "list")]
+    Ls(FormatArg),
+    /// Remove a bot.
+    #[command(alias = "remove")]
+    Rm(NameArg),
+    /// Change a bot's roles.
+    Update(BotsUpdateArgs),
+    /// Bot instances (agent installations).
+    #[command(subcommand)]
+    Instances(InstancesCommand),
+}
+
+/// A single positional name.
+#[derive(Args, Debug, Clone)]
+pub struct NameArg {
+    /// Name (or id).
+    pub name: String,
+}
+
+/// `sigil bots add`
+#[derive(Args, Debug, Clone)]
+pub struct BotsAddArgs {
+    /// Bot name.
+    pub name: String,
+    /// Roles, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, value_name = "ROLE,...")]
+    pub roles: Vec<String>,
+    /// Lifetime of the join token, e.g. `15m` (server default if unset).
+    #[arg(long, value_name = "DURATION")]
+    pub token_ttl: Option<String>,
+    /// Upper bound on the bot's credential TTL, e.g. `12h`.
+    #[arg(long, value_name = "DURATION")]
+    pub max_ttl: Option<String>,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `sigil bots update`
+#[derive(Args, Debug, Clone)]
+pub struct BotsUpdateArgs {
+    /// Bot name.
+    pub name: String,
+    /// Replace the bot's roles, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, value_name = "ROLE,...")]
+    pub set_roles: Vec<String>,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `sigil bots instances ...`
+#[derive(Subcommand, Debug)]
+pub enum InstancesCommand {
+    /// List bot instances, optionally of one bot.
+    #[command(alias = "list")]
+    Ls(InstancesLsArgs),
+}
+
+/// `sigil bots instances ls`
+#[derive(Args, Debug, Clone)]
+pub struct InstancesLsArgs {
+    /// Only instances of this bot.
+    pub bot: Option<String>,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `sigil tokens ...`
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Create a join token for a bot.
+    Add(TokensAddArgs),
+    /// List join tokens (text output shows only a prefix of each token).
+    #[command(alias = "list")]
+    Ls(FormatArg),
+    /// Remove a join token.
+    #[command(alias = "remove")]
+    Rm(NameArg),
+}
+
+/// `sigil tokens add`
+#[derive(Args, Debug, Clone)]
+pub struct TokensAddArgs {
+    /// The bot the token lets join.
+    #[arg(long, value_name = "NAME")]
+    pub bot: String,
+    /// Token lifetime, e.g. `15m` (server default if unset).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Join method.
+    #[arg(long, default_value = "token", value_name = "METHOD")]
+    pub join_method: String,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `sigil locks ...`
+#[derive(Subcommand, Debug)]
+pub enum LocksCommand {
+    /// Lock a target: no new credential is issued to it.
+    Add(LocksAddArgs),
+    /// List locks.
+    #[command(alias = "list")]
+    Ls(FormatArg),
+    /// Remove a lock by id.
+    #[command(alias = "remove")]
+    Rm(NameArg),
+}
+
+/// What a lock applies to: exactly one of these.
+#[derive(Args, Debug, Clone, Default)]
+#[group(required = true, multiple = false)]
+pub struct LockTargetArgs {
+    /// A bot by name.
+    #[arg(long, value_name = "NAME")]
+    pub bot: Option<String>,
+    /// A bot instance by id.
+    #[arg(long, value_name = "ID")]
+    pub bot_instance: Option<String>,
+    /// Everyone holding a role.
+    #[arg(long, value_name = "NAME")]
+    pub role: Option<String>,
+    /// A join token.
+    #[arg(long, value_name = "NAME")]
+    pub token: Option<String>,
+    /// An SSH login.
+    #[arg(long, value_name = "NAME")]
+    pub login: Option<String>,
+    /// A SPIFFE ID.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub spiffe_id: Option<String>,
+}
+
+impl LockTargetArgs {
+    /// The `(target_kind, target_value)` pair for `AddLockRequest`.
+    pub fn target(&self) -> Option<(&'static str, &str)> {
+        [
+            ("bot", &self.bot),
+            ("bot_instance", &self.bot_instance),
+            ("role", &self.role),
+            ("token", &self.token),
+            ("login", &self.login),
+            ("spiffe_id", &self.spiffe_id),
+        ]
+        .into_iter()
+        .find_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    }
+}
+
+/// `sigil locks add`
+#[derive(Args, Debug, Clone)]
+pub struct LocksAddArgs {
+    /// The target.
+    #[command(flatten)]
+    pub target: LockTargetArgs,
+    /// Lock lifetime, e.g. `1h` (forever if unset).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Why; shown to the locked party.
+    #[arg(long, value_name = "TEXT")]
+    pub message: Option<String>,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `sigil audit ...`
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Query audit events (json: one event per line).
+    #[command(alias = "list")]
+    Ls(AuditLsArgs),
+    /// Check the audit hash chain.
+    Verify(FormatArg),
+}
+
+/// `sigil audit ls`
+#[derive(Args, Debug, Clone)]
+pub struct AuditLsArgs {
+    /// Only events newer than this, e.g. `1h`.
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// Only events of this type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// At most this many events.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `sigil status`
+#[derive(Args, Debug, Clone, Copy)]
+pub struct StatusArgs {
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}

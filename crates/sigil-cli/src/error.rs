@@ -1,0 +1,194 @@
+//! Error classes, their exit codes and how errors are shown to the user.
+//!
+//! Every failure ends as `error: <message>` on stderr and one of the exit codes
+//! documented in `--help` and `EXIT_CODES.md`, so scripts can tell "fix your input"
+//! from "you are not allowed" from "the service is down".
+
+use std::fmt;
+
+/// Class of a failure; each has its own exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Anything else (exit 1).
+    Other,
+    /// Bad input, not found, already exists, failed precondition (exit 2).
+    Usage,
+    /// Permission denied or not authenticated (exit 3).
+    Denied,
+    /// The auth service is not reachable (exit 4).
+    Unavailable,
+}
+
+impl Failure {
+    /// The process exit code for this class.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Failure::Other => 1,
+            Failure::Usage => 2,
+            Failure::Denied => 3,
+            Failure::Unavailable => 4,
+        }
+    }
+}
+
+/// An error raised by the CLI itself, with its class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    /// The class (exit code).
+    pub failure: Failure,
+    /// What went wrong and what to do about it. Never contains secrets.
+    pub message: String,
+}
+
+impl CliError {
+    /// A bad-input error (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError { failure: Failure::Usage, message: message.into() }
+    }
+
+    /// A permission error (exit 3).
+    pub fn denied(message: impl Into<String>) -> Self {
+        CliError { failure: Failure::Denied, message: message.into() }
+    }
+
+    /// A service-unavailable error (exit 4).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        CliError { failure: Failure::Unavailable, message: message.into() }
+    }
+
+    /// Any other error (exit 1).
+    pub fn other(message: impl Into<String>) -> Self {
+        CliError { failure: Failure::Other, message: message.into() }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// The class of a gRPC status code.
+pub fn failure_for_code(code: tonic::Code) -> Failure {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument | Code::AlreadyExists | Code::NotFound | Code::FailedPrecondition => {
+            Failure::Usage
+        }
+        Code::PermissionDenied | Code::Unauthenticated => Failure::Denied,
+        Code::Unavailable => Failure::Unavailable,
+        _ => Failure::Other,
+    }
+}
+
+/// The class of an error: the first cause in the chain that has one decides.
+pub fn failure_of(err: &anyhow::Error) -> Failure {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<CliError>() {
+            return e.failure;
+        }
+        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+            return failure_for_code(status.code());
+        }
+        if cause.downcast_ref::<tonic::transport::Error>().is_some() {
+            return Failure::Unavailable;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            match io.kind() {
+                ErrorKind::PermissionDenied => return Failure::Denied,
+                ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset | ErrorKind::TimedOut => {
+                    return Failure::Unavailable;
+                }
+                _ => {}
+            }
+        }
+    }
+    Failure::Other
+}
+
+/// The process exit code for an error.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    failure_of(err).exit_code()
+}
+
+/// The message shown after `error: `. A gRPC status shows only its message (the
+/// server writes it for humans), not tonic's debug rendering with metadata.
+pub fn render(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+            let msg = status.message();
+            parts.push(if msg.is_empty() {
+                format!("{:?}", status.code())
+            } else {
+                msg.to_string()
+            });
+            break;
+        }
+        parts.push(cause.to_string());
+    }
+    // anyhow's chain repeats a wrapped source's text when a context message embeds
+    // it; drop exact repeats so the line stays readable.
+    parts.dedup();
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn grpc_codes_map_to_exit_codes() {
+        let cases = [
+            (Code::InvalidArgument, 2),
+            (Code::AlreadyExists, 2),
+            (Code::NotFound, 2),
+            (Code::FailedPrecondition, 2),
+            (Code::PermissionDenied, 3),
+            (Code::Unauthenticated, 3),
+            (Code::Unavailable, 4),
+            (Code::Internal, 1),
+            (Code::Unknown, 1),
+            (Code::DeadlineExceeded, 1),
+        ];
+        for (code, want) in cases {
+            let err = anyhow::Error::new(Status::new(code, "boom"));
+            assert_eq!(exit_code(&err), want, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn cli_errors_keep_their_class_through_context() {
+        let err = anyhow::Error::new(CliError::usage("bad")).context("while reading");
+        assert_eq!(exit_code(&err), 2);
+        let err = anyhow::Error::new(CliError::denied("no")).context("connecting");
+        assert_eq!(exit_code(&err), 3);
+        let err = anyhow::Error::new(CliError::unavailable("down"));
+        assert_eq!(exit_code(&err), 4);
+        assert_eq!(exit_code(&anyhow::anyhow!("plain")), 1);
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let denied = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "x");
+        assert_eq!(exit_code(&anyhow::Error::new(denied)), 3);
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "x");
+        assert_eq!(exit_code(&anyhow::Error::new(refused)), 4);
+        let other = std::io::Error::other("x");
+        assert_eq!(exit_code(&anyhow::Error::new(other)), 1);
+    }
+
+    #[test]
+    fn render_shows_status_message_only() {
+        let err: anyhow::Result<()> = Err(Status::not_found("role \"x\" not found").into());
+        let err = err.context("get role/x").unwrap_err();
+        assert_eq!(render(&err), "get role/x: role \"x\" not found");
+        let empty = anyhow::Error::new(Status::new(Code::Unavailable, ""));
+        assert_eq!(render(&empty), "Unavailable");
+    }
+}

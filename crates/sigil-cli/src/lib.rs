@@ -1,0 +1,42 @@
+//! The `sigil` command: servers (`auth start`, `agent start`) and admin verbs.
+//! `main.rs` only parses, sets up logging and maps errors to exit codes; all the
+//! logic lives here so it can be tested.
+
+pub mod admin;
+pub mod cli;
+pub mod error;
+pub mod output;
+pub mod servers;
+
+#[cfg(test)]
+mod cli_tests;
+
+use cli::{AgentCommand, AuthCommand, Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+/// Logs go to stderr, filtered by `SIGIL_LOG` (e.g. `debug`, `sigil_auth=trace`);
+/// the default is `info` for servers and `warn` for admin verbs, whose stdout and
+/// stderr are for the user.
+pub fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("SIGIL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // A second init (tests) is harmless; ignore the error.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Auth(AuthCommand::Start(args)) => servers::auth_start(g, args).await,
+        Command::Agent(AgentCommand::Start(args)) => servers::agent_start(g, args).await,
+        Command::Create(args) => admin::resources::create(g, args).await,
+        Command::Get(args) => admin::resources::get(g, args).await,
+        Command::Rm(args) => admin::resources::rm(g, args).await,
+        Command::Bots(cmd) => admin::bots::run(g, cmd).await,
+        Command::Tokens(cmd) => admin::tokens::run(g, cmd).await,
+        Command::Locks(cmd) => admin::locks::run(g, cmd).await,
+        Command::Audit(cmd) => admin::audit::run(g, cmd).await,
+        Command::Status(args) => admin::status::run(g, args).await,
+    }
+}

@@ -1,0 +1,20 @@
+//! The `sigil` binary. Exit codes: see `sigil --help` and EXIT_CODES.md.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = sigil_cli::cli::Cli::parse();
+    sigil_cli::init_tracing(cli.is_server());
+    // One TLS backend for the whole process (aws-lc-rs); an error only means a
+    // provider is already installed, which is fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match sigil_cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", sigil_cli::error::render(&e));
+            ExitCode::from(sigil_cli::error::exit_code(&e))
+        }
+    }
+}

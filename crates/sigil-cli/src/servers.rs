@@ -1,0 +1,138 @@
+//! `sigil auth start` and `sigil agent start`: argument checks, then the library
+//! crates do the work.
+
+use crate::cli::{AgentStartArgs, AuthStartArgs, GlobalArgs};
+use crate::error::CliError;
+use crate::admin::parse_flag_duration;
+
+/// `sigil auth start`: runs until SIGINT/SIGTERM.
+pub async fn auth_start(global: &GlobalArgs, args: &AuthStartArgs) -> anyhow::Result<()> {
+    let cfg = auth_config(global, args)?;
+    sigil_auth::run(cfg).await
+}
+
+/// The auth service configuration from the flags.
+pub fn auth_config(global: &GlobalArgs, args: &AuthStartArgs) -> Result<sigil_auth::AuthConfig, CliError> {
+    let data_dir = global.data_dir.clone().ok_or_else(|| {
+        CliError::usage("sigil auth start needs --data-dir DIR (where the auth service keeps its keys and database)")
+    })?;
+    Ok(sigil_auth::AuthConfig {
+        data_dir,
+        listen: args.listen,
+        public_listen: args.public_listen,
+        cluster_name: args.cluster_name.clone(),
+        server_names: args.server_names.clone(),
+    })
+}
+
+/// `sigil agent start`: from --config FILE or from flags.
+pub async fn agent_start(global: &GlobalArgs, args: &AgentStartArgs) -> anyhow::Result<()> {
+    let cfg = match &args.config {
+        Some(path) => {
+            if global.auth_server.is_some() {
+                tracing::warn!("--auth-server/SIGIL_AUTH_SERVER is ignored with --config: the config file's auth_server is used");
+            }
+            if args.diag_addr.is_some() {
+                tracing::warn!("--diag-addr is ignored with --config: set diag_addr in the config file");
+            }
+            // The loader's errors already name file, line and field; bad config is bad input.
+            sigil_agent::AgentConfig::load(path).map_err(|e| CliError::usage(format!("{e:#}")))?
+        }
+        None => sigil_agent::AgentConfig::from_flags(agent_flags(global, args)?)
+            .map_err(|e| CliError::usage(format!("{e:#}")))?,
+    };
+    sigil_agent::run(cfg, args.oneshot).await
+}
+
+/// The agent's flags, checked for what is always required so the error names the flag.
+pub fn agent_flags(global: &GlobalArgs, args: &AgentStartArgs) -> Result<sigil_agent::AgentFlags, CliError> {
+    let auth_server = global.auth_server.clone().ok_or_else(|| {
+        CliError::usage("sigil agent start needs --config FILE, or --auth-server HOST:PORT with --ca-pin, --storage and --output")
+    })?;
+    if args.ca_pins.is_empty() {
+        return Err(CliError::usage(
+            "sigil agent start needs --ca-pin sha256:HEX (printed by `sigil bots add` and `sigil status`)",
+        ));
+    }
+    let storage = args
+        .storage
+        .clone()
+        .ok_or_else(|| CliError::usage("sigil agent start needs --storage DIR (where the agent keeps its own key)"))?;
+    for (flag, value) in [("credential-ttl", &args.credential_ttl), ("renewal-interval", &args.renewal_interval)] {
+        if let Some(v) = value {
+            parse_flag_duration(flag, v)?;
+        }
+    }
+    Ok(sigil_agent::AgentFlags {
+        auth_server,
+        ca_pins: args.ca_pins.clone(),
+        token: args.token.clone(),
+        token_path: args.token_path.clone(),
+        storage,
+        outputs: args.outputs.clone(),
+        credential_ttl: args.credential_ttl.clone(),
+        renewal_interval: args.renewal_interval.clone(),
+        diag_addr: args.diag_addr.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn base() -> (GlobalArgs, AgentStartArgs) {
+        let g = GlobalArgs { auth_server: Some("127.0.0.1:3025".into()), ..Default::default() };
+        let a = AgentStartArgs {
+            ca_pins: vec!["sha256:00".into()],
+            token: Some("t".into()),
+            storage: Some(PathBuf::from("/s")),
+            outputs: vec!["identity:/o".into()],
+            credential_ttl: Some("1h".into()),
+            ..Default::default()
+        };
+        (g, a)
+    }
+
+    #[test]
+    fn agent_flags_map_through() {
+        let (g, a) = base();
+        let f = agent_flags(&g, &a).unwrap();
+        assert_eq!(f.auth_server, "127.0.0.1:3025");
+        assert_eq!(f.ca_pins, ["sha256:00"]);
+        assert_eq!(f.outputs, ["identity:/o"]);
+        assert_eq!(f.credential_ttl.as_deref(), Some("1h"));
+    }
+
+    #[test]
+    fn agent_flags_name_what_is_missing() {
+        let (_, a) = base();
+        let err = agent_flags(&GlobalArgs::default(), &a).unwrap_err();
+        assert!(err.message.contains("--auth-server"), "{}", err.message);
+        let (g, mut a) = base();
+        a.ca_pins.clear();
+        assert!(agent_flags(&g, &a).unwrap_err().message.contains("--ca-pin"));
+        let (g, mut a) = base();
+        a.storage = None;
+        assert!(agent_flags(&g, &a).unwrap_err().message.contains("--storage"));
+        let (g, mut a) = base();
+        a.renewal_interval = Some("20x".into());
+        assert!(agent_flags(&g, &a).unwrap_err().message.contains("--renewal-interval"));
+    }
+
+    #[test]
+    fn auth_needs_data_dir() {
+        let args = AuthStartArgs {
+            listen: "127.0.0.1:1".parse().unwrap(),
+            public_listen: "127.0.0.1:2".parse().unwrap(),
+            cluster_name: Some("example.test".into()),
+            server_names: vec!["auth.example.test".into()],
+        };
+        assert!(auth_config(&GlobalArgs::default(), &args).unwrap_err().message.contains("--data-dir"));
+        let g = GlobalArgs { data_dir: Some("/d".into()), ..Default::default() };
+        let cfg = auth_config(&g, &args).unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/d"));
+        assert_eq!(cfg.server_names, ["auth.example.test"]);
+        assert_eq!(cfg.cluster_name.as_deref(), Some("example.test"));
+    }
+}

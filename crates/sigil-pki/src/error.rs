@@ -1,0 +1,119 @@
+//! The crate's error type. Messages say what to do next and never carry key material.
+
+use crate::keys::CaPurpose;
+
+/// Result alias used across sigil-pki.
+pub type Result<T> = std::result::Result<T, PkiError>;
+
+/// Everything that can go wrong while generating keys, loading CAs or issuing credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// The crypto backend refused to generate a key (entropy or library failure).
+    #[error("could not generate a {algorithm} key with aws-lc-rs; check the system RNG")]
+    KeyGeneration {
+        /// Algorithm that was requested.
+        algorithm: &'static str,
+    },
+    /// A stored key names a key manager other than the one asked to load it.
+    #[error(
+        "stored key belongs to the '{stored}' key manager but was given to the '{manager}' manager; load it with the matching KeyManager"
+    )]
+    WrongKeyManager {
+        /// Manager recorded in the stored key.
+        stored: String,
+        /// Manager asked to load it.
+        manager: &'static str,
+    },
+    /// Stored key material could not be decoded or rejected by the backend.
+    #[error("stored {algorithm} key is unusable: {reason}")]
+    InvalidStoredKey {
+        /// Algorithm the key claims to be.
+        algorithm: &'static str,
+        /// Why it was rejected (never the material itself).
+        reason: &'static str,
+    },
+    /// The backend failed to produce a signature.
+    #[error("signing with the {algorithm} CA key failed in the key manager")]
+    Signing {
+        /// Algorithm of the key.
+        algorithm: &'static str,
+    },
+    /// A CA of one purpose was used where another kind was required.
+    #[error("CA purpose '{purpose}' cannot be used here: {expected}")]
+    WrongPurpose {
+        /// Purpose that was supplied.
+        purpose: CaPurpose,
+        /// What was expected instead.
+        expected: &'static str,
+    },
+    /// The CA's key has the wrong algorithm for this kind of CA.
+    #[error("the {purpose} CA key is {actual} but {expected} is required")]
+    WrongAlgorithm {
+        /// Purpose of the CA.
+        purpose: CaPurpose,
+        /// Algorithm found.
+        actual: &'static str,
+        /// Algorithm required.
+        expected: &'static str,
+    },
+    /// A stored CA lacks the public part needed to load it.
+    #[error("stored {purpose} CA has no {field}; regenerate it or restore it from backup")]
+    MissingStoredField {
+        /// Purpose of the CA.
+        purpose: CaPurpose,
+        /// Missing field name.
+        field: &'static str,
+    },
+    /// The stored certificate / public key does not belong to the stored private key.
+    #[error(
+        "the stored {purpose} CA public key does not match its private key; the CA record is corrupt or mixed up"
+    )]
+    KeyMismatch {
+        /// Purpose of the CA.
+        purpose: CaPurpose,
+    },
+    /// A certificate could not be parsed or lacks a required field.
+    #[error("invalid X.509 certificate: {0}")]
+    InvalidCertificate(String),
+    /// A subject public key given for issuance is unusable.
+    #[error("invalid subject public key: {0}")]
+    InvalidPublicKey(String),
+    /// PEM text could not be decoded.
+    #[error("invalid PEM: {0}")]
+    InvalidPem(String),
+    /// A certificate does not carry the Sigil identity extension.
+    #[error(
+        "certificate has no Sigil identity extension (OID {oid}); it was not issued by a Sigil client CA"
+    )]
+    MissingIdentityExtension {
+        /// The OID that was looked for.
+        oid: &'static str,
+    },
+    /// The identity extension exists but cannot be decoded.
+    #[error("Sigil identity extension is malformed: {0}")]
+    MalformedIdentityExtension(String),
+    /// A name that goes into a certificate is not acceptable.
+    #[error("invalid {field} '{value}': {reason}")]
+    InvalidName {
+        /// Which field.
+        field: &'static str,
+        /// The rejected value (names are not secret).
+        value: String,
+        /// What is allowed.
+        reason: &'static str,
+    },
+    /// A TTL outside what a certificate can express.
+    #[error("invalid TTL: {0}")]
+    InvalidTtl(&'static str),
+    /// Failure inside the OpenSSH encoding library.
+    #[error("OpenSSH {context} failed: {reason}")]
+    Ssh {
+        /// What was being done.
+        context: &'static str,
+        /// Library error text.
+        reason: String,
+    },
+    /// Failure inside rcgen while building the CA certificate.
+    #[error("building the CA certificate failed: {0}")]
+    CertificateBuild(String),
+}

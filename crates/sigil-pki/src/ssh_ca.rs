@@ -1,0 +1,292 @@
+//! OpenSSH certificate authorities. Certificates are built with ssh-key's
+//! `certificate::Builder`, but signed through our [`CaSigningKey`] (aws-lc-rs or a future
+//! HSM) via the [`CaSigner`] adapter, never by an in-process ed25519-dalek key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ssh_key::certificate::{Builder, CertType};
+use ssh_key::public::{Ed25519PublicKey, KeyData};
+use ssh_key::{Algorithm, PublicKey, Signature};
+use time::OffsetDateTime;
+
+use crate::key_manager::{CaSigningKey, KeyManager};
+use crate::keys::{CaPurpose, KeyAlgorithm, StoredCa, random_bytes};
+use crate::{PkiError, Result};
+
+/// Back-dating of valid_after for peers with slightly slow clocks.
+const CLOCK_SKEW_SECS: u64 = 60;
+
+/// Extensions OpenSSH grants an ordinary interactive user (what `ssh-keygen -s` sets by default).
+const USER_EXTENSIONS: [&str; 5] = [
+    "permit-X11-forwarding",
+    "permit-agent-forwarding",
+    "permit-port-forwarding",
+    "permit-pty",
+    "permit-user-rc",
+];
+
+/// An OpenSSH certificate issued by an [`SshCa`].
+#[derive(Clone, Debug)]
+pub struct IssuedSshCert {
+    /// One line: `ssh-ed25519-cert-v01@openssh.com AAAA… <key id>`.
+    pub openssh: String,
+    /// Random certificate serial (what a KRL revokes).
+    pub serial: u64,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// Adapts a [`CaSigningKey`] to ssh-key's [`ssh_key::SigningKey`].
+struct CaSigner {
+    key: Arc<dyn CaSigningKey>,
+    public: Ed25519PublicKey,
+}
+
+impl signature::Signer<Signature> for CaSigner {
+    fn try_sign(&self, msg: &[u8]) -> std::result::Result<Signature, signature::Error> {
+        let sig = self.key.sign(msg).map_err(|_| signature::Error::new())?;
+        Signature::new(Algorithm::Ed25519, sig).map_err(|_| signature::Error::new())
+    }
+}
+
+impl From<&CaSigner> for KeyData {
+    fn from(s: &CaSigner) -> KeyData {
+        KeyData::Ed25519(s.public)
+    }
+}
+
+/// An OpenSSH CA (Ed25519) ready to issue user or host certificates.
+pub struct SshCa {
+    purpose: CaPurpose,
+    signer: CaSigner,
+    public_openssh: String,
+}
+
+impl std::fmt::Debug for SshCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshCa")
+            .field("purpose", &self.purpose)
+            .field("public_key", &self.public_openssh)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ssh_err(context: &'static str) -> impl FnOnce(ssh_key::Error) -> PkiError {
+    move |e| PkiError::Ssh {
+        context,
+        reason: e.to_string(),
+    }
+}
+
+impl SshCa {
+    /// Generate an Ed25519 CA key in `km` for `ssh-user` or `ssh-host`.
+    pub fn generate(
+        km: &dyn KeyManager,
+        purpose: CaPurpose,
+        cluster: &str,
+    ) -> Result<(SshCa, StoredCa)> {
+        check_purpose(purpose)?;
+        if cluster.is_empty() || cluster.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(PkiError::InvalidName {
+                field: "cluster",
+                value: cluster.to_string(),
+                reason: "must be non-empty printable ASCII without spaces",
+            });
+        }
+        let stored_key = km.generate(KeyAlgorithm::Ed25519)?;
+        let key = km.load(&stored_key)?;
+        let ca = Self::from_key(purpose, cluster, key)?;
+        let stored = StoredCa {
+            purpose,
+            cluster: cluster.to_string(),
+            key: stored_key,
+            cert_pem: None,
+            ssh_public_key: Some(ca.public_openssh.clone()),
+            created: OffsetDateTime::now_utc(),
+        };
+        Ok((ca, stored))
+    }
+
+    /// Load a CA persisted by [`SshCa::generate`]; checks the stored public key matches.
+    pub fn load(km: &dyn KeyManager, stored: &StoredCa) -> Result<SshCa> {
+        check_purpose(stored.purpose)?;
+        let key = km.load(&stored.key)?;
+        let ca = Self::from_key(stored.purpose, &stored.cluster, key)?;
+        if let Some(line) = &stored.ssh_public_key {
+            let stored_pub =
+                PublicKey::from_openssh(line).map_err(ssh_err("parse stored CA public key"))?;
+            if stored_pub.key_data() != &KeyData::Ed25519(ca.signer.public) {
+                return Err(PkiError::KeyMismatch {
+                    purpose: stored.purpose,
+                });
+            }
+        }
+        Ok(ca)
+    }
+
+    fn from_key(purpose: CaPurpose, cluster: &str, key: Arc<dyn CaSigningKey>) -> Result<SshCa> {
+        if key.algorithm() != KeyAlgorithm::Ed25519 {
+            return Err(PkiError::WrongAlgorithm {
+                purpose,
+                actual: key.algorithm().as_str(),
+                expected: KeyAlgorithm::Ed25519.as_str(),
+            });
+        }
+        let public = Ed25519PublicKey::try_from(key.public_key_raw().as_slice())
+            .map_err(ssh_err("decode CA public key"))?;
+        let comment = format!("sigil-{cluster}-{}", purpose.as_str());
+        let public_openssh = PublicKey::new(KeyData::Ed25519(public), comment)
+            .to_openssh()
+            .map_err(ssh_err("encode CA public key"))?;
+        Ok(SshCa {
+            purpose,
+            signer: CaSigner { key, public },
+            public_openssh,
+        })
+    }
+
+    /// `ssh-ed25519 AAAA… sigil-<cluster>-<purpose>` (for `TrustedUserCAKeys` / authorized_keys).
+    pub fn public_key_openssh(&self) -> String {
+        self.public_openssh.clone()
+    }
+
+    /// `@cert-authority <pattern> ssh-ed25519 AAAA… <comment>` for known_hosts.
+    pub fn known_hosts_line(&self, host_pattern: &str) -> String {
+        format!("@cert-authority {host_pattern} {}", self.public_openssh)
+    }
+
+    /// Issue a user certificate (requires an `ssh-user` CA) with the usual permit-* extensions.
+    pub fn issue_user_cert(
+        &self,
+        subject_public_key_openssh: &str,
+        key_id: &str,
+        principals: &[String],
+        ttl: Duration,
+    ) -> Result<IssuedSshCert> {
+        self.require(CaPurpose::SshUser)?;
+        self.issue(
+            subject_public_key_openssh,
+            key_id,
+            principals,
+            ttl,
+            CertType::User,
+        )
+    }
+
+    /// Issue a host certificate (requires an `ssh-host` CA); principals are host names.
+    pub fn issue_host_cert(
+        &self,
+        subject_public_key_openssh: &str,
+        key_id: &str,
+        principals: &[String],
+        ttl: Duration,
+    ) -> Result<IssuedSshCert> {
+        self.require(CaPurpose::SshHost)?;
+        self.issue(
+            subject_public_key_openssh,
+            key_id,
+            principals,
+            ttl,
+            CertType::Host,
+        )
+    }
+
+    fn require(&self, wanted: CaPurpose) -> Result<()> {
+        if self.purpose == wanted {
+            Ok(())
+        } else {
+            Err(PkiError::WrongPurpose {
+                purpose: self.purpose,
+                expected: match wanted {
+                    CaPurpose::SshHost => "the ssh-host CA issues host certificates",
+                    _ => "the ssh-user CA issues user certificates",
+                },
+            })
+        }
+    }
+
+    fn issue(
+        &self,
+        subject_public_key_openssh: &str,
+        key_id: &str,
+        principals: &[String],
+        ttl: Duration,
+        cert_type: CertType,
+    ) -> Result<IssuedSshCert> {
+        // An empty principal list means "valid for every principal" to OpenSSH: never issue it.
+        if principals.is_empty() || principals.iter().any(|p| p.is_empty() || p.contains(',')) {
+            return Err(PkiError::InvalidName {
+                field: "principals",
+                value: principals.join(","),
+                reason: "need at least one non-empty principal without ','",
+            });
+        }
+        if key_id.chars().any(char::is_control) {
+            return Err(PkiError::InvalidName {
+                field: "key id",
+                value: key_id.escape_debug().to_string(),
+                reason: "must not contain control characters",
+            });
+        }
+        if ttl.is_zero() {
+            return Err(PkiError::InvalidTtl("must be greater than zero"));
+        }
+        let subject = PublicKey::from_openssh(subject_public_key_openssh.trim())
+            .map_err(ssh_err("parse subject public key"))?;
+        let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+        let valid_before = now
+            .checked_add(ttl.as_secs())
+            .filter(|v| *v < i64::MAX as u64)
+            .ok_or(PkiError::InvalidTtl("too large to represent"))?;
+        let not_after = OffsetDateTime::from_unix_timestamp(valid_before as i64)
+            .map_err(|_| PkiError::InvalidTtl("too large to represent"))?;
+        let nonce = random_bytes::<{ Builder::RECOMMENDED_NONCE_SIZE }>()?;
+        // Serial 0 reads as "no serial" to KRL tooling; keep every serial non-zero.
+        let serial = u64::from_be_bytes(random_bytes::<8>()?).max(1);
+
+        let mut b = Builder::new(
+            nonce.to_vec(),
+            subject.key_data().clone(),
+            now.saturating_sub(CLOCK_SKEW_SECS),
+            valid_before,
+        )
+        .map_err(ssh_err("certificate builder"))?;
+        let build = ssh_err("certificate builder");
+        (|| -> ssh_key::Result<()> {
+            b.serial(serial)?
+                .cert_type(cert_type)?
+                .key_id(key_id)?
+                .comment(key_id)?;
+            for p in principals {
+                b.valid_principal(p.as_str())?;
+            }
+            if cert_type == CertType::User {
+                for ext in USER_EXTENSIONS {
+                    b.extension(ext, "")?;
+                }
+            }
+            Ok(())
+        })()
+        .map_err(build)?;
+        let cert = b
+            .sign(&self.signer)
+            .map_err(ssh_err("certificate signing"))?;
+        Ok(IssuedSshCert {
+            openssh: cert.to_openssh().map_err(ssh_err("certificate encoding"))?,
+            serial,
+            not_after,
+        })
+    }
+}
+
+fn check_purpose(purpose: CaPurpose) -> Result<()> {
+    if purpose.is_ssh() {
+        Ok(())
+    } else {
+        Err(PkiError::WrongPurpose {
+            purpose,
+            expected: "ssh-user or ssh-host; use X509Ca for X.509 purposes",
+        })
+    }
+}

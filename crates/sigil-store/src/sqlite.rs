@@ -1,0 +1,373 @@
+//! SQLite backend: one writer task doing group commit over one connection, plus a pool
+//! of read connections (WAL lets readers run alongside the writer).
+
+mod writer;
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Connection as _, Row as _, SqliteConnection};
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::audit::{format_time, hash_parts, parse_time};
+use crate::store::{AuditQuery, AuditRecord, AuditVerification, Item, Store, Txn, WatchEvent};
+use crate::{GENESIS_HASH, Result, StoreError};
+
+use writer::{Request, Writer};
+
+/// Schema migrations, embedded at compile time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Queued commits the writer may hold before `commit()` callers wait to enqueue.
+const QUEUE_DEPTH: usize = 4096;
+/// Capacity of the watch broadcast; slower receivers see `Lagged`.
+const WATCH_CAPACITY: usize = 16_384;
+/// Read connections (readers never block the writer in WAL mode).
+const READ_CONNECTIONS: u32 = 4;
+/// Audit records loaded per round trip by `audit_verify`.
+const VERIFY_BATCH: i64 = 10_000;
+/// How long a connection waits on a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The embedded SQLite [`Store`] (WAL, `synchronous=FULL`, group commit).
+///
+/// One process should own a database file: the writer keeps the revision counter and the
+/// audit chain head in memory, and watch events only reach this process's receivers.
+pub struct SqliteStore {
+    requests: mpsc::Sender<Request>,
+    read: SqlitePool,
+    watch: broadcast::Sender<WatchEvent>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, with mode 0600 and its parent directory with 0700) the
+    /// database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        prepare_file(path)?;
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|e| backend("building connection options", e))?
+            .filename(path)
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        let mut conn = SqliteConnection::connect_with(&opts)
+            .await
+            .map_err(|e| backend(&format!("opening {}", path.display()), e))?;
+        MIGRATOR.run(&mut conn).await.map_err(|e| {
+            StoreError::Backend(format!("migrating {}: {e}", path.display()))
+        })?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(opts.pragma("query_only", "ON"))
+            .await
+            .map_err(|e| backend(&format!("opening readers for {}", path.display()), e))?;
+
+        let (watch, _) = broadcast::channel(WATCH_CAPACITY);
+        let writer = Writer::load(conn, watch.clone()).await?;
+        let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
+        let task = tokio::spawn(writer.run(rx));
+        Ok(SqliteStore {
+            requests,
+            read,
+            watch,
+            writer_task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// Finishes queued commits, then closes every connection (checkpointing the WAL).
+    pub async fn close(self) {
+        let SqliteStore {
+            requests,
+            read,
+            writer_task,
+            ..
+        } = self;
+        drop(requests);
+        let task = writer_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "sqlite writer task failed");
+            }
+        }
+        read.close().await;
+    }
+
+    async fn send<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Backend("sqlite writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("sqlite writer stopped before replying".into()))?
+    }
+}
+
+/// Creates the parent directory (0700) and the database file (0600) if missing.
+fn prepare_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                StoreError::Backend(format!("creating directory {}: {e}", dir.display()))
+            })?;
+    }
+    // SQLite gives the -wal and -shm files the main file's mode, so 0600 covers them too.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Backend(format!(
+            "creating {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Wraps a database error with what we were doing. sqlx/SQLite messages carry no values.
+pub(crate) fn backend(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{what}: {e}"))
+}
+
+/// Unix nanoseconds, clamped to i64 (years 1677..2262; beyond that means "never").
+pub(crate) fn to_ns(t: OffsetDateTime) -> i64 {
+    let ns = t.unix_timestamp_nanos();
+    i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX })
+}
+
+pub(crate) fn now_ns() -> i64 {
+    to_ns(OffsetDateTime::now_utc())
+}
+
+fn item_from_row(row: &SqliteRow) -> Result<Item> {
+    let key: String = row.try_get(0).map_err(|e| backend("reading kv key", e))?;
+    let expires_ns: Option<i64> = row
+        .try_get(3)
+        .map_err(|e| backend(&format!("reading {key}"), e))?;
+    let expires = expires_ns
+        .map(|ns| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)))
+        .transpose()
+        .map_err(|e| backend(&format!("reading expiry of {key}"), e))?;
+    Ok(Item {
+        value: row
+            .try_get(1)
+            .map_err(|e| backend(&format!("reading {key}"), e))?,
+        revision: row
+            .try_get(2)
+            .map_err(|e| backend(&format!("reading {key}"), e))?,
+        expires,
+        key,
+    })
+}
+
+/// The smallest string greater than every string starting with `prefix`, if any.
+/// UTF-8 byte order equals code point order, so incrementing the last incrementable char
+/// gives an exclusive upper bound for an index range scan.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 + 1 {
+            0xD800 => Some('\u{E000}'), // skip the surrogate gap
+            n => char::from_u32(n),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn record_from_row(row: &SqliteRow) -> Result<AuditRecord> {
+    let seq: i64 = row.try_get(0).map_err(|e| backend("reading audit seq", e))?;
+    let err = |e: sqlx::Error| backend(&format!("reading audit record {seq}"), e);
+    let time_text: String = row.try_get(1).map_err(err)?;
+    let fields_text: String = row.try_get(3).map_err(err)?;
+    Ok(AuditRecord {
+        seq,
+        time: parse_time(&time_text).ok_or_else(|| {
+            StoreError::Backend(format!("audit record {seq} has an unreadable time"))
+        })?,
+        event_type: row.try_get(2).map_err(err)?,
+        fields: serde_json::from_str(&fields_text).map_err(|e| {
+            StoreError::Backend(format!("audit record {seq} has unreadable fields: {e}"))
+        })?,
+        prev_hash: row.try_get(4).map_err(err)?,
+        hash: row.try_get(5).map_err(err)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<Item>> {
+        let row = sqlx::query(
+            "SELECT key, value, revision, expires_ns FROM kv \
+             WHERE key = ?1 AND (expires_ns IS NULL OR expires_ns > ?2)",
+        )
+        .bind(key)
+        .bind(now_ns())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(|e| backend(&format!("reading {key}"), e))?;
+        row.as_ref().map(item_from_row).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Item>> {
+        let now = now_ns();
+        let err = |e| backend(&format!("listing {prefix}*"), e);
+        let rows = match prefix_upper_bound(prefix) {
+            Some(upper) => sqlx::query(
+                "SELECT key, value, revision, expires_ns FROM kv \
+                 WHERE key >= ?1 AND key < ?2 AND (expires_ns IS NULL OR expires_ns > ?3) \
+                 ORDER BY key",
+            )
+            .bind(prefix)
+            .bind(upper)
+            .bind(now)
+            .fetch_all(&self.read)
+            .await
+            .map_err(err)?,
+            None => sqlx::query(
+                "SELECT key, value, revision, expires_ns FROM kv \
+                 WHERE key >= ?1 AND (expires_ns IS NULL OR expires_ns > ?2) ORDER BY key",
+            )
+            .bind(prefix)
+            .bind(now)
+            .fetch_all(&self.read)
+            .await
+            .map_err(err)?,
+        };
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let item = item_from_row(row)?;
+            if item.key.starts_with(prefix) {
+                items.push(item);
+            }
+        }
+        Ok(items)
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<Vec<i64>> {
+        if txn.ops.is_empty() && txn.audit.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.send(|reply| Request::Commit { txn, reply }).await
+    }
+
+    async fn audit_query(&self, q: AuditQuery) -> Result<Vec<AuditRecord>> {
+        // Only constant fragments are concatenated; every value is bound.
+        let mut sql =
+            String::from("SELECT seq, time, type, fields, prev_hash, hash FROM audit WHERE seq > ?1");
+        if q.since.is_some() {
+            sql.push_str(" AND time >= ?2");
+        }
+        if q.event_type.is_some() {
+            sql.push_str(" AND type = ?3");
+        }
+        sql.push_str(" ORDER BY seq LIMIT ?4");
+        let limit = q
+            .limit
+            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(q.after_seq.unwrap_or(0))
+            .bind(q.since.map(format_time))
+            .bind(q.event_type)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await
+            .map_err(|e| backend("querying the audit log", e))?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn audit_verify(&self) -> Result<AuditVerification> {
+        let mut head = GENESIS_HASH.to_string();
+        let mut last_seq = 0i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, time, type, fields, prev_hash, hash FROM audit \
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .bind(last_seq)
+            .bind(VERIFY_BATCH)
+            .fetch_all(&self.read)
+            .await
+            .map_err(|e| backend("reading the audit log", e))?;
+            if rows.is_empty() {
+                return Ok(AuditVerification::Intact {
+                    count: last_seq,
+                    head_hash: head,
+                });
+            }
+            for row in &rows {
+                let seq: i64 = row.try_get(0).map_err(|e| backend("reading audit seq", e))?;
+                let err = |e: sqlx::Error| backend(&format!("reading audit record {seq}"), e);
+                let time: String = row.try_get(1).map_err(err)?;
+                let event_type: String = row.try_get(2).map_err(err)?;
+                let fields: String = row.try_get(3).map_err(err)?;
+                let prev_hash: String = row.try_get(4).map_err(err)?;
+                let hash: String = row.try_get(5).map_err(err)?;
+                let broken = |reason: String| Ok(AuditVerification::Broken { seq, reason });
+                if seq != last_seq + 1 {
+                    return broken(format!(
+                        "expected seq {}: records {}..={} are missing",
+                        last_seq + 1,
+                        last_seq + 1,
+                        seq - 1
+                    ));
+                }
+                if prev_hash != head {
+                    return broken(format!(
+                        "prev_hash does not match the hash of record {last_seq}"
+                    ));
+                }
+                if hash_parts(&prev_hash, seq, &time, &event_type, &fields) != hash {
+                    return broken("hash does not match the record's content".into());
+                }
+                head = hash;
+                last_seq = seq;
+            }
+        }
+    }
+
+    fn watch(&self) -> broadcast::Receiver<WatchEvent> {
+        self.watch.subscribe()
+    }
+
+    async fn purge_expired(&self) -> Result<usize> {
+        self.send(|reply| Request::Purge { reply }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn prefix_bounds() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("ab"), Some("ac".into()));
+        assert_eq!(prefix_upper_bound("a/"), Some("a0".into()));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}"), Some("b".into()));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+        assert_eq!(prefix_upper_bound("a\u{D7FF}"), Some("a\u{E000}".into()));
+    }
+}

@@ -1,0 +1,68 @@
+//! `bot`: a machine user holding roles.
+
+use crate::duration::HumanDuration;
+use crate::resource::{Kind, Resource, ValidationError, validate_envelope, validate_ref};
+use serde::{Deserialize, Serialize};
+
+/// Body of a `bot`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BotSpec {
+    /// Role names; at least one.
+    pub roles: Vec<String>,
+    /// Upper bound on the bot's credential TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<HumanDuration>,
+}
+
+impl Kind for BotSpec {
+    const KIND: &'static str = "bot";
+
+    fn validate(res: &Resource<Self>) -> Result<(), ValidationError> {
+        validate_envelope(res)?;
+        if res.spec.roles.is_empty() {
+            return Err(ValidationError::new(
+                "spec.roles",
+                "a bot needs at least one role",
+            ));
+        }
+        for (i, r) in res.spec.roles.iter().enumerate() {
+            validate_ref(&format!("spec.roles[{i}]"), "role", r)?;
+        }
+        if res.spec.max_ttl.is_some_and(|t| t.0.is_zero()) {
+            return Err(ValidationError::new(
+                "spec.max_ttl",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{Bot, Metadata};
+
+    #[test]
+    fn validation() {
+        let ok = Bot::new(
+            Metadata::named("deployer"),
+            BotSpec {
+                roles: vec!["ci".into()],
+                max_ttl: None,
+            },
+        );
+        assert!(ok.validate().is_ok());
+        let none = Bot::new(Metadata::named("deployer"), BotSpec::default());
+        assert_eq!(none.validate().unwrap_err().field, "spec.roles");
+        let bad = Bot::new(
+            Metadata::named("deployer"),
+            BotSpec {
+                roles: vec!["a b".into()],
+                max_ttl: None,
+            },
+        );
+        assert_eq!(bad.validate().unwrap_err().field, "spec.roles[0]");
+    }
+}

@@ -1,0 +1,40 @@
+//! sigil-types: Sigil's resources, SPIFFE IDs, durations, validation and role
+//! evaluation. Pure logic: no I/O, no network, no async.
+
+use std::time::Duration;
+
+pub mod bot;
+pub mod bot_instance;
+pub mod duration;
+pub mod lock;
+pub mod parse;
+pub mod rbac;
+pub mod resource;
+pub mod role;
+pub mod spiffe;
+pub mod token;
+
+pub use bot::BotSpec;
+pub use bot_instance::{Authentication, BotInstanceSpec, HISTORY_CAP, Heartbeat};
+pub use duration::{DurationError, HumanDuration, format_duration, parse_duration};
+pub use lock::{LockSpec, LockTarget};
+pub use parse::{ParseError, parse_resources};
+pub use rbac::{LabelField, RoleSet, glob_match};
+pub use resource::{
+    AnyResource, Bot, BotInstance, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION, Resource,
+    Role, Token, ValidationError, validate_envelope, validate_name,
+};
+pub use role::{
+    AdminRule, KNOWN_VERBS, RULE_RESOURCES, RoleConditions, RoleOptions, RoleSpec, validate_login,
+};
+pub use spiffe::{SpiffeId, SpiffeIdError, validate_path_segment, validate_trust_domain};
+pub use token::{JoinMethodKind, TokenSpec};
+
+/// Default lifetime of a join token.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+/// Default lifetime of an agent's credentials.
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(60 * 60);
+/// Default interval between agent renewals.
+pub const DEFAULT_RENEWAL_INTERVAL: Duration = Duration::from_secs(20 * 60);
+/// Default upper bound on credential TTL when no role or bot sets one.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(12 * 60 * 60);

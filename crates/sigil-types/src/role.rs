@@ -1,0 +1,334 @@
+//! `role`: allow/deny policy.
+
+use crate::duration::HumanDuration;
+use crate::resource::{Kind, Resource, ValidationError, validate_envelope};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Admin API verbs a rule may grant (besides `*`).
+pub const KNOWN_VERBS: &[&str] = &["list", "read", "create", "update", "delete"];
+
+/// Resource names an admin rule may name (besides `*`). Includes kinds that
+/// other crates define (workload identities, CAs, audit events).
+pub const RULE_RESOURCES: &[&str] = &[
+    "role",
+    "bot",
+    "token",
+    "lock",
+    "bot_instance",
+    "workload_identity",
+    "cert_authority",
+    "audit_event",
+];
+
+/// Body of a `role`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    /// What the role grants.
+    #[serde(default)]
+    pub allow: RoleConditions,
+    /// What the role forbids; deny always wins over any allow.
+    #[serde(default)]
+    pub deny: RoleConditions,
+    /// Options such as the maximum credential TTL.
+    #[serde(default)]
+    pub options: RoleOptions,
+}
+
+/// One side (allow or deny) of a role.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConditions {
+    /// SSH logins (exact names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logins: Vec<String>,
+    /// Node label selector; values are globs. YAML may give a string or a list.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_label_map"
+    )]
+    pub node_labels: BTreeMap<String, Vec<String>>,
+    /// Database users.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub db_users: Vec<String>,
+    /// Database names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub db_names: Vec<String>,
+    /// App label selector.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_label_map"
+    )]
+    pub app_labels: BTreeMap<String, Vec<String>>,
+    /// Workload identity label selector.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_label_map"
+    )]
+    pub workload_identity_labels: BTreeMap<String, Vec<String>>,
+    /// Admin API rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<AdminRule>,
+}
+
+/// Grants (or denies) `verbs` on `resources` in the admin API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminRule {
+    /// Kind names (see [`RULE_RESOURCES`]) or `*`.
+    pub resources: Vec<String>,
+    /// `list`, `read`, `create`, `update`, `delete` or `*`.
+    pub verbs: Vec<String>,
+}
+
+impl AdminRule {
+    /// True if this rule covers `resource_kind` × `verb` (with `*` wildcards).
+    pub fn matches(&self, resource_kind: &str, verb: &str) -> bool {
+        self.resources
+            .iter()
+            .any(|r| r == "*" || r == resource_kind)
+            && self.verbs.iter().any(|v| v == "*" || v == verb)
+    }
+}
+
+/// Role options.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoleOptions {
+    /// Upper bound on credential TTL for holders of this role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<HumanDuration>,
+}
+
+/// Deserializes a label map whose values are either one string or a list.
+fn de_label_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    struct OneOrMany(Vec<String>);
+    impl<'de> Deserialize<'de> for OneOrMany {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = OneOrMany;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a label value string or a list of strings")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                    Ok(OneOrMany(vec![v.to_string()]))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(s) = seq.next_element::<String>()? {
+                        out.push(s);
+                    }
+                    Ok(OneOrMany(out))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    struct M;
+    impl<'de> Visitor<'de> for M {
+        type Value = BTreeMap<String, Vec<String>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of label name to value or list of values")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, OneOrMany(v))) = map.next_entry::<String, OneOrMany>()? {
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(M)
+}
+
+/// Checks an SSH login name: non-empty, no whitespace/control chars, no `:`
+/// or `,`, and not the wildcard `*` (logins are exact grants).
+pub fn validate_login(login: &str) -> Result<(), String> {
+    if login.is_empty() {
+        return Err("login must not be empty".into());
+    }
+    if login == "*" {
+        return Err("wildcard \"*\" is not allowed for logins: list each login".into());
+    }
+    if let Some(c) = login
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, ':' | ','))
+    {
+        return Err(format!(
+            "login {login:?} contains forbidden character {c:?}"
+        ));
+    }
+    if login.len() > 255 {
+        return Err("login is longer than 255 bytes".into());
+    }
+    Ok(())
+}
+
+fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationError> {
+    let p = format!("spec.{side}");
+    for (i, login) in c.logins.iter().enumerate() {
+        validate_login(login).map_err(|m| ValidationError::new(format!("{p}.logins[{i}]"), m))?;
+    }
+    for (name, list) in [("db_users", &c.db_users), ("db_names", &c.db_names)] {
+        for (i, v) in list.iter().enumerate() {
+            if v.trim().is_empty() {
+                return Err(ValidationError::new(
+                    format!("{p}.{name}[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+    }
+    for (name, map) in [
+        ("node_labels", &c.node_labels),
+        ("app_labels", &c.app_labels),
+        ("workload_identity_labels", &c.workload_identity_labels),
+    ] {
+        for (k, values) in map {
+            if k.is_empty() {
+                return Err(ValidationError::new(
+                    format!("{p}.{name}"),
+                    "label name must not be empty",
+                ));
+            }
+            if values.is_empty() {
+                return Err(ValidationError::new(
+                    format!("{p}.{name}.{k}"),
+                    "label value list must not be empty (use \"*\" to match any value)",
+                ));
+            }
+        }
+    }
+    for (i, rule) in c.rules.iter().enumerate() {
+        let rp = format!("{p}.rules[{i}]");
+        if rule.resources.is_empty() {
+            return Err(ValidationError::new(
+                format!("{rp}.resources"),
+                "must list at least one resource or \"*\"",
+            ));
+        }
+        if rule.verbs.is_empty() {
+            return Err(ValidationError::new(
+                format!("{rp}.verbs"),
+                "must list at least one verb or \"*\"",
+            ));
+        }
+        for r in &rule.resources {
+            if r != "*" && !RULE_RESOURCES.contains(&r.as_str()) {
+                return Err(ValidationError::new(
+                    format!("{rp}.resources"),
+                    format!(
+                        "unknown resource {r:?}; expected \"*\" or one of {}",
+                        RULE_RESOURCES.join(", ")
+                    ),
+                ));
+            }
+        }
+        for v in &rule.verbs {
+            if v != "*" && !KNOWN_VERBS.contains(&v.as_str()) {
+                return Err(ValidationError::new(
+                    format!("{rp}.verbs"),
+                    format!(
+                        "unknown verb {v:?}; expected \"*\" or one of {}",
+                        KNOWN_VERBS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Kind for RoleSpec {
+    const KIND: &'static str = "role";
+
+    fn validate(res: &Resource<Self>) -> Result<(), ValidationError> {
+        validate_envelope(res)?;
+        validate_conditions("allow", &res.spec.allow)?;
+        validate_conditions("deny", &res.spec.deny)?;
+        if res.spec.options.max_ttl.is_some_and(|t| t.0.is_zero()) {
+            return Err(ValidationError::new(
+                "spec.options.max_ttl",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::Role;
+
+    #[test]
+    fn label_values_accept_string_or_list() {
+        let yaml = "node_labels:\n  env: prod\n  team: [a, b]\n";
+        let c: RoleConditions = serde_norway::from_str(yaml).unwrap();
+        assert_eq!(c.node_labels["env"], vec!["prod"]);
+        assert_eq!(c.node_labels["team"], vec!["a", "b"]);
+        let c: RoleConditions = serde_json::from_str(r#"{"app_labels":{"x":"y"}}"#).unwrap();
+        assert_eq!(c.app_labels["x"], vec!["y"]);
+        assert!(serde_json::from_str::<RoleConditions>(r#"{"app_labels":{"x":1}}"#).is_err());
+    }
+
+    #[test]
+    fn empty_conditions_serialize_compactly() {
+        let spec = RoleSpec::default();
+        assert_eq!(
+            serde_json::to_string(&spec).unwrap(),
+            r#"{"allow":{},"deny":{},"options":{}}"#
+        );
+    }
+
+    fn role(spec: RoleSpec) -> Role {
+        Role::new(crate::resource::Metadata::named("r"), spec)
+    }
+
+    #[test]
+    fn validation() {
+        let mut spec = RoleSpec::default();
+        spec.allow.logins = vec!["root".into(), "ubuntu".into()];
+        spec.allow.rules = vec![AdminRule {
+            resources: vec!["bot".into()],
+            verbs: vec!["*".into()],
+        }];
+        assert!(role(spec.clone()).validate().is_ok());
+
+        for bad in ["", "*", "a b", "a:b", "a,b"] {
+            let mut s = spec.clone();
+            s.deny.logins = vec![bad.into()];
+            assert_eq!(
+                role(s).validate().unwrap_err().field,
+                "spec.deny.logins[0]",
+                "{bad:?}"
+            );
+        }
+        let mut s = spec.clone();
+        s.allow.rules[0].verbs = vec!["destroy".into()];
+        let err = role(s).validate().unwrap_err();
+        assert_eq!(err.field, "spec.allow.rules[0].verbs");
+        assert!(err.message.contains("destroy"));
+        let mut s = spec.clone();
+        s.allow.rules[0].resources = vec!["bots".into()];
+        assert_eq!(
+            role(s).validate().unwrap_err().field,
+            "spec.allow.rules[0].resources"
+        );
+        let mut s = spec;
+        s.options.max_ttl = Some(HumanDuration(std::time::Duration::ZERO));
+        assert_eq!(
+            role(s).validate().unwrap_err().field,
+            "spec.options.max_ttl"
+        );
+    }
+}
