@@ -33,7 +33,10 @@ pub struct PinnedCaVerifier {
 
 impl PinnedCaVerifier {
     pub fn new(pins: Vec<String>) -> Self {
-        PinnedCaVerifier { pins: pins.into_iter().map(|p| p.to_ascii_lowercase()).collect(), cache: Mutex::new(None) }
+        PinnedCaVerifier {
+            pins: pins.into_iter().map(|p| p.to_ascii_lowercase()).collect(),
+            cache: Mutex::new(None),
+        }
     }
 
     fn verifier_for(&self, ca: &[u8]) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
@@ -83,7 +86,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -92,11 +100,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -107,7 +122,10 @@ pub struct ClientCert<'a> {
 }
 
 /// Build the TLS client config: pinned CA, optional client certificate.
-pub fn tls_config(pins: &[String], client: Option<ClientCert<'_>>) -> anyhow::Result<rustls::ClientConfig> {
+pub fn tls_config(
+    pins: &[String],
+    client: Option<ClientCert<'_>>,
+) -> anyhow::Result<rustls::ClientConfig> {
     if pins.is_empty() {
         bail!("no CA pin: set ca_pins (printed by `sigil bots add` and `sigil status`)");
     }
@@ -143,7 +161,10 @@ fn split_addr(auth_server: &str) -> anyhow::Result<(String, String)> {
         .with_context(|| format!("auth_server {auth_server:?} must be HOST:PORT"))?;
     port.parse::<u16>()
         .with_context(|| format!("auth_server {auth_server:?} has an invalid port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     Ok((host, s.to_string()))
 }
 
@@ -160,26 +181,28 @@ pub fn channel(auth_server: &str, tls: rustls::ClientConfig) -> anyhow::Result<C
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true);
-    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri| {
-        let connector = connector.clone();
-        let name = name.clone();
-        let addr = addr.clone();
-        async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&addr).await?.collect();
-            let mut last = std::io::Error::other(format!("{addr} resolved to no address"));
-            for a in addrs {
-                match tokio::net::TcpStream::connect(a).await {
-                    Ok(tcp) => {
-                        let _ = tcp.set_nodelay(true);
-                        let tls = connector.connect(name, tcp).await?;
-                        return Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls));
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri| {
+            let connector = connector.clone();
+            let name = name.clone();
+            let addr = addr.clone();
+            async move {
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&addr).await?.collect();
+                let mut last = std::io::Error::other(format!("{addr} resolved to no address"));
+                for a in addrs {
+                    match tokio::net::TcpStream::connect(a).await {
+                        Ok(tcp) => {
+                            let _ = tcp.set_nodelay(true);
+                            let tls = connector.connect(name, tcp).await?;
+                            return Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls));
+                        }
+                        Err(e) => last = e,
                     }
-                    Err(e) => last = e,
                 }
+                Err(last)
             }
-            Err(last)
-        }
-    })))
+        })),
+    )
 }
 
 /// A channel for `sigil --auth-server HOST:PORT --identity FILE`: the CA in the
@@ -191,6 +214,12 @@ pub async fn admin_channel(auth_server: &str, identity_file: &Path) -> anyhow::R
         .take(1) // the host CA comes first; the client CA never signs servers
         .filter_map(|d| sigil_pki::spki_pin_of_cert(d).ok())
         .collect::<Vec<_>>();
-    let tls = tls_config(&pins, Some(ClientCert { cert_pem: &id.tls_cert_pem, key_pem: &id.tls_key_pem }))?;
+    let tls = tls_config(
+        &pins,
+        Some(ClientCert {
+            cert_pem: &id.tls_cert_pem,
+            key_pem: &id.tls_key_pem,
+        }),
+    )?;
     channel(auth_server, tls)
 }

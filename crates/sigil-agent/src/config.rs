@@ -53,8 +53,12 @@ impl Onboarding {
             return Ok(Some(t.trim().to_string()));
         }
         if let Some(p) = &self.token_path {
-            let t = std::fs::read_to_string(p)
-                .with_context(|| format!("onboarding.token_path {}: cannot read the token", p.display()))?;
+            let t = std::fs::read_to_string(p).with_context(|| {
+                format!(
+                    "onboarding.token_path {}: cannot read the token",
+                    p.display()
+                )
+            })?;
             return Ok(Some(t.trim().to_string()));
         }
         Ok(None)
@@ -131,31 +135,58 @@ impl AgentConfig {
         let fc: FileConfig = serde_norway::from_str(text).map_err(|e| {
             let msg = e.to_string();
             match e.location() {
-                Some(l) => anyhow::anyhow!("{source}:{}:{}: {}", l.line(), l.column(), strip_location(&msg)),
+                Some(l) => anyhow::anyhow!(
+                    "{source}:{}:{}: {}",
+                    l.line(),
+                    l.column(),
+                    strip_location(&msg)
+                ),
                 None => anyhow::anyhow!("{source}: {msg}"),
             }
         })?;
-        let at = |field: &str| line_of(text, field).map(|l| format!("{source}:{l}")).unwrap_or_else(|| source.to_string());
+        let at = |field: &str| {
+            line_of(text, field)
+                .map(|l| format!("{source}:{l}"))
+                .unwrap_or_else(|| source.to_string())
+        };
         if fc.version != "v1" {
-            bail!("{}: version: {:?} is not supported; use `version: v1`", at("version"), fc.version);
+            bail!(
+                "{}: version: {:?} is not supported; use `version: v1`",
+                at("version"),
+                fc.version
+            );
         }
         if !fc.services.is_empty() {
-            bail!("{}: services: no service types are available in this version", at("services"));
+            bail!(
+                "{}: services: no service types are available in this version",
+                at("services")
+            );
         }
         if fc.storage.kind != "directory" {
-            bail!("{}: storage.type: {:?} is not supported; use `directory`", at("storage"), fc.storage.kind);
+            bail!(
+                "{}: storage.type: {:?} is not supported; use `directory`",
+                at("storage"),
+                fc.storage.kind
+            );
         }
         let cfg = AgentConfig {
             auth_server: fc.auth_server,
             ca_pins: fc.ca_pins,
             onboarding: fc.onboarding,
             storage: fc.storage.path,
-            credential_ttl: fc.credential_ttl.map(|d| d.0).unwrap_or(sigil_types::DEFAULT_CREDENTIAL_TTL),
-            renewal_interval: fc.renewal_interval.map(|d| d.0).unwrap_or(sigil_types::DEFAULT_RENEWAL_INTERVAL),
+            credential_ttl: fc
+                .credential_ttl
+                .map(|d| d.0)
+                .unwrap_or(sigil_types::DEFAULT_CREDENTIAL_TTL),
+            renewal_interval: fc
+                .renewal_interval
+                .map(|d| d.0)
+                .unwrap_or(sigil_types::DEFAULT_RENEWAL_INTERVAL),
             diag_addr: fc.diag_addr,
             outputs: fc.outputs,
         };
-        cfg.validate().map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
         Ok(cfg)
     }
 
@@ -164,29 +195,45 @@ impl AgentConfig {
         let dur = |flag: &str, v: &Option<String>, default: Duration| -> anyhow::Result<Duration> {
             match v {
                 None => Ok(default),
-                Some(s) => sigil_types::parse_duration(s).map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}")),
+                Some(s) => sigil_types::parse_duration(s)
+                    .map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}")),
             }
         };
         let outputs = f
             .outputs
             .iter()
             .map(|o| {
-                let (kind, path) = o
-                    .split_once(':')
-                    .with_context(|| format!("--output {o:?} must be TYPE:DIR, e.g. identity:/opt/machine-id"))?;
+                let (kind, path) = o.split_once(':').with_context(|| {
+                    format!("--output {o:?} must be TYPE:DIR, e.g. identity:/opt/machine-id")
+                })?;
                 Ok(OutputConfig {
                     kind: kind.to_string(),
-                    destination: Destination { kind: "directory".into(), path: PathBuf::from(path) },
+                    destination: Destination {
+                        kind: "directory".into(),
+                        path: PathBuf::from(path),
+                    },
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let cfg = AgentConfig {
             auth_server: f.auth_server,
             ca_pins: f.ca_pins,
-            onboarding: Onboarding { join_method: "token".into(), token: f.token, token_path: f.token_path },
+            onboarding: Onboarding {
+                join_method: "token".into(),
+                token: f.token,
+                token_path: f.token_path,
+            },
             storage: f.storage,
-            credential_ttl: dur("credential-ttl", &f.credential_ttl, sigil_types::DEFAULT_CREDENTIAL_TTL)?,
-            renewal_interval: dur("renewal-interval", &f.renewal_interval, sigil_types::DEFAULT_RENEWAL_INTERVAL)?,
+            credential_ttl: dur(
+                "credential-ttl",
+                &f.credential_ttl,
+                sigil_types::DEFAULT_CREDENTIAL_TTL,
+            )?,
+            renewal_interval: dur(
+                "renewal-interval",
+                &f.renewal_interval,
+                sigil_types::DEFAULT_RENEWAL_INTERVAL,
+            )?,
             diag_addr: f.diag_addr,
             outputs,
         };
@@ -199,7 +246,9 @@ impl AgentConfig {
             bail!("auth_server: required (HOST:PORT of the auth service)");
         }
         if self.ca_pins.is_empty() {
-            bail!("ca_pins: at least one pin is required (sha256:<hex>, printed by `sigil bots add` and `sigil status`)");
+            bail!(
+                "ca_pins: at least one pin is required (sha256:<hex>, printed by `sigil bots add` and `sigil status`)"
+            );
         }
         for p in &self.ca_pins {
             let hex = p.strip_prefix("sha256:").unwrap_or("");
@@ -234,10 +283,17 @@ impl AgentConfig {
         }
         for (i, o) in self.outputs.iter().enumerate() {
             if !OUTPUT_TYPES.contains(&o.kind.as_str()) {
-                bail!("outputs[{i}].type: {:?} is not a known output type ({})", o.kind, OUTPUT_TYPES.join(", "));
+                bail!(
+                    "outputs[{i}].type: {:?} is not a known output type ({})",
+                    o.kind,
+                    OUTPUT_TYPES.join(", ")
+                );
             }
             if o.destination.kind != "directory" {
-                bail!("outputs[{i}].destination.type: {:?} is not supported; use `directory`", o.destination.kind);
+                bail!(
+                    "outputs[{i}].destination.type: {:?} is not supported; use `directory`",
+                    o.destination.kind
+                );
             }
         }
         Ok(())
@@ -283,7 +339,9 @@ mod tests {
     #[test]
     fn unknown_field_names_file_line_and_field() {
         let text = base().replace("storage:", "storgae:");
-        let e = AgentConfig::parse(&text, "agent.yaml").expect_err("typo").to_string();
+        let e = AgentConfig::parse(&text, "agent.yaml")
+            .expect_err("typo")
+            .to_string();
         assert!(e.starts_with("agent.yaml:5:"), "{e}");
         assert!(e.contains("storgae"), "{e}");
     }
@@ -291,7 +349,9 @@ mod tests {
     #[test]
     fn bad_duration_names_the_field() {
         let text = format!("{}credential_ttl: 5parsecs\n", base());
-        let e = AgentConfig::parse(&text, "a.yaml").expect_err("bad").to_string();
+        let e = AgentConfig::parse(&text, "a.yaml")
+            .expect_err("bad")
+            .to_string();
         assert!(e.contains("a.yaml:9:"), "{e}");
         assert!(e.contains("credential_ttl"), "{e}");
     }
@@ -305,7 +365,9 @@ mod tests {
     #[test]
     fn bad_pin_rejected() {
         let text = base().replace(PIN, "sha256:abc");
-        let e = AgentConfig::parse(&text, "a").expect_err("bad pin").to_string();
+        let e = AgentConfig::parse(&text, "a")
+            .expect_err("bad pin")
+            .to_string();
         assert!(e.contains("ca_pins"), "{e}");
     }
 
@@ -321,6 +383,12 @@ mod tests {
         })
         .expect("valid");
         assert_eq!(c.outputs[0].destination.path, PathBuf::from("/tmp/y"));
-        assert!(AgentConfig::from_flags(AgentFlags { outputs: vec!["nocolon".into()], ..Default::default() }).is_err());
+        assert!(
+            AgentConfig::from_flags(AgentFlags {
+                outputs: vec!["nocolon".into()],
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

@@ -26,7 +26,8 @@ impl Readiness {
         let mut i = self.0.lock().unwrap_or_else(|p| p.into_inner());
         i.expires = Some(expires);
         i.last_error = None;
-        metrics::gauge!("sigil_agent_credential_expiry_timestamp_seconds").set(expires.unix_timestamp() as f64);
+        metrics::gauge!("sigil_agent_credential_expiry_timestamp_seconds")
+            .set(expires.unix_timestamp() as f64);
     }
 
     pub fn failed(&self, err: String) {
@@ -38,8 +39,12 @@ impl Readiness {
         match (i.expires, &i.last_error) {
             (None, Some(e)) => Err(format!("no credential yet: {e}")),
             (None, None) => Err("no credential yet".into()),
-            (Some(x), _) if x <= OffsetDateTime::now_utc() => Err("the credential has expired".into()),
-            (Some(_), Some(e)) => Err(format!("last renewal failed (credentials still valid): {e}")),
+            (Some(x), _) if x <= OffsetDateTime::now_utc() => {
+                Err("the credential has expired".into())
+            }
+            (Some(_), Some(e)) => Err(format!(
+                "last renewal failed (credentials still valid): {e}"
+            )),
             (Some(_), None) => Ok(()),
         }
     }
@@ -47,7 +52,8 @@ impl Readiness {
 
 fn recorder() -> Option<PrometheusHandle> {
     static H: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    H.get_or_init(|| PrometheusBuilder::new().install_recorder().ok()).clone()
+    H.get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
 }
 
 /// Bind now (so a bad address fails at start) and serve in the background.
@@ -61,18 +67,22 @@ pub async fn start(addr: &str, ready: Readiness) -> anyhow::Result<std::net::Soc
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
-            get(|State((r, _)): State<(Readiness, Option<PrometheusHandle>)>| async move {
-                match r.check() {
-                    Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-                }
-            }),
+            get(
+                |State((r, _)): State<(Readiness, Option<PrometheusHandle>)>| async move {
+                    match r.check() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                    }
+                },
+            ),
         )
         .route(
             "/metrics",
-            get(|State((_, m)): State<(Readiness, Option<PrometheusHandle>)>| async move {
-                m.map(|m| m.render()).unwrap_or_default()
-            }),
+            get(
+                |State((_, m)): State<(Readiness, Option<PrometheusHandle>)>| async move {
+                    m.map(|m| m.render()).unwrap_or_default()
+                },
+            ),
         )
         .with_state((ready, metrics));
     tokio::spawn(async move {

@@ -19,7 +19,11 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     let name = path.file_name().context("a file path without a name")?;
     let mut rnd = [0u8; 6];
     aws_lc_rs::rand::fill(&mut rnd).map_err(|_| anyhow::anyhow!("no randomness"))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), hex::encode(rnd)));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        hex::encode(rnd)
+    ));
     let result = (|| -> anyhow::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
@@ -46,7 +50,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
 /// call so a misconfigured path fails at once.
 pub fn ensure_writable_dir(dir: &Path, what: &str, private: bool) -> anyhow::Result<()> {
     if !dir.exists() {
-        fs::create_dir_all(dir).with_context(|| format!("{what} {}: cannot create the directory", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("{what} {}: cannot create the directory", dir.display()))?;
         if private {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         }
@@ -61,7 +66,12 @@ pub fn ensure_writable_dir(dir: &Path, what: &str, private: bool) -> anyhow::Res
         .truncate(true)
         .mode(SECRET)
         .open(&probe)
-        .with_context(|| format!("{what} {} is not writable: fix its permissions or choose another path", dir.display()))?;
+        .with_context(|| {
+            format!(
+                "{what} {} is not writable: fix its permissions or choose another path",
+                dir.display()
+            )
+        })?;
     let _ = fs::remove_file(&probe);
     Ok(())
 }

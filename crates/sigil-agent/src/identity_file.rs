@@ -40,10 +40,17 @@ impl IdentityFile {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the identity file {}", path.display()))?;
         let id: IdentityFile = serde_json::from_str(&text).with_context(|| {
-            format!("{} is not a Sigil identity file (written by an agent's `identity` output)", path.display())
+            format!(
+                "{} is not a Sigil identity file (written by an agent's `identity` output)",
+                path.display()
+            )
         })?;
         if id.version != 1 {
-            anyhow::bail!("{}: identity file version {} is not supported", path.display(), id.version);
+            anyhow::bail!(
+                "{}: identity file version {} is not supported",
+                path.display(),
+                id.version
+            );
         }
         Ok(id)
     }

@@ -19,7 +19,9 @@ use sigil_pki::TlsKeyPair;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
 use sigil_proto::v1::join_client_message::Message as ClientMsg;
 use sigil_proto::v1::join_server_message::Message as ServerMsg;
-use sigil_proto::v1::{Credentials, Heartbeat, JoinChallengeResponse, JoinClientMessage, JoinInit, RenewRequest};
+use sigil_proto::v1::{
+    Credentials, Heartbeat, JoinChallengeResponse, JoinClientMessage, JoinInit, RenewRequest,
+};
 use time::OffsetDateTime;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -56,7 +58,11 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Everything local is checked before the first network call.
     fsutil::ensure_writable_dir(&cfg.storage, "storage", true)?;
-    let outputs = cfg.outputs.iter().map(output::from_config).collect::<anyhow::Result<Vec<_>>>()?;
+    let outputs = cfg
+        .outputs
+        .iter()
+        .map(output::from_config)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     for o in &outputs {
         o.destination().check_writable()?;
     }
@@ -69,7 +75,13 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
         let bound = diag::start(addr, ready.clone()).await?;
         tracing::info!(addr = %bound, "diagnostics listening");
     }
-    let agent = Agent { cfg, storage, outputs, started: std::time::Instant::now(), oneshot };
+    let agent = Agent {
+        cfg,
+        storage,
+        outputs,
+        started: std::time::Instant::now(),
+        oneshot,
+    };
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -137,10 +149,13 @@ impl Agent {
                 if self.cfg.onboarding.token()?.is_none() {
                     anyhow::bail!(
                         "the stored credential expired at {}; create a new token (`sigil tokens add --bot {}`) and configure it",
-                        c.expires, c.bot
+                        c.expires,
+                        c.bot
                     );
                 }
-                tracing::warn!("stored credential expired; joining again with the configured token");
+                tracing::warn!(
+                    "stored credential expired; joining again with the configured token"
+                );
                 self.join().await?
             }
             None => self.join().await?,
@@ -161,12 +176,21 @@ impl Agent {
         Ok(cred)
     }
 
-    fn client(&self, cred: &StoredCredential) -> anyhow::Result<AuthServiceClient<tonic::transport::Channel>> {
+    fn client(
+        &self,
+        cred: &StoredCredential,
+    ) -> anyhow::Result<AuthServiceClient<tonic::transport::Channel>> {
         let tls = client::tls_config(
             &self.pins(Some(cred)),
-            Some(client::ClientCert { cert_pem: &cred.cert_pem, key_pem: &cred.key_pem }),
+            Some(client::ClientCert {
+                cert_pem: &cred.cert_pem,
+                key_pem: &cred.key_pem,
+            }),
         )?;
-        Ok(AuthServiceClient::new(client::channel(&self.cfg.auth_server, tls)?))
+        Ok(AuthServiceClient::new(client::channel(
+            &self.cfg.auth_server,
+            tls,
+        )?))
     }
 
     /// The configured pins plus the host CA learned at join time.
@@ -206,7 +230,10 @@ impl Agent {
         let tls = client::tls_config(&self.cfg.ca_pins, None)?;
         let mut client = AuthServiceClient::new(client::channel(&self.cfg.auth_server, tls)?);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(JoinClientMessage { message: Some(ClientMsg::Init(init)) }).await?;
+        tx.send(JoinClientMessage {
+            message: Some(ClientMsg::Init(init)),
+        })
+        .await?;
         let mut inbound = client
             .join(tokio_stream_rx(rx))
             .await
@@ -218,7 +245,9 @@ impl Agent {
                 Some(ServerMsg::Challenge(c)) => {
                     let payload = prover.answer(&c.payload).await?;
                     tx.send(JoinClientMessage {
-                        message: Some(ClientMsg::ChallengeResponse(JoinChallengeResponse { payload })),
+                        message: Some(ClientMsg::ChallengeResponse(JoinChallengeResponse {
+                            payload,
+                        })),
                     })
                     .await?;
                 }
@@ -257,7 +286,7 @@ impl Agent {
 fn join_status(s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::PermissionDenied {
         anyhow::Error::new(JoinDeniedError(
-            "the auth service refused the token (unknown, used or expired); create a new one with `sigil tokens add`".into(),
+            "the auth service refused this token; an admin can create a new one with `sigil tokens add --bot NAME` (the reason is in the audit log)".into(),
         ))
     } else {
         status_error(s)

@@ -48,7 +48,9 @@ pub struct Storage {
 
 impl Storage {
     pub fn new(dir: &Path) -> Self {
-        Storage { dir: dir.to_path_buf() }
+        Storage {
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn load(&self) -> anyhow::Result<Option<StoredCredential>> {
@@ -63,14 +65,19 @@ impl Storage {
     }
 
     pub fn save(&self, c: &StoredCredential) -> anyhow::Result<()> {
-        fsutil::write_atomic(&self.dir.join(CREDENTIAL), &serde_json::to_vec_pretty(c)?, fsutil::SECRET)
+        fsutil::write_atomic(
+            &self.dir.join(CREDENTIAL),
+            &serde_json::to_vec_pretty(c)?,
+            fsutil::SECRET,
+        )
     }
 
     /// The pending next key, creating and persisting one if there is none.
     pub fn next_key(&self) -> anyhow::Result<TlsKeyPair> {
         let p = self.dir.join(NEXT_KEY);
         match std::fs::read_to_string(&p) {
-            Ok(pem) => Ok(TlsKeyPair::from_pkcs8_pem(&pem).with_context(|| format!("{} is corrupt", p.display()))?),
+            Ok(pem) => Ok(TlsKeyPair::from_pkcs8_pem(&pem)
+                .with_context(|| format!("{} is corrupt", p.display()))?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let k = TlsKeyPair::generate()?;
                 fsutil::write_atomic(&p, k.to_pkcs8_pem().as_bytes(), fsutil::SECRET)?;

@@ -46,7 +46,9 @@ pub fn caller<T>(state: &AuthState, req: &Request<T>) -> Result<Caller, Status> 
     };
     let (ident, info) = id.as_ref();
     if ident.cluster != state.cluster {
-        return Err(Status::unauthenticated("the identity belongs to another cluster"));
+        return Err(Status::unauthenticated(
+            "the identity belongs to another cluster",
+        ));
     }
     if info.not_after <= OffsetDateTime::now_utc() {
         return Err(Status::unauthenticated(

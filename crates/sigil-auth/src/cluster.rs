@@ -76,11 +76,17 @@ pub async fn load_or_create(
         stored.push(ca);
     }
     let x509 = |p: CaPurpose| -> anyhow::Result<X509Ca> {
-        let s = stored.iter().find(|s| s.purpose == p).context("missing CA")?;
+        let s = stored
+            .iter()
+            .find(|s| s.purpose == p)
+            .context("missing CA")?;
         X509Ca::load(km, s).with_context(|| format!("loading the {} CA", p.as_str()))
     };
     let ssh = |p: CaPurpose| -> anyhow::Result<SshCa> {
-        let s = stored.iter().find(|s| s.purpose == p).context("missing CA")?;
+        let s = stored
+            .iter()
+            .find(|s| s.purpose == p)
+            .context("missing CA")?;
         SshCa::load(km, s).with_context(|| format!("loading the {} CA", p.as_str()))
     };
     let cas = Cas {

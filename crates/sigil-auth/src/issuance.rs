@@ -52,7 +52,11 @@ pub fn effective_ttl(requested_secs: u64, cap: Duration) -> Duration {
 }
 
 /// Check the locks for a new identity before issuing it.
-pub fn check_locks(state: &AuthState, id: &ClientIdentity, extra: &[LockTarget]) -> Result<(), Status> {
+pub fn check_locks(
+    state: &AuthState,
+    id: &ClientIdentity,
+    extra: &[LockTarget],
+) -> Result<(), Status> {
     let mut targets = authz::lock_targets(id);
     targets.extend_from_slice(extra);
     match state.cache.lock_for(&targets) {

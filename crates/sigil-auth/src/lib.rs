@@ -72,7 +72,8 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
             .with_context(|| format!("opening the database {}", db.display()))?,
     );
     let km = SoftwareKeyManager;
-    let (cluster, cas) = cluster::load_or_create(store.as_ref(), &km, cfg.cluster_name.as_deref()).await?;
+    let (cluster, cas) =
+        cluster::load_or_create(store.as_ref(), &km, cfg.cluster_name.as_deref()).await?;
     let cache = cache::Cache::start(store.clone()).await?;
     let ca_pin = cas.host.spki_pin();
 
@@ -119,7 +120,9 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
 
     tracing::info!(cluster = %cluster, listen = %listen, public = %public, ca_pin = %ca_pin, "auth service ready");
     // A stable line for scripts and humans: the pin agents need.
-    println!("sigil auth service ready: cluster={cluster} listen={listen} public={public} ca_pin={ca_pin}");
+    println!(
+        "sigil auth service ready: cluster={cluster} listen={listen} public={public} ca_pin={ca_pin}"
+    );
 
     let grpc = {
         let state = state.clone();
@@ -127,7 +130,9 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         tokio::spawn(async move {
             let incoming = tls_incoming(grpc_listener, grpc_tls);
             tonic::transport::Server::builder()
-                .add_service(AuthServiceServer::new(api::auth_api::AuthApi { state: state.clone() }))
+                .add_service(AuthServiceServer::new(api::auth_api::AuthApi {
+                    state: state.clone(),
+                }))
                 .add_service(AdminServiceServer::new(api::admin_api::AdminApi { state }))
                 .serve_with_incoming_shutdown(incoming, wait(stop))
                 .await
@@ -179,7 +184,8 @@ pub(crate) async fn wait(mut stop: watch::Receiver<bool>) {
 }
 
 fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating --data-dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating --data-dir {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting --data-dir {} to its owner", dir.display()))?;
     Ok(())

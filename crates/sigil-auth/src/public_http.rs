@@ -54,7 +54,9 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
                 return;
             };
             let svc = TowerToHyperService::new(app);
@@ -75,6 +77,9 @@ async fn readyz(State(h): State<Http>) -> (StatusCode, &'static str) {
 async fn metrics_text(State(h): State<Http>) -> (StatusCode, String) {
     match h.metrics {
         Some(m) => (StatusCode::OK, m.render()),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n".into()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable\n".into(),
+        ),
     }
 }

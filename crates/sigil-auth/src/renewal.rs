@@ -41,7 +41,9 @@ pub async fn renew(
         Ok(a) => a,
         Err(reason) => {
             deny(state, id, remote, &reason).await;
-            return Err(Status::permission_denied(format!("renewal denied: {reason}")));
+            return Err(Status::permission_denied(format!(
+                "renewal denied: {reason}"
+            )));
         }
     };
     let key_fp = sigil_pki::sha256_hex(&req.public_key_spki);
@@ -98,7 +100,8 @@ pub async fn renew(
             sigil_types::HISTORY_CAP,
         );
         if let Some(hb) = &req.heartbeat {
-            inst.spec.push_heartbeat(heartbeat(hb, now), sigil_types::HISTORY_CAP);
+            inst.spec
+                .push_heartbeat(heartbeat(hb, now), sigil_types::HISTORY_CAP);
         }
         let txn = Txn {
             ops: vec![Op::Update {
@@ -138,7 +141,9 @@ pub async fn renew(
             Err(e) => return Err(Status::unavailable(format!("storage: {e}"))),
         }
     }
-    Err(Status::aborted("concurrent renewals of the same instance; retry"))
+    Err(Status::aborted(
+        "concurrent renewals of the same instance; retry",
+    ))
 }
 
 /// Lock the instance and audit the copy; the error names the lock.
@@ -204,7 +209,14 @@ async fn deny(state: &AuthState, id: &ClientIdentity, remote: &str, reason: &str
         audit::RENEWAL_DENIED,
         serde_json::json!({"bot": id.bot, "bot_instance": id.instance_id, "reason": reason, "remote_addr": remote}),
     );
-    if let Err(e) = state.store.commit(Txn { ops: vec![], audit: vec![ev] }).await {
+    if let Err(e) = state
+        .store
+        .commit(Txn {
+            ops: vec![],
+            audit: vec![ev],
+        })
+        .await
+    {
         tracing::error!(error = %e, "failed to audit a denied renewal");
     }
 }

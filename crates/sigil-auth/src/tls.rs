@@ -70,7 +70,13 @@ pub fn server_config(
 ) -> anyhow::Result<rustls::ServerConfig> {
     let key = TlsKeyPair::generate().context("generating the auth service TLS key")?;
     let leaf = host_ca
-        .issue_server(&key.spki_der(), &format!("{cluster} auth"), dns, ips, SERVER_CERT_TTL)
+        .issue_server(
+            &key.spki_der(),
+            &format!("{cluster} auth"),
+            dns,
+            ips,
+            SERVER_CERT_TTL,
+        )
         .context("issuing the auth service TLS certificate")?;
     let chain = vec![
         CertificateDer::from(leaf.der.clone()),

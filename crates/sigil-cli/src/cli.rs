@@ -56,7 +56,12 @@ pub struct GlobalArgs {
     pub data_dir: Option<PathBuf>,
     /// Address of the auth service. `agent start`: where to join. Admin verbs: connect
     /// with mutual TLS (needs --identity).
-    #[arg(long, global = true, env = "SIGIL_AUTH_SERVER", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        global = true,
+        env = "SIGIL_AUTH_SERVER",
+        value_name = "HOST:PORT"
+    )]
     pub auth_server: Option<String>,
     /// Identity file (written by an agent's `identity` output) for remote admin access.
     #[arg(long, global = true, env = "SIGIL_IDENTITY", value_name = "FILE")]
@@ -156,7 +161,12 @@ pub struct AgentStartArgs {
     #[arg(long = "ca-pin", value_name = "sha256:HEX")]
     pub ca_pins: Vec<String>,
     /// Join token (prefer --token-path or SIGIL_TOKEN: arguments are visible in `ps`).
-    #[arg(long, env = "SIGIL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "SIGIL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
     /// File holding the join token.
     #[arg(long, value_name = "FILE", conflicts_with = "token")]

@@ -31,7 +31,12 @@ fn clap_definition_is_consistent() {
 #[test]
 fn help_documents_exit_codes() {
     let help = Cli::command().render_long_help().to_string();
-    for want in ["Exit codes", "2  bad input", "3  permission denied", "4  auth service unavailable"] {
+    for want in [
+        "Exit codes",
+        "2  bad input",
+        "3  permission denied",
+        "4  auth service unavailable",
+    ] {
         assert!(help.contains(want), "{want} missing from --help");
     }
 }
@@ -39,34 +44,84 @@ fn help_documents_exit_codes() {
 #[test]
 fn auth_start() {
     let c = parse(&[
-        "auth", "start", "--data-dir", "/d", "--listen", "127.0.0.1:3025", "--public-listen", "127.0.0.1:3080",
-        "--cluster-name", "example.test", "--server-name", "a.example.test", "--server-name", "10.0.0.1",
+        "auth",
+        "start",
+        "--data-dir",
+        "/d",
+        "--listen",
+        "127.0.0.1:3025",
+        "--public-listen",
+        "127.0.0.1:3080",
+        "--cluster-name",
+        "example.test",
+        "--server-name",
+        "a.example.test",
+        "--server-name",
+        "10.0.0.1",
     ]);
     assert!(c.is_server());
     assert_eq!(c.global.data_dir, Some(PathBuf::from("/d")));
-    let Command::Auth(AuthCommand::Start(a)) = c.command else { panic!("{:?}", c.command) };
+    let Command::Auth(AuthCommand::Start(a)) = c.command else {
+        panic!("{:?}", c.command)
+    };
     assert_eq!(a.listen.port(), 3025);
     assert_eq!(a.public_listen.port(), 3080);
     assert_eq!(a.cluster_name.as_deref(), Some("example.test"));
     assert_eq!(a.server_names, ["a.example.test", "10.0.0.1"]);
-    fails(&["auth", "start", "--data-dir", "/d", "--listen", "not-an-addr", "--public-listen", "127.0.0.1:1"]);
-    fails(&["auth", "start", "--data-dir", "/d", "--public-listen", "127.0.0.1:1"]);
+    fails(&[
+        "auth",
+        "start",
+        "--data-dir",
+        "/d",
+        "--listen",
+        "not-an-addr",
+        "--public-listen",
+        "127.0.0.1:1",
+    ]);
+    fails(&[
+        "auth",
+        "start",
+        "--data-dir",
+        "/d",
+        "--public-listen",
+        "127.0.0.1:1",
+    ]);
 }
 
 #[test]
 fn agent_start_config_and_flags() {
     let c = parse(&["agent", "start", "--config", "agent.yaml"]);
-    let Command::Agent(AgentCommand::Start(a)) = c.command else { panic!() };
+    let Command::Agent(AgentCommand::Start(a)) = c.command else {
+        panic!()
+    };
     assert_eq!(a.config, Some(PathBuf::from("agent.yaml")));
     assert!(!a.oneshot);
 
     let c = parse(&[
-        "agent", "start", "--auth-server", "127.0.0.1:3025", "--ca-pin", "sha256:ab", "--token", "tok",
-        "--storage", "/s", "--output", "identity:/o", "--oneshot", "--credential-ttl", "1h",
-        "--renewal-interval", "20m", "--diag-addr", "127.0.0.1:9000",
+        "agent",
+        "start",
+        "--auth-server",
+        "127.0.0.1:3025",
+        "--ca-pin",
+        "sha256:ab",
+        "--token",
+        "tok",
+        "--storage",
+        "/s",
+        "--output",
+        "identity:/o",
+        "--oneshot",
+        "--credential-ttl",
+        "1h",
+        "--renewal-interval",
+        "20m",
+        "--diag-addr",
+        "127.0.0.1:9000",
     ]);
     assert_eq!(c.global.auth_server.as_deref(), Some("127.0.0.1:3025"));
-    let Command::Agent(AgentCommand::Start(a)) = c.command else { panic!() };
+    let Command::Agent(AgentCommand::Start(a)) = c.command else {
+        panic!()
+    };
     assert_eq!(a.ca_pins, ["sha256:ab"]);
     assert_eq!(a.token.as_deref(), Some("tok"));
     assert_eq!(a.storage, Some(PathBuf::from("/s")));
@@ -88,9 +143,19 @@ fn global_admin_options_anywhere() {
         &["bots", "ls", "--data-dir", "/d"][..],
         &["bots", "--data-dir", "/d", "ls"][..],
     ] {
-        assert_eq!(parse(args).global.data_dir, Some(PathBuf::from("/d")), "{args:?}");
+        assert_eq!(
+            parse(args).global.data_dir,
+            Some(PathBuf::from("/d")),
+            "{args:?}"
+        );
     }
-    let c = parse(&["status", "--auth-server", "auth:3025", "--identity", "/id/identity"]);
+    let c = parse(&[
+        "status",
+        "--auth-server",
+        "auth:3025",
+        "--identity",
+        "/id/identity",
+    ]);
     assert!(!c.is_server());
     assert_eq!(c.global.auth_server.as_deref(), Some("auth:3025"));
     assert_eq!(c.global.identity, Some(PathBuf::from("/id/identity")));
@@ -99,10 +164,14 @@ fn global_admin_options_anywhere() {
 #[test]
 fn create() {
     let c = parse(&["create", "-f", "role.yaml"]);
-    let Command::Create(a) = c.command else { panic!() };
+    let Command::Create(a) = c.command else {
+        panic!()
+    };
     assert_eq!(a.file, PathBuf::from("role.yaml"));
     assert!(!a.force);
-    let Command::Create(a) = parse(&["create", "-f", "-", "--force"]).command else { panic!() };
+    let Command::Create(a) = parse(&["create", "-f", "-", "--force"]).command else {
+        panic!()
+    };
     assert_eq!(a.file, PathBuf::from("-"));
     assert!(a.force);
     fails(&["create"]);
@@ -110,26 +179,56 @@ fn create() {
 
 #[test]
 fn get_and_rm() {
-    let Command::Get(a) = parse(&["get", "roles"]).command else { panic!() };
+    let Command::Get(a) = parse(&["get", "roles"]).command else {
+        panic!()
+    };
     assert_eq!((a.target.as_str(), a.name, a.output), ("roles", None, None));
-    let Command::Get(a) = parse(&["get", "role/dev", "-o", "yaml"]).command else { panic!() };
-    assert_eq!((a.target.as_str(), a.output), ("role/dev", Some(GetFormat::Yaml)));
-    for (fmt, want) in [("json", GetFormat::Json), ("text", GetFormat::Text), ("yaml", GetFormat::Yaml)] {
-        let Command::Get(a) = parse(&["get", "bot_instances", "-o", fmt]).command else { panic!() };
+    let Command::Get(a) = parse(&["get", "role/dev", "-o", "yaml"]).command else {
+        panic!()
+    };
+    assert_eq!(
+        (a.target.as_str(), a.output),
+        ("role/dev", Some(GetFormat::Yaml))
+    );
+    for (fmt, want) in [
+        ("json", GetFormat::Json),
+        ("text", GetFormat::Text),
+        ("yaml", GetFormat::Yaml),
+    ] {
+        let Command::Get(a) = parse(&["get", "bot_instances", "-o", fmt]).command else {
+            panic!()
+        };
         assert_eq!(a.output, Some(want));
     }
-    let Command::Get(a) = parse(&["get", "bot", "ci", "--format", "json"]).command else { panic!() };
-    assert_eq!((a.target.as_str(), a.name.as_deref(), a.output), ("bot", Some("ci"), Some(GetFormat::Json)));
+    let Command::Get(a) = parse(&["get", "bot", "ci", "--format", "json"]).command else {
+        panic!()
+    };
+    assert_eq!(
+        (a.target.as_str(), a.name.as_deref(), a.output),
+        ("bot", Some("ci"), Some(GetFormat::Json))
+    );
     fails(&["get", "roles", "-o", "xml"]);
-    let Command::Rm(a) = parse(&["rm", "role/dev"]).command else { panic!() };
+    let Command::Rm(a) = parse(&["rm", "role/dev"]).command else {
+        panic!()
+    };
     assert_eq!(a.target, "role/dev");
     fails(&["rm"]);
 }
 
 #[test]
 fn bots() {
-    let Command::Bots(BotsCommand::Add(a)) =
-        parse(&["bots", "add", "ci", "--roles", "r1,r2", "--token-ttl", "15m", "--format", "json"]).command
+    let Command::Bots(BotsCommand::Add(a)) = parse(&[
+        "bots",
+        "add",
+        "ci",
+        "--roles",
+        "r1,r2",
+        "--token-ttl",
+        "15m",
+        "--format",
+        "json",
+    ])
+    .command
     else {
         panic!()
     };
@@ -137,22 +236,32 @@ fn bots() {
     assert_eq!(a.roles, ["r1", "r2"]);
     assert_eq!(a.token_ttl.as_deref(), Some("15m"));
     assert_eq!(a.format.format, Format::Json);
-    let Command::Bots(BotsCommand::Add(a)) = parse(&["bots", "add", "ci", "--roles", "r1"]).command else {
+    let Command::Bots(BotsCommand::Add(a)) = parse(&["bots", "add", "ci", "--roles", "r1"]).command
+    else {
         panic!()
     };
     assert_eq!(a.format.format, Format::Text);
     fails(&["bots", "add", "ci"]);
     fails(&["bots", "add", "ci", "--roles", "r", "--format", "yaml"]);
 
-    let Command::Bots(BotsCommand::Ls(f)) = parse(&["bots", "ls", "--format", "json"]).command else { panic!() };
-    assert_eq!(f.format, Format::Json);
-    let Command::Bots(BotsCommand::Rm(n)) = parse(&["bots", "rm", "ci"]).command else { panic!() };
-    assert_eq!(n.name, "ci");
-    let Command::Bots(BotsCommand::Update(u)) = parse(&["bots", "update", "ci", "--set-roles", "a,b"]).command
+    let Command::Bots(BotsCommand::Ls(f)) = parse(&["bots", "ls", "--format", "json"]).command
     else {
         panic!()
     };
-    assert_eq!((u.name.as_str(), u.set_roles.clone()), ("ci", vec!["a".to_string(), "b".to_string()]));
+    assert_eq!(f.format, Format::Json);
+    let Command::Bots(BotsCommand::Rm(n)) = parse(&["bots", "rm", "ci"]).command else {
+        panic!()
+    };
+    assert_eq!(n.name, "ci");
+    let Command::Bots(BotsCommand::Update(u)) =
+        parse(&["bots", "update", "ci", "--set-roles", "a,b"]).command
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (u.name.as_str(), u.set_roles.clone()),
+        ("ci", vec!["a".to_string(), "b".to_string()])
+    );
     fails(&["bots", "update", "ci"]);
 
     let Command::Bots(BotsCommand::Instances(InstancesCommand::Ls(i))) =
@@ -160,7 +269,10 @@ fn bots() {
     else {
         panic!()
     };
-    assert_eq!((i.bot.as_deref(), i.format.format), (Some("ci"), Format::Json));
+    assert_eq!(
+        (i.bot.as_deref(), i.format.format),
+        (Some("ci"), Format::Json)
+    );
     let Command::Bots(BotsCommand::Instances(InstancesCommand::Ls(i))) =
         parse(&["bots", "instances", "ls"]).command
     else {
@@ -171,21 +283,41 @@ fn bots() {
 
 #[test]
 fn tokens() {
-    let Command::Tokens(TokensCommand::Add(a)) =
-        parse(&["tokens", "add", "--bot", "ci", "--ttl", "15m", "--join-method", "token", "--format", "json"])
-            .command
+    let Command::Tokens(TokensCommand::Add(a)) = parse(&[
+        "tokens",
+        "add",
+        "--bot",
+        "ci",
+        "--ttl",
+        "15m",
+        "--join-method",
+        "token",
+        "--format",
+        "json",
+    ])
+    .command
     else {
         panic!()
     };
-    assert_eq!((a.bot.as_str(), a.ttl.as_deref(), a.join_method.as_str()), ("ci", Some("15m"), "token"));
-    let Command::Tokens(TokensCommand::Add(a)) = parse(&["tokens", "add", "--bot", "ci"]).command else { panic!() };
+    assert_eq!(
+        (a.bot.as_str(), a.ttl.as_deref(), a.join_method.as_str()),
+        ("ci", Some("15m"), "token")
+    );
+    let Command::Tokens(TokensCommand::Add(a)) = parse(&["tokens", "add", "--bot", "ci"]).command
+    else {
+        panic!()
+    };
     assert_eq!(a.join_method, "token");
     fails(&["tokens", "add"]);
-    let Command::Tokens(TokensCommand::Ls(f)) = parse(&["tokens", "ls", "--format", "text"]).command else {
+    let Command::Tokens(TokensCommand::Ls(f)) =
+        parse(&["tokens", "ls", "--format", "text"]).command
+    else {
         panic!()
     };
     assert_eq!(f.format, Format::Text);
-    let Command::Tokens(TokensCommand::Rm(n)) = parse(&["tokens", "rm", "abc"]).command else { panic!() };
+    let Command::Tokens(TokensCommand::Rm(n)) = parse(&["tokens", "rm", "abc"]).command else {
+        panic!()
+    };
     assert_eq!(n.name, "abc");
 }
 
@@ -199,28 +331,50 @@ fn locks() {
         ("--login", "login"),
         ("--spiffe-id", "spiffe_id"),
     ] {
-        let Command::Locks(LocksCommand::Add(a)) = parse(&["locks", "add", flag, "x"]).command else { panic!() };
+        let Command::Locks(LocksCommand::Add(a)) = parse(&["locks", "add", flag, "x"]).command
+        else {
+            panic!()
+        };
         assert_eq!(a.target.target(), Some((kind, "x")), "{flag}");
     }
-    let Command::Locks(LocksCommand::Add(a)) =
-        parse(&["locks", "add", "--bot", "ci", "--ttl", "1h", "--message", "incident 42", "--format", "json"])
-            .command
+    let Command::Locks(LocksCommand::Add(a)) = parse(&[
+        "locks",
+        "add",
+        "--bot",
+        "ci",
+        "--ttl",
+        "1h",
+        "--message",
+        "incident 42",
+        "--format",
+        "json",
+    ])
+    .command
     else {
         panic!()
     };
-    assert_eq!((a.ttl.as_deref(), a.message.as_deref()), (Some("1h"), Some("incident 42")));
+    assert_eq!(
+        (a.ttl.as_deref(), a.message.as_deref()),
+        (Some("1h"), Some("incident 42"))
+    );
     assert_eq!(a.format.format, Format::Json);
     fails(&["locks", "add"]);
     fails(&["locks", "add", "--bot", "a", "--role", "b"]);
-    let Command::Locks(LocksCommand::Ls(_)) = parse(&["locks", "ls"]).command else { panic!() };
-    let Command::Locks(LocksCommand::Rm(n)) = parse(&["locks", "rm", "lock-id"]).command else { panic!() };
+    let Command::Locks(LocksCommand::Ls(_)) = parse(&["locks", "ls"]).command else {
+        panic!()
+    };
+    let Command::Locks(LocksCommand::Rm(n)) = parse(&["locks", "rm", "lock-id"]).command else {
+        panic!()
+    };
     assert_eq!(n.name, "lock-id");
 }
 
 #[test]
 fn audit() {
-    let Command::Audit(AuditCommand::Ls(a)) =
-        parse(&["audit", "ls", "--since", "1h", "--type", "bot.join", "--limit", "10", "--format", "json"]).command
+    let Command::Audit(AuditCommand::Ls(a)) = parse(&[
+        "audit", "ls", "--since", "1h", "--type", "bot.join", "--limit", "10", "--format", "json",
+    ])
+    .command
     else {
         panic!()
     };
@@ -229,15 +383,21 @@ fn audit() {
     assert_eq!(a.limit, Some(10));
     assert_eq!(a.format.format, Format::Json);
     fails(&["audit", "ls", "--limit", "many"]);
-    let Command::Audit(AuditCommand::Verify(f)) = parse(&["audit", "verify"]).command else { panic!() };
+    let Command::Audit(AuditCommand::Verify(f)) = parse(&["audit", "verify"]).command else {
+        panic!()
+    };
     assert_eq!(f.format, Format::Text);
 }
 
 #[test]
 fn status() {
-    let Command::Status(s) = parse(&["status"]).command else { panic!() };
+    let Command::Status(s) = parse(&["status"]).command else {
+        panic!()
+    };
     assert_eq!(s.format.format, Format::Text);
-    let Command::Status(s) = parse(&["status", "--format", "json"]).command else { panic!() };
+    let Command::Status(s) = parse(&["status", "--format", "json"]).command else {
+        panic!()
+    };
     assert_eq!(s.format.format, Format::Json);
 }
 

@@ -43,22 +43,34 @@ pub struct CliError {
 impl CliError {
     /// A bad-input error (exit 2).
     pub fn usage(message: impl Into<String>) -> Self {
-        CliError { failure: Failure::Usage, message: message.into() }
+        CliError {
+            failure: Failure::Usage,
+            message: message.into(),
+        }
     }
 
     /// A permission error (exit 3).
     pub fn denied(message: impl Into<String>) -> Self {
-        CliError { failure: Failure::Denied, message: message.into() }
+        CliError {
+            failure: Failure::Denied,
+            message: message.into(),
+        }
     }
 
     /// A service-unavailable error (exit 4).
     pub fn unavailable(message: impl Into<String>) -> Self {
-        CliError { failure: Failure::Unavailable, message: message.into() }
+        CliError {
+            failure: Failure::Unavailable,
+            message: message.into(),
+        }
     }
 
     /// Any other error (exit 1).
     pub fn other(message: impl Into<String>) -> Self {
-        CliError { failure: Failure::Other, message: message.into() }
+        CliError {
+            failure: Failure::Other,
+            message: message.into(),
+        }
     }
 }
 
@@ -107,6 +119,15 @@ pub fn failure_of(err: &anyhow::Error) -> Failure {
         }
     }
     Failure::Other
+}
+
+/// True if the error is a write to a closed stdout (the reader went away, as with
+/// `| head`): not worth an error message.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The process exit code for an error.
@@ -181,6 +202,9 @@ mod tests {
         assert_eq!(exit_code(&anyhow::Error::new(refused)), 4);
         let other = std::io::Error::other("x");
         assert_eq!(exit_code(&anyhow::Error::new(other)), 1);
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(is_broken_pipe(&anyhow::Error::new(pipe).context("writing")));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
     }
 
     #[test]

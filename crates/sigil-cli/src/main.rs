@@ -12,6 +12,8 @@ async fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match sigil_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our stdout went away (`| head`): nothing left to say.
+        Err(e) if sigil_cli::error::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", sigil_cli::error::render(&e));
             ExitCode::from(sigil_cli::error::exit_code(&e))

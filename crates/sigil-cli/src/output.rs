@@ -8,6 +8,23 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// Writes `text` to stdout, adding a final newline if it lacks one (nothing for
+/// empty text). A closed pipe (`sigil tokens ls | head`) comes back as an
+/// `io::Error` of kind `BrokenPipe`, which `main` treats as a quiet success.
+pub fn out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if text.is_empty() {
+        return Ok(());
+    }
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    lock.write_all(text.as_bytes())?;
+    if !text.ends_with('\n') {
+        lock.write_all(b"\n")?;
+    }
+    lock.flush()
+}
+
 /// An aligned table without borders, with an upper-case header row.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
@@ -79,7 +96,11 @@ pub fn relative(secs: i64) -> String {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let delta = secs - now;
     let s = human_secs(delta.unsigned_abs());
-    if delta >= 0 { format!("in {s}") } else { format!("{s} ago") }
+    if delta >= 0 {
+        format!("in {s}")
+    } else {
+        format!("{s} ago")
+    }
 }
 
 /// A rough duration for humans: the two largest units, e.g. `1h30m`, `14m5s`, `2d3h`.
@@ -97,13 +118,21 @@ pub fn human_secs(secs: u64) -> String {
             break;
         }
     }
-    if parts.is_empty() { "0s".to_string() } else { parts.concat() }
+    if parts.is_empty() {
+        "0s".to_string()
+    } else {
+        parts.concat()
+    }
 }
 
 /// A token name is the secret: tables show only its first 8 characters.
 pub fn token_prefix(name: &str) -> String {
     let prefix: String = name.chars().take(8).collect();
-    if prefix.len() < name.len() { format!("{prefix}…") } else { prefix }
+    if prefix.len() < name.len() {
+        format!("{prefix}…")
+    } else {
+        prefix
+    }
 }
 
 /// The string at a JSON pointer, or `-`.
@@ -140,7 +169,16 @@ pub fn summary(v: &Value, max: usize) -> String {
     let text = match v {
         Value::Object(map) => map
             .iter()
-            .map(|(k, v)| format!("{k}={}", scalar(v)))
+            .map(|(k, v)| match v {
+                // Lists of scalars read better as a,b,c than as JSON.
+                Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+                    format!(
+                        "{k}={}",
+                        items.iter().map(scalar).collect::<Vec<_>>().join(",")
+                    )
+                }
+                _ => format!("{k}={}", scalar(v)),
+            })
             .collect::<Vec<_>>()
             .join(" "),
         Value::Null => String::new(),
@@ -163,7 +201,10 @@ mod tests {
     fn tables_are_aligned_without_borders() {
         let out = table(
             &["NAME", "ROLES"],
-            vec![vec!["a".into(), "r1,r2".into()], vec!["longer-name".into(), "x".into()]],
+            vec![
+                vec!["a".into(), "r1,r2".into()],
+                vec!["longer-name".into(), "x".into()],
+            ],
         );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
@@ -185,7 +226,10 @@ mod tests {
     fn times() {
         assert_eq!(unix_time(0), "-");
         assert_eq!(unix_time(1_714_564_800), "2024-05-01T12:00:00Z");
-        assert_eq!(short_time("2024-05-01T12:00:00.123456789Z"), "2024-05-01T12:00:00Z");
+        assert_eq!(
+            short_time("2024-05-01T12:00:00.123456789Z"),
+            "2024-05-01T12:00:00Z"
+        );
         assert_eq!(short_time("not a time"), "not a time");
         let now = OffsetDateTime::now_utc().unix_timestamp();
         assert!(relative(now + 3600).starts_with("in "));
@@ -204,8 +248,15 @@ mod tests {
         assert_eq!(str_at(&v, "/spec/n"), "3");
         assert_eq!(list_at(&v, "/spec/roles"), "r1,r2");
         assert_eq!(list_at(&v, "/spec/none"), "-");
-        assert_eq!(summary(&json!({"bot": "b", "ok": true}), 100), "bot=b ok=true");
+        assert_eq!(
+            summary(&json!({"bot": "b", "ok": true}), 100),
+            "bot=b ok=true"
+        );
         assert_eq!(summary(&json!({"bot": "abcdefghij"}), 6), "bot=a…");
+        assert_eq!(
+            summary(&json!({"cas": ["a", "b"], "m": {"x": 1}}), 100),
+            "cas=a,b m={\"x\":1}"
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! `sigil auth start` and `sigil agent start`: argument checks, then the library
 //! crates do the work.
 
+use crate::admin::parse_flag_duration;
 use crate::cli::{AgentStartArgs, AuthStartArgs, GlobalArgs};
 use crate::error::CliError;
-use crate::admin::parse_flag_duration;
 
 /// `sigil auth start`: runs until SIGINT/SIGTERM.
 pub async fn auth_start(global: &GlobalArgs, args: &AuthStartArgs) -> anyhow::Result<()> {
@@ -12,7 +12,10 @@ pub async fn auth_start(global: &GlobalArgs, args: &AuthStartArgs) -> anyhow::Re
 }
 
 /// The auth service configuration from the flags.
-pub fn auth_config(global: &GlobalArgs, args: &AuthStartArgs) -> Result<sigil_auth::AuthConfig, CliError> {
+pub fn auth_config(
+    global: &GlobalArgs,
+    args: &AuthStartArgs,
+) -> Result<sigil_auth::AuthConfig, CliError> {
     let data_dir = global.data_dir.clone().ok_or_else(|| {
         CliError::usage("sigil auth start needs --data-dir DIR (where the auth service keeps its keys and database)")
     })?;
@@ -30,10 +33,14 @@ pub async fn agent_start(global: &GlobalArgs, args: &AgentStartArgs) -> anyhow::
     let cfg = match &args.config {
         Some(path) => {
             if global.auth_server.is_some() {
-                tracing::warn!("--auth-server/SIGIL_AUTH_SERVER is ignored with --config: the config file's auth_server is used");
+                tracing::warn!(
+                    "--auth-server/SIGIL_AUTH_SERVER is ignored with --config: the config file's auth_server is used"
+                );
             }
             if args.diag_addr.is_some() {
-                tracing::warn!("--diag-addr is ignored with --config: set diag_addr in the config file");
+                tracing::warn!(
+                    "--diag-addr is ignored with --config: set diag_addr in the config file"
+                );
             }
             // The loader's errors already name file, line and field; bad config is bad input.
             sigil_agent::AgentConfig::load(path).map_err(|e| CliError::usage(format!("{e:#}")))?
@@ -45,7 +52,10 @@ pub async fn agent_start(global: &GlobalArgs, args: &AgentStartArgs) -> anyhow::
 }
 
 /// The agent's flags, checked for what is always required so the error names the flag.
-pub fn agent_flags(global: &GlobalArgs, args: &AgentStartArgs) -> Result<sigil_agent::AgentFlags, CliError> {
+pub fn agent_flags(
+    global: &GlobalArgs,
+    args: &AgentStartArgs,
+) -> Result<sigil_agent::AgentFlags, CliError> {
     let auth_server = global.auth_server.clone().ok_or_else(|| {
         CliError::usage("sigil agent start needs --config FILE, or --auth-server HOST:PORT with --ca-pin, --storage and --output")
     })?;
@@ -54,11 +64,13 @@ pub fn agent_flags(global: &GlobalArgs, args: &AgentStartArgs) -> Result<sigil_a
             "sigil agent start needs --ca-pin sha256:HEX (printed by `sigil bots add` and `sigil status`)",
         ));
     }
-    let storage = args
-        .storage
-        .clone()
-        .ok_or_else(|| CliError::usage("sigil agent start needs --storage DIR (where the agent keeps its own key)"))?;
-    for (flag, value) in [("credential-ttl", &args.credential_ttl), ("renewal-interval", &args.renewal_interval)] {
+    let storage = args.storage.clone().ok_or_else(|| {
+        CliError::usage("sigil agent start needs --storage DIR (where the agent keeps its own key)")
+    })?;
+    for (flag, value) in [
+        ("credential-ttl", &args.credential_ttl),
+        ("renewal-interval", &args.renewal_interval),
+    ] {
         if let Some(v) = value {
             parse_flag_duration(flag, v)?;
         }
@@ -82,7 +94,10 @@ mod tests {
     use std::path::PathBuf;
 
     fn base() -> (GlobalArgs, AgentStartArgs) {
-        let g = GlobalArgs { auth_server: Some("127.0.0.1:3025".into()), ..Default::default() };
+        let g = GlobalArgs {
+            auth_server: Some("127.0.0.1:3025".into()),
+            ..Default::default()
+        };
         let a = AgentStartArgs {
             ca_pins: vec!["sha256:00".into()],
             token: Some("t".into()),
@@ -111,13 +126,28 @@ mod tests {
         assert!(err.message.contains("--auth-server"), "{}", err.message);
         let (g, mut a) = base();
         a.ca_pins.clear();
-        assert!(agent_flags(&g, &a).unwrap_err().message.contains("--ca-pin"));
+        assert!(
+            agent_flags(&g, &a)
+                .unwrap_err()
+                .message
+                .contains("--ca-pin")
+        );
         let (g, mut a) = base();
         a.storage = None;
-        assert!(agent_flags(&g, &a).unwrap_err().message.contains("--storage"));
+        assert!(
+            agent_flags(&g, &a)
+                .unwrap_err()
+                .message
+                .contains("--storage")
+        );
         let (g, mut a) = base();
         a.renewal_interval = Some("20x".into());
-        assert!(agent_flags(&g, &a).unwrap_err().message.contains("--renewal-interval"));
+        assert!(
+            agent_flags(&g, &a)
+                .unwrap_err()
+                .message
+                .contains("--renewal-interval")
+        );
     }
 
     #[test]
@@ -128,8 +158,16 @@ mod tests {
             cluster_name: Some("example.test".into()),
             server_names: vec!["auth.example.test".into()],
         };
-        assert!(auth_config(&GlobalArgs::default(), &args).unwrap_err().message.contains("--data-dir"));
-        let g = GlobalArgs { data_dir: Some("/d".into()), ..Default::default() };
+        assert!(
+            auth_config(&GlobalArgs::default(), &args)
+                .unwrap_err()
+                .message
+                .contains("--data-dir")
+        );
+        let g = GlobalArgs {
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
         let cfg = auth_config(&g, &args).unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/d"));
         assert_eq!(cfg.server_names, ["auth.example.test"]);

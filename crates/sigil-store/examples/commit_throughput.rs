@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sigil_store::{
-    AuditVerification, NewAuditEvent, Op, SqliteStore, Store, StoreError, Txn,
-};
+use sigil_store::{AuditVerification, NewAuditEvent, Op, SqliteStore, Store, StoreError, Txn};
 use time::OffsetDateTime;
 
 #[tokio::main]

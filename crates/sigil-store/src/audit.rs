@@ -105,7 +105,12 @@ pub fn canonical_event_json(
     event_type: &str,
     fields: &serde_json::Value,
 ) -> String {
-    event_json_from_parts(seq, &format_time(time), event_type, &canonical_fields(fields))
+    event_json_from_parts(
+        seq,
+        &format_time(time),
+        event_type,
+        &canonical_fields(fields),
+    )
 }
 
 /// Builds the canonical event JSON from an already-canonical fields text and time text.
@@ -212,7 +217,13 @@ mod tests {
         assert_ne!(h, audit_hash(GENESIS_HASH, 1, t, "t", &json!({"a": 2})));
         assert_ne!(
             h,
-            audit_hash(GENESIS_HASH, 1, t + time::Duration::NANOSECOND, "t", &json!({"a": 1}))
+            audit_hash(
+                GENESIS_HASH,
+                1,
+                t + time::Duration::NANOSECOND,
+                "t",
+                &json!({"a": 1})
+            )
         );
         assert_ne!(h, audit_hash(&"1".repeat(64), 1, t, "t", &json!({"a": 1})));
     }

@@ -1,6 +1,7 @@
 //! SQLite backend: one writer task doing group commit over one connection, plus a pool
 //! of read connections (WAL lets readers run alongside the writer).
 
+mod ops;
 mod writer;
 
 use std::path::Path;
@@ -62,12 +63,16 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
 
-        let mut conn = SqliteConnection::connect_with(&opts)
+        // The writer's bulk statements return a row per changed key: let them stream
+        // without stalling sqlx's connection thread.
+        let writer_opts = opts.clone().row_buffer_size(1024);
+        let mut conn = SqliteConnection::connect_with(&writer_opts)
             .await
             .map_err(|e| backend(&format!("opening {}", path.display()), e))?;
-        MIGRATOR.run(&mut conn).await.map_err(|e| {
-            StoreError::Backend(format!("migrating {}: {e}", path.display()))
-        })?;
+        MIGRATOR
+            .run(&mut conn)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
         let read = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(opts.pragma("query_only", "ON"))
@@ -96,10 +101,11 @@ impl SqliteStore {
         } = self;
         drop(requests);
         let task = writer_task.lock().ok().and_then(|mut t| t.take());
-        if let Some(task) = task {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "sqlite writer task failed");
-            }
+        if let Some(Err(e)) = match task {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            tracing::error!(error = %e, "sqlite writer task failed");
         }
         read.close().await;
     }
@@ -198,7 +204,9 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
 }
 
 fn record_from_row(row: &SqliteRow) -> Result<AuditRecord> {
-    let seq: i64 = row.try_get(0).map_err(|e| backend("reading audit seq", e))?;
+    let seq: i64 = row
+        .try_get(0)
+        .map_err(|e| backend("reading audit seq", e))?;
     let err = |e: sqlx::Error| backend(&format!("reading audit record {seq}"), e);
     let time_text: String = row.try_get(1).map_err(err)?;
     let fields_text: String = row.try_get(3).map_err(err)?;
@@ -275,8 +283,9 @@ impl Store for SqliteStore {
 
     async fn audit_query(&self, q: AuditQuery) -> Result<Vec<AuditRecord>> {
         // Only constant fragments are concatenated; every value is bound.
-        let mut sql =
-            String::from("SELECT seq, time, type, fields, prev_hash, hash FROM audit WHERE seq > ?1");
+        let mut sql = String::from(
+            "SELECT seq, time, type, fields, prev_hash, hash FROM audit WHERE seq > ?1",
+        );
         if q.since.is_some() {
             sql.push_str(" AND time >= ?2");
         }
@@ -284,9 +293,7 @@ impl Store for SqliteStore {
             sql.push_str(" AND type = ?3");
         }
         sql.push_str(" ORDER BY seq LIMIT ?4");
-        let limit = q
-            .limit
-            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(q.after_seq.unwrap_or(0))
             .bind(q.since.map(format_time))
@@ -318,7 +325,9 @@ impl Store for SqliteStore {
                 });
             }
             for row in &rows {
-                let seq: i64 = row.try_get(0).map_err(|e| backend("reading audit seq", e))?;
+                let seq: i64 = row
+                    .try_get(0)
+                    .map_err(|e| backend("reading audit seq", e))?;
                 let err = |e: sqlx::Error| backend(&format!("reading audit record {seq}"), e);
                 let time: String = row.try_get(1).map_err(err)?;
                 let event_type: String = row.try_get(2).map_err(err)?;

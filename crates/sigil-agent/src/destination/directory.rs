@@ -11,7 +11,9 @@ pub struct DirectoryDestination {
 
 impl DirectoryDestination {
     pub fn new(path: &Path) -> Self {
-        DirectoryDestination { path: path.to_path_buf() }
+        DirectoryDestination {
+            path: path.to_path_buf(),
+        }
     }
 }
 
@@ -28,7 +30,11 @@ impl Destination for DirectoryDestination {
         if name.contains('/') || name.starts_with('.') {
             anyhow::bail!("invalid artifact name {name:?}");
         }
-        let mode = if secret { fsutil::SECRET } else { fsutil::PUBLIC };
+        let mode = if secret {
+            fsutil::SECRET
+        } else {
+            fsutil::PUBLIC
+        };
         fsutil::write_atomic(&self.path.join(name), data, mode)
     }
 }

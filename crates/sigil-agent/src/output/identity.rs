@@ -69,8 +69,16 @@ impl Output for IdentityOutput {
         d.write("tls.crt", resp.tls_cert_pem.as_bytes(), false)?;
         d.write("ca.crt", resp.ca_certs_pem.as_bytes(), false)?;
         d.write("ssh.key", ssh_key.to_openssh_private()?.as_bytes(), true)?;
-        d.write("ssh.key.pub", format!("{}\n", ssh_key.public_openssh()).as_bytes(), false)?;
-        d.write("ssh.key-cert.pub", format!("{}\n", resp.ssh_cert.trim_end()).as_bytes(), false)?;
+        d.write(
+            "ssh.key.pub",
+            format!("{}\n", ssh_key.public_openssh()).as_bytes(),
+            false,
+        )?;
+        d.write(
+            "ssh.key-cert.pub",
+            format!("{}\n", resp.ssh_cert.trim_end()).as_bytes(),
+            false,
+        )?;
         d.write("known_hosts", resp.known_hosts.as_bytes(), false)?;
         d.write("identity", &serde_json::to_vec_pretty(&idf)?, true)?;
         Ok(())

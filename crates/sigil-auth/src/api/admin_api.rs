@@ -46,7 +46,9 @@ impl AdminService for AdminApi {
         let mut parsed = sigil_types::parse_resources(&r.json, "request")
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if parsed.len() != 1 {
-            return Err(Status::invalid_argument("send exactly one resource per request"));
+            return Err(Status::invalid_argument(
+                "send exactly one resource per request",
+            ));
         }
         let res = parsed.remove(0);
         let verb = if r.upsert { "update" } else { "create" };
@@ -55,7 +57,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(ResourceResponse { json }))
     }
 
-    async fn get_resource(&self, req: Request<ResourceRef>) -> Result<Response<ResourceResponse>, Status> {
+    async fn get_resource(
+        &self,
+        req: Request<ResourceRef>,
+    ) -> Result<Response<ResourceResponse>, Status> {
         let r = req.get_ref();
         let kind = resources::normalize_kind(&r.kind)?;
         self.authorize(&req, kind, "read")?;
@@ -74,7 +79,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(ListResourcesResponse { json }))
     }
 
-    async fn delete_resource(&self, req: Request<ResourceRef>) -> Result<Response<DeleteResponse>, Status> {
+    async fn delete_resource(
+        &self,
+        req: Request<ResourceRef>,
+    ) -> Result<Response<DeleteResponse>, Status> {
         let r = req.get_ref();
         let kind = resources::normalize_kind(&r.kind)?;
         let caller = self.authorize(&req, kind, "delete")?;
@@ -82,12 +90,18 @@ impl AdminService for AdminApi {
         Ok(Response::new(DeleteResponse {}))
     }
 
-    async fn add_bot(&self, req: Request<AddBotRequest>) -> Result<Response<AddBotResponse>, Status> {
+    async fn add_bot(
+        &self,
+        req: Request<AddBotRequest>,
+    ) -> Result<Response<AddBotResponse>, Status> {
         let caller = self.authorize(&req, "bot", "create")?;
         self.authorize(&req, "token", "create")?;
         let r = req.get_ref();
         let bot = Bot::new(
-            Metadata { name: r.name.clone(), ..Default::default() },
+            Metadata {
+                name: r.name.clone(),
+                ..Default::default()
+            },
             BotSpec {
                 roles: r.roles.clone(),
                 max_ttl: (r.max_ttl_seconds > 0)
@@ -97,24 +111,38 @@ impl AdminService for AdminApi {
         let ttl = ttl_or(r.token_ttl_seconds, sigil_types::DEFAULT_TOKEN_TTL);
         let token = new_token(&r.name, ttl)?;
         let actor = authz::actor(&caller);
-        let (bot_op, bot_ev) = resources::create_ops(&self.state, AnyResource::Bot(bot.clone()), false, &actor)?;
-        let (tok_op, tok_ev) = resources::create_ops(&self.state, AnyResource::Token(token.clone()), false, &actor)?;
+        let (bot_op, bot_ev) =
+            resources::create_ops(&self.state, AnyResource::Bot(bot.clone()), false, &actor)?;
+        // The token refers to the bot created in the same transaction.
+        let mut tok = AnyResource::Token(token.clone());
+        resources::fill_defaults(&self.state, &mut tok, &actor)?;
+        let (tok_op, tok_ev) = resources::ops_for(tok, false, &actor)?;
         self.state
             .store
-            .commit(Txn { ops: vec![bot_op, tok_op], audit: vec![bot_ev, tok_ev] })
+            .commit(Txn {
+                ops: vec![bot_op, tok_op],
+                audit: vec![bot_ev, tok_ev],
+            })
             .await
             .map_err(store_err)?;
         resources::refresh_cache(&self.state, &keys::bot(&r.name)).await;
         Ok(Response::new(AddBotResponse {
             bot_json: serde_json::to_string(&bot).map_err(|e| Status::internal(e.to_string()))?,
             token: token.metadata.name.clone(),
-            expires_unix: token.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or_default(),
+            expires_unix: token
+                .metadata
+                .expires
+                .map(|e| e.unix_timestamp())
+                .unwrap_or_default(),
             ca_pin: self.state.ca_pin.clone(),
             auth_server: self.state.advertise_addr.clone(),
         }))
     }
 
-    async fn update_bot(&self, req: Request<UpdateBotRequest>) -> Result<Response<ResourceResponse>, Status> {
+    async fn update_bot(
+        &self,
+        req: Request<UpdateBotRequest>,
+    ) -> Result<Response<ResourceResponse>, Status> {
         let caller = self.authorize(&req, "bot", "update")?;
         let r = req.get_ref();
         let mut bot = self
@@ -123,11 +151,20 @@ impl AdminService for AdminApi {
             .bot(&r.name)
             .ok_or_else(|| Status::not_found(format!("bot {:?} not found", r.name)))?;
         bot.spec.roles = r.set_roles.clone();
-        let json = resources::create(&self.state, AnyResource::Bot(bot), true, &authz::actor(&caller)).await?;
+        let json = resources::create(
+            &self.state,
+            AnyResource::Bot(bot),
+            true,
+            &authz::actor(&caller),
+        )
+        .await?;
         Ok(Response::new(ResourceResponse { json }))
     }
 
-    async fn add_token(&self, req: Request<AddTokenRequest>) -> Result<Response<AddTokenResponse>, Status> {
+    async fn add_token(
+        &self,
+        req: Request<AddTokenRequest>,
+    ) -> Result<Response<AddTokenResponse>, Status> {
         let caller = self.authorize(&req, "token", "create")?;
         let r = req.get_ref();
         if !r.join_method.is_empty() && r.join_method != "token" {
@@ -137,20 +174,39 @@ impl AdminService for AdminApi {
             )));
         }
         if self.state.cache.bot(&r.bot).is_none() {
-            return Err(Status::not_found(format!("bot {:?} not found: create it with `sigil bots add`", r.bot)));
+            return Err(Status::not_found(format!(
+                "bot {:?} not found: create it with `sigil bots add`",
+                r.bot
+            )));
         }
-        let token = new_token(&r.bot, ttl_or(r.ttl_seconds, sigil_types::DEFAULT_TOKEN_TTL))?;
-        resources::create(&self.state, AnyResource::Token(token.clone()), false, &authz::actor(&caller)).await?;
+        let token = new_token(
+            &r.bot,
+            ttl_or(r.ttl_seconds, sigil_types::DEFAULT_TOKEN_TTL),
+        )?;
+        resources::create(
+            &self.state,
+            AnyResource::Token(token.clone()),
+            false,
+            &authz::actor(&caller),
+        )
+        .await?;
         Ok(Response::new(AddTokenResponse {
             token: token.metadata.name.clone(),
-            expires_unix: token.metadata.expires.map(|e| e.unix_timestamp()).unwrap_or_default(),
+            expires_unix: token
+                .metadata
+                .expires
+                .map(|e| e.unix_timestamp())
+                .unwrap_or_default(),
             ca_pin: self.state.ca_pin.clone(),
             auth_server: self.state.advertise_addr.clone(),
             bot: r.bot.clone(),
         }))
     }
 
-    async fn add_lock(&self, req: Request<AddLockRequest>) -> Result<Response<ResourceResponse>, Status> {
+    async fn add_lock(
+        &self,
+        req: Request<AddLockRequest>,
+    ) -> Result<Response<ResourceResponse>, Status> {
         let caller = self.authorize(&req, "lock", "create")?;
         let r = req.get_ref();
         let v = r.target_value.clone();
@@ -184,7 +240,13 @@ impl AdminService for AdminApi {
                 created_at: Some(now),
             },
         );
-        let json = resources::create(&self.state, AnyResource::Lock(lock), false, &authz::actor(&caller)).await?;
+        let json = resources::create(
+            &self.state,
+            AnyResource::Lock(lock),
+            false,
+            &authz::actor(&caller),
+        )
+        .await?;
         Ok(Response::new(ResourceResponse { json }))
     }
 
@@ -238,11 +300,18 @@ impl AdminService for AdminApi {
         }))
     }
 
-    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         self.authorize(&req, "status", "read")?;
         let s = &self.state;
         let count = |prefix: &'static str| async move {
-            s.store.list(prefix).await.map(|v| v.len() as u64).map_err(store_err)
+            s.store
+                .list(prefix)
+                .await
+                .map(|v| v.len() as u64)
+                .map_err(store_err)
         };
         let cas = s
             .cas
@@ -254,10 +323,16 @@ impl AdminService for AdminApi {
                         .ok()
                         .and_then(|d| d.first().and_then(|d| sigil_pki::spki_pin_of_cert(d).ok()))
                         .unwrap_or_default(),
-                    (None, Some(ssh)) => format!("sha256:{}", sigil_pki::sha256_hex(ssh.as_bytes())),
+                    (None, Some(ssh)) => {
+                        format!("sha256:{}", sigil_pki::sha256_hex(ssh.as_bytes()))
+                    }
                     _ => String::new(),
                 };
-                CaStatus { purpose: c.purpose.as_str().to_string(), fingerprint: fp, not_after_unix: 0 }
+                CaStatus {
+                    purpose: c.purpose.as_str().to_string(),
+                    fingerprint: fp,
+                    not_after_unix: 0,
+                }
             })
             .collect();
         Ok(Response::new(StatusResponse {
@@ -277,7 +352,11 @@ impl AdminService for AdminApi {
 }
 
 fn ttl_or(secs: u64, default: Duration) -> Duration {
-    if secs == 0 { default } else { Duration::from_secs(secs) }
+    if secs == 0 {
+        default
+    } else {
+        Duration::from_secs(secs)
+    }
 }
 
 /// A fresh single-use join token: 128 random bits, hex.
@@ -290,6 +369,9 @@ fn new_token(bot: &str, ttl: Duration) -> Result<Token, Status> {
             expires: Some(OffsetDateTime::now_utc() + ttl),
             ..Default::default()
         },
-        TokenSpec { bot_name: bot.to_string(), join_method: JoinMethodKind::Token },
+        TokenSpec {
+            bot_name: bot.to_string(),
+            join_method: JoinMethodKind::Token,
+        },
     ))
 }

@@ -63,7 +63,9 @@ impl AuthService for AuthApi {
                 })) => init,
                 _ => {
                     let _ = tx
-                        .send(Err(Status::invalid_argument("the join stream must start with JoinInit")))
+                        .send(Err(Status::invalid_argument(
+                            "the join stream must start with JoinInit",
+                        )))
                         .await;
                     return;
                 }
@@ -107,7 +109,9 @@ impl AuthService for AuthApi {
         let caller = match authz::caller(&self.state, &req)? {
             Caller::Bot(b) => b,
             Caller::LocalAdmin => {
-                return Err(Status::permission_denied("use `sigil` verbs on the admin socket"));
+                return Err(Status::permission_denied(
+                    "use `sigil` verbs on the admin socket",
+                ));
             }
         };
         let (id, _) = caller.as_ref();
@@ -189,7 +193,13 @@ async fn audit_refusal<T>(state: &SharedState, req: &Request<T>, err: &Status) {
             "remote_addr": authz::remote_addr(req),
         }),
     );
-    let _ = state.store.commit(Txn { ops: vec![], audit: vec![ev] }).await;
+    let _ = state
+        .store
+        .commit(Txn {
+            ops: vec![],
+            audit: vec![ev],
+        })
+        .await;
 }
 
 #[allow(dead_code)] // read through `Conversation::challenge`
@@ -233,14 +243,25 @@ async fn join(
             f.extend(extra.clone());
         }
         let ev = audit::event(audit::JOIN_DENIED, fields);
-        if let Err(e) = state.store.commit(Txn { ops: vec![], audit: vec![ev] }).await {
+        if let Err(e) = state
+            .store
+            .commit(Txn {
+                ops: vec![],
+                audit: vec![ev],
+            })
+            .await
+        {
             tracing::error!(error = %e, "failed to audit a denied join");
         }
         Status::permission_denied(JOIN_DENIED)
     };
 
     let Some(method) = state.joins.get(&init.join_method) else {
-        return Err(denied(format!("unknown join method {:?}", init.join_method), serde_json::json!({})).await);
+        return Err(denied(
+            format!("unknown join method {:?}", init.join_method),
+            serde_json::json!({}),
+        )
+        .await);
     };
     let verified = match method.verify(state, init, conv).await {
         Ok(v) => v,
@@ -261,7 +282,11 @@ async fn join(
         join_method: init.join_method.clone(),
         logins: auth.logins.clone(),
     };
-    if let Err(e) = issuance::check_locks(state, &id, &[LockTarget::Token(verified.token_name.clone())]) {
+    if let Err(e) = issuance::check_locks(
+        state,
+        &id,
+        &[LockTarget::Token(verified.token_name.clone())],
+    ) {
         return Err(denied(e.message().to_string(), verified.audit.clone()).await);
     }
     let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
@@ -324,7 +349,11 @@ async fn join(
     };
     if let Err(e) = state.store.commit(txn).await {
         // Lost the race for a single-use token (or storage failed).
-        return Err(denied(format!("could not consume the token: {e}"), verified.audit.clone()).await);
+        return Err(denied(
+            format!("could not consume the token: {e}"),
+            verified.audit.clone(),
+        )
+        .await);
     }
     metrics::counter!("sigil_joins_total", "result" => "ok").increment(1);
     metrics::counter!("sigil_certs_issued_total", "kind" => "x509").increment(1);

@@ -20,7 +20,12 @@ pub fn normalize_kind(kind: &str) -> Result<&'static str, Status> {
         .iter()
         .find(|known| **known == k)
         .copied()
-        .ok_or_else(|| Status::invalid_argument(format!("unknown resource kind {kind:?}; known kinds: {}", KINDS.join(", "))))
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown resource kind {kind:?}; known kinds: {}",
+                KINDS.join(", ")
+            ))
+        })
 }
 
 pub fn store_err(e: StoreError) -> Status {
@@ -67,8 +72,26 @@ pub fn create_ops(
     upsert: bool,
     actor: &str,
 ) -> Result<(Op, NewAuditEvent), Status> {
-    let mut expires = None;
-    match &mut res {
+    check_references(state, &mut res, actor)?;
+    ops_for(res, upsert, actor)
+}
+
+/// Check what a resource refers to exists, and fill in defaults.
+fn check_references(state: &AuthState, res: &mut AnyResource, actor: &str) -> Result<(), Status> {
+    if let AnyResource::Token(t) = res
+        && state.cache.bot(&t.spec.bot_name).is_none()
+    {
+        return Err(Status::failed_precondition(format!(
+            "bot {:?} does not exist: create it first with `sigil bots add`",
+            t.spec.bot_name
+        )));
+    }
+    fill_defaults(state, res, actor)
+}
+
+/// Defaults and checks that need no other resource.
+pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> Result<(), Status> {
+    match res {
         AnyResource::BotInstance(_) => {
             return Err(Status::invalid_argument(
                 "bot_instance resources are read-only: they are created when an agent joins",
@@ -76,7 +99,10 @@ pub fn create_ops(
         }
         AnyResource::Bot(b) => {
             if b.spec.roles.is_empty() {
-                return Err(Status::invalid_argument(format!("bot {:?} needs at least one role", b.metadata.name)));
+                return Err(Status::invalid_argument(format!(
+                    "bot {:?} needs at least one role",
+                    b.metadata.name
+                )));
             }
             if let Err(missing) = state.cache.roles(&b.spec.roles) {
                 return Err(Status::failed_precondition(format!(
@@ -85,21 +111,15 @@ pub fn create_ops(
             }
         }
         AnyResource::Token(t) => {
-            if state.cache.bot(&t.spec.bot_name).is_none() {
-                return Err(Status::failed_precondition(format!(
-                    "bot {:?} does not exist: create it first with `sigil bots add`",
-                    t.spec.bot_name
-                )));
-            }
             if t.spec.join_method == JoinMethodKind::Token && t.metadata.expires.is_none() {
-                t.metadata.expires = Some(OffsetDateTime::now_utc() + sigil_types::DEFAULT_TOKEN_TTL);
+                t.metadata.expires =
+                    Some(OffsetDateTime::now_utc() + sigil_types::DEFAULT_TOKEN_TTL);
             }
             if t.metadata.name.len() < 16 {
                 return Err(Status::invalid_argument(
                     "a token's name is its secret: use at least 16 characters (or `sigil tokens add`)",
                 ));
             }
-            expires = t.metadata.expires;
         }
         AnyResource::Lock(l) => {
             if l.spec.created_at.is_none() {
@@ -108,10 +128,19 @@ pub fn create_ops(
             if l.spec.created_by.is_empty() {
                 l.spec.created_by = actor.to_string();
             }
-            expires = l.metadata.expires;
         }
         AnyResource::Role(_) => {}
     }
+    Ok(())
+}
+
+/// The op and audit event for an already-checked resource.
+pub fn ops_for(res: AnyResource, upsert: bool, actor: &str) -> Result<(Op, NewAuditEvent), Status> {
+    let expires = match &res {
+        AnyResource::Token(t) => t.metadata.expires,
+        AnyResource::Lock(l) => l.metadata.expires,
+        _ => None,
+    };
     let key = key_of(&res);
     let value = res
         .to_json_value()
@@ -131,9 +160,17 @@ pub fn create_ops(
         f.insert("lock".into(), l.metadata.name.clone().into());
     }
     let op = if upsert {
-        Op::Put { key, value, expires }
+        Op::Put {
+            key,
+            value,
+            expires,
+        }
     } else {
-        Op::Create { key, value, expires }
+        Op::Create {
+            key,
+            value,
+            expires,
+        }
     };
     Ok((op, audit::event(event_type, fields)))
 }
@@ -147,7 +184,12 @@ fn display_name(res: &AnyResource) -> String {
 }
 
 /// Create a resource, committing its audit event with it.
-pub async fn create(state: &AuthState, res: AnyResource, upsert: bool, actor: &str) -> Result<String, Status> {
+pub async fn create(
+    state: &AuthState,
+    res: AnyResource,
+    upsert: bool,
+    actor: &str,
+) -> Result<String, Status> {
     let (op, ev) = create_ops(state, res, upsert, actor)?;
     let key = match &op {
         Op::Put { key, .. } | Op::Create { key, .. } => key.clone(),
@@ -155,7 +197,10 @@ pub async fn create(state: &AuthState, res: AnyResource, upsert: bool, actor: &s
     };
     state
         .store
-        .commit(Txn { ops: vec![op], audit: vec![ev] })
+        .commit(Txn {
+            ops: vec![op],
+            audit: vec![ev],
+        })
         .await
         .map_err(store_err)?;
     refresh_cache(state, &key).await;
@@ -173,17 +218,33 @@ pub async fn refresh_cache(state: &AuthState, key: &str) {
 
 async fn find(state: &AuthState, kind: &str, name: &str) -> Result<Item, Status> {
     let not_found = || {
-        let shown = if kind == "token" { keys::secret_hint(name) } else { name.to_string() };
+        let shown = if kind == "token" {
+            keys::secret_hint(name)
+        } else {
+            name.to_string()
+        };
         Status::not_found(format!("{kind} {shown:?} not found"))
     };
     if kind == "bot_instance" && !name.contains('/') {
         // Look an instance up by id alone.
-        let all = state.store.list(keys::BOT_INSTANCES).await.map_err(store_err)?;
+        let all = state
+            .store
+            .list(keys::BOT_INSTANCES)
+            .await
+            .map_err(store_err)?;
         let suffix = format!("/{name}");
-        return all.into_iter().find(|i| i.key.ends_with(&suffix)).ok_or_else(not_found);
+        return all
+            .into_iter()
+            .find(|i| i.key.ends_with(&suffix))
+            .ok_or_else(not_found);
     }
     let key = keys::for_kind(kind, name).ok_or_else(not_found)?;
-    state.store.get(&key).await.map_err(store_err)?.ok_or_else(not_found)
+    state
+        .store
+        .get(&key)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(not_found)
 }
 
 pub async fn get(state: &AuthState, kind: &str, name: &str) -> Result<String, Status> {
@@ -201,12 +262,18 @@ pub async fn list(state: &AuthState, kind: &str, filter: &str) -> Result<Vec<Str
         _ => keys::bot_instances_of(filter),
     };
     let items = state.store.list(&prefix).await.map_err(store_err)?;
-    Ok(items.into_iter().map(|i| String::from_utf8_lossy(&i.value).into_owned()).collect())
+    Ok(items
+        .into_iter()
+        .map(|i| String::from_utf8_lossy(&i.value).into_owned())
+        .collect())
 }
 
 pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> Result<(), Status> {
     let item = find(state, kind, name).await?;
-    let mut ops = vec![Op::Delete { key: item.key.clone(), expected_revision: Some(item.revision) }];
+    let mut ops = vec![Op::Delete {
+        key: item.key.clone(),
+        expected_revision: Some(item.revision),
+    }];
     match kind {
         "role" => {
             let users: Vec<String> = state
@@ -225,16 +292,42 @@ pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> R
         }
         "bot" => {
             // A removed bot's instances can never renew again; drop them too.
-            for inst in state.store.list(&keys::bot_instances_of(name)).await.map_err(store_err)? {
-                ops.push(Op::Delete { key: inst.key, expected_revision: None });
+            for inst in state
+                .store
+                .list(&keys::bot_instances_of(name))
+                .await
+                .map_err(store_err)?
+            {
+                ops.push(Op::Delete {
+                    key: inst.key,
+                    expected_revision: None,
+                });
             }
         }
         _ => {}
     }
-    let event_type = if kind == "lock" { audit::LOCK_DELETED } else { audit::RESOURCE_DELETED };
-    let shown = if kind == "token" { keys::secret_hint(name) } else { name.to_string() };
-    let ev = audit::event(event_type, serde_json::json!({"kind": kind, "name": shown, "by": actor}));
-    state.store.commit(Txn { ops, audit: vec![ev] }).await.map_err(store_err)?;
+    let event_type = if kind == "lock" {
+        audit::LOCK_DELETED
+    } else {
+        audit::RESOURCE_DELETED
+    };
+    let shown = if kind == "token" {
+        keys::secret_hint(name)
+    } else {
+        name.to_string()
+    };
+    let ev = audit::event(
+        event_type,
+        serde_json::json!({"kind": kind, "name": shown, "by": actor}),
+    );
+    state
+        .store
+        .commit(Txn {
+            ops,
+            audit: vec![ev],
+        })
+        .await
+        .map_err(store_err)?;
     state.cache.apply_delete(&item.key);
     Ok(())
 }

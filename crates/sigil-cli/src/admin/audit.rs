@@ -56,14 +56,15 @@ async fn ls(global: &GlobalArgs, args: &AuditLsArgs) -> anyhow::Result<()> {
         Format::Text => {
             let mut rows = Vec::new();
             while let Some(ev) = stream.message().await? {
-                let v: Value = serde_json::from_str(&ev.json)
-                    .map_err(|e| CliError::other(format!("the auth service sent an invalid audit event: {e}")))?;
+                let v: Value = serde_json::from_str(&ev.json).map_err(|e| {
+                    CliError::other(format!("the auth service sent an invalid audit event: {e}"))
+                })?;
                 rows.push(event_row(&v));
             }
             if rows.is_empty() {
                 eprintln!("no audit events");
             } else {
-                println!("{}", table(&["TIME", "TYPE", "DETAILS"], rows));
+                output::out(&table(&["TIME", "TYPE", "DETAILS"], rows))?;
             }
         }
     }
@@ -78,47 +79,65 @@ pub fn event_row(v: &Value) -> Vec<String> {
             // No `fields` object: summarise everything except the envelope.
             let mut rest = v.clone();
             if let Some(map) = rest.as_object_mut() {
-                for k in ["seq", "time", "type", "hash", "prev_hash"] {
+                for k in ["seq", "time", "type", "event_type", "hash", "prev_hash"] {
                     map.remove(k);
                 }
             }
             summary(&rest, SUMMARY_WIDTH)
         }
     };
-    vec![short_time(&str_at(v, "/time")), str_at(v, "/type"), details]
+    // The server writes `event_type`; accept `type` (the hashed canonical form) too.
+    let event_type = match str_at(v, "/event_type") {
+        t if t == "-" => str_at(v, "/type"),
+        t => t,
+    };
+    vec![short_time(&str_at(v, "/time")), event_type, details]
 }
 
 /// The report line for an intact log, or the failure for a broken one.
 pub fn verify_report(r: &VerifyAuditResponse) -> Result<String, String> {
     if r.intact {
-        Ok(format!("audit log intact: {} events, head {}", r.count, r.head_hash))
+        Ok(format!(
+            "audit log intact: {} events, head {}",
+            r.count, r.head_hash
+        ))
     } else {
-        Err(format!("audit log BROKEN: first bad event seq {}: {}", r.bad_seq, r.reason))
+        Err(format!(
+            "audit log BROKEN: first bad event seq {}: {}",
+            r.bad_seq, r.reason
+        ))
     }
 }
 
 async fn verify(global: &GlobalArgs, f: &FormatArg) -> anyhow::Result<()> {
     let mut client = connect(global).await?;
-    let r = client.verify_audit(VerifyAuditRequest {}).await?.into_inner();
+    let r = client
+        .verify_audit(VerifyAuditRequest {})
+        .await?
+        .into_inner();
     if f.format == Format::Json {
         let v = json!({
             "intact": r.intact, "count": r.count, "head_hash": r.head_hash,
             "bad_seq": r.bad_seq, "reason": r.reason,
         });
-        println!("{}", output::json(&v)?);
+        output::out(&output::json(&v)?)?;
     }
     match verify_report(&r) {
         Ok(line) => {
             if f.format == Format::Text {
-                println!("{line}");
+                output::out(&line)?;
             }
             Ok(())
         }
         Err(line) => {
             if f.format == Format::Text {
-                println!("{line}");
+                output::out(&line)?;
             }
-            Err(CliError::other(format!("audit log verification failed at event seq {}", r.bad_seq)).into())
+            Err(CliError::other(format!(
+                "audit log verification failed at event seq {}",
+                r.bad_seq
+            ))
+            .into())
         }
     }
 }
@@ -144,25 +163,64 @@ mod tests {
         assert_eq!(q.event_type, "bot.join");
         assert_eq!(q.limit, 5);
         assert_eq!(query(&args(None), now).unwrap().since_unix_nanos, 0);
-        assert_eq!(query(&args(Some("1000d")), now).unwrap().since_unix_nanos, 0);
-        assert!(query(&args(Some("yesterday")), now).unwrap_err().message.contains("--since"));
+        assert_eq!(
+            query(&args(Some("1000d")), now).unwrap().since_unix_nanos,
+            0
+        );
+        assert!(
+            query(&args(Some("yesterday")), now)
+                .unwrap_err()
+                .message
+                .contains("--since")
+        );
     }
 
     #[test]
     fn event_rows() {
         let v = json!({"seq": 3, "time": "2024-05-01T12:00:00.000000000Z", "type": "bot.join",
                        "fields": {"bot": "ci", "method": "token"}});
-        assert_eq!(event_row(&v), ["2024-05-01T12:00:00Z", "bot.join", "bot=ci method=token"]);
+        assert_eq!(
+            event_row(&v),
+            ["2024-05-01T12:00:00Z", "bot.join", "bot=ci method=token"]
+        );
         let flat = json!({"seq": 3, "time": "t", "type": "x", "hash": "h", "bot": "ci"});
         assert_eq!(event_row(&flat)[2], "bot=ci");
+        let server = json!({"seq": 1, "time": "2024-05-01T12:00:00.5Z", "event_type": "cluster.created",
+                            "fields": {"cluster": "example.test"}, "prev_hash": "00", "hash": "ab"});
+        assert_eq!(
+            event_row(&server),
+            [
+                "2024-05-01T12:00:00Z",
+                "cluster.created",
+                "cluster=example.test"
+            ]
+        );
     }
 
     #[test]
     fn verify_lines() {
-        let ok = VerifyAuditResponse { intact: true, count: 12, head_hash: "abc".into(), bad_seq: 0, reason: String::new() };
-        assert_eq!(verify_report(&ok), Ok("audit log intact: 12 events, head abc".to_string()));
-        let bad = VerifyAuditResponse { intact: false, count: 12, head_hash: String::new(), bad_seq: 7, reason: "hash mismatch".into() };
+        let ok = VerifyAuditResponse {
+            intact: true,
+            count: 12,
+            head_hash: "abc".into(),
+            bad_seq: 0,
+            reason: String::new(),
+        };
+        assert_eq!(
+            verify_report(&ok),
+            Ok("audit log intact: 12 events, head abc".to_string())
+        );
+        let bad = VerifyAuditResponse {
+            intact: false,
+            count: 12,
+            head_hash: String::new(),
+            bad_seq: 7,
+            reason: "hash mismatch".into(),
+        };
         let line = verify_report(&bad).unwrap_err();
-        assert!(line.contains("seq 7") && line.contains("hash mismatch"), "{line}");
+        assert!(
+            line.contains("seq 7") && line.contains("hash mismatch"),
+            "{line}"
+        );
     }
 }

@@ -55,14 +55,22 @@ impl JoinInfo {
         })
     }
 
-    /// The exact command that joins with this token.
+    /// The exact command that joins with this token (one line per flag).
     pub fn agent_command(&self) -> String {
-        let server = if self.auth_server.is_empty() { "HOST:PORT" } else { &self.auth_server };
-        format!(
-            "sigil agent start \\\n    --auth-server {server} \\\n    --ca-pin {} \\\n    --token {} \\\n    \
-             --storage /var/lib/sigil-agent \\\n    --output identity:/opt/sigil/identity",
-            self.ca_pin, self.token
-        )
+        let server = if self.auth_server.is_empty() {
+            "HOST:PORT"
+        } else {
+            &self.auth_server
+        };
+        [
+            "sigil agent start".to_string(),
+            format!("    --auth-server {server}"),
+            format!("    --ca-pin {}", self.ca_pin),
+            format!("    --token {}", self.token),
+            "    --storage /var/lib/sigil-agent".to_string(),
+            "    --output identity:/opt/sigil/identity".to_string(),
+        ]
+        .join(" \\\n")
     }
 
     /// The friendly text shown after creating a bot or token.
@@ -74,7 +82,7 @@ impl JoinInfo {
             unix_time(self.expires_unix),
             relative(self.expires_unix),
             self.token,
-            self.agent_command()
+            self.agent_command().replace('\n', "\n    ")
         )
     }
 }
@@ -82,8 +90,8 @@ impl JoinInfo {
 /// Prints join info in the requested format.
 pub fn print_join_info(info: &JoinInfo, headline: &str, format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Json => println!("{}", output::json(&info.to_json())?),
-        Format::Text => print!("{}", info.text(headline)),
+        Format::Json => output::out(&output::json(&info.to_json())?)?,
+        Format::Text => output::out(&info.text(headline))?,
     }
     Ok(())
 }
@@ -104,25 +112,40 @@ async fn add(global: &GlobalArgs, args: &BotsAddArgs) -> anyhow::Result<()> {
         ca_pin: resp.ca_pin,
         auth_server: fallback_server(resp.auth_server, global),
     };
-    let headline = format!("Bot {:?} created with roles: {}.", args.name, args.roles.join(", "));
+    let headline = format!(
+        "Bot {:?} created with roles: {}.",
+        args.name,
+        args.roles.join(", ")
+    );
     print_join_info(&info, &headline, args.format.format)
 }
 
 /// The server's advertised address, else the one the CLI was pointed at.
 pub fn fallback_server(from_server: String, global: &GlobalArgs) -> String {
-    if from_server.is_empty() { global.auth_server.clone().unwrap_or_default() } else { from_server }
+    if from_server.is_empty() {
+        global.auth_server.clone().unwrap_or_default()
+    } else {
+        from_server
+    }
 }
 
 async fn update(global: &GlobalArgs, args: &BotsUpdateArgs) -> anyhow::Result<()> {
     let mut client = connect(global).await?;
-    let req = UpdateBotRequest { name: args.name.clone(), set_roles: args.set_roles.clone() };
+    let req = UpdateBotRequest {
+        name: args.name.clone(),
+        set_roles: args.set_roles.clone(),
+    };
     let resp = client.update_bot(req).await?.into_inner();
     match args.format.format {
         Format::Json => {
             let v: Value = serde_json::from_str(&resp.json)?;
-            println!("{}", output::json(&v)?);
+            output::out(&output::json(&v)?)?;
         }
-        Format::Text => println!("bot {:?} updated: roles {}", args.name, args.set_roles.join(", ")),
+        Format::Text => output::out(&format!(
+            "bot {:?} updated: roles {}",
+            args.name,
+            args.set_roles.join(", ")
+        ))?,
     }
     Ok(())
 }
@@ -166,7 +189,10 @@ mod tests {
 
     #[test]
     fn server_address_falls_back_to_the_flag() {
-        let g = GlobalArgs { auth_server: Some("h:1".into()), ..Default::default() };
+        let g = GlobalArgs {
+            auth_server: Some("h:1".into()),
+            ..Default::default()
+        };
         assert_eq!(fallback_server(String::new(), &g), "h:1");
         assert_eq!(fallback_server("s:2".into(), &g), "s:2");
     }

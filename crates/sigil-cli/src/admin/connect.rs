@@ -32,9 +32,10 @@ pub enum Target {
 /// (it is only useful for that); otherwise the data dir.
 pub fn target(global: &GlobalArgs) -> Result<Target, CliError> {
     match (&global.auth_server, &global.identity, &global.data_dir) {
-        (Some(server), Some(identity), _) => {
-            Ok(Target::Remote { auth_server: server.clone(), identity: identity.clone() })
-        }
+        (Some(server), Some(identity), _) => Ok(Target::Remote {
+            auth_server: server.clone(),
+            identity: identity.clone(),
+        }),
         (None, Some(_), _) => Err(CliError::usage(
             "--identity needs --auth-server HOST:PORT (the auth service to connect to)",
         )),
@@ -54,9 +55,10 @@ pub fn target(global: &GlobalArgs) -> Result<Target, CliError> {
 pub async fn connect(global: &GlobalArgs) -> anyhow::Result<AdminClient> {
     let channel = match target(global)? {
         Target::Local(dir) => local_channel(&dir).await?,
-        Target::Remote { auth_server, identity } => {
-            sigil_agent::client::admin_channel(&auth_server, &identity).await?
-        }
+        Target::Remote {
+            auth_server,
+            identity,
+        } => sigil_agent::client::admin_channel(&auth_server, &identity).await?,
     };
     Ok(AdminServiceClient::new(channel))
 }
@@ -125,14 +127,29 @@ mod tests {
 
     #[test]
     fn target_selection() {
-        assert_eq!(target(&g(Some("/d"), None, None)), Ok(Target::Local("/d".into())));
+        assert_eq!(
+            target(&g(Some("/d"), None, None)),
+            Ok(Target::Local("/d".into()))
+        );
         assert_eq!(
             target(&g(Some("/d"), Some("h:1"), Some("/id"))),
-            Ok(Target::Remote { auth_server: "h:1".into(), identity: "/id".into() })
+            Ok(Target::Remote {
+                auth_server: "h:1".into(),
+                identity: "/id".into()
+            })
         );
-        assert_eq!(target(&g(None, Some("h:1"), None)).unwrap_err().failure, Failure::Usage);
-        assert_eq!(target(&g(None, None, Some("/id"))).unwrap_err().failure, Failure::Usage);
-        assert_eq!(target(&g(None, None, None)).unwrap_err().failure, Failure::Usage);
+        assert_eq!(
+            target(&g(None, Some("h:1"), None)).unwrap_err().failure,
+            Failure::Usage
+        );
+        assert_eq!(
+            target(&g(None, None, Some("/id"))).unwrap_err().failure,
+            Failure::Usage
+        );
+        assert_eq!(
+            target(&g(None, None, None)).unwrap_err().failure,
+            Failure::Usage
+        );
     }
 
     #[tokio::test]
@@ -140,7 +157,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = local_channel(dir.path()).await.unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("no auth service running with data dir"), "{msg}");
+        assert!(
+            msg.contains("no auth service running with data dir"),
+            "{msg}"
+        );
         assert!(msg.contains("admin.sock not found"), "{msg}");
         assert!(msg.contains("sigil auth start --data-dir"), "{msg}");
         assert_eq!(crate::error::exit_code(&err), 4);

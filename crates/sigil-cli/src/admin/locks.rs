@@ -27,10 +27,15 @@ pub async fn run(global: &GlobalArgs, cmd: &LocksCommand) -> anyhow::Result<()> 
 /// re-checks so a library caller gets an error instead of a bad request).
 pub fn request(args: &LocksAddArgs) -> Result<AddLockRequest, CliError> {
     let (kind, value) = args.target.target().ok_or_else(|| {
-        CliError::usage("say what to lock: --bot, --bot-instance, --role, --token, --login or --spiffe-id")
+        CliError::usage(
+            "say what to lock: --bot, --bot-instance, --role, --token, --login or --spiffe-id",
+        )
     })?;
     if value.is_empty() {
-        return Err(CliError::usage(format!("--{} must not be empty", kind.replace('_', "-"))));
+        return Err(CliError::usage(format!(
+            "--{} must not be empty",
+            kind.replace('_', "-")
+        )));
     }
     Ok(AddLockRequest {
         target_kind: kind.to_string(),
@@ -46,13 +51,17 @@ async fn add(global: &GlobalArgs, args: &LocksAddArgs) -> anyhow::Result<()> {
     let resp = client.add_lock(req).await?.into_inner();
     let v: Value = serde_json::from_str(&resp.json)?;
     match args.format.format {
-        Format::Json => println!("{}", output::json(&v)?),
+        Format::Json => output::out(&output::json(&v)?)?,
         Format::Text => {
             let expires = match str_at(&v, "/metadata/expires") {
                 e if e == "-" => "never expires".to_string(),
                 e => format!("expires {}", output::short_time(&e)),
             };
-            println!("lock {} created on {} ({expires})", str_at(&v, "/metadata/name"), lock_target(&v));
+            output::out(&format!(
+                "lock {} created on {} ({expires})",
+                str_at(&v, "/metadata/name"),
+                lock_target(&v)
+            ))?;
         }
     }
     Ok(())
@@ -66,7 +75,10 @@ mod tests {
     #[test]
     fn request_from_flags() {
         let args = LocksAddArgs {
-            target: LockTargetArgs { bot_instance: Some("id-1".into()), ..Default::default() },
+            target: LockTargetArgs {
+                bot_instance: Some("id-1".into()),
+                ..Default::default()
+            },
             ttl: Some("1h".into()),
             message: Some("stolen".into()),
             format: FormatArg::default(),
@@ -77,9 +89,17 @@ mod tests {
         assert_eq!(req.ttl_seconds, 3600);
         assert_eq!(req.message, "stolen");
 
-        let none = LocksAddArgs { target: LockTargetArgs::default(), ttl: None, message: None, format: FormatArg::default() };
+        let none = LocksAddArgs {
+            target: LockTargetArgs::default(),
+            ttl: None,
+            message: None,
+            format: FormatArg::default(),
+        };
         assert!(request(&none).is_err());
-        let bad_ttl = LocksAddArgs { ttl: Some("soon".into()), ..args };
+        let bad_ttl = LocksAddArgs {
+            ttl: Some("soon".into()),
+            ..args
+        };
         assert!(request(&bad_ttl).unwrap_err().message.contains("--ttl"));
     }
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 /// Parses a duration flag; the error names the flag (`invalid --ttl "5x": ...`).
 pub fn parse_flag_duration(flag: &str, value: &str) -> Result<Duration, CliError> {
-    sigil_types::parse_duration(value).map_err(|e| CliError::usage(format!("invalid --{flag}: {e}")))
+    sigil_types::parse_duration(value)
+        .map_err(|e| CliError::usage(format!("invalid --{flag}: {e}")))
 }
 
 /// Seconds of an optional duration flag; 0 (server default / none) when unset.
@@ -25,7 +26,9 @@ pub fn flag_secs(flag: &str, value: Option<&str>) -> Result<u64, CliError> {
         Some(v) => {
             let d = parse_flag_duration(flag, v)?;
             if d.is_zero() {
-                return Err(CliError::usage(format!("invalid --{flag} {v:?}: must be at least 1s")));
+                return Err(CliError::usage(format!(
+                    "invalid --{flag} {v:?}: must be at least 1s"
+                )));
             }
             // Round sub-second values up so "500ms" is not silently "unset".
             Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
@@ -46,8 +49,17 @@ mod tests {
         assert_eq!(flag_secs("ttl", Some("500ms")), Ok(1));
         let err = flag_secs("token-ttl", Some("5x")).unwrap_err();
         assert_eq!(err.failure, Failure::Usage);
-        assert!(err.message.starts_with("invalid --token-ttl"), "{}", err.message);
+        assert!(
+            err.message.starts_with("invalid --token-ttl"),
+            "{}",
+            err.message
+        );
         assert!(flag_secs("ttl", Some("0s")).is_err());
-        assert!(parse_flag_duration("since", "-1h").unwrap_err().message.contains("--since"));
+        assert!(
+            parse_flag_duration("since", "-1h")
+                .unwrap_err()
+                .message
+                .contains("--since")
+        );
     }
 }

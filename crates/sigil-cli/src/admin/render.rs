@@ -39,15 +39,25 @@ pub fn roles_table(items: &[Value]) -> String {
 pub fn bots_table(items: &[Value]) -> String {
     let rows = items
         .iter()
-        .map(|v| vec![str_at(v, "/metadata/name"), list_at(v, "/spec/roles"), created(v)])
+        .map(|v| {
+            vec![
+                str_at(v, "/metadata/name"),
+                list_at(v, "/spec/roles"),
+                created(v),
+            ]
+        })
         .collect();
     table(&["NAME", "ROLES", "CREATED"], rows)
 }
 
 /// The creation time, wherever the server recorded it; `-` if it did not.
 fn created(v: &Value) -> String {
-    const PLACES: [&str; 4] =
-        ["/metadata/created", "/metadata/created_at", "/spec/created_at", "/metadata/labels/created"];
+    const PLACES: [&str; 4] = [
+        "/metadata/created",
+        "/metadata/created_at",
+        "/spec/created_at",
+        "/metadata/labels/created",
+    ];
     PLACES
         .iter()
         .map(|p| str_at(v, p))
@@ -98,7 +108,11 @@ pub fn lock_target(v: &Value) -> String {
             .iter()
             .map(|(k, val)| {
                 let val = crate::output::scalar(val);
-                let shown = if k == "token" { token_prefix(&val) } else { val };
+                let shown = if k == "token" {
+                    token_prefix(&val)
+                } else {
+                    val
+                };
                 format!("{k}={shown}")
             })
             .collect::<Vec<_>>()
@@ -126,7 +140,17 @@ pub fn instances_table(items: &[Value]) -> String {
             ]
         })
         .collect();
-    table(&["ID", "BOT", "JOIN METHOD", "GENERATION", "LAST SEEN", "HOSTNAME"], rows)
+    table(
+        &[
+            "ID",
+            "BOT",
+            "JOIN METHOD",
+            "GENERATION",
+            "LAST SEEN",
+            "HOSTNAME",
+        ],
+        rows,
+    )
 }
 
 /// The later of the newest authentication and the newest heartbeat.
@@ -136,7 +160,10 @@ fn last_seen(v: &Value) -> String {
             .and_then(Value::as_str)
             .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
     };
-    let latest = match (parse("/spec/authentications/0/time"), parse("/spec/heartbeats/0/time")) {
+    let latest = match (
+        parse("/spec/authentications/0/time"),
+        parse("/spec/heartbeats/0/time"),
+    ) {
         (Some(a), Some(h)) => Some(a.max(h)),
         (a, h) => a.or(h),
     };
@@ -173,13 +200,20 @@ mod tests {
 
     #[test]
     fn locks_table_columns_and_token_targets() {
-        let l1 = json!({"metadata":{"name":"l-1"},"spec":{"target":{"bot":"ci"},"message":"incident"}});
+        let l1 =
+            json!({"metadata":{"name":"l-1"},"spec":{"target":{"bot":"ci"},"message":"incident"}});
         let l2 = json!({"metadata":{"name":"l-2","expires":"2030-01-01T00:00:00Z"},
                         "spec":{"target":{"token":"abcdef0123456789"}}});
         let out = locks_table(&[l1, l2]);
         assert!(out.starts_with("ID"), "{out}");
-        assert!(out.contains("bot=ci") && out.contains("incident") && out.contains("never"), "{out}");
-        assert!(out.contains("token=abcdef01…") && !out.contains("abcdef0123456789"), "{out}");
+        assert!(
+            out.contains("bot=ci") && out.contains("incident") && out.contains("never"),
+            "{out}"
+        );
+        assert!(
+            out.contains("token=abcdef01…") && !out.contains("abcdef0123456789"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -190,11 +224,21 @@ mod tests {
             "heartbeats":[{"time":"2030-01-02T00:00:00.25Z","hostname":"h1"}]}});
         let out = instances_table(&[i]);
         let header = out.lines().next().unwrap();
-        for col in ["ID", "BOT", "JOIN METHOD", "GENERATION", "LAST SEEN", "HOSTNAME"] {
+        for col in [
+            "ID",
+            "BOT",
+            "JOIN METHOD",
+            "GENERATION",
+            "LAST SEEN",
+            "HOSTNAME",
+        ] {
             assert!(header.contains(col), "{out}");
         }
         let row = out.lines().nth(1).unwrap();
-        assert!(row.contains("1111") && row.contains("h1") && row.contains(" 3 "), "{out}");
+        assert!(
+            row.contains("1111") && row.contains("h1") && row.contains(" 3 "),
+            "{out}"
+        );
         assert!(row.contains("2030-01-02T00:00:00Z"), "{out}");
     }
 
@@ -202,10 +246,16 @@ mod tests {
     fn bots_and_roles_tables() {
         let b = json!({"metadata":{"name":"ci"},"spec":{"roles":["a","b"]}});
         let out = bots_table(&[b]);
-        assert!(out.contains("NAME") && out.contains("ROLES") && out.contains("CREATED"), "{out}");
+        assert!(
+            out.contains("NAME") && out.contains("ROLES") && out.contains("CREATED"),
+            "{out}"
+        );
         assert!(out.contains("a,b"), "{out}");
         let r = json!({"metadata":{"name":"dev"},"spec":{"allow":{"logins":["root"]},"options":{"max_ttl":"1h"}}});
         let out = kind_table(ResourceKind::Role, &[r]);
-        assert!(out.contains("dev") && out.contains("root") && out.contains("1h"), "{out}");
+        assert!(
+            out.contains("dev") && out.contains("root") && out.contains("1h"),
+            "{out}"
+        );
     }
 }

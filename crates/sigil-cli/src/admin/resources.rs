@@ -74,7 +74,10 @@ impl ResourceKind {
 }
 
 /// Splits `KIND`, `KIND/NAME` or `KIND NAME` into a kind and an optional name.
-pub fn parse_target(target: &str, name: Option<&str>) -> Result<(ResourceKind, Option<String>), CliError> {
+pub fn parse_target(
+    target: &str,
+    name: Option<&str>,
+) -> Result<(ResourceKind, Option<String>), CliError> {
     let (kind, inline) = match target.split_once('/') {
         Some((k, n)) => (k, Some(n)),
         None => (target, None),
@@ -86,7 +89,10 @@ pub fn parse_target(target: &str, name: Option<&str>) -> Result<(ResourceKind, O
             kind.as_str(),
             kind.as_str()
         ))),
-        (Some(""), None) => Err(CliError::usage(format!("missing name after {}/", kind.as_str()))),
+        (Some(""), None) => Err(CliError::usage(format!(
+            "missing name after {}/",
+            kind.as_str()
+        ))),
         (Some(n), None) | (None, Some(n)) => Ok((kind, Some(n.to_string()))),
         (None, None) => Ok((kind, None)),
     }
@@ -96,7 +102,9 @@ pub fn parse_target(target: &str, name: Option<&str>) -> Result<(ResourceKind, O
 fn read_input(path: &Path) -> anyhow::Result<(String, String)> {
     if path == Path::new("-") {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("reading resources from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading resources from stdin")?;
         return Ok((text, "<stdin>".to_string()));
     }
     let display = path.display().to_string();
@@ -107,7 +115,10 @@ fn read_input(path: &Path) -> anyhow::Result<(String, String)> {
 
 /// Parses and validates every document locally, so a bad file fails with
 /// file:line:field before anything is sent and nothing is changed.
-pub fn parse_file_text(text: &str, display: &str) -> Result<Vec<(ResourceKind, String, String)>, CliError> {
+pub fn parse_file_text(
+    text: &str,
+    display: &str,
+) -> Result<Vec<(ResourceKind, String, String)>, CliError> {
     let resources =
         sigil_types::parse_resources(text, display).map_err(|e| CliError::usage(e.to_string()))?;
     if resources.is_empty() {
@@ -139,18 +150,24 @@ pub async fn create(global: &GlobalArgs, args: &CreateArgs) -> anyhow::Result<()
         // the message is accurate.
         let existed = args.force && exists(&mut client, kind, &name).await?;
         client
-            .create_resource(CreateResourceRequest { json, upsert: args.force })
+            .create_resource(CreateResourceRequest {
+                json,
+                upsert: args.force,
+            })
             .await
             .with_context(|| format!("{} {shown:?} not created", kind.as_str()))?;
         let verb = if existed { "updated" } else { "created" };
-        println!("{} {shown:?} {verb}", kind.as_str());
+        output::out(&format!("{} {shown:?} {verb}", kind.as_str()))?;
     }
     Ok(())
 }
 
 /// True if the resource exists.
 async fn exists(client: &mut AdminClient, kind: ResourceKind, name: &str) -> anyhow::Result<bool> {
-    let req = ResourceRef { kind: kind.as_str().to_string(), name: name.to_string() };
+    let req = ResourceRef {
+        kind: kind.as_str().to_string(),
+        name: name.to_string(),
+    };
     match client.get_resource(req).await {
         Ok(_) => Ok(true),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
@@ -159,9 +176,16 @@ async fn exists(client: &mut AdminClient, kind: ResourceKind, name: &str) -> any
 }
 
 /// Lists resources of `kind` (with an optional filter) as JSON values.
-pub async fn list(client: &mut AdminClient, kind: ResourceKind, filter: &str) -> anyhow::Result<Vec<Value>> {
+pub async fn list(
+    client: &mut AdminClient,
+    kind: ResourceKind,
+    filter: &str,
+) -> anyhow::Result<Vec<Value>> {
     let resp = client
-        .list_resources(ListResourcesRequest { kind: kind.as_str().to_string(), filter: filter.to_string() })
+        .list_resources(ListResourcesRequest {
+            kind: kind.as_str().to_string(),
+            filter: filter.to_string(),
+        })
         .await?
         .into_inner();
     parse_json_docs(&resp.json)
@@ -171,8 +195,8 @@ pub async fn list(client: &mut AdminClient, kind: ResourceKind, filter: &str) ->
 pub fn print_list(kind: ResourceKind, items: &[Value], format: Format) -> anyhow::Result<()> {
     match format {
         Format::Text if items.is_empty() => eprintln!("no {}s", kind.as_str()),
-        Format::Text => println!("{}", kind_table(kind, items)),
-        Format::Json => println!("{}", output::json(&Value::Array(items.to_vec()))?),
+        Format::Text => output::out(&kind_table(kind, items))?,
+        Format::Json => output::out(&output::json(&Value::Array(items.to_vec()))?)?,
     }
     Ok(())
 }
@@ -183,19 +207,22 @@ pub async fn get(global: &GlobalArgs, args: &GetArgs) -> anyhow::Result<()> {
     let mut client = connect(global).await?;
     match name {
         Some(name) => {
-            let req = ResourceRef { kind: kind.as_str().to_string(), name: name.clone() };
+            let req = ResourceRef {
+                kind: kind.as_str().to_string(),
+                name: name.clone(),
+            };
             let resp = client.get_resource(req).await?.into_inner();
             let value = parse_json_docs(&[resp.json])?.remove(0);
             match args.output.unwrap_or(GetFormat::Yaml) {
-                GetFormat::Yaml => print!("{}", output::yaml_docs(std::slice::from_ref(&value))?),
-                GetFormat::Json => println!("{}", output::json(&value)?),
-                GetFormat::Text => println!("{}", kind_table(kind, std::slice::from_ref(&value))),
+                GetFormat::Yaml => output::out(&output::yaml_docs(std::slice::from_ref(&value))?)?,
+                GetFormat::Json => output::out(&output::json(&value)?)?,
+                GetFormat::Text => output::out(&kind_table(kind, std::slice::from_ref(&value)))?,
             }
         }
         None => {
             let items = list(&mut client, kind, "").await?;
             match args.output.unwrap_or(GetFormat::Text) {
-                GetFormat::Yaml => print!("{}", output::yaml_docs(&items)?),
+                GetFormat::Yaml => output::out(&output::yaml_docs(&items)?)?,
                 GetFormat::Json => print_list(kind, &items, Format::Json)?,
                 GetFormat::Text => print_list(kind, &items, Format::Text)?,
             }
@@ -216,9 +243,16 @@ pub async fn rm(global: &GlobalArgs, args: &RmArgs) -> anyhow::Result<()> {
 /// Deletes one resource and says so.
 pub async fn delete(global: &GlobalArgs, kind: ResourceKind, name: &str) -> anyhow::Result<()> {
     let mut client = connect(global).await?;
-    let req = ResourceRef { kind: kind.as_str().to_string(), name: name.to_string() };
+    let req = ResourceRef {
+        kind: kind.as_str().to_string(),
+        name: name.to_string(),
+    };
     client.delete_resource(req).await?;
-    println!("{} {:?} removed", kind.as_str(), kind.display_name(name));
+    output::out(&format!(
+        "{} {:?} removed",
+        kind.as_str(),
+        kind.display_name(name)
+    ))?;
     Ok(())
 }
 
@@ -263,17 +297,32 @@ mod tests {
     #[test]
     fn targets_split() {
         assert_eq!(parse_target("roles", None), Ok((ResourceKind::Role, None)));
-        assert_eq!(parse_target("role/dev", None), Ok((ResourceKind::Role, Some("dev".into()))));
-        assert_eq!(parse_target("bot", Some("ci")), Ok((ResourceKind::Bot, Some("ci".into()))));
+        assert_eq!(
+            parse_target("role/dev", None),
+            Ok((ResourceKind::Role, Some("dev".into())))
+        );
+        assert_eq!(
+            parse_target("bot", Some("ci")),
+            Ok((ResourceKind::Bot, Some("ci".into())))
+        );
         assert!(parse_target("role/dev", Some("x")).is_err());
         assert!(parse_target("role/", None).is_err());
-        assert_eq!(parse_target("widget/x", None).unwrap_err().failure, Failure::Usage);
+        assert_eq!(
+            parse_target("widget/x", None).unwrap_err().failure,
+            Failure::Usage
+        );
     }
 
     #[test]
     fn token_names_are_masked_in_messages() {
-        assert_eq!(ResourceKind::Token.display_name("0123456789abcdef"), "01234567…");
-        assert_eq!(ResourceKind::Role.display_name("0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(
+            ResourceKind::Token.display_name("0123456789abcdef"),
+            "01234567…"
+        );
+        assert_eq!(
+            ResourceKind::Role.display_name("0123456789abcdef"),
+            "0123456789abcdef"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
     let mut client = connect(global).await?;
     let s = client.status(StatusRequest {}).await?.into_inner();
     match args.format.format {
-        Format::Json => println!("{}", output::json(&to_json(&s))?),
-        Format::Text => print!("{}", text(&s)),
+        Format::Json => output::out(&output::json(&to_json(&s))?)?,
+        Format::Text => output::out(&text(&s))?,
     }
     Ok(())
 }
@@ -41,7 +41,13 @@ pub fn to_json(s: &StatusResponse) -> Value {
 
 /// The human form: key/value lines, then a table of CAs.
 pub fn text(s: &StatusResponse) -> String {
-    let or_dash = |v: &str| if v.is_empty() { "-".to_string() } else { v.to_string() };
+    let or_dash = |v: &str| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.to_string()
+        }
+    };
     let mut out = String::new();
     let lines = [
         ("Cluster", or_dash(&s.cluster_name)),
@@ -62,7 +68,13 @@ pub fn text(s: &StatusResponse) -> String {
         let rows = s
             .cas
             .iter()
-            .map(|c| vec![c.purpose.clone(), c.fingerprint.clone(), unix_time(c.not_after_unix)])
+            .map(|c| {
+                vec![
+                    c.purpose.clone(),
+                    c.fingerprint.clone(),
+                    unix_time(c.not_after_unix),
+                ]
+            })
             .collect();
         out.push('\n');
         out.push_str(&table(&["CA", "FINGERPRINT", "EXPIRES"], rows));
@@ -81,7 +93,11 @@ mod tests {
             cluster_name: "example.test".into(),
             ca_pin: "sha256:00ff".into(),
             server_version: "0.1.0".into(),
-            cas: vec![CaStatus { purpose: "host".into(), fingerprint: "sha256:aa".into(), not_after_unix: 1_714_564_800 }],
+            cas: vec![CaStatus {
+                purpose: "host".into(),
+                fingerprint: "sha256:aa".into(),
+                not_after_unix: 1_714_564_800,
+            }],
             bots: 2,
             bot_instances: 3,
             locks: 1,
@@ -95,7 +111,14 @@ mod tests {
     #[test]
     fn text_and_json() {
         let t = text(&sample());
-        for want in ["example.test", "sha256:00ff", "host", "2024-05-01T12:00:00Z", "Bot instances: 3", "1m30s"] {
+        for want in [
+            "example.test",
+            "sha256:00ff",
+            "host",
+            "2024-05-01T12:00:00Z",
+            "Bot instances: 3",
+            "1m30s",
+        ] {
             assert!(t.contains(want), "{want} missing in\n{t}");
         }
         let v = to_json(&sample());

@@ -29,7 +29,11 @@ async fn add(global: &GlobalArgs, args: &TokensAddArgs) -> anyhow::Result<()> {
     let mut client = connect(global).await?;
     let resp = client.add_token(req).await?.into_inner();
     let info = JoinInfo {
-        bot: if resp.bot.is_empty() { args.bot.clone() } else { resp.bot },
+        bot: if resp.bot.is_empty() {
+            args.bot.clone()
+        } else {
+            resp.bot
+        },
         token: resp.token,
         expires_unix: resp.expires_unix,
         ca_pin: resp.ca_pin,

@@ -28,3 +28,6 @@ CREATE TABLE meta (
     value INTEGER NOT NULL
 );
 INSERT INTO meta (name, value) VALUES ('revision', 0);
+
+-- purge_expired finds expired items without scanning every item.
+CREATE INDEX kv_expires ON kv (expires_ns) WHERE expires_ns IS NOT NULL;

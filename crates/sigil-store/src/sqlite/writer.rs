@@ -1,32 +1,34 @@
-#![allow(static_mut_refs)]
 //! The single writer: drains queued commits into one SQLite transaction (group commit).
 //!
-//! Per batch: `BEGIN IMMEDIATE`; each txn's ops run in order (inside a `SAVEPOINT` when
-//! it has more than one op, so a failing later op can be undone); audit records of the
-//! txns that succeeded get their seq/hash in order and are inserted with multi-row
-//! INSERTs; the revision counter is saved; one `COMMIT` (one fsync) covers everyone.
-//! Then watch events go out in commit order and every caller gets its reply.
+//! Per batch: `BEGIN IMMEDIATE`; the txns' ops run in arrival order — runs of single-op
+//! txns of one kind as bulk statements (see `ops`), txns with several ops one by one inside
+//! a `SAVEPOINT` so a failing later op can be undone; the audit events of the txns that
+//! succeeded get their seq/hash in order and go in with multi-row INSERTs; the revision
+//! counter is saved; one `COMMIT` (one fsync) covers everyone. Then watch events go out in
+//! commit order and every caller gets its reply.
 //!
 //! A failing op (`AlreadyExists`/`NotFound`/`Conflict`) fails only its own txn. A database
 //! error anywhere fails the whole batch (SQLite may have rolled the transaction back on
 //! its own, so nothing after it could be trusted); the in-memory counters are then
 //! reloaded from the database before the next batch.
 
-use sqlx::sqlite::SqliteQueryResult;
+use std::collections::HashSet;
+
 use sqlx::{AssertSqlSafe, Connection as _, Row as _, SqliteConnection};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{backend, now_ns, to_ns};
+use super::backend;
+use super::now_ns;
+use super::ops::{CHUNKS, Kind, OpSql, apply_run};
 use crate::audit::{canonical_fields, format_time, hash_parts};
 use crate::store::{Item, Op, Txn, WatchEvent};
 use crate::{GENESIS_HASH, Result, StoreError};
 
 /// Most txns folded into one database transaction.
 const MAX_BATCH: usize = 512;
-/// Rows per multi-row audit INSERT, largest first (a few fixed shapes keep the
-/// prepared-statement cache small). 64 rows × 6 columns is far below SQLite's
-/// bound-parameter limit.
-const AUDIT_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+/// Times the writer lets callers that were just answered queue their next txn before it
+/// starts a smaller batch (each batch costs an fsync, so fuller batches are cheaper).
+const GATHER_YIELDS: usize = 4;
 
 /// Work for the writer.
 pub(super) enum Request {
@@ -39,6 +41,12 @@ pub(super) enum Request {
     },
 }
 
+/// What a request gets once the batch has committed.
+enum Outcome {
+    Commit(Result<Vec<i64>>),
+    Purge(usize),
+}
+
 /// An audit row ready to insert.
 struct AuditRow {
     seq: i64,
@@ -49,23 +57,66 @@ struct AuditRow {
     hash: String,
 }
 
-/// A reply held until the batch's COMMIT outcome is known.
-enum Pending {
-    Commit(oneshot::Sender<Result<Vec<i64>>>, Result<Vec<i64>>),
-    Purge(oneshot::Sender<Result<usize>>, Result<usize>),
+/// Everything a batch produced, applied to the writer only after `COMMIT` succeeds.
+struct Applied {
+    outcomes: Vec<Outcome>,
+    events: Vec<WatchEvent>,
+    revision: i64,
+    seq: i64,
+    head: String,
 }
 
-/// Why an op or txn failed.
-enum Failure {
-    /// The caller's own error; the rest of the batch proceeds.
-    Txn(StoreError),
-    /// A database error; the batch is abandoned.
-    Batch(StoreError),
+/// The audit chain head while a batch is being built.
+struct Chain {
+    seq: i64,
+    head: String,
+    rows: Vec<AuditRow>,
 }
 
-impl From<sqlx::Error> for Failure {
-    fn from(e: sqlx::Error) -> Self {
-        Failure::Batch(backend("sqlite write", e))
+impl Chain {
+    fn append(&mut self, txn: &Txn) {
+        for ev in &txn.audit {
+            self.seq += 1;
+            let time = format_time(ev.time);
+            let fields = canonical_fields(&ev.fields);
+            let hash = hash_parts(&self.head, self.seq, &time, &ev.event_type, &fields);
+            let prev_hash = std::mem::replace(&mut self.head, hash.clone());
+            self.rows.push(AuditRow {
+                seq: self.seq,
+                time,
+                event_type: ev.event_type.clone(),
+                fields,
+                prev_hash,
+                hash,
+            });
+        }
+    }
+}
+
+fn put_event(op: &Op, revision: i64) -> WatchEvent {
+    match op {
+        Op::Create {
+            key,
+            value,
+            expires,
+        }
+        | Op::Put {
+            key,
+            value,
+            expires,
+        }
+        | Op::Update {
+            key,
+            value,
+            expires,
+            ..
+        } => WatchEvent::Put(Item {
+            key: key.clone(),
+            value: value.clone(),
+            revision,
+            expires: *expires,
+        }),
+        Op::Delete { key, .. } => WatchEvent::Delete { key: key.clone() },
     }
 }
 
@@ -79,7 +130,8 @@ pub(super) struct Writer {
     head: String,
     /// Set after a failed batch: reload the counters before the next one.
     stale: bool,
-    /// SQL of the multi-row audit INSERT for each size in `AUDIT_CHUNKS`.
+    op_sql: OpSql,
+    /// SQL of the multi-row audit INSERT for each size in `CHUNKS`.
     audit_sql: Vec<(usize, String)>,
 }
 
@@ -88,7 +140,7 @@ impl Writer {
         conn: SqliteConnection,
         watch: broadcast::Sender<WatchEvent>,
     ) -> Result<Writer> {
-        let audit_sql = AUDIT_CHUNKS
+        let audit_sql = CHUNKS
             .iter()
             .map(|&n| {
                 let rows = vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ");
@@ -105,6 +157,7 @@ impl Writer {
             seq: 0,
             head: GENESIS_HASH.to_string(),
             stale: true,
+            op_sql: OpSql::new(),
             audit_sql,
         };
         w.reload().await?;
@@ -113,20 +166,18 @@ impl Writer {
 
     /// Reads the committed revision counter and audit head.
     async fn reload(&mut self) -> Result<()> {
+        let err = |e| backend("loading the revision counter and audit head", e);
         let revision: i64 = sqlx::query("SELECT value FROM meta WHERE name = 'revision'")
             .fetch_one(&mut self.conn)
             .await
             .and_then(|r| r.try_get(0))
-            .map_err(|e| backend("loading the revision counter", e))?;
+            .map_err(err)?;
         let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut self.conn)
             .await
-            .map_err(|e| backend("loading the audit head", e))?;
+            .map_err(err)?;
         let (seq, hash) = match head {
-            Some(row) => (
-                row.try_get(0).map_err(|e| backend("loading the audit head", e))?,
-                row.try_get(1).map_err(|e| backend("loading the audit head", e))?,
-            ),
+            Some(row) => (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?),
             None => (0, GENESIS_HASH.to_string()),
         };
         self.revision = revision;
@@ -138,14 +189,20 @@ impl Writer {
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut last_size = 0;
         while let Some(first) = rx.recv().await {
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(req) => batch.push(req),
-                    Err(_) => break,
+            drain(&mut rx, &mut batch);
+            // Callers answered by the last batch are usually about to send again; give
+            // them a moment so they share the next fsync instead of waiting for another.
+            for _ in 0..GATHER_YIELDS {
+                if batch.len() >= last_size || batch.len() >= MAX_BATCH {
+                    break;
                 }
+                tokio::task::yield_now().await;
+                drain(&mut rx, &mut batch);
             }
+            last_size = batch.len();
             self.process(&mut batch).await;
         }
         if let Err(e) = self.conn.close().await {
@@ -154,52 +211,40 @@ impl Writer {
     }
 
     async fn process(&mut self, batch: &mut Vec<Request>) {
-        let size = batch.len();
-        let tb = std::time::Instant::now();
-        let mut events = Vec::new();
-        let mut pending = Vec::with_capacity(size);
-        let outcome = self.apply_batch(batch, &mut events, &mut pending).await;
-        unsafe {
-            DBG_BATCHES += 1; DBG_TXNS += size as u64; DBG_TOTAL_US += tb.elapsed().as_micros() as u64;
-            if DBG_BATCHES % 300 == 0 { eprintln!("batches {} avg size {:.1} avg total {}us avg commit {}us", DBG_BATCHES, DBG_TXNS as f64 / DBG_BATCHES as f64, DBG_TOTAL_US / DBG_BATCHES, DBG_COMMIT_US / DBG_BATCHES); }
-        }
-        match outcome {
-            Ok((revision, seq, head)) => {
-                self.revision = revision;
-                self.seq = seq;
-                self.head = head;
-                for ev in events {
-                    // No receivers is fine: nobody is watching.
+        match self.apply_batch(batch).await {
+            Ok(applied) => {
+                self.revision = applied.revision;
+                self.seq = applied.seq;
+                self.head = applied.head;
+                for ev in applied.events {
+                    // An error only means nobody is watching.
                     let _ = self.watch.send(ev);
                 }
-                for p in pending {
-                    match p {
-                        Pending::Commit(reply, r) => {
+                for (req, outcome) in batch.drain(..).zip(applied.outcomes) {
+                    match (req, outcome) {
+                        (Request::Commit { reply, .. }, Outcome::Commit(r)) => {
                             let _ = reply.send(r);
                         }
-                        Pending::Purge(reply, r) => {
-                            let _ = reply.send(r);
+                        (Request::Purge { reply }, Outcome::Purge(n)) => {
+                            let _ = reply.send(Ok(n));
+                        }
+                        (Request::Commit { reply, .. }, Outcome::Purge(_)) => {
+                            let _ = reply
+                                .send(Err(StoreError::Backend("internal: reply mismatch".into())));
+                        }
+                        (Request::Purge { reply }, Outcome::Commit(_)) => {
+                            let _ = reply
+                                .send(Err(StoreError::Backend("internal: reply mismatch".into())));
                         }
                     }
                 }
             }
             Err(err) => {
-                tracing::error!(error = %err, txns = size, "sqlite batch failed; rolled back");
+                tracing::error!(error = %err, txns = batch.len(), "sqlite write batch failed; rolled back");
+                // Fails harmlessly if SQLite already rolled back on its own.
                 let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
                 self.stale = true;
-                let msg = err.to_string();
-                let fail = || StoreError::Backend(format!("{msg}; nothing was committed"));
-                // Requests not reached yet are still in `batch`; the rest are in `pending`.
-                for p in pending {
-                    match p {
-                        Pending::Commit(reply, _) => {
-                            let _ = reply.send(Err(fail()));
-                        }
-                        Pending::Purge(reply, _) => {
-                            let _ = reply.send(Err(fail()));
-                        }
-                    }
-                }
+                let fail = || StoreError::Backend(format!("{err}; nothing was committed"));
                 for req in batch.drain(..) {
                     match req {
                         Request::Commit { reply, .. } => {
@@ -212,17 +257,10 @@ impl Writer {
                 }
             }
         }
-        batch.clear();
     }
 
-    /// Runs one database transaction for `batch`. On success returns the new committed
-    /// (revision, seq, head); replies are queued in `pending`, watch events in `events`.
-    async fn apply_batch(
-        &mut self,
-        batch: &mut Vec<Request>,
-        events: &mut Vec<WatchEvent>,
-        pending: &mut Vec<Pending>,
-    ) -> Result<(i64, i64, String)> {
+    /// Runs one database transaction for `batch`.
+    async fn apply_batch(&mut self, batch: &[Request]) -> Result<Applied> {
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut self.conn)
             .await
@@ -231,273 +269,156 @@ impl Writer {
             self.reload().await?;
         }
         let now = now_ns();
-        let start_revision = self.revision;
         let mut revision = self.revision;
-        let mut seq = self.seq;
-        let mut head = self.head.clone();
-        let mut audit_rows = Vec::new();
+        let mut chain = Chain {
+            seq: self.seq,
+            head: self.head.clone(),
+            rows: Vec::new(),
+        };
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut events = Vec::new();
 
-        // Drain front to back so replies and events keep arrival order.
-        let mut reqs = std::mem::take(batch).into_iter();
-        while let Some(req) = reqs.next() {
-            match req {
-                Request::Commit { txn, reply } => {
-                    let mark = events.len();
-                    match self.apply_txn(&txn, now, &mut revision, events).await {
-                        Ok(revs) => {
-                            for ev in &txn.audit {
-                                seq += 1;
-                                let time = format_time(ev.time);
-                                let fields = canonical_fields(&ev.fields);
-                                let hash = hash_parts(&head, seq, &time, &ev.event_type, &fields);
-                                audit_rows.push(AuditRow {
-                                    seq,
-                                    time,
-                                    event_type: ev.event_type.clone(),
-                                    fields,
-                                    prev_hash: std::mem::replace(&mut head, hash.clone()),
-                                    hash,
-                                });
-                            }
-                            pending.push(Pending::Commit(reply, Ok(revs)));
-                        }
-                        Err(Failure::Txn(e)) => {
-                            events.truncate(mark);
-                            pending.push(Pending::Commit(reply, Err(e)));
-                        }
-                        Err(Failure::Batch(e)) => {
-                            pending.push(Pending::Commit(reply, Err(StoreError::Backend(String::new()))));
-                            *batch = reqs.collect();
-                            return Err(e);
-                        }
-                    }
+        let mut i = 0;
+        while i < batch.len() {
+            let txn = match &batch[i] {
+                Request::Purge { .. } => {
+                    outcomes.push(Outcome::Purge(self.purge(now, &mut events).await?));
+                    i += 1;
+                    continue;
                 }
-                Request::Purge { reply } => match self.purge(now, events).await {
-                    Ok(n) => pending.push(Pending::Purge(reply, Ok(n))),
-                    Err(e) => {
-                        pending.push(Pending::Purge(reply, Err(StoreError::Backend(String::new()))));
-                        *batch = reqs.collect();
-                        return Err(e);
-                    }
-                },
+                Request::Commit { txn, .. } => txn,
+            };
+            if txn.ops.len() != 1 {
+                let r = self
+                    .apply_multi(txn, now, &mut revision, &mut events)
+                    .await?;
+                if r.is_ok() {
+                    chain.append(txn);
+                }
+                outcomes.push(Outcome::Commit(r));
+                i += 1;
+                continue;
             }
+            // A run of single-op txns of one kind on distinct keys, applied in bulk.
+            let kind = Kind::of(&txn.ops[0]);
+            let mut keys = HashSet::new();
+            let run: Vec<&Txn> = batch[i..]
+                .iter()
+                .map_while(|req| match req {
+                    Request::Commit { txn, .. }
+                        if txn.ops.len() == 1
+                            && Kind::of(&txn.ops[0]) == kind
+                            && keys.insert(txn.ops[0].key()) =>
+                    {
+                        Some(txn)
+                    }
+                    _ => None,
+                })
+                .collect();
+            let ops: Vec<&Op> = run.iter().map(|t| &t.ops[0]).collect();
+            let results =
+                apply_run(&mut self.conn, &self.op_sql, kind, &ops, now, &mut revision).await?;
+            for (txn, r) in run.iter().zip(results) {
+                if let Ok(rev) = r {
+                    events.push(put_event(&txn.ops[0], rev));
+                    chain.append(txn);
+                }
+                outcomes.push(Outcome::Commit(r.map(|rev| vec![rev])));
+            }
+            i += run.len();
         }
 
-        self.insert_audit(&audit_rows).await?;
-        if revision != start_revision {
+        self.insert_audit(&chain.rows).await?;
+        if revision != self.revision {
             sqlx::query("UPDATE meta SET value = ?1 WHERE name = 'revision'")
                 .bind(revision)
                 .execute(&mut self.conn)
                 .await
                 .map_err(|e| backend("saving the revision counter", e))?;
         }
-        let t0 = std::time::Instant::now();
         sqlx::query("COMMIT")
             .execute(&mut self.conn)
             .await
             .map_err(|e| backend("committing", e))?;
-                unsafe { DBG_COMMIT_US += t0.elapsed().as_micros() as u64; }
-        Ok((revision, seq, head))
+        Ok(Applied {
+            outcomes,
+            events,
+            revision,
+            seq: chain.seq,
+            head: chain.head,
+        })
     }
 
-    /// Applies one txn's ops. On `Failure::Txn` nothing of the txn remains and
-    /// `revision` is restored.
-    async fn apply_txn(
+    /// Applies a txn with zero or several ops. The inner `Result` is the txn's own
+    /// outcome (on error nothing of it remains); the outer one a database failure.
+    async fn apply_multi(
         &mut self,
         txn: &Txn,
         now: i64,
         revision: &mut i64,
         events: &mut Vec<WatchEvent>,
-    ) -> std::result::Result<Vec<i64>, Failure> {
-        // A single statement is atomic by itself; only multi-op txns need a savepoint.
-        let savepoint = txn.ops.len() > 1;
-        if savepoint {
-            sqlx::query("SAVEPOINT txn").execute(&mut self.conn).await?;
+    ) -> Result<Result<Vec<i64>>> {
+        if txn.ops.is_empty() {
+            return Ok(Ok(Vec::new()));
         }
-        let before = *revision;
+        let sp = |e| backend("managing a savepoint", e);
+        sqlx::query("SAVEPOINT txn")
+            .execute(&mut self.conn)
+            .await
+            .map_err(sp)?;
+        let mark = events.len();
         let mut revs = Vec::with_capacity(txn.ops.len());
         for op in &txn.ops {
-            match self.apply_op(op, now, revision, events).await {
-                Ok(r) => revs.push(r),
-                Err(Failure::Txn(e)) => {
-                    if savepoint {
-                        sqlx::query("ROLLBACK TO txn").execute(&mut self.conn).await?;
-                        sqlx::query("RELEASE txn").execute(&mut self.conn).await?;
-                    }
-                    *revision = before;
-                    return Err(Failure::Txn(e));
+            let r = apply_run(
+                &mut self.conn,
+                &self.op_sql,
+                Kind::of(op),
+                &[op],
+                now,
+                revision,
+            )
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("internal: no op outcome".into())));
+            match r {
+                Ok(rev) => {
+                    events.push(put_event(op, rev));
+                    revs.push(rev);
                 }
-                Err(batch) => return Err(batch),
-            }
-        }
-        if savepoint {
-            sqlx::query("RELEASE txn").execute(&mut self.conn).await?;
-        }
-        Ok(revs)
-    }
-
-    async fn apply_op(
-        &mut self,
-        op: &Op,
-        now: i64,
-        revision: &mut i64,
-        events: &mut Vec<WatchEvent>,
-    ) -> std::result::Result<i64, Failure> {
-        let next = *revision + 1;
-        let changed = match op {
-            Op::Create {
-                key,
-                value,
-                expires,
-            } => {
-                // Replaces an expired row in place; a live one makes the upsert a no-op.
-                let r = sqlx::query(
-                    "INSERT INTO kv (key, value, revision, expires_ns) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                     revision = excluded.revision, expires_ns = excluded.expires_ns \
-                     WHERE kv.expires_ns IS NOT NULL AND kv.expires_ns <= ?5",
-                )
-                .bind(key)
-                .bind(value)
-                .bind(next)
-                .bind(expires.map(to_ns))
-                .bind(now)
-                .execute(&mut self.conn)
-                .await?;
-                if r.rows_affected() == 0 {
-                    return Err(Failure::Txn(StoreError::AlreadyExists(key.clone())));
+                Err(e) => {
+                    sqlx::query("ROLLBACK TO txn")
+                        .execute(&mut self.conn)
+                        .await
+                        .map_err(sp)?;
+                    sqlx::query("RELEASE txn")
+                        .execute(&mut self.conn)
+                        .await
+                        .map_err(sp)?;
+                    events.truncate(mark);
+                    return Ok(Err(e));
                 }
-                true
             }
-            Op::Put {
-                key,
-                value,
-                expires,
-            } => {
-                sqlx::query(
-                    "INSERT INTO kv (key, value, revision, expires_ns) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                     revision = excluded.revision, expires_ns = excluded.expires_ns",
-                )
-                .bind(key)
-                .bind(value)
-                .bind(next)
-                .bind(expires.map(to_ns))
-                .execute(&mut self.conn)
-                .await?;
-                true
-            }
-            Op::Update {
-                key,
-                value,
-                expires,
-                expected_revision,
-            } => {
-                let r = sqlx::query(
-                    "UPDATE kv SET value = ?1, revision = ?2, expires_ns = ?3 \
-                     WHERE key = ?4 AND (expires_ns IS NULL OR expires_ns > ?5) \
-                     AND (?6 IS NULL OR revision = ?6)",
-                )
-                .bind(value)
-                .bind(next)
-                .bind(expires.map(to_ns))
-                .bind(key)
-                .bind(now)
-                .bind(*expected_revision)
-                .execute(&mut self.conn)
-                .await?;
-                self.check_cas(key, now, &r).await?;
-                true
-            }
-            Op::Delete {
-                key,
-                expected_revision,
-            } => {
-                let r = sqlx::query(
-                    "DELETE FROM kv WHERE key = ?1 AND (expires_ns IS NULL OR expires_ns > ?2) \
-                     AND (?3 IS NULL OR revision = ?3)",
-                )
-                .bind(key)
-                .bind(now)
-                .bind(*expected_revision)
-                .execute(&mut self.conn)
-                .await?;
-                self.check_cas(key, now, &r).await?;
-                false
-            }
-        };
-        if changed {
-            *revision = next;
-            if let Op::Create {
-                key,
-                value,
-                expires,
-            }
-            | Op::Put {
-                key,
-                value,
-                expires,
-            }
-            | Op::Update {
-                key,
-                value,
-                expires,
-                ..
-            } = op
-            {
-                events.push(WatchEvent::Put(Item {
-                    key: key.clone(),
-                    value: value.clone(),
-                    revision: next,
-                    expires: *expires,
-                }));
-            }
-            Ok(next)
-        } else {
-            events.push(WatchEvent::Delete {
-                key: op.key().to_string(),
-            });
-            Ok(0)
         }
-    }
-
-    /// After a guarded UPDATE/DELETE: no row changed means the item is absent/expired
-    /// (`NotFound`) or its revision differs (`Conflict`).
-    async fn check_cas(
-        &mut self,
-        key: &str,
-        now: i64,
-        r: &SqliteQueryResult,
-    ) -> std::result::Result<(), Failure> {
-        if r.rows_affected() > 0 {
-            return Ok(());
-        }
-        let live = sqlx::query(
-            "SELECT 1 FROM kv WHERE key = ?1 AND (expires_ns IS NULL OR expires_ns > ?2)",
-        )
-        .bind(key)
-        .bind(now)
-        .fetch_optional(&mut self.conn)
-        .await?;
-        Err(Failure::Txn(match live {
-            Some(_) => StoreError::Conflict(key.to_string()),
-            None => StoreError::NotFound(key.to_string()),
-        }))
+        sqlx::query("RELEASE txn")
+            .execute(&mut self.conn)
+            .await
+            .map_err(sp)?;
+        Ok(Ok(revs))
     }
 
     async fn purge(&mut self, now: i64, events: &mut Vec<WatchEvent>) -> Result<usize> {
+        let err = |e| backend("purging expired items", e);
         let rows = sqlx::query(
             "DELETE FROM kv WHERE expires_ns IS NOT NULL AND expires_ns <= ?1 RETURNING key",
         )
         .bind(now)
         .fetch_all(&mut self.conn)
         .await
-        .map_err(|e| backend("purging expired items", e))?;
+        .map_err(err)?;
         for row in &rows {
-            let key: String = row
-                .try_get(0)
-                .map_err(|e| backend("purging expired items", e))?;
-            events.push(WatchEvent::Delete { key });
+            events.push(WatchEvent::Delete {
+                key: row.try_get(0).map_err(err)?,
+            });
         }
         Ok(rows.len())
     }
@@ -506,7 +427,7 @@ impl Writer {
         let mut rest = rows;
         while !rest.is_empty() {
             let Some((n, sql)) = self.audit_sql.iter().find(|(n, _)| *n <= rest.len()) else {
-                break; // unreachable: the last chunk size is 1
+                break; // unreachable: the smallest chunk is 1
             };
             let (chunk, tail) = rest.split_at(*n);
             let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
@@ -528,7 +449,11 @@ impl Writer {
     }
 }
 
-static mut DBG_BATCHES: u64 = 0;
-static mut DBG_TXNS: u64 = 0;
-static mut DBG_TOTAL_US: u64 = 0;
-static mut DBG_COMMIT_US: u64 = 0;
+fn drain(rx: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(req) => batch.push(req),
+            Err(_) => break,
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Renewal throughput through the real gRPC mTLS path, audit persisted.
+//!
+//! Starts the auth service (the `sigil auth start` code, in this process on
+//! its own 2-thread runtime, SQLite in a temp dir), joins N bot instances,
+//! then measures `Renew`:
+//! - warm: each instance's mTLS connection is established before the clock
+//!   starts (a renewal's identity is the certificate on its connection, so a
+//!   connection carries one renewal per instance; rounds re-connect untimed);
+//! - fresh: every renewal dials a new TCP + TLS 1.3 mutual-auth connection
+//!   with the instance's latest certificate.
+//! Next to it, the raw P-256 signing rate of aws-lc-rs in the same run.
+//!
+//! `cargo bench -p sigil-bench --bench renewal` (env: INSTANCES, CONCURRENCY, ROUNDS, FRESH_SECS)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sigil_agent::client;
+use sigil_pki::TlsKeyPair;
+use sigil_proto::v1::admin_service_client::AdminServiceClient;
+use sigil_proto::v1::auth_service_client::AuthServiceClient;
+use sigil_proto::v1::join_client_message::Message as ClientMsg;
+use sigil_proto::v1::join_server_message::Message as ServerMsg;
+use sigil_proto::v1::*;
+use tokio::sync::Mutex;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Instance {
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let instances = env("INSTANCES", 4000);
+    let concurrency = env("CONCURRENCY", 64);
+    let rounds = env("ROUNDS", 5);
+    let fresh_secs = env("FRESH_SECS", 5);
+
+    let raw1 = raw_sign_rate(1, Duration::from_secs(2));
+    let raw2 = raw_sign_rate(2, Duration::from_secs(2));
+
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let port = free_port()?;
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let cfg = sigil_auth::AuthConfig {
+        data_dir: data.clone(),
+        listen: format!("127.0.0.1:{port}").parse()?,
+        public_listen: "127.0.0.1:0".parse()?,
+        cluster_name: Some("bench.test".into()),
+        server_names: vec![],
+    };
+    let server = server_rt.spawn(sigil_auth::serve(cfg, stop_rx));
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = client_rt.block_on(async move {
+        let sock = data.join("admin.sock");
+        let start = Instant::now();
+        while !sock.exists() {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "auth service did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut admin = admin_client(sock).await?;
+        let role = serde_json::json!({"kind":"role","version":"v1","metadata":{"name":"bench"},"spec":{"allow":{"logins":["bench"]}}});
+        admin.create_resource(CreateResourceRequest { json: role.to_string(), upsert: false }).await?;
+        let bot = admin
+            .add_bot(AddBotRequest { name: "bench".into(), roles: vec!["bench".into()], ..Default::default() })
+            .await?
+            .into_inner();
+        let addr = format!("127.0.0.1:{port}");
+        let pins = vec![bot.ca_pin.clone()];
+
+        // Join N instances (untimed set-up).
+        let t = Instant::now();
+        let mut tokens = vec![bot.token];
+        while tokens.len() < instances {
+            let r = admin
+                .add_token(AddTokenRequest { bot: "bench".into(), ttl_seconds: 3600, ..Default::default() })
+                .await?;
+            tokens.push(r.into_inner().token);
+        }
+        let joined = futures::future::try_join_all(tokens.chunks(instances.div_ceil(concurrency)).map(|chunk| {
+            let chunk = chunk.to_vec();
+            let (addr, pins) = (addr.clone(), pins.clone());
+            async move {
+                let tls = client::tls_config(&pins, None)?;
+                let mut c = AuthServiceClient::new(client::channel(&addr, tls)?);
+                let mut out = Vec::new();
+                for tok in chunk {
+                    out.push(join(&mut c, &tok).await?);
+                }
+                anyhow::Ok(out)
+            }
+        }))
+        .await?;
+        let insts: Vec<Arc<Mutex<Instance>>> =
+            joined.into_iter().flatten().map(|i| Arc::new(Mutex::new(i))).collect();
+        eprintln!("joined {} instances in {:.1}s", insts.len(), t.elapsed().as_secs_f64());
+
+        // Warm rounds.
+        let mut warm = Vec::new();
+        let mut warm_lat = Vec::new();
+        for round in 0..rounds {
+            let mut clients = Vec::with_capacity(insts.len());
+            for chunk in insts.chunks(256) {
+                let mut set = Vec::new();
+                for inst in chunk {
+                    let i = inst.lock().await;
+                    let tls = client::tls_config(&pins, Some(client::ClientCert { cert_pem: &i.cert_pem, key_pem: &i.key_pem }))?;
+                    set.push(client::channel(&addr, tls)?);
+                }
+                // Connect now so the handshake is outside the timed part.
+                for ch in &set {
+                    let mut c = AuthServiceClient::new(ch.clone());
+                    c.ping(PingRequest {}).await.context("warm-up ping")?;
+                }
+                clients.extend(set);
+            }
+            let work: Vec<(Arc<Mutex<Instance>>, tonic::transport::Channel)> =
+                insts.iter().cloned().zip(clients).collect();
+            let queue = Arc::new(std::sync::Mutex::new(work));
+            let t = Instant::now();
+            let lats = run_workers(concurrency, {
+                let queue = queue.clone();
+                move || {
+                    let queue = queue.clone();
+                    async move {
+                        let Some((inst, ch)) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                            return Ok(None);
+                        };
+                        let s = Instant::now();
+                        renew(AuthServiceClient::new(ch), &inst).await?;
+                        Ok(Some(s.elapsed()))
+                    }
+                }
+            })
+            .await?;
+            let secs = t.elapsed().as_secs_f64();
+            let rate = lats.len() as f64 / secs;
+            eprintln!("warm round {round}: {} renewals in {secs:.3}s = {rate:.0}/s", lats.len());
+            warm.push(rate);
+            warm_lat.extend(lats);
+        }
+
+        // Fresh connection per renewal, for FRESH_SECS.
+        let deadline = Instant::now() + Duration::from_secs(fresh_secs as u64);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = Instant::now();
+        let fresh_lat = run_workers(concurrency, {
+            let insts = insts.clone();
+            let (addr, pins) = (addr.clone(), pins.clone());
+            move || {
+                let insts = insts.clone();
+                let (addr, pins, next) = (addr.clone(), pins.clone(), next.clone());
+                async move {
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % insts.len();
+                    let inst = &insts[n];
+                    let s = Instant::now();
+                    let ch = {
+                        let i = inst.lock().await;
+                        let tls = client::tls_config(&pins, Some(client::ClientCert { cert_pem: &i.cert_pem, key_pem: &i.key_pem }))?;
+                        client::channel(&addr, tls)?
+                    };
+                    renew(AuthServiceClient::new(ch), inst).await?;
+                    Ok(Some(s.elapsed()))
+                }
+            }
+        })
+        .await?;
+        let fresh = fresh_lat.len() as f64 / t.elapsed().as_secs_f64();
+
+        let v = admin.verify_audit(VerifyAuditRequest {}).await?.into_inner();
+        anyhow::ensure!(v.intact, "audit chain broken after the run");
+        Ok::<_, anyhow::Error>((warm, warm_lat, fresh, fresh_lat, v.count))
+    });
+    let _ = stop_tx.send(true);
+    let _ = server_rt.block_on(server);
+    let (mut warm, mut warm_lat, fresh, mut fresh_lat, audit_events) = report?;
+
+    warm.sort_by(f64::total_cmp);
+    warm_lat.sort();
+    fresh_lat.sort();
+    let pct = |v: &[Duration], p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let warm_median = warm[warm.len() / 2];
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!("raw aws-lc-rs P-256 sign: 1 thread {raw1:.0}/s, 2 threads {raw2:.0}/s");
+    println!(
+        "renewal, warm mTLS connections: median {warm_median:.0}/s over {} rounds (min {:.0}, max {:.0}); p50 {:.2} ms, p99 {:.2} ms; {:.2} signatures-worth per renewal vs 2-thread raw",
+        warm.len(),
+        warm[0],
+        warm[warm.len() - 1],
+        ms(pct(&warm_lat, 0.5)),
+        ms(pct(&warm_lat, 0.99)),
+        raw2 / warm_median
+    );
+    println!(
+        "renewal, fresh mTLS connection each: {fresh:.0}/s; p50 {:.2} ms, p99 {:.2} ms",
+        ms(pct(&fresh_lat, 0.5)),
+        ms(pct(&fresh_lat, 0.99))
+    );
+    println!("audit chain intact: {audit_events} events");
+    Ok(())
+}
+
+/// Run `concurrency` workers, each calling `job` until it returns None.
+async fn run_workers<F, Fut>(concurrency: usize, job: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Option<Duration>>> + Send,
+{
+    let handles: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let job = job.clone();
+            tokio::spawn(async move {
+                let mut lats = Vec::new();
+                while let Some(l) = job().await? {
+                    lats.push(l);
+                }
+                anyhow::Ok(lats)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    Ok(all)
+}
+
+async fn renew(
+    mut c: AuthServiceClient<tonic::transport::Channel>,
+    inst: &Mutex<Instance>,
+) -> anyhow::Result<()> {
+    let mut i = inst.lock().await;
+    let next = TlsKeyPair::generate()?;
+    let r = c
+        .renew(RenewRequest {
+            public_key_spki: next.spki_der(),
+            ttl_seconds: 3600,
+            heartbeat: None,
+        })
+        .await
+        .context("renew")?
+        .into_inner();
+    i.cert_pem = r.tls_cert_pem;
+    i.key_pem = next.to_pkcs8_pem();
+    Ok(())
+}
+
+async fn join(
+    c: &mut AuthServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> anyhow::Result<Instance> {
+    let key = TlsKeyPair::generate()?;
+    let init = JoinInit {
+        join_method: "token".into(),
+        token: token.into(),
+        public_key_spki: key.spki_der(),
+        ttl_seconds: 3600,
+        ..Default::default()
+    };
+    let msgs = tokio_stream::iter(vec![JoinClientMessage {
+        message: Some(ClientMsg::Init(init)),
+    }]);
+    let mut s = c.join(msgs).await.context("join")?.into_inner();
+    while let Some(m) = s.message().await? {
+        if let Some(ServerMsg::Result(r)) = m.message {
+            return Ok(Instance {
+                cert_pem: r.tls_cert_pem,
+                key_pem: key.to_pkcs8_pem(),
+            });
+        }
+    }
+    anyhow::bail!("join ended without a result")
+}
+
+async fn admin_client(
+    sock: std::path::PathBuf,
+) -> anyhow::Result<AdminServiceClient<tonic::transport::Channel>> {
+    let ch = tonic::transport::Endpoint::try_from("http://localhost")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(AdminServiceClient::new(ch))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Raw ECDSA P-256 signatures per second with aws-lc-rs on `threads` threads.
+fn raw_sign_rate(threads: usize, dur: Duration) -> f64 {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let Ok(doc) = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng) else {
+        return 0.0;
+    };
+    let total: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let Ok(k) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref()) else { return 0 };
+                    let start = Instant::now();
+                    let mut n = 0;
+                    while start.elapsed() < dur {
+                        for _ in 0..100 {
+                            let _ = k.sign(&rng, b"a to-be-signed certificate of typical size ........................................");
+                        }
+                        n += 100;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    total as f64 / dur.as_secs_f64()
+}

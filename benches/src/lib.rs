@@ -1,0 +1,1 @@
+//! Load generators for Sigil benchmarks live in `benches/*.rs`; see README.md.
