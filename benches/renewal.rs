@@ -8,6 +8,7 @@
 //!   connection carries one renewal per instance; rounds re-connect untimed);
 //! - fresh: every renewal dials a new TCP + TLS 1.3 mutual-auth connection
 //!   with the instance's latest certificate.
+//!
 //! Next to it, the raw P-256 signing rate of aws-lc-rs in the same run.
 //!
 //! `cargo bench -p sigil-bench --bench renewal` (env: INSTANCES, CONCURRENCY, ROUNDS, FRESH_SECS)
@@ -62,7 +63,8 @@ fn main() -> anyhow::Result<()> {
         cluster_name: Some("bench.test".into()),
         server_names: vec![],
     };
-    let server = server_rt.spawn(sigil_auth::serve(cfg, stop_rx));
+    // block_on on its own thread: the server future need not be Send.
+    let server = std::thread::spawn(move || server_rt.block_on(sigil_auth::serve(cfg, stop_rx)));
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -193,7 +195,7 @@ fn main() -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>((warm, warm_lat, fresh, fresh_lat, v.count))
     });
     let _ = stop_tx.send(true);
-    let _ = server_rt.block_on(server);
+    let _ = server.join();
     let (mut warm, mut warm_lat, fresh, mut fresh_lat, audit_events) = report?;
 
     warm.sort_by(f64::total_cmp);
