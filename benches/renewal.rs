@@ -138,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 insts.iter().cloned().zip(clients).collect();
             let queue = Arc::new(std::sync::Mutex::new(work));
             let t = Instant::now();
+            let cpu0 = cpu_seconds();
             let lats = run_workers(concurrency, {
                 let queue = queue.clone();
                 move || {
@@ -154,8 +155,14 @@ fn main() -> anyhow::Result<()> {
             })
             .await?;
             let secs = t.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu0;
             let rate = lats.len() as f64 / secs;
-            eprintln!("warm round {round}: {} renewals in {secs:.3}s = {rate:.0}/s", lats.len());
+            eprintln!(
+                "warm round {round}: {} renewals in {secs:.3}s = {rate:.0}/s; CPU {:.0}% of one core, {:.0} us CPU per renewal",
+                lats.len(),
+                cpu / secs * 100.0,
+                cpu / lats.len() as f64 * 1e6
+            );
             warm.push(rate);
             warm_lat.extend(lats);
         }
@@ -319,6 +326,18 @@ async fn admin_client(
         }))
         .await?;
     Ok(AdminServiceClient::new(ch))
+}
+
+/// User + system CPU time of this whole process (server and load generator).
+fn cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn free_port() -> anyhow::Result<u16> {

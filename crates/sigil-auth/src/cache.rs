@@ -1,6 +1,9 @@
-//! An in-memory copy of the small, hot resource kinds (roles, bots, locks),
-//! kept current from the store's watch stream so that the per-request checks
-//! (locks, role evaluation) never touch the database.
+//! An in-memory copy of the hot resource kinds (roles, bots, locks, bot
+//! instances), kept current from the store's watch stream so that per-request
+//! checks (locks, role evaluation) and renewals never wait on the database.
+//! Bot instances are kept as raw items with their revision: a renewal's
+//! compare-and-swap on that revision catches a stale copy, and then reads
+//! the store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -12,13 +15,15 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::keys;
 
-const CACHED: [&str; 3] = [keys::ROLES, keys::BOTS, keys::LOCKS];
+const CACHED: [&str; 4] = [keys::ROLES, keys::BOTS, keys::LOCKS, keys::BOT_INSTANCES];
 
 #[derive(Default)]
 struct Snapshot {
     roles: HashMap<String, Role>,
     bots: HashMap<String, Bot>,
     locks: BTreeMap<String, Lock>,
+    /// Raw bot instance items by store key.
+    instances: HashMap<String, Item>,
 }
 
 /// The watch-fed cache. Cheap to clone.
@@ -89,7 +94,15 @@ impl Cache {
             s.bots.remove(n);
         } else if let Some(n) = key.strip_prefix(keys::LOCKS) {
             s.locks.remove(n);
+        } else if key.starts_with(keys::BOT_INSTANCES) {
+            s.instances.remove(key);
         }
+    }
+
+    /// A bot instance item as last seen (may be stale; compare-and-swap on
+    /// its revision detects that).
+    pub fn instance_item(&self, key: &str) -> Option<Item> {
+        self.read().instances.get(key).cloned()
     }
 
     pub fn bot(&self, name: &str) -> Option<Bot> {
@@ -132,6 +145,17 @@ impl Cache {
 }
 
 fn insert(s: &mut Snapshot, item: &Item) {
+    if item.key.starts_with(keys::BOT_INSTANCES) {
+        // Watch events may arrive after a newer write was applied directly.
+        let newer = s
+            .instances
+            .get(&item.key)
+            .is_none_or(|cur| cur.revision < item.revision);
+        if newer {
+            s.instances.insert(item.key.clone(), item.clone());
+        }
+        return;
+    }
     let parsed = if let Some(n) = item.key.strip_prefix(keys::ROLES) {
         serde_json::from_slice(&item.value).map(|r| {
             s.roles.insert(n.to_string(), r);

@@ -50,12 +50,18 @@ pub async fn renew(
     let ttl = effective_ttl(req.ttl_seconds, auth.max_ttl);
     let key = keys::bot_instance(&id.bot, &id.instance_id);
 
-    for _ in 0..CAS_RETRIES {
-        let item = state
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| Status::unavailable(format!("storage: {e}")))?;
+    for attempt in 0..CAS_RETRIES {
+        // First try the cached copy; after a lost compare-and-swap, the store.
+        let cached = if attempt == 0 { state.cache.instance_item(&key) } else { None };
+        let from_cache = cached.is_some();
+        let item = match cached {
+            Some(i) => Some(i),
+            None => state
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| Status::unavailable(format!("storage: {e}")))?,
+        };
         let Some(item) = item else {
             deny(state, id, remote, "bot instance no longer exists").await;
             return Err(Status::permission_denied(
@@ -69,6 +75,9 @@ pub async fn renew(
             stored + 1
         } else if id.generation + 1 == stored && inst.spec.current_key_sha256 == key_fp {
             stored
+        } else if from_cache {
+            // Never accuse on a possibly stale copy: confirm with the store.
+            continue;
         } else {
             return Err(generation_mismatch(state, id, &inst, remote).await);
         };
@@ -103,10 +112,11 @@ pub async fn renew(
             inst.spec
                 .push_heartbeat(heartbeat(hb, now), sigil_types::HISTORY_CAP);
         }
+        let value = serde_json::to_vec(&inst).map_err(|e| Status::internal(e.to_string()))?;
         let txn = Txn {
             ops: vec![Op::Update {
                 key: key.clone(),
-                value: serde_json::to_vec(&inst).map_err(|e| Status::internal(e.to_string()))?,
+                value: value.clone(),
                 expires: None,
                 expected_revision: Some(item.revision),
             }],
@@ -123,7 +133,15 @@ pub async fn renew(
             ],
         };
         match state.store.commit(txn).await {
-            Ok(_) => {
+            Ok(revs) => {
+                if let Some(rev) = revs.first() {
+                    state.cache.apply_put(&sigil_store::Item {
+                        key: key.clone(),
+                        value,
+                        revision: *rev,
+                        expires: None,
+                    });
+                }
                 metrics::counter!("sigil_renewals_total", "result" => "ok").increment(1);
                 metrics::counter!("sigil_certs_issued_total", "kind" => "x509").increment(1);
                 return Ok(Credentials {

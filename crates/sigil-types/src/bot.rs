@@ -13,6 +13,13 @@ pub struct BotSpec {
     /// Upper bound on the bot's credential TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<HumanDuration>,
+    /// When the bot was created; set by the auth service.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub created_at: Option<time::OffsetDateTime>,
 }
 
 impl Kind for BotSpec {
@@ -51,6 +58,7 @@ mod tests {
             BotSpec {
                 roles: vec!["ci".into()],
                 max_ttl: None,
+                created_at: None,
             },
         );
         assert!(ok.validate().is_ok());
@@ -61,6 +69,7 @@ mod tests {
             BotSpec {
                 roles: vec!["a b".into()],
                 max_ttl: None,
+                created_at: None,
             },
         );
         assert_eq!(bad.validate().unwrap_err().field, "spec.roles[0]");

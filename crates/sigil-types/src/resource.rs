@@ -318,6 +318,7 @@ mod tests {
             BotSpec {
                 roles: vec!["r".into()],
                 max_ttl: None,
+                created_at: None,
             },
         );
         assert!(bot.validate().is_ok());
@@ -335,6 +336,7 @@ mod tests {
             BotSpec {
                 roles: vec!["r".into()],
                 max_ttl: None,
+                created_at: None,
             },
         )
         .into();

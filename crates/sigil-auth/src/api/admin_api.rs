@@ -97,7 +97,7 @@ impl AdminService for AdminApi {
         let caller = self.authorize(&req, "bot", "create")?;
         self.authorize(&req, "token", "create")?;
         let r = req.get_ref();
-        let bot = Bot::new(
+        let mut bot = Bot::new(
             Metadata {
                 name: r.name.clone(),
                 ..Default::default()
@@ -106,11 +106,13 @@ impl AdminService for AdminApi {
                 roles: r.roles.clone(),
                 max_ttl: (r.max_ttl_seconds > 0)
                     .then(|| HumanDuration(Duration::from_secs(r.max_ttl_seconds))),
+                created_at: None,
             },
         );
         let ttl = ttl_or(r.token_ttl_seconds, sigil_types::DEFAULT_TOKEN_TTL);
         let token = new_token(&r.name, ttl)?;
         let actor = authz::actor(&caller);
+        bot.spec.created_at = Some(OffsetDateTime::now_utc());
         let (bot_op, bot_ev) =
             resources::create_ops(&self.state, AnyResource::Bot(bot.clone()), false, &actor)?;
         // The token refers to the bot created in the same transaction.

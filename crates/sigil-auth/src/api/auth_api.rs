@@ -36,6 +36,9 @@ type JoinStream = Pin<Box<dyn Stream<Item = Result<JoinServerMessage, Status>> +
 /// The message every refused join gets, whatever the reason.
 const JOIN_DENIED: &str = "join denied";
 
+/// Longest a join conversation may take, challenges included.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[async_trait]
 impl AuthService for AuthApi {
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
@@ -57,30 +60,30 @@ impl AuthService for AuthApi {
         let (tx, rx) = mpsc::channel::<Result<JoinServerMessage, Status>>(4);
         let state = self.state.clone();
         tokio::spawn(async move {
-            let init = match inbound.message().await {
-                Ok(Some(JoinClientMessage {
-                    message: Some(ClientMsg::Init(init)),
-                })) => init,
-                _ => {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument(
+            // A join that stalls (a silent client, an unanswered challenge)
+            // must not hold server resources forever.
+            let outcome = tokio::time::timeout(JOIN_TIMEOUT, async {
+                let init = match inbound.message().await {
+                    Ok(Some(JoinClientMessage {
+                        message: Some(ClientMsg::Init(init)),
+                    })) => init,
+                    _ => {
+                        return Err(Status::invalid_argument(
                             "the join stream must start with JoinInit",
-                        )))
-                        .await;
-                    return;
-                }
-            };
-            let mut conv = StreamConversation {
-                inbound,
-                outbound: tx.clone(),
-            };
-            let result = join(&state, &init, &mut conv, &remote).await;
-            let msg = match result {
-                Ok(creds) => Ok(JoinServerMessage {
-                    message: Some(ServerMsg::Result(creds)),
-                }),
-                Err(e) => Err(e),
-            };
+                        ));
+                    }
+                };
+                let mut conv = StreamConversation {
+                    inbound,
+                    outbound: tx.clone(),
+                };
+                join(&state, &init, &mut conv, &remote).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("the join took too long")));
+            let msg = outcome.map(|creds| JoinServerMessage {
+                message: Some(ServerMsg::Result(creds)),
+            });
             let _ = tx.send(msg).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -98,6 +98,9 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
             ));
         }
         AnyResource::Bot(b) => {
+            if b.spec.created_at.is_none() {
+                b.spec.created_at = Some(OffsetDateTime::now_utc());
+            }
             if b.spec.roles.is_empty() {
                 return Err(Status::invalid_argument(format!(
                     "bot {:?} needs at least one role",
