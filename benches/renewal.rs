@@ -1,7 +1,7 @@
 //! Renewal throughput through the real gRPC mTLS path, audit persisted.
 //!
-//! Starts the auth service (the `sigil auth start` code, in this process on
-//! its own 2-thread runtime, SQLite in a temp dir), joins N bot instances,
+//! Starts the real auth service (`target/release/sigil auth start`, SQLite in
+//! a temp dir) as its own process, joins N bot instances,
 //! then measures `Renew`:
 //! - warm: each instance's mTLS connection is established before the clock
 //!   starts (a renewal's identity is the certificate on its connection, so a
@@ -11,7 +11,8 @@
 //!
 //! Next to it, the raw P-256 signing rate of aws-lc-rs in the same run.
 //!
-//! `cargo bench -p sigil-bench --bench renewal` (env: INSTANCES, CONCURRENCY, ROUNDS, FRESH_SECS)
+//! `cargo build --release -p sigil-cli && cargo bench -p sigil-bench --bench renewal`
+//! (env: INSTANCES, CONCURRENCY, ROUNDS, FRESH_SECS)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,22 +52,27 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let port = free_port()?;
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let cfg = sigil_auth::AuthConfig {
-        data_dir: data.clone(),
-        listen: format!("127.0.0.1:{port}").parse()?,
-        public_listen: "127.0.0.1:0".parse()?,
-        cluster_name: Some("bench.test".into()),
-        server_names: vec![],
-    };
-    // block_on on its own thread: the server future need not be Send.
-    let server = std::thread::spawn(move || server_rt.block_on(sigil_auth::serve(cfg, stop_rx)));
+    let sigil = sigil_binary()?;
+    let log = std::fs::File::create(dir.path().join("auth.log"))?;
+    let mut server = std::process::Command::new(&sigil)
+        .args(["auth", "start", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--public-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--cluster-name", "bench.test"])
+        .env("SIGIL_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", sigil.display()))?;
+    let server_pid = server.id();
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("load-client")
         .worker_threads(2)
         .enable_all()
         .build()?;
@@ -118,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         // Warm rounds.
         let mut warm = Vec::new();
         let mut warm_lat = Vec::new();
+        let mut warm_cpu = Vec::new();
         for round in 0..rounds {
             let mut clients = Vec::with_capacity(insts.len());
             for chunk in insts.chunks(256) {
@@ -139,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             let queue = Arc::new(std::sync::Mutex::new(work));
             let t = Instant::now();
             let cpu0 = cpu_seconds();
+            let srv0 = process_cpu_seconds(server_pid);
             let lats = run_workers(concurrency, {
                 let queue = queue.clone();
                 move || {
@@ -156,13 +164,16 @@ fn main() -> anyhow::Result<()> {
             .await?;
             let secs = t.elapsed().as_secs_f64();
             let cpu = cpu_seconds() - cpu0;
+            let srv = process_cpu_seconds(server_pid) - srv0;
             let rate = lats.len() as f64 / secs;
+            let n = lats.len() as f64;
             eprintln!(
-                "warm round {round}: {} renewals in {secs:.3}s = {rate:.0}/s; CPU {:.0}% of one core, {:.0} us CPU per renewal",
+                "warm round {round}: {} renewals in {secs:.3}s = {rate:.0}/s; CPU per renewal: auth service {:.0} us, load generator {:.0} us",
                 lats.len(),
-                cpu / secs * 100.0,
-                cpu / lats.len() as f64 * 1e6
+                srv / n * 1e6,
+                cpu / n * 1e6
             );
+            warm_cpu.push((srv / n * 1e6, cpu / n * 1e6));
             warm.push(rate);
             warm_lat.extend(lats);
         }
@@ -199,11 +210,13 @@ fn main() -> anyhow::Result<()> {
 
         let v = admin.verify_audit(VerifyAuditRequest {}).await?.into_inner();
         anyhow::ensure!(v.intact, "audit chain broken after the run");
-        Ok::<_, anyhow::Error>((warm, warm_lat, fresh, fresh_lat, v.count))
+        Ok::<_, anyhow::Error>((warm, warm_lat, warm_cpu, fresh, fresh_lat, v.count))
     });
-    let _ = stop_tx.send(true);
-    let _ = server.join();
-    let (mut warm, mut warm_lat, fresh, mut fresh_lat, audit_events) = report?;
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(server_pid as i32, libc::SIGTERM) };
+    let _ = server.wait();
+    let (mut warm, mut warm_lat, mut warm_cpu, fresh, mut fresh_lat, audit_events) = report?;
+    warm_cpu.sort_by(|a, b| a.0.total_cmp(&b.0));
 
     warm.sort_by(f64::total_cmp);
     warm_lat.sort();
@@ -236,6 +249,11 @@ fn main() -> anyhow::Result<()> {
         ms(pct(&fresh_lat, 0.5)),
         ms(pct(&fresh_lat, 0.99))
     );
+    if let Some((srv, cli)) = warm_cpu.get(warm_cpu.len() / 2) {
+        println!(
+            "CPU per warm renewal (median round): auth service {srv:.0} us, load generator {cli:.0} us"
+        );
+    }
     println!("audit chain intact: {audit_events} events");
     Ok(())
 }
@@ -326,6 +344,34 @@ async fn admin_client(
         }))
         .await?;
     Ok(AdminServiceClient::new(ch))
+}
+
+/// The release `sigil` binary (build it first: `cargo build --release -p sigil-cli`).
+fn sigil_binary() -> anyhow::Result<std::path::PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let p = target.join("release/sigil");
+    anyhow::ensure!(
+        p.exists(),
+        "{} not found: run `cargo build --release -p sigil-cli` first",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// User + system CPU seconds of another process, from /proc.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
 }
 
 /// User + system CPU time of this whole process (server and load generator).

@@ -193,6 +193,8 @@ pub fn channel(auth_server: &str, tls: rustls::ClientConfig) -> anyhow::Result<C
                     match tokio::net::TcpStream::connect(a).await {
                         Ok(tcp) => {
                             let _ = tcp.set_nodelay(true);
+                            // Buffer writes so one HTTP/2 flush is one syscall.
+                            let tcp = tokio::io::BufWriter::with_capacity(8 * 1024, tcp);
                             let tls = connector.connect(name, tcp).await?;
                             return Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls));
                         }

@@ -213,6 +213,7 @@ fn tls_incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
+                let tcp = tokio::io::BufWriter::with_capacity(tls::WRITE_BUFFER, tcp);
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls::TlsConn::new(tls, remote))).await;

@@ -52,7 +52,11 @@ pub async fn renew(
 
     for attempt in 0..CAS_RETRIES {
         // First try the cached copy; after a lost compare-and-swap, the store.
-        let cached = if attempt == 0 { state.cache.instance_item(&key) } else { None };
+        let cached = if attempt == 0 {
+            state.cache.instance_item(&key)
+        } else {
+            None
+        };
         let from_cache = cached.is_some();
         let item = match cached {
             Some(i) => Some(i),

@@ -4,7 +4,6 @@
 use std::fmt;
 
 use aws_lc_rs::encoding::{AsBigEndian, AsDer, Curve25519SeedBin};
-use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
 };
@@ -35,12 +34,20 @@ impl fmt::Debug for TlsKeyPair {
 impl TlsKeyPair {
     /// Generate a fresh P-256 key.
     pub fn generate() -> Result<Self> {
-        let doc =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
-                .map_err(|_| PkiError::KeyGeneration {
-                    algorithm: "ECDSA P-256",
-                })?;
-        Self::from_pkcs8_der(doc.as_ref())
+        // Generate in place and export, rather than export and re-parse: a
+        // re-parse re-validates the point (a scalar multiplication) for a key
+        // we just made. Agents generate one per renewal.
+        let gen_err = |_| PkiError::KeyGeneration {
+            algorithm: "ECDSA P-256",
+        };
+        let kp = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).map_err(gen_err)?;
+        let doc = kp.to_pkcs8v1().map_err(gen_err)?;
+        let spki = kp.public_key().as_der().map_err(gen_err)?.as_ref().to_vec();
+        Ok(Self {
+            pkcs8: Zeroizing::new(doc.as_ref().to_vec()),
+            kp,
+            spki,
+        })
     }
 
     fn from_pkcs8_der(der: &[u8]) -> Result<Self> {
