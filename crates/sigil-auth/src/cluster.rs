@@ -28,15 +28,15 @@ pub struct Cas {
     /// capabilities (db-client, spiffe, jwt): created up front so the
     /// cluster's trust roots never change under running agents.
     pub stored: Vec<StoredCa>,
+    /// [`Cas::agent_bundle_pem`], encoded once.
+    bundle_pem: String,
 }
 
 impl Cas {
     /// PEM of the CAs an agent needs: the host CA (to trust the auth service)
     /// then the client CA (to trust peers' client certificates).
     pub fn agent_bundle_pem(&self) -> String {
-        let mut s = self.host.cert_pem();
-        s.push_str(&self.client.cert_pem());
-        s
+        self.bundle_pem.clone()
     }
 }
 
@@ -89,9 +89,13 @@ pub async fn load_or_create(
             .context("missing CA")?;
         SshCa::load(km, s).with_context(|| format!("loading the {} CA", p.as_str()))
     };
+    let host = x509(CaPurpose::Host)?;
+    let client = x509(CaPurpose::Client)?;
+    let bundle_pem = format!("{}{}", host.cert_pem(), client.cert_pem());
     let cas = Cas {
-        host: x509(CaPurpose::Host)?,
-        client: x509(CaPurpose::Client)?,
+        host,
+        client,
+        bundle_pem,
         ssh_user: ssh(CaPurpose::SshUser)?,
         ssh_host: ssh(CaPurpose::SshHost)?,
         stored,

@@ -226,19 +226,30 @@ async fn generation_mismatch(
 }
 
 async fn deny(state: &AuthState, id: &ClientIdentity, remote: &str, reason: &str) {
+    audit_denied(state, Some(id), remote, reason).await;
+}
+
+/// Count and audit a refused renewal (`id` is None when the caller had no
+/// usable identity).
+pub async fn audit_denied(
+    state: &AuthState,
+    id: Option<&ClientIdentity>,
+    remote: &str,
+    reason: &str,
+) {
     metrics::counter!("sigil_renewals_total", "result" => "denied").increment(1);
     let ev = audit::event(
         audit::RENEWAL_DENIED,
-        serde_json::json!({"bot": id.bot, "bot_instance": id.instance_id, "reason": reason, "remote_addr": remote}),
+        serde_json::json!({
+            "bot": id.map(|i| &i.bot), "bot_instance": id.map(|i| &i.instance_id),
+            "reason": reason, "remote_addr": remote,
+        }),
     );
-    if let Err(e) = state
-        .store
-        .commit(Txn {
-            ops: vec![],
-            audit: vec![ev],
-        })
-        .await
-    {
+    let txn = Txn {
+        ops: vec![],
+        audit: vec![ev],
+    };
+    if let Err(e) = state.store.commit(txn).await {
         tracing::error!(error = %e, "failed to audit a denied renewal");
     }
 }

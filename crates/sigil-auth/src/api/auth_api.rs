@@ -184,25 +184,10 @@ async fn audit_refusal<T>(state: &SharedState, req: &Request<T>, err: &Status) {
     if err.code() != tonic::Code::PermissionDenied {
         return;
     }
-    let who = authz::peer(req)
+    let id = authz::peer(req)
         .and_then(|p| p.identity.as_ref())
-        .map(|i| (i.0.bot.clone(), i.0.instance_id.clone()));
-    let ev = audit::event(
-        audit::RENEWAL_DENIED,
-        serde_json::json!({
-            "bot": who.as_ref().map(|w| w.0.clone()),
-            "bot_instance": who.as_ref().map(|w| w.1.clone()),
-            "reason": err.message(),
-            "remote_addr": authz::remote_addr(req),
-        }),
-    );
-    let _ = state
-        .store
-        .commit(Txn {
-            ops: vec![],
-            audit: vec![ev],
-        })
-        .await;
+        .map(|i| &i.0);
+    renewal::audit_denied(state, id, &authz::remote_addr(req), err.message()).await;
 }
 
 #[allow(dead_code)] // read through `Conversation::challenge`
