@@ -166,6 +166,8 @@ fn main() -> anyhow::Result<()> {
             let work: Vec<(Arc<Mutex<Instance>>, tonic::transport::Channel)> =
                 insts.iter().cloned().zip(clients).collect();
             let queue = Arc::new(std::sync::Mutex::new(work));
+            // Markers for attaching a profiler to the timed part only.
+            eprintln!("timed renewals: start");
             let t = Instant::now();
             let cpu0 = cpu_seconds();
             let srv0 = process_cpu_seconds(server_pid);
@@ -185,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             })
             .await?;
             let secs = t.elapsed().as_secs_f64();
+            eprintln!("timed renewals: end");
             let cpu = cpu_seconds() - cpu0;
             let srv = process_cpu_seconds(server_pid) - srv0;
             let rate = lats.len() as f64 / secs;
