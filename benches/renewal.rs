@@ -27,6 +27,10 @@ use sigil_proto::v1::join_server_message::Message as ServerMsg;
 use sigil_proto::v1::*;
 use tokio::sync::Mutex;
 
+/// The same allocator as the `sigil` binary (the agent side of the load).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

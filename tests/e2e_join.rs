@@ -257,3 +257,112 @@ fn unwritable_output_fails_before_any_network_call() {
     let o = agent.oneshot(&auth, Some(&token));
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn agent_config_file_joins_and_bad_config_names_file_line_and_field() {
+    let auth = Auth::start();
+    let token = auth.bot("cfg", &["cfg"]);
+    let agent = AgentDirs::new();
+    let token_file = agent.dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let cfg = agent.dir.path().join("agent.yaml");
+    let yaml = format!(
+        "version: v1\nauth_server: {}\nca_pins: [{}]\nonboarding: {{join_method: token, token_path: {}}}\nstorage: {{type: directory, path: {}}}\ncredential_ttl: 30m\nrenewal_interval: 10m\noutputs:\n  - type: identity\n    destination: {{type: directory, path: {}}}\n",
+        auth.addr(),
+        auth.pin,
+        token_file.display(),
+        agent.storage.display(),
+        agent.out.display()
+    );
+    // A typo in a field: file, line and field named; nothing contacted.
+    std::fs::write(&cfg, yaml.replace("renewal_interval", "renewal_intervall")).expect("cfg");
+    let o = std::process::Command::new(sigil_bin())
+        .args([
+            "agent",
+            "start",
+            "--oneshot",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("agent.yaml:7:"), "{}", text(&o));
+    assert!(text(&o).contains("renewal_intervall"), "{}", text(&o));
+    assert!(auth.audit("bot.join.denied").is_empty() && auth.audit("bot.join").is_empty());
+
+    std::fs::write(&cfg, &yaml).expect("cfg");
+    let o = std::process::Command::new(sigil_bin())
+        .args([
+            "agent",
+            "start",
+            "--oneshot",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", text(&o));
+    // credential_ttl from the file: 30 minutes.
+    let end = stdout(&run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-enddate",
+            "-in",
+            agent.out.join("tls.crt").to_str().unwrap(),
+        ],
+    ));
+    let start = stdout(&run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-startdate",
+            "-in",
+            agent.out.join("tls.crt").to_str().unwrap(),
+        ],
+    ));
+    let secs = |s: &str| {
+        let d = s.split('=').nth(1).expect("date").trim().to_string();
+        let o = run("date", &["-u", "-d", &d, "+%s"]);
+        stdout(&o).trim().parse::<i64>().expect("epoch")
+    };
+    // notBefore is backdated 60 s for clock skew.
+    assert_eq!(secs(&end) - secs(&start), 30 * 60 + 60, "{start} {end}");
+}
+
+#[test]
+fn auth_public_endpoints_answer_over_https() {
+    let auth = Auth::start();
+    let url = |p: &str| format!("https://127.0.0.1:{}{p}", auth.public_port);
+    for (path, want) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let o = run("curl", &["-sfk", &url(path)]);
+        assert!(
+            o.status.success() && stdout(&o).contains(want),
+            "{path}: {}",
+            text(&o)
+        );
+    }
+    let token = auth.bot("m", &["m"]);
+    assert!(
+        AgentDirs::new()
+            .oneshot(&auth, Some(&token))
+            .status
+            .success()
+    );
+    let o = run("curl", &["-sfk", &url("/metrics")]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains("sigil_joins_total"), "{}", stdout(&o));
+    let status: serde_json::Value =
+        serde_json::from_str(&auth.ok(&["status", "--format", "json"])).expect("json");
+    assert_eq!(status["ca_pin"].as_str(), Some(auth.pin.as_str()));
+    assert_eq!(
+        status["cluster_name"]
+            .as_str()
+            .or(status["cluster"].as_str()),
+        Some("example.test"),
+        "{status}"
+    );
+}

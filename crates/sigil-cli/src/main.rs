@@ -3,6 +3,12 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: the auth service allocates on every
+/// request from several threads, and glibc's arena locks showed up as futex
+/// waits and a fifth of its CPU in the renewal benchmark (benches/README.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = sigil_cli::cli::Cli::parse();
