@@ -274,34 +274,22 @@ fn agent_config_file_joins_and_bad_config_names_file_line_and_field() {
         agent.storage.display(),
         agent.out.display()
     );
+    let start_agent = |config_text: &str| {
+        std::fs::write(&cfg, config_text).expect("cfg");
+        std::process::Command::new(sigil_bin())
+            .args(["agent", "start", "--oneshot", "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("run")
+    };
     // A typo in a field: file, line and field named; nothing contacted.
-    std::fs::write(&cfg, yaml.replace("renewal_interval", "renewal_intervall")).expect("cfg");
-    let o = std::process::Command::new(sigil_bin())
-        .args([
-            "agent",
-            "start",
-            "--oneshot",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .output()
-        .expect("run");
+    let o = start_agent(&yaml.replace("renewal_interval", "renewal_intervall"));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("agent.yaml:7:"), "{}", text(&o));
     assert!(text(&o).contains("renewal_intervall"), "{}", text(&o));
     assert!(auth.audit("bot.join.denied").is_empty() && auth.audit("bot.join").is_empty());
 
-    std::fs::write(&cfg, &yaml).expect("cfg");
-    let o = std::process::Command::new(sigil_bin())
-        .args([
-            "agent",
-            "start",
-            "--oneshot",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .output()
-        .expect("run");
+    let o = start_agent(&yaml);
     assert!(o.status.success(), "{}", text(&o));
     // credential_ttl from the file: 30 minutes.
     let end = stdout(&run(
