@@ -93,7 +93,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 ready.succeeded(cred.expires);
                 metrics::counter!("sigil_agent_renewals_total", "result" => "ok").increment(1);
                 tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation,
-                    expires = %cred.expires, "credentials renewed");
+                    expires = %cred.expires, "credentials written");
                 if oneshot {
                     return Ok(());
                 }

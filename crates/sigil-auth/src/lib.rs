@@ -93,8 +93,9 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
 
     let (dns, ips) = tls::server_names(&cluster, &cfg.server_names, &[listen, public]);
-    let grpc_tls = tls::server_config(&cas.host, &cas.client, &cluster, &dns, &ips, true)?;
-    let public_tls = tls::server_config(&cas.host, &cas.client, &cluster, &dns, &ips, false)?;
+    let server_cert = Arc::new(tls::ServerCert::issue(&cas.host, &cluster, &dns, &ips)?);
+    let grpc_tls = tls::server_config(server_cert.clone(), &cas.client, true)?;
+    let public_tls = tls::server_config(server_cert.clone(), &cas.client, false)?;
 
     let state = Arc::new(state::AuthState {
         store: store.clone(),
@@ -158,12 +159,22 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     ));
     let janitor = {
         let store = store.clone();
+        let state = state.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut purge = tokio::time::interval(Duration::from_secs(30));
+            let mut refresh = tokio::time::interval(tls::SERVER_CERT_REFRESH);
+            refresh.tick().await; // the first tick is immediate; the cert is fresh
             loop {
-                tick.tick().await;
-                if let Err(e) = store.purge_expired().await {
-                    tracing::warn!(error = %e, "purging expired resources failed");
+                tokio::select! {
+                    _ = purge.tick() => {
+                        if let Err(e) = store.purge_expired().await {
+                            tracing::warn!(error = %e, "purging expired resources failed");
+                        }
+                    }
+                    _ = refresh.tick() => match server_cert.refresh(&state.cas.host) {
+                        Ok(()) => tracing::info!("auth service TLS certificate renewed"),
+                        Err(e) => tracing::error!(error = %e, "renewing the auth service TLS certificate failed"),
+                    },
                 }
             }
         })

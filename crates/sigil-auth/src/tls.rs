@@ -19,9 +19,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
-/// How long the auth service's own TLS certificate lives; it is re-issued at
-/// every start and the service refreshes it well before expiry.
+/// How long the auth service's own TLS certificate lives; it is issued at
+/// every start and replaced every [`SERVER_CERT_REFRESH`].
 pub const SERVER_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const SERVER_CERT_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// The process-wide crypto provider: aws-lc-rs, installed explicitly.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -58,31 +59,85 @@ pub fn server_names(
     (dns, ips)
 }
 
-/// Build the rustls server config for a listener with the given server
-/// certificate chain, optionally verifying client certificates.
-pub fn server_config(
+/// The auth service's own TLS certificate, issued by the host CA and
+/// replaced in place before it expires (connections pick the current one at
+/// handshake time).
+#[derive(Debug)]
+pub struct ServerCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    common_name: String,
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+impl ServerCert {
+    pub fn issue(
+        host_ca: &X509Ca,
+        cluster: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+    ) -> anyhow::Result<ServerCert> {
+        let common_name = format!("{cluster} auth");
+        let ck = certified_key(host_ca, &common_name, dns, ips)?;
+        Ok(ServerCert {
+            current: std::sync::RwLock::new(Arc::new(ck)),
+            common_name,
+            dns: dns.to_vec(),
+            ips: ips.to_vec(),
+        })
+    }
+
+    /// Issue a fresh certificate and key and start serving them.
+    pub fn refresh(&self, host_ca: &X509Ca) -> anyhow::Result<()> {
+        let ck = certified_key(host_ca, &self.common_name, &self.dns, &self.ips)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn certified_key(
     host_ca: &X509Ca,
-    client_ca: &X509Ca,
-    cluster: &str,
+    common_name: &str,
     dns: &[String],
     ips: &[IpAddr],
-    client_auth: bool,
-) -> anyhow::Result<rustls::ServerConfig> {
+) -> anyhow::Result<rustls::sign::CertifiedKey> {
     let key = TlsKeyPair::generate().context("generating the auth service TLS key")?;
     let leaf = host_ca
-        .issue_server(
-            &key.spki_der(),
-            &format!("{cluster} auth"),
-            dns,
-            ips,
-            SERVER_CERT_TTL,
-        )
+        .issue_server(&key.spki_der(), common_name, dns, ips, SERVER_CERT_TTL)
         .context("issuing the auth service TLS certificate")?;
     let chain = vec![
         CertificateDer::from(leaf.der.clone()),
         CertificateDer::from(host_ca.cert_der().to_vec()),
     ];
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+    let signer = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .context("loading the auth service TLS key")?;
+    Ok(rustls::sign::CertifiedKey::new(chain, signer))
+}
+
+/// Build the rustls server config for a listener, optionally verifying
+/// client certificates against the client CA.
+pub fn server_config(
+    cert: Arc<ServerCert>,
+    client_ca: &X509Ca,
+    client_auth: bool,
+) -> anyhow::Result<rustls::ServerConfig> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with aws-lc-rs")?;
@@ -99,9 +154,7 @@ pub fn server_config(
     } else {
         builder.with_no_client_auth()
     };
-    let mut cfg = builder
-        .with_single_cert(chain, key_der)
-        .context("installing the auth service certificate")?;
+    let mut cfg = builder.with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Resumption cannot carry a renewed client certificate, so tickets would
     // only cost a write and an encryption per handshake.

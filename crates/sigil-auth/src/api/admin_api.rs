@@ -320,20 +320,29 @@ impl AdminService for AdminApi {
             .stored
             .iter()
             .map(|c| {
-                let fp = match (&c.cert_pem, &c.ssh_public_key) {
-                    (Some(pem), _) => sigil_pki::pem_to_ders(pem, "CERTIFICATE")
-                        .ok()
-                        .and_then(|d| d.first().and_then(|d| sigil_pki::spki_pin_of_cert(d).ok()))
-                        .unwrap_or_default(),
-                    (None, Some(ssh)) => {
-                        format!("sha256:{}", sigil_pki::sha256_hex(ssh.as_bytes()))
-                    }
-                    _ => String::new(),
+                let der = c
+                    .cert_pem
+                    .as_deref()
+                    .and_then(|pem| sigil_pki::pem_to_ders(pem, "CERTIFICATE").ok())
+                    .and_then(|d| d.into_iter().next());
+                let (fingerprint, not_after_unix) = match (der, &c.ssh_public_key) {
+                    (Some(d), _) => (
+                        sigil_pki::spki_pin_of_cert(&d).unwrap_or_default(),
+                        sigil_pki::cert_info(&d)
+                            .map(|i| i.not_after.unix_timestamp())
+                            .unwrap_or_default(),
+                    ),
+                    // SSH CAs do not expire; fingerprint over the public key line.
+                    (None, Some(ssh)) => (
+                        format!("sha256:{}", sigil_pki::sha256_hex(ssh.as_bytes())),
+                        0,
+                    ),
+                    _ => (String::new(), 0),
                 };
                 CaStatus {
                     purpose: c.purpose.as_str().to_string(),
-                    fingerprint: fp,
-                    not_after_unix: 0,
+                    fingerprint,
+                    not_after_unix,
                 }
             })
             .collect();
