@@ -102,8 +102,76 @@ fn remote_admin_with_an_identity_file_obeys_role_rules() {
         "a reader created a lock:\n{}",
         text(&o)
     );
-    // Output credentials are not renewable: they cannot be used to renew.
+    // No rule grants the audit log to this role.
     assert!(!remote(&["audit", "ls"]).status.success());
+
+    // Access follows the bot's current roles, not those in its certificate.
+    auth.create(
+        "plain.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: plain}\nspec: {allow: {logins: [ops]}}\n",
+    );
+    auth.ok(&["bots", "update", "auditor", "--set-roles", "plain"]);
+    let o = remote(&["get", "roles"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "revoked role still honoured:\n{}",
+        text(&o)
+    );
+    auth.ok(&["bots", "rm", "auditor"]);
+    let o = remote(&["get", "bots"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "removed bot still has access:\n{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn token_secrets_are_never_listed_or_stored_in_locks() {
+    let auth = Auth::start();
+    let token = auth.bot("quiet", &["q"]);
+    for args in [
+        vec!["tokens", "ls", "--format", "json"],
+        vec!["get", "tokens", "-o", "yaml"],
+    ] {
+        let out = auth.ok(&args);
+        assert!(!out.contains(&token), "{args:?} revealed the token:\n{out}");
+        assert!(out.contains("sha256:"), "{out}");
+    }
+    // A lock on the token holds its hash, and still stops joins through it.
+    let lock = auth.ok(&[
+        "locks",
+        "add",
+        "--token",
+        &token,
+        "--message",
+        "leaked",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        !lock.contains(&token),
+        "the lock stored the secret:\n{lock}"
+    );
+    let o = AgentDirs::new().oneshot(&auth, Some(&token));
+    assert!(
+        !o.status.success() && text(&o).contains("join denied"),
+        "{}",
+        text(&o)
+    );
+    let all = stdout(&auth.admin(&["audit", "ls", "--format", "json"]));
+    assert!(!all.contains(&token), "the audit log holds the secret");
+    // The hash form removes the token.
+    let listed: serde_json::Value =
+        serde_json::from_str(&auth.ok(&["tokens", "ls", "--format", "json"])).expect("json");
+    let r = listed[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    auth.ok(&["tokens", "rm", &r]);
+    assert_eq!(auth.ok(&["tokens", "ls", "--format", "json"]).trim(), "[]");
 }
 
 #[test]

@@ -97,7 +97,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 if oneshot {
                     return Ok(());
                 }
-                jitter(agent.cfg.renewal_interval)
+                next_renewal(agent.cfg.renewal_interval, cred.expires)
             }
             Err(e) => {
                 metrics::counter!("sigil_agent_renewals_total", "result" => "error").increment(1);
@@ -120,9 +120,14 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     }
 }
 
-/// 90–100% of the interval, so a fleet started together spreads out.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.9..=1.0))
+/// 90–100% of the interval, so a fleet started together spreads out — but
+/// never later than half the credential's remaining life (the server may
+/// have granted less than `credential_ttl`, e.g. a role's `max_ttl`).
+fn next_renewal(interval: Duration, expires: OffsetDateTime) -> Duration {
+    let jittered = interval.mul_f64(rand::rng().random_range(0.9..=1.0));
+    let remaining = (expires - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+    let half = Duration::try_from(remaining / 2).unwrap_or(Duration::ZERO);
+    jittered.min(half).max(Duration::from_secs(1))
 }
 
 /// Exponential from 1s, capped at the renewal interval (and 5 minutes), jittered.
@@ -317,4 +322,30 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_waits_at_most_half_the_remaining_life() {
+        let soon = OffsetDateTime::now_utc() + time::Duration::minutes(10);
+        let w = next_renewal(Duration::from_secs(20 * 60), soon);
+        assert!(
+            w <= Duration::from_secs(5 * 60) && w >= Duration::from_secs(4 * 60),
+            "{w:?}"
+        );
+        let later = OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let w = next_renewal(Duration::from_secs(20 * 60), later);
+        assert!(
+            w >= Duration::from_secs(18 * 60) && w <= Duration::from_secs(20 * 60),
+            "{w:?}"
+        );
+        let past = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        assert_eq!(
+            next_renewal(Duration::from_secs(60), past),
+            Duration::from_secs(1)
+        );
+    }
 }

@@ -96,7 +96,11 @@ pub fn authorize_admin(
     match caller {
         Caller::LocalAdmin => Ok(()),
         Caller::Bot(b) => {
-            let roles = state.cache.roles(&b.0.roles).map_err(|missing| {
+            // The bot's roles now, not those baked into its certificate: a
+            // removed bot or a revoked role takes effect at once.
+            let current = crate::issuance::bot_authority(state, &b.0.bot)
+                .map_err(|e| Status::permission_denied(format!("{e}: access revoked")))?;
+            let roles = state.cache.roles(&current.roles).map_err(|missing| {
                 Status::permission_denied(format!("role {missing:?} no longer exists"))
             })?;
             if RoleSet::new(roles).allows(kind, verb) {

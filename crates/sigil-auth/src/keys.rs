@@ -22,8 +22,9 @@ pub fn role(name: &str) -> String {
 pub fn bot(name: &str) -> String {
     format!("{BOTS}{name}")
 }
-pub fn token(secret: &str) -> String {
-    format!("{TOKENS}{}", sigil_pki::sha256_hex(secret.as_bytes()))
+pub fn token(secret_or_ref: &str) -> String {
+    let r = token_ref(secret_or_ref);
+    format!("{TOKENS}{}", r.trim_start_matches("sha256:"))
 }
 pub fn lock(id: &str) -> String {
     format!("{LOCKS}{id}")
@@ -49,6 +50,16 @@ pub fn for_kind(kind: &str, name: &str) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// How a join token is referred to anywhere but its own record: locks,
+/// listings, removal. Accepts the secret or this form itself.
+pub fn token_ref(secret_or_ref: &str) -> String {
+    if secret_or_ref.starts_with("sha256:") && secret_or_ref.len() == 71 {
+        secret_or_ref.to_string()
+    } else {
+        format!("sha256:{}", sigil_pki::sha256_hex(secret_or_ref.as_bytes()))
+    }
 }
 
 /// Short, non-reversible form of a secret for logs and audit events.

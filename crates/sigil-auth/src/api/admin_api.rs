@@ -219,7 +219,8 @@ impl AdminService for AdminApi {
             "bot" => LockTarget::Bot(v),
             "bot_instance" | "bot-instance" => LockTarget::BotInstance(v),
             "role" => LockTarget::Role(v),
-            "token" => LockTarget::Token(v),
+            // Locks never hold the secret: the token's hash form.
+            "token" => LockTarget::Token(keys::token_ref(&v)),
             "spiffe_id" | "spiffe-id" => LockTarget::SpiffeId(v),
             "login" => LockTarget::Login(v),
             other => {

@@ -125,6 +125,21 @@ impl AuthService for AuthApi {
         }
         let r = req.get_ref();
         let auth = bot_authority(&self.state, &id.bot).map_err(Status::permission_denied)?;
+        // A removed instance mints nothing more, even with a valid certificate.
+        let inst_key = keys::bot_instance(&id.bot, &id.instance_id);
+        if self.state.cache.instance_item(&inst_key).is_none()
+            && self
+                .state
+                .store
+                .get(&inst_key)
+                .await
+                .map_err(|e| Status::unavailable(format!("storage: {e}")))?
+                .is_none()
+        {
+            return Err(Status::permission_denied(
+                "this bot instance was removed; rejoin with a new token",
+            ));
+        }
         let ttl = effective_ttl(r.ttl_seconds, auth.max_ttl);
         let out_id = ClientIdentity {
             renewable: false,
@@ -253,6 +268,12 @@ async fn join(
     };
     let verified = match method.verify(state, init, conv).await {
         Ok(v) => v,
+        Err(d) if d.unavailable => {
+            tracing::error!(reason = %d.reason, "join could not be checked");
+            return Err(Status::unavailable(
+                "the auth service cannot check joins right now; retry",
+            ));
+        }
         Err(d) => return Err(denied(d.reason, serde_json::json!({})).await),
     };
     let auth = match bot_authority(state, &verified.bot_name) {
@@ -273,7 +294,7 @@ async fn join(
     if let Err(e) = issuance::check_locks(
         state,
         &id,
-        &[LockTarget::Token(verified.token_name.clone())],
+        &[LockTarget::Token(keys::token_ref(&verified.token_name))],
     ) {
         return Err(denied(e.message().to_string(), verified.audit.clone()).await);
     }
@@ -335,13 +356,21 @@ async fn join(
             issuance::x509_issued_event(&id, &cert, ttl, "client"),
         ],
     };
-    if let Err(e) = state.store.commit(txn).await {
-        // Lost the race for a single-use token (or storage failed).
-        return Err(denied(
-            format!("could not consume the token: {e}"),
-            verified.audit.clone(),
-        )
-        .await);
+    match state.store.commit(txn).await {
+        Ok(_) => {}
+        // Storage trouble is not a denial: the agent should retry.
+        Err(sigil_store::StoreError::Backend(e)) => {
+            tracing::error!(error = %e, "storage failed during a join");
+            return Err(Status::unavailable("storage unavailable; retry"));
+        }
+        // Lost the race for a single-use token.
+        Err(e) => {
+            return Err(denied(
+                format!("could not consume the token: {e}"),
+                verified.audit.clone(),
+            )
+            .await);
+        }
     }
     metrics::counter!("sigil_joins_total", "result" => "ok").increment(1);
     metrics::counter!("sigil_certs_issued_total", "kind" => "x509").increment(1);

@@ -2,7 +2,7 @@
 //! each kind is keyed, what it must refer to, and how its change is audited.
 
 use sigil_store::{Item, NewAuditEvent, Op, StoreError, Txn};
-use sigil_types::{AnyResource, JoinMethodKind};
+use sigil_types::{AnyResource, JoinMethodKind, LockTarget};
 use time::OffsetDateTime;
 use tonic::Status;
 
@@ -125,6 +125,9 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
             }
         }
         AnyResource::Lock(l) => {
+            if let LockTarget::Token(t) = &l.spec.target {
+                l.spec.target = LockTarget::Token(keys::token_ref(t));
+            }
             if l.spec.created_at.is_none() {
                 l.spec.created_at = Some(OffsetDateTime::now_utc());
             }
@@ -252,7 +255,22 @@ async fn find(state: &AuthState, kind: &str, name: &str) -> Result<Item, Status>
 
 pub async fn get(state: &AuthState, kind: &str, name: &str) -> Result<String, Status> {
     let item = find(state, kind, name).await?;
-    Ok(String::from_utf8_lossy(&item.value).into_owned())
+    Ok(shown(kind, &item))
+}
+
+/// A stored resource as the API returns it. A join token's name is its
+/// secret: it is shown only once, when created; afterwards as its hash form
+/// (which `rm` and `locks add --token` accept).
+fn shown(kind: &str, item: &Item) -> String {
+    if kind == "token"
+        && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&item.value)
+        && let Some(name) = v.pointer_mut("/metadata/name")
+    {
+        let r = keys::token_ref(name.as_str().unwrap_or_default());
+        *name = serde_json::Value::String(r);
+        return v.to_string();
+    }
+    String::from_utf8_lossy(&item.value).into_owned()
 }
 
 pub async fn list(state: &AuthState, kind: &str, filter: &str) -> Result<Vec<String>, Status> {
@@ -265,10 +283,7 @@ pub async fn list(state: &AuthState, kind: &str, filter: &str) -> Result<Vec<Str
         _ => keys::bot_instances_of(filter),
     };
     let items = state.store.list(&prefix).await.map_err(store_err)?;
-    Ok(items
-        .into_iter()
-        .map(|i| String::from_utf8_lossy(&i.value).into_owned())
-        .collect())
+    Ok(items.iter().map(|i| shown(kind, i)).collect())
 }
 
 pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> Result<(), Status> {

@@ -20,12 +20,23 @@ use crate::state::AuthState;
 #[derive(Debug)]
 pub struct JoinDenied {
     pub reason: String,
+    /// The evidence could not be checked (storage, an unreachable issuer):
+    /// the client hears "unavailable" and retries, nothing is audited as a denial.
+    pub unavailable: bool,
 }
 
 impl JoinDenied {
     pub fn new(reason: impl Into<String>) -> Self {
         JoinDenied {
             reason: reason.into(),
+            unavailable: false,
+        }
+    }
+
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        JoinDenied {
+            reason: reason.into(),
+            unavailable: true,
         }
     }
 }

@@ -35,7 +35,7 @@ impl JoinMethod for TokenJoin {
             .store
             .get(&key)
             .await
-            .map_err(|e| JoinDenied::new(format!("token lookup failed: {e}")))?
+            .map_err(|e| JoinDenied::unavailable(format!("token lookup failed: {e}")))?
             .ok_or_else(|| JoinDenied::new(format!("token {hint} is unknown, used or expired")))?;
         let token: Token = serde_json::from_slice(&item.value)
             .map_err(|e| JoinDenied::new(format!("token {hint} is undecodable: {e}")))?;
