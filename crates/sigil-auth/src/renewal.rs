@@ -198,10 +198,20 @@ async fn generation_mismatch(
         "presented_generation": id.generation, "stored_generation": inst.spec.generation,
         "remote_addr": remote, "lock": lock_id,
     });
+    let denied =
+        Status::permission_denied(format!("renewal denied: {message}; bot instance locked"));
+    let value = match serde_json::to_vec(&lock) {
+        Ok(v) => v,
+        Err(e) => {
+            // Still refused; only the lock could not be recorded.
+            tracing::error!(error = %e, "encoding the generation-mismatch lock failed");
+            return denied;
+        }
+    };
     let txn = Txn {
         ops: vec![Op::Create {
             key: keys::lock(&lock_id),
-            value: serde_json::to_vec(&lock).unwrap_or_default(),
+            value,
             expires: None,
         }],
         audit: vec![
@@ -222,7 +232,7 @@ async fn generation_mismatch(
         }
         Err(e) => tracing::error!(error = %e, "failed to store the generation-mismatch lock"),
     }
-    Status::permission_denied(format!("renewal denied: {message}; bot instance locked"))
+    denied
 }
 
 async fn deny(state: &AuthState, id: &ClientIdentity, remote: &str, reason: &str) {
