@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use sigil_store::{Item, Store, WatchEvent};
+use sigil_store::{Item, Op, Store, WatchEvent};
 use sigil_types::{Bot, Lock, LockTarget, Role};
 use time::OffsetDateTime;
 use tokio::sync::broadcast::error::RecvError;
@@ -83,6 +83,37 @@ impl Cache {
     pub fn apply_put(&self, item: &Item) {
         if CACHED.iter().any(|p| item.key.starts_with(p)) {
             insert(&mut self.write(), item);
+        }
+    }
+
+    /// Apply committed ops (with the revisions `commit` returned) at once, so
+    /// this server enforces them before the watch event arrives; no re-read.
+    pub fn apply_committed(&self, ops: &[Op], revisions: &[i64]) {
+        for (op, rev) in ops.iter().zip(revisions) {
+            match op {
+                Op::Create {
+                    key,
+                    value,
+                    expires,
+                }
+                | Op::Put {
+                    key,
+                    value,
+                    expires,
+                }
+                | Op::Update {
+                    key,
+                    value,
+                    expires,
+                    ..
+                } => self.apply_put(&Item {
+                    key: key.clone(),
+                    value: value.clone(),
+                    revision: *rev,
+                    expires: *expires,
+                }),
+                Op::Delete { key, .. } => self.apply_delete(key),
+            }
         }
     }
 

@@ -120,7 +120,7 @@ pub async fn renew(
         let txn = Txn {
             ops: vec![Op::Update {
                 key: key.clone(),
-                value: value.clone(),
+                value,
                 expires: None,
                 expected_revision: Some(item.revision),
             }],
@@ -136,16 +136,10 @@ pub async fn renew(
                 issuance::x509_issued_event(&new_id, &cert, ttl, "client"),
             ],
         };
+        let ops = txn.ops.clone();
         match state.store.commit(txn).await {
             Ok(revs) => {
-                if let Some(rev) = revs.first() {
-                    state.cache.apply_put(&sigil_store::Item {
-                        key: key.clone(),
-                        value,
-                        revision: *rev,
-                        expires: None,
-                    });
-                }
+                state.cache.apply_committed(&ops, &revs);
                 metrics::counter!("sigil_renewals_total", "result" => "ok").increment(1);
                 metrics::counter!("sigil_certs_issued_total", "kind" => "x509").increment(1);
                 return Ok(Credentials {
@@ -222,12 +216,11 @@ async fn generation_mismatch(
             ),
         ],
     };
+    let ops = txn.ops.clone();
     match state.store.commit(txn).await {
-        Ok(_) => {
+        Ok(revs) => {
             // Enforce at once, before the watch event arrives.
-            if let Ok(Some(item)) = state.store.get(&keys::lock(&lock_id)).await {
-                state.cache.apply_put(&item);
-            }
+            state.cache.apply_committed(&ops, &revs);
             tracing::warn!(bot = %id.bot, instance = %id.instance_id, "generation mismatch: instance locked");
         }
         Err(e) => tracing::error!(error = %e, "failed to store the generation-mismatch lock"),

@@ -119,15 +119,11 @@ impl AdminService for AdminApi {
         let mut tok = AnyResource::Token(token.clone());
         resources::fill_defaults(&self.state, &mut tok, &actor)?;
         let (tok_op, tok_ev) = resources::ops_for(tok, false, &actor)?;
-        self.state
-            .store
-            .commit(Txn {
-                ops: vec![bot_op, tok_op],
-                audit: vec![bot_ev, tok_ev],
-            })
-            .await
-            .map_err(store_err)?;
-        resources::refresh_cache(&self.state, &keys::bot(&r.name)).await;
+        let txn = Txn {
+            ops: vec![bot_op, tok_op],
+            audit: vec![bot_ev, tok_ev],
+        };
+        resources::commit_and_apply(&self.state, txn).await?;
         Ok(Response::new(AddBotResponse {
             bot_json: serde_json::to_string(&bot).map_err(|e| Status::internal(e.to_string()))?,
             token: token.metadata.name.clone(),

@@ -197,29 +197,29 @@ pub async fn create(
     actor: &str,
 ) -> Result<String, Status> {
     let (op, ev) = create_ops(state, res, upsert, actor)?;
-    let key = match &op {
-        Op::Put { key, .. } | Op::Create { key, .. } => key.clone(),
+    let json = match &op {
+        Op::Put { value, .. } | Op::Create { value, .. } => {
+            String::from_utf8_lossy(value).into_owned()
+        }
         _ => String::new(),
     };
-    state
-        .store
-        .commit(Txn {
+    commit_and_apply(
+        state,
+        Txn {
             ops: vec![op],
             audit: vec![ev],
-        })
-        .await
-        .map_err(store_err)?;
-    refresh_cache(state, &key).await;
-    let item = state.store.get(&key).await.map_err(store_err)?;
-    item.map(|i| String::from_utf8_lossy(&i.value).into_owned())
-        .ok_or_else(|| Status::internal("the resource vanished after creation"))
+        },
+    )
+    .await?;
+    Ok(json)
 }
 
-/// Make a just-committed change visible to this server's checks at once.
-pub async fn refresh_cache(state: &AuthState, key: &str) {
-    if let Ok(Some(item)) = state.store.get(key).await {
-        state.cache.apply_put(&item);
-    }
+/// Commit, then make the change visible to this server's checks at once.
+pub async fn commit_and_apply(state: &AuthState, txn: Txn) -> Result<(), Status> {
+    let ops = txn.ops.clone();
+    let revs = state.store.commit(txn).await.map_err(store_err)?;
+    state.cache.apply_committed(&ops, &revs);
+    Ok(())
 }
 
 async fn find(state: &AuthState, kind: &str, name: &str) -> Result<Item, Status> {
