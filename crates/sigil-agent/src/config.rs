@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use sigil_types::HumanDuration;
+use sigil_types::{HumanDuration, WorkloadIdentitySelector};
 
 /// The parsed, validated configuration.
 #[derive(Clone, Debug)]
@@ -19,7 +19,46 @@ pub struct AgentConfig {
     pub renewal_interval: Duration,
     pub diag_addr: Option<String>,
     pub outputs: Vec<OutputConfig>,
+    pub services: Vec<ServiceConfig>,
 }
+
+/// A long-running service of the agent (`services:`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `unix:///path/to/socket`.
+    pub listen: String,
+    /// Which granted workload identities to serve (default: all the roles grant).
+    #[serde(default)]
+    pub selector: Option<WorkloadIdentitySelector>,
+    /// Workload attestors to run (default: all of unix, systemd, docker, podman).
+    #[serde(default)]
+    pub attestors: Option<Vec<String>>,
+}
+
+impl ServiceConfig {
+    /// The socket path of `listen`.
+    pub fn socket_path(&self) -> anyhow::Result<PathBuf> {
+        let p = self
+            .listen
+            .strip_prefix("unix://")
+            .filter(|p| p.starts_with('/'))
+            .with_context(|| {
+                format!(
+                    "listen: {:?} must be unix:///absolute/path/to/socket",
+                    self.listen
+                )
+            })?;
+        Ok(PathBuf::from(p))
+    }
+}
+
+/// The service types this agent can run.
+pub const SERVICE_TYPES: [&str; 1] = ["workload-api"];
+/// Workload attestors a `workload-api` service can run.
+pub const ATTESTORS: [&str; 4] = ["unix", "systemd", "docker", "podman"];
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +118,12 @@ pub struct OutputConfig {
     #[serde(rename = "type")]
     pub kind: String,
     pub destination: Destination,
+    /// Workload identity outputs: which identities (by name or labels).
+    #[serde(default)]
+    pub selector: Option<WorkloadIdentitySelector>,
+    /// `workload-identity-jwt`: the audiences of the JWT-SVID.
+    #[serde(default)]
+    pub audiences: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -98,10 +143,8 @@ struct FileConfig {
     diag_addr: Option<String>,
     #[serde(default)]
     outputs: Vec<OutputConfig>,
-    /// Services (e.g. the SPIFFE Workload API) arrive in a later release;
-    /// accepted empty so configs can carry the key.
     #[serde(default)]
-    services: Vec<serde_norway::Value>,
+    services: Vec<ServiceConfig>,
 }
 
 /// The flags of `sigil agent start` without a config file.
@@ -120,7 +163,11 @@ pub struct AgentFlags {
 }
 
 /// The output types this agent can write.
-pub const OUTPUT_TYPES: [&str; 1] = ["identity"];
+pub const OUTPUT_TYPES: [&str; 3] = [
+    "identity",
+    "workload-identity-x509",
+    "workload-identity-jwt",
+];
 
 impl AgentConfig {
     /// Read and validate a YAML config file.
@@ -156,12 +203,6 @@ impl AgentConfig {
                 fc.version
             );
         }
-        if !fc.services.is_empty() {
-            bail!(
-                "{}: services: no service types are available in this version",
-                at("services")
-            );
-        }
         if fc.storage.kind != "directory" {
             bail!(
                 "{}: storage.type: {:?} is not supported; use `directory`",
@@ -184,9 +225,14 @@ impl AgentConfig {
                 .unwrap_or(sigil_types::DEFAULT_RENEWAL_INTERVAL),
             diag_addr: fc.diag_addr,
             outputs: fc.outputs,
+            services: fc.services,
         };
-        cfg.validate()
-            .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        cfg.validate().map_err(|e| {
+            // Name the line of the section the failing field is in.
+            let msg = e.to_string();
+            let section = msg.split(['[', '.', ':']).next().unwrap_or_default();
+            anyhow::anyhow!("{}: {msg}", at(section))
+        })?;
         Ok(cfg)
     }
 
@@ -212,6 +258,8 @@ impl AgentConfig {
                         kind: "directory".into(),
                         path: PathBuf::from(path),
                     },
+                    selector: None,
+                    audiences: Vec::new(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -236,6 +284,7 @@ impl AgentConfig {
             )?,
             diag_addr: f.diag_addr,
             outputs,
+            services: Vec::new(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -294,6 +343,56 @@ impl AgentConfig {
                     "outputs[{i}].destination.type: {:?} is not supported; use `directory`",
                     o.destination.kind
                 );
+            }
+            let workload = o.kind.starts_with("workload-identity-");
+            match (&o.selector, workload) {
+                (None, true) => bail!(
+                    "outputs[{i}].selector: required for {}, e.g. {{name: payments}} or {{labels: {{env: prod}}}}",
+                    o.kind
+                ),
+                (Some(_), false) => {
+                    bail!("outputs[{i}].selector: only workload identity outputs take a selector")
+                }
+                (Some(s), true) => s
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("outputs[{i}].selector: {e}"))?,
+                (None, false) => {}
+            }
+            match (o.kind.as_str(), o.audiences.is_empty()) {
+                ("workload-identity-jwt", true) => {
+                    bail!("outputs[{i}].audiences: give at least one audience for the JWT-SVID")
+                }
+                ("workload-identity-jwt", false) => {}
+                (_, false) => {
+                    bail!("outputs[{i}].audiences: only workload-identity-jwt takes audiences")
+                }
+                _ => {}
+            }
+            if o.audiences.iter().any(|a| a.trim().is_empty()) {
+                bail!("outputs[{i}].audiences: audiences may not be empty strings");
+            }
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if !SERVICE_TYPES.contains(&s.kind.as_str()) {
+                bail!(
+                    "services[{i}].type: {:?} is not a known service type ({})",
+                    s.kind,
+                    SERVICE_TYPES.join(", ")
+                );
+            }
+            s.socket_path()
+                .map_err(|e| anyhow::anyhow!("services[{i}].{e}"))?;
+            if let Some(sel) = &s.selector {
+                sel.validate()
+                    .map_err(|e| anyhow::anyhow!("services[{i}].selector: {e}"))?;
+            }
+            for a in s.attestors.iter().flatten() {
+                if !ATTESTORS.contains(&a.as_str()) {
+                    bail!(
+                        "services[{i}].attestors: {a:?} is not a known attestor ({})",
+                        ATTESTORS.join(", ")
+                    );
+                }
             }
         }
         Ok(())

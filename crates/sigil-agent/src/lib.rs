@@ -9,7 +9,9 @@ mod fsutil;
 mod identity_file;
 mod join;
 mod output;
+mod spiffe;
 mod storage;
+pub mod workload;
 
 use std::time::Duration;
 
@@ -61,11 +63,32 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     let outputs = cfg
         .outputs
         .iter()
+        .filter(|o| o.kind == "identity")
         .map(output::from_config)
         .collect::<anyhow::Result<Vec<_>>>()?;
     for o in &outputs {
         o.destination().check_writable()?;
     }
+    let mut svid_outputs = Vec::new();
+    for o in &cfg.outputs {
+        if let Some(s) = spiffe::outputs::SvidOutput::from_config(o)? {
+            s.destination().check_writable()?;
+            svid_outputs.push(std::sync::Arc::new(s));
+        }
+    }
+    // Bind the Workload API sockets now: a bad path fails before any join.
+    let mut sockets = Vec::new();
+    if !oneshot {
+        for s in &cfg.services {
+            let path = s.socket_path()?;
+            let listener = spiffe::server::bind(&path)?;
+            sockets.push((s.clone(), path, listener));
+        }
+    } else if !cfg.services.is_empty() {
+        tracing::warn!("--oneshot: services are not started");
+    }
+    let (client_tx, client_rx) = tokio::sync::watch::channel(None);
+    let mut workload: Option<WorkloadTasks> = None;
     let storage = Storage::new(&cfg.storage);
     if storage.load()?.is_none() {
         join::prover(&cfg.onboarding)?;
@@ -94,8 +117,25 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 metrics::counter!("sigil_agent_renewals_total", "result" => "ok").increment(1);
                 tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation,
                     expires = %cred.expires, "credentials written");
+                if !svid_outputs.is_empty() || !sockets.is_empty() {
+                    client_tx.send_replace(Some(agent.client(&cred)?));
+                }
                 if oneshot {
+                    if !svid_outputs.is_empty() {
+                        let rt = spiffe::Runtime::new(cred.cluster.clone(), client_rx.clone());
+                        for o in &svid_outputs {
+                            o.write_once(&rt).await?;
+                        }
+                    }
                     return Ok(());
+                }
+                if workload.is_none() && (!svid_outputs.is_empty() || !sockets.is_empty()) {
+                    workload = Some(WorkloadTasks::start(
+                        &cred.cluster,
+                        client_rx.clone(),
+                        std::mem::take(&mut svid_outputs),
+                        std::mem::take(&mut sockets),
+                    ));
                 }
                 next_renewal(agent.cfg.renewal_interval, cred.expires)
             }
@@ -116,6 +156,53 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
             _ = hup.recv() => tracing::info!("SIGHUP: renewing now"),
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// The workload identity side, started after the first successful join.
+struct WorkloadTasks {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WorkloadTasks {
+    fn start(
+        trust_domain: &str,
+        client: tokio::sync::watch::Receiver<Option<AuthServiceClient<tonic::transport::Channel>>>,
+        outputs: Vec<std::sync::Arc<spiffe::outputs::SvidOutput>>,
+        sockets: Vec<(
+            config::ServiceConfig,
+            std::path::PathBuf,
+            tokio::net::UnixListener,
+        )>,
+    ) -> WorkloadTasks {
+        let rt = spiffe::Runtime::new(trust_domain.to_string(), client);
+        let mut tasks = rt.start();
+        for o in outputs {
+            tasks.push(tokio::spawn(o.run(rt.clone())));
+        }
+        for (svc, path, listener) in sockets {
+            let api = spiffe::api::WorkloadApi {
+                rt: rt.clone(),
+                selector: svc.selector.clone(),
+                attestors: std::sync::Arc::new(spiffe::server::attestor_set(
+                    svc.attestors.as_deref(),
+                )),
+            };
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = spiffe::server::serve(path, listener, api).await {
+                    tracing::error!(error = %format!("{e:#}"), "the Workload API stopped");
+                }
+            }));
+        }
+        WorkloadTasks { tasks }
+    }
+}
+
+impl Drop for WorkloadTasks {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }

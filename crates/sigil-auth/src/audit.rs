@@ -18,6 +18,8 @@ pub const LOCK_DELETED: &str = "lock.deleted";
 pub const RESOURCE_CREATED: &str = "resource.created";
 pub const RESOURCE_UPDATED: &str = "resource.updated";
 pub const RESOURCE_DELETED: &str = "resource.deleted";
+pub const WORKLOAD_IDENTITY_ISSUED: &str = "workload_identity.issued";
+pub const WORKLOAD_IDENTITY_DENIED: &str = "workload_identity.denied";
 
 /// Build an event stamped now.
 pub fn event(event_type: &str, fields: serde_json::Value) -> NewAuditEvent {

@@ -1,5 +1,5 @@
 //! An in-memory copy of the hot resource kinds (roles, bots, locks, bot
-//! instances), kept current from the store's watch stream so that per-request
+//! instances, workload identities, X.509-SVID revocations), kept current from the store's watch stream so that per-request
 //! checks (locks, role evaluation) and renewals never wait on the database.
 //! Bot instances are kept as raw items with their revision: a renewal's
 //! compare-and-swap on that revision catches a stale copy, and then reads
@@ -9,13 +9,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use sigil_store::{Item, Op, Store, WatchEvent};
-use sigil_types::{Bot, Lock, LockTarget, Role};
+use sigil_types::{Bot, Lock, LockTarget, Role, WorkloadIdentity, WorkloadIdentityX509Revocation};
 use time::OffsetDateTime;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::keys;
 
-const CACHED: [&str; 4] = [keys::ROLES, keys::BOTS, keys::LOCKS, keys::BOT_INSTANCES];
+const CACHED: [&str; 6] = [
+    keys::ROLES,
+    keys::BOTS,
+    keys::LOCKS,
+    keys::BOT_INSTANCES,
+    keys::WORKLOAD_IDENTITIES,
+    keys::REVOCATIONS,
+];
 
 #[derive(Default)]
 struct Snapshot {
@@ -24,12 +31,51 @@ struct Snapshot {
     locks: BTreeMap<String, Lock>,
     /// Raw bot instance items by store key.
     instances: HashMap<String, Item>,
+    workload_identities: BTreeMap<String, WorkloadIdentity>,
+    revocations: BTreeMap<String, WorkloadIdentityX509Revocation>,
+}
+
+/// What changed, for followers of [`Cache::subscribe`]. Each counter moves
+/// when its kinds change; followers compare and recompute what they derive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Revisions {
+    /// Roles, bots and workload identities (what a bot may be issued).
+    pub policy: u64,
+    /// Locks.
+    pub locks: u64,
+    /// X.509-SVID revocations.
+    pub revocations: u64,
 }
 
 /// The watch-fed cache. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Cache {
     inner: Arc<RwLock<Snapshot>>,
+    changes: Arc<tokio::sync::watch::Sender<Revisions>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        // Start the policy counter at a per-process random value: agents compare
+        // it for equality, so a restarted server must not repeat an old value.
+        let start = Revisions {
+            policy: u64::from(rand_u32()) << 16,
+            ..Revisions::default()
+        };
+        Cache {
+            inner: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::channel(start).0),
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // aws-lc's RNG; on failure fall back to the clock (uniqueness, not secrecy).
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return OffsetDateTime::now_utc().nanosecond();
+    }
+    u32::from_le_bytes(b)
 }
 
 impl Cache {
@@ -68,7 +114,33 @@ impl Cache {
             insert(&mut snap, item);
         }
         *self.write() = snap;
+        self.changes.send_modify(|r| {
+            r.policy += 1;
+            r.locks += 1;
+            r.revocations += 1;
+        });
         Ok(())
+    }
+
+    /// Follow changes to the cached policy, locks and revocations.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Revisions> {
+        self.changes.subscribe()
+    }
+
+    /// Bump the counter of the kind stored under `key`.
+    fn notify(&self, key: &str) {
+        if key.starts_with(keys::BOT_INSTANCES) {
+            return;
+        }
+        self.changes.send_modify(|r| {
+            if key.starts_with(keys::LOCKS) {
+                r.locks += 1;
+            } else if key.starts_with(keys::REVOCATIONS) {
+                r.revocations += 1;
+            } else {
+                r.policy += 1;
+            }
+        });
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
@@ -83,6 +155,7 @@ impl Cache {
     pub fn apply_put(&self, item: &Item) {
         if CACHED.iter().any(|p| item.key.starts_with(p)) {
             insert(&mut self.write(), item);
+            self.notify(&item.key);
         }
     }
 
@@ -118,8 +191,17 @@ impl Cache {
     }
 
     pub fn apply_delete(&self, key: &str) {
+        self.delete_entry(key);
+        self.notify(key);
+    }
+
+    fn delete_entry(&self, key: &str) {
         let mut s = self.write();
-        if let Some(n) = key.strip_prefix(keys::ROLES) {
+        if let Some(n) = key.strip_prefix(keys::WORKLOAD_IDENTITIES) {
+            s.workload_identities.remove(n);
+        } else if let Some(n) = key.strip_prefix(keys::REVOCATIONS) {
+            s.revocations.remove(n);
+        } else if let Some(n) = key.strip_prefix(keys::ROLES) {
             s.roles.remove(n);
         } else if let Some(n) = key.strip_prefix(keys::BOTS) {
             s.bots.remove(n);
@@ -134,6 +216,18 @@ impl Cache {
     /// its revision detects that).
     pub fn instance_item(&self, key: &str) -> Option<Item> {
         self.read().instances.get(key).cloned()
+    }
+
+    /// Every workload identity, by name.
+    pub fn workload_identities(&self) -> Vec<WorkloadIdentity> {
+        self.read().workload_identities.values().cloned().collect()
+    }
+    pub fn workload_identity(&self, name: &str) -> Option<WorkloadIdentity> {
+        self.read().workload_identities.get(name).cloned()
+    }
+    /// Every X.509-SVID revocation, by serial.
+    pub fn revocations(&self) -> Vec<WorkloadIdentityX509Revocation> {
+        self.read().revocations.values().cloned().collect()
     }
 
     pub fn bot(&self, name: &str) -> Option<Bot> {
@@ -187,7 +281,15 @@ fn insert(s: &mut Snapshot, item: &Item) {
         }
         return;
     }
-    let parsed = if let Some(n) = item.key.strip_prefix(keys::ROLES) {
+    let parsed = if let Some(n) = item.key.strip_prefix(keys::WORKLOAD_IDENTITIES) {
+        serde_json::from_slice(&item.value).map(|w| {
+            s.workload_identities.insert(n.to_string(), w);
+        })
+    } else if let Some(n) = item.key.strip_prefix(keys::REVOCATIONS) {
+        serde_json::from_slice(&item.value).map(|r| {
+            s.revocations.insert(n.to_string(), r);
+        })
+    } else if let Some(n) = item.key.strip_prefix(keys::ROLES) {
         serde_json::from_slice(&item.value).map(|r| {
             s.roles.insert(n.to_string(), r);
         })

@@ -24,8 +24,12 @@ pub struct Cas {
     pub client: X509Ca,
     pub ssh_user: SshCa,
     pub ssh_host: SshCa,
+    /// Issues X.509-SVIDs and signs the SVID CRL; the trust domain's X.509 authority.
+    pub spiffe: X509Ca,
+    /// Signs JWT-SVIDs; its public key is the trust domain's JWT authority.
+    pub jwt: X509Ca,
     /// Every stored CA, including those whose issuers arrive with later
-    /// capabilities (db-client, spiffe, jwt): created up front so the
+    /// capabilities (db-client): created up front so the
     /// cluster's trust roots never change under running agents.
     pub stored: Vec<StoredCa>,
     /// [`Cas::agent_bundle_pem`], encoded once.
@@ -98,6 +102,8 @@ pub async fn load_or_create(
         bundle_pem,
         ssh_user: ssh(CaPurpose::SshUser)?,
         ssh_host: ssh(CaPurpose::SshHost)?,
+        spiffe: x509(CaPurpose::Spiffe)?,
+        jwt: x509(CaPurpose::Jwt)?,
         stored,
     };
     Ok((name, cas))

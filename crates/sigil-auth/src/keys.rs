@@ -15,6 +15,8 @@ pub const BOTS: &str = "/bots/";
 pub const TOKENS: &str = "/tokens/";
 pub const LOCKS: &str = "/locks/";
 pub const BOT_INSTANCES: &str = "/bot_instances/";
+pub const WORKLOAD_IDENTITIES: &str = "/workload_identities/";
+pub const REVOCATIONS: &str = "/workload_identity_x509_revocations/";
 
 pub fn role(name: &str) -> String {
     format!("{ROLES}{name}")
@@ -32,6 +34,12 @@ pub fn lock(id: &str) -> String {
 pub fn bot_instance(bot: &str, id: &str) -> String {
     format!("{BOT_INSTANCES}{bot}/{id}")
 }
+pub fn workload_identity(name: &str) -> String {
+    format!("{WORKLOAD_IDENTITIES}{name}")
+}
+pub fn revocation(serial_hex: &str) -> String {
+    format!("{REVOCATIONS}{serial_hex}")
+}
 pub fn bot_instances_of(bot: &str) -> String {
     format!("{BOT_INSTANCES}{bot}/")
 }
@@ -43,6 +51,8 @@ pub fn for_kind(kind: &str, name: &str) -> Option<String> {
         "bot" => bot(name),
         "token" => token(name),
         "lock" => lock(name),
+        "workload_identity" => workload_identity(name),
+        "workload_identity_x509_revocation" => revocation(name),
         "bot_instance" => {
             // bot_instance names are "<bot>/<id>" or just "<id>" (looked up by scan).
             let (b, id) = name.split_once('/')?;

@@ -17,6 +17,8 @@ mod public_http;
 mod renewal;
 mod state;
 mod tls;
+mod trust;
+mod workload;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -44,6 +46,9 @@ pub struct AuthConfig {
     pub cluster_name: Option<String>,
     /// Extra DNS names / IPs for the server certificate.
     pub server_names: Vec<String>,
+    /// The public HTTPS base URL (`https://host[:port]`): the JWT-SVID issuer
+    /// and OIDC discovery address. Default `https://<public listen address>`.
+    pub public_url: Option<String>,
 }
 
 /// File names inside the data dir.
@@ -97,7 +102,15 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     let grpc_tls = tls::server_config(server_cert.clone(), &cas.client, true)?;
     let public_tls = tls::server_config(server_cert.clone(), &cas.client, false)?;
 
+    let jwt_issuer = match &cfg.public_url {
+        Some(u) => check_public_url(u)?,
+        None => format!("https://{public}"),
+    };
+    let trust = trust::Trust::new(&cas, &cache.revocations())
+        .context("building the SPIFFE trust bundle and CRL")?;
     let state = Arc::new(state::AuthState {
+        trust,
+        jwt_issuer,
         store: store.clone(),
         cluster: cluster.clone(),
         cas,
@@ -157,6 +170,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         metrics,
         stop.clone(),
     ));
+    let trust_follower = tokio::spawn(follow_trust(state.clone()));
     let janitor = {
         let store = store.clone();
         let state = state.clone();
@@ -183,11 +197,55 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     let _ = stop.wait_for(|s| *s).await;
     tracing::info!("shutting down");
     janitor.abort();
+    trust_follower.abort();
     let _ = grpc.await;
     let _ = admin.await;
     let _ = public_srv.await;
     let _ = std::fs::remove_file(&sock_path);
     Ok(())
+}
+
+/// Re-sign the CRL when revocations change, and periodically before it expires.
+async fn follow_trust(state: state::SharedState) {
+    let mut changes = state.cache.subscribe();
+    let mut resign = tokio::time::interval(trust::CRL_RESIGN_EVERY);
+    resign.tick().await; // the first tick is immediate; the CRL is fresh
+    let mut seen = changes.borrow_and_update().revocations;
+    loop {
+        let force = tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() { return; }
+                let now = changes.borrow_and_update().revocations;
+                if now == seen { continue; }
+                seen = now;
+                false
+            }
+            _ = resign.tick() => true,
+        };
+        match state
+            .trust
+            .refresh(&state.cas, &state.cache.revocations(), force)
+        {
+            Ok(true) => {
+                tracing::info!(sequence = state.trust.current().sequence, "SVID CRL signed")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "signing the SVID CRL failed"),
+        }
+    }
+}
+
+/// `--public-url` must be an https URL with a host and no path, query or fragment
+/// (OIDC issuers are compared as strings by relying parties).
+fn check_public_url(u: &str) -> anyhow::Result<String> {
+    let trimmed = u.trim_end_matches('/');
+    let rest = trimmed.strip_prefix("https://").with_context(|| {
+        format!("--public-url {u:?} must start with https:// (OIDC issuers are HTTPS URLs)")
+    })?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        anyhow::bail!("--public-url {u:?} must be https://HOST[:PORT] with no path, query or user");
+    }
+    Ok(trimmed.to_string())
 }
 
 pub(crate) async fn wait(mut stop: watch::Receiver<bool>) {

@@ -1,5 +1,6 @@
-//! Public HTTPS (no client certificate): health, readiness and Prometheus
-//! metrics. SPIFFE bundle and OIDC discovery endpoints join here.
+//! Public HTTPS (no client certificate): health, readiness, Prometheus
+//! metrics, the SPIFFE bundle endpoint (`https_web` profile) and OIDC
+//! discovery + JWKS, so cloud providers can trust JWT-SVIDs by federation.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -41,6 +42,12 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/.well-known/spiffe-bundle", get(spiffe_bundle))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/jwks.json", get(jwks))
         .with_state(Http { state, metrics });
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     loop {
@@ -65,6 +72,42 @@ pub async fn serve(
                 .await;
         });
     }
+}
+
+type Json = ([(axum::http::HeaderName, &'static str); 2], String);
+
+fn json(body: String) -> Json {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            // Relying parties poll these; a short cache keeps rotations quick.
+            (axum::http::header::CACHE_CONTROL, "max-age=60"),
+        ],
+        body,
+    )
+}
+
+async fn spiffe_bundle(State(h): State<Http>) -> Json {
+    json(h.state.trust.current().spiffe_bundle_json.clone())
+}
+
+async fn jwks(State(h): State<Http>) -> Json {
+    json(h.state.trust.current().jwks_json.clone())
+}
+
+async fn openid_configuration(State(h): State<Http>) -> Json {
+    let issuer = &h.state.jwt_issuer;
+    json(
+        serde_json::json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/jwks.json"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "claims_supported": ["sub", "aud", "exp", "iat", "iss"],
+        })
+        .to_string(),
+    )
 }
 
 async fn readyz(State(h): State<Http>) -> (StatusCode, &'static str) {

@@ -8,6 +8,7 @@ use sigil_store::Store;
 use crate::cache::Cache;
 use crate::cluster::Cas;
 use crate::join::JoinRegistry;
+use crate::trust::Trust;
 
 /// Everything the API handlers share.
 pub struct AuthState {
@@ -15,6 +16,10 @@ pub struct AuthState {
     pub cluster: String,
     pub cas: Cas,
     pub cache: Cache,
+    /// SPIFFE bundle, JWKS and SVID CRL.
+    pub trust: Trust,
+    /// `iss` of JWT-SVIDs and the OIDC discovery issuer.
+    pub jwt_issuer: String,
     pub joins: JoinRegistry,
     /// What `bots add` prints as the address to join (the control-plane listener).
     pub advertise_addr: String,

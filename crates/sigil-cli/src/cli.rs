@@ -24,7 +24,9 @@ Exit codes:
   1  other error (internal error, audit log broken, unexpected failure)
   2  bad input: usage error, invalid file or flag, unknown kind, resource
      not found or already exists, failed precondition
-  3  permission denied or not authenticated
+  3  permission denied or not authenticated; `workload-identity issue`: the
+     identity was not issued; `workload-identity test`: the workload would be
+     denied or the identity's template fails
   4  auth service unavailable (not running, unreachable, socket missing)";
 
 /// The `sigil` command line.
@@ -89,12 +91,15 @@ pub enum Command {
     /// Manage join tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// Manage locks (cut a bot, instance, role, token or login off at once).
+    /// Manage locks (cut a bot, instance, role, token, login or SPIFFE ID off at once).
     #[command(subcommand)]
     Locks(LocksCommand),
     /// Query and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// SPIFFE workload identities: mint SVIDs for testing, explain rules, revoke X.509-SVIDs.
+    #[command(subcommand)]
+    WorkloadIdentity(WorkloadIdentityCommand),
     /// Show the cluster name, CA pin, CAs and resource counts.
     Status(StatusArgs),
 }
@@ -142,6 +147,11 @@ pub struct AuthStartArgs {
     /// Extra DNS names or IPs for the auth service's TLS certificate (repeatable).
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_names: Vec<String>,
+    /// Public HTTPS base URL (https://HOST[:PORT]) as relying parties reach it:
+    /// the JWT-SVID issuer (`iss`) and the OIDC discovery address.
+    /// Default: https://<--public-listen>.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 /// `sigil agent ...`
@@ -205,7 +215,8 @@ pub struct CreateArgs {
 /// `sigil get KIND[/NAME] [NAME]`
 #[derive(Args, Debug, Clone)]
 pub struct GetArgs {
-    /// Kind (`roles`, `bots`, `tokens`, `locks`, `bot_instances`, singular too) or KIND/NAME.
+    /// Kind (`roles`, `bots`, `tokens`, `locks`, `bot_instances`, `workload_identities`,
+    /// `workload_identity_x509_revocations` alias `revocations`, singular too) or KIND/NAME.
     pub target: String,
     /// Name, as an alternative to KIND/NAME.
     pub name: Option<String>,
@@ -439,4 +450,94 @@ pub struct StatusArgs {
     /// Output format.
     #[command(flatten)]
     pub format: FormatArg,
+}
+
+/// `sigil workload-identity ...`
+#[derive(Subcommand, Debug)]
+pub enum WorkloadIdentityCommand {
+    /// Mint an X.509-SVID (and optionally a JWT-SVID) for testing and write it into a
+    /// directory. Exit 3 (and nothing written) if the identity is not issued.
+    Issue(WorkloadIdentityIssueArgs),
+    /// Explain whether a workload with these attributes would get the identity, and
+    /// which SPIFFE ID.
+    ///
+    /// Exit codes: 0 allowed; 3 denied by the rules or the identity's template fails
+    /// (missing or invalid attribute); 2 bad input or unknown identity.
+    Test(WorkloadIdentityTestArgs),
+    /// Revoked X.509-SVIDs, by serial: listed in the CRL and no longer served by agents.
+    #[command(subcommand)]
+    Revocations(RevocationsCommand),
+}
+
+/// `sigil workload-identity issue`
+#[derive(Args, Debug, Clone)]
+pub struct WorkloadIdentityIssueArgs {
+    /// Workload identity name.
+    pub name: String,
+    /// Directory for svid.pem, svid.key, bundle.pem, svid-crl.pem (if anything is
+    /// revoked) and jwt_svid (with --jwt-audience); created mode 0700 if missing.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Attribute for the identity's templates and rules, KEY=VALUE, e.g.
+    /// `workload.unix.uid=1000` (repeatable).
+    #[arg(long = "attr", value_name = "KEY=VALUE")]
+    pub attrs: Vec<String>,
+    /// Lifetime of the SVIDs (X.509 and JWT), e.g. `1h` (the identity's or the server
+    /// default if unset).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Also mint a JWT-SVID for this audience (repeatable; one token for all).
+    #[arg(long = "jwt-audience", value_name = "AUD")]
+    pub jwt_audiences: Vec<String>,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `sigil workload-identity test`
+#[derive(Args, Debug, Clone)]
+pub struct WorkloadIdentityTestArgs {
+    /// Workload identity name.
+    pub name: String,
+    /// Attribute of the workload, KEY=VALUE, e.g. `workload.unix.uid=1000` (repeatable).
+    #[arg(long = "attr", value_name = "KEY=VALUE", required = true)]
+    pub attrs: Vec<String>,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `sigil workload-identity revocations ...`
+#[derive(Subcommand, Debug)]
+pub enum RevocationsCommand {
+    /// Revoke an X.509-SVID by its serial number.
+    Add(RevocationsAddArgs),
+    /// List revoked serials.
+    #[command(alias = "list")]
+    Ls(FormatArg),
+    /// Remove a revocation (the serial is trusted again).
+    #[command(alias = "remove")]
+    Rm(SerialArg),
+}
+
+/// `sigil workload-identity revocations add`
+#[derive(Args, Debug, Clone)]
+pub struct RevocationsAddArgs {
+    /// Serial number in hex as `openssl x509 -noout -serial -in svid.pem` prints it;
+    /// colons, `0x`, upper case and leading zeros are fine.
+    #[arg(long, value_name = "HEX")]
+    pub serial: String,
+    /// Why it is revoked (one line, at most 256 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// A certificate serial number.
+#[derive(Args, Debug, Clone)]
+pub struct SerialArg {
+    /// Serial number in hex (colons, `0x`, upper case and leading zeros are fine).
+    pub serial: String,
 }

@@ -68,6 +68,24 @@ fn auth_start() {
     assert_eq!(a.public_listen.port(), 3080);
     assert_eq!(a.cluster_name.as_deref(), Some("example.test"));
     assert_eq!(a.server_names, ["a.example.test", "10.0.0.1"]);
+    assert_eq!(a.public_url, None);
+    let c = parse(&[
+        "auth",
+        "start",
+        "--listen",
+        "127.0.0.1:3025",
+        "--public-listen",
+        "127.0.0.1:3080",
+        "--public-url",
+        "https://auth.example.test:8443",
+    ]);
+    let Command::Auth(AuthCommand::Start(a)) = c.command else {
+        panic!("{:?}", c.command)
+    };
+    assert_eq!(
+        a.public_url.as_deref(),
+        Some("https://auth.example.test:8443")
+    );
     fails(&[
         "auth",
         "start",
@@ -399,6 +417,161 @@ fn status() {
         panic!()
     };
     assert_eq!(s.format.format, Format::Json);
+}
+
+#[test]
+fn workload_identity_issue() {
+    let Command::WorkloadIdentity(WorkloadIdentityCommand::Issue(a)) = parse(&[
+        "workload-identity",
+        "issue",
+        "payments",
+        "--out",
+        "/tmp/svid",
+        "--attr",
+        "workload.unix.uid=1000",
+        "--attr",
+        "workload.unix.gid=1000",
+        "--ttl",
+        "1h",
+        "--jwt-audience",
+        "aud1",
+        "--jwt-audience",
+        "aud2",
+        "--format",
+        "json",
+    ])
+    .command
+    else {
+        panic!()
+    };
+    assert_eq!(a.name, "payments");
+    assert_eq!(a.out, PathBuf::from("/tmp/svid"));
+    assert_eq!(
+        a.attrs,
+        ["workload.unix.uid=1000", "workload.unix.gid=1000"]
+    );
+    assert_eq!(a.ttl.as_deref(), Some("1h"));
+    assert_eq!(a.jwt_audiences, ["aud1", "aud2"]);
+    assert_eq!(a.format.format, Format::Json);
+
+    let Command::WorkloadIdentity(WorkloadIdentityCommand::Issue(a)) =
+        parse(&["workload-identity", "issue", "p", "--out", "d"]).command
+    else {
+        panic!()
+    };
+    assert!(a.attrs.is_empty() && a.jwt_audiences.is_empty() && a.ttl.is_none());
+    assert_eq!(a.format.format, Format::Text);
+    fails(&["workload-identity", "issue", "p"]);
+    fails(&["workload-identity", "issue", "--out", "d"]);
+    fails(&[
+        "workload-identity",
+        "issue",
+        "p",
+        "--out",
+        "d",
+        "--format",
+        "yaml",
+    ]);
+}
+
+#[test]
+fn workload_identity_test() {
+    let Command::WorkloadIdentity(WorkloadIdentityCommand::Test(a)) = parse(&[
+        "workload-identity",
+        "test",
+        "payments",
+        "--attr",
+        "workload.unix.uid=1000",
+        "--attr",
+        "bot.name=ci",
+        "-o",
+        "json",
+    ])
+    .command
+    else {
+        panic!()
+    };
+    assert_eq!(a.name, "payments");
+    assert_eq!(a.attrs, ["workload.unix.uid=1000", "bot.name=ci"]);
+    assert_eq!(a.format.format, Format::Json);
+    let e = fails(&["workload-identity", "test", "payments"]);
+    assert_eq!(e.exit_code(), 2);
+    fails(&["workload-identity", "test", "--attr", "a.b=c"]);
+}
+
+#[test]
+fn workload_identity_revocations() {
+    let Command::WorkloadIdentity(WorkloadIdentityCommand::Revocations(RevocationsCommand::Add(a))) =
+        parse(&[
+            "workload-identity",
+            "revocations",
+            "add",
+            "--serial",
+            "01:A2:FF",
+            "--reason",
+            "key leaked",
+            "--format",
+            "json",
+        ])
+        .command
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (a.serial.as_str(), a.reason.as_str(), a.format.format),
+        ("01:A2:FF", "key leaked", Format::Json)
+    );
+    fails(&["workload-identity", "revocations", "add", "--serial", "1f"]);
+    fails(&["workload-identity", "revocations", "add", "--reason", "x"]);
+
+    for ls in ["ls", "list"] {
+        let Command::WorkloadIdentity(WorkloadIdentityCommand::Revocations(
+            RevocationsCommand::Ls(f),
+        )) = parse(&["workload-identity", "revocations", ls, "--format", "json"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(f.format, Format::Json);
+    }
+    for rm in ["rm", "remove"] {
+        let Command::WorkloadIdentity(WorkloadIdentityCommand::Revocations(
+            RevocationsCommand::Rm(s),
+        )) = parse(&["workload-identity", "revocations", rm, "0x1F"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(s.serial, "0x1F");
+    }
+    fails(&["workload-identity", "revocations", "rm"]);
+}
+
+#[test]
+fn get_workload_identity_kinds() {
+    for target in [
+        "workload_identities",
+        "workload_identity/payments",
+        "workload_identity_x509_revocations",
+        "revocations",
+    ] {
+        let Command::Get(a) = parse(&["get", target]).command else {
+            panic!()
+        };
+        assert_eq!(a.target, target);
+    }
+}
+
+#[test]
+fn help_documents_workload_identity_test_exit_codes() {
+    let help = Cli::command().render_long_help().to_string();
+    assert!(help.contains("workload-identity test"), "{help}");
+    let mut cmd = Cli::command();
+    let test = cmd
+        .find_subcommand_mut("workload-identity")
+        .unwrap()
+        .find_subcommand_mut("test")
+        .unwrap();
+    let help = test.render_long_help().to_string();
+    assert!(help.contains("0 allowed; 3 denied"), "{help}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod cli;
 pub mod error;
+pub mod files;
 pub mod output;
 pub mod servers;
 
@@ -42,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(cmd) => admin::tokens::run(g, cmd).await,
         Command::Locks(cmd) => admin::locks::run(g, cmd).await,
         Command::Audit(cmd) => admin::audit::run(g, cmd).await,
+        Command::WorkloadIdentity(cmd) => admin::workload_identity::run(g, cmd).await,
         Command::Status(args) => admin::status::run(g, args).await,
     }
 }

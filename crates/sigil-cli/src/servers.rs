@@ -25,6 +25,7 @@ pub fn auth_config(
         public_listen: args.public_listen,
         cluster_name: args.cluster_name.clone(),
         server_names: args.server_names.clone(),
+        public_url: args.public_url.clone(),
     })
 }
 
@@ -157,6 +158,7 @@ mod tests {
             public_listen: "127.0.0.1:2".parse().unwrap(),
             cluster_name: Some("example.test".into()),
             server_names: vec!["auth.example.test".into()],
+            public_url: Some("https://auth.example.test".into()),
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)

@@ -116,4 +116,10 @@ pub enum PkiError {
     /// Failure inside rcgen while building the CA certificate.
     #[error("building the CA certificate failed: {0}")]
     CertificateBuild(String),
+    /// Failure while building or signing a certificate revocation list.
+    #[error("building the CRL failed: {0}")]
+    CrlBuild(String),
+    /// A JWT-SVID failed validation (or its claims could not be encoded).
+    #[error("JWT-SVID rejected: {0}")]
+    InvalidJwt(String),
 }

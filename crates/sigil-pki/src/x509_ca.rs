@@ -28,8 +28,8 @@ const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 const OID_SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
 const OID_AUTHORITY_KEY_ID: &[u8] = &[0x55, 0x1d, 0x23];
-const OID_KP_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-const OID_KP_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+pub(crate) const OID_KP_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+pub(crate) const OID_KP_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 /// AlgorithmIdentifier ecdsa-with-SHA256 (no parameters, RFC 5758).
 const ALG_ECDSA_SHA256: &[u8] = &[
     0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
@@ -53,15 +53,15 @@ pub struct IssuedCert {
 /// An X.509 CA loaded and ready to issue. Everything a leaf copies from the CA (issuer
 /// name, AuthorityKeyIdentifier, signature algorithm) is pre-encoded once at load.
 pub struct X509Ca {
-    purpose: CaPurpose,
-    cluster: String,
-    cert_der: Vec<u8>,
-    key: Arc<dyn CaSigningKey>,
+    pub(crate) purpose: CaPurpose,
+    pub(crate) cluster: String,
+    pub(crate) cert_der: Vec<u8>,
+    pub(crate) key: Arc<dyn CaSigningKey>,
     issuer_name_der: Vec<u8>,
     akid_ext_der: Vec<u8>,
     sig_alg_der: &'static [u8],
     spki_pin: String,
-    not_after: OffsetDateTime,
+    pub(crate) not_after: OffsetDateTime,
 }
 
 impl std::fmt::Debug for X509Ca {
@@ -76,10 +76,10 @@ impl std::fmt::Debug for X509Ca {
 }
 
 /// Adapts a [`CaSigningKey`] to rcgen so the CA certificate is signed by the key manager.
-struct RcgenKey<'a> {
-    key: &'a dyn CaSigningKey,
-    raw: Vec<u8>,
-    alg: &'static rcgen::SignatureAlgorithm,
+pub(crate) struct RcgenKey<'a> {
+    pub(crate) key: &'a dyn CaSigningKey,
+    pub(crate) raw: Vec<u8>,
+    pub(crate) alg: &'static rcgen::SignatureAlgorithm,
 }
 
 impl rcgen::PublicKeyData for RcgenKey<'_> {
@@ -345,7 +345,7 @@ impl X509Ca {
     }
 
     /// Build, sign and encode one end-entity certificate.
-    fn issue_leaf(
+    pub(crate) fn issue_leaf(
         &self,
         spki: &[u8],
         common_name: &str,
@@ -455,7 +455,7 @@ fn extension(out: &mut Vec<u8>, oid: &[u8], critical: bool, value_der: &[u8]) {
     });
 }
 
-fn sha256_raw(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256_raw(data: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -510,7 +510,7 @@ fn check_uri_safe(field: &'static str, value: &str) -> Result<()> {
     }
 }
 
-fn check_dns_name(name: &str) -> Result<()> {
+pub(crate) fn check_dns_name(name: &str) -> Result<()> {
     let body = name.strip_prefix("*.").unwrap_or(name);
     let ok = !body.is_empty()
         && name.len() <= 253

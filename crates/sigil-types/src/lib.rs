@@ -10,9 +10,11 @@ pub mod lock;
 pub mod parse;
 pub mod rbac;
 pub mod resource;
+pub mod revocation;
 pub mod role;
 pub mod spiffe;
 pub mod token;
+pub mod workload_identity;
 
 pub use bot::BotSpec;
 pub use bot_instance::{Authentication, BotInstanceSpec, HISTORY_CAP, Heartbeat};
@@ -22,13 +24,20 @@ pub use parse::{ParseError, parse_resources};
 pub use rbac::{LabelField, RoleSet, glob_match};
 pub use resource::{
     AnyResource, Bot, BotInstance, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION, Resource,
-    Role, Token, ValidationError, validate_envelope, validate_name,
+    Role, Token, ValidationError, WorkloadIdentity, WorkloadIdentityX509Revocation,
+    validate_envelope, validate_name,
 };
+pub use revocation::{WorkloadIdentityX509RevocationSpec, normalize_serial_hex};
 pub use role::{
     AdminRule, KNOWN_VERBS, RULE_RESOURCES, RoleConditions, RoleOptions, RoleSpec, validate_login,
 };
 pub use spiffe::{SpiffeId, SpiffeIdError, validate_path_segment, validate_trust_domain};
 pub use token::{JoinMethodKind, TokenSpec};
+pub use workload_identity::{
+    Attributes, Condition, JwtSvidOptions, RenderedIdentity, RuleDecision, RuleEntry,
+    SpiffeTemplate, TemplateError, WorkloadIdentitySelector, WorkloadIdentitySpec, WorkloadRules,
+    X509SvidOptions,
+};
 
 /// Default lifetime of a join token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);

@@ -6,8 +6,10 @@ use crate::bot::BotSpec;
 use crate::bot_instance::BotInstanceSpec;
 use crate::lock::LockSpec;
 use crate::resource::{AnyResource, KNOWN_KINDS, Kind, Resource, ValidationError};
+use crate::revocation::WorkloadIdentityX509RevocationSpec;
 use crate::role::RoleSpec;
 use crate::token::TokenSpec;
+use crate::workload_identity::WorkloadIdentitySpec;
 use serde::de::DeserializeOwned;
 use std::fmt;
 
@@ -212,6 +214,13 @@ fn parse_doc(doc: &Doc<'_>, source: &str) -> Result<AnyResource, ParseError> {
         k if k == LockSpec::KIND => typed::<LockSpec>(doc, source).map(AnyResource::Lock),
         k if k == BotInstanceSpec::KIND => {
             typed::<BotInstanceSpec>(doc, source).map(AnyResource::BotInstance)
+        }
+        k if k == WorkloadIdentitySpec::KIND => {
+            typed::<WorkloadIdentitySpec>(doc, source).map(AnyResource::WorkloadIdentity)
+        }
+        k if k == WorkloadIdentityX509RevocationSpec::KIND => {
+            typed::<WorkloadIdentityX509RevocationSpec>(doc, source)
+                .map(AnyResource::WorkloadIdentityX509Revocation)
         }
         other => Err(doc.error(
             source,

@@ -130,7 +130,11 @@ impl RoleSet {
 /// One selector entry against a label set. Key `*` means "any label": with
 /// value `*` it matches everything (even no labels), otherwise any label value
 /// matching one of the patterns.
-fn entry_matches(key: &str, patterns: &[String], labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn entry_matches(
+    key: &str,
+    patterns: &[String],
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let value_ok = |v: &String| patterns.iter().any(|p| glob_match(p, v));
     if key == "*" {
         patterns.iter().any(|p| p == "*") || labels.values().any(value_ok)

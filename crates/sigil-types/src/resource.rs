@@ -4,8 +4,10 @@
 use crate::bot::BotSpec;
 use crate::bot_instance::BotInstanceSpec;
 use crate::lock::LockSpec;
+use crate::revocation::WorkloadIdentityX509RevocationSpec;
 use crate::role::RoleSpec;
 use crate::token::TokenSpec;
+use crate::workload_identity::WorkloadIdentitySpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -199,6 +201,10 @@ pub type Token = Resource<TokenSpec>;
 pub type Lock = Resource<LockSpec>;
 /// One agent installation (server-written).
 pub type BotInstance = Resource<BotInstanceSpec>;
+/// A SPIFFE workload identity template with its rules.
+pub type WorkloadIdentity = Resource<WorkloadIdentitySpec>;
+/// A revoked X.509-SVID, named by its serial (lowercase hex).
+pub type WorkloadIdentityX509Revocation = Resource<WorkloadIdentityX509RevocationSpec>;
 
 /// Kind names `parse_resources` understands.
 pub const KNOWN_KINDS: &[&str] = &[
@@ -207,6 +213,8 @@ pub const KNOWN_KINDS: &[&str] = &[
     TokenSpec::KIND,
     LockSpec::KIND,
     BotInstanceSpec::KIND,
+    WorkloadIdentitySpec::KIND,
+    WorkloadIdentityX509RevocationSpec::KIND,
 ];
 
 /// Any resource, for code that handles several kinds (`sigil create -f`).
@@ -223,6 +231,10 @@ pub enum AnyResource {
     Lock(Lock),
     /// A bot instance.
     BotInstance(BotInstance),
+    /// A workload identity.
+    WorkloadIdentity(WorkloadIdentity),
+    /// A revoked workload identity X.509-SVID.
+    WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation),
 }
 
 impl AnyResource {
@@ -234,6 +246,10 @@ impl AnyResource {
             AnyResource::Token(_) => TokenSpec::KIND,
             AnyResource::Lock(_) => LockSpec::KIND,
             AnyResource::BotInstance(_) => BotInstanceSpec::KIND,
+            AnyResource::WorkloadIdentity(_) => WorkloadIdentitySpec::KIND,
+            AnyResource::WorkloadIdentityX509Revocation(_) => {
+                WorkloadIdentityX509RevocationSpec::KIND
+            }
         }
     }
 
@@ -250,6 +266,8 @@ impl AnyResource {
             AnyResource::Token(r) => &r.metadata,
             AnyResource::Lock(r) => &r.metadata,
             AnyResource::BotInstance(r) => &r.metadata,
+            AnyResource::WorkloadIdentity(r) => &r.metadata,
+            AnyResource::WorkloadIdentityX509Revocation(r) => &r.metadata,
         }
     }
 
@@ -261,6 +279,8 @@ impl AnyResource {
             AnyResource::Token(r) => r.validate(),
             AnyResource::Lock(r) => r.validate(),
             AnyResource::BotInstance(r) => r.validate(),
+            AnyResource::WorkloadIdentity(r) => r.validate(),
+            AnyResource::WorkloadIdentityX509Revocation(r) => r.validate(),
         }
     }
 
@@ -285,7 +305,9 @@ any_from!(
     Bot(Bot),
     Token(Token),
     Lock(Lock),
-    BotInstance(BotInstance)
+    BotInstance(BotInstance),
+    WorkloadIdentity(WorkloadIdentity),
+    WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation)
 );
 
 #[cfg(test)]

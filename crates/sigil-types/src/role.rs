@@ -19,6 +19,7 @@ pub const RULE_RESOURCES: &[&str] = &[
     "lock",
     "bot_instance",
     "workload_identity",
+    "workload_identity_x509_revocation",
     "cert_authority",
     "audit_event",
 ];
@@ -107,7 +108,7 @@ pub struct RoleOptions {
 }
 
 /// Deserializes a label map whose values are either one string or a list.
-fn de_label_map<'de, D: Deserializer<'de>>(
+pub(crate) fn de_label_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
     struct OneOrMany(Vec<String>);

@@ -37,4 +37,16 @@ impl Destination for DirectoryDestination {
         };
         fsutil::write_atomic(&self.path.join(name), data, mode)
     }
+
+    fn remove(&self, name: &str) -> anyhow::Result<()> {
+        if name.contains('/') || name.starts_with('.') {
+            anyhow::bail!("invalid artifact name {name:?}");
+        }
+        let p = self.path.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("removing {}: {e}", p.display())),
+        }
+    }
 }

@@ -13,6 +13,8 @@ pub trait Destination: Send + Sync {
     fn check_writable(&self) -> anyhow::Result<()>;
     /// Write one artifact atomically; `secret` artifacts are owner-only.
     fn write(&self, name: &str, data: &[u8], secret: bool) -> anyhow::Result<()>;
+    /// Remove an artifact that no longer applies; absent is fine.
+    fn remove(&self, name: &str) -> anyhow::Result<()>;
 }
 
 pub fn from_config(d: &config::Destination) -> anyhow::Result<Box<dyn Destination>> {

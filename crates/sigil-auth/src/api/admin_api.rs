@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::resources::{self, store_err};
+use super::workload_admin;
 use crate::authz::{self, Caller};
 use crate::keys;
 use crate::state::SharedState;
@@ -356,6 +357,28 @@ impl AdminService for AdminApi {
             public_listen: s.public_addr.clone(),
             data_dir: s.data_dir.display().to_string(),
         }))
+    }
+
+    async fn issue_workload_identity(
+        &self,
+        req: Request<AdminIssueWorkloadIdentityRequest>,
+    ) -> Result<Response<IssueWorkloadIdentitiesResponse>, Status> {
+        // Minting is as strong as creating an identity: it needs `create`.
+        let caller = self.authorize(&req, "workload_identity", "create")?;
+        let resp =
+            workload_admin::issue(&self.state, req.into_inner(), authz::actor(&caller)).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn test_workload_identity(
+        &self,
+        req: Request<TestWorkloadIdentityRequest>,
+    ) -> Result<Response<TestWorkloadIdentityResponse>, Status> {
+        self.authorize(&req, "workload_identity", "read")?;
+        Ok(Response::new(workload_admin::test(
+            &self.state,
+            req.into_inner(),
+        )?))
     }
 }
 

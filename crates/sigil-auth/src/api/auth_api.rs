@@ -9,11 +9,15 @@ use sigil_proto::v1::auth_service_server::AuthService;
 use sigil_proto::v1::join_client_message::Message as ClientMsg;
 use sigil_proto::v1::join_server_message::Message as ServerMsg;
 use sigil_proto::v1::{
-    Credentials, IdentityCredentials, IssueIdentityRequest, JoinChallenge, JoinClientMessage,
-    JoinInit, JoinServerMessage, PingRequest, PingResponse, RenewRequest,
+    Credentials, IdentityCredentials, IssueIdentityRequest, IssueWorkloadIdentitiesRequest,
+    IssueWorkloadIdentitiesResponse, JoinChallenge, JoinClientMessage, JoinInit, JoinServerMessage,
+    PingRequest, PingResponse, RenewRequest, WatchWorkloadStateRequest, WorkloadState,
 };
 use sigil_store::{Op, Txn};
-use sigil_types::{Authentication, BotInstance, BotInstanceSpec, LockTarget, Metadata};
+use sigil_types::{
+    Authentication, BotInstance, BotInstanceSpec, LockTarget, Metadata, RoleSet,
+    WorkloadIdentitySelector,
+};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +30,7 @@ use crate::join::{Conversation, JoinDenied};
 use crate::keys;
 use crate::renewal;
 use crate::state::SharedState;
+use crate::workload;
 
 pub struct AuthApi {
     pub state: SharedState,
@@ -109,37 +114,9 @@ impl AuthService for AuthApi {
         &self,
         req: Request<IssueIdentityRequest>,
     ) -> Result<Response<IdentityCredentials>, Status> {
-        let caller = match authz::caller(&self.state, &req)? {
-            Caller::Bot(b) => b,
-            Caller::LocalAdmin => {
-                return Err(Status::permission_denied(
-                    "use `sigil` verbs on the admin socket",
-                ));
-            }
-        };
-        let (id, _) = caller.as_ref();
-        if !id.renewable {
-            return Err(Status::permission_denied(
-                "output credentials cannot request further credentials",
-            ));
-        }
+        let id = &agent_identity(&self.state, &req).await?;
         let r = req.get_ref();
         let auth = bot_authority(&self.state, &id.bot).map_err(Status::permission_denied)?;
-        // A removed instance mints nothing more, even with a valid certificate.
-        let inst_key = keys::bot_instance(&id.bot, &id.instance_id);
-        if self.state.cache.instance_item(&inst_key).is_none()
-            && self
-                .state
-                .store
-                .get(&inst_key)
-                .await
-                .map_err(|e| Status::unavailable(format!("storage: {e}")))?
-                .is_none()
-        {
-            return Err(Status::permission_denied(
-                "this bot instance was removed; rejoin with a new token",
-            ));
-        }
         let ttl = effective_ttl(r.ttl_seconds, auth.max_ttl);
         let out_id = ClientIdentity {
             renewable: false,
@@ -192,6 +169,110 @@ impl AuthService for AuthApi {
             ssh_user_ca: cas.ssh_user.public_key_openssh(),
         }))
     }
+
+    async fn issue_workload_identities(
+        &self,
+        req: Request<IssueWorkloadIdentitiesRequest>,
+    ) -> Result<Response<IssueWorkloadIdentitiesResponse>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        let auth = bot_authority(&self.state, &id.bot).map_err(Status::permission_denied)?;
+        let roles = self
+            .state
+            .cache
+            .roles(&auth.roles)
+            .map_err(|r| Status::permission_denied(format!("role {r:?} no longer exists")))?;
+        let r = req.into_inner();
+        let mut attrs =
+            workload::check_workload_attributes(&r.workload_attributes, &["workload."])?;
+        attrs.extend(workload::bot_attributes(&self.state, &id));
+        let selector = selector_from_proto(r.selector)?;
+        let mut candidates = workload::granted_identities(&self.state, &RoleSet::new(roles));
+        if let Some(sel) = &selector {
+            candidates.retain(|w| sel.matches(&w.metadata.name, &w.metadata.labels));
+        }
+        let resp = workload::issue(
+            &self.state,
+            workload::IssueRequest {
+                candidates,
+                attrs,
+                x509_spki: &r.x509_public_key_spki,
+                jwt_audiences: &r.jwt_audiences,
+                x509_ttl_secs: r.x509_ttl_seconds,
+                jwt_ttl_secs: r.jwt_ttl_seconds,
+                only_spiffe_id: &r.spiffe_id,
+                max_ttl: auth.max_ttl,
+                actor: format!("bot:{}/{}", id.bot, id.instance_id),
+            },
+        )
+        .await?;
+        Ok(Response::new(resp))
+    }
+
+    type WatchWorkloadStateStream = ReceiverStream<Result<WorkloadState, Status>>;
+
+    async fn watch_workload_state(
+        &self,
+        req: Request<WatchWorkloadStateRequest>,
+    ) -> Result<Response<Self::WatchWorkloadStateStream>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(workload::watch::run(self.state.clone(), id, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The agent's own (renewable) identity behind a call that mints credentials.
+/// Output credentials cannot mint more, and a removed instance mints nothing,
+/// even with a certificate that has not expired yet.
+async fn agent_identity<T>(
+    state: &SharedState,
+    req: &Request<T>,
+) -> Result<ClientIdentity, Status> {
+    let caller = match authz::caller(state, req)? {
+        Caller::Bot(b) => b,
+        Caller::LocalAdmin => {
+            return Err(Status::permission_denied(
+                "use `sigil` verbs on the admin socket",
+            ));
+        }
+    };
+    let (id, _) = *caller;
+    if !id.renewable {
+        return Err(Status::permission_denied(
+            "output credentials cannot request further credentials",
+        ));
+    }
+    let inst_key = keys::bot_instance(&id.bot, &id.instance_id);
+    if state.cache.instance_item(&inst_key).is_none()
+        && state
+            .store
+            .get(&inst_key)
+            .await
+            .map_err(|e| Status::unavailable(format!("storage: {e}")))?
+            .is_none()
+    {
+        return Err(Status::permission_denied(
+            "this bot instance was removed; rejoin with a new token",
+        ));
+    }
+    Ok(id)
+}
+
+/// A selector from the wire; an empty one selects every granted identity.
+fn selector_from_proto(
+    s: Option<sigil_proto::v1::WorkloadIdentitySelector>,
+) -> Result<Option<WorkloadIdentitySelector>, Status> {
+    let Some(s) = s else { return Ok(None) };
+    if s.name.is_empty() && s.labels.is_empty() {
+        return Ok(None);
+    }
+    let sel = WorkloadIdentitySelector {
+        name: (!s.name.is_empty()).then_some(s.name),
+        labels: s.labels.into_iter().map(|(k, v)| (k, v.values)).collect(),
+    };
+    sel.validate()
+        .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?;
+    Ok(Some(sel))
 }
 
 /// Audit a refused mTLS call when the refusal is a lock (the interesting case).

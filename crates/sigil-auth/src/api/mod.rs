@@ -2,3 +2,4 @@
 pub mod admin_api;
 pub mod auth_api;
 pub mod resources;
+pub mod workload_admin;

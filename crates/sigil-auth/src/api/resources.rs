@@ -11,11 +11,27 @@ use crate::keys;
 use crate::state::AuthState;
 
 /// The resource kinds the admin API knows, singular.
-pub const KINDS: [&str; 5] = ["role", "bot", "token", "lock", "bot_instance"];
+pub const KINDS: [&str; 7] = [
+    "role",
+    "bot",
+    "token",
+    "lock",
+    "bot_instance",
+    "workload_identity",
+    "workload_identity_x509_revocation",
+];
 
 pub fn normalize_kind(kind: &str) -> Result<&'static str, Status> {
     let k = kind.trim().to_ascii_lowercase().replace('-', "_");
-    let k = k.strip_suffix('s').unwrap_or(&k);
+    let k = match k.strip_suffix("ies") {
+        Some(stem) => format!("{stem}y"),
+        None => k.strip_suffix('s').unwrap_or(&k).to_string(),
+    };
+    let k = if k == "revocation" || k == "workload_identity_revocation" {
+        "workload_identity_x509_revocation"
+    } else {
+        &k
+    };
     KINDS
         .iter()
         .find(|known| **known == k)
@@ -46,6 +62,8 @@ fn redact(e: &StoreError) -> String {
         (keys::TOKENS, "token sha256:"),
         (keys::LOCKS, "lock "),
         (keys::BOT_INSTANCES, "bot instance "),
+        (keys::WORKLOAD_IDENTITIES, "workload identity "),
+        (keys::REVOCATIONS, "revocation of serial "),
     ] {
         if s.contains(prefix) {
             return s.replacen(prefix, kind, 1);
@@ -61,6 +79,8 @@ fn key_of(res: &AnyResource) -> String {
         AnyResource::Token(t) => keys::token(&t.metadata.name),
         AnyResource::Lock(l) => keys::lock(&l.metadata.name),
         AnyResource::BotInstance(i) => keys::bot_instance(&i.spec.bot_name, &i.metadata.name),
+        AnyResource::WorkloadIdentity(w) => keys::workload_identity(&w.metadata.name),
+        AnyResource::WorkloadIdentityX509Revocation(r) => keys::revocation(&r.metadata.name),
     }
 }
 
@@ -135,7 +155,23 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
                 l.spec.created_by = actor.to_string();
             }
         }
-        AnyResource::Role(_) => {}
+        AnyResource::WorkloadIdentity(w) => {
+            // Render the template once with placeholder values so a template
+            // that can never form a SPIFFE ID in this trust domain is refused now.
+            let probe: sigil_types::Attributes = w
+                .spec
+                .referenced_attributes()
+                .into_iter()
+                .map(|a| (a, "x".to_string()))
+                .collect();
+            if let Err(e) = w.spec.render(&state.cluster, &probe) {
+                return Err(Status::invalid_argument(format!(
+                    "workload identity {:?}: spec.spiffe: {e}",
+                    w.metadata.name
+                )));
+            }
+        }
+        AnyResource::Role(_) | AnyResource::WorkloadIdentityX509Revocation(_) => {}
     }
     Ok(())
 }
@@ -279,6 +315,8 @@ pub async fn list(state: &AuthState, kind: &str, filter: &str) -> Result<Vec<Str
         "bot" => keys::BOTS.to_string(),
         "token" => keys::TOKENS.to_string(),
         "lock" => keys::LOCKS.to_string(),
+        "workload_identity" => keys::WORKLOAD_IDENTITIES.to_string(),
+        "workload_identity_x509_revocation" => keys::REVOCATIONS.to_string(),
         _ if filter.is_empty() => keys::BOT_INSTANCES.to_string(),
         _ => keys::bot_instances_of(filter),
     };

@@ -9,6 +9,7 @@ pub mod render;
 pub mod resources;
 pub mod status;
 pub mod tokens;
+pub mod workload_identity;
 
 use crate::error::CliError;
 use std::time::Duration;

@@ -16,6 +16,8 @@ pub fn kind_table(kind: ResourceKind, items: &[Value]) -> String {
         ResourceKind::Token => tokens_table(items),
         ResourceKind::Lock => locks_table(items),
         ResourceKind::BotInstance => instances_table(items),
+        ResourceKind::WorkloadIdentity => workload_identities_table(items),
+        ResourceKind::WorkloadIdentityX509Revocation => revocations_table(items),
     }
 }
 
@@ -173,6 +175,58 @@ fn last_seen(v: &Value) -> String {
         .unwrap_or_else(|| "-".to_string())
 }
 
+/// NAME, SPIFFE ID TEMPLATE, LABELS, RULES (how many allow and deny entries).
+pub fn workload_identities_table(items: &[Value]) -> String {
+    let rows = items
+        .iter()
+        .map(|v| {
+            vec![
+                str_at(v, "/metadata/name"),
+                str_at(v, "/spec/spiffe/id"),
+                labels(v),
+                rule_counts(v),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SPIFFE ID TEMPLATE", "LABELS", "RULES"], rows)
+}
+
+/// `k=v,k2=v2` of the metadata labels, or `-`.
+fn labels(v: &Value) -> String {
+    match v.pointer("/metadata/labels") {
+        Some(Value::Object(map)) if !map.is_empty() => map
+            .iter()
+            .map(|(k, val)| format!("{k}={}", crate::output::scalar(val)))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "-".to_string(),
+    }
+}
+
+/// `2 allow, 1 deny`; `allow all` when there are no rules (every workload gets it).
+fn rule_counts(v: &Value) -> String {
+    let count = |p: &str| v.pointer(p).and_then(Value::as_array).map_or(0, Vec::len);
+    match (count("/spec/rules/allow"), count("/spec/rules/deny")) {
+        (0, 0) => "allow all".to_string(),
+        (allow, deny) => format!("{allow} allow, {deny} deny"),
+    }
+}
+
+/// SERIAL, REVOKED, REASON.
+pub fn revocations_table(items: &[Value]) -> String {
+    let rows = items
+        .iter()
+        .map(|v| {
+            vec![
+                str_at(v, "/metadata/name"),
+                time_at(v, "/spec/revoked_at"),
+                str_at(v, "/spec/reason"),
+            ]
+        })
+        .collect();
+    table(&["SERIAL", "REVOKED", "REASON"], rows)
+}
+
 /// An RFC 3339 time at a pointer shortened to seconds, or `-`.
 fn time_at(v: &Value, pointer: &str) -> String {
     match str_at(v, pointer) {
@@ -257,5 +311,53 @@ mod tests {
             out.contains("dev") && out.contains("root") && out.contains("1h"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn workload_identities_table_columns() {
+        let wi = json!({"kind":"workload_identity","metadata":{"name":"payments","labels":{"env":"prod","team":"pay"}},
+            "spec":{"spiffe":{"id":"/svc/payments/{{ workload.unix.uid }}"},
+                    "rules":{"allow":[{"conditions":[]},{"conditions":[]}],"deny":[{"conditions":[]}]}}});
+        let open = json!({"metadata":{"name":"open"},"spec":{"spiffe":{"id":"/svc/open"}}});
+        let out = kind_table(ResourceKind::WorkloadIdentity, &[wi, open]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        let header = lines[0];
+        let cols = ["NAME", "SPIFFE ID TEMPLATE", "LABELS", "RULES"];
+        let pos: Vec<usize> = cols.iter().map(|c| header.find(c).unwrap()).collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "{out}");
+        let row = lines[1];
+        assert_eq!(row.find("payments"), Some(0), "{out}");
+        assert_eq!(
+            row.find("/svc/payments/{{ workload.unix.uid }}"),
+            Some(pos[1]),
+            "{out}"
+        );
+        assert_eq!(row.find("env=prod,team=pay"), Some(pos[2]), "{out}");
+        assert_eq!(row.find("2 allow, 1 deny"), Some(pos[3]), "{out}");
+        let row = lines[2];
+        assert!(row.starts_with("open"), "{out}");
+        assert_eq!(row.find("allow all"), Some(pos[3]), "{out}");
+        assert_eq!(row.find('-'), Some(pos[2]), "{out}");
+    }
+
+    #[test]
+    fn revocations_table_columns() {
+        let r = json!({"kind":"workload_identity_x509_revocation","metadata":{"name":"01a2ff"},
+            "spec":{"reason":"key leaked","revoked_at":"2030-01-01T00:00:00.123Z"}});
+        let out = kind_table(ResourceKind::WorkloadIdentityX509Revocation, &[r]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let header = lines[0];
+        let revoked = header.find("REVOKED").unwrap();
+        let reason = header.find("REASON").unwrap();
+        assert!(header.starts_with("SERIAL") && revoked < reason, "{out}");
+        assert!(lines[1].starts_with("01a2ff"), "{out}");
+        assert_eq!(
+            lines[1].find("2030-01-01T00:00:00Z"),
+            Some(revoked),
+            "{out}"
+        );
+        assert_eq!(lines[1].find("key leaked"), Some(reason), "{out}");
     }
 }

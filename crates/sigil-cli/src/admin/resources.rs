@@ -24,16 +24,22 @@ pub enum ResourceKind {
     Lock,
     /// `bot_instance`
     BotInstance,
+    /// `workload_identity`
+    WorkloadIdentity,
+    /// `workload_identity_x509_revocation` (named by certificate serial)
+    WorkloadIdentityX509Revocation,
 }
 
 impl ResourceKind {
     /// Every kind, in help order.
-    pub const ALL: [ResourceKind; 5] = [
+    pub const ALL: [ResourceKind; 7] = [
         ResourceKind::Role,
         ResourceKind::Bot,
         ResourceKind::Token,
         ResourceKind::Lock,
         ResourceKind::BotInstance,
+        ResourceKind::WorkloadIdentity,
+        ResourceKind::WorkloadIdentityX509Revocation,
     ];
 
     /// The singular API name (`ResourceRef.kind`).
@@ -44,23 +50,48 @@ impl ResourceKind {
             ResourceKind::Token => "token",
             ResourceKind::Lock => "lock",
             ResourceKind::BotInstance => "bot_instance",
+            ResourceKind::WorkloadIdentity => "workload_identity",
+            ResourceKind::WorkloadIdentityX509Revocation => "workload_identity_x509_revocation",
         }
     }
 
-    /// Parses a kind: singular or plural, any case, `-` or `_` (`bot-instances`).
+    /// The plural form (`sigil get workload_identities`).
+    pub fn plural(self) -> String {
+        match self.as_str().strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{}s", self.as_str()),
+        }
+    }
+
+    /// Parses a kind: singular or plural, any case, `-` or `_` (`bot-instances`);
+    /// `revocation(s)` is short for `workload_identity_x509_revocation`.
     pub fn parse(s: &str) -> Result<ResourceKind, CliError> {
         let norm = s.trim().to_ascii_lowercase().replace('-', "_");
-        let singular = norm.strip_suffix('s').unwrap_or(&norm);
+        if norm == "revocation" || norm == "revocations" {
+            return Ok(ResourceKind::WorkloadIdentityX509Revocation);
+        }
         ResourceKind::ALL
             .into_iter()
-            .find(|k| k.as_str() == singular || k.as_str() == norm)
+            .find(|k| k.as_str() == norm || k.plural() == norm)
             .ok_or_else(|| {
                 let known: Vec<&str> = ResourceKind::ALL.iter().map(|k| k.as_str()).collect();
                 CliError::usage(format!(
-                    "unknown resource kind {s:?}: known kinds are {} (plural forms work too)",
+                    "unknown resource kind {s:?}: known kinds are {} (plural forms work too; \
+                     `revocations` is short for workload_identity_x509_revocations)",
                     known.join(", ")
                 ))
             })
+    }
+
+    /// The stored form of a name typed by a person: revocations are named by the
+    /// serial in normalised hex, so `01:A2:FF` finds `01a2ff`.
+    pub fn normalize_name(self, name: &str) -> Result<String, CliError> {
+        match self {
+            ResourceKind::WorkloadIdentityX509Revocation => {
+                super::workload_identity::parse_serial(name)
+            }
+            _ => Ok(name.to_string()),
+        }
     }
 
     /// How a resource of this kind is named in messages: token names are secrets,
@@ -194,7 +225,7 @@ pub async fn list(
 /// Prints a list for `ls` verbs: a table, or a JSON array.
 pub fn print_list(kind: ResourceKind, items: &[Value], format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Text if items.is_empty() => eprintln!("no {}s", kind.as_str()),
+        Format::Text if items.is_empty() => eprintln!("no {}", kind.plural()),
         Format::Text => output::out(&kind_table(kind, items))?,
         Format::Json => output::out(&output::json(&Value::Array(items.to_vec()))?)?,
     }
@@ -204,6 +235,7 @@ pub fn print_list(kind: ResourceKind, items: &[Value], format: Format) -> anyhow
 /// `sigil get KIND[/NAME]`
 pub async fn get(global: &GlobalArgs, args: &GetArgs) -> anyhow::Result<()> {
     let (kind, name) = parse_target(&args.target, args.name.as_deref())?;
+    let name = name.map(|n| kind.normalize_name(&n)).transpose()?;
     let mut client = connect(global).await?;
     match name {
         Some(name) => {
@@ -237,6 +269,7 @@ pub async fn rm(global: &GlobalArgs, args: &RmArgs) -> anyhow::Result<()> {
     let name = name.ok_or_else(|| {
         CliError::usage(format!("which {0}? use `sigil rm {0}/NAME`", kind.as_str()))
     })?;
+    let name = kind.normalize_name(&name)?;
     delete(global, kind, &name).await
 }
 
@@ -277,6 +310,20 @@ mod tests {
             ("bot_instances", ResourceKind::BotInstance),
             ("bot-instances", ResourceKind::BotInstance),
             ("bot-instance", ResourceKind::BotInstance),
+            ("workload_identity", ResourceKind::WorkloadIdentity),
+            ("workload_identities", ResourceKind::WorkloadIdentity),
+            ("workload-identities", ResourceKind::WorkloadIdentity),
+            ("Workload_Identities", ResourceKind::WorkloadIdentity),
+            (
+                "workload_identity_x509_revocation",
+                ResourceKind::WorkloadIdentityX509Revocation,
+            ),
+            (
+                "workload_identity_x509_revocations",
+                ResourceKind::WorkloadIdentityX509Revocation,
+            ),
+            ("revocations", ResourceKind::WorkloadIdentityX509Revocation),
+            ("revocation", ResourceKind::WorkloadIdentityX509Revocation),
         ];
         for (s, want) in cases {
             assert_eq!(ResourceKind::parse(s), Ok(want), "{s}");
@@ -287,11 +334,65 @@ mod tests {
     fn unknown_kind_lists_known_ones() {
         let err = ResourceKind::parse("robots").unwrap_err();
         assert_eq!(err.failure, Failure::Usage);
-        for k in ["role", "bot", "token", "lock", "bot_instance"] {
+        for k in [
+            "role",
+            "bot",
+            "token",
+            "lock",
+            "bot_instance",
+            "workload_identity",
+            "workload_identity_x509_revocation",
+        ] {
             assert!(err.message.contains(k), "{}", err.message);
         }
         assert!(ResourceKind::parse("s").is_err());
         assert!(ResourceKind::parse("").is_err());
+        // Only the real plural: `workload_identitys` is not a kind.
+        assert!(ResourceKind::parse("workload_identitys").is_err());
+        assert!(ResourceKind::parse("workload_identitie").is_err());
+    }
+
+    #[test]
+    fn plurals_and_api_names() {
+        let want = [
+            (ResourceKind::Role, "role", "roles"),
+            (ResourceKind::BotInstance, "bot_instance", "bot_instances"),
+            (
+                ResourceKind::WorkloadIdentity,
+                "workload_identity",
+                "workload_identities",
+            ),
+            (
+                ResourceKind::WorkloadIdentityX509Revocation,
+                "workload_identity_x509_revocation",
+                "workload_identity_x509_revocations",
+            ),
+        ];
+        for (kind, singular, plural) in want {
+            assert_eq!((kind.as_str(), kind.plural().as_str()), (singular, plural));
+        }
+        // Every kind parses back from both of its forms.
+        for kind in ResourceKind::ALL {
+            assert_eq!(ResourceKind::parse(kind.as_str()), Ok(kind));
+            assert_eq!(ResourceKind::parse(&kind.plural()), Ok(kind));
+        }
+    }
+
+    #[test]
+    fn revocation_names_are_normalised_serials() {
+        let (kind, name) = parse_target("revocation/01:A2:FF", None).unwrap();
+        assert_eq!(kind, ResourceKind::WorkloadIdentityX509Revocation);
+        assert_eq!(kind.normalize_name(&name.unwrap()), Ok("01a2ff".into()));
+        assert_eq!(kind.normalize_name("0x00001F"), Ok("1f".into()));
+        assert_eq!(
+            kind.normalize_name("zz").unwrap_err().failure,
+            Failure::Usage
+        );
+        // Other kinds keep names as typed.
+        assert_eq!(
+            ResourceKind::WorkloadIdentity.normalize_name("Payments"),
+            Ok("Payments".into())
+        );
     }
 
     #[test]
@@ -344,5 +445,22 @@ mod tests {
         assert_eq!((docs[1].0, docs[1].1.as_str()), (ResourceKind::Bot, "ci"));
         let v: Value = serde_json::from_str(&docs[1].2).unwrap();
         assert_eq!(v["spec"]["roles"][0], "dev");
+    }
+
+    #[test]
+    fn workload_identity_documents_are_accepted() {
+        let text = "kind: workload_identity\nversion: v1\nmetadata: {name: payments}\n\
+                    spec:\n  spiffe:\n    id: /svc/payments/{{ workload.unix.uid }}\n---\n\
+                    kind: workload_identity_x509_revocation\nversion: v1\nmetadata: {name: 1f3a}\n\
+                    spec: {reason: key leaked, revoked_at: \"2030-01-01T00:00:00Z\"}\n";
+        let docs = parse_file_text(text, "wi.yaml").unwrap();
+        assert_eq!(
+            (docs[0].0, docs[0].1.as_str()),
+            (ResourceKind::WorkloadIdentity, "payments")
+        );
+        assert_eq!(
+            (docs[1].0, docs[1].1.as_str()),
+            (ResourceKind::WorkloadIdentityX509Revocation, "1f3a")
+        );
     }
 }

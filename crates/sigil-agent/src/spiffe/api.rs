@@ -1,0 +1,356 @@
+//! The SPIFFE Workload API (`SpiffeWorkloadAPI`), exactly per the standard:
+//! the `workload.spiffe.io: true` header on every call (`InvalidArgument`
+//! without it), the caller attested on every call, `PermissionDenied` when it
+//! gets no identity, and streams that send the full state at once and again on
+//! every rotation, bundle or CRL change.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use sigil_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
+};
+use sigil_types::{Attributes, WorkloadIdentitySelector};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::runtime::{Entry, EntryKey, EntryKind, EntryState, Issued, Runtime, TrustView};
+use crate::workload::attest::{AttestorSet, PeerProcess};
+
+/// The header every Workload API call must carry (SPIFFE Workload Endpoint).
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// Attributes that describe one process rather than the workload: attested
+/// and logged, but not part of what workloads share SVIDs by.
+const PER_PROCESS: [&str; 1] = ["workload.unix.pid"];
+
+type RespStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// One Workload API endpoint (one `services:` entry).
+#[derive(Clone)]
+pub struct WorkloadApi {
+    pub rt: Arc<Runtime>,
+    pub selector: Option<WorkloadIdentitySelector>,
+    pub attestors: Arc<AttestorSet>,
+}
+
+/// Refuse a call without `workload.spiffe.io: true`.
+pub fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get(SECURITY_HEADER).map(|v| v.to_str()) {
+        Some(Ok("true")) => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request: set workload.spiffe.io: true",
+        )),
+    }
+}
+
+impl WorkloadApi {
+    /// Attest the calling process (never cached across calls: pids are reused).
+    pub async fn attest<T>(&self, req: &Request<T>) -> Result<Attributes, Status> {
+        let peer = req
+            .extensions()
+            .get::<PeerProcess>()
+            .ok_or_else(|| Status::internal("no peer credentials on this connection"))?;
+        let mut attrs = self.attestors.attest(peer).await.map_err(|e| {
+            tracing::debug!(pid = peer.pid, error = %e, "workload attestation failed");
+            Status::permission_denied(format!("workload attestation failed: {e}"))
+        })?;
+        for k in PER_PROCESS {
+            attrs.remove(k);
+        }
+        Ok(attrs)
+    }
+
+    /// The entry (and current SVIDs) for a caller.
+    pub async fn svids<T>(
+        &self,
+        req: &Request<T>,
+        kind: EntryKind,
+    ) -> Result<(Arc<Entry>, Arc<Issued>), Status> {
+        check_header(req)?;
+        self.attested_svids(req, kind).await
+    }
+
+    /// [`WorkloadApi::svids`] without the SPIFFE header (Envoy's SDS sends none).
+    pub async fn attested_svids<T>(
+        &self,
+        req: &Request<T>,
+        kind: EntryKind,
+    ) -> Result<(Arc<Entry>, Arc<Issued>), Status> {
+        let attrs = self.attest(req).await?;
+        let key = EntryKey::new(self.selector.as_ref(), attrs, kind);
+        let entry = self.rt.entry(key, self.selector.as_ref());
+        let issued = self.rt.get(&entry).await?;
+        Ok((entry, issued))
+    }
+}
+
+/// The X.509-SVID response for an issuance under the current trust view.
+pub fn x509_response(issued: &Issued, view: &TrustView) -> Result<X509svidResponse, Status> {
+    if let Some(msg) = &view.locked {
+        return Err(Status::permission_denied(msg.clone()));
+    }
+    let svids: Vec<X509svid> = issued
+        .x509
+        .iter()
+        .filter(|s| !view.locked_ids.contains(&s.spiffe_id))
+        .map(|s| X509svid {
+            spiffe_id: s.spiffe_id.clone(),
+            x509_svid: s.cert_der.clone(),
+            x509_svid_key: s.key_pkcs8_der.to_vec(),
+            bundle: view.bundle_der.clone(),
+            hint: s.hint.clone(),
+        })
+        .collect();
+    if svids.is_empty() {
+        return Err(Status::permission_denied(
+            "no X.509-SVID for this workload (its identities are locked)",
+        ));
+    }
+    Ok(X509svidResponse {
+        svids,
+        crl: crl_list(view),
+        federated_bundles: Default::default(),
+    })
+}
+
+fn crl_list(view: &TrustView) -> Vec<Vec<u8>> {
+    if view.crl.is_empty() {
+        Vec::new()
+    } else {
+        vec![view.crl.clone()]
+    }
+}
+
+/// Follow an entry and the trust view; send `build`'s output whenever it
+/// changes. Ends with the error `build` or the entry returns (a lock, a denial).
+pub fn follow<T, F>(
+    rt: Arc<Runtime>,
+    entry: Option<Arc<Entry>>,
+    first: T,
+    build: F,
+) -> RespStream<T>
+where
+    T: Clone + PartialEq + Send + Sync + 'static,
+    F: Fn(Option<&Issued>, &TrustView) -> Result<T, Status> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut last = first.clone();
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        let mut trust = rt.subscribe_trust();
+        let mut state = entry.as_ref().map(|e| e.subscribe());
+        loop {
+            tokio::select! {
+                r = trust.changed() => if r.is_err() { return },
+                r = async {
+                    match state.as_mut() {
+                        Some(s) => s.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => if r.is_err() { return },
+                _ = tx.closed() => return,
+            }
+            let view = rt.trust();
+            let issued = match state.as_ref().map(|s| s.borrow().clone()) {
+                None => None,
+                Some(EntryState::Ready(i)) => Some(i),
+                Some(EntryState::Empty) => continue,
+                Some(EntryState::Denied(msg, _)) => {
+                    let _ = tx.send(Err(Status::permission_denied(msg))).await;
+                    return;
+                }
+            };
+            match build(issued.as_deref(), &view) {
+                Ok(next) if next == last => {}
+                Ok(next) => {
+                    last = next.clone();
+                    if tx.send(Ok(next)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+fn x509_bundles(view: &TrustView) -> Result<X509BundlesResponse, Status> {
+    if view.bundle_der.is_empty() {
+        return Err(Status::unavailable("no trust bundle yet"));
+    }
+    Ok(X509BundlesResponse {
+        crl: crl_list(view),
+        bundles: [(view.trust_domain_id(), view.bundle_der.clone())].into(),
+    })
+}
+
+fn jwt_bundles(view: &TrustView) -> Result<JwtBundlesResponse, Status> {
+    if view.jwks_bytes.is_empty() {
+        return Err(Status::unavailable("no JWT bundle yet"));
+    }
+    Ok(JwtBundlesResponse {
+        bundles: [(view.trust_domain_id(), view.jwks_bytes.clone())].into(),
+    })
+}
+
+/// Wait (briefly) for the first bundle when the agent has just started.
+pub async fn trust_ready(rt: &Runtime) -> Arc<TrustView> {
+    let mut rx = rt.subscribe_trust();
+    let wait = rx.wait_for(|v| !v.bundle_der.is_empty());
+    match tokio::time::timeout(std::time::Duration::from_secs(5), wait).await {
+        Ok(Ok(v)) => v.clone(),
+        _ => rt.trust(),
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = RespStream<X509svidResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let (entry, issued) = self.svids(&req, EntryKind::X509).await?;
+        let first = x509_response(&issued, &*trust_ready(&self.rt).await)?;
+        Ok(Response::new(follow(
+            self.rt.clone(),
+            Some(entry),
+            first,
+            |issued, view| match issued {
+                Some(i) => x509_response(i, view),
+                None => Err(Status::internal("no SVIDs")),
+            },
+        )))
+    }
+
+    type FetchX509BundlesStream = RespStream<X509BundlesResponse>;
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        check_header(&req)?;
+        self.attest(&req).await?;
+        let view = trust_ready(&self.rt).await;
+        let first = x509_bundles(&view)?;
+        Ok(Response::new(follow(
+            self.rt.clone(),
+            None,
+            first,
+            |_, view| x509_bundles(view),
+        )))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        check_header(&req)?;
+        let r = req.get_ref();
+        if r.audience.is_empty() || r.audience.iter().any(|a| a.is_empty()) {
+            return Err(Status::invalid_argument(
+                "audience must be specified (one or more non-empty values)",
+            ));
+        }
+        let mut audiences = r.audience.clone();
+        audiences.sort();
+        audiences.dedup();
+        let kind = EntryKind::Jwt {
+            audiences,
+            spiffe_id: r.spiffe_id.clone(),
+        };
+        let (_, issued) = self.svids(&req, kind).await?;
+        let view = self.rt.trust();
+        let svids: Vec<Jwtsvid> = issued
+            .jwt
+            .iter()
+            .filter(|s| !view.locked_ids.contains(&s.spiffe_id))
+            .map(|s| Jwtsvid {
+                spiffe_id: s.spiffe_id.clone(),
+                svid: s.token.to_string(),
+                hint: s.hint.clone(),
+            })
+            .collect();
+        if svids.is_empty() {
+            return Err(Status::permission_denied("no JWT-SVID for this workload"));
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    type FetchJWTBundlesStream = RespStream<JwtBundlesResponse>;
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        check_header(&req)?;
+        self.attest(&req).await?;
+        let view = trust_ready(&self.rt).await;
+        let first = jwt_bundles(&view)?;
+        Ok(Response::new(follow(
+            self.rt.clone(),
+            None,
+            first,
+            |_, view| jwt_bundles(view),
+        )))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_header(&req)?;
+        let r = req.get_ref();
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if r.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let view = trust_ready(&self.rt).await;
+        let v = sigil_pki::verify_jwt_svid(&r.svid, &view.jwks, &view.trust_domain, &r.audience)
+            .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: v.spiffe_id,
+            claims: Some(json_to_struct(v.claims)),
+        }))
+    }
+}
+
+/// JSON object → `google.protobuf.Struct`.
+pub fn json_to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

@@ -1,0 +1,12 @@
+//! SPIFFE workload identity in the agent: the SVID cache and trust state
+//! ([`runtime`]), the Workload API and Envoy SDS served on a Unix socket
+//! ([`api`], [`sds`], [`server`]), and the `workload-identity-x509` /
+//! `workload-identity-jwt` outputs ([`outputs`]).
+
+pub mod api;
+pub mod outputs;
+pub mod runtime;
+pub mod sds;
+pub mod server;
+
+pub use runtime::Runtime;
