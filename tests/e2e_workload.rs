@@ -124,7 +124,7 @@ services:
         let (sock, svid) = (s.sock(), s.out().join("svid.pem"));
         wait_until(
             "the Workload API socket and outputs",
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || sock.exists() && svid.exists(),
         );
         std::fs::set_permissions(

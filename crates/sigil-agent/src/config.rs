@@ -455,6 +455,80 @@ mod tests {
         assert!(e.contains("credential_ttl"), "{e}");
     }
 
+    /// The exact shape of the workload identity documentation.
+    const WORKLOAD: &str = "outputs:
+  - type: workload-identity-x509
+    selector: {name: payments}
+    destination: {type: directory, path: /run/payments}
+  - type: workload-identity-jwt
+    selector: {labels: {env: [prod, staging]}}
+    audiences: [vault]
+    destination: {type: directory, path: /run/jwt}
+services:
+  - type: workload-api
+    listen: unix:///run/sigil/workload.sock
+    selector: {labels: {env: prod}}
+";
+
+    fn with_workload(extra: &str) -> String {
+        let head = base();
+        let head = &head[..head.find("outputs:").expect("outputs")];
+        format!("{head}{extra}")
+    }
+
+    #[test]
+    fn parses_workload_outputs_and_services() {
+        let c = AgentConfig::parse(&with_workload(WORKLOAD), "agent.yaml").expect("valid");
+        assert_eq!(c.outputs.len(), 2);
+        assert_eq!(c.outputs[1].audiences, vec!["vault".to_string()]);
+        assert_eq!(c.services.len(), 1);
+        assert_eq!(
+            c.services[0].socket_path().expect("path"),
+            PathBuf::from("/run/sigil/workload.sock")
+        );
+    }
+
+    #[test]
+    fn workload_config_errors_name_line_and_field() {
+        for (bad, want) in [
+            (
+                WORKLOAD.replace("listen: unix:///run", "listen: tcp://run"),
+                "services[0].listen",
+            ),
+            (
+                WORKLOAD.replace("type: workload-api", "type: workload-apx"),
+                "services[0].type",
+            ),
+            (
+                WORKLOAD.replace("    audiences: [vault]\n", ""),
+                "outputs[1].audiences",
+            ),
+            (
+                WORKLOAD.replace("    selector: {name: payments}\n", ""),
+                "outputs[0].selector",
+            ),
+            (
+                WORKLOAD.replace(
+                    "selector: {labels: {env: prod}}",
+                    "selector: {labels: {env: prod}}\n    attestors: [unix, k8s]",
+                ),
+                "services[0].attestors",
+            ),
+        ] {
+            let e = AgentConfig::parse(&with_workload(&bad), "agent.yaml")
+                .expect_err(want)
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+            assert!(e.starts_with("agent.yaml:"), "names the file: {e}");
+            let line: usize = e
+                .split(':')
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            assert!(line > 0, "names a line: {e}");
+        }
+    }
+
     #[test]
     fn renewal_must_be_shorter_than_ttl() {
         let text = format!("{}credential_ttl: 10m\nrenewal_interval: 20m\n", base());

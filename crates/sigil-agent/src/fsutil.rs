@@ -14,8 +14,15 @@ pub const SECRET: u32 = 0o600;
 /// Mode for certificates and other public material.
 pub const PUBLIC: u32 = 0o644;
 
+/// Write `data` to `path` with exactly `mode`, atomically; the temp file is
+/// removed on failure. Shared with the CLI's credential-writing verbs.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().context("a file path without a directory")?;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let name = path.file_name().context("a file path without a name")?;
     let mut rnd = [0u8; 6];
     aws_lc_rs::rand::fill(&mut rnd).map_err(|_| anyhow::anyhow!("no randomness"))?;

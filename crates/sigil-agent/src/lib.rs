@@ -5,7 +5,7 @@ pub mod client;
 mod config;
 mod destination;
 mod diag;
-mod fsutil;
+pub mod fsutil;
 mod identity_file;
 mod join;
 mod output;

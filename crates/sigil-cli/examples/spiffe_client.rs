@@ -68,16 +68,19 @@ fn parse_args() -> Result<(String, Command), String> {
     Ok((socket, command))
 }
 
-/// Leaf serial as lowercase hex, leading zero bytes stripped (at least one byte).
+/// Leaf serial as lowercase hex with no leading zeros (`openssl x509 -serial`
+/// output, lowercased, leading `0`s trimmed); `"0"` for a zero serial.
 fn leaf_serial_hex(svid: &X509Svid) -> Result<String, BoxError> {
     let (_, cert) = x509_parser::parse_x509_certificate(svid.leaf().as_bytes())
         .map_err(|e| format!("cannot parse leaf certificate: {e}"))?;
     let raw = cert.tbs_certificate.raw_serial();
-    let first = raw
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(raw.len().saturating_sub(1));
-    Ok(raw[first..].iter().map(|b| format!("{b:02x}")).collect())
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let trimmed = hex.trim_start_matches('0');
+    Ok(if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
 }
 
 fn sorted<I: IntoIterator<Item = String>>(it: I) -> Vec<String> {

@@ -105,8 +105,9 @@ impl SvidOutput {
             tokio::select! {
                 r = state.changed() => if r.is_err() { return },
                 r = trust.changed() => if r.is_err() { return },
-                // Retry a failed or refused issuance now and then.
-                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+                // Retry a failed or refused issuance now and then (the
+                // runtime also retries subscribed entries on its own).
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
                     if !matches!(entry.current(), EntryState::Ready(_)) {
                         let _ = rt.get(&entry).await;
                     }
@@ -126,22 +127,22 @@ impl SvidOutput {
                     .context("no X.509-SVID was issued for this selector")?;
                 // Key and bundle before the certificate: a reader that sees
                 // the new certificate finds its key and trust in place.
-                let key = pem::encode(&pem::Pem::new("PRIVATE KEY", svid.key_pkcs8_der.to_vec()));
+                let key = super::pem_lf("PRIVATE KEY", svid.key_pkcs8_der.to_vec());
                 d.write("svid.key", key.as_bytes(), true)?;
                 let bundle: String = view
                     .authorities
                     .iter()
-                    .map(|a| pem::encode(&pem::Pem::new("CERTIFICATE", a.clone())))
+                    .map(|a| super::pem_lf("CERTIFICATE", a.clone()))
                     .collect();
                 d.write("bundle.pem", bundle.as_bytes(), false)?;
                 if view.crl.is_empty() {
                     d.remove("svid-crl.pem")?;
                 } else {
-                    let crl = pem::encode(&pem::Pem::new("X509 CRL", view.crl.clone()));
+                    let crl = super::pem_lf("X509 CRL", view.crl.clone());
                     d.write("svid-crl.pem", crl.as_bytes(), false)?;
                 }
                 // The certificate last: its arrival means the set is complete.
-                let cert = pem::encode(&pem::Pem::new("CERTIFICATE", svid.cert_der.clone()));
+                let cert = super::pem_lf("CERTIFICATE", svid.cert_der.clone());
                 d.write("svid.pem", cert.as_bytes(), false)?;
             }
             EntryKind::Jwt { .. } => {

@@ -22,6 +22,8 @@ use zeroize::Zeroizing;
 
 /// How long an entry nobody subscribes to or asked for is kept.
 const IDLE_EXPIRY: Duration = Duration::from_secs(600);
+/// How long a first request waits for the auth service's state stream.
+const FIRST_STATE_WAIT: Duration = Duration::from_secs(3);
 /// How often subscribed entries are checked for renewal.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
 
@@ -43,6 +45,8 @@ pub struct TrustView {
     pub locked: Option<String>,
     pub locked_ids: BTreeSet<String>,
     pub policy_revision: u64,
+    /// Whether the auth service's state stream has been heard from yet.
+    pub state_seen: bool,
 }
 
 impl TrustView {
@@ -240,7 +244,14 @@ impl Runtime {
     /// of one entry wait for a single issuance.
     pub async fn get(&self, entry: &Arc<Entry>) -> Result<Arc<Issued>, Status> {
         entry.touch();
-        let view = self.trust();
+        let mut view = self.trust();
+        if !view.state_seen {
+            // Just started: wait briefly for the lock state and policy revision,
+            // so the first SVIDs are not issued (and replaced) under a stale view.
+            let mut rx = self.subscribe_trust();
+            let _ = tokio::time::timeout(FIRST_STATE_WAIT, rx.wait_for(|v| v.state_seen)).await;
+            view = self.trust();
+        }
         if let Some(msg) = &view.locked {
             return Err(Status::permission_denied(msg.clone()));
         }
@@ -403,13 +414,15 @@ impl Runtime {
         });
         let ids: BTreeSet<String> = s.locked_spiffe_ids.iter().cloned().collect();
         self.trust.send_if_modified(|cur| {
-            if cur.locked == locked
+            if cur.state_seen
+                && cur.locked == locked
                 && cur.locked_ids == ids
                 && cur.policy_revision == s.policy_revision
             {
                 return false;
             }
             let mut next = clone_view(cur);
+            next.state_seen = true;
             next.locked = locked.clone();
             next.locked_ids = ids.clone();
             next.policy_revision = s.policy_revision;
@@ -550,6 +563,7 @@ fn clone_view(v: &TrustView) -> TrustView {
         locked: v.locked.clone(),
         locked_ids: v.locked_ids.clone(),
         policy_revision: v.policy_revision,
+        state_seen: v.state_seen,
     }
 }
 

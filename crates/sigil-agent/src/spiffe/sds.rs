@@ -47,7 +47,7 @@ impl SdsService {
 fn pem_source(label: &str, ders: &[&[u8]]) -> DataSource {
     let text: String = ders
         .iter()
-        .map(|d| pem::encode(&pem::Pem::new(label, d.to_vec())))
+        .map(|d| super::pem_lf(label, d.to_vec()))
         .collect();
     DataSource {
         specifier: Some(Specifier::InlineBytes(text.into_bytes())),
