@@ -198,11 +198,15 @@ fn cert_serial(pem: &Path) -> String {
         "openssl",
         &["x509", "-noout", "-serial", "-in", pem.to_str().unwrap()],
     );
-    stdout(&o)
+    // openssl prints whole bytes; Sigil's form drops leading zero bytes only.
+    let mut hex = stdout(&o)
         .trim()
         .trim_start_matches("serial=")
-        .trim_start_matches('0')
-        .to_ascii_lowercase()
+        .to_ascii_lowercase();
+    while hex.len() > 2 && hex.starts_with("00") {
+        hex.drain(..2);
+    }
+    hex
 }
 
 #[test]
