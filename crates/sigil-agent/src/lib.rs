@@ -87,6 +87,9 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     } else if !cfg.services.is_empty() {
         tracing::warn!("--oneshot: services are not started");
     }
+    if !sockets.is_empty() {
+        raise_fd_limit();
+    }
     let (client_tx, client_rx) = tokio::sync::watch::channel(None);
     let mut workload: Option<WorkloadTasks> = None;
     let storage = Storage::new(&cfg.storage);
@@ -156,6 +159,28 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
             _ = hup.recv() => tracing::info!("SIGHUP: renewing now"),
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// Each connected workload holds two descriptors (its socket and a pidfd):
+/// lift the soft limit to the hard one so a default 1,024 does not cap the
+/// Workload API near 500 workloads.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(limit = lim.rlim_cur, "could not raise the open-file limit");
+            }
         }
     }
 }

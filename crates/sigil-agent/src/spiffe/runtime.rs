@@ -502,8 +502,14 @@ impl Runtime {
     /// Re-issue subscribed entries at half-life or on a policy change; drop idle ones.
     async fn maintain(self: Arc<Self>) {
         let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+        let mut trust = self.subscribe_trust();
         loop {
-            tick.tick().await;
+            // A policy change, revocation or unlock is acted on at once; the
+            // tick covers half-life renewals and idle clean-up.
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = trust.changed() => if r.is_err() { return },
+            }
             let view = self.trust();
             if view.locked.is_some() {
                 continue;

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest;
 
@@ -55,6 +55,9 @@ pub struct CacheStats {
 pub struct ExeHashCache {
     capacity: usize,
     entries: Mutex<Entries>,
+    /// One hash in flight per file: a burst of new workloads running the
+    /// same binary waits for one read of it instead of each reading it.
+    inflight: Mutex<HashMap<FileKey, Arc<tokio::sync::Mutex<()>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -71,6 +74,7 @@ impl ExeHashCache {
         ExeHashCache {
             capacity: capacity.max(1),
             entries: Mutex::default(),
+            inflight: Mutex::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -93,14 +97,33 @@ impl ExeHashCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hash);
         }
+        let gate = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
+        if let Some(hash) = self.get(&key) {
+            // Hashed by the caller we waited for.
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hash);
+        }
         self.misses.fetch_add(1, Ordering::Relaxed);
         // Reading a large file must not stall the runtime's worker.
-        let hash = tokio::task::spawn_blocking(move || hash_file(file))
+        let result = tokio::task::spawn_blocking(move || hash_file(file))
             .await
-            .map_err(|e| AttestError::io("exe", std::io::Error::other(e)))?
-            .map_err(proc_io("exe"))?;
-        self.put(key, hash.clone());
-        Ok(hash)
+            .map_err(|e| AttestError::io("exe", std::io::Error::other(e)))
+            .and_then(|r| r.map_err(proc_io("exe")));
+        if let Ok(hash) = &result {
+            self.put(key, hash.clone());
+        }
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        result
     }
 
     fn get(&self, key: &FileKey) -> Option<String> {
@@ -161,6 +184,31 @@ mod tests {
             mtime: (0, 0),
             ctime: (0, 0),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_for_one_binary_hashes_it_once() {
+        let c = Arc::new(ExeHashCache::new(8));
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.sha256_of_exe(pid).await })
+            })
+            .collect();
+        let mut hashes = Vec::new();
+        for t in tasks {
+            hashes.push(t.await.unwrap().unwrap());
+        }
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(
+            c.stats(),
+            CacheStats {
+                hits: 31,
+                misses: 1
+            }
+        );
+        assert!(c.inflight.lock().unwrap().is_empty(), "no gate left behind");
     }
 
     #[test]
