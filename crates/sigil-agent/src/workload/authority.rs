@@ -35,6 +35,9 @@ use hpack::{HeaderRewriter, MAX_HEADER_BLOCK, invalid};
 pub const DEFAULT_HEADER_TABLE_SIZE: usize = 4096;
 /// How much to read from the client at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// Buffers larger than this are released once drained, so a connection that
+/// once carried a big header block does not keep it.
+const SPARE_CAPACITY: usize = 4 * 1024;
 
 /// Where the parser stands in the client's byte stream.
 #[derive(Clone, Copy, Debug)]
@@ -204,6 +207,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRewrite<S> {
                 if this.ready_pos == this.ready.len() {
                     this.ready.clear();
                     this.ready_pos = 0;
+                    if this.ready.capacity() > SPARE_CAPACITY {
+                        this.ready = Vec::new();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -233,20 +239,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRewrite<S> {
                 this.state = State::Forward(remaining - n);
                 return Poll::Ready(Ok(()));
             }
-            let start = this.pending.len();
-            this.pending.resize(start + READ_CHUNK, 0);
-            let mut rb = ReadBuf::new(&mut this.pending[start..]);
-            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+            // Read through a stack buffer: an idle connection (most of the
+            // Workload API's, parked on a stream) then holds no read buffer.
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
-            this.pending.truncate(start + n);
-            ready!(polled)?;
             if n == 0 {
                 this.eof = true;
                 continue;
             }
+            this.pending.extend_from_slice(rb.filled());
             if let Err(e) = this.process() {
                 this.state = State::Failed;
                 return Poll::Ready(Err(e));
+            }
+            if this.pending.is_empty() && this.pending.capacity() > SPARE_CAPACITY {
+                this.pending = Vec::new();
             }
         }
     }
