@@ -15,7 +15,9 @@
 //!    loop; one call = open FetchX509SVID, read the first message, drop the
 //!    stream. The SVID is cached (one entry: every client has the same uid and
 //!    executable). Baseline in the same run: FetchX509Bundles, which attests
-//!    the caller the same way but issues nothing. Then one client alone;
+//!    the caller the same way but issues nothing. Then the same clients in an
+//!    open loop at RATE calls/s in all (latency from the scheduled time), and
+//!    one client alone;
 //! 4. first contact: the agent restarted, STREAMS streams opened at once by
 //!    an executable it has not hashed yet: time to every first message and
 //!    the memory peak.
@@ -23,7 +25,7 @@
 //! ```sh
 //! cargo build --release -p sigil-cli && cargo bench -p sigil-bench --bench workload_api
 //! ```
-//! (env: CLIENTS=100, DURATION_SECS=10, WARMUP_SECS=2, SOLO_SECS=5,
+//! (env: CLIENTS=100, DURATION_SECS=10, WARMUP_SECS=2, SOLO_SECS=5, RATE=1000 (open loop),
 //! STREAMS=1000, ROTATIONS=5, SIGIL_BIN=path/to/sigil)
 
 use std::path::{Path, PathBuf};
@@ -245,6 +247,7 @@ services:
         solo,
         streams_n,
         rotations,
+        rate: env("RATE", 1000),
     };
     let result = rt.block_on(run(&setup));
     drop(agent);
@@ -288,6 +291,11 @@ services:
     r.svid.print("FetchX509SVID, first message");
     r.bundles
         .print("FetchX509Bundles, first message (baseline: attestation + transport, no issuance)");
+    println!(
+        "   open loop: the same {clients_n} clients, {} calls/s in all, latency from the scheduled time:",
+        env("RATE", 1000)
+    );
+    r.svid_open.print("FetchX509SVID, open loop");
     println!("   one client alone, {}s each:", solo.as_secs());
     r.svid_solo.print("FetchX509SVID, 1 client");
     r.bundles_solo.print("FetchX509Bundles, 1 client");
@@ -386,9 +394,12 @@ struct Setup {
     solo: Duration,
     streams_n: usize,
     rotations: usize,
+    /// Open-loop total call rate (calls per second over all clients).
+    rate: usize,
 }
 
 struct Report {
+    svid_open: Stats,
     svid: Stats,
     bundles: Stats,
     svid_solo: Stats,
@@ -573,6 +584,8 @@ async fn run(s: &Setup) -> anyhow::Result<Report> {
     let bundles = closed_loop(&clients, Call::Bundles, s.duration, s.agent_pid).await?;
     eprintln!("phase: latency FetchX509SVID, {} clients", s.clients_n);
     let svid = closed_loop(&clients, Call::Svid, s.duration, s.agent_pid).await?;
+    eprintln!("phase: latency, open loop at {} calls/s", s.rate);
+    let svid_open = open_loop(&clients, Call::Svid, s.rate as f64, s.duration, s.agent_pid).await?;
     eprintln!("phase: latency, 1 client");
     let svid_solo = closed_loop(&clients[..1], Call::Svid, s.solo, s.agent_pid).await?;
     let bundles_solo = closed_loop(&clients[..1], Call::Bundles, s.solo, s.agent_pid).await?;
@@ -580,6 +593,7 @@ async fn run(s: &Setup) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mem_end = Mem::of(s.agent_pid);
     Ok(Report {
+        svid_open,
         svid,
         bundles,
         svid_solo,
@@ -734,6 +748,54 @@ impl Stats {
             self.client_cpu / n * 1e6,
         );
     }
+}
+
+/// Open loop: every client calls `what` on a fixed schedule so that all of
+/// them together make `rate` calls per second (phases spread evenly). Latency
+/// counts from the scheduled time, so a late start is not hidden.
+async fn open_loop(
+    clients: &[Client],
+    what: Call,
+    rate: f64,
+    dur: Duration,
+    agent_pid: u32,
+) -> anyhow::Result<Stats> {
+    let n = clients.len().max(1);
+    let every = Duration::from_secs_f64(n as f64 / rate.max(1.0));
+    let cpu0 = cpu_seconds();
+    let agent0 = process_cpu_seconds(agent_pid);
+    let t = Instant::now();
+    let deadline = t + dur;
+    let handles: Vec<_> = clients
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, mut c)| {
+            tokio::spawn(async move {
+                let mut next = t + every.mul_f64(i as f64 / n as f64);
+                let mut lats = Vec::new();
+                while next < deadline {
+                    tokio::time::sleep_until(next.into()).await;
+                    call(&mut c, what).await?;
+                    lats.push(next.elapsed());
+                    next += every;
+                }
+                anyhow::Ok(lats)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await??);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    lat.sort();
+    Ok(Stats {
+        lat,
+        secs,
+        agent_cpu: process_cpu_seconds(agent_pid) - agent0,
+        client_cpu: cpu_seconds() - cpu0,
+    })
 }
 
 /// Every client calls `what` back to back for `dur`.
