@@ -163,29 +163,9 @@ impl Cache {
     /// this server enforces them before the watch event arrives; no re-read.
     pub fn apply_committed(&self, ops: &[Op], revisions: &[i64]) {
         for (op, rev) in ops.iter().zip(revisions) {
-            match op {
-                Op::Create {
-                    key,
-                    value,
-                    expires,
-                }
-                | Op::Put {
-                    key,
-                    value,
-                    expires,
-                }
-                | Op::Update {
-                    key,
-                    value,
-                    expires,
-                    ..
-                } => self.apply_put(&Item {
-                    key: key.clone(),
-                    value: value.clone(),
-                    revision: *rev,
-                    expires: *expires,
-                }),
-                Op::Delete { key, .. } => self.apply_delete(key),
+            match op.committed(*rev) {
+                WatchEvent::Put(item) => self.apply_put(&item),
+                WatchEvent::Delete { key } => self.apply_delete(&key),
             }
         }
     }

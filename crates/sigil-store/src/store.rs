@@ -87,6 +87,34 @@ pub enum Op {
 }
 
 impl Op {
+    /// The watch event this op becomes once committed at `revision`.
+    pub fn committed(&self, revision: i64) -> WatchEvent {
+        match self {
+            Op::Create {
+                key,
+                value,
+                expires,
+            }
+            | Op::Put {
+                key,
+                value,
+                expires,
+            }
+            | Op::Update {
+                key,
+                value,
+                expires,
+                ..
+            } => WatchEvent::Put(Item {
+                key: key.clone(),
+                value: value.clone(),
+                revision,
+                expires: *expires,
+            }),
+            Op::Delete { key, .. } => WatchEvent::Delete { key: key.clone() },
+        }
+    }
+
     /// The key this op writes.
     pub fn key(&self) -> &str {
         match self {

@@ -21,7 +21,7 @@ use super::backend;
 use super::now_ns;
 use super::ops::{CHUNKS, Kind, OpSql, apply_run};
 use crate::audit::{canonical_fields, format_time, hash_parts};
-use crate::store::{Item, Op, Txn, WatchEvent};
+use crate::store::{Op, Txn, WatchEvent};
 use crate::{GENESIS_HASH, Result, StoreError};
 
 /// Most txns folded into one database transaction.
@@ -90,33 +90,6 @@ impl Chain {
                 hash,
             });
         }
-    }
-}
-
-fn put_event(op: &Op, revision: i64) -> WatchEvent {
-    match op {
-        Op::Create {
-            key,
-            value,
-            expires,
-        }
-        | Op::Put {
-            key,
-            value,
-            expires,
-        }
-        | Op::Update {
-            key,
-            value,
-            expires,
-            ..
-        } => WatchEvent::Put(Item {
-            key: key.clone(),
-            value: value.clone(),
-            revision,
-            expires: *expires,
-        }),
-        Op::Delete { key, .. } => WatchEvent::Delete { key: key.clone() },
     }
 }
 
@@ -320,7 +293,7 @@ impl Writer {
                 apply_run(&mut self.conn, &self.op_sql, kind, &ops, now, &mut revision).await?;
             for (txn, r) in run.iter().zip(results) {
                 if let Ok(rev) = r {
-                    events.push(put_event(&txn.ops[0], rev));
+                    events.push(txn.ops[0].committed(rev));
                     chain.append(txn);
                 }
                 outcomes.push(Outcome::Commit(r.map(|rev| vec![rev])));
@@ -382,7 +355,7 @@ impl Writer {
             .unwrap_or_else(|| Err(StoreError::Backend("internal: no op outcome".into())));
             match r {
                 Ok(rev) => {
-                    events.push(put_event(op, rev));
+                    events.push(op.committed(rev));
                     revs.push(rev);
                 }
                 Err(e) => {
