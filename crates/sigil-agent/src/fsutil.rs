@@ -82,3 +82,11 @@ pub fn ensure_writable_dir(dir: &Path, what: &str, private: bool) -> anyhow::Res
     let _ = fs::remove_file(&probe);
     Ok(())
 }
+
+/// One PEM block with LF line endings (the `pem` crate defaults to CRLF).
+pub fn pem_lf(label: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}

@@ -7,15 +7,8 @@ use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
-pub use sigil_agent::fsutil::{PUBLIC, SECRET, write_atomic};
-
-/// One PEM block (`-----BEGIN {label}-----`, base64 in 64-column lines, LF).
-pub fn pem(label: &str, der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new(label, der.to_vec()),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
-}
+// Credential files are written the way the agent writes its outputs.
+pub use sigil_agent::fsutil::{PUBLIC, SECRET, pem_lf as pem, write_atomic};
 
 /// Creates `dir` (and missing parents) mode 0700 if it does not exist; an existing
 /// directory keeps its mode.

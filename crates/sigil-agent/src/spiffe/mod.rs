@@ -9,12 +9,5 @@ pub mod runtime;
 pub mod sds;
 pub mod server;
 
+pub(crate) use crate::fsutil::pem_lf;
 pub use runtime::Runtime;
-
-/// One PEM block with LF line endings (the `pem` crate defaults to CRLF).
-pub(crate) fn pem_lf(label: &str, der: impl Into<Vec<u8>>) -> String {
-    pem::encode_config(
-        &pem::Pem::new(label, der.into()),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
-}

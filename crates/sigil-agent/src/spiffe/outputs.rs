@@ -127,22 +127,22 @@ impl SvidOutput {
                     .context("no X.509-SVID was issued for this selector")?;
                 // Key and bundle before the certificate: a reader that sees
                 // the new certificate finds its key and trust in place.
-                let key = super::pem_lf("PRIVATE KEY", svid.key_pkcs8_der.to_vec());
+                let key = super::pem_lf("PRIVATE KEY", &svid.key_pkcs8_der);
                 d.write("svid.key", key.as_bytes(), true)?;
                 let bundle: String = view
                     .authorities
                     .iter()
-                    .map(|a| super::pem_lf("CERTIFICATE", a.clone()))
+                    .map(|a| super::pem_lf("CERTIFICATE", a))
                     .collect();
                 d.write("bundle.pem", bundle.as_bytes(), false)?;
                 if view.crl.is_empty() {
                     d.remove("svid-crl.pem")?;
                 } else {
-                    let crl = super::pem_lf("X509 CRL", view.crl.clone());
+                    let crl = super::pem_lf("X509 CRL", &view.crl);
                     d.write("svid-crl.pem", crl.as_bytes(), false)?;
                 }
                 // The certificate last: its arrival means the set is complete.
-                let cert = super::pem_lf("CERTIFICATE", svid.cert_der.clone());
+                let cert = super::pem_lf("CERTIFICATE", &svid.cert_der);
                 d.write("svid.pem", cert.as_bytes(), false)?;
             }
             EntryKind::Jwt { .. } => {

@@ -28,7 +28,7 @@ const FIRST_STATE_WAIT: Duration = Duration::from_secs(3);
 const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
 
 /// What the auth service says about trust right now.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct TrustView {
     pub trust_domain: String,
     pub sequence: u64,
@@ -388,7 +388,7 @@ impl Runtime {
             if b.sequence <= cur.sequence && !cur.authorities.is_empty() {
                 return false;
             }
-            let mut next = clone_view(cur);
+            let mut next = TrustView::clone(cur);
             next.sequence = b.sequence;
             next.authorities = b.x509_authorities.clone();
             next.bundle_der = b.x509_authorities.concat();
@@ -421,7 +421,7 @@ impl Runtime {
             {
                 return false;
             }
-            let mut next = clone_view(cur);
+            let mut next = TrustView::clone(cur);
             next.state_seen = true;
             next.locked = locked.clone();
             next.locked_ids = ids.clone();
@@ -553,23 +553,6 @@ impl Runtime {
                 }
             }
         }
-    }
-}
-
-fn clone_view(v: &TrustView) -> TrustView {
-    TrustView {
-        trust_domain: v.trust_domain.clone(),
-        sequence: v.sequence,
-        bundle_der: v.bundle_der.clone(),
-        authorities: v.authorities.clone(),
-        jwks: v.jwks.clone(),
-        jwks_bytes: v.jwks_bytes.clone(),
-        crl: v.crl.clone(),
-        revoked: v.revoked.clone(),
-        locked: v.locked.clone(),
-        locked_ids: v.locked_ids.clone(),
-        policy_revision: v.policy_revision,
-        state_seen: v.state_seen,
     }
 }
 

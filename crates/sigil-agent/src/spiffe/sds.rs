@@ -45,10 +45,7 @@ impl SdsService {
 }
 
 fn pem_source(label: &str, ders: &[&[u8]]) -> DataSource {
-    let text: String = ders
-        .iter()
-        .map(|d| super::pem_lf(label, d.to_vec()))
-        .collect();
+    let text: String = ders.iter().map(|d| super::pem_lf(label, d)).collect();
     DataSource {
         specifier: Some(Specifier::InlineBytes(text.into_bytes())),
     }

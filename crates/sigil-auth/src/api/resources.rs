@@ -10,16 +10,8 @@ use crate::audit;
 use crate::keys;
 use crate::state::AuthState;
 
-/// The resource kinds the admin API knows, singular.
-pub const KINDS: [&str; 7] = [
-    "role",
-    "bot",
-    "token",
-    "lock",
-    "bot_instance",
-    "workload_identity",
-    "workload_identity_x509_revocation",
-];
+// The resource kinds the admin API knows, singular: those the resource model parses.
+use sigil_types::KNOWN_KINDS as KINDS;
 
 pub fn normalize_kind(kind: &str) -> Result<&'static str, Status> {
     let k = kind.trim().to_ascii_lowercase().replace('-', "_");
