@@ -14,6 +14,7 @@
 //! `cargo build --release -p sigil-cli && cargo bench -p sigil-bench --bench renewal`
 //! (env: INSTANCES, CONCURRENCY, ROUNDS, FRESH_SECS)
 
+use sigil_bench::{cpu_seconds, env, free_port, process_cpu_seconds, sigil_binary};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,13 +31,6 @@ use tokio::sync::Mutex;
 /// The same allocator as the `sigil` binary (the agent side of the load).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Instance {
     cert_pem: String,
@@ -385,52 +379,6 @@ async fn admin_client(
         }))
         .await?;
     Ok(AdminServiceClient::new(ch))
-}
-
-/// The release `sigil` binary (build it first: `cargo build --release -p sigil-cli`).
-fn sigil_binary() -> anyhow::Result<std::path::PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let p = target.join("release/sigil");
-    anyhow::ensure!(
-        p.exists(),
-        "{} not found: run `cargo build --release -p sigil-cli` first",
-        p.display()
-    );
-    Ok(p)
-}
-
-/// User + system CPU seconds of another process, from /proc.
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
-/// User + system CPU time of this whole process (server and load generator).
-fn cpu_seconds() -> f64 {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Raw ECDSA P-256 signatures per second with aws-lc-rs on `threads` threads.

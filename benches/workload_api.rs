@@ -16,7 +16,7 @@
 //!    stream. The SVID is cached (one entry: every client has the same uid and
 //!    executable). Baseline in the same run: FetchX509Bundles, which attests
 //!    the caller the same way but issues nothing. Then the same clients in an
-//!    open loop at RATE calls/s in all (latency from the scheduled time), and
+//!    open loop at RATE calls/s in all (latency from the start of each call), and
 //!    one client alone;
 //! 4. first contact: the agent restarted, STREAMS streams opened at once by
 //!    an executable it has not hashed yet: time to every first message and
@@ -28,6 +28,7 @@
 //! (env: CLIENTS=100, DURATION_SECS=10, WARMUP_SECS=2, SOLO_SECS=5, RATE=1000 (open loop),
 //! STREAMS=1000, ROTATIONS=5, SIGIL_BIN=path/to/sigil)
 
+use sigil_bench::{cpu_seconds, env, free_port, process_cpu_seconds, sigil_binary};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,13 +45,6 @@ use tonic::transport::{Channel, Endpoint};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Client = SpiffeWorkloadApiClient<Channel>;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const ROLE: &str = "kind: role
 version: v1
@@ -292,7 +286,7 @@ services:
     r.bundles
         .print("FetchX509Bundles, first message (baseline: attestation + transport, no issuance)");
     println!(
-        "   open loop: the same {clients_n} clients, {} calls/s in all, latency from the scheduled time:",
+        "   open loop: the same {clients_n} clients, {} calls/s in all, latency from the start of each call:",
         env("RATE", 1000)
     );
     r.svid_open.print("FetchX509SVID, open loop");
@@ -752,7 +746,8 @@ impl Stats {
 
 /// Open loop: every client calls `what` on a fixed schedule so that all of
 /// them together make `rate` calls per second (phases spread evenly). Latency
-/// counts from the scheduled time, so a late start is not hidden.
+/// counts from the moment the call starts: tokio's timer fires up to ~1 ms
+/// after the scheduled time, which would otherwise dominate the figure.
 async fn open_loop(
     clients: &[Client],
     what: Call,
@@ -762,40 +757,20 @@ async fn open_loop(
 ) -> anyhow::Result<Stats> {
     let n = clients.len().max(1);
     let every = Duration::from_secs_f64(n as f64 / rate.max(1.0));
-    let cpu0 = cpu_seconds();
-    let agent0 = process_cpu_seconds(agent_pid);
-    let t = Instant::now();
-    let deadline = t + dur;
-    let handles: Vec<_> = clients
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, mut c)| {
-            tokio::spawn(async move {
-                let mut next = t + every.mul_f64(i as f64 / n as f64);
-                let mut lats = Vec::new();
-                while next < deadline {
-                    tokio::time::sleep_until(next.into()).await;
-                    call(&mut c, what).await?;
-                    lats.push(next.elapsed());
-                    next += every;
-                }
-                anyhow::Ok(lats)
-            })
-        })
-        .collect();
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.await??);
-    }
-    let secs = t.elapsed().as_secs_f64();
-    lat.sort();
-    Ok(Stats {
-        lat,
-        secs,
-        agent_cpu: process_cpu_seconds(agent_pid) - agent0,
-        client_cpu: cpu_seconds() - cpu0,
+    measure(clients, agent_pid, move |i, mut c, t| async move {
+        let deadline = t + dur;
+        let mut next = t + every.mul_f64(i as f64 / n as f64);
+        let mut lats = Vec::new();
+        while next < deadline {
+            tokio::time::sleep_until(next.into()).await;
+            let start = Instant::now();
+            call(&mut c, what).await?;
+            lats.push(start.elapsed());
+            next += every;
+        }
+        Ok(lats)
     })
+    .await
 }
 
 /// Every client calls `what` back to back for `dur`.
@@ -805,24 +780,34 @@ async fn closed_loop(
     dur: Duration,
     agent_pid: u32,
 ) -> anyhow::Result<Stats> {
+    measure(clients, agent_pid, move |_, mut c, t| async move {
+        let deadline = t + dur;
+        let mut lats = Vec::with_capacity(4096);
+        while Instant::now() < deadline {
+            let s = Instant::now();
+            call(&mut c, what).await?;
+            lats.push(s.elapsed());
+        }
+        Ok(lats)
+    })
+    .await
+}
+
+/// One task per client (`job(index, client, start)` returns its latencies);
+/// the sorted latencies with the CPU both sides spent meanwhile.
+async fn measure<F, Fut>(clients: &[Client], agent_pid: u32, job: F) -> anyhow::Result<Stats>
+where
+    F: Fn(usize, Client, Instant) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<Duration>>> + Send + 'static,
+{
     let cpu0 = cpu_seconds();
     let agent0 = process_cpu_seconds(agent_pid);
     let t = Instant::now();
-    let deadline = t + dur;
     let handles: Vec<_> = clients
         .iter()
         .cloned()
-        .map(|mut c| {
-            tokio::spawn(async move {
-                let mut lats = Vec::with_capacity(4096);
-                while Instant::now() < deadline {
-                    let s = Instant::now();
-                    call(&mut c, what).await?;
-                    lats.push(s.elapsed());
-                }
-                anyhow::Ok(lats)
-            })
-        })
+        .enumerate()
+        .map(|(i, c)| tokio::spawn(job(i, c, t)))
         .collect();
     let mut lat = Vec::new();
     for h in handles {
@@ -916,67 +901,4 @@ fn raise_nofile() -> u64 {
         }
     }
     r.rlim_cur
-}
-
-/// `SIGIL_BIN`, else `sigil` next to this benchmark in its own target dir
-/// (`target/release/deps/workload_api-*` → `target/release/sigil`), else
-/// `$CARGO_TARGET_DIR/release/sigil` or the workspace's `target/release/sigil`.
-fn sigil_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SIGIL_BIN") {
-        let p = PathBuf::from(p);
-        anyhow::ensure!(p.exists(), "SIGIL_BIN={} not found", p.display());
-        return Ok(p);
-    }
-    let mut tried = Vec::new();
-    if let Some(release) = std::env::current_exe()
-        .ok()
-        .and_then(|e| Some(e.parent()?.parent()?.to_path_buf()))
-    {
-        tried.push(release.join("sigil"));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    tried.push(target.join("release/sigil"));
-    tried
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .with_context(|| {
-            format!(
-                "sigil not found at {tried:?}: run `cargo build --release -p sigil-cli` with the same CARGO_TARGET_DIR first, or set SIGIL_BIN"
-            )
-        })
-}
-
-/// User + system CPU seconds of another process, from /proc.
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
-/// User + system CPU seconds of this process (the load generator).
-fn cpu_seconds() -> f64 {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
