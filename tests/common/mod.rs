@@ -58,10 +58,17 @@ pub struct Auth {
     pub public_port: u16,
     child: Option<Child>,
     pub pin: String,
+    /// Extra `sigil auth start` flags (e.g. --outbound-ca-file, --sts-endpoint).
+    pub extra_args: Vec<String>,
 }
 
 impl Auth {
     pub fn start() -> Auth {
+        Auth::start_with(&[])
+    }
+
+    /// Start with extra `sigil auth start` flags.
+    pub fn start_with(extra_args: &[&str]) -> Auth {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let mut a = Auth {
@@ -71,6 +78,7 @@ impl Auth {
             public_port: free_port(),
             child: None,
             pin: String::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         a.spawn();
         a
@@ -91,6 +99,7 @@ impl Auth {
                 &format!("127.0.0.1:{}", self.public_port),
             ])
             .args(["--cluster-name", "example.test"])
+            .args(&self.extra_args)
             .env("SIGIL_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -8,6 +8,9 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use sigil_types::{HumanDuration, WorkloadIdentitySelector};
 
+mod onboarding;
+pub use onboarding::*;
+
 /// The parsed, validated configuration.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -60,50 +63,6 @@ pub const SERVICE_TYPES: [&str; 1] = ["workload-api"];
 /// Workload attestors a `workload-api` service can run.
 pub const ATTESTORS: [&str; 4] = ["unix", "systemd", "docker", "podman"];
 
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Onboarding {
-    #[serde(default = "default_join_method")]
-    pub join_method: String,
-    #[serde(default)]
-    pub token: Option<String>,
-    #[serde(default)]
-    pub token_path: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for Onboarding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Onboarding")
-            .field("join_method", &self.join_method)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("token_path", &self.token_path)
-            .finish()
-    }
-}
-
-fn default_join_method() -> String {
-    "token".into()
-}
-
-impl Onboarding {
-    /// The token, read from `token_path` if that is how it was given.
-    pub fn token(&self) -> anyhow::Result<Option<String>> {
-        if let Some(t) = &self.token {
-            return Ok(Some(t.trim().to_string()));
-        }
-        if let Some(p) = &self.token_path {
-            let t = std::fs::read_to_string(p).with_context(|| {
-                format!(
-                    "onboarding.token_path {}: cannot read the token",
-                    p.display()
-                )
-            })?;
-            return Ok(Some(t.trim().to_string()));
-        }
-        Ok(None)
-    }
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
@@ -152,6 +111,9 @@ struct FileConfig {
 pub struct AgentFlags {
     pub auth_server: String,
     pub ca_pins: Vec<String>,
+    /// `--join-method` (default `token`); other methods need a config file
+    /// for their evidence only when its defaults do not fit.
+    pub join_method: Option<String>,
     pub token: Option<String>,
     pub token_path: Option<PathBuf>,
     pub storage: PathBuf,
@@ -266,11 +228,7 @@ impl AgentConfig {
         let cfg = AgentConfig {
             auth_server: f.auth_server,
             ca_pins: f.ca_pins,
-            onboarding: Onboarding {
-                join_method: "token".into(),
-                token: f.token,
-                token_path: f.token_path,
-            },
+            onboarding: Onboarding::with_token(f.join_method, f.token, f.token_path),
             storage: f.storage,
             credential_ttl: dur(
                 "credential-ttl",
@@ -305,15 +263,7 @@ impl AgentConfig {
                 bail!("ca_pins: {p:?} is not of the form sha256:<64 hex digits>");
             }
         }
-        if self.onboarding.join_method != "token" {
-            bail!(
-                "onboarding.join_method: {:?} is not available in this version; use `token`",
-                self.onboarding.join_method
-            );
-        }
-        if self.onboarding.token.is_some() && self.onboarding.token_path.is_some() {
-            bail!("onboarding: give token or token_path, not both");
-        }
+        self.onboarding.validate()?;
         if self.storage.as_os_str().is_empty() {
             bail!("storage.path: required");
         }

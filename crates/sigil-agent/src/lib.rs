@@ -22,7 +22,8 @@ use sigil_proto::v1::auth_service_client::AuthServiceClient;
 use sigil_proto::v1::join_client_message::Message as ClientMsg;
 use sigil_proto::v1::join_server_message::Message as ServerMsg;
 use sigil_proto::v1::{
-    Credentials, Heartbeat, JoinChallengeResponse, JoinClientMessage, JoinInit, RenewRequest,
+    Credentials, Heartbeat, JoinChallengeResponse, JoinClientMessage, JoinInit, PingRequest,
+    RenewRequest,
 };
 use time::OffsetDateTime;
 use tokio::signal::unix::{SignalKind, signal};
@@ -93,7 +94,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     let (client_tx, client_rx) = tokio::sync::watch::channel(None);
     let mut workload: Option<WorkloadTasks> = None;
     let storage = Storage::new(&cfg.storage);
-    if storage.load()?.is_none() {
+    if storage.load()?.is_none_or(|c| !c.renewable) {
         join::prover(&cfg.onboarding)?;
     }
     let ready = diag::Readiness::default();
@@ -260,8 +261,11 @@ struct Agent {
 impl Agent {
     /// One round: join or renew, then refresh every output.
     async fn cycle(&self) -> anyhow::Result<StoredCredential> {
+        let now = OffsetDateTime::now_utc();
         let cred = match self.storage.load()? {
-            Some(c) if c.expires > OffsetDateTime::now_utc() => self.renew(&c).await?,
+            Some(c) if c.expires > now && c.renewable => self.renew(&c).await?,
+            // A delegated method re-proves, keeping its bot instance.
+            Some(c) if c.expires > now => self.join(Some(&c)).await?,
             Some(c) => {
                 if self.cfg.onboarding.token()?.is_none() {
                     anyhow::bail!(
@@ -273,9 +277,9 @@ impl Agent {
                 tracing::warn!(
                     "stored credential expired; joining again with the configured token"
                 );
-                self.join().await?
+                self.join(None).await?
             }
-            None => self.join().await?,
+            None => self.join(None).await?,
         };
         if !self.outputs.is_empty() {
             let client = self.client(&cred)?;
@@ -334,18 +338,52 @@ impl Agent {
         }
     }
 
-    async fn join(&self) -> anyhow::Result<StoredCredential> {
+    /// Join: a new bot instance, or with `cur` (a delegated method's current
+    /// credential) a re-proof that keeps the instance.
+    async fn join(&self, cur: Option<&StoredCredential>) -> anyhow::Result<StoredCredential> {
         let prover = join::prover(&self.cfg.onboarding)?;
-        let key = TlsKeyPair::generate()?;
+        // A re-proof uses the persisted next key, so a retry after a crash
+        // is recognised as one (see storage.rs); a new instance a fresh key.
+        let key = match cur {
+            Some(_) => self.storage.next_key()?,
+            None => TlsKeyPair::generate()?,
+        };
+        let tls = match cur {
+            Some(c) => client::tls_config(
+                &self.pins(Some(c)),
+                Some(client::ClientCert {
+                    cert_pem: &c.cert_pem,
+                    key_pem: &c.key_pem,
+                }),
+            )?,
+            None => client::tls_config(&self.cfg.ca_pins, None)?,
+        };
+        let mut client = AuthServiceClient::new(client::channel(&self.cfg.auth_server, tls)?);
+        // The pinned auth service names the cluster: the audience the OIDC
+        // methods ask their platform for.
+        let cluster = client
+            .ping(PingRequest {})
+            .await
+            .map_err(status_error)
+            .context("contacting the auth service")?
+            .into_inner()
+            .cluster_name;
+        let ctx = join::ProverContext {
+            storage: self.cfg.storage.clone(),
+            cluster,
+        };
         let mut init = JoinInit {
+            join_method: self.cfg.onboarding.join_method.clone(),
             public_key_spki: key.spki_der(),
             ttl_seconds: self.cfg.credential_ttl.as_secs(),
             heartbeat: Some(self.heartbeat()),
+            instance_id: cur.map(|c| c.instance_id.clone()).unwrap_or_default(),
             ..Default::default()
         };
-        prover.init(&mut init)?;
-        let tls = client::tls_config(&self.cfg.ca_pins, None)?;
-        let mut client = AuthServiceClient::new(client::channel(&self.cfg.auth_server, tls)?);
+        prover
+            .init(&ctx, &mut init)
+            .await
+            .with_context(|| format!("join method {}", init.join_method))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.send(JoinClientMessage {
             message: Some(ClientMsg::Init(init)),
@@ -360,7 +398,7 @@ impl Agent {
             let msg = inbound.message().await.map_err(join_status)?;
             match msg.and_then(|m| m.message) {
                 Some(ServerMsg::Challenge(c)) => {
-                    let payload = prover.answer(&c.payload).await?;
+                    let payload = prover.answer(&ctx, &c.payload).await?;
                     tx.send(JoinClientMessage {
                         message: Some(ClientMsg::ChallengeResponse(JoinChallengeResponse {
                             payload,
@@ -369,9 +407,15 @@ impl Agent {
                     .await?;
                 }
                 Some(ServerMsg::Result(creds)) => {
+                    prover.joined(&ctx, &creds)?;
                     let cred = stored(creds, &key)?;
                     self.storage.save(&cred)?;
-                    tracing::info!(bot = %cred.bot, instance = %cred.instance_id, "joined");
+                    if cur.is_some() {
+                        self.storage.clear_next_key()?;
+                        tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation, "re-proved");
+                    } else {
+                        tracing::info!(bot = %cred.bot, instance = %cred.instance_id, "joined");
+                    }
                     return Ok(cred);
                 }
                 None => anyhow::bail!("the auth service closed the join stream without a result"),
@@ -403,7 +447,7 @@ impl Agent {
 fn join_status(s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::PermissionDenied {
         anyhow::Error::new(JoinDeniedError(
-            "the auth service refused this token; an admin can create a new one with `sigil tokens add --bot NAME` (the reason is in the audit log)".into(),
+            "the auth service refused this join; an admin finds the reason with `sigil audit ls --type bot.join.denied` (for a single-use token: create a new one with `sigil tokens add --bot NAME`)".into(),
         ))
     } else {
         status_error(s)
@@ -427,6 +471,7 @@ fn stored(c: Credentials, key: &TlsKeyPair) -> anyhow::Result<StoredCredential> 
         key_pem: key.to_pkcs8_pem(),
         ca_certs_pem: c.ca_certs_pem,
         expires: OffsetDateTime::from_unix_timestamp(c.expires_unix)?,
+        renewable: c.renewable,
     })
 }
 

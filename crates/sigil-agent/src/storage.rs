@@ -29,6 +29,14 @@ pub struct StoredCredential {
     pub ca_certs_pem: String,
     #[serde(with = "time::serde::rfc3339")]
     pub expires: time::OffsetDateTime,
+    /// False for delegated join methods: renew by re-proving (older
+    /// credential files predate delegated methods and are renewable).
+    #[serde(default = "renewable_default")]
+    pub renewable: bool,
+}
+
+fn renewable_default() -> bool {
+    true
 }
 
 impl std::fmt::Debug for StoredCredential {

@@ -13,6 +13,7 @@ mod cluster;
 mod issuance;
 mod join;
 mod keys;
+mod outbound;
 mod public_http;
 mod renewal;
 mod state;
@@ -49,6 +50,11 @@ pub struct AuthConfig {
     /// The public HTTPS base URL (`https://host[:port]`): the JWT-SVID issuer
     /// and OIDC discovery address. Default `https://<public listen address>`.
     pub public_url: Option<String>,
+    /// Extra PEM roots for outbound HTTPS (OIDC issuers, STS endpoints).
+    pub outbound_ca_file: Option<PathBuf>,
+    /// STS endpoints the `iam` join method may forward to (`https://host`);
+    /// empty means AWS's own (`sts.amazonaws.com`, `sts.<region>.amazonaws.com`).
+    pub sts_endpoints: Vec<String>,
 }
 
 /// File names inside the data dir.
@@ -116,6 +122,8 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         cas,
         cache,
         joins: join::JoinRegistry::standard(),
+        outbound: outbound::Outbound::new(cfg.outbound_ca_file.as_deref())?,
+        sts_endpoints: cfg.sts_endpoints.clone(),
         advertise_addr: listen.to_string(),
         public_addr: public.to_string(),
         data_dir: cfg.data_dir.clone(),

@@ -32,6 +32,11 @@ pub async fn renew(
     remote: &str,
 ) -> Result<Credentials, Status> {
     let (id, _info) = caller;
+    if id.delegated {
+        return Err(Status::permission_denied(
+            "this identity came from a delegated join method: renew by joining again with fresh evidence",
+        ));
+    }
     if !id.renewable {
         return Err(Status::permission_denied(
             "this identity is not renewable (output credentials cannot renew)",
@@ -151,6 +156,8 @@ pub async fn renew(
                     expires_unix: cert.not_after.unix_timestamp(),
                     cluster_name: state.cluster.clone(),
                     roles: auth.roles.clone(),
+                    renewable: true,
+                    join_state: String::new(),
                 });
             }
             Err(StoreError::Conflict(_)) => continue,
@@ -163,7 +170,7 @@ pub async fn renew(
 }
 
 /// Lock the instance and audit the copy; the error names the lock.
-async fn generation_mismatch(
+pub(crate) async fn generation_mismatch(
     state: &AuthState,
     id: &ClientIdentity,
     inst: &BotInstance,

@@ -21,6 +21,10 @@ pub struct AuthState {
     /// `iss` of JWT-SVIDs and the OIDC discovery issuer.
     pub jwt_issuer: String,
     pub joins: JoinRegistry,
+    /// HTTPS client for join verification (OIDC discovery/JWKS, STS).
+    pub outbound: crate::outbound::Outbound,
+    /// STS endpoints `iam` joins may be forwarded to (empty: AWS's own).
+    pub sts_endpoints: Vec<String>,
     /// What `bots add` prints as the address to join (the control-plane listener).
     pub advertise_addr: String,
     pub public_addr: String,

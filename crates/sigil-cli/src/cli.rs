@@ -152,6 +152,14 @@ pub struct AuthStartArgs {
     /// Default: https://<--public-listen>.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Extra PEM CA certificates to trust for outbound HTTPS: OIDC issuers
+    /// (self-hosted GitLab, GitHub Enterprise, a Kubernetes API) and STS.
+    #[arg(long, value_name = "FILE")]
+    pub outbound_ca_file: Option<PathBuf>,
+    /// An STS endpoint `iam` joins may be forwarded to, https://HOST[:PORT]
+    /// (repeatable). Default: AWS's global and regional STS endpoints.
+    #[arg(long = "sts-endpoint", value_name = "URL")]
+    pub sts_endpoints: Vec<String>,
 }
 
 /// `sigil agent ...`
@@ -165,8 +173,13 @@ pub enum AgentCommand {
 #[derive(Args, Debug, Clone, Default)]
 pub struct AgentStartArgs {
     /// Agent YAML configuration file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["ca_pins", "token", "token_path", "storage", "outputs", "credential_ttl", "renewal_interval"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ca_pins", "join_method", "token", "token_path", "storage", "outputs", "credential_ttl", "renewal_interval"])]
     pub config: Option<PathBuf>,
+    /// Join method (`token` by default; a delegated method uses its defaults,
+    /// e.g. `github` reads the Actions ID-token variables, and --token names
+    /// the token resource).
+    #[arg(long, value_name = "METHOD")]
+    pub join_method: Option<String>,
     /// Pin of the auth service's host CA, `sha256:HEX` (repeatable; from `sigil bots add`).
     #[arg(long = "ca-pin", value_name = "sha256:HEX")]
     pub ca_pins: Vec<String>,

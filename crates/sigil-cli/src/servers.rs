@@ -26,6 +26,8 @@ pub fn auth_config(
         cluster_name: args.cluster_name.clone(),
         server_names: args.server_names.clone(),
         public_url: args.public_url.clone(),
+        outbound_ca_file: args.outbound_ca_file.clone(),
+        sts_endpoints: args.sts_endpoints.clone(),
     })
 }
 
@@ -79,6 +81,7 @@ pub fn agent_flags(
     Ok(sigil_agent::AgentFlags {
         auth_server,
         ca_pins: args.ca_pins.clone(),
+        join_method: args.join_method.clone(),
         token: args.token.clone(),
         token_path: args.token_path.clone(),
         storage,
@@ -159,6 +162,8 @@ mod tests {
             cluster_name: Some("example.test".into()),
             server_names: vec!["auth.example.test".into()],
             public_url: Some("https://auth.example.test".into()),
+            outbound_ca_file: None,
+            sts_endpoints: vec![],
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)

@@ -50,6 +50,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         renewable: true,
         join_method: "github".into(),
         logins: vec!["ubuntu".into()],
+        delegated: false,
+        join_attributes: Default::default(),
     };
     let ttl = Duration::from_secs(3600);
     let mut failures = 0u64;

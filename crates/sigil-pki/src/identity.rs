@@ -39,6 +39,23 @@ pub struct ClientIdentity {
     /// SSH logins allowed, if any.
     #[serde(default)]
     pub logins: Vec<String>,
+    /// An agent's own identity from a delegated join method: not renewable
+    /// (the agent re-proves to renew) but, unlike an output credential, it
+    /// may request outputs. Absent in older certificates: treated as false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delegated: bool,
+    /// The verified claims of the join (`repository`, `aws_arn`, ...), by
+    /// the method's own names.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub join_attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl ClientIdentity {
+    /// Whether this certificate may request further credentials (outputs,
+    /// workload identities): an agent's own identity, renewable or delegated.
+    pub fn is_agent_identity(&self) -> bool {
+        self.renewable || self.delegated
+    }
 }
 
 /// Facts about a certificate that callers check (expiry, key binding, issuer).

@@ -60,6 +60,8 @@ fn identity() -> ClientIdentity {
         renewable: true,
         join_method: "github".into(),
         logins: vec!["ubuntu".into()],
+        delegated: false,
+        join_attributes: Default::default(),
     }
 }
 

@@ -58,6 +58,11 @@ pub struct BotInstanceSpec {
     pub instance_id: String,
     /// Join method used at first join.
     pub join_method: String,
+    /// The token it joined through, by name — only for methods whose token
+    /// name is not a secret (every method but `token`). A delegated re-proof
+    /// must come through the same token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
     /// Last generation the server issued.
     pub generation: u64,
     /// SHA-256 (hex) of the currently certified public key.

@@ -32,7 +32,11 @@ pub use role::{
     AdminRule, KNOWN_VERBS, RULE_RESOURCES, RoleConditions, RoleOptions, RoleSpec, validate_login,
 };
 pub use spiffe::{SpiffeId, SpiffeIdError, validate_path_segment, validate_trust_domain};
-pub use token::{JoinMethodKind, TokenSpec};
+pub use token::{
+    AllowRule, BoundKeypairJoin, BoundKeypairOnboarding, BoundKeypairRecovery, GithubJoin,
+    GitlabJoin, IamJoin, JoinAttributes, JoinMethodKind, JoinRuleDecision, KubernetesJoin,
+    OidcJoin, TokenSpec, TpmJoin,
+};
 pub use workload_identity::{
     Attributes, Condition, JwtSvidOptions, RenderedIdentity, RuleDecision, RuleEntry,
     SpiffeTemplate, TemplateError, WorkloadIdentitySelector, WorkloadIdentitySpec, WorkloadRules,

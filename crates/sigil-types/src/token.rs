@@ -1,8 +1,25 @@
-//! `token`: how a bot may join. The resource name is the secret.
+//! `token`: how a bot may join. For join method `token` the resource name is
+//! the secret; for every other method it is a plain name the agent refers to,
+//! and the method's section (`github:`, `iam:`, ...) says who may use it.
+
+mod machine;
+mod oidc_family;
+mod rules;
 
 use crate::resource::{Kind, Resource, ValidationError, validate_envelope, validate_ref};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+pub use machine::{
+    BoundKeypairJoin, BoundKeypairOnboarding, BoundKeypairRecovery, IAM_RULE_FIELDS, IamJoin,
+    MIN_REGISTRATION_SECRET_LEN, TPM_RULE_FIELDS, TpmJoin,
+};
+pub use oidc_family::{
+    GITHUB_ISSUER, GITHUB_RULE_FIELDS, GITLAB_ISSUER, GITLAB_RULE_FIELDS, GithubJoin, GitlabJoin,
+    KUBERNETES_RULE_FIELDS, KubernetesJoin, OidcJoin, github_attributes, gitlab_attributes,
+    kubernetes_attributes, oidc_attributes,
+};
+pub use rules::{AllowRule, JoinAttributes, JoinRuleDecision, evaluate_rules, validate_rules};
 
 /// Join methods. Serialized in snake_case (`bound_keypair`, ...).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,6 +74,12 @@ impl JoinMethodKind {
     pub fn from_name(s: &str) -> Option<JoinMethodKind> {
         JoinMethodKind::ALL.into_iter().find(|m| m.as_str() == s)
     }
+
+    /// Delegated methods prove with evidence the platform gives the machine;
+    /// their credentials are not renewable, the agent re-proves each time.
+    pub fn is_delegated(&self) -> bool {
+        !matches!(self, JoinMethodKind::Token | JoinMethodKind::BoundKeypair)
+    }
 }
 
 impl fmt::Display for JoinMethodKind {
@@ -65,7 +88,7 @@ impl fmt::Display for JoinMethodKind {
     }
 }
 
-/// Body of a `token`.
+/// Body of a `token`: the bot, the method, and the method's section.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
@@ -73,6 +96,153 @@ pub struct TokenSpec {
     pub bot_name: String,
     /// How the joiner proves itself.
     pub join_method: JoinMethodKind,
+    /// `bound_keypair` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_keypair: Option<BoundKeypairJoin>,
+    /// `kubernetes` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesJoin>,
+    /// `github` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubJoin>,
+    /// `gitlab` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitlab: Option<GitlabJoin>,
+    /// `oidc` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcJoin>,
+    /// `iam` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam: Option<IamJoin>,
+    /// `tpm` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmJoin>,
+}
+
+impl TokenSpec {
+    /// A spec for `bot` with `method` and no method section.
+    pub fn new(bot: impl Into<String>, method: JoinMethodKind) -> Self {
+        TokenSpec {
+            bot_name: bot.into(),
+            join_method: method,
+            bound_keypair: None,
+            kubernetes: None,
+            github: None,
+            gitlab: None,
+            oidc: None,
+            iam: None,
+            tpm: None,
+        }
+    }
+
+    /// True when the token's name is its secret (method `token`).
+    pub fn name_is_secret(&self) -> bool {
+        self.join_method == JoinMethodKind::Token
+    }
+
+    /// The allow rules of the method's section (none for `token` and
+    /// `bound_keypair`, which match a secret or a key, not claims).
+    pub fn allow_rules(&self) -> &[AllowRule] {
+        match self.join_method {
+            JoinMethodKind::Token | JoinMethodKind::BoundKeypair => &[],
+            JoinMethodKind::Kubernetes => self.kubernetes.as_ref().map_or(&[], |s| &s.allow),
+            JoinMethodKind::Github => self.github.as_ref().map_or(&[], |s| &s.allow),
+            JoinMethodKind::Gitlab => self.gitlab.as_ref().map_or(&[], |s| &s.allow),
+            JoinMethodKind::Oidc => self.oidc.as_ref().map_or(&[], |s| &s.allow),
+            JoinMethodKind::Iam => self.iam.as_ref().map_or(&[], |s| &s.allow),
+            JoinMethodKind::Tpm => self.tpm.as_ref().map_or(&[], |s| &s.allow),
+        }
+    }
+
+    /// Match verified attributes against the allow rules.
+    pub fn evaluate(&self, attrs: &JoinAttributes) -> JoinRuleDecision {
+        evaluate_rules(self.allow_rules(), attrs)
+    }
+
+    /// Join attributes from raw claims as a method would verify them (for
+    /// `sigil tokens test`): an ID token's claims for the OIDC methods,
+    /// `{aws_account, aws_arn}` for `iam`, `{ek_public_hash,
+    /// ek_certificate_serial}` for `tpm`.
+    pub fn attributes_from_claims(
+        &self,
+        claims: &serde_json::Value,
+    ) -> Result<JoinAttributes, String> {
+        let flat = |fields: &[&str]| {
+            let mut a = JoinAttributes::new();
+            for f in fields {
+                match claims.get(*f) {
+                    Some(serde_json::Value::String(s)) => {
+                        a.insert((*f).to_string(), s.clone());
+                    }
+                    Some(serde_json::Value::Number(n)) => {
+                        a.insert((*f).to_string(), n.to_string());
+                    }
+                    _ => {}
+                }
+            }
+            a
+        };
+        match self.join_method {
+            JoinMethodKind::Token | JoinMethodKind::BoundKeypair => Err(format!(
+                "join method {} checks a secret or a key, not claims",
+                self.join_method
+            )),
+            JoinMethodKind::Github => Ok(github_attributes(claims)),
+            JoinMethodKind::Gitlab => Ok(gitlab_attributes(claims)),
+            JoinMethodKind::Oidc => Ok(oidc_attributes(claims)),
+            JoinMethodKind::Kubernetes => kubernetes_attributes(claims).ok_or_else(|| {
+                "sub is not a service account's (system:serviceaccount:NAMESPACE:NAME)".to_string()
+            }),
+            JoinMethodKind::Iam => Ok(flat(&["aws_account", "aws_arn", "aws_user_id"])),
+            JoinMethodKind::Tpm => Ok(flat(&TPM_RULE_FIELDS)),
+        }
+    }
+
+    fn validate_sections(&self) -> Result<(), ValidationError> {
+        let present = [
+            (JoinMethodKind::BoundKeypair, self.bound_keypair.is_some()),
+            (JoinMethodKind::Kubernetes, self.kubernetes.is_some()),
+            (JoinMethodKind::Github, self.github.is_some()),
+            (JoinMethodKind::Gitlab, self.gitlab.is_some()),
+            (JoinMethodKind::Oidc, self.oidc.is_some()),
+            (JoinMethodKind::Iam, self.iam.is_some()),
+            (JoinMethodKind::Tpm, self.tpm.is_some()),
+        ];
+        for (m, is_set) in present {
+            if is_set && m != self.join_method {
+                return Err(ValidationError::new(
+                    format!("spec.{m}"),
+                    format!(
+                        "this section is for join method {m}, but join_method is {}",
+                        self.join_method
+                    ),
+                ));
+            }
+            if !is_set && m == self.join_method {
+                return Err(ValidationError::new(
+                    format!("spec.{m}"),
+                    format!("join method {m} needs a `{m}:` section (see the README)"),
+                ));
+            }
+        }
+        let path = format!("spec.{}", self.join_method);
+        match self.join_method {
+            JoinMethodKind::Token => Ok(()),
+            JoinMethodKind::BoundKeypair => self
+                .bound_keypair
+                .as_ref()
+                .map_or(Ok(()), |s| s.validate(&path)),
+            JoinMethodKind::Kubernetes => self
+                .kubernetes
+                .as_ref()
+                .map_or(Ok(()), |s| s.validate(&path)),
+            JoinMethodKind::Github => self.github.as_ref().map_or(Ok(()), |s| s.validate(&path)),
+            JoinMethodKind::Gitlab => self.gitlab.as_ref().map_or(Ok(()), |s| s.validate(&path)),
+            JoinMethodKind::Oidc => self.oidc.as_ref().map_or(Ok(()), |s| s.validate(&path)),
+            JoinMethodKind::Iam => self.iam.as_ref().map_or(Ok(()), |s| s.validate(&path)),
+            JoinMethodKind::Tpm => self.tpm.as_ref().map_or(Ok(()), |s| s.validate(&path)),
+        }
+    }
 }
 
 impl Kind for TokenSpec {
@@ -80,7 +250,8 @@ impl Kind for TokenSpec {
 
     fn validate(res: &Resource<Self>) -> Result<(), ValidationError> {
         validate_envelope(res)?;
-        validate_ref("spec.bot_name", "bot", &res.spec.bot_name)
+        validate_ref("spec.bot_name", "bot", &res.spec.bot_name)?;
+        res.spec.validate_sections()
     }
 }
 
@@ -97,5 +268,35 @@ mod tests {
         }
         assert_eq!(JoinMethodKind::BoundKeypair.as_str(), "bound_keypair");
         assert!(serde_json::from_str::<JoinMethodKind>("\"BoundKeypair\"").is_err());
+        assert!(!JoinMethodKind::Token.is_delegated());
+        assert!(!JoinMethodKind::BoundKeypair.is_delegated());
+        assert!(JoinMethodKind::Github.is_delegated() && JoinMethodKind::Tpm.is_delegated());
+    }
+
+    #[test]
+    fn the_issue_example_parses_validates_and_evaluates() {
+        let yaml = "kind: token\nversion: v1\nmetadata: {name: ci-github, expires: \"2027-01-01T00:00:00Z\"}\nspec:\n  bot_name: deployer\n  join_method: github\n  github:\n    allow:\n      - {repository: acme/infra, ref: refs/heads/main, environment: prod}\n";
+        let res = crate::parse_resources(yaml, "t.yaml").unwrap();
+        let crate::AnyResource::Token(t) = &res[0] else {
+            panic!("not a token")
+        };
+        let claims = serde_json::json!({"repository": "acme/infra", "ref": "refs/heads/main", "environment": "prod"});
+        let attrs = t.spec.attributes_from_claims(&claims).unwrap();
+        assert_eq!(t.spec.evaluate(&attrs).matched_rule, Some(0));
+        let claims = serde_json::json!({"repository": "acme/infra", "ref": "refs/heads/dev", "environment": "prod"});
+        let attrs = t.spec.attributes_from_claims(&claims).unwrap();
+        let d = t.spec.evaluate(&attrs);
+        assert!(!d.is_allowed() && d.summary().contains("ref"), "{d:?}");
+    }
+
+    #[test]
+    fn sections_must_match_the_method() {
+        let mut spec = TokenSpec::new("b", JoinMethodKind::Github);
+        assert!(spec.validate_sections().unwrap_err().field == "spec.github");
+        spec.iam = Some(IamJoin::default());
+        spec.join_method = JoinMethodKind::Token;
+        assert_eq!(spec.validate_sections().unwrap_err().field, "spec.iam");
+        spec.iam = None;
+        assert!(spec.validate_sections().is_ok());
     }
 }

@@ -128,6 +128,8 @@ metadata:
 spec:
   bot_name: deployer
   join_method: bound_keypair
+  bound_keypair:
+    onboarding: {initial_public_key: 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx7 bot'}
 --- # locks
 kind: lock
 version: v1
@@ -161,7 +163,7 @@ fn multi_document_yaml() {
     // An error in the third document is reported at its absolute line.
     let bad = MULTI.replace("message: compromised", "mesage: compromised");
     let err = parse_resources(&bad, "all.yaml").unwrap_err();
-    assert_eq!(err.line, Some(24), "{err}");
+    assert_eq!(err.line, Some(26), "{err}");
     assert!(err.to_string().contains("mesage"), "{err}");
     // A validation error in the second document points into it.
     let bad = MULTI.replace("bot_name: deployer", "bot_name: \"\"");

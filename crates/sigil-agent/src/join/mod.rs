@@ -3,19 +3,38 @@
 
 mod token;
 
+use std::path::PathBuf;
+
 use async_trait::async_trait;
-use sigil_proto::v1::JoinInit;
+use sigil_proto::v1::{Credentials, JoinInit};
 
 use crate::config::Onboarding;
+
+/// What a prover may need besides its own config.
+#[derive(Clone, Debug)]
+pub struct ProverContext {
+    /// The agent's storage directory (bound_keypair keeps its key and join
+    /// state there).
+    pub storage: PathBuf,
+    /// The cluster name, learnt from the pinned auth service before the
+    /// join: the audience the OIDC methods ask their platform for.
+    pub cluster: String,
+}
 
 /// The agent half of a join method.
 #[async_trait]
 pub trait JoinProver: Send + Sync {
-    /// Fill in the method's evidence in the first message.
-    fn init(&self, init: &mut JoinInit) -> anyhow::Result<()>;
+    /// Fill in the method's evidence in the first message (`token` and
+    /// `evidence`); `join_method` is set by the caller.
+    async fn init(&self, ctx: &ProverContext, init: &mut JoinInit) -> anyhow::Result<()>;
     /// Answer a server challenge (challenge-response methods).
-    async fn answer(&self, _challenge: &[u8]) -> anyhow::Result<Vec<u8>> {
+    async fn answer(&self, _ctx: &ProverContext, _challenge: &[u8]) -> anyhow::Result<Vec<u8>> {
         anyhow::bail!("this join method does not expect challenges")
+    }
+    /// After a successful join: keep what the method needs next time
+    /// (bound_keypair's signed join state).
+    fn joined(&self, _ctx: &ProverContext, _creds: &Credentials) -> anyhow::Result<()> {
+        Ok(())
     }
 }
 
@@ -23,6 +42,6 @@ pub trait JoinProver: Send + Sync {
 pub fn prover(onboarding: &Onboarding) -> anyhow::Result<Box<dyn JoinProver>> {
     match onboarding.join_method.as_str() {
         "token" => Ok(Box::new(token::TokenProver::new(onboarding)?)),
-        other => anyhow::bail!("join method {other:?} is not available in this version"),
+        other => anyhow::bail!("join method {other:?} is not available in this build"),
     }
 }

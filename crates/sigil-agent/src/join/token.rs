@@ -3,7 +3,7 @@
 use anyhow::Context;
 use sigil_proto::v1::JoinInit;
 
-use super::JoinProver;
+use super::{JoinProver, ProverContext};
 use crate::config::Onboarding;
 
 pub struct TokenProver {
@@ -21,8 +21,7 @@ impl TokenProver {
 
 #[async_trait::async_trait]
 impl JoinProver for TokenProver {
-    fn init(&self, init: &mut JoinInit) -> anyhow::Result<()> {
-        init.join_method = "token".into();
+    async fn init(&self, _ctx: &ProverContext, init: &mut JoinInit) -> anyhow::Result<()> {
         init.token = self.token.clone();
         Ok(())
     }

@@ -400,9 +400,6 @@ fn new_token(bot: &str, ttl: Duration) -> Result<Token, Status> {
             expires: Some(OffsetDateTime::now_utc() + ttl),
             ..Default::default()
         },
-        TokenSpec {
-            bot_name: bot.to_string(),
-            join_method: JoinMethodKind::Token,
-        },
+        TokenSpec::new(bot, JoinMethodKind::Token),
     ))
 }

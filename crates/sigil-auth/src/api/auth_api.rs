@@ -10,15 +10,11 @@ use sigil_proto::v1::join_client_message::Message as ClientMsg;
 use sigil_proto::v1::join_server_message::Message as ServerMsg;
 use sigil_proto::v1::{
     Credentials, IdentityCredentials, IssueIdentityRequest, IssueWorkloadIdentitiesRequest,
-    IssueWorkloadIdentitiesResponse, JoinChallenge, JoinClientMessage, JoinInit, JoinServerMessage,
+    IssueWorkloadIdentitiesResponse, JoinChallenge, JoinClientMessage, JoinServerMessage,
     PingRequest, PingResponse, RenewRequest, WatchWorkloadStateRequest, WorkloadState,
 };
-use sigil_store::{Op, Txn};
-use sigil_types::{
-    Authentication, BotInstance, BotInstanceSpec, LockTarget, Metadata, RoleSet,
-    WorkloadIdentitySelector,
-};
-use time::OffsetDateTime;
+use sigil_store::Txn;
+use sigil_types::{RoleSet, WorkloadIdentitySelector};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -26,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::audit;
 use crate::authz::{self, Caller};
 use crate::issuance::{self, bot_authority, effective_ttl};
-use crate::join::{Conversation, JoinDenied};
+use crate::join::{self, Conversation, JoinDenied};
 use crate::keys;
 use crate::renewal;
 use crate::state::SharedState;
@@ -37,9 +33,6 @@ pub struct AuthApi {
 }
 
 type JoinStream = Pin<Box<dyn Stream<Item = Result<JoinServerMessage, Status>> + Send>>;
-
-/// The message every refused join gets, whatever the reason.
-const JOIN_DENIED: &str = "join denied";
 
 /// Longest a join conversation may take, challenges included.
 const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -61,6 +54,10 @@ impl AuthService for AuthApi {
         req: Request<Streaming<JoinClientMessage>>,
     ) -> Result<Response<Self::JoinStream>, Status> {
         let remote = authz::remote_addr(&req);
+        // A delegated method re-proving an instance presents its certificate.
+        let presented = authz::peer(&req)
+            .and_then(|p| p.identity.as_ref())
+            .map(|i| i.0.clone());
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<JoinServerMessage, Status>>(4);
         let state = self.state.clone();
@@ -82,7 +79,7 @@ impl AuthService for AuthApi {
                     inbound,
                     outbound: tx.clone(),
                 };
-                join(&state, &init, &mut conv, &remote).await
+                join::join(&state, &init, &mut conv, &remote, presented.as_ref()).await
             })
             .await
             .unwrap_or_else(|_| Err(Status::deadline_exceeded("the join took too long")));
@@ -118,8 +115,10 @@ impl AuthService for AuthApi {
         let r = req.get_ref();
         let auth = bot_authority(&self.state, &id.bot).map_err(Status::permission_denied)?;
         let ttl = effective_ttl(r.ttl_seconds, auth.max_ttl);
+        // An output can never mint more: neither renewable nor delegated.
         let out_id = ClientIdentity {
             renewable: false,
+            delegated: false,
             roles: auth.roles.clone(),
             logins: auth.logins.clone(),
             ..id.clone()
@@ -184,7 +183,7 @@ impl AuthService for AuthApi {
         let r = req.into_inner();
         let mut attrs =
             workload::check_workload_attributes(&r.workload_attributes, &["workload."])?;
-        attrs.extend(workload::bot_attributes(&self.state, &id));
+        attrs.extend(workload::bot_attributes(&id));
         let selector = selector_from_proto(r.selector)?;
         let mut candidates = workload::granted_identities(&self.state, &RoleSet::new(roles));
         if let Some(sel) = &selector {
@@ -237,7 +236,7 @@ async fn agent_identity<T>(
         }
     };
     let (id, _) = *caller;
-    if !id.renewable {
+    if !id.is_agent_identity() {
         return Err(Status::permission_denied(
             "output credentials cannot request further credentials",
         ));
@@ -286,7 +285,6 @@ async fn audit_refusal<T>(state: &SharedState, req: &Request<T>, err: &Status) {
     renewal::audit_denied(state, id, &authz::remote_addr(req), err.message()).await;
 }
 
-#[allow(dead_code)] // read through `Conversation::challenge`
 struct StreamConversation {
     inbound: Streaming<JoinClientMessage>,
     outbound: mpsc::Sender<Result<JoinServerMessage, Status>>,
@@ -308,162 +306,4 @@ impl Conversation for StreamConversation {
             _ => Err(JoinDenied::new("expected a challenge response")),
         }
     }
-}
-
-/// The whole join: prove, authorize, create the instance, issue, audit.
-async fn join(
-    state: &SharedState,
-    init: &JoinInit,
-    conv: &mut dyn Conversation,
-    remote: &str,
-) -> Result<Credentials, Status> {
-    let denied = |reason: String, audit_fields: serde_json::Value| async move {
-        metrics::counter!("sigil_joins_total", "result" => "denied").increment(1);
-        tracing::info!(method = %init.join_method, remote, "join denied");
-        let mut fields = serde_json::json!({
-            "method": init.join_method, "remote_addr": remote, "reason": reason,
-        });
-        if let (Some(f), Some(extra)) = (fields.as_object_mut(), audit_fields.as_object()) {
-            f.extend(extra.clone());
-        }
-        let ev = audit::event(audit::JOIN_DENIED, fields);
-        if let Err(e) = state
-            .store
-            .commit(Txn {
-                ops: vec![],
-                audit: vec![ev],
-            })
-            .await
-        {
-            tracing::error!(error = %e, "failed to audit a denied join");
-        }
-        Status::permission_denied(JOIN_DENIED)
-    };
-
-    let Some(method) = state.joins.get(&init.join_method) else {
-        return Err(denied(
-            format!("unknown join method {:?}", init.join_method),
-            serde_json::json!({}),
-        )
-        .await);
-    };
-    let verified = match method.verify(state, init, conv).await {
-        Ok(v) => v,
-        Err(d) if d.unavailable => {
-            tracing::error!(reason = %d.reason, "join could not be checked");
-            return Err(Status::unavailable(
-                "the auth service cannot check joins right now; retry",
-            ));
-        }
-        Err(d) => return Err(denied(d.reason, serde_json::json!({})).await),
-    };
-    let auth = match bot_authority(state, &verified.bot_name) {
-        Ok(a) => a,
-        Err(reason) => return Err(denied(reason, verified.audit.clone()).await),
-    };
-    let instance_id = uuid::Uuid::new_v4().to_string();
-    let id = ClientIdentity {
-        cluster: state.cluster.clone(),
-        bot: verified.bot_name.clone(),
-        instance_id: instance_id.clone(),
-        roles: auth.roles.clone(),
-        generation: 1,
-        renewable: verified.renewable,
-        join_method: init.join_method.clone(),
-        logins: auth.logins.clone(),
-    };
-    if let Err(e) = issuance::check_locks(
-        state,
-        &id,
-        &[LockTarget::Token(keys::token_ref(&verified.token_name))],
-    ) {
-        return Err(denied(e.message().to_string(), verified.audit.clone()).await);
-    }
-    let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
-    let cert = state
-        .cas
-        .client
-        .issue_client(&init.public_key_spki, &id, ttl)
-        .map_err(issuance::pki_error)?;
-    let now = OffsetDateTime::now_utc();
-    let key_fp = sigil_pki::sha256_hex(&init.public_key_spki);
-    let authn = Authentication {
-        time: now,
-        method: init.join_method.clone(),
-        remote_addr: remote.to_string(),
-        public_key_sha256: key_fp.clone(),
-        generation: 1,
-        attributes: verified.attributes.clone(),
-    };
-    let mut spec = BotInstanceSpec {
-        bot_name: id.bot.clone(),
-        instance_id: instance_id.clone(),
-        join_method: init.join_method.clone(),
-        generation: 1,
-        current_key_sha256: key_fp.clone(),
-        pending_key_sha256: None,
-        initial_authentication: Some(authn.clone()),
-        authentications: vec![],
-        heartbeats: vec![],
-    };
-    spec.push_authentication(authn, sigil_types::HISTORY_CAP);
-    if let Some(hb) = &init.heartbeat {
-        spec.push_heartbeat(renewal::heartbeat(hb, now), sigil_types::HISTORY_CAP);
-    }
-    let inst = BotInstance::new(
-        Metadata {
-            name: instance_id.clone(),
-            ..Default::default()
-        },
-        spec,
-    );
-    let mut ops = verified.consume.clone();
-    ops.push(Op::Create {
-        key: keys::bot_instance(&id.bot, &instance_id),
-        value: serde_json::to_vec(&inst).map_err(|e| Status::internal(e.to_string()))?,
-        expires: None,
-    });
-    let mut fields = serde_json::json!({
-        "method": init.join_method, "bot": id.bot, "bot_instance": instance_id,
-        "remote_addr": remote, "public_key_sha256": key_fp, "roles": auth.roles,
-    });
-    if let (Some(f), Some(extra)) = (fields.as_object_mut(), verified.audit.as_object()) {
-        f.extend(extra.clone());
-    }
-    let txn = Txn {
-        ops,
-        audit: vec![
-            audit::event(audit::JOIN_SUCCESS, fields),
-            issuance::x509_issued_event(&id, &cert, ttl, "client"),
-        ],
-    };
-    match state.store.commit(txn).await {
-        Ok(_) => {}
-        // Storage trouble is not a denial: the agent should retry.
-        Err(sigil_store::StoreError::Backend(e)) => {
-            tracing::error!(error = %e, "storage failed during a join");
-            return Err(Status::unavailable("storage unavailable; retry"));
-        }
-        // Lost the race for a single-use token.
-        Err(e) => {
-            return Err(denied(
-                format!("could not consume the token: {e}"),
-                verified.audit.clone(),
-            )
-            .await);
-        }
-    }
-    metrics::counter!("sigil_joins_total", "result" => "ok").increment(1);
-    metrics::counter!("sigil_certs_issued_total", "kind" => "x509").increment(1);
-    tracing::info!(bot = %id.bot, instance = %instance_id, method = %init.join_method, "bot joined");
-    Ok(Credentials {
-        tls_cert_pem: cert.pem,
-        ca_certs_pem: state.cas.agent_bundle_pem(),
-        bot_name: id.bot,
-        instance_id,
-        generation: 1,
-        expires_unix: cert.not_after.unix_timestamp(),
-        cluster_name: state.cluster.clone(),
-        roles: auth.roles,
-    })
 }

@@ -130,9 +130,9 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
                 t.metadata.expires =
                     Some(OffsetDateTime::now_utc() + sigil_types::DEFAULT_TOKEN_TTL);
             }
-            if t.metadata.name.len() < 16 {
+            if t.spec.name_is_secret() && t.metadata.name.len() < 16 {
                 return Err(Status::invalid_argument(
-                    "a token's name is its secret: use at least 16 characters (or `sigil tokens add`)",
+                    "a join_method: token token's name is its secret: use at least 16 characters (or `sigil tokens add`)",
                 ));
             }
         }
@@ -209,10 +209,10 @@ pub fn ops_for(res: AnyResource, upsert: bool, actor: &str) -> Result<(Op, NewAu
     Ok((op, audit::event(event_type, fields)))
 }
 
-/// Names fit for logs: a token's name is its secret.
+/// Names fit for logs: a `token`-method token's name is its secret.
 fn display_name(res: &AnyResource) -> String {
     match res {
-        AnyResource::Token(t) => keys::secret_hint(&t.metadata.name),
+        AnyResource::Token(t) if t.spec.name_is_secret() => keys::secret_hint(&t.metadata.name),
         other => other.name().to_string(),
     }
 }
@@ -286,16 +286,22 @@ pub async fn get(state: &AuthState, kind: &str, name: &str) -> Result<String, St
     Ok(shown(kind, &item))
 }
 
-/// A stored resource as the API returns it. A join token's name is its
-/// secret: it is shown only once, when created; afterwards as its hash form
-/// (which `rm` and `locks add --token` accept).
+/// A stored resource as the API returns it. A `token`-method token's name
+/// is its secret: it is shown only once, when created; afterwards as its hash
+/// form (which `rm` and `locks add --token` accept). A bound_keypair
+/// registration secret is never shown again either.
 fn shown(kind: &str, item: &Item) -> String {
     if kind == "token"
         && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&item.value)
-        && let Some(name) = v.pointer_mut("/metadata/name")
     {
-        let r = keys::token_ref(name.as_str().unwrap_or_default());
-        *name = serde_json::Value::String(r);
+        let secret_name = v.pointer("/spec/join_method").and_then(|m| m.as_str()) == Some("token");
+        if secret_name && let Some(name) = v.pointer_mut("/metadata/name") {
+            let r = keys::token_ref(name.as_str().unwrap_or_default());
+            *name = serde_json::Value::String(r);
+        }
+        if let Some(s) = v.pointer_mut("/spec/bound_keypair/onboarding/registration_secret") {
+            *s = serde_json::Value::String("<redacted>".into());
+        }
         return v.to_string();
     }
     String::from_utf8_lossy(&item.value).into_owned()

@@ -3,7 +3,10 @@
 //! [`JoinRegistry::standard`]; the join stream and everything after the proof
 //! (instance creation, issuance, audit) is shared.
 
+mod flow;
 mod token;
+
+pub use flow::join;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -23,6 +26,8 @@ pub struct JoinDenied {
     /// The evidence could not be checked (storage, an unreachable issuer):
     /// the client hears "unavailable" and retries, nothing is audited as a denial.
     pub unavailable: bool,
+    /// Audit-safe fields: the claims that were checked, why no rule matched.
+    pub audit: serde_json::Value,
 }
 
 impl JoinDenied {
@@ -30,20 +35,27 @@ impl JoinDenied {
         JoinDenied {
             reason: reason.into(),
             unavailable: false,
+            audit: serde_json::Value::Null,
         }
+    }
+
+    /// Attach audit fields (checked claims, rule explanation).
+    pub fn with_audit(mut self, audit: serde_json::Value) -> Self {
+        self.audit = audit;
+        self
     }
 
     pub fn unavailable(reason: impl Into<String>) -> Self {
         JoinDenied {
             reason: reason.into(),
             unavailable: true,
+            audit: serde_json::Value::Null,
         }
     }
 }
 
 /// A challenge channel to the joining agent, for challenge-response methods.
 #[async_trait]
-#[allow(dead_code)] // used by the challenge-response methods (bound_keypair, tpm, iam)
 pub trait Conversation: Send {
     /// Send a challenge and wait for the agent's answer.
     async fn challenge(&mut self, payload: Vec<u8>) -> Result<Vec<u8>, JoinDenied>;
@@ -63,8 +75,12 @@ pub struct Verified {
     /// Whether the resulting identity may renew itself (secret-based methods)
     /// or must re-prove each time (delegated methods).
     pub renewable: bool,
-    /// Audit-safe fields describing the proof (e.g. the token's hash).
+    /// Audit-safe fields describing the proof (e.g. the token's hash, the
+    /// claims checked and the rule that matched).
     pub audit: serde_json::Value,
+    /// Method state handed to the agent for its next join (bound_keypair's
+    /// signed join state); empty for other methods.
+    pub join_state: String,
 }
 
 /// The server half of a join method.

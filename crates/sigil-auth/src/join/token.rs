@@ -65,6 +65,7 @@ impl JoinMethod for TokenJoin {
             attributes: Default::default(),
             renewable: true,
             audit: serde_json::json!({ "token": hint }),
+            join_state: String::new(),
         })
     }
 }

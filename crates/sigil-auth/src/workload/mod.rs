@@ -9,13 +9,10 @@ use std::time::Duration;
 use sigil_pki::{ClientIdentity, JwtSvidClaims};
 use sigil_proto::v1::{IssueWorkloadIdentitiesResponse, JwtSvid, WorkloadIdentityDenial, X509Svid};
 use sigil_store::{NewAuditEvent, Txn};
-use sigil_types::{
-    Attributes, BotInstanceSpec, LabelField, LockTarget, RoleSet, RuleDecision, WorkloadIdentity,
-};
+use sigil_types::{Attributes, LabelField, LockTarget, RoleSet, RuleDecision, WorkloadIdentity};
 use tonic::Status;
 
 use crate::audit;
-use crate::keys;
 use crate::state::AuthState;
 
 /// X.509-SVID lifetime when neither the request nor the identity sets one.
@@ -86,35 +83,23 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-/// The `bot.*` and `join.*` attributes of an agent's identity, from its bot
-/// instance record (the join method and the claims its join proved).
-pub fn bot_attributes(state: &AuthState, id: &ClientIdentity) -> Attributes {
+/// The `bot.*` and `join.*` attributes of an agent's identity, from its
+/// certificate (the join method and the claims its join proved).
+pub fn bot_attributes(id: &ClientIdentity) -> Attributes {
     let mut a = Attributes::new();
     a.insert("bot.name".into(), id.bot.clone());
     a.insert("bot.instance_id".into(), id.instance_id.clone());
-    let key = keys::bot_instance(&id.bot, &id.instance_id);
-    let spec = state
-        .cache
-        .instance_item(&key)
-        .and_then(|item| serde_json::from_slice::<sigil_types::BotInstance>(&item.value).ok())
-        .map(|i| i.spec);
-    if let Some(spec) = spec {
-        add_join_attributes(&mut a, &spec);
-    }
+    add_join_attributes(&mut a, id);
     a
 }
 
-fn add_join_attributes(a: &mut Attributes, spec: &BotInstanceSpec) {
-    a.insert("join.method".into(), spec.join_method.clone());
-    if let Some(auth) = spec.latest_authentication() {
-        for (k, v) in &auth.attributes {
-            let name = if k.starts_with("join.") {
-                k.clone()
-            } else {
-                format!("join.{}.{k}", spec.join_method)
-            };
-            a.insert(name, v.clone());
-        }
+/// `join.method` and `join.<method>.<claim>` from the verified claims the
+/// certificate carries (set at join, kept through renewals, replaced at
+/// every re-proof of a delegated method).
+fn add_join_attributes(a: &mut Attributes, id: &ClientIdentity) {
+    a.insert("join.method".into(), id.join_method.clone());
+    for (k, v) in &id.join_attributes {
+        a.insert(format!("join.{}.{k}", id.join_method), v.clone());
     }
 }
 
