@@ -1,6 +1,8 @@
 //! Test harness: starts the real `sigil` binary as processes.
 #![allow(dead_code)]
 
+pub mod https;
+
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

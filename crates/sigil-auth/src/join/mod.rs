@@ -15,7 +15,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sigil_proto::v1::JoinInit;
 use sigil_store::Op;
+use sigil_types::{JoinAttributes, JoinMethodKind, Token};
 
+use crate::keys;
 use crate::state::AuthState;
 
 /// Why a join was refused. `reason` goes to the audit log only; the client
@@ -113,5 +115,79 @@ impl JoinRegistry {
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn JoinMethod>> {
         self.methods.get(name).cloned()
+    }
+}
+
+/// The token a non-secret method names in `JoinInit.token`: it must exist,
+/// be unexpired and be for `method`. Every refusal is a plain denial (the
+/// client never learns which check failed).
+pub async fn load_token(
+    state: &AuthState,
+    name: &str,
+    method: JoinMethodKind,
+) -> Result<Token, JoinDenied> {
+    if name.is_empty() {
+        return Err(JoinDenied::new("no token name presented"));
+    }
+    let shown = || serde_json::json!({ "token": name });
+    let item = state
+        .store
+        .get(&keys::token(name))
+        .await
+        .map_err(|e| JoinDenied::unavailable(format!("token lookup failed: {e}")))?
+        .ok_or_else(|| {
+            JoinDenied::new(format!("token {name:?} does not exist")).with_audit(shown())
+        })?;
+    let token: Token = serde_json::from_slice(&item.value)
+        .map_err(|e| JoinDenied::new(format!("token {name:?} is undecodable: {e}")))?;
+    if token.metadata.name != name {
+        return Err(JoinDenied::new("token name mismatch").with_audit(shown()));
+    }
+    if token.metadata.is_expired(time::OffsetDateTime::now_utc()) {
+        return Err(JoinDenied::new(format!("token {name:?} has expired")).with_audit(shown()));
+    }
+    if token.spec.join_method != method {
+        return Err(JoinDenied::new(format!(
+            "token {name:?} is for join method {}, not {method}",
+            token.spec.join_method
+        ))
+        .with_audit(shown()));
+    }
+    Ok(token)
+}
+
+/// Match verified attributes against the token's allow rules. The audit
+/// fields always carry the token, the claims checked and the explanation.
+pub fn check_rules(token: &Token, attrs: &JoinAttributes) -> Result<serde_json::Value, JoinDenied> {
+    let decision = token.spec.evaluate(attrs);
+    let audit = serde_json::json!({
+        "token": token.metadata.name,
+        "claims": attrs,
+        "matched_rule": decision.matched_rule,
+        "rule_explanation": decision.explanation,
+    });
+    if decision.is_allowed() {
+        Ok(audit)
+    } else {
+        Err(JoinDenied::new(format!(
+            "no allow rule of token {:?} matched: {}",
+            token.metadata.name,
+            decision.summary()
+        ))
+        .with_audit(audit))
+    }
+}
+
+/// The outcome of a delegated method whose evidence checked out: not
+/// renewable, nothing consumed, the attributes recorded and certified.
+pub fn delegated(token: &Token, attributes: JoinAttributes, audit: serde_json::Value) -> Verified {
+    Verified {
+        bot_name: token.spec.bot_name.clone(),
+        token_name: token.metadata.name.clone(),
+        consume: vec![],
+        attributes,
+        renewable: false,
+        audit,
+        join_state: String::new(),
     }
 }
