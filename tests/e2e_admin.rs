@@ -215,3 +215,135 @@ fn audit_verify_detects_an_event_altered_in_the_database() {
         text(&v)
     );
 }
+
+#[test]
+fn method_tokens_from_flags_and_tokens_test_explains_claims() {
+    let auth = Auth::start();
+    auth.bot("deployer", &["ubuntu"]);
+    let out = auth.ok(&[
+        "tokens",
+        "add",
+        "--bot",
+        "deployer",
+        "--join-method",
+        "github",
+        "--name",
+        "ci-github",
+        "--allow",
+        "repository=acme/infra,ref=refs/heads/main",
+        "--allow",
+        "repository_owner=acme,environment=prod",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["token"], "ci-github");
+    assert_eq!(v["join_method"], "github");
+    assert!(v["expires"].is_null(), "{v}");
+    assert_eq!(v["ca_pin"], auth.pin.as_str());
+
+    // A method token's name is not a secret: listed as is, rules intact.
+    let got: serde_json::Value =
+        serde_json::from_str(&auth.ok(&["get", "token/ci-github", "-o", "json"])).expect("json");
+    assert_eq!(got["metadata"]["name"], "ci-github");
+    assert_eq!(got["spec"]["github"]["allow"][0]["ref"], "refs/heads/main");
+
+    let ok = auth.dir.path().join("ok.json");
+    std::fs::write(
+        &ok,
+        r#"{"repository": "acme/infra", "ref": "refs/heads/main", "sub": "repo:acme/infra:ref:refs/heads/main", "aud": "example.test"}"#,
+    )
+    .expect("w");
+    let o = auth.admin(&[
+        "tokens",
+        "test",
+        "ci-github",
+        "--claims",
+        ok.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains("accepted"), "{}", text(&o));
+    assert!(stdout(&o).contains("allow[0]"), "{}", text(&o));
+
+    let bad = auth.dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"repository": "acme/infra", "ref": "refs/heads/dev", "repository_owner": "acme"}"#,
+    )
+    .expect("w");
+    let o = auth.admin(&[
+        "tokens",
+        "test",
+        "ci-github",
+        "--claims",
+        bad.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!(report["allowed"], false);
+    let why = report["explanation"].to_string();
+    assert!(why.contains("ref is \\\"refs/heads/dev\\\""), "{why}");
+    assert!(why.contains("environment is missing"), "{why}");
+
+    // Rules are validated where they are made.
+    let o = auth.admin(&[
+        "tokens",
+        "add",
+        "--bot",
+        "deployer",
+        "--join-method",
+        "github",
+        "--name",
+        "loose",
+        "--allow",
+        "ref=refs/heads/main",
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("identifying"), "{}", text(&o));
+    let o = auth.admin(&[
+        "tokens",
+        "add",
+        "--bot",
+        "deployer",
+        "--join-method",
+        "github",
+        "--name",
+        "x",
+        "--domain",
+        "gitlab.example.com",
+        "--allow",
+        "repository=a/b",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--domain"), "{}", text(&o));
+
+    // bound_keypair with no key: a registration secret is generated, shown
+    // once, and redacted from then on.
+    let out = auth.ok(&[
+        "tokens",
+        "add",
+        "--bot",
+        "deployer",
+        "--join-method",
+        "bound_keypair",
+        "--name",
+        "vm-1",
+        "--recovery-limit",
+        "2",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let secret = v["registration_secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    assert_eq!(secret.len(), 32);
+    let shown = auth.ok(&["get", "token/vm-1", "-o", "json"]);
+    assert!(!shown.contains(&secret), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    let o = auth.admin(&["tokens", "test", "vm-1", "--claims", ok.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

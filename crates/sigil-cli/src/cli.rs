@@ -341,6 +341,24 @@ pub enum TokensCommand {
     /// Remove a join token.
     #[command(alias = "remove")]
     Rm(NameArg),
+    /// Explain whether given claims would pass a token's allow rules
+    /// (exit 0 when accepted, 3 when denied).
+    Test(TokensTestArgs),
+}
+
+/// `sigil tokens test`
+#[derive(Args, Debug, Clone)]
+pub struct TokensTestArgs {
+    /// The token's name.
+    pub name: String,
+    /// JSON file of claims (`-` for stdin): an ID token's payload for the
+    /// OIDC methods, `{"aws_account","aws_arn"}` for iam,
+    /// `{"ek_public_hash","ek_certificate_serial"}` for tpm.
+    #[arg(long, value_name = "FILE")]
+    pub claims: PathBuf,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
 }
 
 /// `sigil tokens add`
@@ -349,12 +367,52 @@ pub struct TokensAddArgs {
     /// The bot the token lets join.
     #[arg(long, value_name = "NAME")]
     pub bot: String,
-    /// Token lifetime, e.g. `15m` (server default if unset).
+    /// Token lifetime, e.g. `15m` (default: 15m for `token`; no expiry for
+    /// the other methods, whose tokens hold rules, not secrets).
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<String>,
-    /// Join method.
+    /// Join method: token (single-use secret), bound_keypair, kubernetes,
+    /// github, gitlab, oidc, iam or tpm.
     #[arg(long, default_value = "token", value_name = "METHOD")]
     pub join_method: String,
+    /// Token name (every method but `token`, whose name is a generated secret).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// An allow entry, `field=glob,field=glob` (repeatable; entries are OR'd,
+    /// fields inside one entry AND'd), e.g. `repository=acme/infra,ref=refs/heads/main`.
+    #[arg(long = "allow", value_name = "FIELD=GLOB,...")]
+    pub allow: Vec<String>,
+    /// github: GitHub Enterprise Server host (`ghe.example.com[:PORT]`).
+    #[arg(long, value_name = "HOST")]
+    pub enterprise_server_host: Option<String>,
+    /// github: GitHub Enterprise Cloud slug of a customised issuer.
+    #[arg(long, value_name = "SLUG")]
+    pub enterprise_slug: Option<String>,
+    /// gitlab: self-hosted GitLab host (`gitlab.example.com[:PORT]`).
+    #[arg(long, value_name = "HOST")]
+    pub domain: Option<String>,
+    /// oidc, kubernetes: the issuer URL (`https://...`).
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// oidc, kubernetes: the expected audience (default: the cluster name).
+    #[arg(long, value_name = "AUD")]
+    pub audience: Option<String>,
+    /// kubernetes: file with the cluster's JWKS (`kubectl get --raw /openid/v1/jwks`).
+    #[arg(long, value_name = "FILE")]
+    pub static_jwks_file: Option<PathBuf>,
+    /// bound_keypair: file with the agent's OpenSSH public key (else a
+    /// registration secret is generated and shown once).
+    #[arg(long, value_name = "FILE")]
+    pub initial_public_key_file: Option<PathBuf>,
+    /// bound_keypair: how many joins may create a new bot instance (default 1).
+    #[arg(long, value_name = "N")]
+    pub recovery_limit: Option<u32>,
+    /// bound_keypair: make the agent rotate its key at its next join after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub rotate_after: Option<String>,
+    /// tpm: PEM file of a CA that must have issued the TPM's EK certificate (repeatable).
+    #[arg(long = "ekcert-ca-file", value_name = "FILE")]
+    pub ekcert_ca_files: Vec<PathBuf>,
     /// Output format.
     #[command(flatten)]
     pub format: FormatArg,

@@ -166,22 +166,23 @@ impl AdminService for AdminApi {
     ) -> Result<Response<AddTokenResponse>, Status> {
         let caller = self.authorize(&req, "token", "create")?;
         let r = req.get_ref();
-        if !r.join_method.is_empty() && r.join_method != "token" {
-            return Err(Status::invalid_argument(format!(
-                "join method {:?} needs rules: create it with `sigil create -f token.yaml`",
-                r.join_method
-            )));
-        }
         if self.state.cache.bot(&r.bot).is_none() {
             return Err(Status::not_found(format!(
                 "bot {:?} not found: create it with `sigil bots add`",
                 r.bot
             )));
         }
-        let token = new_token(
-            &r.bot,
-            ttl_or(r.ttl_seconds, sigil_types::DEFAULT_TOKEN_TTL),
-        )?;
+        let mut registration_secret = String::new();
+        let token = if r.join_method.is_empty() || r.join_method == "token" {
+            new_token(
+                &r.bot,
+                ttl_or(r.ttl_seconds, sigil_types::DEFAULT_TOKEN_TTL),
+            )?
+        } else {
+            let (token, secret) = method_token(r)?;
+            registration_secret = secret;
+            token
+        };
         resources::create(
             &self.state,
             AnyResource::Token(token.clone()),
@@ -199,6 +200,8 @@ impl AdminService for AdminApi {
             ca_pin: self.state.ca_pin.clone(),
             auth_server: self.state.advertise_addr.clone(),
             bot: r.bot.clone(),
+            join_method: token.spec.join_method.to_string(),
+            registration_secret,
         }))
     }
 
@@ -388,6 +391,50 @@ fn ttl_or(secs: u64, default: Duration) -> Duration {
     } else {
         Duration::from_secs(secs)
     }
+}
+
+/// A token for a method other than `token`: a plain name, the spec the
+/// CLI built from its flags, an optional lifetime. A bound_keypair token
+/// with neither a key nor a secret gets a generated registration secret,
+/// returned once.
+fn method_token(r: &AddTokenRequest) -> Result<(Token, String), Status> {
+    let mut spec: TokenSpec = serde_json::from_str(&r.spec_json)
+        .map_err(|e| Status::invalid_argument(format!("token spec: {e}")))?;
+    if spec.join_method.as_str() != r.join_method || spec.bot_name != r.bot {
+        return Err(Status::invalid_argument(
+            "the token spec disagrees with --join-method or --bot",
+        ));
+    }
+    if r.name.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "join method {} needs --name (the token's name, which the agent's onboarding.token refers to)",
+            r.join_method
+        )));
+    }
+    let mut secret = String::new();
+    if let Some(b) = spec.bound_keypair.as_mut()
+        && b.onboarding.initial_public_key.is_none()
+        && b.onboarding.registration_secret.is_none()
+    {
+        let mut raw = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut raw).map_err(|_| Status::internal("no randomness"))?;
+        secret = hex::encode(raw);
+        b.onboarding.registration_secret = Some(secret.clone());
+    }
+    let expires =
+        (r.ttl_seconds > 0).then(|| OffsetDateTime::now_utc() + Duration::from_secs(r.ttl_seconds));
+    let token = Token::new(
+        Metadata {
+            name: r.name.clone(),
+            expires,
+            ..Default::default()
+        },
+        spec,
+    );
+    token
+        .validate()
+        .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
+    Ok((token, secret))
 }
 
 /// A fresh single-use join token: 128 random bits, hex.

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod bots;
 pub mod connect;
+pub mod join_tokens;
 pub mod locks;
 pub mod render;
 pub mod resources;
