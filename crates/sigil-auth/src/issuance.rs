@@ -14,8 +14,18 @@ use crate::state::AuthState;
 /// A bot's effective authority, from its current roles.
 pub struct BotAuthority {
     pub roles: Vec<String>,
-    pub logins: Vec<String>,
+    pub role_set: RoleSet,
     pub max_ttl: Duration,
+}
+
+impl BotAuthority {
+    /// The SSH logins of one identity: role login templates
+    /// (`{{ join.github.actor }}`, `{{ bot.name }}`) rendered from its
+    /// verified join attributes.
+    pub fn logins_for(&self, id: &ClientIdentity) -> Vec<String> {
+        self.role_set
+            .logins_with(&crate::workload::bot_attributes(id))
+    }
 }
 
 /// Resolve a bot's current roles and TTL cap, refusing a missing bot, a
@@ -36,7 +46,7 @@ pub fn bot_authority(state: &AuthState, bot_name: &str) -> Result<BotAuthority, 
     }
     Ok(BotAuthority {
         roles: bot.spec.roles.clone(),
-        logins: set.logins(),
+        role_set: set,
         max_ttl,
     })
 }

@@ -91,12 +91,12 @@ pub async fn renew(
             return Err(generation_mismatch(state, id, &inst, remote).await);
         };
 
-        let new_id = ClientIdentity {
+        let mut new_id = ClientIdentity {
             generation: next,
             roles: auth.roles.clone(),
-            logins: auth.logins.clone(),
             ..id.clone()
         };
+        new_id.logins = auth.logins_for(&new_id);
         issuance::check_locks(state, &new_id, &[])?;
         let cert = state
             .cas

@@ -59,6 +59,26 @@ impl RoleSet {
         allowed.into_iter().map(str::to_string).collect()
     }
 
+    /// Allowed logins for one bot identity: `{{ join.* }}` and `{{ bot.* }}`
+    /// templates in `allow.logins` / `deny.logins` rendered from `attrs`
+    /// (the identity's verified join attributes), then allow minus deny. A
+    /// login whose attribute is missing, or whose rendered value is not a
+    /// valid login, is left out — never granted half-rendered.
+    pub fn logins_with(&self, attrs: &BTreeMap<String, String>) -> Vec<String> {
+        let render = |list: fn(&Role) -> &Vec<String>| -> BTreeSet<String> {
+            self.roles
+                .iter()
+                .flat_map(|r| list(r).iter())
+                .filter_map(|l| render_login(l, attrs))
+                .collect()
+        };
+        let denied = render(|r| &r.spec.deny.logins);
+        render(|r| &r.spec.allow.logins)
+            .into_iter()
+            .filter(|l| !denied.contains(l))
+            .collect()
+    }
+
     /// The smallest `options.max_ttl` over the roles, or `default` if none sets one.
     pub fn max_ttl(&self, default: Duration) -> Duration {
         self.roles
@@ -143,6 +163,26 @@ pub(crate) fn entry_matches(
     }
 }
 
+/// A login with its `{{ name }}` placeholders replaced from `attrs`; `None`
+/// when an attribute is missing or the result is not a valid login.
+pub fn render_login(login: &str, attrs: &BTreeMap<String, String>) -> Option<String> {
+    if !login.contains("{{") {
+        return Some(login.to_string());
+    }
+    let pieces = crate::workload_identity::template::parse(login).ok()?;
+    let mut out = String::new();
+    for p in pieces {
+        match p {
+            crate::workload_identity::template::Piece::Literal(t) => out.push_str(t),
+            crate::workload_identity::template::Piece::Attribute(name) => {
+                out.push_str(attrs.get(name)?)
+            }
+        }
+    }
+    crate::role::validate_login(&out).ok()?;
+    Some(out)
+}
+
 /// Glob match over characters: `*` matches any run (including empty), `?`
 /// exactly one character; everything else is literal. Linear-time backtracking.
 pub fn glob_match(pattern: &str, value: &str) -> bool {
@@ -211,6 +251,33 @@ mod tests {
         );
         assert_eq!(RoleSet::new(vec![a]).logins(), ["root", "ubuntu"]);
         assert!(RoleSet::default().logins().is_empty());
+    }
+
+    #[test]
+    fn login_templates_render_from_join_attributes() {
+        let a = role(|s| {
+            s.allow.logins = vec![
+                "ubuntu".into(),
+                "ci-{{ join.github.actor }}".into(),
+                "{{join.kubernetes.service_account.name}}".into(),
+            ];
+            s.deny.logins = vec!["ci-{{ join.github.actor }}-x".into()];
+        });
+        let set = RoleSet::new(vec![a]);
+        let mut attrs = BTreeMap::new();
+        attrs.insert("join.github.actor".to_string(), "octocat".to_string());
+        // The missing attribute drops its login; the others render.
+        assert_eq!(set.logins_with(&attrs), ["ci-octocat", "ubuntu"]);
+        // A value that is not a valid login is never granted.
+        attrs.insert("join.github.actor".to_string(), "a b".to_string());
+        assert_eq!(set.logins_with(&attrs), ["ubuntu"]);
+        assert_eq!(
+            render_login("plain", &BTreeMap::new()).as_deref(),
+            Some("plain")
+        );
+        assert!(crate::role::validate_login_template("{{ workload.unix.uid }}").is_err());
+        assert!(crate::role::validate_login_template("ci-{{ join.github.actor }}").is_ok());
+        assert!(crate::role::validate_login_template("{{ join.x").is_err());
     }
 
     #[test]

@@ -151,6 +151,24 @@ pub(crate) fn de_label_map<'de, D: Deserializer<'de>>(
     d.deserialize_map(M)
 }
 
+/// Checks a login in a role: a plain login, or a template whose
+/// placeholders name `join.*` or `bot.*` attributes (e.g.
+/// `ci-{{ join.github.actor }}`), rendered per identity at issuance.
+pub fn validate_login_template(login: &str) -> Result<(), String> {
+    if !login.contains("{{") {
+        return validate_login(login);
+    }
+    let pieces = crate::workload_identity::template::parse(login).map_err(|e| e.to_string())?;
+    for name in crate::workload_identity::template::names(&pieces) {
+        if !(name.starts_with("join.") || name.starts_with("bot.")) {
+            return Err(format!(
+                "login template uses {name:?}: only join.* and bot.* attributes are available to roles"
+            ));
+        }
+    }
+    validate_login(&crate::workload_identity::template::render_sample(&pieces))
+}
+
 /// Checks an SSH login name: non-empty, no whitespace/control chars, no `:`
 /// or `,`, and not the wildcard `*` (logins are exact grants).
 pub fn validate_login(login: &str) -> Result<(), String> {
@@ -177,7 +195,8 @@ pub fn validate_login(login: &str) -> Result<(), String> {
 fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationError> {
     let p = format!("spec.{side}");
     for (i, login) in c.logins.iter().enumerate() {
-        validate_login(login).map_err(|m| ValidationError::new(format!("{p}.logins[{i}]"), m))?;
+        validate_login_template(login)
+            .map_err(|m| ValidationError::new(format!("{p}.logins[{i}]"), m))?;
     }
     for (name, list) in [("db_users", &c.db_users), ("db_names", &c.db_names)] {
         for (i, v) in list.iter().enumerate() {

@@ -10,7 +10,7 @@
 
 mod rules;
 mod selector;
-mod template;
+pub(crate) mod template;
 
 pub use rules::RuleDecision;
 pub use selector::WorkloadIdentitySelector;

@@ -116,13 +116,14 @@ impl AuthService for AuthApi {
         let auth = bot_authority(&self.state, &id.bot).map_err(Status::permission_denied)?;
         let ttl = effective_ttl(r.ttl_seconds, auth.max_ttl);
         // An output can never mint more: neither renewable nor delegated.
-        let out_id = ClientIdentity {
+        let mut out_id = ClientIdentity {
             renewable: false,
             delegated: false,
             roles: auth.roles.clone(),
-            logins: auth.logins.clone(),
             ..id.clone()
         };
+        out_id.logins = auth.logins_for(&out_id);
+        let logins = out_id.logins.clone();
         issuance::check_locks(&self.state, &out_id, &[])?;
         let cas = &self.state.cas;
         let tls = cas
@@ -135,14 +136,14 @@ impl AuthService for AuthApi {
             let key_id = format!("bot:{}:{}", id.bot, id.instance_id);
             let c = cas
                 .ssh_user
-                .issue_user_cert(&r.ssh_public_key, &key_id, &auth.logins, ttl)
+                .issue_user_cert(&r.ssh_public_key, &key_id, &logins, ttl)
                 .map_err(issuance::pki_error)?;
             events.push(audit::event(
                 audit::CERT_ISSUED,
                 serde_json::json!({
                     "kind": "ssh_user", "ca": "ssh-user", "serial": c.serial.to_string(),
                     "ttl_seconds": ttl.as_secs(), "bot": id.bot, "bot_instance": id.instance_id,
-                    "principals": auth.logins,
+                    "principals": logins,
                 }),
             ));
             metrics::counter!("sigil_certs_issued_total", "kind" => "ssh").increment(1);
@@ -162,7 +163,7 @@ impl AuthService for AuthApi {
             ca_certs_pem: cas.agent_bundle_pem(),
             ssh_cert,
             known_hosts: format!("{}\n", cas.ssh_host.known_hosts_line("*")),
-            principals: auth.logins,
+            principals: logins,
             expires_unix: tls.not_after.unix_timestamp(),
             cluster_name: self.state.cluster.clone(),
             ssh_user_ca: cas.ssh_user.public_key_openssh(),

@@ -106,7 +106,7 @@ fn identity(
     instance_id: &str,
     generation: u64,
 ) -> ClientIdentity {
-    ClientIdentity {
+    let mut id = ClientIdentity {
         cluster: state.cluster.clone(),
         bot: v.bot_name.clone(),
         instance_id: instance_id.to_string(),
@@ -115,9 +115,11 @@ fn identity(
         renewable: v.renewable,
         delegated: !v.renewable,
         join_method: init.join_method.clone(),
-        logins: auth.logins.clone(),
+        logins: vec![],
         join_attributes: v.attributes.clone(),
-    }
+    };
+    id.logins = auth.logins_for(&id);
+    id
 }
 
 async fn new_instance(
