@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod https;
+pub mod oidc_issuer;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

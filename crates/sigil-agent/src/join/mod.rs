@@ -1,6 +1,10 @@
 //! Join methods, agent side: how this machine proves what it is. One
 //! `JoinProver` per file, chosen by `onboarding.join_method`.
 
+mod github;
+mod gitlab;
+mod kubernetes;
+mod oidc;
 mod token;
 
 use std::path::PathBuf;
@@ -42,6 +46,10 @@ pub trait JoinProver: Send + Sync {
 pub fn prover(onboarding: &Onboarding) -> anyhow::Result<Box<dyn JoinProver>> {
     match onboarding.join_method.as_str() {
         "token" => Ok(Box::new(token::TokenProver::new(onboarding)?)),
+        "github" => Ok(Box::new(github::GithubProver::new(onboarding)?)),
+        "gitlab" => Ok(Box::new(gitlab::GitlabProver::new(onboarding)?)),
+        "oidc" => Ok(Box::new(oidc::OidcProver::new(onboarding)?)),
+        "kubernetes" => Ok(Box::new(kubernetes::KubernetesProver::new(onboarding)?)),
         other => anyhow::bail!("join method {other:?} is not available in this build"),
     }
 }

@@ -4,6 +4,11 @@
 //! (instance creation, issuance, audit) is shared.
 
 mod flow;
+mod github;
+mod gitlab;
+mod jwt_verifier;
+mod kubernetes;
+mod oidc;
 mod token;
 
 pub use flow::join;
@@ -107,7 +112,15 @@ pub struct JoinRegistry {
 impl JoinRegistry {
     /// Every built-in method.
     pub fn standard() -> Self {
-        let all: Vec<Arc<dyn JoinMethod>> = vec![Arc::new(token::TokenJoin)];
+        // One key cache for every ID-token method: an issuer is fetched once.
+        let id_keys = Arc::new(jwt_verifier::JwksCache::default());
+        let all: Vec<Arc<dyn JoinMethod>> = vec![
+            Arc::new(token::TokenJoin),
+            Arc::new(github::GithubMethod::new(id_keys.clone())),
+            Arc::new(gitlab::GitlabMethod::new(id_keys.clone())),
+            Arc::new(oidc::OidcMethod::new(id_keys.clone())),
+            Arc::new(kubernetes::KubernetesMethod::new(id_keys)),
+        ];
         JoinRegistry {
             methods: all.into_iter().map(|m| (m.name(), m)).collect(),
         }
