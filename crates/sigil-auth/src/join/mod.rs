@@ -3,6 +3,7 @@
 //! [`JoinRegistry::standard`]; the join stream and everything after the proof
 //! (instance creation, issuance, audit) is shared.
 
+mod bound_keypair;
 mod flow;
 mod token;
 
@@ -107,7 +108,10 @@ pub struct JoinRegistry {
 impl JoinRegistry {
     /// Every built-in method.
     pub fn standard() -> Self {
-        let all: Vec<Arc<dyn JoinMethod>> = vec![Arc::new(token::TokenJoin)];
+        let all: Vec<Arc<dyn JoinMethod>> = vec![
+            Arc::new(token::TokenJoin),
+            Arc::new(bound_keypair::BoundKeypairJoinMethod),
+        ];
         JoinRegistry {
             methods: all.into_iter().map(|m| (m.name(), m)).collect(),
         }
