@@ -17,6 +17,7 @@ pub const LOCKS: &str = "/locks/";
 pub const BOT_INSTANCES: &str = "/bot_instances/";
 pub const WORKLOAD_IDENTITIES: &str = "/workload_identities/";
 pub const REVOCATIONS: &str = "/workload_identity_x509_revocations/";
+pub const BOUND_KEYPAIR_STATES: &str = "/bound_keypair_states/";
 
 pub fn role(name: &str) -> String {
     format!("{ROLES}{name}")
@@ -39,6 +40,13 @@ pub fn workload_identity(name: &str) -> String {
 }
 pub fn revocation(serial_hex: &str) -> String {
     format!("{REVOCATIONS}{serial_hex}")
+}
+/// A bound_keypair token's key state, by the SHA-256 of the token's name.
+pub fn bound_keypair_state(token_name: &str) -> String {
+    format!(
+        "{BOUND_KEYPAIR_STATES}{}",
+        sigil_pki::sha256_hex(token_name.as_bytes())
+    )
 }
 pub fn bot_instances_of(bot: &str) -> String {
     format!("{BOT_INSTANCES}{bot}/")

@@ -1,6 +1,7 @@
 //! Join methods, agent side: how this machine proves what it is. One
 //! `JoinProver` per file, chosen by `onboarding.join_method`.
 
+mod bound_keypair;
 mod github;
 mod gitlab;
 mod kubernetes;
@@ -50,6 +51,9 @@ pub fn prover(onboarding: &Onboarding) -> anyhow::Result<Box<dyn JoinProver>> {
         "gitlab" => Ok(Box::new(gitlab::GitlabProver::new(onboarding)?)),
         "oidc" => Ok(Box::new(oidc::OidcProver::new(onboarding)?)),
         "kubernetes" => Ok(Box::new(kubernetes::KubernetesProver::new(onboarding)?)),
+        "bound_keypair" => Ok(Box::new(bound_keypair::BoundKeypairProver::new(
+            onboarding,
+        )?)),
         other => anyhow::bail!("join method {other:?} is not available in this build"),
     }
 }

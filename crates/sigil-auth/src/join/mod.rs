@@ -3,6 +3,7 @@
 //! [`JoinRegistry::standard`]; the join stream and everything after the proof
 //! (instance creation, issuance, audit) is shared.
 
+mod bound_keypair;
 mod flow;
 mod github;
 mod gitlab;
@@ -116,6 +117,7 @@ impl JoinRegistry {
         let id_keys = Arc::new(jwt_verifier::JwksCache::default());
         let all: Vec<Arc<dyn JoinMethod>> = vec![
             Arc::new(token::TokenJoin),
+            Arc::new(bound_keypair::BoundKeypairJoinMethod),
             Arc::new(github::GithubMethod::new(id_keys.clone())),
             Arc::new(gitlab::GitlabMethod::new(id_keys.clone())),
             Arc::new(oidc::OidcMethod::new(id_keys.clone())),
