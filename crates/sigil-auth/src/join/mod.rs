@@ -5,6 +5,8 @@
 
 mod flow;
 mod token;
+mod tpm;
+mod tpm_credential;
 
 pub use flow::join;
 
@@ -107,7 +109,8 @@ pub struct JoinRegistry {
 impl JoinRegistry {
     /// Every built-in method.
     pub fn standard() -> Self {
-        let all: Vec<Arc<dyn JoinMethod>> = vec![Arc::new(token::TokenJoin)];
+        let all: Vec<Arc<dyn JoinMethod>> =
+            vec![Arc::new(token::TokenJoin), Arc::new(tpm::TpmJoinMethod)];
         JoinRegistry {
             methods: all.into_iter().map(|m| (m.name(), m)).collect(),
         }
