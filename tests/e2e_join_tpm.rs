@@ -242,7 +242,7 @@ fn tpm_join_proves_the_ek_and_reproof_keeps_the_instance() {
 }
 
 #[test]
-fn tpm_join_denies_other_eks_and_foreign_ek_certificate_cas() {
+fn tpm_join_denies_other_eks_and_foreign_ek_certificate_cas_and_admits_by_serial() {
     let tpm = Swtpm::start();
     let auth = Auth::start();
     auth.bot("tpm-bot", &["root"]);
@@ -296,4 +296,16 @@ fn tpm_join_denies_other_eks_and_foreign_ek_certificate_cas() {
         .expect("denial");
     assert!(d.to_string().contains("ekcert_allowed_cas"), "{d}");
     assert_eq!(auth.instances().len(), 0);
+
+    // A rule on the EK certificate's serial alone admits the same TPM.
+    tpm_token(
+        &auth,
+        "tpm-by-serial",
+        &format!("{{ek_certificate_serial: \"{}\"}}", tpm.ek_serial()),
+        &[tpm.issuer_pem()],
+    );
+    let agent = AgentDirs::new();
+    let o = run_agent(&agent_config(&auth, &agent, "tpm-by-serial", &tpm));
+    assert!(o.status.success(), "agent failed:\n{}", text(&o));
+    assert_eq!(auth.instances().len(), 1);
 }
