@@ -19,7 +19,12 @@ use tracing_subscriber::EnvFilter;
 /// the default is `info` for servers and `warn` for admin verbs, whose stdout and
 /// stderr are for the user.
 pub fn init_tracing(server: bool) {
-    let default = if server { "info" } else { "warn" };
+    // tss_esapi logs every TPM context it closes at info.
+    let default = if server {
+        "info,tss_esapi=warn"
+    } else {
+        "warn"
+    };
     let filter = EnvFilter::try_from_env("SIGIL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // A second init (tests) is harmless; ignore the error.
     let _ = tracing_subscriber::fmt()

@@ -7,6 +7,8 @@ mod gitlab;
 mod kubernetes;
 mod oidc;
 mod token;
+#[cfg(feature = "tpm")]
+mod tpm;
 
 use std::path::PathBuf;
 
@@ -54,6 +56,27 @@ pub fn prover(onboarding: &Onboarding) -> anyhow::Result<Box<dyn JoinProver>> {
         "bound_keypair" => Ok(Box::new(bound_keypair::BoundKeypairProver::new(
             onboarding,
         )?)),
+        #[cfg(feature = "tpm")]
+        "tpm" => Ok(Box::new(tpm::TpmProver::new(onboarding)?)),
+        #[cfg(not(feature = "tpm"))]
+        "tpm" => {
+            anyhow::bail!("this sigil was built without TPM support; rebuild with --features tpm")
+        }
         other => anyhow::bail!("join method {other:?} is not available in this build"),
+    }
+}
+
+#[cfg(all(test, not(feature = "tpm")))]
+mod tests {
+    #[test]
+    fn tpm_without_the_feature_says_how_to_get_it() {
+        let o = crate::config::Onboarding {
+            join_method: "tpm".into(),
+            ..Default::default()
+        };
+        let err = super::prover(&o)
+            .err()
+            .expect("no TPM support in this build");
+        assert!(err.to_string().contains("--features tpm"), "{err}");
     }
 }

@@ -11,6 +11,8 @@ mod jwt_verifier;
 mod kubernetes;
 mod oidc;
 mod token;
+mod tpm;
+mod tpm_credential;
 
 pub use flow::join;
 
@@ -122,6 +124,7 @@ impl JoinRegistry {
             Arc::new(gitlab::GitlabMethod::new(id_keys.clone())),
             Arc::new(oidc::OidcMethod::new(id_keys.clone())),
             Arc::new(kubernetes::KubernetesMethod::new(id_keys)),
+            Arc::new(tpm::TpmJoinMethod),
         ];
         JoinRegistry {
             methods: all.into_iter().map(|m| (m.name(), m)).collect(),
