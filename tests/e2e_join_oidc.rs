@@ -472,10 +472,10 @@ fn rotated_keys_are_fetched_and_retired_keys_refused() {
     assert_eq!(jwks_fetches(), 1);
 
     // A token under a new kid makes the auth service fetch the keys again;
-    // it refetches an issuer at most every 30 s (a flood of made-up kids
+    // it refetches an issuer at most every 10 s (a flood of made-up kids
     // must not turn into a flood of fetches), so wait that out first.
     issuer.rotate();
-    std::thread::sleep(std::time::Duration::from_secs(31));
+    std::thread::sleep(std::time::Duration::from_secs(11));
     let o = gitlab_agent(
         &auth,
         &AgentDirs::new(),

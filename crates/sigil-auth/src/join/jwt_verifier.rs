@@ -25,10 +25,10 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Clock skew tolerated for `exp`, `nbf` and `iat`, in seconds.
 const LEEWAY_SECS: i64 = 60;
 /// How long fetched keys are trusted without a refetch.
-const KEYS_TTL: Duration = Duration::from_secs(3600);
+const KEYS_TTL: Duration = Duration::from_secs(15 * 60);
 /// Least time between two fetches for one issuer, so a flood of tokens with
 /// made-up `kid`s cannot turn us into a load generator against the issuer.
-pub const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+pub const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Most issuers whose keys are cached; issuers come from tokens an admin wrote.
 const MAX_ISSUERS: usize = 256;
 /// Most keys taken from one JWKS.
