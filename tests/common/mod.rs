@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod https;
+pub mod sts;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

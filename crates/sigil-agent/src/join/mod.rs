@@ -1,6 +1,7 @@
 //! Join methods, agent side: how this machine proves what it is. One
 //! `JoinProver` per file, chosen by `onboarding.join_method`.
 
+mod iam;
 mod token;
 
 use std::path::PathBuf;
@@ -42,6 +43,7 @@ pub trait JoinProver: Send + Sync {
 pub fn prover(onboarding: &Onboarding) -> anyhow::Result<Box<dyn JoinProver>> {
     match onboarding.join_method.as_str() {
         "token" => Ok(Box::new(token::TokenProver::new(onboarding)?)),
+        "iam" => Ok(Box::new(iam::IamProver::new(onboarding)?)),
         other => anyhow::bail!("join method {other:?} is not available in this build"),
     }
 }

@@ -4,6 +4,7 @@
 //! (instance creation, issuance, audit) is shared.
 
 mod flow;
+mod iam;
 mod token;
 
 pub use flow::join;
@@ -107,7 +108,8 @@ pub struct JoinRegistry {
 impl JoinRegistry {
     /// Every built-in method.
     pub fn standard() -> Self {
-        let all: Vec<Arc<dyn JoinMethod>> = vec![Arc::new(token::TokenJoin)];
+        let all: Vec<Arc<dyn JoinMethod>> =
+            vec![Arc::new(token::TokenJoin), Arc::new(iam::IamJoin)];
         JoinRegistry {
             methods: all.into_iter().map(|m| (m.name(), m)).collect(),
         }
