@@ -3,6 +3,7 @@
 
 pub mod https;
 pub mod oidc_issuer;
+pub mod sts;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

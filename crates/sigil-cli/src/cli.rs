@@ -334,7 +334,7 @@ pub struct InstancesLsArgs {
 #[derive(Subcommand, Debug)]
 pub enum TokensCommand {
     /// Create a join token for a bot.
-    Add(TokensAddArgs),
+    Add(Box<TokensAddArgs>),
     /// List join tokens (text output shows only a prefix of each token).
     #[command(alias = "list")]
     Ls(FormatArg),

@@ -4,6 +4,7 @@
 mod bound_keypair;
 mod github;
 mod gitlab;
+mod iam;
 mod kubernetes;
 mod oidc;
 mod token;
@@ -62,6 +63,7 @@ pub fn prover(onboarding: &Onboarding) -> anyhow::Result<Box<dyn JoinProver>> {
         "tpm" => {
             anyhow::bail!("this sigil was built without TPM support; rebuild with --features tpm")
         }
+        "iam" => Ok(Box::new(iam::IamProver::new(onboarding)?)),
         other => anyhow::bail!("join method {other:?} is not available in this build"),
     }
 }

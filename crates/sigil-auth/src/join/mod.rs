@@ -7,6 +7,7 @@ mod bound_keypair;
 mod flow;
 mod github;
 mod gitlab;
+mod iam;
 mod jwt_verifier;
 mod kubernetes;
 mod oidc;
@@ -125,6 +126,7 @@ impl JoinRegistry {
             Arc::new(oidc::OidcMethod::new(id_keys.clone())),
             Arc::new(kubernetes::KubernetesMethod::new(id_keys)),
             Arc::new(tpm::TpmJoinMethod),
+            Arc::new(iam::IamJoin),
         ];
         JoinRegistry {
             methods: all.into_iter().map(|m| (m.name(), m)).collect(),
