@@ -508,3 +508,75 @@ fn rotated_keys_are_fetched_and_retired_keys_refused() {
     );
     assert!(o.status.success(), "current key refused:\n{}", text(&o));
 }
+
+/// Join attributes reach roles and workload identities: a role login
+/// template becomes an SSH principal, and a workload identity's SPIFFE ID is
+/// rendered from the verified claims.
+#[test]
+fn join_attributes_feed_role_logins_and_workload_identity_templates() {
+    let issuer = OidcIssuer::start();
+    let auth = Auth::start_with(&["--outbound-ca-file", &issuer.ca_pem()]);
+    auth.create(
+        "ci-role.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: ci}\nspec:\n  allow:\n    logins: [ubuntu, \"ci-{{ join.gitlab.user_login }}\", \"{{ join.github.actor }}\"]\n    workload_identity_labels: {env: [ci]}\n",
+    );
+    auth.ok(&["bots", "add", "deployer", "--roles", "ci"]);
+    auth.create(
+        "wi.yaml",
+        "kind: workload_identity\nversion: v1\nmetadata: {name: ci-id, labels: {env: ci}}\nspec:\n  spiffe:\n    id: \"/ci/{{ join.gitlab.namespace_path }}/{{ join.gitlab.user_login }}\"\n",
+    );
+    gitlab_token(&issuer, &auth);
+    let dirs = AgentDirs::new();
+    let svid_dir = dirs.dir.path().join("svid");
+    let cfg = dirs.dir.path().join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v1\nauth_server: {}\nca_pins: [{}]\nonboarding: {{join_method: gitlab, token: ci-gitlab}}\nstorage: {{type: directory, path: {}}}\noutputs:\n  - type: identity\n    destination: {{type: directory, path: {}}}\n  - type: workload-identity-x509\n    selector: {{name: ci-id}}\n    destination: {{type: directory, path: {}}}\n",
+            auth.addr(),
+            auth.pin,
+            dirs.storage.display(),
+            dirs.out.display(),
+            svid_dir.display()
+        ),
+    )
+    .expect("agent config");
+    let o = Command::new(sigil_bin())
+        .args(["agent", "start", "--oneshot", "--config"])
+        .arg(&cfg)
+        .env("SIGIL_ID_TOKEN", issuer.mint(GITLAB, gitlab_claims()))
+        .output()
+        .expect("run agent");
+    assert!(o.status.success(), "{}\n{}", text(&o), auth.log());
+
+    // The template with a GitHub attribute is left out, never half-rendered.
+    let cert = dirs.out.join("ssh.key-cert.pub");
+    let l = run("ssh-keygen", &["-L", "-f", cert.to_str().unwrap()]);
+    let listing = stdout(&l);
+    let principals: Vec<&str> = listing
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("Principals:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("                "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(principals, ["ci-alice", "ubuntu"], "{listing}");
+
+    let svid = svid_dir.join("svid.pem");
+    let x = run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+            "-in",
+            svid.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stdout(&x).contains("URI:spiffe://example.test/ci/acme/alice"),
+        "{}",
+        text(&x)
+    );
+}

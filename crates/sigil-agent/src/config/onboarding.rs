@@ -14,6 +14,7 @@ pub const DEFAULT_KUBERNETES_TOKEN_PATH: &str = "/var/run/secrets/tokens/sigil";
 /// The GitLab CI variable that holds the ID token by default (`id_tokens:` name).
 pub const DEFAULT_GITLAB_TOKEN_VAR: &str = "SIGIL_ID_TOKEN";
 /// The TPM device used by default (the kernel's resource manager).
+#[cfg_attr(not(feature = "tpm"), allow(dead_code))]
 pub const DEFAULT_TPM_DEVICE: &str = "/dev/tpmrm0";
 
 /// Join methods an agent can use.
