@@ -298,5 +298,19 @@ mod tests {
         assert_eq!(spec.validate_sections().unwrap_err().field, "spec.iam");
         spec.iam = None;
         assert!(spec.validate_sections().is_ok());
+
+        // A certificate serial is a claim only when a CA vouches for it.
+        let mut spec = TokenSpec::new("b", JoinMethodKind::Tpm);
+        let rule: AllowRule = serde_json::from_str(r#"{"ek_certificate_serial": "02"}"#).unwrap();
+        spec.tpm = Some(TpmJoin {
+            allow: vec![rule],
+            ekcert_allowed_cas: vec![],
+        });
+        let e = spec.validate_sections().unwrap_err();
+        assert_eq!(e.field, "spec.tpm.allow[0].ek_certificate_serial", "{e}");
+        if let Some(t) = spec.tpm.as_mut() {
+            t.ekcert_allowed_cas = vec!["-----BEGIN CERTIFICATE-----\nx\n".into()];
+        }
+        assert!(spec.validate_sections().is_ok());
     }
 }

@@ -55,8 +55,12 @@ impl AuthService for AuthApi {
     ) -> Result<Response<Self::JoinStream>, Status> {
         let remote = authz::remote_addr(&req);
         // A delegated method re-proving an instance presents its certificate.
+        // Only a current certificate of this cluster counts (a long-lived
+        // connection can outlive the certificate it was opened with).
+        let now = time::OffsetDateTime::now_utc();
         let presented = authz::peer(&req)
             .and_then(|p| p.identity.as_ref())
+            .filter(|i| i.0.cluster == self.state.cluster && i.1.not_after > now)
             .map(|i| i.0.clone());
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<JoinServerMessage, Status>>(4);

@@ -10,7 +10,7 @@ use sigil_proto::v1::JoinInit;
 use sigil_types::JoinMethodKind;
 use sigil_types::token::github_attributes;
 
-use super::jwt_verifier::{JwksCache, allow, id_token, in_context};
+use super::jwt_verifier::JwksCache;
 use super::{Conversation, JoinDenied, JoinMethod, Verified, load_token};
 use crate::state::AuthState;
 
@@ -43,14 +43,15 @@ impl JoinMethod for GithubMethod {
             .as_ref()
             .ok_or_else(|| JoinDenied::new("token has no github section"))?;
         let issuer = section.issuer();
-        let claims = async {
-            let jwt = id_token(&init.evidence)?;
-            self.keys
-                .verify(&state.outbound, &issuer, jwt, &state.cluster)
-                .await
-        }
-        .await
-        .map_err(|d| in_context(d, &token, &issuer))?;
-        allow(&token, github_attributes(&claims), &issuer)
+        self.keys
+            .verify_join(
+                state,
+                &init.evidence,
+                &token,
+                &issuer,
+                &state.cluster,
+                github_attributes,
+            )
+            .await
     }
 }

@@ -472,6 +472,29 @@ pub fn in_context(mut denied: JoinDenied, token: &Token, issuer: &str) -> JoinDe
     denied
 }
 
+impl JwksCache {
+    /// The whole check of an ID-token method whose keys come from the
+    /// issuer's discovery document: verify the token in `evidence`, turn its
+    /// claims into attributes, match the token's allow rules.
+    pub async fn verify_join(
+        &self,
+        state: &crate::state::AuthState,
+        evidence: &[u8],
+        token: &Token,
+        issuer: &str,
+        audience: &str,
+        attributes: fn(&Value) -> JoinAttributes,
+    ) -> Result<Verified, JoinDenied> {
+        let claims = async {
+            let jwt = id_token(evidence)?;
+            self.verify(&state.outbound, issuer, jwt, audience).await
+        }
+        .await
+        .map_err(|d| in_context(d, token, issuer))?;
+        allow(token, attributes(&claims), issuer)
+    }
+}
+
 /// The shared tail of the ID-token methods: the verified attributes must
 /// match an allow rule; the outcome is a delegated (re-proving) identity.
 pub fn allow(token: &Token, attrs: JoinAttributes, issuer: &str) -> Result<Verified, JoinDenied> {

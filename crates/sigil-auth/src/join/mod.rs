@@ -149,20 +149,28 @@ pub async fn load_token(
     if name.is_empty() {
         return Err(JoinDenied::new("no token name presented"));
     }
-    let shown = || serde_json::json!({ "token": name });
+    // Until the token is known not to be a `token`-method secret, it is
+    // shown only by its hint: an agent may send a secret with the wrong method.
+    let hint = keys::secret_hint(name);
+    let hinted = || serde_json::json!({ "token": hint });
     let item = state
         .store
         .get(&keys::token(name))
         .await
         .map_err(|e| JoinDenied::unavailable(format!("token lookup failed: {e}")))?
         .ok_or_else(|| {
-            JoinDenied::new(format!("token {name:?} does not exist")).with_audit(shown())
+            JoinDenied::new(format!("token {hint} does not exist")).with_audit(hinted())
         })?;
     let token: Token = serde_json::from_slice(&item.value)
-        .map_err(|e| JoinDenied::new(format!("token {name:?} is undecodable: {e}")))?;
-    if token.metadata.name != name {
-        return Err(JoinDenied::new("token name mismatch").with_audit(shown()));
+        .map_err(|e| JoinDenied::new(format!("token {hint} is undecodable: {e}")))?;
+    if token.metadata.name != name || token.spec.name_is_secret() {
+        return Err(JoinDenied::new(format!(
+            "token {hint} is for join method {}, not {method}",
+            token.spec.join_method
+        ))
+        .with_audit(hinted()));
     }
+    let shown = || serde_json::json!({ "token": name });
     if token.metadata.is_expired(time::OffsetDateTime::now_utc()) {
         return Err(JoinDenied::new(format!("token {name:?} has expired")).with_audit(shown()));
     }

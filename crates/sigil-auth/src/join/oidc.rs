@@ -10,7 +10,7 @@ use sigil_proto::v1::JoinInit;
 use sigil_types::JoinMethodKind;
 use sigil_types::token::oidc_attributes;
 
-use super::jwt_verifier::{JwksCache, allow, id_token, in_context};
+use super::jwt_verifier::JwksCache;
 use super::{Conversation, JoinDenied, JoinMethod, Verified, load_token};
 use crate::state::AuthState;
 
@@ -42,16 +42,16 @@ impl JoinMethod for OidcMethod {
             .oidc
             .as_ref()
             .ok_or_else(|| JoinDenied::new("token has no oidc section"))?;
-        let issuer = section.issuer.clone();
         let audience = section.audience.as_deref().unwrap_or(&state.cluster);
-        let claims = async {
-            let jwt = id_token(&init.evidence)?;
-            self.keys
-                .verify(&state.outbound, &issuer, jwt, audience)
-                .await
-        }
-        .await
-        .map_err(|d| in_context(d, &token, &issuer))?;
-        allow(&token, oidc_attributes(&claims), &issuer)
+        self.keys
+            .verify_join(
+                state,
+                &init.evidence,
+                &token,
+                &section.issuer,
+                audience,
+                oidc_attributes,
+            )
+            .await
     }
 }

@@ -17,7 +17,8 @@
 //!
 //! Attributes: `ek_public_hash` (SHA-256 hex of the EK SubjectPublicKeyInfo
 //! in its canonical DER: rsaEncryption with NULL parameters) and, with a
-//! certificate, `ek_certificate_serial` (lowercase hex of the serial's
+//! certificate verified against `ekcert_allowed_cas` (without CAs nothing
+//! vouches for it), `ek_certificate_serial` (lowercase hex of the serial's
 //! bytes, leading zero bytes dropped, at least one byte: serial 2 is "02").
 //!
 //! With `ekcert_allowed_cas`, the EK certificate must be present, within its
@@ -180,7 +181,9 @@ fn check_ek_certificate(
     }
     let serial = serial_hex(cert.raw_serial());
     if section.ekcert_allowed_cas.is_empty() {
-        return Ok(Some(serial));
+        // Nothing vouches for a certificate the agent brought along: its
+        // serial is not a verified claim (anyone can self-sign any serial).
+        return Ok(None);
     }
     if !cert.validity().is_valid() {
         return Err(JoinDenied::new(format!(
@@ -279,9 +282,10 @@ mod tests {
             allow: vec![],
             ekcert_allowed_cas: cas,
         };
-        // Serial recorded with or without CAs to check.
+        // Without CAs to check, a certificate the agent brought proves
+        // nothing: its serial is not recorded (anyone can self-sign one).
         let got = check_ek_certificate(&allow(vec![]), Some(&cert), &ek).unwrap();
-        assert_eq!(got.as_deref(), Some("9a01"));
+        assert_eq!(got, None);
         let got = check_ek_certificate(&allow(vec![other_ca.clone(), ca]), Some(&cert), &ek);
         assert_eq!(got.unwrap().as_deref(), Some("9a01"));
         // Another CA, or a certificate for another key, is refused.

@@ -55,6 +55,17 @@ impl TpmJoin {
                 ));
             }
         }
+        if self.ekcert_allowed_cas.is_empty()
+            && let Some(i) = self
+                .allow
+                .iter()
+                .position(|r| r.0.contains_key("ek_certificate_serial"))
+        {
+            return Err(ValidationError::new(
+                format!("{path}.allow[{i}].ek_certificate_serial"),
+                "a certificate serial is only a verified claim when ekcert_allowed_cas names the CA that signed it; add ekcert_allowed_cas or match ek_public_hash",
+            ));
+        }
         validate_rules(
             &format!("{path}.allow"),
             &self.allow,
