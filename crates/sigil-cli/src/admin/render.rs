@@ -73,8 +73,16 @@ pub fn tokens_table(items: &[Value]) -> String {
     let rows = items
         .iter()
         .map(|v| {
+            // Only a `token`-method token's name is a secret (listed by a
+            // prefix of its hash form); other methods' names are plain.
+            let name = str_at(v, "/metadata/name");
+            let shown = if str_at(v, "/spec/join_method") == "token" {
+                token_prefix(&name)
+            } else {
+                name
+            };
             vec![
-                token_prefix(&str_at(v, "/metadata/name")),
+                shown,
                 str_at(v, "/spec/bot_name"),
                 str_at(v, "/spec/join_method"),
                 time_at(v, "/metadata/expires"),
@@ -250,6 +258,10 @@ mod tests {
         assert!(!out.contains(secret), "{out}");
         assert!(out.contains("2030-01-01T00:00:00Z"), "{out}");
         assert!(out.lines().next().unwrap().contains("JOIN METHOD"));
+        // Other methods' names are not secrets: shown whole.
+        let named = json!({"kind":"token","metadata":{"name":"ci-github-deploys"},
+                           "spec":{"bot_name":"ci","join_method":"github"}});
+        assert!(tokens_table(&[named]).contains("ci-github-deploys"));
     }
 
     #[test]
