@@ -17,7 +17,7 @@ pub use machine::{
 pub use oidc_family::{
     GITHUB_ISSUER, GITHUB_RULE_FIELDS, GITLAB_ISSUER, GITLAB_RULE_FIELDS, GithubJoin, GitlabJoin,
     KUBERNETES_RULE_FIELDS, KubernetesJoin, OidcJoin, github_attributes, gitlab_attributes,
-    kubernetes_attributes, oidc_attributes,
+    kubernetes_attributes, oidc_attributes, oidc_attributes_with,
 };
 pub use rules::{AllowRule, JoinAttributes, JoinRuleDecision, evaluate_rules, validate_rules};
 
@@ -154,6 +154,18 @@ impl TokenSpec {
         }
     }
 
+    /// Every field name the allow rules test.
+    pub fn rule_fields(&self) -> Vec<&str> {
+        let mut f: Vec<&str> = self
+            .allow_rules()
+            .iter()
+            .flat_map(|r| r.0.keys().map(String::as_str))
+            .collect();
+        f.sort_unstable();
+        f.dedup();
+        f
+    }
+
     /// Match verified attributes against the allow rules.
     pub fn evaluate(&self, attrs: &JoinAttributes) -> JoinRuleDecision {
         evaluate_rules(self.allow_rules(), attrs)
@@ -189,7 +201,7 @@ impl TokenSpec {
             )),
             JoinMethodKind::Github => Ok(github_attributes(claims)),
             JoinMethodKind::Gitlab => Ok(gitlab_attributes(claims)),
-            JoinMethodKind::Oidc => Ok(oidc_attributes(claims)),
+            JoinMethodKind::Oidc => Ok(oidc_attributes_with(claims, &self.rule_fields())),
             JoinMethodKind::Kubernetes => kubernetes_attributes(claims).ok_or_else(|| {
                 "sub is not a service account's (system:serviceaccount:NAMESPACE:NAME)".to_string()
             }),

@@ -67,8 +67,10 @@ impl JoinMethod for IamJoin {
         init: &JoinInit,
         conv: &mut dyn Conversation,
     ) -> Result<Verified, JoinDenied> {
-        let token = load_token(state, &init.token, JoinMethodKind::Iam).await?;
+        // The challenge comes first, whatever the token: whether a client
+        // is challenged must not tell it which token names exist.
         let req = challenge_and_check(conv, &state.sts_endpoints).await?;
+        let token = load_token(state, &init.token, JoinMethodKind::Iam).await?;
         let endpoint = req.url.origin().ascii_serialization();
         let identity = call_sts(state, &req).await.map_err(|d| {
             let audit =

@@ -483,7 +483,7 @@ impl JwksCache {
         token: &Token,
         issuer: &str,
         audience: &str,
-        attributes: fn(&Value) -> JoinAttributes,
+        attributes: impl Fn(&Value) -> JoinAttributes,
     ) -> Result<Verified, JoinDenied> {
         let claims = async {
             let jwt = id_token(evidence)?;

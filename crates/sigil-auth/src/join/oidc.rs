@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sigil_proto::v1::JoinInit;
 use sigil_types::JoinMethodKind;
-use sigil_types::token::oidc_attributes;
+use sigil_types::token::oidc_attributes_with;
 
 use super::jwt_verifier::JwksCache;
 use super::{Conversation, JoinDenied, JoinMethod, Verified, load_token};
@@ -50,7 +50,7 @@ impl JoinMethod for OidcMethod {
                 &token,
                 &section.issuer,
                 audience,
-                oidc_attributes,
+                |claims| oidc_attributes_with(claims, &token.spec.rule_fields()),
             )
             .await
     }

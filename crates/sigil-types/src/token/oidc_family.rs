@@ -309,18 +309,29 @@ pub fn gitlab_attributes(claims: &Value) -> JoinAttributes {
 /// claims (at most 32, names that are valid attribute names, values up to
 /// 256 characters), without the claims that only describe the token.
 pub fn oidc_attributes(claims: &Value) -> JoinAttributes {
+    oidc_attributes_with(claims, &[])
+}
+
+/// [`oidc_attributes`] plus the claims named in `wanted` (the fields the
+/// token's rules test), whatever the cap: a rule on the 40th claim must see
+/// it, not fail because the certificate keeps only 32.
+pub fn oidc_attributes_with(claims: &Value, wanted: &[&str]) -> JoinAttributes {
     let mut a = JoinAttributes::new();
-    if let Some(obj) = claims.as_object() {
-        for (k, v) in obj {
-            if a.len() >= MAX_OIDC_ATTRIBUTES {
-                break;
-            }
-            if TOKEN_CLAIMS.contains(&k.as_str()) || !valid_claim_name(k) {
-                continue;
-            }
-            if let Some(s) = scalar(v) {
-                a.insert(k.clone(), s);
-            }
+    let Some(obj) = claims.as_object() else {
+        return a;
+    };
+    let usable = |k: &str| !TOKEN_CLAIMS.contains(&k) && valid_claim_name(k);
+    for (k, v) in obj {
+        if a.len() >= MAX_OIDC_ATTRIBUTES {
+            break;
+        }
+        if let Some(s) = scalar(v).filter(|_| usable(k)) {
+            a.insert(k.clone(), s);
+        }
+    }
+    for k in wanted {
+        if let Some(s) = obj.get(*k).and_then(scalar).filter(|_| usable(k)) {
+            a.insert((*k).to_string(), s);
         }
     }
     a
@@ -398,6 +409,17 @@ mod tests {
         assert_eq!(g["ref_protected"], "true");
         let o = oidc_attributes(&json!({"sub": "x", "exp": 1, "team": "a", "n": 3, "arr": [1]}));
         assert_eq!(o.len(), 3, "{o:?}");
+        // Past the cap, the claims a rule names are still there.
+        let mut many = serde_json::Map::new();
+        for i in 0..40 {
+            many.insert(format!("c{i:02}"), json!("v"));
+        }
+        many.insert("zz_team".into(), json!("infra"));
+        let many = Value::Object(many);
+        assert_eq!(oidc_attributes(&many).len(), MAX_OIDC_ATTRIBUTES);
+        let with = oidc_attributes_with(&many, &["zz_team", "exp"]);
+        assert_eq!(with.get("zz_team").map(String::as_str), Some("infra"));
+        assert!(!with.contains_key("exp"));
         let k = kubernetes_attributes(&json!({
             "sub": "system:serviceaccount:ci:deployer",
             "kubernetes.io": {"namespace": "ci", "pod": {"name": "p-1", "uid": "u"},
