@@ -54,6 +54,28 @@ pub(crate) fn unsigned_integer(out: &mut Vec<u8>, magnitude: &[u8]) {
     tlv(out, TAG_INTEGER, &content);
 }
 
+/// DER of an RSA SubjectPublicKeyInfo (rsaEncryption with NULL parameters)
+/// from the big-endian modulus and exponent: one encoding per key, so its
+/// hash names the key (a TPM's endorsement key, for instance).
+pub fn rsa_spki_der(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
+    // AlgorithmIdentifier { rsaEncryption (1.2.840.113549.1.1.1), NULL }.
+    const RSA_ALG_ID: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut out = Vec::with_capacity(modulus.len() + 64);
+    nested(&mut out, 0x30, |spki| {
+        spki.extend_from_slice(&RSA_ALG_ID);
+        nested(spki, 0x03, |bits| {
+            bits.push(0); // no unused bits
+            nested(bits, 0x30, |key| {
+                unsigned_integer(key, modulus);
+                unsigned_integer(key, exponent);
+            });
+        });
+    });
+    out
+}
+
 /// Drop leading zero bytes (the canonical magnitude of a serial number).
 pub(crate) fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let skip = bytes.iter().take_while(|b| **b == 0).count();

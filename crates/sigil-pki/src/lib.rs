@@ -28,6 +28,7 @@ mod x509_ca;
 
 pub use agent_keys::{SshKeyPair, TlsKeyPair};
 pub use crl::RevokedSerial;
+pub use der::rsa_spki_der;
 pub use error::{PkiError, Result};
 pub use identity::{
     CertInfo, ClientIdentity, IDENTITY_EXTENSION_OID, cert_info, pem_to_ders, read_client_identity,

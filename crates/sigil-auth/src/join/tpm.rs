@@ -38,9 +38,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use super::tpm_credential::{attestation_key_name, make_credential, rsa_spki_der};
+use super::tpm_credential::{attestation_key_name, make_credential};
 use super::{Conversation, JoinDenied, JoinMethod, Verified, check_rules, delegated, load_token};
 use crate::state::AuthState;
+use sigil_pki::rsa_spki_der;
 
 /// Evidence larger than this is refused before decoding (an EK certificate
 /// is 1-2 KiB).

@@ -173,41 +173,6 @@ pub fn attestation_key_name(tpmt_public: &[u8]) -> Result<Vec<u8>, String> {
     Ok(name)
 }
 
-/// DER of an RSA SubjectPublicKeyInfo (rsaEncryption, NULL parameters):
-/// one encoding per key, so its hash names the key.
-pub fn rsa_spki_der(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
-    const RSA_ALG_ID: [u8; 15] = [
-        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-    ];
-    let rsa_key = der(0x30, &[der_uint(modulus), der_uint(exponent)].concat());
-    let bit_string = der(0x03, &[&[0u8][..], &rsa_key].concat());
-    der(0x30, &[&RSA_ALG_ID[..], &bit_string].concat())
-}
-
-fn der_uint(bytes: &[u8]) -> Vec<u8> {
-    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    let mut value = bytes[start..].to_vec();
-    if value.first().is_none_or(|&b| b & 0x80 != 0) {
-        value.insert(0, 0);
-    }
-    der(0x02, &value)
-}
-
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let be = len.to_be_bytes();
-        let skip = be.iter().position(|&b| b != 0).unwrap_or(be.len() - 1);
-        out.push(0x80 | (be.len() - skip) as u8);
-        out.extend_from_slice(&be[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +293,7 @@ mod tests {
 
     #[test]
     fn rsa_spki_der_matches_aws_lc() {
+        use sigil_pki::rsa_spki_der;
         let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
         let spki = key.public_key().as_der().unwrap();
         let (_, parsed) =
