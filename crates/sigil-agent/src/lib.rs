@@ -348,17 +348,14 @@ impl Agent {
             Some(_) => self.storage.next_key()?,
             None => TlsKeyPair::generate()?,
         };
-        let tls = match cur {
-            Some(c) => client::tls_config(
-                &self.pins(Some(c)),
-                Some(client::ClientCert {
-                    cert_pem: &c.cert_pem,
-                    key_pem: &c.key_pem,
-                }),
-            )?,
-            None => client::tls_config(&self.cfg.ca_pins, None)?,
+        // A re-proof presents the instance's current certificate.
+        let mut client = match cur {
+            Some(c) => self.client(c)?,
+            None => AuthServiceClient::new(client::channel(
+                &self.cfg.auth_server,
+                client::tls_config(&self.cfg.ca_pins, None)?,
+            )?),
         };
-        let mut client = AuthServiceClient::new(client::channel(&self.cfg.auth_server, tls)?);
         // The pinned auth service names the cluster: the audience the OIDC
         // methods ask their platform for.
         let cluster = client
