@@ -827,6 +827,10 @@ where
 struct Mem {
     rss_kb: u64,
     hwm_kb: u64,
+    /// Of VmRSS: anonymous (heap, stacks) and file-backed (the executable's
+    /// mapped pages) memory.
+    anon_kb: u64,
+    file_kb: u64,
     threads: u64,
     fds: usize,
 }
@@ -845,6 +849,8 @@ impl Mem {
         Mem {
             rss_kb: field("VmRSS:"),
             hwm_kb: field("VmHWM:"),
+            anon_kb: field("RssAnon:"),
+            file_kb: field("RssFile:"),
             threads: field("Threads:"),
             fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .map(|d| d.count())
@@ -854,8 +860,10 @@ impl Mem {
 
     fn print(&self, when: &str) {
         println!(
-            "   {when}: VmRSS {:.1} MB, VmHWM {:.1} MB ({} threads, {} fds)",
+            "   {when}: VmRSS {:.1} MB (anon {:.1}, file {:.1}), VmHWM {:.1} MB ({} threads, {} fds)",
             self.rss_kb as f64 / 1024.0,
+            self.anon_kb as f64 / 1024.0,
+            self.file_kb as f64 / 1024.0,
             self.hwm_kb as f64 / 1024.0,
             self.threads,
             self.fds

@@ -47,6 +47,10 @@ impl Cli {
     pub fn is_server(&self) -> bool {
         matches!(self.command, Command::Auth(_) | Command::Agent(_))
     }
+
+    pub fn is_agent(&self) -> bool {
+        matches!(self.command, Command::Agent(_))
+    }
 }
 
 /// Options accepted anywhere on the command line.

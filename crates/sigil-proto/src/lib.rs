@@ -2,6 +2,8 @@
 //! API (no proto package, so its wire paths are `/SpiffeWorkloadAPI/...`) and the
 //! subset of Envoy's xDS v3 that Secret Discovery (SDS) needs.
 
+pub mod codec;
+
 /// The auth and admin API.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

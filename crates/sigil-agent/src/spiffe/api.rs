@@ -4,10 +4,8 @@
 //! gets no identity, and streams that send the full state at once and again on
 //! every rotation, bundle or CRL change.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
 use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use sigil_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
@@ -15,11 +13,11 @@ use sigil_proto::workload::{
     X509svid, X509svidRequest, X509svidResponse,
 };
 use sigil_types::{Attributes, WorkloadIdentitySelector};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::runtime::{Entry, EntryKey, EntryKind, EntryState, Issued, Runtime, TrustView};
+pub use super::follow::RespStream;
+use super::follow::follow;
+use super::runtime::{Entry, EntryKey, EntryKind, Issued, Runtime, TrustView};
 use crate::workload::attest::{AttestorSet, PeerProcess};
 
 /// The header every Workload API call must carry (SPIFFE Workload Endpoint).
@@ -28,8 +26,6 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// Attributes that describe one process rather than the workload: attested
 /// and logged, but not part of what workloads share SVIDs by.
 const PER_PROCESS: [&str; 1] = ["workload.unix.pid"];
-
-type RespStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// One Workload API endpoint (one `services:` entry).
 #[derive(Clone)]
@@ -127,65 +123,6 @@ fn crl_list(view: &TrustView) -> Vec<Vec<u8>> {
     }
 }
 
-/// Follow an entry and the trust view; send `build`'s output whenever it
-/// changes. Ends with the error `build` or the entry returns (a lock, a denial).
-pub fn follow<T, F>(
-    rt: Arc<Runtime>,
-    entry: Option<Arc<Entry>>,
-    first: T,
-    build: F,
-) -> RespStream<T>
-where
-    T: Clone + PartialEq + Send + Sync + 'static,
-    F: Fn(Option<&Issued>, &TrustView) -> Result<T, Status> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel(2);
-    tokio::spawn(async move {
-        let mut last = first.clone();
-        if tx.send(Ok(first)).await.is_err() {
-            return;
-        }
-        let mut trust = rt.subscribe_trust();
-        let mut state = entry.as_ref().map(|e| e.subscribe());
-        loop {
-            tokio::select! {
-                r = trust.changed() => if r.is_err() { return },
-                r = async {
-                    match state.as_mut() {
-                        Some(s) => s.changed().await,
-                        None => std::future::pending().await,
-                    }
-                } => if r.is_err() { return },
-                _ = tx.closed() => return,
-            }
-            let view = rt.trust();
-            let issued = match state.as_ref().map(|s| s.borrow().clone()) {
-                None => None,
-                Some(EntryState::Ready(i)) => Some(i),
-                Some(EntryState::Empty) => continue,
-                Some(EntryState::Denied(msg, _)) => {
-                    let _ = tx.send(Err(Status::permission_denied(msg))).await;
-                    return;
-                }
-            };
-            match build(issued.as_deref(), &view) {
-                Ok(next) if next == last => {}
-                Ok(next) => {
-                    last = next.clone();
-                    if tx.send(Ok(next)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-    });
-    Box::pin(ReceiverStream::new(rx))
-}
-
 fn x509_bundles(view: &TrustView) -> Result<X509BundlesResponse, Status> {
     if view.bundle_der.is_empty() {
         return Err(Status::unavailable("no trust bundle yet"));
@@ -223,17 +160,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let (entry, issued) = self.svids(&req, EntryKind::X509).await?;
-        let first = x509_response(&issued, &*trust_ready(&self.rt).await)?;
+        let (entry, _) = self.svids(&req, EntryKind::X509).await?;
+        trust_ready(&self.rt).await;
         Ok(Response::new(follow(
-            self.rt.clone(),
-            Some(entry),
-            first,
+            &self.rt,
+            Some(&entry),
             |issued, view| match issued {
                 Some(i) => x509_response(i, view),
                 None => Err(Status::internal("no SVIDs")),
             },
-        )))
+        )?))
     }
 
     type FetchX509BundlesStream = RespStream<X509BundlesResponse>;
@@ -244,14 +180,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&req)?;
         self.attest(&req).await?;
-        let view = trust_ready(&self.rt).await;
-        let first = x509_bundles(&view)?;
-        Ok(Response::new(follow(
-            self.rt.clone(),
-            None,
-            first,
-            |_, view| x509_bundles(view),
-        )))
+        trust_ready(&self.rt).await;
+        Ok(Response::new(follow(&self.rt, None, |_, view| {
+            x509_bundles(view)
+        })?))
     }
 
     async fn fetch_jwtsvid(
@@ -298,14 +230,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
         self.attest(&req).await?;
-        let view = trust_ready(&self.rt).await;
-        let first = jwt_bundles(&view)?;
-        Ok(Response::new(follow(
-            self.rt.clone(),
-            None,
-            first,
-            |_, view| jwt_bundles(view),
-        )))
+        trust_ready(&self.rt).await;
+        Ok(Response::new(follow(&self.rt, None, |_, view| {
+            jwt_bundles(view)
+        })?))
     }
 
     async fn validate_jwtsvid(

@@ -4,6 +4,7 @@
 //! `workload-identity-jwt` outputs ([`outputs`]).
 
 pub mod api;
+mod follow;
 pub mod outputs;
 pub mod runtime;
 pub mod sds;

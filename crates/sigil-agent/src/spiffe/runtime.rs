@@ -383,6 +383,16 @@ impl Runtime {
         Ok(issued)
     }
 
+    /// Change the trust view as the auth service's stream would.
+    #[cfg(test)]
+    pub(crate) fn update_trust(&self, f: impl FnOnce(&mut TrustView)) {
+        self.trust.send_modify(|cur| {
+            let mut next = TrustView::clone(cur);
+            f(&mut next);
+            *cur = Arc::new(next);
+        });
+    }
+
     fn apply_bundle(&self, b: &TrustBundle) {
         self.trust.send_if_modified(|cur| {
             if b.sequence <= cur.sequence && !cur.authorities.is_empty() {

@@ -6,9 +6,6 @@
 //! or CRL change. Envoy sends no `workload.spiffe.io` header, so SDS calls are
 //! attested without it.
 
-use std::pin::Pin;
-
-use futures::Stream;
 use prost::Message;
 use sigil_proto::ENVOY_SECRET_TYPE_URL;
 use sigil_proto::envoy::config::core::v3::{DataSource, data_source::Specifier};
@@ -23,10 +20,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::api::{WorkloadApi, trust_ready};
+use super::api::{RespStream, WorkloadApi, trust_ready};
 use super::runtime::{EntryKind, EntryState, Issued, TrustView};
-
-type RespStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Names that select the trust bundle.
 const ROOT_CA: &str = "ROOTCA";

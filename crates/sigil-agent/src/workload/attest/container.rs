@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use super::cgroup::{self, Line};
 use super::engine;
-use super::peer::read_proc;
-use super::{AttestError, Attestor, PeerProcess};
+use super::{AttestError, Attestor, ProcFiles};
 
 /// How long the engine has to answer, across all its candidate sockets.
 pub const ENGINE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -153,10 +152,10 @@ impl Attestor for ContainerAttestor {
 
     async fn attest(
         &self,
-        peer: &PeerProcess,
+        proc: &ProcFiles<'_>,
         attrs: &mut BTreeMap<String, String>,
     ) -> Result<(), AttestError> {
-        let text = read_proc(peer.pid, "cgroup")?;
+        let text = proc.read("cgroup")?;
         self.attest_cgroup(&text, attrs).await;
         Ok(())
     }

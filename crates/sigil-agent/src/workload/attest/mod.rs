@@ -21,7 +21,7 @@ use std::io;
 
 pub use container::{ContainerAttestor, ENGINE_TIMEOUT, Engine};
 pub use hashcache::CacheStats;
-pub use peer::{PeerProcess, boot_ticks_now};
+pub use peer::{PeerProcess, ProcFiles, boot_ticks_now};
 pub use systemd::SystemdAttestor;
 pub use unix::UnixAttestor;
 
@@ -69,10 +69,11 @@ pub trait Attestor: Send + Sync {
     /// Short name for logs ("unix", "docker", ...).
     fn name(&self) -> &'static str;
 
-    /// Add this attestor's attributes for `peer` to `attrs`.
+    /// Add this attestor's attributes for the peer of `proc` to `attrs`,
+    /// reading its /proc files through `proc`.
     async fn attest(
         &self,
-        peer: &PeerProcess,
+        proc: &ProcFiles<'_>,
         attrs: &mut BTreeMap<String, String>,
     ) -> Result<(), AttestError>;
 }
@@ -105,9 +106,10 @@ impl AttestorSet {
         peer: &PeerProcess,
     ) -> Result<BTreeMap<String, String>, AttestError> {
         let pinned = Pinned::new(peer)?;
+        let files = ProcFiles::new(peer);
         let mut attrs = BTreeMap::new();
         for a in &self.attestors {
-            if let Err(e) = a.attest(peer, &mut attrs).await {
+            if let Err(e) = a.attest(&files, &mut attrs).await {
                 // A read that failed because the process went away is not an I/O fault.
                 if pinned.exited().unwrap_or(false) {
                     return Err(AttestError::ProcessGone);
@@ -116,7 +118,7 @@ impl AttestorSet {
                 return Err(e);
             }
         }
-        pinned.confirm(peer)?;
+        pinned.confirm(&files)?;
         Ok(attrs)
     }
 }

@@ -18,7 +18,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::{AttestError, proc_io};
 
@@ -49,7 +50,17 @@ pub struct PeerProcess {
     /// in /proc/PID/stat, so the two compare directly.
     pub accepted_at_boot_ticks: u64,
     /// The connecting process itself, when the kernel supports SO_PEERPIDFD.
-    pidfd: Option<Arc<OwnedFd>>,
+    pidfd: Option<Arc<PeerPidfd>>,
+}
+
+/// SO_PEERPIDFD's descriptor, shared by every call on the connection.
+#[derive(Debug)]
+struct PeerPidfd {
+    fd: Arc<OwnedFd>,
+    /// Its pid was checked against SO_PEERCRED's. A live process keeps its
+    /// pid, so once per connection is enough; an exited one fails the
+    /// liveness check that ends every attestation.
+    pid_checked: AtomicBool,
 }
 
 impl PeerProcess {
@@ -67,7 +78,12 @@ impl PeerProcess {
             uid: cred.uid(),
             gid: cred.gid(),
             accepted_at_boot_ticks,
-            pidfd: peer_pidfd(s.as_raw_fd()).map(Arc::new),
+            pidfd: peer_pidfd(s.as_raw_fd()).map(|fd| {
+                Arc::new(PeerPidfd {
+                    fd: Arc::new(fd),
+                    pid_checked: AtomicBool::new(false),
+                })
+            }),
         })
     }
 
@@ -167,16 +183,20 @@ impl Pinned {
         if peer.pid <= 0 {
             return Err(AttestError::ProcessGone);
         }
-        if let Some(fd) = &peer.pidfd {
-            // The pidfd names the connecting process; make sure SO_PEERCRED's
-            // pid is that process as seen from here.
-            let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-                .map_err(|e| AttestError::io("pidfd information", e))?;
-            let pid = status_field(&fdinfo, "Pid:").and_then(|v| v.trim().parse::<i32>().ok());
-            if pid != Some(peer.pid) {
-                return Err(AttestError::ProcessGone);
+        if let Some(p) = &peer.pidfd {
+            if !p.pid_checked.load(Ordering::Acquire) {
+                // The pidfd names the connecting process; make sure
+                // SO_PEERCRED's pid is that process as seen from here.
+                let fdinfo =
+                    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", p.fd.as_raw_fd()))
+                        .map_err(|e| AttestError::io("pidfd information", e))?;
+                let pid = status_field(&fdinfo, "Pid:").and_then(|v| v.trim().parse::<i32>().ok());
+                if pid != Some(peer.pid) {
+                    return Err(AttestError::ProcessGone);
+                }
+                p.pid_checked.store(true, Ordering::Release);
             }
-            return Ok(Pinned(fd.clone()));
+            return Ok(Pinned(p.fd.clone()));
         }
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, peer.pid, 0) };
@@ -213,15 +233,18 @@ impl Pinned {
         }
     }
 
-    /// After /proc was read: the process is the one that connected, and alive.
-    pub fn confirm(&self, peer: &PeerProcess) -> Result<(), AttestError> {
-        let stat = read_proc(peer.pid, "stat")?;
+    /// After /proc was read: the process is the one that connected, and
+    /// alive. Files the attestors read are reused: any read made while the
+    /// process was pinned describes it, as long as it is alive at the end.
+    pub fn confirm(&self, files: &ProcFiles<'_>) -> Result<(), AttestError> {
+        let peer = files.peer();
+        let stat = files.read("stat")?;
         let started = start_ticks(&stat).ok_or(AttestError::Malformed("stat"))?;
         if started > peer.accepted_at_boot_ticks {
             return Err(AttestError::ProcessGone);
         }
         // SO_PEERCRED reports effective ids, so those are what must match.
-        let status = read_proc(peer.pid, "status")?;
+        let status = files.read("status")?;
         let uid = effective_id(&status, "Uid:").ok_or(AttestError::Malformed("status"))?;
         let gid = effective_id(&status, "Gid:").ok_or(AttestError::Malformed("status"))?;
         if uid != peer.uid || gid != peer.gid {
@@ -232,6 +255,39 @@ impl Pinned {
             return Err(AttestError::ProcessGone);
         }
         Ok(())
+    }
+}
+
+/// The peer's /proc files as one attestation sees them: each read at most
+/// once and shared by the attestors and [`Pinned::confirm`] (/proc reads
+/// were the largest cost of a Workload API call; benches/README.md).
+pub struct ProcFiles<'a> {
+    peer: &'a PeerProcess,
+    read: Mutex<Vec<(&'static str, Arc<str>)>>,
+}
+
+impl<'a> ProcFiles<'a> {
+    pub(super) fn new(peer: &'a PeerProcess) -> Self {
+        ProcFiles {
+            peer,
+            read: Mutex::new(Vec::with_capacity(3)),
+        }
+    }
+
+    /// The process being attested.
+    pub fn peer(&self) -> &'a PeerProcess {
+        self.peer
+    }
+
+    /// /proc/PID/<file>, read on first use.
+    pub fn read(&self, file: &'static str) -> Result<Arc<str>, AttestError> {
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, text)) = read.iter().find(|(f, _)| *f == file) {
+            return Ok(text.clone());
+        }
+        let text: Arc<str> = read_proc(self.peer.pid, file)?.into();
+        read.push((file, text.clone()));
+        Ok(text)
     }
 }
 

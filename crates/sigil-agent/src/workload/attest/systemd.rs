@@ -11,8 +11,7 @@
 use std::collections::BTreeMap;
 
 use super::cgroup::{self, Line};
-use super::peer::read_proc;
-use super::{AttestError, Attestor, PeerProcess};
+use super::{AttestError, Attestor, ProcFiles};
 
 /// Attribute with the unit name.
 pub const UNIT: &str = "workload.systemd.unit";
@@ -31,10 +30,10 @@ impl Attestor for SystemdAttestor {
 
     async fn attest(
         &self,
-        peer: &PeerProcess,
+        proc: &ProcFiles<'_>,
         attrs: &mut BTreeMap<String, String>,
     ) -> Result<(), AttestError> {
-        let text = read_proc(peer.pid, "cgroup")?;
+        let text = proc.read("cgroup")?;
         if let Some(u) = unit_of(&text) {
             attrs.insert(UNIT.into(), u.unit.to_string());
             let manager = if u.user_manager { "user" } else { "system" };

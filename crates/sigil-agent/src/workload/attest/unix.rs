@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use super::hashcache::{CacheStats, DEFAULT_CAPACITY, ExeHashCache};
 use super::names::{Kind, NameCache};
-use super::peer::{read_proc, status_field};
-use super::{AttestError, Attestor, PeerProcess, proc_io};
+use super::peer::status_field;
+use super::{AttestError, Attestor, ProcFiles, proc_io};
 
 /// Adds the Unix attributes. Clones share their caches.
 #[derive(Clone)]
@@ -63,9 +63,10 @@ impl Attestor for UnixAttestor {
 
     async fn attest(
         &self,
-        peer: &PeerProcess,
+        proc: &ProcFiles<'_>,
         attrs: &mut BTreeMap<String, String>,
     ) -> Result<(), AttestError> {
+        let peer = proc.peer();
         let mut put = |k: &str, v: String| {
             attrs.insert(format!("workload.unix.{k}"), v);
         };
@@ -73,7 +74,7 @@ impl Attestor for UnixAttestor {
         put("uid", peer.uid.to_string());
         put("gid", peer.gid.to_string());
 
-        let status = read_proc(peer.pid, "status")?;
+        let status = proc.read("status")?;
         let groups = status_field(&status, "Groups:").ok_or(AttestError::Malformed("status"))?;
         put("supplementary_gids", supplementary_gids(groups)?);
 
