@@ -10,7 +10,7 @@
 use std::marker::PhantomData;
 
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic_prost::ProstDecoder;
 
 /// Initial encode and decode buffer: enough for the 5-byte gRPC header and
@@ -41,14 +41,15 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = LeanEncoder<T>;
-    type Decoder = LeanDecoder<U>;
+    type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> LeanEncoder<T> {
         LeanEncoder(PhantomData)
     }
 
-    fn decoder(&mut self) -> LeanDecoder<U> {
-        LeanDecoder(ProstDecoder::new(settings()))
+    fn decoder(&mut self) -> ProstDecoder<U> {
+        // prost's decoder with a small initial buffer (it grows to each message).
+        ProstDecoder::new(settings())
     }
 }
 
@@ -64,23 +65,6 @@ impl<T: prost::Message> Encoder for LeanEncoder<T> {
         dst.reserve(item.encoded_len());
         item.encode(dst)
             .map_err(|e| Status::internal(format!("encoding a response: {e}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        settings()
-    }
-}
-
-/// prost's decoder with a small initial buffer (it grows to each message).
-#[derive(Debug, Clone)]
-pub struct LeanDecoder<U>(ProstDecoder<U>);
-
-impl<U: prost::Message + Default> Decoder for LeanDecoder<U> {
-    type Item = U;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0.decode(src)
     }
 
     fn buffer_settings(&self) -> BufferSettings {

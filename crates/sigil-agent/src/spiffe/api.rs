@@ -15,8 +15,7 @@ use sigil_proto::workload::{
 use sigil_types::{Attributes, WorkloadIdentitySelector};
 use tonic::{Request, Response, Status};
 
-pub use super::follow::RespStream;
-use super::follow::follow;
+use super::follow::{RespStream, follow};
 use super::runtime::{Entry, EntryKey, EntryKind, Issued, Runtime, TrustView};
 use crate::workload::attest::{AttestorSet, PeerProcess};
 

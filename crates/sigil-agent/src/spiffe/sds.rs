@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::api::{RespStream, WorkloadApi, trust_ready};
+use super::api::{WorkloadApi, trust_ready};
+use super::follow::RespStream;
 use super::runtime::{EntryKind, EntryState, Issued, TrustView};
 
 /// Names that select the trust bundle.
