@@ -347,3 +347,82 @@ fn method_tokens_from_flags_and_tokens_test_explains_claims() {
     let o = auth.admin(&["tokens", "test", "vm-1", "--claims", ok.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+/// A raw admin client over the local socket, past any CLI check.
+fn local_admin<T>(
+    auth: &Auth,
+    f: impl AsyncFnOnce(
+        &mut sigil_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    ) -> T,
+) -> T {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let channel = sigil_cli::admin::connect::local_channel(&auth.data)
+            .await
+            .expect("admin socket");
+        let mut client = sigil_proto::v1::admin_service_client::AdminServiceClient::new(channel);
+        f(&mut client).await
+    })
+}
+
+#[test]
+fn lists_come_in_pages_and_huge_lifetimes_are_refused_not_panicking() {
+    use sigil_proto::v1::{AddLockRequest, ListResourcesRequest};
+    let auth = Auth::start();
+    let docs: String = (0..1100)
+        .map(|i| format!("kind: role\nversion: v1\nmetadata: {{name: r{i:04}}}\nspec: {{}}\n---\n"))
+        .collect();
+    auth.create("many.yaml", &docs);
+    // The CLI reads every page.
+    let all: serde_json::Value =
+        serde_json::from_str(&auth.ok(&["get", "roles", "-o", "json"])).expect("json");
+    assert_eq!(all.as_array().map(Vec::len), Some(1100));
+    let (first, small, bad) = local_admin(&auth, async |c| {
+        let list = |limit, page_token: &str| ListResourcesRequest {
+            kind: "role".into(),
+            filter: String::new(),
+            limit,
+            page_token: page_token.into(),
+        };
+        let first = c.list_resources(list(0, "")).await.unwrap().into_inner();
+        let second = c
+            .list_resources(list(0, &first.next_page_token))
+            .await
+            .unwrap()
+            .into_inner();
+        let third = c
+            .list_resources(list(5000, &second.next_page_token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(third.json.len(), 100);
+        assert!(third.next_page_token.is_empty());
+        let small = c.list_resources(list(10, "")).await.unwrap().into_inner();
+        let bad = c
+            .list_resources(list(0, "2f6c6f636b732f"))
+            .await
+            .unwrap_err();
+        (first, small, bad)
+    });
+    assert_eq!(first.json.len(), 500);
+    assert!(!first.next_page_token.is_empty());
+    assert_eq!(small.json.len(), 10);
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+
+    // A lifetime that would overflow a date is refused; the service lives on.
+    let err = local_admin(&auth, async |c| {
+        c.add_lock(AddLockRequest {
+            target_kind: "bot".into(),
+            target_value: "x".into(),
+            ttl_seconds: u64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+    });
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("10 years"), "{err:?}");
+    let o = auth.admin(&["locks", "add", "--bot", "x", "--ttl", "100000000d"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    auth.ok(&["status"]);
+}

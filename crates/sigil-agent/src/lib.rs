@@ -43,6 +43,21 @@ impl std::fmt::Display for JoinDeniedError {
 }
 impl std::error::Error for JoinDeniedError {}
 
+/// A refusal or failure of the auth service, readable, keeping its gRPC
+/// code so the CLI's exit code says which it was (denied, unavailable, ...).
+#[derive(Debug)]
+pub struct RpcError {
+    /// The status code the auth service answered with.
+    pub code: tonic::Code,
+    message: String,
+}
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+impl std::error::Error for RpcError {}
+
 /// A gRPC status as an error a person can read.
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     let what = match s.code() {
@@ -53,7 +68,10 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
         tonic::Code::DeadlineExceeded => "timed out",
         _ => "auth service error",
     };
-    anyhow::anyhow!("{what}: {}", s.message())
+    anyhow::Error::new(RpcError {
+        code: s.code(),
+        message: format!("{what}: {}", s.message()),
+    })
 }
 
 /// Run the agent. With `oneshot`, obtain credentials once and return.

@@ -12,6 +12,11 @@ pub const JOIN_DENIED: &str = "bot.join.denied";
 pub const RENEWAL: &str = "bot.renewal";
 pub const RENEWAL_DENIED: &str = "bot.renewal.denied";
 pub const GENERATION_MISMATCH: &str = "bot.generation_mismatch";
+/// A renewable credential used after a renewal superseded it (refused).
+pub const CREDENTIAL_SUPERSEDED: &str = "bot.credential_superseded";
+/// An admin call refused: no rule allows it, or it would grant more than
+/// the caller holds.
+pub const ADMIN_DENIED: &str = "admin.denied";
 pub const CERT_ISSUED: &str = "cert.issued";
 pub const LOCK_CREATED: &str = "lock.created";
 pub const LOCK_DELETED: &str = "lock.deleted";

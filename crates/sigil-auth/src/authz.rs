@@ -3,7 +3,8 @@
 //! locks in force against the bot, instance, roles and logins it carries.
 
 use sigil_pki::{CertInfo, ClientIdentity};
-use sigil_types::{Lock, LockTarget, RoleSet};
+use sigil_store::Txn;
+use sigil_types::{BotInstance, Lock, LockTarget, RoleSet};
 use time::OffsetDateTime;
 use tonic::{Request, Status};
 
@@ -85,33 +86,143 @@ pub fn locked(lock: &Lock) -> Status {
     ))
 }
 
+/// [`caller`], then proof that the credential is still the bot's own: the
+/// bot (by uid, not name) and the instance still exist, and an agent's own
+/// identity is the newest generation issued. Every call but `Renew` (which
+/// runs the generation protocol itself) goes through this.
+pub async fn current_caller<T>(state: &AuthState, req: &Request<T>) -> Result<Caller, Status> {
+    let caller = caller(state, req)?;
+    if let Caller::Bot(b) = &caller {
+        check_current(state, &b.0, &remote_addr(req)).await?;
+    }
+    Ok(caller)
+}
+
+/// Refuse a credential of a removed or re-created bot, of a removed
+/// instance, or (for an agent's own identity) one a renewal superseded.
+pub async fn check_current(
+    state: &AuthState,
+    id: &ClientIdentity,
+    remote: &str,
+) -> Result<(), Status> {
+    let revoked = |why: &str| Status::permission_denied(format!("{why}: access revoked"));
+    match state.cache.bot(&id.bot) {
+        Some(bot) if bot.spec.uid == id.bot_uid => {}
+        Some(_) => {
+            return Err(revoked(
+                "this credential belongs to a removed bot of the same name",
+            ));
+        }
+        None => return Err(revoked("this credential's bot was removed")),
+    }
+    let key = crate::keys::bot_instance(&id.bot, &id.instance_id);
+    let item = match state.cache.instance_item(&key) {
+        Some(i) => Some(i),
+        None => state
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| Status::unavailable(format!("storage: {e}")))?,
+    };
+    let Some(item) = item else {
+        return Err(revoked(
+            "this bot instance was removed; rejoin with a new token",
+        ));
+    };
+    if !id.is_agent_identity() {
+        // Output credentials outlive renewals of the agent that minted them.
+        return Ok(());
+    }
+    let inst: BotInstance = serde_json::from_slice(&item.value)
+        .map_err(|e| Status::internal(format!("undecodable bot instance: {e}")))?;
+    let stored = inst.spec.generation;
+    if id.generation == stored {
+        return Ok(());
+    }
+    if id.generation + 1 == stored {
+        // The holder may be the agent itself in the moment between its
+        // renewal and switching connections (or after a crash before it saved
+        // the renewal): refuse and record, but lock only if it then tries to
+        // renew with another key, which the renewal protocol catches.
+        superseded(state, id, stored, remote).await;
+        return Err(Status::permission_denied(
+            "this credential was superseded by a renewal: use the newest one (the agent renews and retries)",
+        ));
+    }
+    Err(crate::renewal::generation_mismatch(state, id, &inst, remote).await)
+}
+
+async fn superseded(state: &AuthState, id: &ClientIdentity, stored: u64, remote: &str) {
+    metrics::counter!("sigil_superseded_credentials_total").increment(1);
+    let ev = crate::audit::event(
+        crate::audit::CREDENTIAL_SUPERSEDED,
+        serde_json::json!({
+            "bot": id.bot, "bot_instance": id.instance_id,
+            "presented_generation": id.generation, "stored_generation": stored,
+            "remote_addr": remote,
+        }),
+    );
+    let txn = Txn {
+        ops: vec![],
+        audit: vec![ev],
+    };
+    if let Err(e) = state.store.commit(txn).await {
+        tracing::error!(error = %e, "failed to audit a superseded credential");
+    }
+}
+
+/// The caller's current roles, evaluated together: the bot's roles now, not
+/// those baked into its certificate, so a removed bot or a revoked role takes
+/// effect at once. `None` for the local admin (who holds everything).
+pub fn current_roles(state: &AuthState, caller: &Caller) -> Result<Option<RoleSet>, Status> {
+    match caller {
+        Caller::LocalAdmin => Ok(None),
+        Caller::Bot(b) => {
+            let current = crate::issuance::bot_authority(state, &b.0.bot, &b.0.bot_uid)
+                .map_err(|e| Status::permission_denied(format!("{e}: access revoked")))?;
+            let roles = state.cache.roles(&current.roles).map_err(|missing| {
+                Status::permission_denied(format!("role {missing:?} no longer exists"))
+            })?;
+            Ok(Some(RoleSet::new(roles)))
+        }
+    }
+}
+
 /// Admin authorization: the local socket may do anything; a bot needs a role
-/// rule allowing `verb` on `kind`.
+/// rule allowing `verb` on `kind` (a name of [`sigil_types::RULE_RESOURCES`]).
 pub fn authorize_admin(
     state: &AuthState,
     caller: &Caller,
     kind: &str,
     verb: &str,
 ) -> Result<(), Status> {
-    match caller {
-        Caller::LocalAdmin => Ok(()),
-        Caller::Bot(b) => {
-            // The bot's roles now, not those baked into its certificate: a
-            // removed bot or a revoked role takes effect at once.
-            let current = crate::issuance::bot_authority(state, &b.0.bot)
-                .map_err(|e| Status::permission_denied(format!("{e}: access revoked")))?;
-            let roles = state.cache.roles(&current.roles).map_err(|missing| {
-                Status::permission_denied(format!("role {missing:?} no longer exists"))
-            })?;
-            if RoleSet::new(roles).allows(kind, verb) {
-                Ok(())
-            } else {
-                Err(Status::permission_denied(format!(
-                    "bot {:?} may not {verb} {kind}: no role rule allows it",
-                    b.0.bot
-                )))
-            }
+    debug_assert!(sigil_types::RULE_RESOURCES.contains(&kind), "{kind}");
+    match current_roles(state, caller)? {
+        None => Ok(()),
+        Some(set) if set.allows(kind, verb) => Ok(()),
+        Some(_) => Err(Status::permission_denied(format!(
+            "{} may not {verb} {kind}: no role rule allows it",
+            actor(caller)
+        ))),
+    }
+}
+
+/// Before any document is parsed: may the caller `verb` anything at all?
+/// Keeps callers with no such right away from the parser.
+pub fn authorize_any(state: &AuthState, caller: &Caller, verb: &str) -> Result<(), Status> {
+    match current_roles(state, caller)? {
+        None => Ok(()),
+        Some(set)
+            if sigil_types::RULE_RESOURCES
+                .iter()
+                .any(|kind| set.allows(kind, verb)) =>
+        {
+            Ok(())
         }
+        Some(_) => Err(Status::permission_denied(format!(
+            "{} may not {verb} any resource: no role rule allows it",
+            actor(caller)
+        ))),
     }
 }
 

@@ -13,6 +13,8 @@ use crate::state::AuthState;
 
 /// A bot's effective authority, from its current roles.
 pub struct BotAuthority {
+    /// The bot's unique id (empty for bots older than ids).
+    pub uid: String,
     pub roles: Vec<String>,
     pub role_set: RoleSet,
     pub max_ttl: Duration,
@@ -28,13 +30,23 @@ impl BotAuthority {
     }
 }
 
-/// Resolve a bot's current roles and TTL cap, refusing a missing bot, a
-/// missing role, or a lock on the bot or any of its roles.
-pub fn bot_authority(state: &AuthState, bot_name: &str) -> Result<BotAuthority, String> {
+/// Resolve a bot's current roles and TTL cap, refusing a missing bot, a bot
+/// that is not the one `bot_uid` names (removed and re-created under the same
+/// name since the credential or token was issued), or a missing role.
+pub fn bot_authority(
+    state: &AuthState,
+    bot_name: &str,
+    bot_uid: &str,
+) -> Result<BotAuthority, String> {
     let bot = state
         .cache
         .bot(bot_name)
         .ok_or_else(|| format!("bot {bot_name:?} does not exist"))?;
+    if bot.spec.uid != bot_uid {
+        return Err(format!(
+            "bot {bot_name:?} was removed and created again since this was issued"
+        ));
+    }
     let roles = state
         .cache
         .roles(&bot.spec.roles)
@@ -45,6 +57,7 @@ pub fn bot_authority(state: &AuthState, bot_name: &str) -> Result<BotAuthority, 
         max_ttl = max_ttl.min(b.0);
     }
     Ok(BotAuthority {
+        uid: bot.spec.uid.clone(),
         roles: bot.spec.roles.clone(),
         role_set: set,
         max_ttl,

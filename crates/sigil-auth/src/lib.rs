@@ -10,6 +10,7 @@ mod audit;
 mod authz;
 mod cache;
 mod cluster;
+mod escalation;
 mod issuance;
 mod join;
 mod keys;

@@ -42,7 +42,7 @@ pub async fn renew(
             "this identity is not renewable (output credentials cannot renew)",
         ));
     }
-    let auth = match bot_authority(state, &id.bot) {
+    let auth = match bot_authority(state, &id.bot, &id.bot_uid) {
         Ok(a) => a,
         Err(reason) => {
             deny(state, id, remote, &reason).await;

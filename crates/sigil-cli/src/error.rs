@@ -104,6 +104,17 @@ pub fn failure_of(err: &anyhow::Error) -> Failure {
         if let Some(status) = cause.downcast_ref::<tonic::Status>() {
             return failure_for_code(status.code());
         }
+        // The agent's own errors: a refused join is denied (exit 3), and an
+        // auth-service answer keeps its code.
+        if cause
+            .downcast_ref::<sigil_agent::JoinDeniedError>()
+            .is_some()
+        {
+            return Failure::Denied;
+        }
+        if let Some(rpc) = cause.downcast_ref::<sigil_agent::RpcError>() {
+            return failure_for_code(rpc.code);
+        }
         if cause.downcast_ref::<tonic::transport::Error>().is_some() {
             return Failure::Unavailable;
         }
@@ -181,6 +192,16 @@ mod tests {
             let err = anyhow::Error::new(Status::new(code, "boom"));
             assert_eq!(exit_code(&err), want, "{code:?}");
         }
+    }
+
+    #[test]
+    fn agent_errors_keep_their_class() {
+        let denied = anyhow::Error::new(sigil_agent::JoinDeniedError("no".into()));
+        assert_eq!(exit_code(&denied.context("joining")), 3);
+        let renew = sigil_agent::status_error(Status::permission_denied("locked"));
+        assert_eq!(exit_code(&renew.context("renewing")), 3);
+        let down = sigil_agent::status_error(Status::unavailable("down"));
+        assert_eq!(exit_code(&down), 4);
     }
 
     #[test]

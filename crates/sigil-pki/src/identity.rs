@@ -26,6 +26,11 @@ pub struct ClientIdentity {
     pub cluster: String,
     /// Bot name.
     pub bot: String,
+    /// The bot's unique id when this was issued: a re-created bot of the
+    /// same name has another, so this certificate is not its. Empty in
+    /// certificates of bots created before ids existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bot_uid: String,
     /// Bot instance id.
     pub instance_id: String,
     /// Roles granted at issuance.

@@ -234,6 +234,7 @@ impl SshCa {
         }
         let subject = PublicKey::from_openssh(subject_public_key_openssh.trim())
             .map_err(ssh_err("parse subject public key"))?;
+        check_ssh_key(subject.key_data())?;
         let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
         let valid_before = now
             .checked_add(ttl.as_secs())
@@ -288,5 +289,35 @@ fn check_purpose(purpose: CaPurpose) -> Result<()> {
             purpose,
             expected: "ssh-user or ssh-host; use X509Ca for X.509 purposes",
         })
+    }
+}
+
+/// The SSH key algorithms Sigil certifies, as said in errors and the README.
+pub const ACCEPTED_SSH_KEYS: &str = "Ed25519 (also sk-ssh-ed25519) or RSA of 2048 to 16384 bits";
+
+/// Refuse SSH keys below policy: DSA, RSA under 2048 bits, or an unknown
+/// algorithm. Ed25519 (and its security-key form) and RSA pass.
+pub fn check_ssh_key(key: &ssh_key::public::KeyData) -> Result<()> {
+    use ssh_key::public::KeyData;
+    let refuse = |what: String| {
+        Err(PkiError::InvalidPublicKey(format!(
+            "{what}; accepted SSH keys: {ACCEPTED_SSH_KEYS}"
+        )))
+    };
+    use ssh_key::Algorithm;
+    if matches!(key.algorithm(), Algorithm::Ed25519 | Algorithm::SkEd25519) {
+        return Ok(());
+    }
+    match key {
+        KeyData::Rsa(k) => {
+            let bits = crate::x509_ca::rsa_modulus_bits(k.n.as_bytes());
+            if (2048..=16384).contains(&bits) {
+                Ok(())
+            } else {
+                refuse(format!("an SSH RSA key of {bits} bits"))
+            }
+        }
+        KeyData::Dsa(_) => refuse("an SSH DSA key".into()),
+        _ => refuse("an unsupported SSH key algorithm".into()),
     }
 }

@@ -469,10 +469,17 @@ fn pem_encode(der: &[u8]) -> String {
     )
 }
 
-/// Reject SubjectPublicKeyInfo we would not want to certify: unparsable, trailing bytes,
-/// or an algorithm other than EC, Ed25519 or RSA. The bytes are copied verbatim into the cert.
-fn check_spki(spki: &[u8]) -> Result<()> {
+/// The key algorithms Sigil certifies, as said in errors and the README.
+pub const ACCEPTED_KEYS: &str =
+    "Ed25519, ECDSA on P-256, P-384 or P-521, or RSA of 2048 to 16384 bits";
+
+/// Reject SubjectPublicKeyInfo we would not want to certify: unparsable,
+/// trailing bytes, an algorithm other than EC, Ed25519 or RSA, an unnamed
+/// or non-NIST curve, or RSA under 2048 bits. The bytes are copied verbatim
+/// into the cert.
+pub fn check_spki(spki: &[u8]) -> Result<()> {
     use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
     let (rest, parsed) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki)
         .map_err(|e| PkiError::InvalidPublicKey(format!("not a DER SubjectPublicKeyInfo: {e}")))?;
     if !rest.is_empty() {
@@ -484,12 +491,54 @@ fn check_spki(spki: &[u8]) -> Result<()> {
     const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
     const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-    if alg != EC && alg != ED25519 && alg != RSA {
-        return Err(PkiError::InvalidPublicKey(
-            "unsupported key algorithm; use ECDSA, Ed25519 or RSA".into(),
-        ));
+    // Named curves: secp256r1, secp384r1, secp521r1.
+    const CURVES: [&[u8]; 3] = [
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+        &[0x2b, 0x81, 0x04, 0x00, 0x22],
+        &[0x2b, 0x81, 0x04, 0x00, 0x23],
+    ];
+    let refuse = |what: String| {
+        Err(PkiError::InvalidPublicKey(format!(
+            "{what}; accepted keys: {ACCEPTED_KEYS}"
+        )))
+    };
+    if alg == ED25519 {
+        return Ok(());
     }
-    Ok(())
+    if alg == EC {
+        let curve = parsed
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        return match curve {
+            Some(c) if CURVES.contains(&c.as_bytes()) => Ok(()),
+            _ => refuse("an ECDSA key on an unnamed or unsupported curve".into()),
+        };
+    }
+    if alg == RSA {
+        return match parsed.parsed() {
+            Ok(PublicKey::RSA(k)) => {
+                let bits = rsa_modulus_bits(k.modulus);
+                if (2048..=16384).contains(&bits) {
+                    Ok(())
+                } else {
+                    refuse(format!("an RSA key of {bits} bits"))
+                }
+            }
+            _ => refuse("an unreadable RSA key".into()),
+        };
+    }
+    refuse("an unsupported key algorithm (DSA or other)".into())
+}
+
+/// Bits in a big-endian unsigned modulus (leading zero bytes ignored).
+pub(crate) fn rsa_modulus_bits(modulus: &[u8]) -> usize {
+    let m = der::strip_leading_zeros(modulus);
+    match m.first() {
+        Some(first) => m.len() * 8 - first.leading_zeros() as usize,
+        None => 0,
+    }
 }
 
 /// Names that go into the `sigil://` URI must be URI-unreserved characters only.

@@ -54,6 +54,7 @@ fn identity() -> ClientIdentity {
     ClientIdentity {
         cluster: "prod".into(),
         bot: "ci-bot".into(),
+        bot_uid: String::new(),
         instance_id: "5b0c9a3e-0f7e-4c1e-9a55-3f0d7f1d2c11".into(),
         roles: vec!["deploy".into(), "read".into()],
         generation: 3,

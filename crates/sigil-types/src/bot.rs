@@ -13,6 +13,12 @@ pub struct BotSpec {
     /// Upper bound on the bot's credential TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<HumanDuration>,
+    /// The bot's immutable unique id, assigned by the auth service when the
+    /// bot is created. Certificates and tokens carry it, so a bot removed and
+    /// re-created under the same name gets none of the old ones back. Empty
+    /// only for bots created before ids existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     /// When the bot was created; set by the auth service.
     #[serde(
         default,
@@ -58,6 +64,7 @@ mod tests {
             BotSpec {
                 roles: vec!["ci".into()],
                 max_ttl: None,
+                uid: String::new(),
                 created_at: None,
             },
         );
@@ -69,6 +76,7 @@ mod tests {
             BotSpec {
                 roles: vec!["a b".into()],
                 max_ttl: None,
+                uid: String::new(),
                 created_at: None,
             },
         );

@@ -21,7 +21,7 @@ pub use bot_instance::{Authentication, BotInstanceSpec, HISTORY_CAP, Heartbeat};
 pub use duration::{DurationError, HumanDuration, format_duration, parse_duration};
 pub use lock::{LockSpec, LockTarget};
 pub use parse::{ParseError, parse_resources};
-pub use rbac::{LabelField, RoleSet, glob_match};
+pub use rbac::{LabelField, RoleSet, RoleSpecRef, glob_match, lifted_denies};
 pub use resource::{
     AnyResource, Bot, BotInstance, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION, Resource,
     Role, Token, ValidationError, WorkloadIdentity, WorkloadIdentityX509Revocation,

@@ -150,7 +150,12 @@ impl Kind for LockSpec {
         match &res.spec.target {
             LockTarget::Bot(v) => validate_ref(&field, "bot", v),
             LockTarget::Role(v) => validate_ref(&field, "role", v),
-            LockTarget::Token(v) => validate_ref(&field, "token", v),
+            // A token is locked by its name, or by the hash form
+            // (`sha256:<64 hex>`) the auth service stores for secret names.
+            LockTarget::Token(v) => match v.strip_prefix("sha256:") {
+                Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+                _ => validate_ref(&field, "token", v),
+            },
             LockTarget::BotInstance(v) => uuid::Uuid::parse_str(v).map(|_| ()).map_err(|_| {
                 ValidationError::new(field, format!("bot instance id {v:?} is not a UUID"))
             }),

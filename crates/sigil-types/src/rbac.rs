@@ -5,6 +5,9 @@ use crate::role::RoleConditions;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+mod grants;
+pub use grants::{RoleSpecRef, lifted_denies};
+
 /// Which label selector of a role to evaluate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LabelField {
@@ -17,6 +20,14 @@ pub enum LabelField {
 }
 
 impl LabelField {
+    fn name(self) -> &'static str {
+        match self {
+            LabelField::Node => "node_labels",
+            LabelField::App => "app_labels",
+            LabelField::WorkloadIdentity => "workload_identity_labels",
+        }
+    }
+
     fn of(self, c: &RoleConditions) -> &BTreeMap<String, Vec<String>> {
         match self {
             LabelField::Node => &c.node_labels,

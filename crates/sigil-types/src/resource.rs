@@ -340,6 +340,7 @@ mod tests {
             BotSpec {
                 roles: vec!["r".into()],
                 max_ttl: None,
+                uid: String::new(),
                 created_at: None,
             },
         );
@@ -358,6 +359,7 @@ mod tests {
             BotSpec {
                 roles: vec!["r".into()],
                 max_ttl: None,
+                uid: String::new(),
                 created_at: None,
             },
         )

@@ -7,11 +7,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Admin API verbs a rule may grant (besides `*`).
-pub const KNOWN_VERBS: &[&str] = &["list", "read", "create", "update", "delete"];
+/// Admin API verbs a rule may grant (besides `*`). `escalate` lets a caller
+/// grant what it does not hold itself (roles, bots, tokens for more
+/// privileged bots): it is admin-equivalent, and `*` includes it.
+pub const KNOWN_VERBS: &[&str] = &["list", "read", "create", "update", "delete", "escalate"];
 
-/// Resource names an admin rule may name (besides `*`). Includes kinds that
-/// other crates define (workload identities, CAs, audit events).
+/// The one RBAC vocabulary: every resource name the admin API authorizes,
+/// and exactly the names a rule may name (besides `*`). Includes names that
+/// are not stored kinds (`audit` for the audit log, `status` for `sigil status`).
 pub const RULE_RESOURCES: &[&str] = &[
     "role",
     "bot",
@@ -20,8 +23,8 @@ pub const RULE_RESOURCES: &[&str] = &[
     "bot_instance",
     "workload_identity",
     "workload_identity_x509_revocation",
-    "cert_authority",
-    "audit_event",
+    "audit",
+    "status",
 ];
 
 /// Body of a `role`.
@@ -312,6 +315,21 @@ mod tests {
 
     fn role(spec: RoleSpec) -> Role {
         Role::new(crate::resource::Metadata::named("r"), spec)
+    }
+
+    #[test]
+    fn every_stored_kind_is_in_the_rbac_vocabulary() {
+        for kind in crate::resource::KNOWN_KINDS {
+            assert!(RULE_RESOURCES.contains(kind), "{kind} missing");
+        }
+        for extra in ["audit", "status"] {
+            let mut spec = RoleSpec::default();
+            spec.allow.rules = vec![AdminRule {
+                resources: vec![extra.into()],
+                verbs: vec!["read".into(), "list".into()],
+            }];
+            assert!(role(spec).validate().is_ok(), "{extra}");
+        }
     }
 
     #[test]

@@ -94,6 +94,10 @@ impl fmt::Display for JoinMethodKind {
 pub struct TokenSpec {
     /// The bot this token lets join.
     pub bot_name: String,
+    /// The uid of that bot when the token was made (set by the auth service):
+    /// a token outlives neither its bot nor a re-created bot of the same name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bot_uid: String,
     /// How the joiner proves itself.
     pub join_method: JoinMethodKind,
     /// `bound_keypair` settings.
@@ -124,6 +128,7 @@ impl TokenSpec {
     pub fn new(bot: impl Into<String>, method: JoinMethodKind) -> Self {
         TokenSpec {
             bot_name: bot.into(),
+            bot_uid: String::new(),
             join_method: method,
             bound_keypair: None,
             kubernetes: None,

@@ -2,7 +2,8 @@
 //!
 //! Writes `tls.crt` (client certificate), `tls.key` (PKCS#8, 0600), `ca.crt`,
 //! `ssh.key` (0600), `ssh.key.pub`, `ssh.key-cert.pub` (OpenSSH user
-//! certificate for the roles' logins), `known_hosts` (`@cert-authority` for
+//! certificate for the roles' logins; the three `ssh.*` files only when the
+//! roles grant a login), `known_hosts` (`@cert-authority` for
 //! the ssh-host CA) and `identity` (the file `sigil --identity` takes).
 //! The credentials are non-renewable: a stolen output cannot extend itself.
 
@@ -68,17 +69,22 @@ impl Output for IdentityOutput {
         d.write("tls.key", key_pem.as_bytes(), true)?;
         d.write("tls.crt", resp.tls_cert_pem.as_bytes(), false)?;
         d.write("ca.crt", resp.ca_certs_pem.as_bytes(), false)?;
-        d.write("ssh.key", ssh_key.to_openssh_private()?.as_bytes(), true)?;
-        d.write(
-            "ssh.key.pub",
-            format!("{}\n", ssh_key.public_openssh()).as_bytes(),
-            false,
-        )?;
-        d.write(
-            "ssh.key-cert.pub",
-            format!("{}\n", resp.ssh_cert.trim_end()).as_bytes(),
-            false,
-        )?;
+        // A bot whose roles grant no logins (admin rules only) gets no SSH
+        // certificate: an OpenSSH certificate without principals would be
+        // valid for every user.
+        if !resp.ssh_cert.is_empty() {
+            d.write("ssh.key", ssh_key.to_openssh_private()?.as_bytes(), true)?;
+            d.write(
+                "ssh.key.pub",
+                format!("{}\n", ssh_key.public_openssh()).as_bytes(),
+                false,
+            )?;
+            d.write(
+                "ssh.key-cert.pub",
+                format!("{}\n", resp.ssh_cert.trim_end()).as_bytes(),
+                false,
+            )?;
+        }
         d.write("known_hosts", resp.known_hosts.as_bytes(), false)?;
         d.write("identity", &serde_json::to_vec_pretty(&idf)?, true)?;
         Ok(())

@@ -19,7 +19,9 @@ use tonic::{Request, Response, Status};
 
 use super::resources::{self, store_err};
 use super::workload_admin;
+use crate::audit;
 use crate::authz::{self, Caller};
+use crate::escalation;
 use crate::keys;
 use crate::state::SharedState;
 
@@ -27,11 +29,53 @@ pub struct AdminApi {
     pub state: SharedState,
 }
 
+/// Largest resource document the admin API reads (before any parsing).
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
 impl AdminApi {
-    fn authorize<T>(&self, req: &Request<T>, kind: &str, verb: &str) -> Result<Caller, Status> {
-        let caller = authz::caller(&self.state, req)?;
-        authz::authorize_admin(&self.state, &caller, kind, verb)?;
+    /// The caller, if it may `verb` `kind`; a refusal is audited.
+    async fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        kind: &str,
+        verb: &str,
+    ) -> Result<Caller, Status> {
+        let caller = authz::current_caller(&self.state, req).await?;
+        self.audited(
+            req,
+            &caller,
+            authz::authorize_admin(&self.state, &caller, kind, verb),
+        )
+        .await?;
         Ok(caller)
+    }
+
+    /// Pass `result` through, auditing a permission refusal with its reason.
+    async fn audited<T>(
+        &self,
+        req: &Request<T>,
+        caller: &Caller,
+        result: Result<(), Status>,
+    ) -> Result<(), Status> {
+        if let Err(e) = &result
+            && e.code() == tonic::Code::PermissionDenied
+        {
+            let ev = audit::event(
+                audit::ADMIN_DENIED,
+                serde_json::json!({
+                    "by": authz::actor(caller), "reason": e.message(),
+                    "remote_addr": authz::remote_addr(req),
+                }),
+            );
+            let txn = Txn {
+                ops: vec![],
+                audit: vec![ev],
+            };
+            if let Err(err) = self.state.store.commit(txn).await {
+                tracing::error!(error = %err, "failed to audit a refused admin call");
+            }
+        }
+        result
     }
 }
 
@@ -44,6 +88,22 @@ impl AdminService for AdminApi {
         req: Request<CreateResourceRequest>,
     ) -> Result<Response<ResourceResponse>, Status> {
         let r = req.get_ref();
+        let verb = if r.upsert { "update" } else { "create" };
+        // Authorize, then bound, then parse: a caller with no right to write
+        // anything never reaches the parser, nor does an oversized document.
+        let caller = authz::current_caller(&self.state, &req).await?;
+        self.audited(
+            &req,
+            &caller,
+            authz::authorize_any(&self.state, &caller, verb),
+        )
+        .await?;
+        if r.json.len() > MAX_DOCUMENT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the resource document is {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+                r.json.len()
+            )));
+        }
         let mut parsed = sigil_types::parse_resources(&r.json, "request")
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if parsed.len() != 1 {
@@ -52,8 +112,14 @@ impl AdminService for AdminApi {
             ));
         }
         let res = parsed.remove(0);
-        let verb = if r.upsert { "update" } else { "create" };
-        let caller = self.authorize(&req, res.kind(), verb)?;
+        self.audited(
+            &req,
+            &caller,
+            authz::authorize_admin(&self.state, &caller, res.kind(), verb),
+        )
+        .await?;
+        self.audited(&req, &caller, self.check_escalation(&caller, &res))
+            .await?;
         let json = resources::create(&self.state, res, r.upsert, &authz::actor(&caller)).await?;
         Ok(Response::new(ResourceResponse { json }))
     }
@@ -64,7 +130,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<ResourceResponse>, Status> {
         let r = req.get_ref();
         let kind = resources::normalize_kind(&r.kind)?;
-        self.authorize(&req, kind, "read")?;
+        self.authorize(&req, kind, "read").await?;
         let json = resources::get(&self.state, kind, &r.name).await?;
         Ok(Response::new(ResourceResponse { json }))
     }
@@ -75,9 +141,19 @@ impl AdminService for AdminApi {
     ) -> Result<Response<ListResourcesResponse>, Status> {
         let r = req.get_ref();
         let kind = resources::normalize_kind(&r.kind)?;
-        self.authorize(&req, kind, "list")?;
-        let json = resources::list(&self.state, kind, &r.filter).await?;
-        Ok(Response::new(ListResourcesResponse { json }))
+        self.authorize(&req, kind, "list").await?;
+        let (json, next_page_token) = resources::list(
+            &self.state,
+            kind,
+            &r.filter,
+            r.limit as usize,
+            &r.page_token,
+        )
+        .await?;
+        Ok(Response::new(ListResourcesResponse {
+            json,
+            next_page_token,
+        }))
     }
 
     async fn delete_resource(
@@ -86,7 +162,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<DeleteResponse>, Status> {
         let r = req.get_ref();
         let kind = resources::normalize_kind(&r.kind)?;
-        let caller = self.authorize(&req, kind, "delete")?;
+        let caller = self.authorize(&req, kind, "delete").await?;
         resources::delete(&self.state, kind, &r.name, &authz::actor(&caller)).await?;
         Ok(Response::new(DeleteResponse {}))
     }
@@ -95,9 +171,15 @@ impl AdminService for AdminApi {
         &self,
         req: Request<AddBotRequest>,
     ) -> Result<Response<AddBotResponse>, Status> {
-        let caller = self.authorize(&req, "bot", "create")?;
-        self.authorize(&req, "token", "create")?;
+        let caller = self.authorize(&req, "bot", "create").await?;
+        self.authorize(&req, "token", "create").await?;
         let r = req.get_ref();
+        self.audited(
+            &req,
+            &caller,
+            escalation::check_bot_roles(&self.state, &caller, &r.name, &[], &r.roles),
+        )
+        .await?;
         let mut bot = Bot::new(
             Metadata {
                 name: r.name.clone(),
@@ -107,16 +189,22 @@ impl AdminService for AdminApi {
                 roles: r.roles.clone(),
                 max_ttl: (r.max_ttl_seconds > 0)
                     .then(|| HumanDuration(Duration::from_secs(r.max_ttl_seconds))),
+                uid: String::new(),
                 created_at: None,
             },
         );
         let ttl = ttl_or(r.token_ttl_seconds, sigil_types::DEFAULT_TOKEN_TTL);
-        let token = new_token(&r.name, ttl)?;
+        let mut token = new_token(&r.name, ttl)?;
         let actor = authz::actor(&caller);
         bot.spec.created_at = Some(OffsetDateTime::now_utc());
-        let (bot_op, bot_ev) =
-            resources::create_ops(&self.state, AnyResource::Bot(bot.clone()), false, &actor)?;
-        // The token refers to the bot created in the same transaction.
+        let mut bot_res = AnyResource::Bot(bot);
+        resources::fill_defaults(&self.state, &mut bot_res, &actor)?;
+        let AnyResource::Bot(bot) = bot_res else {
+            return Err(Status::internal("bot defaults changed the kind"));
+        };
+        let (bot_op, bot_ev) = resources::ops_for(AnyResource::Bot(bot.clone()), false, &actor)?;
+        // The token refers to the bot created in the same transaction, by uid.
+        token.spec.bot_uid = bot.spec.uid.clone();
         let mut tok = AnyResource::Token(token.clone());
         resources::fill_defaults(&self.state, &mut tok, &actor)?;
         let (tok_op, tok_ev) = resources::ops_for(tok, false, &actor)?;
@@ -142,13 +230,25 @@ impl AdminService for AdminApi {
         &self,
         req: Request<UpdateBotRequest>,
     ) -> Result<Response<ResourceResponse>, Status> {
-        let caller = self.authorize(&req, "bot", "update")?;
+        let caller = self.authorize(&req, "bot", "update").await?;
         let r = req.get_ref();
         let mut bot = self
             .state
             .cache
             .bot(&r.name)
             .ok_or_else(|| Status::not_found(format!("bot {:?} not found", r.name)))?;
+        self.audited(
+            &req,
+            &caller,
+            escalation::check_bot_roles(
+                &self.state,
+                &caller,
+                &r.name,
+                &bot.spec.roles,
+                &r.set_roles,
+            ),
+        )
+        .await?;
         bot.spec.roles = r.set_roles.clone();
         let json = resources::create(
             &self.state,
@@ -164,7 +264,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<AddTokenRequest>,
     ) -> Result<Response<AddTokenResponse>, Status> {
-        let caller = self.authorize(&req, "token", "create")?;
+        let caller = self.authorize(&req, "token", "create").await?;
         let r = req.get_ref();
         if self.state.cache.bot(&r.bot).is_none() {
             return Err(Status::not_found(format!(
@@ -172,6 +272,12 @@ impl AdminService for AdminApi {
                 r.bot
             )));
         }
+        self.audited(
+            &req,
+            &caller,
+            escalation::check_token_for_bot(&self.state, &caller, &r.bot),
+        )
+        .await?;
         let mut registration_secret = String::new();
         let token = if r.join_method.is_empty() || r.join_method == "token" {
             new_token(
@@ -209,7 +315,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<AddLockRequest>,
     ) -> Result<Response<ResourceResponse>, Status> {
-        let caller = self.authorize(&req, "lock", "create")?;
+        let caller = self.authorize(&req, "lock", "create").await?;
         let r = req.get_ref();
         let v = r.target_value.clone();
         if v.is_empty() {
@@ -233,7 +339,7 @@ impl AdminService for AdminApi {
         let lock = Lock::new(
             Metadata {
                 name: uuid::Uuid::new_v4().to_string(),
-                expires: (r.ttl_seconds > 0).then(|| now + Duration::from_secs(r.ttl_seconds)),
+                expires: expiry(now, r.ttl_seconds)?,
                 ..Default::default()
             },
             LockSpec {
@@ -259,7 +365,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<AuditQueryRequest>,
     ) -> Result<Response<Self::QueryAuditStream>, Status> {
-        self.authorize(&req, "audit", "list")?;
+        self.authorize(&req, "audit", "list").await?;
         let r = req.get_ref();
         let q = AuditQuery {
             since: (r.since_unix_nanos > 0)
@@ -285,7 +391,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
-        self.authorize(&req, "audit", "read")?;
+        self.authorize(&req, "audit", "read").await?;
         let v = self.state.store.audit_verify().await.map_err(store_err)?;
         Ok(Response::new(match v {
             AuditVerification::Intact { count, head_hash } => VerifyAuditResponse {
@@ -307,7 +413,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        self.authorize(&req, "status", "read")?;
+        self.authorize(&req, "status", "read").await?;
         let s = &self.state;
         let count = |prefix: &'static str| async move {
             s.store
@@ -367,7 +473,7 @@ impl AdminService for AdminApi {
         req: Request<AdminIssueWorkloadIdentityRequest>,
     ) -> Result<Response<IssueWorkloadIdentitiesResponse>, Status> {
         // Minting is as strong as creating an identity: it needs `create`.
-        let caller = self.authorize(&req, "workload_identity", "create")?;
+        let caller = self.authorize(&req, "workload_identity", "create").await?;
         let resp =
             workload_admin::issue(&self.state, req.into_inner(), authz::actor(&caller)).await?;
         Ok(Response::new(resp))
@@ -377,11 +483,50 @@ impl AdminService for AdminApi {
         &self,
         req: Request<TestWorkloadIdentityRequest>,
     ) -> Result<Response<TestWorkloadIdentityResponse>, Status> {
-        self.authorize(&req, "workload_identity", "read")?;
+        self.authorize(&req, "workload_identity", "read").await?;
         Ok(Response::new(workload_admin::test(
             &self.state,
             req.into_inner(),
         )?))
+    }
+}
+
+/// Longest lifetime an admin call may give a token or a lock.
+pub const MAX_RESOURCE_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// `now + secs` for a resource's expiry (0: none), refusing lifetimes past
+/// [`MAX_RESOURCE_TTL`] instead of overflowing a date.
+fn expiry(now: OffsetDateTime, secs: u64) -> Result<Option<OffsetDateTime>, Status> {
+    if secs == 0 {
+        return Ok(None);
+    }
+    let ttl = Duration::from_secs(secs);
+    if ttl > MAX_RESOURCE_TTL {
+        return Err(Status::invalid_argument(format!(
+            "a lifetime of {secs} s is longer than the limit of {} s (10 years)",
+            MAX_RESOURCE_TTL.as_secs()
+        )));
+    }
+    Ok(now.checked_add(time::Duration::seconds(secs as i64)))
+}
+
+impl AdminApi {
+    /// The escalation check a created or replaced resource needs.
+    fn check_escalation(&self, caller: &Caller, res: &AnyResource) -> Result<(), Status> {
+        let s = &self.state;
+        match res {
+            AnyResource::Role(r) => {
+                let old = s.cache.roles(std::slice::from_ref(&r.metadata.name)).ok();
+                escalation::check_role(s, caller, old.as_ref().and_then(|v| v.first()), r)
+            }
+            AnyResource::Bot(b) => {
+                let old = s.cache.bot(&b.metadata.name).map(|b| b.spec.roles);
+                let old = old.as_deref().unwrap_or_default();
+                escalation::check_bot_roles(s, caller, &b.metadata.name, old, &b.spec.roles)
+            }
+            AnyResource::Token(t) => escalation::check_token_for_bot(s, caller, &t.spec.bot_name),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -421,8 +566,7 @@ fn method_token(r: &AddTokenRequest) -> Result<(Token, String), Status> {
         secret = hex::encode(raw);
         b.onboarding.registration_secret = Some(secret.clone());
     }
-    let expires =
-        (r.ttl_seconds > 0).then(|| OffsetDateTime::now_utc() + Duration::from_secs(r.ttl_seconds));
+    let expires = expiry(OffsetDateTime::now_utc(), r.ttl_seconds)?;
     let token = Token::new(
         Metadata {
             name: r.name.clone(),
@@ -441,10 +585,11 @@ fn method_token(r: &AddTokenRequest) -> Result<(Token, String), Status> {
 fn new_token(bot: &str, ttl: Duration) -> Result<Token, Status> {
     let mut raw = [0u8; 16];
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| Status::internal("no randomness"))?;
+    let expires = expiry(OffsetDateTime::now_utc(), ttl.as_secs())?;
     Ok(Token::new(
         Metadata {
             name: hex::encode(raw),
-            expires: Some(OffsetDateTime::now_utc() + ttl),
+            expires,
             ..Default::default()
         },
         TokenSpec::new(bot, JoinMethodKind::Token),

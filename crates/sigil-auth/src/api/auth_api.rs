@@ -23,7 +23,6 @@ use crate::audit;
 use crate::authz::{self, Caller};
 use crate::issuance::{self, bot_authority, effective_ttl};
 use crate::join::{self, Conversation, JoinDenied};
-use crate::keys;
 use crate::renewal;
 use crate::state::SharedState;
 use crate::workload;
@@ -117,7 +116,8 @@ impl AuthService for AuthApi {
     ) -> Result<Response<IdentityCredentials>, Status> {
         let id = &agent_identity(&self.state, &req).await?;
         let r = req.get_ref();
-        let auth = bot_authority(&self.state, &id.bot).map_err(Status::permission_denied)?;
+        let auth =
+            bot_authority(&self.state, &id.bot, &id.bot_uid).map_err(Status::permission_denied)?;
         let ttl = effective_ttl(r.ttl_seconds, auth.max_ttl);
         // An output can never mint more: neither renewable nor delegated.
         let mut out_id = ClientIdentity {
@@ -136,7 +136,9 @@ impl AuthService for AuthApi {
             .map_err(issuance::pki_error)?;
         let mut events = vec![issuance::x509_issued_event(&out_id, &tls, ttl, "client")];
         let mut ssh_cert = String::new();
-        if !r.ssh_public_key.is_empty() {
+        // No logins, no SSH certificate (one without principals would be
+        // valid for every user); the TLS identity still works for admin rules.
+        if !r.ssh_public_key.is_empty() && !logins.is_empty() {
             let key_id = format!("bot:{}:{}", id.bot, id.instance_id);
             let c = cas
                 .ssh_user
@@ -179,7 +181,8 @@ impl AuthService for AuthApi {
         req: Request<IssueWorkloadIdentitiesRequest>,
     ) -> Result<Response<IssueWorkloadIdentitiesResponse>, Status> {
         let id = agent_identity(&self.state, &req).await?;
-        let auth = bot_authority(&self.state, &id.bot).map_err(Status::permission_denied)?;
+        let auth =
+            bot_authority(&self.state, &id.bot, &id.bot_uid).map_err(Status::permission_denied)?;
         let roles = self
             .state
             .cache
@@ -226,13 +229,14 @@ impl AuthService for AuthApi {
 }
 
 /// The agent's own (renewable) identity behind a call that mints credentials.
-/// Output credentials cannot mint more, and a removed instance mints nothing,
-/// even with a certificate that has not expired yet.
+/// Output credentials cannot mint more, and a removed instance, a removed or
+/// re-created bot, or a credential a renewal superseded mints nothing, even
+/// with a certificate that has not expired yet.
 async fn agent_identity<T>(
     state: &SharedState,
     req: &Request<T>,
 ) -> Result<ClientIdentity, Status> {
-    let caller = match authz::caller(state, req)? {
+    let caller = match authz::current_caller(state, req).await? {
         Caller::Bot(b) => b,
         Caller::LocalAdmin => {
             return Err(Status::permission_denied(
@@ -244,19 +248,6 @@ async fn agent_identity<T>(
     if !id.is_agent_identity() {
         return Err(Status::permission_denied(
             "output credentials cannot request further credentials",
-        ));
-    }
-    let inst_key = keys::bot_instance(&id.bot, &id.instance_id);
-    if state.cache.instance_item(&inst_key).is_none()
-        && state
-            .store
-            .get(&inst_key)
-            .await
-            .map_err(|e| Status::unavailable(format!("storage: {e}")))?
-            .is_none()
-    {
-        return Err(Status::permission_denied(
-            "this bot instance was removed; rejoin with a new token",
         ));
     }
     Ok(id)

@@ -88,21 +88,32 @@ pub fn create_ops(
     ops_for(res, upsert, actor)
 }
 
-/// Check what a resource refers to exists, and fill in defaults.
+/// Check what a resource refers to exists, and fill in defaults. A token
+/// is stamped with its bot's uid, so it never admits a re-created bot.
 fn check_references(state: &AuthState, res: &mut AnyResource, actor: &str) -> Result<(), Status> {
-    if let AnyResource::Token(t) = res
-        && state.cache.bot(&t.spec.bot_name).is_none()
-    {
-        return Err(Status::failed_precondition(format!(
-            "bot {:?} does not exist: create it first with `sigil bots add`",
-            t.spec.bot_name
-        )));
+    if let AnyResource::Token(t) = res {
+        let Some(bot) = state.cache.bot(&t.spec.bot_name) else {
+            return Err(Status::failed_precondition(format!(
+                "bot {:?} does not exist: create it first with `sigil bots add`",
+                t.spec.bot_name
+            )));
+        };
+        t.spec.bot_uid = bot.spec.uid;
     }
     fill_defaults(state, res, actor)
 }
 
+/// A fresh bot uid (UUIDv4: never reused, so never confused with a removed bot's).
+pub fn new_bot_uid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// Defaults and checks that need no other resource.
 pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> Result<(), Status> {
+    // Every path (create -f, bots add, tokens add, locks add) checks the
+    // same rules, names included.
+    res.validate()
+        .map_err(|e| Status::invalid_argument(format!("{} {e}", res.kind())))?;
     match res {
         AnyResource::BotInstance(_) => {
             return Err(Status::invalid_argument(
@@ -110,6 +121,13 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
             ));
         }
         AnyResource::Bot(b) => {
+            // The uid is the server's: kept across updates of the same bot,
+            // new for a new one, never taken from the document (a chosen uid
+            // could revive a removed bot's credentials).
+            b.spec.uid = match state.cache.bot(&b.metadata.name) {
+                Some(existing) => existing.spec.uid,
+                None => new_bot_uid(),
+            };
             if b.spec.created_at.is_none() {
                 b.spec.created_at = Some(OffsetDateTime::now_utc());
             }
@@ -307,7 +325,22 @@ fn shown(kind: &str, item: &Item) -> String {
     String::from_utf8_lossy(&item.value).into_owned()
 }
 
-pub async fn list(state: &AuthState, kind: &str, filter: &str) -> Result<Vec<String>, Status> {
+/// Largest page a list returns, whatever the caller asks.
+pub const MAX_PAGE_ITEMS: usize = 500;
+/// A page ends early once it holds this many bytes of JSON, far below the
+/// transport's message limit whatever the items' sizes.
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
+
+/// One page of a list: the items after `page_token` (a store key, hex), at
+/// most `limit` (0: [`MAX_PAGE_ITEMS`]) and about [`MAX_PAGE_BYTES`], and the
+/// token of the next page ("" at the end).
+pub async fn list(
+    state: &AuthState,
+    kind: &str,
+    filter: &str,
+    limit: usize,
+    page_token: &str,
+) -> Result<(Vec<String>, String), Status> {
     let prefix = match kind {
         "role" => keys::ROLES.to_string(),
         "bot" => keys::BOTS.to_string(),
@@ -318,8 +351,45 @@ pub async fn list(state: &AuthState, kind: &str, filter: &str) -> Result<Vec<Str
         _ if filter.is_empty() => keys::BOT_INSTANCES.to_string(),
         _ => keys::bot_instances_of(filter),
     };
-    let items = state.store.list(&prefix).await.map_err(store_err)?;
-    Ok(items.iter().map(|i| shown(kind, i)).collect())
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        let key = hex::decode(page_token)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|k| k.starts_with(&prefix))
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "page_token is not one this list returned: start again without it",
+                )
+            })?;
+        Some(key)
+    };
+    let limit = if limit == 0 {
+        MAX_PAGE_ITEMS
+    } else {
+        limit.min(MAX_PAGE_ITEMS)
+    };
+    let mut items = state.store.list(&prefix).await.map_err(store_err)?;
+    items.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    let mut last = None;
+    let mut rest = items
+        .iter()
+        .filter(|i| after.as_ref().is_none_or(|a| i.key.as_str() > a.as_str()))
+        .peekable();
+    while let Some(item) = rest.next_if(|_| page.len() < limit && bytes < MAX_PAGE_BYTES) {
+        let json = shown(kind, item);
+        bytes += json.len();
+        page.push(json);
+        last = Some(&item.key);
+    }
+    let next = match (rest.peek(), last) {
+        (Some(_), Some(k)) => hex::encode(k.as_bytes()),
+        _ => String::new(),
+    };
+    Ok((page, next))
 }
 
 pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> Result<(), Status> {
@@ -345,6 +415,19 @@ pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> R
             }
         }
         "bot" => {
+            // A removed bot's tokens can never admit anyone again; drop them.
+            for tok in state.store.list(keys::TOKENS).await.map_err(store_err)? {
+                let of_bot = serde_json::from_slice::<serde_json::Value>(&tok.value)
+                    .ok()
+                    .and_then(|v| v.pointer("/spec/bot_name")?.as_str().map(|b| b == name))
+                    .unwrap_or(false);
+                if of_bot {
+                    ops.push(Op::Delete {
+                        key: tok.key,
+                        expected_revision: None,
+                    });
+                }
+            }
             // A removed bot's instances can never renew again; drop them too.
             for inst in state
                 .store
@@ -374,14 +457,13 @@ pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> R
         event_type,
         serde_json::json!({"kind": kind, "name": shown, "by": actor}),
     );
-    state
-        .store
-        .commit(Txn {
+    // Every delete (a bot's instances and tokens too) is enforced at once.
+    commit_and_apply(
+        state,
+        Txn {
             ops,
             audit: vec![ev],
-        })
-        .await
-        .map_err(store_err)?;
-    state.cache.apply_delete(&item.key);
-    Ok(())
+        },
+    )
+    .await
 }

@@ -490,6 +490,7 @@ impl JoinMethod for BoundKeypairJoinMethod {
         .collect();
         Ok(Verified {
             bot_name: token.spec.bot_name.clone(),
+            bot_uid: token.spec.bot_uid.clone(),
             token_name: name,
             consume: vec![op],
             attributes,

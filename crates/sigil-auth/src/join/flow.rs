@@ -81,7 +81,7 @@ pub async fn join(
             return Err(denied(state, init, remote, reason, &audit).await);
         }
     };
-    let auth = match bot_authority(state, &verified.bot_name) {
+    let auth = match bot_authority(state, &verified.bot_name, &verified.bot_uid) {
         Ok(a) => a,
         Err(reason) => return Err(denied(state, init, remote, reason, &verified.audit).await),
     };
@@ -109,6 +109,7 @@ fn identity(
     let mut id = ClientIdentity {
         cluster: state.cluster.clone(),
         bot: v.bot_name.clone(),
+        bot_uid: auth.uid.clone(),
         instance_id: instance_id.to_string(),
         roles: auth.roles.clone(),
         generation,
@@ -240,7 +241,10 @@ async fn rejoin(
     let Some(cur) = presented else {
         return Err(deny("re-proof without the instance's client certificate").await);
     };
-    if cur.instance_id != init.instance_id || cur.bot != verified.bot_name {
+    if cur.instance_id != init.instance_id
+        || cur.bot != verified.bot_name
+        || cur.bot_uid != verified.bot_uid
+    {
         return Err(deny("the client certificate is for another bot instance").await);
     }
     if !cur.delegated || cur.join_method != init.join_method || verified.renewable {

@@ -75,6 +75,9 @@ pub trait Conversation: Send {
 /// What a successful proof establishes.
 pub struct Verified {
     pub bot_name: String,
+    /// The uid of the bot the token was made for: a token of a removed bot
+    /// never admits a re-created bot of the same name.
+    pub bot_uid: String,
     /// The join token's name (for lock checks against `token` targets).
     pub token_name: String,
     /// Store operations committed atomically with the new instance, e.g. the
@@ -211,6 +214,7 @@ pub fn check_rules(token: &Token, attrs: &JoinAttributes) -> Result<serde_json::
 pub fn delegated(token: &Token, attributes: JoinAttributes, audit: serde_json::Value) -> Verified {
     Verified {
         bot_name: token.spec.bot_name.clone(),
+        bot_uid: token.spec.bot_uid.clone(),
         token_name: token.metadata.name.clone(),
         consume: vec![],
         attributes,

@@ -57,6 +57,7 @@ impl JoinMethod for TokenJoin {
         }
         Ok(Verified {
             bot_name: token.spec.bot_name.clone(),
+            bot_uid: token.spec.bot_uid.clone(),
             token_name: token.metadata.name.clone(),
             consume: vec![Op::Delete {
                 key,

@@ -50,7 +50,7 @@ pub async fn run(
 
 /// The state for one agent right now.
 fn compute(state: &SharedState, id: &ClientIdentity, policy_revision: u64) -> WorkloadState {
-    let (locked, lock_message) = match bot_authority(state, &id.bot) {
+    let (locked, lock_message) = match bot_authority(state, &id.bot, &id.bot_uid) {
         Err(e) => (true, e),
         Ok(auth) => {
             // The bot's current roles, not only those in its certificate.

@@ -212,14 +212,25 @@ pub async fn list(
     kind: ResourceKind,
     filter: &str,
 ) -> anyhow::Result<Vec<Value>> {
-    let resp = client
-        .list_resources(ListResourcesRequest {
-            kind: kind.as_str().to_string(),
-            filter: filter.to_string(),
-        })
-        .await?
-        .into_inner();
-    parse_json_docs(&resp.json)
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    // The server pages every list; read them all.
+    loop {
+        let resp = client
+            .list_resources(ListResourcesRequest {
+                kind: kind.as_str().to_string(),
+                filter: filter.to_string(),
+                limit: 0,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        out.extend(parse_json_docs(&resp.json)?);
+        if resp.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = resp.next_page_token;
+    }
 }
 
 /// Prints a list for `ls` verbs: a table, or a JSON array.

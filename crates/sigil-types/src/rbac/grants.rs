@@ -1,0 +1,308 @@
+//! Granting: what a role (or lifting a deny) would give that a role set
+//! does not hold. The admin API refuses such grants (no escalation).
+
+use super::{LabelField, RoleSet, glob_match};
+use crate::role::RoleConditions;
+use std::collections::BTreeMap;
+
+/// What granting a role (or lifting its denies) would give that the holder
+/// of a [`RoleSet`] does not hold itself: the Kubernetes RBAC escalation rule,
+/// "you may only grant what you already have". Conservative: a wildcard is
+/// covered only by a wildcard, a glob only by `*` or the same glob, and a
+/// holder with deny entries may only grant roles that carry the same denies.
+impl RoleSet {
+    /// Each permission in `role` (its allow side, under the holder's denies)
+    /// that this set does not hold, readably; empty when `role` is covered.
+    pub fn uncovered(&self, role: &RoleSpecRef<'_>) -> Vec<String> {
+        let mut out = Vec::new();
+        let (allow, deny) = (role.allow, role.deny);
+        for rule in &allow.rules {
+            for r in expand(&rule.resources, crate::role::RULE_RESOURCES) {
+                for v in expand(&rule.verbs, crate::role::KNOWN_VERBS) {
+                    if !self.allows(r, v) {
+                        out.push(format!("rule {v} on {r}"));
+                    }
+                }
+            }
+        }
+        let logins = self.logins();
+        for l in &allow.logins {
+            if !logins.contains(l) {
+                out.push(format!("login {l:?}"));
+            }
+        }
+        for field in [
+            LabelField::Node,
+            LabelField::App,
+            LabelField::WorkloadIdentity,
+        ] {
+            let granted = field.of(allow);
+            if !granted.is_empty()
+                && !self
+                    .roles
+                    .iter()
+                    .any(|r| selector_covers(field.of(&r.spec.allow), granted))
+            {
+                out.push(format!("{} {}", field.name(), show_selector(granted)));
+            }
+            for r in &self.roles {
+                for (k, pats) in field.of(&r.spec.deny) {
+                    if !granted.is_empty() && field.of(deny).get(k) != Some(pats) {
+                        out.push(format!(
+                            "{} without the deny {k}={pats:?} that binds the granter",
+                            field.name()
+                        ));
+                    }
+                }
+            }
+        }
+        type ListOf = fn(&RoleConditions) -> &Vec<String>;
+        for (name, list) in [
+            ("db_users", (|c| &c.db_users) as ListOf),
+            ("db_names", (|c| &c.db_names) as ListOf),
+        ] {
+            for p in list(allow) {
+                let held = self
+                    .roles
+                    .iter()
+                    .any(|r| list(&r.spec.allow).iter().any(|q| pattern_covers(q, p)));
+                if !held {
+                    out.push(format!("{name} {p:?}"));
+                }
+            }
+            if !list(allow).is_empty() {
+                for r in &self.roles {
+                    for d in list(&r.spec.deny) {
+                        if !list(deny).contains(d) {
+                            out.push(format!(
+                                "{name} without the deny {d:?} that binds the granter"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// A role's allow and deny sides, borrowed: what [`RoleSet::uncovered`] checks.
+#[derive(Clone, Copy, Debug)]
+pub struct RoleSpecRef<'a> {
+    /// What the role grants.
+    pub allow: &'a RoleConditions,
+    /// What it forbids.
+    pub deny: &'a RoleConditions,
+}
+
+impl<'a> RoleSpecRef<'a> {
+    /// Both sides of `role`.
+    pub fn of(role: &'a crate::role::RoleSpec) -> Self {
+        RoleSpecRef {
+            allow: &role.allow,
+            deny: &role.deny,
+        }
+    }
+}
+
+/// What lifting denies grants: the entries of `old` that `new` no longer
+/// has, as an allow side (removing a deny hands its holders that permission).
+pub fn lifted_denies(old: &RoleConditions, new: &RoleConditions) -> RoleConditions {
+    let minus = |a: &Vec<String>, b: &Vec<String>| -> Vec<String> {
+        a.iter().filter(|x| !b.contains(x)).cloned().collect()
+    };
+    let minus_map = |a: &BTreeMap<String, Vec<String>>, b: &BTreeMap<String, Vec<String>>| {
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    RoleConditions {
+        logins: minus(&old.logins, &new.logins),
+        node_labels: minus_map(&old.node_labels, &new.node_labels),
+        db_users: minus(&old.db_users, &new.db_users),
+        db_names: minus(&old.db_names, &new.db_names),
+        app_labels: minus_map(&old.app_labels, &new.app_labels),
+        workload_identity_labels: minus_map(
+            &old.workload_identity_labels,
+            &new.workload_identity_labels,
+        ),
+        rules: old
+            .rules
+            .iter()
+            .filter(|r| !new.rules.contains(r))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// `*` in a rule list stands for every known name and for `*` itself (so
+/// that only a wildcard holder may grant a wildcard, which also covers names
+/// added later).
+fn expand<'a>(list: &'a [String], known: &'static [&'static str]) -> Vec<&'a str> {
+    if list.iter().any(|x| x == "*") {
+        known.iter().copied().chain(std::iter::once("*")).collect()
+    } else {
+        list.iter().map(String::as_str).collect()
+    }
+}
+
+/// True if every label set `granted` matches is matched by `held`.
+fn selector_covers(
+    held: &BTreeMap<String, Vec<String>>,
+    granted: &BTreeMap<String, Vec<String>>,
+) -> bool {
+    !held.is_empty()
+        && held.iter().all(|(k, held_pats)| {
+            (k == "*" && held_pats.iter().any(|p| p == "*"))
+                || granted.get(k).is_some_and(|gp| {
+                    gp.iter()
+                        .all(|g| held_pats.iter().any(|h| pattern_covers(h, g)))
+                })
+        })
+}
+
+/// True if glob `held` matches everything glob `granted` does (conservatively).
+fn pattern_covers(held: &str, granted: &str) -> bool {
+    held == "*" || held == granted || (!granted.contains(['*', '?']) && glob_match(held, granted))
+}
+
+fn show_selector(s: &BTreeMap<String, Vec<String>>) -> String {
+    s.iter()
+        .map(|(k, v)| format!("{k}={}", v.join("|")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{Metadata, Role};
+    use crate::role::{AdminRule, RoleSpec};
+
+    fn role(f: impl FnOnce(&mut RoleSpec)) -> Role {
+        let mut spec = RoleSpec::default();
+        f(&mut spec);
+        Role::new(Metadata::named("r"), spec)
+    }
+
+    fn sel(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    fn rule(r: &[&str], v: &[&str]) -> AdminRule {
+        AdminRule {
+            resources: r.iter().map(|s| s.to_string()).collect(),
+            verbs: v.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn uncovered(holder: &[Role], granted: &Role) -> Vec<String> {
+        RoleSet::new(holder.to_vec()).uncovered(&RoleSpecRef::of(&granted.spec))
+    }
+
+    #[test]
+    fn escalation_rules_need_what_is_granted() {
+        let bot_editor = role(|s| s.allow.rules = vec![rule(&["bot"], &["create", "update"])]);
+        let admin = role(|s| s.allow.rules = vec![rule(&["*"], &["*"])]);
+        // A partial admin cannot grant the full admin role, nor a wildcard verb.
+        assert!(!uncovered(std::slice::from_ref(&bot_editor), &admin).is_empty());
+        let bot_star = role(|s| s.allow.rules = vec![rule(&["bot"], &["*"])]);
+        assert_eq!(
+            uncovered(std::slice::from_ref(&bot_editor), &bot_star),
+            [
+                "rule * on bot",
+                "rule delete on bot",
+                "rule escalate on bot",
+                "rule list on bot",
+                "rule read on bot"
+            ]
+        );
+        // What it holds, it may grant.
+        assert!(uncovered(std::slice::from_ref(&bot_editor), &bot_editor).is_empty());
+        assert!(uncovered(std::slice::from_ref(&admin), &admin).is_empty());
+        // A deny binds the granter: */* minus lock delete cannot grant */*.
+        let no_lock_delete = role(|s| s.deny.rules = vec![rule(&["lock"], &["delete"])]);
+        assert_eq!(
+            uncovered(&[admin.clone(), no_lock_delete.clone()], &admin),
+            ["rule delete on lock"]
+        );
+        // A specific resource is covered by a wildcard holder.
+        assert!(uncovered(&[admin], &bot_editor).is_empty());
+    }
+
+    #[test]
+    fn escalation_logins_labels_and_db() {
+        let holder = role(|s| {
+            s.allow.logins = vec!["deploy".into(), "ci-{{ join.github.actor }}".into()];
+            s.allow.node_labels = sel(&[("env", &["prod", "stag*"])]);
+            s.allow.db_users = vec!["app_*".into()];
+        });
+        let ok = role(|s| {
+            s.allow.logins = vec!["deploy".into(), "ci-{{ join.github.actor }}".into()];
+            s.allow.node_labels = sel(&[("env", &["prod"]), ("team", &["web"])]);
+            s.allow.db_users = vec!["app_ro".into()];
+        });
+        assert!(uncovered(std::slice::from_ref(&holder), &ok).is_empty());
+        let too_much = role(|s| {
+            s.allow.logins = vec!["root".into()];
+            s.allow.node_labels = sel(&[("team", &["web"])]);
+            s.allow.db_users = vec!["*".into()];
+            s.allow.app_labels = sel(&[("*", &["*"])]);
+        });
+        assert_eq!(
+            uncovered(std::slice::from_ref(&holder), &too_much),
+            [
+                "app_labels *=*",
+                "db_users \"*\"",
+                "login \"root\"",
+                "node_labels team=web"
+            ]
+        );
+        // A glob is not covered by a narrower glob.
+        let wider = role(|s| s.allow.node_labels = sel(&[("env", &["*"])]));
+        assert_eq!(
+            uncovered(std::slice::from_ref(&holder), &wider),
+            ["node_labels env=*"]
+        );
+        // A holder's label deny must travel with what it grants.
+        let denied = role(|s| s.deny.node_labels = sel(&[("tier", &["secret"])]));
+        let holder2 = [holder, denied.clone()];
+        assert_eq!(uncovered(&holder2, &ok).len(), 1);
+        let mut ok_with_deny = ok.clone();
+        ok_with_deny.spec.deny.node_labels = sel(&[("tier", &["secret"])]);
+        assert!(uncovered(&holder2, &ok_with_deny).is_empty());
+    }
+
+    #[test]
+    fn lifting_a_deny_grants_it() {
+        let old = RoleConditions {
+            rules: vec![rule(&["lock"], &["delete"])],
+            logins: vec!["root".into()],
+            ..Default::default()
+        };
+        let new = RoleConditions::default();
+        let lifted = lifted_denies(&old, &new);
+        assert_eq!(lifted.rules, old.rules);
+        assert_eq!(lifted.logins, ["root"]);
+        assert_eq!(lifted_denies(&old, &old), RoleConditions::default());
+        let admin = role(|s| s.allow.rules = vec![rule(&["*"], &["*"])]);
+        let no_lock_delete = role(|s| s.deny.rules = vec![rule(&["lock"], &["delete"])]);
+        let set = RoleSet::new(vec![admin, no_lock_delete]);
+        let empty = RoleConditions::default();
+        let lifted = lifted_denies(&old, &new);
+        let r = RoleSpecRef {
+            allow: &lifted,
+            deny: &empty,
+        };
+        assert!(
+            set.uncovered(&r)
+                .contains(&"rule delete on lock".to_string())
+        );
+    }
+}
