@@ -226,6 +226,8 @@ fn a_role_editor_cannot_widen_roles_or_lift_denies() {
         "kind: role\nversion: v1\nmetadata: {name: role-editor}\nspec:\n  allow:\n    rules: [{resources: ['*'], verbs: ['*']}]\n",
         // Lifting the deny that binds it.
         "kind: role\nversion: v1\nmetadata: {name: no-role-delete}\nspec: {}\n",
+        // Its own credential lifetime cap raised past its own.
+        "kind: role\nversion: v1\nmetadata: {name: role-editor}\nspec:\n  allow:\n    rules: [{resources: [role], verbs: [create, update, read, list]}]\n  options: {max_ttl: 1000h}\n",
         // A new role with logins and labels it does not hold.
         "kind: role\nversion: v1\nmetadata: {name: sneaky}\nspec:\n  allow:\n    logins: [root]\n    node_labels: {'*': '*'}\n",
     ];

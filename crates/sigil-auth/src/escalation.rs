@@ -4,6 +4,8 @@
 //! - creating or editing a role: the new allow side, and every deny it lifts;
 //! - giving a bot roles (create, update): each added role, and the denies of
 //!   each removed one;
+//! - raising a credential lifetime cap (a role's or a bot's `max_ttl`) past
+//!   the caller's own;
 //! - minting a join token for a bot: every role of that bot (whoever holds
 //!   the token becomes the bot).
 //!
@@ -11,7 +13,11 @@
 //! and part of `*`) may grant beyond what it holds; the local admin socket may
 //! do anything. The pure comparison lives in `sigil_types::RoleSet::uncovered`.
 
-use sigil_types::{Role, RoleConditions, RoleSet, RoleSpecRef, lifted_denies};
+use std::time::Duration;
+
+use sigil_types::{
+    DEFAULT_MAX_TTL, Role, RoleConditions, RoleSet, RoleSpecRef, format_duration, lifted_denies,
+};
 use tonic::Status;
 
 use crate::authz::{self, Caller};
@@ -51,6 +57,14 @@ pub fn check_role(
     if let Some(old) = old {
         missing.extend(lifted(&set, &old.spec.deny, &new.spec.deny));
     }
+    // A role's max_ttl caps its holders: raising it past the caller's own cap
+    // hands out longer-lived credentials than the caller may have.
+    let cap_of = |r: &Role| r.spec.options.max_ttl.map_or(DEFAULT_MAX_TTL, |t| t.0);
+    missing.extend(raised_cap(
+        &set,
+        old.map_or(DEFAULT_MAX_TTL, cap_of),
+        cap_of(new),
+    ));
     refuse(
         caller,
         &format!("write role {:?}", new.metadata.name),
@@ -114,6 +128,41 @@ pub fn check_token_for_bot(state: &AuthState, caller: &Caller, bot: &str) -> Res
         caller,
         &format!("mint a join token for bot {bot:?}"),
         missing,
+    )
+}
+
+/// A credential lifetime cap raised from `old` to `new` past the caller's own.
+fn raised_cap(set: &RoleSet, old: Duration, new: Duration) -> Option<String> {
+    let own = set.max_ttl(DEFAULT_MAX_TTL);
+    (new > old && new > own).then(|| {
+        format!(
+            "max_ttl {} above the caller's own {}",
+            format_duration(new),
+            format_duration(own)
+        )
+    })
+}
+
+/// Raising (or removing) a bot's own `max_ttl` lifts a cap like a lifted deny.
+pub fn check_bot_ttl(
+    state: &AuthState,
+    caller: &Caller,
+    bot: &str,
+    old: Option<Duration>,
+    new: Option<Duration>,
+) -> Result<(), Status> {
+    let Some(set) = granter(state, caller, "bot")? else {
+        return Ok(());
+    };
+    let Some(old) = old else {
+        return Ok(());
+    };
+    // Without its own cap the bot is capped by its roles (the default at most).
+    let new = new.unwrap_or(DEFAULT_MAX_TTL.max(old));
+    refuse(
+        caller,
+        &format!("raise bot {bot:?}'s max_ttl"),
+        raised_cap(&set, old, new).into_iter().collect(),
     )
 }
 

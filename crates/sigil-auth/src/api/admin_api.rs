@@ -520,9 +520,18 @@ impl AdminApi {
                 escalation::check_role(s, caller, old.as_ref().and_then(|v| v.first()), r)
             }
             AnyResource::Bot(b) => {
-                let old = s.cache.bot(&b.metadata.name).map(|b| b.spec.roles);
-                let old = old.as_deref().unwrap_or_default();
-                escalation::check_bot_roles(s, caller, &b.metadata.name, old, &b.spec.roles)
+                let old = s.cache.bot(&b.metadata.name);
+                let old_roles = old.as_ref().map(|o| o.spec.roles.as_slice());
+                escalation::check_bot_roles(
+                    s,
+                    caller,
+                    &b.metadata.name,
+                    old_roles.unwrap_or_default(),
+                    &b.spec.roles,
+                )?;
+                let old_ttl = old.and_then(|o| o.spec.max_ttl).map(|t| t.0);
+                let new_ttl = b.spec.max_ttl.map(|t| t.0);
+                escalation::check_bot_ttl(s, caller, &b.metadata.name, old_ttl, new_ttl)
             }
             AnyResource::Token(t) => escalation::check_token_for_bot(s, caller, &t.spec.bot_name),
             _ => Ok(()),
