@@ -46,7 +46,9 @@ impl Aggregator {
         let key = format!("{}\n{}", ev.event_type, fields);
         if let Some(e) = self.open.get_mut(&key) {
             e.repeats += 1;
-            e.first.get_or_insert(ev.time);
+            if e.first.is_none() {
+                e.first = Some(ev.time);
+            }
             e.last = Some(ev.time);
             return None;
         }

@@ -253,6 +253,7 @@ async fn checkpoint(global: &GlobalArgs, args: &AuditCheckpointArgs) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::FormatArg;
 
     fn args(since: Option<&str>) -> AuditLsArgs {
         AuditLsArgs {
