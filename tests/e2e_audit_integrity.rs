@@ -182,7 +182,10 @@ fn deleting_every_event_is_detected_even_with_the_checkpoints() {
     std::fs::remove_file(auth.data.join("audit-head.json")).expect("rm head");
     auth.spawn();
     let seq = head.split(':').next().expect("seq");
-    assert_fails(&verify(&auth, &["--head", &head]), &["BROKEN", &format!("seq {seq}")]);
+    assert_fails(
+        &verify(&auth, &["--head", &head]),
+        &["BROKEN", &format!("seq {seq}")],
+    );
     assert_fails(
         &verify(&auth, &["--checkpoint", file.to_str().expect("utf8")]),
         &["BROKEN"],
@@ -204,10 +207,17 @@ fn editing_an_event_and_rechaining_is_detected() {
     );
     let seq = stdout(&seq).trim().to_string();
     tamper(&db, &["edit", &seq, "evidence", "innocent"]);
-    assert_eq!(tamper(&db, &["check"]), "0", "the forged chain is consistent");
+    assert_eq!(
+        tamper(&db, &["check"]),
+        "0",
+        "the forged chain is consistent"
+    );
     auth.spawn();
     assert_fails(&verify(&auth, &[]), &["BROKEN", "rewritten"]);
-    assert_fails(&verify(&auth, &["--head", &head]), &["BROKEN", "does not match"]);
+    assert_fails(
+        &verify(&auth, &["--head", &head]),
+        &["BROKEN", "does not match"],
+    );
 }
 
 #[test]
@@ -278,10 +288,14 @@ fn agents_refuse_a_server_whose_database_was_rolled_back() {
         .expect("agent");
     let url = format!("http://127.0.0.1:{port}/readyz");
     let mut body = String::new();
-    wait_until("the agent's /readyz to report the refusal", Duration::from_secs(30), || {
-        body = stdout(&run("curl", &["-s", &url]));
-        body.contains("audit log witness")
-    });
+    wait_until(
+        "the agent's /readyz to report the refusal",
+        Duration::from_secs(30),
+        || {
+            body = stdout(&run("curl", &["-s", &url]));
+            body.contains("audit log witness")
+        },
+    );
     let _ = child.kill();
     let _ = child.wait();
     assert!(body.contains("keeping the current credential"), "{body}");
@@ -324,7 +338,10 @@ fn floods_of_identical_denials_are_counted_not_dropped() {
         .iter()
         .map(|r| r["fields"]["count"].as_u64().unwrap_or(1))
         .sum();
-    assert_eq!(total as usize, FLOOD, "every denial is accounted for: {flood:#?}");
+    assert_eq!(
+        total as usize, FLOOD,
+        "every denial is accounted for: {flood:#?}"
+    );
     assert!(flood.len() < FLOOD, "the flood was aggregated: {flood:#?}");
     let agg = flood
         .iter()

@@ -143,7 +143,9 @@ fn check(
         ));
     }
     let old = match seen.and_then(|s| s.checkpoint.as_ref()) {
-        Some(o) => Some(Checkpoint::parse(&o.body).map_err(|e| format!("the stored checkpoint: {e}"))?),
+        Some(o) => {
+            Some(Checkpoint::parse(&o.body).map_err(|e| format!("the stored checkpoint: {e}"))?)
+        }
         None => None,
     };
     let Some(p) = presented else {
@@ -217,25 +219,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let w = Witness::new(dir.path());
         let k = Signer::new();
-        w.observe("c", &k.public(), Some(&k.cp(5, 'a'))).expect("first");
-        w.observe("c", &k.public(), Some(&k.cp(9, 'b'))).expect("advance");
-        w.observe("c", &k.public(), Some(&k.cp(9, 'b'))).expect("same");
+        w.observe("c", &k.public(), Some(&k.cp(5, 'a')))
+            .expect("first");
+        w.observe("c", &k.public(), Some(&k.cp(9, 'b')))
+            .expect("advance");
+        w.observe("c", &k.public(), Some(&k.cp(9, 'b')))
+            .expect("same");
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join(FILE)).expect("file").permissions(),
+            &std::fs::metadata(dir.path().join(FILE))
+                .expect("file")
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
-        for (bad, want) in [
-            (k.cp(5, 'a'), "backwards"),
-            (k.cp(9, 'c'), "rewritten"),
-        ] {
-            let e = w.observe("c", &k.public(), Some(&bad)).expect_err("refused");
+        for (bad, want) in [(k.cp(5, 'a'), "backwards"), (k.cp(9, 'c'), "rewritten")] {
+            let e = w
+                .observe("c", &k.public(), Some(&bad))
+                .expect_err("refused");
             assert!(e.downcast_ref::<WitnessRefusal>().is_some());
             assert!(format!("{e}").contains(want), "{e}");
         }
-        let e = w.observe("c", &k.public(), None).expect_err("no checkpoint");
+        let e = w
+            .observe("c", &k.public(), None)
+            .expect_err("no checkpoint");
         assert!(format!("{e}").contains("seq 9"), "{e}");
         // The highest is still remembered after refusals.
-        w.observe("c", &k.public(), Some(&k.cp(10, 'd'))).expect("advance");
+        w.observe("c", &k.public(), Some(&k.cp(10, 'd')))
+            .expect("advance");
         assert!(w.observe("c", &k.public(), Some(&k.cp(9, 'b'))).is_err());
     }
 
@@ -245,16 +254,22 @@ mod tests {
         let w = Witness::new(dir.path());
         let k = Signer::new();
         let other = Signer::new();
-        w.observe("c", &k.public(), Some(&k.cp(1, 'a'))).expect("pin");
+        w.observe("c", &k.public(), Some(&k.cp(1, 'a')))
+            .expect("pin");
         let e = w
             .observe("c", &other.public(), Some(&other.cp(2, 'a')))
             .expect_err("other key");
         assert!(format!("{e}").contains("pinned"), "{e}");
         let forged = other.cp(3, 'a');
-        let e = w.observe("c", &k.public(), Some(&forged)).expect_err("forged");
+        let e = w
+            .observe("c", &k.public(), Some(&forged))
+            .expect_err("forged");
         assert!(format!("{e}").contains("signature"), "{e}");
         assert!(w.observe("c", "", None).is_err(), "the key cannot vanish");
-        assert!(w.observe("other", &k.public(), Some(&k.cp(4, 'a'))).is_err());
+        assert!(
+            w.observe("other", &k.public(), Some(&k.cp(4, 'a')))
+                .is_err()
+        );
     }
 
     #[test]
@@ -262,9 +277,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let w = Witness::new(dir.path());
         let k = Signer::new();
-        w.precheck("c", &k.public(), Some(&k.cp(5, 'a'))).expect("ok");
+        w.precheck("c", &k.public(), Some(&k.cp(5, 'a')))
+            .expect("ok");
         assert!(!dir.path().join(FILE).exists(), "a precheck pins nothing");
-        w.observe("c", &k.public(), Some(&k.cp(5, 'a'))).expect("pin");
+        w.observe("c", &k.public(), Some(&k.cp(5, 'a')))
+            .expect("pin");
         assert!(w.precheck("c", &k.public(), Some(&k.cp(4, 'a'))).is_err());
     }
 

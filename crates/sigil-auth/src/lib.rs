@@ -244,7 +244,9 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     if checkpoints.integrity() == audit::checkpoint::Integrity::Intact {
         match checkpoints.sign().await {
             Ok(_) => tracing::info!("final audit checkpoint signed"),
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "signing the final audit checkpoint failed"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "signing the final audit checkpoint failed")
+            }
         }
     }
     let _ = std::fs::remove_file(&sock_path);

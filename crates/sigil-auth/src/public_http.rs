@@ -121,7 +121,10 @@ async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
             ),
             _ => (StatusCode::OK, "ready\n".into()),
         },
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n".into()),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable\n".into(),
+        ),
     }
 }
 

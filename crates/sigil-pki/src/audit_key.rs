@@ -46,7 +46,11 @@ pub fn verify_audit_signature(public_key: &str, body: &str, signature_b64: &str)
         "p256" => {
             UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &raw).verify(body.as_bytes(), &sig)
         }
-        _ => return Err(bad("unknown audit key algorithm (expected ed25519 or p256)")),
+        _ => {
+            return Err(bad(
+                "unknown audit key algorithm (expected ed25519 or p256)",
+            ));
+        }
     };
     verified.map_err(|_| bad("the signature does not verify with the pinned audit public key"))
 }

@@ -115,7 +115,9 @@ impl Checkpoint {
 
 /// True for 64 lowercase hex digits (a SHA-256 in the audit chain's encoding).
 pub fn is_hash(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Parses `SEQ:HASH` (as `sigil audit verify --head` takes it).
@@ -233,8 +235,14 @@ mod tests {
     #[test]
     fn witness_verdicts() {
         assert_eq!(witness(None, &cp(1, 'a')), WitnessVerdict::Advanced);
-        assert_eq!(witness(Some(&cp(5, 'a')), &cp(6, 'b')), WitnessVerdict::Advanced);
-        assert_eq!(witness(Some(&cp(5, 'a')), &cp(5, 'a')), WitnessVerdict::Same);
+        assert_eq!(
+            witness(Some(&cp(5, 'a')), &cp(6, 'b')),
+            WitnessVerdict::Advanced
+        );
+        assert_eq!(
+            witness(Some(&cp(5, 'a')), &cp(5, 'a')),
+            WitnessVerdict::Same
+        );
         let back = witness(Some(&cp(5, 'a')), &cp(4, 'a'));
         assert!(
             matches!(&back, WitnessVerdict::Refused(m) if m.contains("backwards") && m.contains("seq 5")),
@@ -256,10 +264,7 @@ mod tests {
     #[test]
     fn heads_parse() {
         let h = "A".repeat(64);
-        assert_eq!(
-            parse_head(&format!("12:{h}")),
-            Ok((12, "a".repeat(64)))
-        );
+        assert_eq!(parse_head(&format!("12:{h}")), Ok((12, "a".repeat(64))));
         assert!(parse_head("12").is_err());
         assert!(parse_head(&format!("0:{h}")).is_err());
         assert!(parse_head("x:abc").is_err());

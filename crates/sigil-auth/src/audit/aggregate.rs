@@ -174,7 +174,10 @@ mod tests {
             let port = format!("10.0.0.1:{}", 2000 + i);
             assert!(a.offer(ev(101 + i, "bad token", &port), t0).is_none());
         }
-        assert!(a.due(t0 + WINDOW / 2, false).is_empty(), "window still open");
+        assert!(
+            a.due(t0 + WINDOW / 2, false).is_empty(),
+            "window still open"
+        );
         let rows = a.due(t0 + WINDOW, false);
         assert_eq!(rows.len(), 1);
         let f = &rows[0].fields;
@@ -184,7 +187,10 @@ mod tests {
         assert_eq!(f["remote_addr"], "10.0.0.1");
         assert_eq!(f["reason"], "bad token");
         // The window closed: the next one is written at once again.
-        assert!(a.offer(ev(200, "bad token", "10.0.0.1:3000"), t0 + WINDOW).is_some());
+        assert!(
+            a.offer(ev(200, "bad token", "10.0.0.1:3000"), t0 + WINDOW)
+                .is_some()
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub enum Integrity {
     /// The start-up verification is still running.
     Checking,
     Intact,
-    Broken { seq: i64, reason: String },
+    Broken {
+        seq: i64,
+        reason: String,
+    },
 }
 
 /// Outcome of [`Checkpoints::verify`].
@@ -107,7 +110,10 @@ impl Checkpoints {
 
     /// The newest stored checkpoint, if any.
     pub fn latest(&self) -> Option<SignedCheckpoint> {
-        self.latest.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.latest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn latest_proto(&self) -> Option<sigil_proto::v1::AuditCheckpoint> {
@@ -161,7 +167,9 @@ impl Checkpoints {
         let mut problems: Vec<(i64, String)> = Vec::new();
         for (seq, signed) in stored(self.store.as_ref()).await? {
             match self.open_signed(&signed) {
-                Ok(cp) => claims.push((format!("signed checkpoint seq {}", cp.seq), cp.seq, cp.head)),
+                Ok(cp) => {
+                    claims.push((format!("signed checkpoint seq {}", cp.seq), cp.seq, cp.head))
+                }
                 Err(e) => problems.push((seq, format!("stored checkpoint seq {seq}: {e}"))),
             }
         }
@@ -169,7 +177,10 @@ impl Checkpoints {
             Ok(None) => {}
             Ok(Some(signed)) => match self.open_signed(&signed) {
                 Ok(cp) => claims.push((
-                    format!("the last checkpoint this service signed ({HEAD_FILE}, seq {})", cp.seq),
+                    format!(
+                        "the last checkpoint this service signed ({HEAD_FILE}, seq {})",
+                        cp.seq
+                    ),
                     cp.seq,
                     cp.head,
                 )),
@@ -238,11 +249,19 @@ impl Checkpoints {
     /// The start-up check: logs loudly and records the outcome.
     pub async fn startup_check(&self) {
         match self.verify(None).await {
-            Ok(Verification { problem: None, count, checked, .. }) => {
+            Ok(Verification {
+                problem: None,
+                count,
+                checked,
+                ..
+            }) => {
                 tracing::info!(events = count, checkpoints = checked, audit_key = %self.key.public_key,
                     "audit log verified against its signed checkpoints");
             }
-            Ok(Verification { problem: Some((seq, reason)), .. }) => {
+            Ok(Verification {
+                problem: Some((seq, reason)),
+                ..
+            }) => {
                 tracing::error!(seq, %reason,
                     "AUDIT LOG INTEGRITY FAILURE: the audit log does not verify; no checkpoint is signed until it does (see `sigil audit verify`)");
             }
@@ -262,7 +281,9 @@ impl Checkpoints {
         let _one = self.signing.lock().await;
         match self.integrity() {
             Integrity::Intact => {}
-            Integrity::Checking => anyhow::bail!("the audit log is still being verified; retry shortly"),
+            Integrity::Checking => {
+                anyhow::bail!("the audit log is still being verified; retry shortly")
+            }
             Integrity::Broken { seq, reason } => anyhow::bail!(
                 "the audit log failed verification at seq {seq} ({reason}); no checkpoint is signed until that is resolved"
             ),
@@ -296,9 +317,8 @@ impl Checkpoints {
             expected_revision: None,
         }));
         self.store.commit(Txn { ops, audit: vec![] }).await?;
-        key::write_atomic(&self.head_file, &serde_json::to_vec_pretty(&signed)?).map_err(|e| {
-            anyhow::anyhow!("writing {}: {e}", self.head_file.display())
-        })?;
+        key::write_atomic(&self.head_file, &serde_json::to_vec_pretty(&signed)?)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", self.head_file.display()))?;
         metrics::gauge!("sigil_audit_checkpoint_seq").set(seq as f64);
         *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(signed.clone());
         Ok(signed)
@@ -332,7 +352,9 @@ impl Checkpoints {
                     signed_seq = Checkpoint::parse(&s.body).map_or(seq, |c| c.seq);
                     last_signed = Instant::now();
                 }
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "signing an audit checkpoint failed"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "signing an audit checkpoint failed")
+                }
             }
         }
     }
@@ -352,7 +374,9 @@ fn compare(
         return Some(if count == 0 {
             (
                 1,
-                format!("the log is empty, but {label} covers events 1..={seq}: every event was deleted"),
+                format!(
+                    "the log is empty, but {label} covers events 1..={seq}: every event was deleted"
+                ),
             )
         } else {
             (

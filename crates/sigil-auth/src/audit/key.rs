@@ -174,13 +174,20 @@ mod tests {
         let err = load_or_create(&key_path, dir.path(), &SoftwareKeyManager)
             .err()
             .expect("missing key refused");
-        assert!(format!("{err:#}").contains("restore the key file"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("restore the key file"),
+            "{err:#}"
+        );
         assert!(!key_path.exists(), "no new key was generated");
 
         // Another key than the pinned one is refused.
         let other = dir.path().join("other.json");
-        load_or_create(&other, tempfile::tempdir().expect("t").path(), &SoftwareKeyManager)
-            .expect("other key");
+        load_or_create(
+            &other,
+            tempfile::tempdir().expect("t").path(),
+            &SoftwareKeyManager,
+        )
+        .expect("other key");
         let err = load_or_create(&other, dir.path(), &SoftwareKeyManager)
             .err()
             .expect("different key refused");
@@ -192,8 +199,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_path = dir.path().join("k.json");
         load_or_create(&key_path, dir.path(), &SoftwareKeyManager).expect("create");
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644))
-            .expect("chmod");
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = load_or_create(&key_path, dir.path(), &SoftwareKeyManager)
             .err()
             .expect("0644 refused");

@@ -12,8 +12,8 @@ use sigil_proto::v1::{
     AuditQueryRequest, SignAuditCheckpointRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use sigil_types::{Checkpoint, SignedCheckpoint};
-use std::path::Path;
 use std::io::Write;
+use std::path::Path;
 use time::OffsetDateTime;
 
 /// Widest a DETAILS cell gets in text output; `--format json` has everything.
