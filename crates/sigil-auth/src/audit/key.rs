@@ -154,7 +154,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use sigil_pki::SoftwareKeyManager;
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn created_once_then_loaded_and_pinned() {
