@@ -64,6 +64,10 @@ pub struct Verification {
     pub checked: usize,
     /// The first problem: the seq it concerns and what is wrong.
     pub problem: Option<(i64, String)>,
+    /// The first problem with what the service holds itself (the chain, its stored
+    /// checkpoints, `audit-head.json`), as opposed to a head an operator passed in,
+    /// which may simply be mistyped.
+    pub own_problem: Option<(i64, String)>,
 }
 
 pub struct Checkpoints {
@@ -136,17 +140,17 @@ impl Checkpoints {
     }
 
     /// Checks the chain, every stored checkpoint, `audit-head.json` and `head` (a head
-    /// recorded earlier by an operator: seq and hash). A problem found here also stops
-    /// signing until the service restarts with a log that verifies.
+    /// recorded earlier by an operator: seq and hash). A problem with what the service
+    /// holds itself stops signing until a verification finds none; a mismatching
+    /// operator head is only reported (it may be a typo).
     pub async fn verify(&self, head: Option<(i64, String)>) -> anyhow::Result<Verification> {
-        let v = self.verify_inner(head.clone()).await?;
-        if let Some((seq, reason)) = &v.problem {
-            self.set_integrity(Integrity::Broken {
+        let v = self.verify_inner(head).await?;
+        match &v.own_problem {
+            Some((seq, reason)) => self.set_integrity(Integrity::Broken {
                 seq: *seq,
                 reason: reason.clone(),
-            });
-        } else if head.is_none() {
-            self.set_integrity(Integrity::Intact);
+            }),
+            None => self.set_integrity(Integrity::Intact),
         }
         Ok(v)
     }
@@ -155,22 +159,28 @@ impl Checkpoints {
         let (count, head_hash) = match self.store.audit_verify().await? {
             AuditVerification::Intact { count, head_hash } => (count, head_hash),
             AuditVerification::Broken { seq, reason } => {
+                let p = Some((seq, format!("hash chain broken: {reason}")));
                 return Ok(Verification {
                     count: 0,
                     head: String::new(),
                     checked: 0,
-                    problem: Some((seq, format!("hash chain broken: {reason}"))),
+                    problem: p.clone(),
+                    own_problem: p,
                 });
             }
         };
-        let mut claims: Vec<(String, i64, String)> = Vec::new();
-        let mut problems: Vec<(i64, String)> = Vec::new();
+        // (label, seq, hash, the service's own evidence?)
+        let mut claims: Vec<(String, i64, String, bool)> = Vec::new();
+        let mut problems: Vec<(i64, String, bool)> = Vec::new();
         for (seq, signed) in stored(self.store.as_ref()).await? {
             match self.open_signed(&signed) {
-                Ok(cp) => {
-                    claims.push((format!("signed checkpoint seq {}", cp.seq), cp.seq, cp.head))
-                }
-                Err(e) => problems.push((seq, format!("stored checkpoint seq {seq}: {e}"))),
+                Ok(cp) => claims.push((
+                    format!("signed checkpoint seq {}", cp.seq),
+                    cp.seq,
+                    cp.head,
+                    true,
+                )),
+                Err(e) => problems.push((seq, format!("stored checkpoint seq {seq}: {e}"), true)),
             }
         }
         match read_head_file(&self.head_file) {
@@ -183,18 +193,19 @@ impl Checkpoints {
                     ),
                     cp.seq,
                     cp.head,
+                    true,
                 )),
-                Err(e) => problems.push((0, format!("{}: {e}", self.head_file.display()))),
+                Err(e) => problems.push((0, format!("{}: {e}", self.head_file.display()), true)),
             },
-            Err(e) => problems.push((0, e)),
+            Err(e) => problems.push((0, e, true)),
         }
         if let Some((seq, hash)) = head {
-            claims.push((format!("the recorded head {seq}:{hash}"), seq, hash));
+            claims.push((format!("the recorded head {seq}:{hash}"), seq, hash, false));
         }
         claims.sort_by_key(|c| c.1);
         let checked = claims.len();
         let mut last_ok = 0;
-        for (label, seq, hash) in claims {
+        for (label, seq, hash, own) in claims {
             let at = if seq == 0 {
                 Some(GENESIS_HASH.to_string())
             } else if seq <= count {
@@ -203,19 +214,19 @@ impl Checkpoints {
                 None
             };
             match compare(&label, seq, &hash, count, at.as_deref(), last_ok) {
-                Some(p) => {
-                    problems.push(p);
-                    break;
-                }
+                Some((s, m)) => problems.push((s, m, own)),
                 None => last_ok = seq,
             }
         }
+        // The lowest seq is where to start looking.
+        problems.sort_by_key(|p| p.0);
+        let own_problem = problems.iter().find(|p| p.2).map(|p| (p.0, p.1.clone()));
         Ok(Verification {
             count,
             head: head_hash,
             checked,
-            // The lowest seq is where to start looking.
-            problem: problems.into_iter().min_by_key(|p| p.0),
+            problem: problems.into_iter().next().map(|p| (p.0, p.1)),
+            own_problem,
         })
     }
 
