@@ -37,7 +37,7 @@ pub const SIGN_EVENTS: i64 = 1000;
 /// Checkpoints kept in the database. Each commits to the whole log before it, so the
 /// newest would suffice; a few older ones locate an edit more precisely.
 pub const KEEP: usize = 64;
-/// Store key prefix of checkpoints (by zero-padded seq, so key order is seq order).
+/// Store key prefix of checkpoints (slot = seq mod [`KEEP`]).
 const PREFIX: &str = "/audit_checkpoints/";
 /// The newest signed checkpoint, outside the database.
 pub const HEAD_FILE: &str = "audit-head.json";
@@ -316,17 +316,13 @@ impl Checkpoints {
         let body = cp.body();
         let signature = sigil_pki::sign_audit_checkpoint(self.key.signer.as_ref(), &body)?;
         let signed = SignedCheckpoint { body, signature };
-        let mut ops = vec![Op::Put {
-            key: format!("{PREFIX}{seq:020}"),
+        // A ring of KEEP slots by seq: a new checkpoint only ever replaces an older one,
+        // and with Puts alone (no Deletes) nothing else in the service is notified.
+        let ops = vec![Op::Put {
+            key: format!("{PREFIX}{:02}", seq.rem_euclid(KEEP as i64)),
             value: serde_json::to_vec(&signed)?,
             expires: None,
         }];
-        let existing = self.store.list(PREFIX).await?;
-        let excess = (existing.len() + 1).saturating_sub(KEEP);
-        ops.extend(existing.iter().take(excess).map(|i| Op::Delete {
-            key: i.key.clone(),
-            expected_revision: None,
-        }));
         self.store.commit(Txn { ops, audit: vec![] }).await?;
         key::write_atomic(&self.head_file, &serde_json::to_vec_pretty(&signed)?)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", self.head_file.display()))?;
@@ -411,27 +407,21 @@ fn compare(
     }
 }
 
-/// Stored checkpoints by seq, oldest first.
+/// Stored checkpoints by the seq their body names (unverified; 0 if unreadable),
+/// oldest first.
 async fn stored(store: &dyn Store) -> anyhow::Result<Vec<(i64, SignedCheckpoint)>> {
     let mut out = Vec::new();
     for item in store.list(PREFIX).await? {
-        let seq = item
-            .key
-            .strip_prefix(PREFIX)
-            .and_then(|s| s.parse::<i64>().ok())
-            .unwrap_or(0);
-        match serde_json::from_slice::<SignedCheckpoint>(&item.value) {
-            Ok(c) => out.push((seq, c)),
-            // Unreadable: kept as a record whose signature cannot verify.
-            Err(_) => out.push((
-                seq,
-                SignedCheckpoint {
-                    body: String::new(),
-                    signature: String::new(),
-                },
-            )),
-        }
+        // Unreadable: kept as a record whose signature cannot verify.
+        let c =
+            serde_json::from_slice::<SignedCheckpoint>(&item.value).unwrap_or(SignedCheckpoint {
+                body: String::new(),
+                signature: String::new(),
+            });
+        let seq = Checkpoint::parse(&c.body).map_or(0, |cp| cp.seq);
+        out.push((seq, c));
     }
+    out.sort_by_key(|c| c.0);
     Ok(out)
 }
 
