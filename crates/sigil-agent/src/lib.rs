@@ -11,6 +11,7 @@ mod join;
 mod output;
 mod spiffe;
 mod storage;
+mod witness;
 pub mod workload;
 
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub use config::{AgentConfig, AgentFlags, OUTPUT_TYPES};
 pub use identity_file::IdentityFile;
 use output::{Output, OutputContext};
 use storage::{Storage, StoredCredential};
+use witness::Witness;
 
 /// A refusal that retrying will not fix (the join was denied).
 #[derive(Debug)]
@@ -121,6 +123,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
         tracing::info!(addr = %bound, "diagnostics listening");
     }
     let agent = Agent {
+        witness: Witness::new(&cfg.storage),
         cfg,
         storage,
         outputs,
@@ -284,6 +287,8 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
 struct Agent {
     cfg: AgentConfig,
     storage: Storage,
+    /// The audit log witness (witness.rs).
+    witness: Witness,
     outputs: Vec<Box<dyn Output>>,
     started: std::time::Instant,
     oneshot: bool,
@@ -389,13 +394,19 @@ impl Agent {
         };
         // The pinned auth service names the cluster: the audience the OIDC
         // methods ask their platform for.
-        let cluster = client
+        let ping = client
             .ping(PingRequest {})
             .await
             .map_err(status_error)
             .context("contacting the auth service")?
-            .into_inner()
-            .cluster_name;
+            .into_inner();
+        // A server whose audit log went backwards is not joined either.
+        self.witness.precheck(
+            &ping.cluster_name,
+            &ping.audit_public_key,
+            ping.audit_checkpoint.as_ref(),
+        )?;
+        let cluster = ping.cluster_name;
         let ctx = join::ProverContext {
             storage: self.cfg.storage.clone(),
             cluster,
@@ -435,6 +446,11 @@ impl Agent {
                     .await?;
                 }
                 Some(ServerMsg::Result(creds)) => {
+                    self.witness.observe(
+                        &creds.cluster_name,
+                        &creds.audit_public_key,
+                        creds.audit_checkpoint.as_ref(),
+                    )?;
                     prover.joined(&ctx, &creds)?;
                     let cred = stored(creds, &key)?;
                     self.storage.save(&cred)?;
@@ -455,6 +471,19 @@ impl Agent {
         // Persist the next key before asking (crash safety, see storage.rs).
         let next = self.storage.next_key()?;
         let mut client = self.client(cur)?;
+        // Witness first: a server whose audit log went backwards (e.g. its database
+        // was rolled back) must not be asked to renew, or it would act on old state.
+        let ping = client
+            .ping(PingRequest {})
+            .await
+            .map_err(status_error)
+            .context("contacting the auth service")?
+            .into_inner();
+        self.witness.precheck(
+            &cur.cluster,
+            &ping.audit_public_key,
+            ping.audit_checkpoint.as_ref(),
+        )?;
         let creds = client
             .renew(RenewRequest {
                 public_key_spki: next.spki_der(),
@@ -465,6 +494,13 @@ impl Agent {
             .map_err(status_error)
             .context("renewing the agent's identity")?
             .into_inner();
+        // Refused: the next key stays persisted, so the next attempt is a retry the
+        // server recognises (renewal.rs), not a generation mismatch.
+        self.witness.observe(
+            &creds.cluster_name,
+            &creds.audit_public_key,
+            creds.audit_checkpoint.as_ref(),
+        )?;
         let cred = stored(creds, &next)?;
         self.storage.save(&cred)?;
         self.storage.clear_next_key()?;

@@ -56,6 +56,9 @@ pub struct AuthConfig {
     /// STS endpoints the `iam` join method may forward to (`https://host`);
     /// empty means AWS's own (`sts.amazonaws.com`, `sts.<region>.amazonaws.com`).
     pub sts_endpoints: Vec<String>,
+    /// The audit checkpoint signing key file; default `audit-key.json` in the data
+    /// dir (created on first start). Keep it off the database's volume in production.
+    pub audit_key_file: Option<PathBuf>,
 }
 
 /// File names inside the data dir.
@@ -88,6 +91,16 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         cluster::load_or_create(store.as_ref(), &km, cfg.cluster_name.as_deref()).await?;
     let cache = cache::Cache::start(store.clone()).await?;
     let ca_pin = cas.host.spki_pin();
+    let audit_key_path = cfg
+        .audit_key_file
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join(audit::key::DEFAULT_KEY_FILE));
+    let audit_key = audit::key::load_or_create(&audit_key_path, &cfg.data_dir, &km)?;
+    let checkpoints = Arc::new(
+        audit::checkpoint::Checkpoints::open(store.clone(), audit_key, &cluster, &cfg.data_dir)
+            .await?,
+    );
+    let audit_public_key = checkpoints.public_key().to_string();
 
     // Bind everything before announcing readiness, so a port clash fails fast.
     let grpc_listener = TcpListener::bind(cfg.listen)
@@ -130,6 +143,8 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         data_dir: cfg.data_dir.clone(),
         started: Instant::now(),
         ca_pin: ca_pin.clone(),
+        checkpoints: checkpoints.clone(),
+        denials: audit::aggregate::Denials::default(),
     });
     store
         .commit(Txn {
@@ -141,11 +156,24 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         })
         .await?;
 
-    tracing::info!(cluster = %cluster, listen = %listen, public = %public, ca_pin = %ca_pin, "auth service ready");
+    tracing::info!(cluster = %cluster, listen = %listen, public = %public, ca_pin = %ca_pin,
+        audit_key = %audit_public_key, audit_key_file = %checkpoints.key_path().display(), "auth service ready");
     // A stable line for scripts and humans: the pin agents need.
     println!(
-        "sigil auth service ready: cluster={cluster} listen={listen} public={public} ca_pin={ca_pin}"
+        "sigil auth service ready: cluster={cluster} listen={listen} public={public} ca_pin={ca_pin} audit_key={audit_public_key}"
     );
+    // Start-up verification, then batched checkpoint signing.
+    let checkpointer = tokio::spawn(checkpoints.clone().run(stop.clone()));
+    let denial_flusher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                state.denials.flush(state.store.as_ref(), false).await;
+            }
+        })
+    };
 
     let grpc = {
         let state = state.clone();
@@ -210,6 +238,18 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     let _ = grpc.await;
     let _ = admin.await;
     let _ = public_srv.await;
+    // Last writes: every counted denial, then a checkpoint covering everything.
+    denial_flusher.abort();
+    state.denials.flush(store.as_ref(), true).await;
+    let _ = checkpointer.await;
+    if checkpoints.integrity() == audit::checkpoint::Integrity::Intact {
+        match checkpoints.sign().await {
+            Ok(_) => tracing::info!("final audit checkpoint signed"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "signing the final audit checkpoint failed")
+            }
+        }
+    }
     let _ = std::fs::remove_file(&sock_path);
     Ok(())
 }

@@ -110,10 +110,21 @@ async fn openid_configuration(State(h): State<Http>) -> Json {
     )
 }
 
-async fn readyz(State(h): State<Http>) -> (StatusCode, &'static str) {
+async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
     match h.state.store.get(crate::keys::CLUSTER).await {
-        Ok(Some(_)) => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n"),
+        // A broken audit log is reported, not made unready: the service keeps
+        // serving (and stops signing checkpoints) while an operator investigates.
+        Ok(Some(_)) => match h.state.checkpoints.integrity() {
+            crate::audit::checkpoint::Integrity::Broken { seq, reason } => (
+                StatusCode::OK,
+                format!("ready\nwarning: audit log integrity failure at seq {seq}: {reason}\n"),
+            ),
+            _ => (StatusCode::OK, "ready\n".into()),
+        },
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable\n".into(),
+        ),
     }
 }
 

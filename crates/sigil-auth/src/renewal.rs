@@ -158,6 +158,7 @@ pub async fn renew(
                     roles: auth.roles.clone(),
                     renewable: true,
                     join_state: String::new(),
+                    ..audit::witness_fields(state)
                 });
             }
             Err(StoreError::Conflict(_)) => continue,
@@ -255,13 +256,8 @@ pub async fn audit_denied(
             "reason": reason, "remote_addr": remote,
         }),
     );
-    let txn = Txn {
-        ops: vec![],
-        audit: vec![ev],
-    };
-    if let Err(e) = state.store.commit(txn).await {
-        tracing::error!(error = %e, "failed to audit a denied renewal");
-    }
+    // Identical denials in a flood are counted into one row (audit/aggregate.rs).
+    state.denials.record(state.store.as_ref(), ev).await;
 }
 
 /// Convert a self-reported heartbeat.

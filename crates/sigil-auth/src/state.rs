@@ -32,6 +32,10 @@ pub struct AuthState {
     pub started: Instant,
     /// The host CA pin agents use to trust this service on first contact.
     pub ca_pin: String,
+    /// Signed audit checkpoints (integrity beyond the database).
+    pub checkpoints: Arc<crate::audit::checkpoint::Checkpoints>,
+    /// Aggregation of floods of identical denials.
+    pub denials: crate::audit::aggregate::Denials,
 }
 
 pub type SharedState = Arc<AuthState>;

@@ -164,6 +164,10 @@ pub struct AuthStartArgs {
     /// (repeatable). Default: AWS's global and regional STS endpoints.
     #[arg(long = "sts-endpoint", value_name = "URL")]
     pub sts_endpoints: Vec<String>,
+    /// The key that signs audit checkpoints (created 0600 if missing). Default:
+    /// audit-key.json in the data dir; in production keep it on another volume.
+    #[arg(long, value_name = "FILE", env = "SIGIL_AUDIT_KEY_FILE")]
+    pub audit_key: Option<PathBuf>,
 }
 
 /// `sigil agent ...`
@@ -498,8 +502,37 @@ pub enum AuditCommand {
     /// Query audit events (json: one event per line).
     #[command(alias = "list")]
     Ls(AuditLsArgs),
-    /// Check the audit hash chain.
-    Verify(FormatArg),
+    /// Check the audit hash chain and its signed checkpoints (and a head recorded earlier).
+    Verify(AuditVerifyArgs),
+    /// Sign and print a checkpoint of the log's head; keep it to verify against later.
+    Checkpoint(AuditCheckpointArgs),
+}
+
+/// `sigil audit verify`
+#[derive(Args, Debug, Clone)]
+pub struct AuditVerifyArgs {
+    /// A head recorded earlier, SEQ:HASH (as `sigil audit verify` or
+    /// `sigil audit checkpoint` printed it): the log must still hold it.
+    #[arg(long, value_name = "SEQ:HASH", conflicts_with = "checkpoint")]
+    pub head: Option<String>,
+    /// A checkpoint file saved by `sigil audit checkpoint --out FILE`: its
+    /// signature is checked, then the log must still hold its head.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `sigil audit checkpoint`
+#[derive(Args, Debug, Clone)]
+pub struct AuditCheckpointArgs {
+    /// Also save the signed checkpoint to FILE (for `sigil audit verify --checkpoint`).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Output format.
+    #[command(flatten)]
+    pub format: FormatArg,
 }
 
 /// `sigil audit ls`

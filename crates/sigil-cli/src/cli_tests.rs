@@ -404,7 +404,21 @@ fn audit() {
     let Command::Audit(AuditCommand::Verify(f)) = parse(&["audit", "verify"]).command else {
         panic!()
     };
-    assert_eq!(f.format, Format::Text);
+    assert_eq!(f.format.format, Format::Text);
+    assert_eq!(f.head, None);
+    let Command::Audit(AuditCommand::Verify(f)) =
+        parse(&["audit", "verify", "--head", "3:ab"]).command
+    else {
+        panic!()
+    };
+    assert_eq!(f.head.as_deref(), Some("3:ab"));
+    fails(&["audit", "verify", "--head", "3:ab", "--checkpoint", "f"]);
+    let Command::Audit(AuditCommand::Checkpoint(c)) =
+        parse(&["audit", "checkpoint", "--out", "cp.json"]).command
+    else {
+        panic!()
+    };
+    assert_eq!(c.out.as_deref(), Some(std::path::Path::new("cp.json")));
 }
 
 #[test]

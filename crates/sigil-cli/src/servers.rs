@@ -28,6 +28,7 @@ pub fn auth_config(
         public_url: args.public_url.clone(),
         outbound_ca_file: args.outbound_ca_file.clone(),
         sts_endpoints: args.sts_endpoints.clone(),
+        audit_key_file: args.audit_key.clone(),
     })
 }
 
@@ -164,6 +165,7 @@ mod tests {
             public_url: Some("https://auth.example.test".into()),
             outbound_ca_file: None,
             sts_endpoints: vec![],
+            audit_key: None,
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)

@@ -122,4 +122,7 @@ pub enum PkiError {
     /// A JWT-SVID failed validation (or its claims could not be encoded).
     #[error("JWT-SVID rejected: {0}")]
     InvalidJwt(String),
+    /// An audit checkpoint signature or audit public key failed verification.
+    #[error("audit checkpoint rejected: {0}")]
+    InvalidCheckpoint(String),
 }

@@ -11,6 +11,7 @@
 //! All cryptography goes through aws-lc-rs.
 
 mod agent_keys;
+mod audit_key;
 mod crl;
 mod der;
 mod error;
@@ -27,6 +28,7 @@ mod svid;
 mod x509_ca;
 
 pub use agent_keys::{SshKeyPair, TlsKeyPair};
+pub use audit_key::{audit_public_key, sign_audit_checkpoint, verify_audit_signature};
 pub use crl::RevokedSerial;
 pub use der::rsa_spki_der;
 pub use error::{PkiError, Result};

@@ -357,6 +357,22 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn audit_head(&self) -> Result<(i64, String)> {
+        let row = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.read)
+            .await
+            .map_err(|e| backend("reading the audit head", e))?;
+        match row {
+            Some(row) => Ok((
+                row.try_get(0)
+                    .map_err(|e| backend("reading the audit head", e))?,
+                row.try_get(1)
+                    .map_err(|e| backend("reading the audit head", e))?,
+            )),
+            None => Ok((0, GENESIS_HASH.to_string())),
+        }
+    }
+
     fn watch(&self) -> broadcast::Receiver<WatchEvent> {
         self.watch.subscribe()
     }

@@ -228,7 +228,8 @@ pub struct AuditQuery {
 ///
 /// The chain detects any changed field/type/time, a broken `prev_hash` link and a gap in
 /// `seq`. It cannot detect truncation of the newest events (the chain stays consistent):
-/// compare `head_hash` against a copy kept elsewhere for that.
+/// compare `head_hash` against a copy kept elsewhere for that (the auth service's signed
+/// checkpoints).
 #[derive(Clone, Debug, PartialEq)]
 pub enum AuditVerification {
     /// Every record checks out.
@@ -278,6 +279,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Recomputes the whole audit chain and reports the first bad record.
     async fn audit_verify(&self) -> Result<AuditVerification>;
+
+    /// The newest committed audit record's `(seq, hash)`, or `(0, GENESIS_HASH)` for an
+    /// empty log. Cheap (no chain walk): what a checkpoint signer reads.
+    async fn audit_head(&self) -> Result<(i64, String)>;
 
     /// Events for committed changes, in commit order. A receiver that falls too far
     /// behind gets `RecvError::Lagged` and should re-read the state it cares about.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub mod audit_checkpoint;
 pub mod bot;
 pub mod bot_instance;
 pub mod duration;
@@ -16,6 +17,9 @@ pub mod spiffe;
 pub mod token;
 pub mod workload_identity;
 
+pub use audit_checkpoint::{
+    Checkpoint, CheckpointError, SignedCheckpoint, WitnessVerdict, parse_head, witness,
+};
 pub use bot::BotSpec;
 pub use bot_instance::{Authentication, BotInstanceSpec, HISTORY_CAP, Heartbeat};
 pub use duration::{DurationError, HumanDuration, format_duration, parse_duration};

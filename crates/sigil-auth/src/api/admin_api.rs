@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use sigil_proto::v1::admin_service_server::AdminService;
 use sigil_proto::v1::*;
-use sigil_store::{AuditQuery, AuditVerification, Txn};
+use sigil_store::{AuditQuery, Txn};
 use sigil_types::{
     AnyResource, Bot, BotSpec, HumanDuration, JoinMethodKind, Lock, LockSpec, LockTarget, Metadata,
     Token, TokenSpec,
@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use super::resources::{self, store_err};
 use super::workload_admin;
 use crate::audit;
+use crate::audit::checkpoint::Integrity;
 use crate::authz::{self, Caller};
 use crate::escalation;
 use crate::keys;
@@ -392,20 +393,49 @@ impl AdminService for AdminApi {
         req: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
         self.authorize(&req, "audit", "read").await?;
-        let v = self.state.store.audit_verify().await.map_err(store_err)?;
-        Ok(Response::new(match v {
-            AuditVerification::Intact { count, head_hash } => VerifyAuditResponse {
-                intact: true,
-                count,
-                head_hash,
-                ..Default::default()
-            },
-            AuditVerification::Broken { seq, reason } => VerifyAuditResponse {
-                intact: false,
-                bad_seq: seq,
-                reason,
-                ..Default::default()
-            },
+        let r = req.get_ref();
+        let head = match (r.head_seq, r.head_hash.as_str()) {
+            (0, "") => None,
+            (seq, hash) if seq >= 1 && sigil_types::audit_checkpoint::is_hash(hash) => {
+                Some((seq, hash.to_string()))
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "head: give a seq of 1 or more and a 64-hex-digit hash",
+                ));
+            }
+        };
+        let cps = &self.state.checkpoints;
+        let v = cps
+            .verify(head)
+            .await
+            .map_err(|e| Status::unavailable(format!("verifying the audit log: {e:#}")))?;
+        let (bad_seq, reason) = v.problem.clone().unwrap_or_default();
+        Ok(Response::new(VerifyAuditResponse {
+            intact: v.problem.is_none(),
+            count: v.count,
+            head_hash: v.head,
+            bad_seq,
+            reason,
+            checkpoints_checked: v.checked as u64,
+            audit_public_key: cps.public_key().to_string(),
+            latest_checkpoint: cps.latest_proto(),
+        }))
+    }
+
+    async fn sign_audit_checkpoint(
+        &self,
+        req: Request<SignAuditCheckpointRequest>,
+    ) -> Result<Response<SignAuditCheckpointResponse>, Status> {
+        self.authorize(&req, "audit", "read").await?;
+        let cps = &self.state.checkpoints;
+        let signed = cps
+            .sign()
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(SignAuditCheckpointResponse {
+            checkpoint: Some(crate::audit::checkpoint::to_proto(signed)),
+            audit_public_key: cps.public_key().to_string(),
         }))
     }
 
@@ -465,6 +495,12 @@ impl AdminService for AdminApi {
             auth_listen: s.advertise_addr.clone(),
             public_listen: s.public_addr.clone(),
             data_dir: s.data_dir.display().to_string(),
+            audit_public_key: s.checkpoints.public_key().to_string(),
+            audit_integrity: match s.checkpoints.integrity() {
+                Integrity::Intact => "intact".into(),
+                Integrity::Checking => "checking".into(),
+                Integrity::Broken { seq, reason } => format!("BROKEN at seq {seq}: {reason}"),
+            },
         }))
     }
 

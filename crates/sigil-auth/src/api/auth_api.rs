@@ -43,6 +43,8 @@ impl AuthService for AuthApi {
             cluster_name: self.state.cluster.clone(),
             ca_pin: self.state.ca_pin.clone(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
+            audit_checkpoint: self.state.checkpoints.latest_proto(),
+            audit_public_key: self.state.checkpoints.public_key().to_string(),
         }))
     }
 

@@ -37,16 +37,8 @@ async fn denied(
     }
     merge(&mut fields, extra);
     let ev = audit::event(audit::JOIN_DENIED, fields);
-    if let Err(e) = state
-        .store
-        .commit(Txn {
-            ops: vec![],
-            audit: vec![ev],
-        })
-        .await
-    {
-        tracing::error!(error = %e, "failed to audit a denied join");
-    }
+    // Identical denials in a flood are counted into one row (audit/aggregate.rs).
+    state.denials.record(state.store.as_ref(), ev).await;
     Status::permission_denied(JOIN_DENIED)
 }
 
@@ -223,6 +215,7 @@ fn credentials(
         roles: auth.roles.clone(),
         renewable: v.renewable,
         join_state: v.join_state.clone(),
+        ..audit::witness_fields(state)
     }
 }
 

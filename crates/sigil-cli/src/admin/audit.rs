@@ -1,13 +1,19 @@
-//! `sigil audit ls|verify`.
+//! `sigil audit ls|verify|checkpoint`.
 
 use super::connect::connect;
 use super::parse_flag_duration;
-use crate::cli::{AuditCommand, AuditLsArgs, Format, FormatArg, GlobalArgs};
+use crate::cli::{
+    AuditCheckpointArgs, AuditCommand, AuditLsArgs, AuditVerifyArgs, Format, GlobalArgs,
+};
 use crate::error::CliError;
 use crate::output::{self, short_time, str_at, summary, table};
 use serde_json::{Value, json};
-use sigil_proto::v1::{AuditQueryRequest, VerifyAuditRequest, VerifyAuditResponse};
+use sigil_proto::v1::{
+    AuditQueryRequest, SignAuditCheckpointRequest, VerifyAuditRequest, VerifyAuditResponse,
+};
+use sigil_types::{Checkpoint, SignedCheckpoint};
 use std::io::Write;
+use std::path::Path;
 use time::OffsetDateTime;
 
 /// Widest a DETAILS cell gets in text output; `--format json` has everything.
@@ -17,7 +23,8 @@ const SUMMARY_WIDTH: usize = 100;
 pub async fn run(global: &GlobalArgs, cmd: &AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Ls(args) => ls(global, args).await,
-        AuditCommand::Verify(f) => verify(global, f).await,
+        AuditCommand::Verify(a) => verify(global, a).await,
+        AuditCommand::Checkpoint(a) => checkpoint(global, a).await,
     }
 }
 
@@ -98,30 +105,96 @@ pub fn event_row(v: &Value) -> Vec<String> {
 pub fn verify_report(r: &VerifyAuditResponse) -> Result<String, String> {
     if r.intact {
         Ok(format!(
-            "audit log intact: {} events, head {}",
-            r.count, r.head_hash
+            "audit log intact: {} events, head {}:{}; {} signed checkpoint(s) and recorded head(s) match",
+            r.count, r.count, r.head_hash, r.checkpoints_checked
         ))
     } else {
         Err(format!(
-            "audit log BROKEN: first bad event seq {}: {}",
+            "audit log BROKEN at seq {}: {}",
             r.bad_seq, r.reason
         ))
     }
 }
 
-async fn verify(global: &GlobalArgs, f: &FormatArg) -> anyhow::Result<()> {
+/// A checkpoint file as `sigil audit checkpoint --out` writes it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct CheckpointFile {
+    /// The signed checkpoint.
+    #[serde(flatten)]
+    pub signed: SignedCheckpoint,
+    /// The key that signed it (`ed25519:BASE64`).
+    pub audit_public_key: String,
+    /// Copies of the body's seq and head, for people reading the file.
+    pub seq: i64,
+    pub head: String,
+}
+
+/// Reads a checkpoint file and checks its signature with the key it names; returns the
+/// checkpoint and that key.
+pub fn read_checkpoint_file(path: &Path) -> Result<(Checkpoint, String), CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(format!("reading --checkpoint {}: {e}", path.display())))?;
+    let f: CheckpointFile = serde_json::from_str(&text).map_err(|e| {
+        CliError::usage(format!(
+            "--checkpoint {} is not a checkpoint file saved by `sigil audit checkpoint --out`: {e}",
+            path.display()
+        ))
+    })?;
+    sigil_pki::verify_audit_signature(&f.audit_public_key, &f.signed.body, &f.signed.signature)
+        .map_err(|e| CliError::other(format!("--checkpoint {}: {e}", path.display())))?;
+    let cp = Checkpoint::parse(&f.signed.body)
+        .map_err(|e| CliError::other(format!("--checkpoint {}: {e}", path.display())))?;
+    Ok((cp, f.audit_public_key))
+}
+
+async fn verify(global: &GlobalArgs, args: &AuditVerifyArgs) -> anyhow::Result<()> {
+    let (head, file_key) = match (&args.head, &args.checkpoint) {
+        (Some(h), _) => {
+            let (seq, hash) = sigil_types::parse_head(h)
+                .map_err(|e| CliError::usage(format!("--head {h:?}: {e}")))?;
+            (Some((seq, hash)), None)
+        }
+        (None, Some(path)) => {
+            let (cp, key) = read_checkpoint_file(path)?;
+            if cp.seq == 0 {
+                (None, Some(key))
+            } else {
+                (Some((cp.seq, cp.head)), Some(key))
+            }
+        }
+        (None, None) => (None, None),
+    };
     let mut client = connect(global).await?;
-    let r = client
-        .verify_audit(VerifyAuditRequest {})
+    let (head_seq, head_hash) = head.clone().unwrap_or_default();
+    let mut r = client
+        .verify_audit(VerifyAuditRequest {
+            head_seq,
+            head_hash,
+        })
         .await?
         .into_inner();
-    if f.format == Format::Json {
+    if let Some(key) = file_key
+        && key != r.audit_public_key
+        && r.intact
+    {
+        r.intact = false;
+        r.bad_seq = head_seq;
+        r.reason = format!(
+            "the checkpoint file was signed by audit key {key}, but the auth service now signs with {}: the key was replaced",
+            r.audit_public_key
+        );
+    }
+    let format = args.format.format;
+    if format == Format::Json {
         let v = json!({
             "intact": r.intact, "count": r.count, "head_hash": r.head_hash,
             "bad_seq": r.bad_seq, "reason": r.reason,
+            "checkpoints_checked": r.checkpoints_checked,
+            "audit_public_key": r.audit_public_key,
         });
         output::out(&output::json(&v)?)?;
     }
+    let f = &args.format;
     match verify_report(&r) {
         Ok(line) => {
             if f.format == Format::Text {
@@ -134,17 +207,53 @@ async fn verify(global: &GlobalArgs, f: &FormatArg) -> anyhow::Result<()> {
                 output::out(&line)?;
             }
             Err(CliError::other(format!(
-                "audit log verification failed at event seq {}",
-                r.bad_seq
+                "audit log verification failed at event seq {}: {}",
+                r.bad_seq, r.reason
             ))
             .into())
         }
     }
 }
 
+async fn checkpoint(global: &GlobalArgs, args: &AuditCheckpointArgs) -> anyhow::Result<()> {
+    let mut client = connect(global).await?;
+    let r = client
+        .sign_audit_checkpoint(SignAuditCheckpointRequest {})
+        .await?
+        .into_inner();
+    let cp = r
+        .checkpoint
+        .ok_or_else(|| CliError::other("the auth service sent no checkpoint"))?;
+    let signed = SignedCheckpoint {
+        body: cp.body,
+        signature: cp.signature,
+    };
+    // Check what we are about to tell the operator to keep.
+    sigil_pki::verify_audit_signature(&r.audit_public_key, &signed.body, &signed.signature)
+        .map_err(|e| CliError::other(format!("the auth service's checkpoint: {e}")))?;
+    let parsed = Checkpoint::parse(&signed.body)
+        .map_err(|e| CliError::other(format!("the auth service's checkpoint: {e}")))?;
+    let file = CheckpointFile {
+        signed,
+        audit_public_key: r.audit_public_key,
+        seq: parsed.seq,
+        head: parsed.head.clone(),
+    };
+    let json_text = serde_json::to_string_pretty(&file)?;
+    if let Some(path) = &args.out {
+        crate::files::write_atomic(path, json_text.as_bytes(), crate::files::PUBLIC)?;
+    }
+    match args.format.format {
+        Format::Json => output::out(&json_text)?,
+        Format::Text => output::out(&format!("{}:{}", parsed.seq, parsed.head))?,
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::FormatArg;
 
     fn args(since: Option<&str>) -> AuditLsArgs {
         AuditLsArgs {
@@ -203,19 +312,19 @@ mod tests {
             intact: true,
             count: 12,
             head_hash: "abc".into(),
-            bad_seq: 0,
-            reason: String::new(),
+            checkpoints_checked: 2,
+            ..Default::default()
         };
         assert_eq!(
             verify_report(&ok),
-            Ok("audit log intact: 12 events, head abc".to_string())
+            Ok("audit log intact: 12 events, head 12:abc; 2 signed checkpoint(s) and recorded head(s) match".to_string())
         );
         let bad = VerifyAuditResponse {
             intact: false,
             count: 12,
-            head_hash: String::new(),
             bad_seq: 7,
             reason: "hash mismatch".into(),
+            ..Default::default()
         };
         let line = verify_report(&bad).unwrap_err();
         assert!(

@@ -36,6 +36,8 @@ pub fn to_json(s: &StatusResponse) -> Value {
         "auth_listen": s.auth_listen,
         "public_listen": s.public_listen,
         "data_dir": s.data_dir,
+        "audit_public_key": s.audit_public_key,
+        "audit_integrity": s.audit_integrity,
     })
 }
 
@@ -60,6 +62,8 @@ pub fn text(s: &StatusResponse) -> String {
         ("Bots", s.bots.to_string()),
         ("Bot instances", s.bot_instances.to_string()),
         ("Locks", s.locks.to_string()),
+        ("Audit key", or_dash(&s.audit_public_key)),
+        ("Audit log", or_dash(&s.audit_integrity)),
     ];
     for (k, v) in lines {
         out.push_str(&format!("{:<15}{v}\n", format!("{k}:")));
@@ -105,6 +109,8 @@ mod tests {
             auth_listen: "127.0.0.1:3025".into(),
             public_listen: "127.0.0.1:3080".into(),
             data_dir: "/d".into(),
+            audit_public_key: "ed25519:AAAA".into(),
+            audit_integrity: "intact".into(),
         }
     }
 
@@ -118,6 +124,7 @@ mod tests {
             "2024-05-01T12:00:00Z",
             "Bot instances: 3",
             "1m30s",
+            "Audit key:     ed25519:AAAA",
         ] {
             assert!(t.contains(want), "{want} missing in\n{t}");
         }
@@ -126,5 +133,6 @@ mod tests {
         assert_eq!(v["ca_pin"], "sha256:00ff");
         assert_eq!(v["cas"][0]["purpose"], "host");
         assert_eq!(v["bots"], 2);
+        assert_eq!(v["audit_public_key"], "ed25519:AAAA");
     }
 }

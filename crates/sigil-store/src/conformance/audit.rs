@@ -78,8 +78,16 @@ pub async fn audit_chain(store: &Arc<dyn Store>) {
     }
     assert_eq!(
         head(store).await,
-        (count + 3, prev),
+        (count + 3, prev.clone()),
         "verify must count every record and report the last hash"
+    );
+    assert_eq!(
+        store
+            .audit_head()
+            .await
+            .unwrap_or_else(|e| panic!("audit_head: {e}")),
+        (count + 3, prev),
+        "audit_head must report the newest record's seq and hash"
     );
 }
 

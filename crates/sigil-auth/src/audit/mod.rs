@@ -1,6 +1,11 @@
 //! Audit event types and a constructor. Events are committed in the same
 //! store transaction as the change they describe, so a change and its record
-//! cannot diverge.
+//! cannot diverge. Integrity beyond the database: signed checkpoints
+//! (`checkpoint`, `key`); floods of identical denials: `aggregate`.
+
+pub mod aggregate;
+pub mod checkpoint;
+pub mod key;
 
 use sigil_store::NewAuditEvent;
 use time::OffsetDateTime;
@@ -25,6 +30,16 @@ pub const RESOURCE_UPDATED: &str = "resource.updated";
 pub const RESOURCE_DELETED: &str = "resource.deleted";
 pub const WORKLOAD_IDENTITY_ISSUED: &str = "workload_identity.issued";
 pub const WORKLOAD_IDENTITY_DENIED: &str = "workload_identity.denied";
+
+/// The audit fields of a `Credentials` (for struct update syntax): the newest signed
+/// checkpoint and the key that signs them, so agents can act as witnesses.
+pub fn witness_fields(state: &crate::state::AuthState) -> sigil_proto::v1::Credentials {
+    sigil_proto::v1::Credentials {
+        audit_checkpoint: state.checkpoints.latest_proto(),
+        audit_public_key: state.checkpoints.public_key().to_string(),
+        ..Default::default()
+    }
+}
 
 /// Build an event stamped now.
 pub fn event(event_type: &str, fields: serde_json::Value) -> NewAuditEvent {
