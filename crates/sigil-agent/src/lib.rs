@@ -43,17 +43,31 @@ impl std::fmt::Display for JoinDeniedError {
 }
 impl std::error::Error for JoinDeniedError {}
 
-/// A gRPC status as an error a person can read.
+/// A gRPC status from the auth service as an error a person can read. It
+/// keeps the status, so the CLI's exit code tells "refused" (3) from
+/// "unreachable" (4).
+#[derive(Debug)]
+pub struct StatusError(pub tonic::Status);
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.0.code() {
+            tonic::Code::Unavailable => "auth service unreachable",
+            tonic::Code::PermissionDenied => "refused",
+            tonic::Code::Unauthenticated => "not authenticated",
+            tonic::Code::InvalidArgument => "invalid request",
+            tonic::Code::DeadlineExceeded => "timed out",
+            _ => "auth service error",
+        };
+        write!(f, "{what}: {}", self.0.message())
+    }
+}
+
+impl std::error::Error for StatusError {}
+
+/// A gRPC status as an error a person can read (see [`StatusError`]).
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
-    let what = match s.code() {
-        tonic::Code::Unavailable => "auth service unreachable",
-        tonic::Code::PermissionDenied => "refused",
-        tonic::Code::Unauthenticated => "not authenticated",
-        tonic::Code::InvalidArgument => "invalid request",
-        tonic::Code::DeadlineExceeded => "timed out",
-        _ => "auth service error",
-    };
-    anyhow::anyhow!("{what}: {}", s.message())
+    anyhow::Error::new(StatusError(s))
 }
 
 /// Run the agent. With `oneshot`, obtain credentials once and return.
