@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-const ROLE: &str = "kind: role\nversion: v1\nmetadata: {name: r}\nspec:\n  allow: {logins: [ubuntu]}\n";
+const ROLE: &str =
+    "kind: role\nversion: v1\nmetadata: {name: r}\nspec:\n  allow: {logins: [ubuntu]}\n";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -58,7 +59,10 @@ fn names(auth: &Auth, kind: &str) -> Vec<String> {
             .iter()
             .map(|j| {
                 let v: serde_json::Value = serde_json::from_str(j).expect("json");
-                v["metadata"]["name"].as_str().unwrap_or_default().to_string()
+                v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
             })
             .collect()
     })
@@ -79,9 +83,20 @@ fn yaml_escape(s: &str) -> String {
 fn hostile_documents() -> Vec<(&'static str, String, &'static str)> {
     let laughs = {
         let mut s = String::from("kind: role\nversion: v1\nmetadata: {name: lol}\nspec:\n");
-        s.push_str("  a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
-        for (n, p) in [("b", "a"), ("c", "b"), ("d", "c"), ("e", "d"), ("f", "e"), ("g", "f")] {
-            s.push_str(&format!("  {n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"));
+        s.push_str(
+            "  a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (n, p) in [
+            ("b", "a"),
+            ("c", "b"),
+            ("d", "c"),
+            ("e", "d"),
+            ("f", "e"),
+            ("g", "f"),
+        ] {
+            s.push_str(&format!(
+                "  {n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+            ));
         }
         s
     };
@@ -125,7 +140,11 @@ fn deep_and_aliased_documents_are_refused_and_healthz_stays_up() {
         let mut answered = 0;
         for _ in 0..20 {
             let o = run("curl", &["-sfk", "--max-time", "20", &url]);
-            assert!(o.status.success() && stdout(&o).contains("ok"), "{}", text(&o));
+            assert!(
+                o.status.success() && stdout(&o).contains("ok"),
+                "{}",
+                text(&o)
+            );
             answered += 1;
         }
         answered
@@ -135,31 +154,47 @@ fn deep_and_aliased_documents_are_refused_and_healthz_stays_up() {
         for _ in 0..10 {
             for (name, json, says) in hostile_documents() {
                 let err = c
-                    .create_resource(CreateResourceRequest { json, upsert: false })
+                    .create_resource(CreateResourceRequest {
+                        json,
+                        upsert: false,
+                    })
                     .await
                     .expect_err(name);
                 assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}: {err:?}");
                 assert!(err.message().contains(says), "{name}: {}", err.message());
-                assert!(err.message().starts_with("request"), "{name}: {}", err.message());
+                assert!(
+                    err.message().starts_with("request"),
+                    "{name}: {}",
+                    err.message()
+                );
             }
         }
     });
     assert_eq!(prober.join().expect("prober"), 20);
-    assert!(names(&auth, "role").is_empty(), "a hostile document created something");
+    assert!(
+        names(&auth, "role").is_empty(),
+        "a hostile document created something"
+    );
 }
 
 #[test]
 fn oversized_documents_are_refused() {
     let auth = Auth::start();
     // 10 MB through the CLI: refused before it is read whole or sent.
-    let mut big = String::from("kind: role\nversion: v1\nmetadata: {name: big}\nspec:\n  allow:\n    logins:\n");
+    let mut big = String::from(
+        "kind: role\nversion: v1\nmetadata: {name: big}\nspec:\n  allow:\n    logins:\n",
+    );
     while big.len() < 10 << 20 {
         big.push_str("    - ubuntu\n");
     }
     let file = write(&auth, "big.yaml", &big);
     let o = auth.admin(&["create", "-f", file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(stderr(&o).contains("big.yaml") && stderr(&o).contains("limit"), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("big.yaml") && stderr(&o).contains("limit"),
+        "{}",
+        text(&o)
+    );
     let o = Command::new(sigil_bin())
         .arg("--data-dir")
         .arg(&auth.data)
@@ -173,14 +208,24 @@ fn oversized_documents_are_refused() {
         let mut c = client(&auth).await;
         // 10 MB on the wire: the transport's message limit refuses it.
         let err = c
-            .create_resource(CreateResourceRequest { json: big.clone(), upsert: false })
+            .create_resource(CreateResourceRequest {
+                json: big.clone(),
+                upsert: false,
+            })
             .await
             .expect_err("10 MB accepted");
         assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
         // Under the transport limit, over the document limit.
-        let just_over = format!("{}{}", &big[..big.find("    - ").unwrap()], "    - ubuntu\n".repeat((1 << 20) / 13 + 10));
+        let just_over = format!(
+            "{}{}",
+            &big[..big.find("    - ").unwrap()],
+            "    - ubuntu\n".repeat((1 << 20) / 13 + 10)
+        );
         let err = c
-            .create_resource(CreateResourceRequest { json: just_over, upsert: false })
+            .create_resource(CreateResourceRequest {
+                json: just_over,
+                upsert: false,
+            })
             .await
             .expect_err("over 1 MiB accepted");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -204,15 +249,24 @@ fn bad_names_and_logins_are_refused_on_every_path() {
     for name in bad_names {
         let o = auth.admin(&["bots", "add", name, "--roles", "r"]);
         assert_eq!(o.status.code(), Some(2), "{name:?}: {}", text(&o));
-        assert!(!stderr(&o).contains('\u{1b}'), "raw ESC echoed: {:?}", stderr(&o));
-        assert!(!stderr(&o).contains('\u{202E}'), "raw bidi echoed: {:?}", stderr(&o));
+        assert!(
+            !stderr(&o).contains('\u{1b}'),
+            "raw ESC echoed: {:?}",
+            stderr(&o)
+        );
+        assert!(
+            !stderr(&o).contains('\u{202E}'),
+            "raw bidi echoed: {:?}",
+            stderr(&o)
+        );
     }
     // NUL cannot be an argument; it comes in through a file, and through
     // the raw API (JSON escapes).
     for name in ["x\\u0000y", "x\\u001b[2J", "x\\u202egnp", "../x"] {
         // `\uXXXX` means the same in YAML double quotes and in JSON.
-        let yaml =
-            format!("kind: bot\nversion: v1\nmetadata: {{name: \"{name}\"}}\nspec: {{roles: [r]}}\n");
+        let yaml = format!(
+            "kind: bot\nversion: v1\nmetadata: {{name: \"{name}\"}}\nspec: {{roles: [r]}}\n"
+        );
         let file = write(&auth, "bot.yaml", &yaml);
         let o = auth.admin(&["create", "-f", file.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{name}: {}", text(&o));
@@ -224,7 +278,10 @@ fn bad_names_and_logins_are_refused_on_every_path() {
             .block_on(async {
                 client(&auth)
                     .await
-                    .create_resource(CreateResourceRequest { json, upsert: false })
+                    .create_resource(CreateResourceRequest {
+                        json,
+                        upsert: false,
+                    })
                     .await
             })
             .expect_err(name);
@@ -246,7 +303,15 @@ fn bad_names_and_logins_are_refused_on_every_path() {
     let o = auth.admin(&["tokens", "add", "--bot", "../x"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     // A TTL past any date the clock can hold is refused, not a crash.
-    let o = auth.admin(&["bots", "add", "ok", "--roles", "r", "--token-ttl", "99999999d"]);
+    let o = auth.admin(&[
+        "bots",
+        "add",
+        "ok",
+        "--roles",
+        "r",
+        "--token-ttl",
+        "99999999d",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 
     // Nothing was created.
@@ -279,14 +344,20 @@ fn stored_hostile_text_is_escaped_when_printed() {
         assert!(o.status.success(), "{}", text(&o));
         let out = stdout(&o);
         assert!(out.contains("legacy"), "{out}");
-        assert!(!out.contains('\u{1b}') && !out.contains('\u{202E}'), "raw: {out:?}");
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{202E}'),
+            "raw: {out:?}"
+        );
     }
     let table = auth.ok(&["bots", "ls"]);
     assert!(table.contains("legacy\\u{1b}[2J\\u{202e}x"), "{table}");
     // JSON stays the same value, escaped the JSON way.
     let json: serde_json::Value =
         serde_json::from_str(&auth.ok(&["bots", "ls", "--format", "json"])).expect("json");
-    assert!(json.to_string().contains("legacy\\u001b[2J\u{202E}x"), "{json}");
+    assert!(
+        json.to_string().contains("legacy\\u001b[2J\u{202E}x"),
+        "{json}"
+    );
 }
 
 /// Waits until the peer closes `s` (EOF or reset); false if it is still open
@@ -313,8 +384,14 @@ fn slow_clients_are_cut_off_on_public_https() {
     // Starts a TLS record and stops.
     let mut dripping = TcpStream::connect(addr).unwrap();
     dripping.write_all(&[0x16, 0x03]).unwrap();
-    assert!(closed_by_peer(&mut silent, Duration::from_secs(90)), "silent client kept");
-    assert!(closed_by_peer(&mut dripping, Duration::from_secs(90)), "partial ClientHello kept");
+    assert!(
+        closed_by_peer(&mut silent, Duration::from_secs(90)),
+        "silent client kept"
+    );
+    assert!(
+        closed_by_peer(&mut dripping, Duration::from_secs(90)),
+        "partial ClientHello kept"
+    );
 
     // Completes TLS, then sends half a request's headers and waits.
     let partial = |request: &str| {
@@ -346,10 +423,19 @@ fn slow_clients_are_cut_off_on_public_https() {
     let (_, out) = partial("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(out.contains("200 OK") && out.contains("ok"), "{out}");
     let (closed, out) = partial("GET /healthz HTTP/1.1\r\nHost: x\r\n");
-    assert!(closed, "a request whose headers never end kept the connection");
+    assert!(
+        closed,
+        "a request whose headers never end kept the connection"
+    );
     assert!(!out.contains("200 OK"), "{out}");
     // The listener still serves.
-    let o = run("curl", &["-sfk", &format!("https://127.0.0.1:{}/healthz", auth.public_port)]);
+    let o = run(
+        "curl",
+        &[
+            "-sfk",
+            &format!("https://127.0.0.1:{}/healthz", auth.public_port),
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
 }
 

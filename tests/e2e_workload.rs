@@ -325,11 +325,16 @@ fn rust_client_gets_identities_by_uid_and_sees_rotation() {
     let said = text(&denied);
     assert!(said.contains("no workload identity is granted"), "{said}");
     for secret in ["workload.unix.uid", "1001", "rule", "payments"] {
-        assert!(!said.contains(secret), "{secret:?} leaked to the workload: {said}");
+        assert!(
+            !said.contains(secret),
+            "{secret:?} leaked to the workload: {said}"
+        );
     }
-    wait_until("the reason in the agent log", Duration::from_secs(10), || {
-        s.agent_log().contains("no allow rule matched")
-    });
+    wait_until(
+        "the reason in the agent log",
+        Duration::from_secs(10),
+        || s.agent_log().contains("no allow rule matched"),
+    );
 
     // JWT-SVID fetched and validated by the library against the JWT bundle.
     let tok = s.rust_client(None, &["jwt", "payments-api"]);

@@ -10,9 +10,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use sigil_proto::deadline::{Deadlines, ReadDeadline};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sigil_proto::deadline::{Deadlines, ReadDeadline};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -91,7 +91,8 @@ pub async fn serve(
         let http = http.clone();
         tokio::spawn(async move {
             let tcp = ReadDeadline::new(tcp, DEADLINES);
-            let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 return;
             };

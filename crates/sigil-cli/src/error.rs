@@ -209,7 +209,8 @@ mod tests {
 
     #[test]
     fn agent_errors_are_classified() {
-        let denied = anyhow::Error::new(sigil_agent::JoinDeniedError("no".into())).context("joining");
+        let denied =
+            anyhow::Error::new(sigil_agent::JoinDeniedError("no".into())).context("joining");
         assert_eq!(exit_code(&denied), 3);
         let refused = sigil_agent::status_error(Status::permission_denied("locked"));
         assert_eq!(exit_code(&refused.context("renewing")), 3);
@@ -217,7 +218,12 @@ mod tests {
         assert_eq!(exit_code(&down), 4);
         let bad = sigil_agent::status_error(Status::invalid_argument("x"));
         assert_eq!(exit_code(&bad), 2);
-        assert_eq!(render(&sigil_agent::status_error(Status::permission_denied("locked"))), "refused: locked");
+        assert_eq!(
+            render(&sigil_agent::status_error(Status::permission_denied(
+                "locked"
+            ))),
+            "refused: locked"
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use comfy_table::{ContentArrangement, Table, presets};
-use std::borrow::Cow;
 use serde_json::Value;
+use std::borrow::Cow;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -23,7 +23,10 @@ pub fn safe(text: &str) -> Cow<'_, str> {
 /// inside strings, where the escape means the same character.
 pub fn safe_json(text: &str) -> Cow<'_, str> {
     use std::fmt::Write as _;
-    if !text.chars().any(|c| sigil_types::text::is_unsafe_char(c) && c != '\n') {
+    if !text
+        .chars()
+        .any(|c| sigil_types::text::is_unsafe_char(c) && c != '\n')
+    {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
@@ -257,15 +260,30 @@ mod tests {
     #[test]
     fn server_text_is_escaped_for_the_terminal() {
         let hostile = "x\u{1b}]0;owned\u{7}\u{202E}y\u{200B}";
-        let t = table(&["NAME"], vec![vec![hostile.to_string()], vec!["a\nb".into()]]);
-        assert!(!t.chars().any(|c| c == '\u{1b}' || c == '\u{202E}' || c == '\u{200B}'), "{t}");
-        assert!(t.contains("x\\u{1b}]0;owned\\u{7}\\u{202e}y\\u{200b}"), "{t}");
+        let t = table(
+            &["NAME"],
+            vec![vec![hostile.to_string()], vec!["a\nb".into()]],
+        );
+        assert!(
+            !t.chars()
+                .any(|c| c == '\u{1b}' || c == '\u{202E}' || c == '\u{200B}'),
+            "{t}"
+        );
+        assert!(
+            t.contains("x\\u{1b}]0;owned\\u{7}\\u{202e}y\\u{200b}"),
+            "{t}"
+        );
         assert!(t.contains("a\\nb"), "{t}");
         assert_eq!(safe("ok\n\tline"), "ok\n\tline");
         // JSON stays the same value, and prints safely.
         let v = serde_json::json!({"name": hostile, "tag": "\u{E0041}"});
         let text = json(&v).unwrap();
-        assert!(!text.chars().any(|c: char| c != '\n' && sigil_types::text::is_unsafe_char(c)), "{text}");
+        assert!(
+            !text
+                .chars()
+                .any(|c: char| c != '\n' && sigil_types::text::is_unsafe_char(c)),
+            "{text}"
+        );
         let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back, v);
     }

@@ -356,14 +356,27 @@ mod tests {
     #[test]
     fn durations_are_bounded() {
         assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
-        for big in ["3651d", "3650d1ms", "18446744073709551615s", "999999999999d"] {
+        for big in [
+            "3651d",
+            "3650d1ms",
+            "18446744073709551615s",
+            "999999999999d",
+        ] {
             let err = parse_duration(big).unwrap_err();
             assert!(
-                matches!(err, DurationError::TooLong { .. } | DurationError::Overflow { .. }),
+                matches!(
+                    err,
+                    DurationError::TooLong { .. } | DurationError::Overflow { .. }
+                ),
                 "{big}: {err}"
             );
         }
-        assert!(parse_duration("3651d").unwrap_err().to_string().contains("10 years"));
+        assert!(
+            parse_duration("3651d")
+                .unwrap_err()
+                .to_string()
+                .contains("10 years")
+        );
         assert!(serde_json::from_str::<HumanDuration>("18446744073709551615").is_err());
         assert!(serde_json::from_str::<HumanDuration>("315360001").is_err());
         assert!(serde_json::from_str::<HumanDuration>("315360000").is_ok());

@@ -242,7 +242,9 @@ impl Scanner {
                     node_start = false;
                 }
                 b',' if self.flow > 0 => node_start = true,
-                b':' if self.flow > 0 || matches!(b.get(i + 1), None | Some(b' ' | b'\t' | b'\r')) => {
+                b':' if self.flow > 0
+                    || matches!(b.get(i + 1), None | Some(b' ' | b'\t' | b'\r')) =>
+                {
                     node_start = true;
                 }
                 // A tag (`!t`, `!!str`) leaves room for an anchor after it.

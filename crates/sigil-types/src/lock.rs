@@ -143,9 +143,8 @@ pub struct LockSpec {
 
 /// True for a token reference as locks store it: `sha256:` and 64 lowercase hex.
 fn is_token_ref(v: &str) -> bool {
-    v.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
+    v.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 impl Kind for LockSpec {

@@ -392,15 +392,30 @@ mod tests {
             assert_eq!(err.field, "metadata.name");
         }
         for bad in [
-            "../x", "..", "a..b", "_x", "@x", "a/../b", "x\u{1b}[31m", "x\0", "x\u{202E}",
-            "x\u{200B}", "x\n", "a\\b",
+            "../x",
+            "..",
+            "a..b",
+            "_x",
+            "@x",
+            "a/../b",
+            "x\u{1b}[31m",
+            "x\0",
+            "x\u{202E}",
+            "x\u{200B}",
+            "x\n",
+            "a\\b",
         ] {
             let err = check_name("bot", bad).unwrap_err();
             assert_eq!(err.field, "name", "{bad:?}");
             assert!(!err.message.contains('\u{1b}'), "{err}");
             assert!(!err.message.contains('\u{202E}'), "{err}");
         }
-        for ok in ["a.b", "a-b_c@d", "0", "5f3c1d7e-8c36-4d7a-9f35-0c1f1b2a3c4d"] {
+        for ok in [
+            "a.b",
+            "a-b_c@d",
+            "0",
+            "5f3c1d7e-8c36-4d7a-9f35-0c1f1b2a3c4d",
+        ] {
             check_name("bot", ok).unwrap();
         }
     }
@@ -423,13 +438,19 @@ mod tests {
                 created_at: None,
             },
         );
-        bot.metadata.labels.insert("example.com/team".into(), "infra é".into());
+        bot.metadata
+            .labels
+            .insert("example.com/team".into(), "infra é".into());
         bot.metadata.description = Some("line one\nline two".into());
         bot.validate().unwrap();
         for bad_key in ["", "-x", "a b", "a\u{1b}", "a:b"] {
             let mut b = bot.clone();
             b.metadata.labels.insert(bad_key.into(), "v".into());
-            assert_eq!(b.validate().unwrap_err().field, "metadata.labels", "{bad_key:?}");
+            assert_eq!(
+                b.validate().unwrap_err().field,
+                "metadata.labels",
+                "{bad_key:?}"
+            );
         }
         for bad_value in ["\u{1b}[2J", "a\u{202E}b", "a\nb", &"v".repeat(254)] {
             let mut b = bot.clone();

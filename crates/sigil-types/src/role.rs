@@ -375,15 +375,32 @@ mod tests {
                 "{bad:?}"
             );
         }
-        for ok in ["root", "ec2-user", "_svc", "alice@example.com", "host$", "a.b"] {
+        for ok in [
+            "root",
+            "ec2-user",
+            "_svc",
+            "alice@example.com",
+            "host$",
+            "a.b",
+        ] {
             validate_login(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         let mut s = spec.clone();
-        s.allow.node_labels.insert("env\u{1b}".into(), vec!["x".into()]);
-        assert_eq!(role(s).validate().unwrap_err().field, "spec.allow.node_labels");
+        s.allow
+            .node_labels
+            .insert("env\u{1b}".into(), vec!["x".into()]);
+        assert_eq!(
+            role(s).validate().unwrap_err().field,
+            "spec.allow.node_labels"
+        );
         let mut s = spec.clone();
-        s.allow.app_labels.insert("*".into(), vec!["a\u{202E}".into()]);
-        assert_eq!(role(s).validate().unwrap_err().field, "spec.allow.app_labels.*[0]");
+        s.allow
+            .app_labels
+            .insert("*".into(), vec!["a\u{202E}".into()]);
+        assert_eq!(
+            role(s).validate().unwrap_err().field,
+            "spec.allow.app_labels.*[0]"
+        );
         let mut s = spec.clone();
         s.allow.rules[0].verbs = vec!["destroy".into()];
         let err = role(s).validate().unwrap_err();

@@ -262,7 +262,10 @@ mod limits {
         let many = "kind: bot\nversion: v1\nmetadata: {name: b}\nspec: {roles: [r]}\n---\n"
             .repeat(MAX_DOCUMENTS + 1);
         let e = parse_resources(&many, "many.yaml").unwrap_err();
-        assert!(e.message.contains(&format!("limit of {MAX_DOCUMENTS}")), "{e}");
+        assert!(
+            e.message.contains(&format!("limit of {MAX_DOCUMENTS}")),
+            "{e}"
+        );
         let json_many = format!("[{}{{}}]", "{},".repeat(MAX_DOCUMENTS));
         let e = parse_resources(&json_many, "many.json").unwrap_err();
         assert!(e.message.contains("documents"), "{e}");
@@ -272,7 +275,12 @@ mod limits {
 
     #[test]
     fn huge_numbers_and_durations_are_refused_not_panicking() {
-        for ttl in ["18446744073709551615", "99999999999999999999999", "3651d", "-1"] {
+        for ttl in [
+            "18446744073709551615",
+            "99999999999999999999999",
+            "3651d",
+            "-1",
+        ] {
             let text = format!(
                 "kind: bot\nversion: v1\nmetadata: {{name: b}}\nspec: {{roles: [r], max_ttl: {ttl}}}\n"
             );

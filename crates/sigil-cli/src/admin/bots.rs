@@ -1,8 +1,8 @@
 //! `sigil bots add|ls|rm|update|instances ls`.
 
 use super::connect::connect;
-use super::{check_name_arg, flag_secs};
 use super::resources::{ResourceKind, delete, list, print_list};
+use super::{check_name_arg, flag_secs};
 use crate::cli::{BotsAddArgs, BotsCommand, BotsUpdateArgs, Format, GlobalArgs, InstancesCommand};
 use crate::output::{self, relative, unix_time};
 use serde_json::{Value, json};

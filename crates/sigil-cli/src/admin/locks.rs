@@ -39,9 +39,8 @@ pub fn request(args: &LocksAddArgs) -> Result<AddLockRequest, CliError> {
     }
     // The rule the server applies to the target, so a bad value is refused here.
     if let Some(t) = sigil_types::LockTarget::from_parts(kind, value) {
-        t.check().map_err(|e| {
-            CliError::usage(format!("--{}: {}", kind.replace('_', "-"), e.message))
-        })?;
+        t.check()
+            .map_err(|e| CliError::usage(format!("--{}: {}", kind.replace('_', "-"), e.message)))?;
     }
     Ok(AddLockRequest {
         target_kind: kind.to_string(),

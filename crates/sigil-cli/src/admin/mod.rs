@@ -19,7 +19,8 @@ use std::time::Duration;
 /// `--bot`) with the rule the server applies to every name, so a bad name is
 /// refused before anything is sent (exit 2).
 pub fn check_name_arg(kind: &str, what: &str, name: &str) -> Result<(), CliError> {
-    sigil_types::check_name(kind, name).map_err(|e| CliError::usage(format!("{what}: {}", e.message)))
+    sigil_types::check_name(kind, name)
+        .map_err(|e| CliError::usage(format!("{what}: {}", e.message)))
 }
 
 /// Parses a duration flag; the error names the flag (`invalid --ttl "5x": ...`).

@@ -29,7 +29,13 @@ fn size_is_bounded() {
 fn flow_depth_is_bounded() {
     let deep = "[".repeat(100_000);
     let e = check(&deep).unwrap_err();
-    assert_eq!(e, LimitError::TooDeep { line: 1, limit: MAX_DEPTH });
+    assert_eq!(
+        e,
+        LimitError::TooDeep {
+            line: 1,
+            limit: MAX_DEPTH
+        }
+    );
     let deep_json = format!("{}{}", "{\"a\":".repeat(40), "}".repeat(40));
     assert!(matches!(check(&deep_json), Err(LimitError::TooDeep { .. })));
     // Just under the limit (the document itself is one level).
@@ -49,7 +55,10 @@ fn block_depth_is_bounded() {
     }
     assert_eq!(
         check(&deep),
-        Err(LimitError::TooDeep { line: 33, limit: MAX_DEPTH })
+        Err(LimitError::TooDeep {
+            line: 33,
+            limit: MAX_DEPTH
+        })
     );
     let dashes = format!("{}x\n", "- ".repeat(40));
     assert!(matches!(check(&dashes), Err(LimitError::TooDeep { .. })));
@@ -63,7 +72,10 @@ fn quotes_do_not_hide_structure() {
     // A quote inside a plain scalar does not open a string, so the nesting
     // after it is still seen.
     let sneaky = format!("a: x \"\nb: {}", "[".repeat(100));
-    assert!(matches!(check(&sneaky), Err(LimitError::TooDeep { line: 2, .. })));
+    assert!(matches!(
+        check(&sneaky),
+        Err(LimitError::TooDeep { line: 2, .. })
+    ));
     let sneaky = format!("a: it's\nb: {}", "[".repeat(100));
     assert!(matches!(check(&sneaky), Err(LimitError::TooDeep { .. })));
     // Inside a real string, brackets are text.
@@ -87,7 +99,13 @@ fn anchors_and_aliases_are_refused() {
         );
     }
     assert_eq!(check("a: 1\nb: *x\n"), Err(LimitError::Alias { line: 2 }));
-    for ok in ["a: b & c\n", "a: '*'\n", "a: \"&x\"\n", "a: x*y\n", "a: 1 * 2\n"] {
+    for ok in [
+        "a: b & c\n",
+        "a: '*'\n",
+        "a: \"&x\"\n",
+        "a: x*y\n",
+        "a: 1 * 2\n",
+    ] {
         check(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
     }
 }
@@ -110,5 +128,8 @@ fn block_scalars_do_not_hide_structure() {
     check("- a: |\n    [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n").unwrap();
     // ...but a line not indented past the key is scanned as structure.
     let sneaky = format!("- a: |\n {}\n", "[".repeat(100));
-    assert!(matches!(check(&sneaky), Err(LimitError::TooDeep { line: 2, .. })));
+    assert!(matches!(
+        check(&sneaky),
+        Err(LimitError::TooDeep { line: 2, .. })
+    ));
 }
