@@ -369,10 +369,13 @@ fn local_admin<T>(
 fn lists_come_in_pages_and_huge_lifetimes_are_refused_not_panicking() {
     use sigil_proto::v1::{AddLockRequest, ListResourcesRequest};
     let auth = Auth::start();
-    let docs: String = (0..1100)
-        .map(|i| format!("kind: role\nversion: v1\nmetadata: {{name: r{i:04}}}\nspec: {{}}\n---\n"))
-        .collect();
-    auth.create("many.yaml", &docs);
+    // Two files: a file holds at most 1,000 documents.
+    for (part, range) in [(0, 0..550), (1, 550..1100)] {
+        let docs: String = range
+            .map(|i| format!("kind: role\nversion: v1\nmetadata: {{name: r{i:04}}}\nspec: {{}}\n---\n"))
+            .collect();
+        auth.create(&format!("many{part}.yaml"), &docs);
+    }
     // The CLI reads every page.
     let all: serde_json::Value =
         serde_json::from_str(&auth.ok(&["get", "roles", "-o", "json"])).expect("json");

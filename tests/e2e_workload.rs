@@ -321,6 +321,20 @@ fn rust_client_gets_identities_by_uid_and_sees_rotation() {
         text(&denied),
         s.agent_log()
     );
+    // ...without the policy: the rules and the reason go to the agent's log.
+    let said = text(&denied);
+    assert!(said.contains("no workload identity is granted"), "{said}");
+    for secret in ["workload.unix.uid", "1001", "rule", "payments"] {
+        assert!(
+            !said.contains(secret),
+            "{secret:?} leaked to the workload: {said}"
+        );
+    }
+    wait_until(
+        "the reason in the agent log",
+        Duration::from_secs(10),
+        || s.agent_log().contains("no allow rule matched"),
+    );
 
     // JWT-SVID fetched and validated by the library against the JWT bundle.
     let tok = s.rust_client(None, &["jwt", "payments-api"]);
@@ -741,4 +755,42 @@ fn tokio_stream_of<T: Send + 'static>(
     rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+/// Waits until the agent closes `s` (EOF or reset); false if still open after `limit`.
+fn closed_by_agent(s: &mut std::os::unix::net::UnixStream, limit: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn slow_workload_clients_are_cut_off() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let s = Setup::start();
+    // Connects and says nothing.
+    let mut silent = UnixStream::connect(s.sock()).unwrap();
+    // Sends half the HTTP/2 preface and stops.
+    let mut partial = UnixStream::connect(s.sock()).unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    assert!(
+        closed_by_agent(&mut silent, Duration::from_secs(90)),
+        "a silent client kept its connection"
+    );
+    assert!(
+        closed_by_agent(&mut partial, Duration::from_secs(90)),
+        "a partial preface kept its connection"
+    );
+    // Real clients are still served.
+    let ok = s.rust_client(None, &["x509"]);
+    assert!(ok.status.success(), "{}", text(&ok));
 }

@@ -134,13 +134,30 @@ pub const OUTPUT_TYPES: [&str; 3] = [
 impl AgentConfig {
     /// Read and validate a YAML config file.
     pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
-        let text = std::fs::read_to_string(path)
+        use std::io::Read;
+        const MAX: usize = sigil_types::limits::MAX_DOCUMENT_BYTES;
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX as u64 + 1).read_to_string(&mut text))
             .with_context(|| format!("reading the agent config {}", path.display()))?;
+        if text.len() > MAX {
+            bail!(
+                "{}: larger than the limit of {MAX} bytes for a config file",
+                path.display()
+            );
+        }
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parse config text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> anyhow::Result<AgentConfig> {
+        // Size, depth and no aliases, before the YAML parser sees it.
+        sigil_types::limits::check_text(text, sigil_types::limits::Limits::default()).map_err(
+            |e| match e.line() {
+                Some(l) => anyhow::anyhow!("{source}:{l}: {e}"),
+                None => anyhow::anyhow!("{source}: {e}"),
+            },
+        )?;
         let fc: FileConfig = serde_norway::from_str(text).map_err(|e| {
             let msg = e.to_string();
             match e.location() {

@@ -45,35 +45,31 @@ impl std::fmt::Display for JoinDeniedError {
 }
 impl std::error::Error for JoinDeniedError {}
 
-/// A refusal or failure of the auth service, readable, keeping its gRPC
-/// code so the CLI's exit code says which it was (denied, unavailable, ...).
+/// A gRPC status from the auth service as an error a person can read. It
+/// keeps the status, so the CLI's exit code tells "refused" (3) from
+/// "unreachable" (4).
 #[derive(Debug)]
-pub struct RpcError {
-    /// The status code the auth service answered with.
-    pub code: tonic::Code,
-    message: String,
-}
-impl std::fmt::Display for RpcError {
+pub struct StatusError(pub tonic::Status);
+
+impl std::fmt::Display for StatusError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        let what = match self.0.code() {
+            tonic::Code::Unavailable => "auth service unreachable",
+            tonic::Code::PermissionDenied => "refused",
+            tonic::Code::Unauthenticated => "not authenticated",
+            tonic::Code::InvalidArgument => "invalid request",
+            tonic::Code::DeadlineExceeded => "timed out",
+            _ => "auth service error",
+        };
+        write!(f, "{what}: {}", self.0.message())
     }
 }
-impl std::error::Error for RpcError {}
 
-/// A gRPC status as an error a person can read.
+impl std::error::Error for StatusError {}
+
+/// A gRPC status as an error a person can read (see [`StatusError`]).
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
-    let what = match s.code() {
-        tonic::Code::Unavailable => "auth service unreachable",
-        tonic::Code::PermissionDenied => "refused",
-        tonic::Code::Unauthenticated => "not authenticated",
-        tonic::Code::InvalidArgument => "invalid request",
-        tonic::Code::DeadlineExceeded => "timed out",
-        _ => "auth service error",
-    };
-    anyhow::Error::new(RpcError {
-        code: s.code(),
-        message: format!("{what}: {}", s.message()),
-    })
+    anyhow::Error::new(StatusError(s))
 }
 
 /// Run the agent. With `oneshot`, obtain credentials once and return.

@@ -181,10 +181,8 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         tokio::spawn(async move {
             let incoming = tls_incoming(grpc_listener, grpc_tls);
             tonic::transport::Server::builder()
-                .add_service(AuthServiceServer::new(api::auth_api::AuthApi {
-                    state: state.clone(),
-                }))
-                .add_service(AdminServiceServer::new(api::admin_api::AdminApi { state }))
+                .add_service(auth_server(state.clone()))
+                .add_service(admin_server(state))
                 .serve_with_incoming_shutdown(incoming, wait(stop))
                 .await
         })
@@ -195,7 +193,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         tokio::spawn(async move {
             let incoming = async_stream_unix(admin_listener);
             tonic::transport::Server::builder()
-                .add_service(AdminServiceServer::new(api::admin_api::AdminApi { state }))
+                .add_service(admin_server(state))
                 .serve_with_incoming_shutdown(incoming, wait(stop))
                 .await
         })
@@ -252,6 +250,23 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     }
     let _ = std::fs::remove_file(&sock_path);
     Ok(())
+}
+
+/// Largest request the auth API decodes: joins, renewals and issuance
+/// carry keys, CSRs and attestation documents of a few KiB.
+pub const AUTH_MAX_REQUEST: usize = 1024 * 1024;
+/// Largest request the admin API decodes: one resource document at its
+/// limit, JSON-encoded, with room for the envelope.
+pub const ADMIN_MAX_REQUEST: usize = sigil_types::limits::MAX_DOCUMENT_BYTES + 64 * 1024;
+
+fn auth_server(state: state::SharedState) -> AuthServiceServer<api::auth_api::AuthApi> {
+    AuthServiceServer::new(api::auth_api::AuthApi { state })
+        .max_decoding_message_size(AUTH_MAX_REQUEST)
+}
+
+fn admin_server(state: state::SharedState) -> AdminServiceServer<api::admin_api::AdminApi> {
+    AdminServiceServer::new(api::admin_api::AdminApi { state })
+        .max_decoding_message_size(ADMIN_MAX_REQUEST)
 }
 
 /// Re-sign the CRL when revocations change, and periodically before it expires.

@@ -9,9 +9,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sigil_proto::deadline::{Deadlines, ReadDeadline};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -24,6 +25,24 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
         .clone()
 }
+
+/// A TLS handshake must finish within this time of accepting.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1 request's headers must arrive within this time (this also
+/// closes a keep-alive connection that sends no next request).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that reads nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/2 pings this often, and gives up on an unanswered one after the same.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// The bounds on the raw connection: the TLS ClientHello's record header
+/// within the handshake timeout, then never silent for [`IDLE_TIMEOUT`].
+const DEADLINES: Deadlines = Deadlines {
+    first: TLS_HANDSHAKE_TIMEOUT,
+    first_bytes: 5,
+    idle: IDLE_TIMEOUT,
+};
 
 #[derive(Clone)]
 struct Http {
@@ -50,6 +69,15 @@ pub async fn serve(
         .route("/jwks.json", get(jwks))
         .with_state(Http { state, metrics });
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEPALIVE))
+        .keep_alive_timeout(H2_KEEPALIVE)
+        .max_concurrent_streams(64);
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -60,16 +88,16 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let http = http.clone();
         tokio::spawn(async move {
+            let tcp = ReadDeadline::new(tcp, DEADLINES);
             let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 return;
             };
             let svc = TowerToHyperService::new(app);
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            let _ = http.serve_connection(TokioIo::new(tls), svc).await;
         });
     }
 }

@@ -104,16 +104,16 @@ pub fn failure_of(err: &anyhow::Error) -> Failure {
         if let Some(status) = cause.downcast_ref::<tonic::Status>() {
             return failure_for_code(status.code());
         }
-        // The agent's own errors: a refused join is denied (exit 3), and an
-        // auth-service answer keeps its code.
+        // The agent's errors (`sigil agent start|join`): a refused join is
+        // "denied", like any refusal.
         if cause
             .downcast_ref::<sigil_agent::JoinDeniedError>()
             .is_some()
         {
             return Failure::Denied;
         }
-        if let Some(rpc) = cause.downcast_ref::<sigil_agent::RpcError>() {
-            return failure_for_code(rpc.code);
+        if let Some(e) = cause.downcast_ref::<sigil_agent::StatusError>() {
+            return failure_for_code(e.0.code());
         }
         if cause.downcast_ref::<tonic::transport::Error>().is_some() {
             return Failure::Unavailable;
@@ -165,7 +165,9 @@ pub fn render(err: &anyhow::Error) -> String {
     // anyhow's chain repeats a wrapped source's text when a context message embeds
     // it; drop exact repeats so the line stays readable.
     parts.dedup();
-    parts.join(": ")
+    // Server messages quote names and values from storage: escape anything
+    // that could drive the terminal.
+    crate::output::safe(&parts.join(": ")).into_owned()
 }
 
 #[cfg(test)]
@@ -216,6 +218,25 @@ mod tests {
     }
 
     #[test]
+    fn agent_errors_are_classified() {
+        let denied =
+            anyhow::Error::new(sigil_agent::JoinDeniedError("no".into())).context("joining");
+        assert_eq!(exit_code(&denied), 3);
+        let refused = sigil_agent::status_error(Status::permission_denied("locked"));
+        assert_eq!(exit_code(&refused.context("renewing")), 3);
+        let down = sigil_agent::status_error(Status::unavailable("down"));
+        assert_eq!(exit_code(&down), 4);
+        let bad = sigil_agent::status_error(Status::invalid_argument("x"));
+        assert_eq!(exit_code(&bad), 2);
+        assert_eq!(
+            render(&sigil_agent::status_error(Status::permission_denied(
+                "locked"
+            ))),
+            "refused: locked"
+        );
+    }
+
+    #[test]
     fn io_errors_are_classified() {
         let denied = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "x");
         assert_eq!(exit_code(&anyhow::Error::new(denied)), 3);
@@ -235,5 +256,7 @@ mod tests {
         assert_eq!(render(&err), "get role/x: role \"x\" not found");
         let empty = anyhow::Error::new(Status::new(Code::Unavailable, ""));
         assert_eq!(render(&empty), "Unavailable");
+        let hostile = anyhow::Error::new(Status::not_found("bot \"x\u{1b}[2J\u{202E}\" not found"));
+        assert_eq!(render(&hostile), "bot \"x\\u{1b}[2J\\u{202e}\" not found");
     }
 }

@@ -5,17 +5,54 @@
 use anyhow::Context;
 use comfy_table::{ContentArrangement, Table, presets};
 use serde_json::Value;
+use std::borrow::Cow;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// Text for a terminal: control characters (ESC starts escape sequences) and
+/// invisible formatting characters (zero-width, bidi overrides) written as
+/// `\u{..}` escapes; newlines and tabs kept. Everything the CLI prints that
+/// came from the server or a file goes through this, so stored data cannot
+/// rewrite the screen or disguise itself.
+pub fn safe(text: &str) -> Cow<'_, str> {
+    sigil_types::text::escape_unsafe_multiline(text)
+}
+
+/// JSON text with every unsafe character (see [`safe`]) as a JSON `\uXXXX`
+/// escape: the same JSON value, safe to print. Such characters can only be
+/// inside strings, where the escape means the same character.
+pub fn safe_json(text: &str) -> Cow<'_, str> {
+    use std::fmt::Write as _;
+    if !text
+        .chars()
+        .any(|c| sigil_types::text::is_unsafe_char(c) && c != '\n')
+    {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if sigil_types::text::is_unsafe_char(c) && c != '\n' {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{:04x}", u);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Writes `text` to stdout, adding a final newline if it lacks one (nothing for
-/// empty text). A closed pipe (`sigil tokens ls | head`) comes back as an
-/// `io::Error` of kind `BrokenPipe`, which `main` treats as a quiet success.
+/// empty text), with unsafe characters escaped ([`safe`]). A closed pipe
+/// (`sigil tokens ls | head`) comes back as an `io::Error` of kind
+/// `BrokenPipe`, which `main` treats as a quiet success.
 pub fn out(text: &str) -> std::io::Result<()> {
     use std::io::Write;
     if text.is_empty() {
         return Ok(());
     }
+    let text = safe(text);
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     lock.write_all(text.as_bytes())?;
@@ -32,7 +69,11 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header.iter().copied());
     for row in rows {
-        t.add_row(row);
+        // One line per cell: a newline would break the table's layout.
+        t.add_row(
+            row.iter()
+                .map(|c| sigil_types::text::escape_unsafe(c).into_owned()),
+        );
     }
     // comfy-table pads every cell on both sides; trim the left margin and trailing
     // spaces so the first column starts at column 0 like other CLI tools.
@@ -45,7 +86,8 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 
 /// Pretty JSON.
 pub fn json(value: &Value) -> anyhow::Result<String> {
-    serde_json::to_string_pretty(value).context("formatting JSON output")
+    let text = serde_json::to_string_pretty(value).context("formatting JSON output")?;
+    Ok(safe_json(&text).into_owned())
 }
 
 /// YAML for one or more documents: several are separated by `---` so the output
@@ -213,6 +255,37 @@ mod tests {
         assert_eq!(lines[1].find("r1,r2"), Some(col), "{out}");
         assert_eq!(lines[2].find('x'), Some(col), "{out}");
         assert!(!out.contains('│') && !out.contains('|'), "{out}");
+    }
+
+    #[test]
+    fn server_text_is_escaped_for_the_terminal() {
+        let hostile = "x\u{1b}]0;owned\u{7}\u{202E}y\u{200B}";
+        let t = table(
+            &["NAME"],
+            vec![vec![hostile.to_string()], vec!["a\nb".into()]],
+        );
+        assert!(
+            !t.chars()
+                .any(|c| c == '\u{1b}' || c == '\u{202E}' || c == '\u{200B}'),
+            "{t}"
+        );
+        assert!(
+            t.contains("x\\u{1b}]0;owned\\u{7}\\u{202e}y\\u{200b}"),
+            "{t}"
+        );
+        assert!(t.contains("a\\nb"), "{t}");
+        assert_eq!(safe("ok\n\tline"), "ok\n\tline");
+        // JSON stays the same value, and prints safely.
+        let v = serde_json::json!({"name": hostile, "tag": "\u{E0041}"});
+        let text = json(&v).unwrap();
+        assert!(
+            !text
+                .chars()
+                .any(|c: char| c != '\n' && sigil_types::text::is_unsafe_char(c)),
+            "{text}"
+        );
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v);
     }
 
     #[test]

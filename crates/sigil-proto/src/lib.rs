@@ -3,6 +3,7 @@
 //! subset of Envoy's xDS v3 that Secret Discovery (SDS) needs.
 
 pub mod codec;
+pub mod deadline;
 
 /// The auth and admin API.
 pub mod v1 {

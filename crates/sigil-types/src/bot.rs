@@ -48,6 +48,10 @@ impl Kind for BotSpec {
                 "must be greater than zero",
             ));
         }
+        if let Some(t) = res.spec.max_ttl {
+            crate::duration::check_duration(t.0)
+                .map_err(|e| ValidationError::new("spec.max_ttl", e.to_string()))?;
+        }
         Ok(())
     }
 }

@@ -62,6 +62,38 @@ pub enum DurationError {
         /// The offending input.
         input: String,
     },
+    /// The value is over [`MAX_DURATION`].
+    #[error("invalid duration {input:?}: longer than the limit of 3650d (10 years)")]
+    TooLong {
+        /// The offending input.
+        input: String,
+    },
+}
+
+/// The longest duration accepted anywhere (10 years of 365 days): every TTL,
+/// interval and lifetime is far below, and any date within it of now is
+/// representable, so adding one to a timestamp cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// `now + ttl`, or `None` when the result is not a representable date (a
+/// TTL that was not bounded at parse). Use instead of `+` wherever a
+/// duration from input meets a date: `OffsetDateTime + Duration` panics on
+/// overflow.
+pub fn checked_expiry(now: time::OffsetDateTime, ttl: Duration) -> Option<time::OffsetDateTime> {
+    time::Duration::try_from(ttl)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+}
+
+/// Checks that a duration from input (a field, a flag, a request) is at most
+/// [`MAX_DURATION`]; the error names the limit.
+pub fn check_duration(d: Duration) -> Result<(), DurationError> {
+    if d > MAX_DURATION {
+        return Err(DurationError::TooLong {
+            input: format_duration(d),
+        });
+    }
+    Ok(())
 }
 
 /// Units from largest to smallest, with their size in milliseconds.
@@ -135,6 +167,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
             .checked_mul(UNITS[idx].1)
             .and_then(|v| total_ms.checked_add(v))
             .ok_or_else(|| DurationError::Overflow { input: owned() })?;
+    }
+    if total_ms > MAX_DURATION.as_millis() {
+        return Err(DurationError::TooLong { input: owned() });
     }
     let secs =
         u64::try_from(total_ms / 1000).map_err(|_| DurationError::Overflow { input: owned() })?;
@@ -223,17 +258,18 @@ impl Visitor<'_> for HumanDurationVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
-        Ok(HumanDuration(Duration::from_secs(v)))
+        let d = Duration::from_secs(v);
+        check_duration(d).map_err(E::custom)?;
+        Ok(HumanDuration(d))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
-        u64::try_from(v)
-            .map(|s| HumanDuration(Duration::from_secs(s)))
-            .map_err(|_| {
-                E::custom(format!(
-                    "invalid duration {v}: negative durations are not allowed"
-                ))
-            })
+        let secs = u64::try_from(v).map_err(|_| {
+            E::custom(format!(
+                "invalid duration {v}: negative durations are not allowed"
+            ))
+        })?;
+        self.visit_u64(secs)
     }
 }
 
@@ -314,7 +350,41 @@ mod tests {
         assert!(matches!(err, DurationError::Overflow { .. }));
         assert!(err.to_string().contains(big));
         let err = parse_duration("18446744073709551615d").unwrap_err();
-        assert!(matches!(err, DurationError::Overflow { .. }));
+        assert!(matches!(err, DurationError::TooLong { .. }));
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        for big in [
+            "3651d",
+            "3650d1ms",
+            "18446744073709551615s",
+            "999999999999d",
+        ] {
+            let err = parse_duration(big).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    DurationError::TooLong { .. } | DurationError::Overflow { .. }
+                ),
+                "{big}: {err}"
+            );
+        }
+        assert!(
+            parse_duration("3651d")
+                .unwrap_err()
+                .to_string()
+                .contains("10 years")
+        );
+        assert!(serde_json::from_str::<HumanDuration>("18446744073709551615").is_err());
+        assert!(serde_json::from_str::<HumanDuration>("315360001").is_err());
+        assert!(serde_json::from_str::<HumanDuration>("315360000").is_ok());
+        assert!(check_duration(Duration::MAX).is_err());
+        let now = time::OffsetDateTime::now_utc();
+        assert!(checked_expiry(now, Duration::MAX).is_none());
+        assert!(checked_expiry(now, Duration::from_secs(u64::MAX / 2)).is_none());
+        assert!(checked_expiry(now, MAX_DURATION).is_some());
     }
 
     #[test]
@@ -348,9 +418,21 @@ mod tests {
 
     proptest! {
         #[test]
-        fn roundtrip_whole_millis(secs in any::<u64>(), ms in 0u32..1000) {
+        fn roundtrip_whole_millis(secs in 0..MAX_DURATION.as_secs(), ms in 0u32..1000) {
             let d = Duration::new(secs, ms * 1_000_000);
             prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+
+        #[test]
+        fn huge_values_are_refused_not_panicking(secs in any::<u64>(), ms in 0u32..1000) {
+            let d = Duration::new(secs, ms * 1_000_000);
+            let parsed = parse_duration(&format_duration(d));
+            prop_assert_eq!(parsed.is_ok(), d <= MAX_DURATION);
+            let now = time::OffsetDateTime::now_utc();
+            if let Ok(p) = parsed {
+                prop_assert!(checked_expiry(now, p).is_some());
+            }
+            let _ = checked_expiry(now, d);
         }
 
         #[test]

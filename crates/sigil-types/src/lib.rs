@@ -7,6 +7,7 @@ pub mod audit_checkpoint;
 pub mod bot;
 pub mod bot_instance;
 pub mod duration;
+pub mod limits;
 pub mod lock;
 pub mod parse;
 pub mod rbac;
@@ -14,6 +15,7 @@ pub mod resource;
 pub mod revocation;
 pub mod role;
 pub mod spiffe;
+pub mod text;
 pub mod token;
 pub mod workload_identity;
 
@@ -22,14 +24,17 @@ pub use audit_checkpoint::{
 };
 pub use bot::BotSpec;
 pub use bot_instance::{Authentication, BotInstanceSpec, HISTORY_CAP, Heartbeat};
-pub use duration::{DurationError, HumanDuration, format_duration, parse_duration};
+pub use duration::{
+    DurationError, HumanDuration, MAX_DURATION, check_duration, checked_expiry, format_duration,
+    parse_duration,
+};
 pub use lock::{LockSpec, LockTarget};
 pub use parse::{ParseError, parse_resources};
 pub use rbac::{LabelField, RoleSet, RoleSpecRef, glob_match, lifted_denies};
 pub use resource::{
     AnyResource, Bot, BotInstance, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION, Resource,
     Role, Token, ValidationError, WorkloadIdentity, WorkloadIdentityX509Revocation,
-    validate_envelope, validate_name,
+    check_label_key, check_label_value, check_name, validate_envelope, validate_name,
 };
 pub use revocation::{WorkloadIdentityX509RevocationSpec, normalize_serial_hex};
 pub use role::{

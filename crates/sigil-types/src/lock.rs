@@ -141,23 +141,47 @@ pub struct LockSpec {
     pub created_at: Option<OffsetDateTime>,
 }
 
+/// True for a token reference as locks store it: `sha256:` and 64 lowercase hex.
+fn is_token_ref(v: &str) -> bool {
+    v.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 impl Kind for LockSpec {
     const KIND: &'static str = "lock";
 
     fn validate(res: &Resource<Self>) -> Result<(), ValidationError> {
         validate_envelope(res)?;
-        let field = format!("spec.target.{}", res.spec.target.kind_str());
-        match &res.spec.target {
+        crate::text::check_free_text(&res.spec.message, 1024, true)
+            .map_err(|m| ValidationError::new("spec.message", m))?;
+        res.spec
+            .target
+            .check()
+            .map_err(|e| ValidationError::new(format!("spec.{}", e.field), e.message))
+    }
+}
+
+impl LockTarget {
+    /// Checks the target's value with the rule for what it names (a bot or
+    /// role name, a token or its `sha256:` reference, a bot instance UUID, a
+    /// SPIFFE ID, a login). The error's field is `target.KIND`; the admin API
+    /// calls this for `locks add`, resources for `spec.target`.
+    pub fn check(&self) -> Result<(), ValidationError> {
+        let field = format!("target.{}", self.kind_str());
+        match self {
             LockTarget::Bot(v) => validate_ref(&field, "bot", v),
             LockTarget::Role(v) => validate_ref(&field, "role", v),
-            // A token is locked by its name, or by the hash form
-            // (`sha256:<64 hex>`) the auth service stores for secret names.
-            LockTarget::Token(v) => match v.strip_prefix("sha256:") {
-                Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
-                _ => validate_ref(&field, "token", v),
-            },
+            // The stored form is the secret's hash, `sha256:<64 hex>`.
+            LockTarget::Token(v) if is_token_ref(v) => Ok(()),
+            LockTarget::Token(v) => validate_ref(&field, "token", v),
             LockTarget::BotInstance(v) => uuid::Uuid::parse_str(v).map(|_| ()).map_err(|_| {
-                ValidationError::new(field, format!("bot instance id {v:?} is not a UUID"))
+                ValidationError::new(
+                    field,
+                    format!(
+                        "bot instance id \"{}\" is not a UUID",
+                        crate::text::escape_unsafe(v)
+                    ),
+                )
             }),
             LockTarget::SpiffeId(v) => SpiffeId::parse(v)
                 .map(|_| ())
@@ -223,6 +247,12 @@ mod tests {
                 .is_err()
         );
         assert!(lock(LockTarget::Login("a b".into())).validate().is_err());
+        assert!(lock(LockTarget::Bot("../x".into())).validate().is_err());
+        let hashed = format!("sha256:{}", "ab".repeat(32));
+        assert!(lock(LockTarget::Token(hashed)).validate().is_ok());
+        let mut l = lock(LockTarget::Bot("b".into()));
+        l.spec.message = "pwned\u{1b}[2J".into();
+        assert_eq!(l.validate().unwrap_err().field, "spec.message");
         let err = lock(LockTarget::Token("se cret".into()))
             .validate()
             .unwrap_err();

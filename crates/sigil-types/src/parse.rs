@@ -4,6 +4,7 @@
 
 use crate::bot::BotSpec;
 use crate::bot_instance::BotInstanceSpec;
+use crate::limits::{self, Limits, MAX_DOCUMENTS};
 use crate::lock::LockSpec;
 use crate::resource::{AnyResource, KNOWN_KINDS, Kind, Resource, ValidationError};
 use crate::revocation::WorkloadIdentityX509RevocationSpec;
@@ -115,8 +116,31 @@ fn is_separator(line: &str) -> bool {
 /// JSON is detected by a leading `{` or `[` that parses as JSON; everything
 /// else is YAML, split on `---` lines. Each document's `kind` picks the type,
 /// unknown fields are rejected, then the resource is validated.
+///
+/// Before any parser runs, the text is checked against [`limits`]: at most
+/// [`limits::MAX_DOCUMENT_BYTES`] bytes, [`MAX_DOCUMENTS`] documents and
+/// [`limits::MAX_DEPTH`] levels of nesting, and no YAML anchors or aliases.
 pub fn parse_resources(text: &str, source: &str) -> Result<Vec<AnyResource>, ParseError> {
+    limits::check_text(text, Limits::default()).map_err(|e| ParseError {
+        source: source.to_string(),
+        line: e.line(),
+        column: None,
+        field: None,
+        message: e.to_string(),
+    })?;
     let docs = split_documents(text);
+    if docs.len() > MAX_DOCUMENTS {
+        return Err(ParseError {
+            source: source.to_string(),
+            line: None,
+            column: None,
+            field: None,
+            message: format!(
+                "{} documents, over the limit of {MAX_DOCUMENTS} per file; split it into several files",
+                docs.len()
+            ),
+        });
+    }
     if docs.is_empty() {
         return Err(ParseError {
             source: source.to_string(),

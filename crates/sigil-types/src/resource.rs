@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
+use crate::text::{escape_unsafe, is_unsafe_char};
+
 /// The only resource version currently defined.
 pub const RESOURCE_VERSION: &str = "v1";
 
@@ -121,8 +123,15 @@ impl<S: Kind> Resource<S> {
     }
 }
 
-/// Checks the envelope: `kind` matches, `version` is `v1`, name is valid.
-/// Every `Kind::validate` calls this first.
+/// Maximum length of a label key.
+pub const MAX_LABEL_KEY_LEN: usize = 253;
+/// Maximum length of a label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 253;
+/// Maximum length of `metadata.description`.
+pub const MAX_DESCRIPTION_LEN: usize = 4096;
+
+/// Checks the envelope: `kind` matches, `version` is `v1`, name, labels and
+/// description are valid. Every `Kind::validate` calls this first.
 pub fn validate_envelope<S: Kind>(res: &Resource<S>) -> Result<(), ValidationError> {
     if res.kind != S::KIND {
         return Err(ValidationError::new(
@@ -139,17 +148,38 @@ pub fn validate_envelope<S: Kind>(res: &Resource<S>) -> Result<(), ValidationErr
             ),
         ));
     }
-    validate_name(S::KIND, &res.metadata.name)
+    validate_name(S::KIND, &res.metadata.name)?;
+    for (k, v) in &res.metadata.labels {
+        check_label_key(k).map_err(|m| ValidationError::new("metadata.labels", m))?;
+        check_label_value(v).map_err(|m| {
+            ValidationError::new(format!("metadata.labels.{}", escape_unsafe(k)), m)
+        })?;
+    }
+    if let Some(d) = &res.metadata.description {
+        crate::text::check_free_text(d, MAX_DESCRIPTION_LEN, true)
+            .map_err(|m| ValidationError::new("metadata.description", m))?;
+    }
+    Ok(())
 }
 
-/// Checks a resource name: 1..=253 chars of `[A-Za-z0-9._@-]`, not starting
-/// with `.` or `-`. Token names are secrets, so their errors never echo the name.
+/// Checks a resource name in a resource (`metadata.name`); see [`check_name`].
 pub fn validate_name(kind: &str, name: &str) -> Result<(), ValidationError> {
-    let field = "metadata.name";
+    check_name(kind, name).map_err(|e| ValidationError::new("metadata.name", e.message))
+}
+
+/// The one rule for resource names, on every path (files, `create`, `bots
+/// add NAME`, `rm KIND NAME`, references such as `spec.roles[0]` and lock
+/// targets): 1..=253 characters of `[A-Za-z0-9._@-]`, starting with a letter
+/// or digit, without `..`. Names become store keys, file names and table
+/// cells, so nothing that could be a path, a control or an escape sequence
+/// gets in. Token names are secrets, so errors never echo them. The error's
+/// field is `name`; resources report it as `metadata.name`.
+pub fn check_name(kind: &str, name: &str) -> Result<(), ValidationError> {
+    let field = "name";
     let shown = if kind == "token" {
         "<redacted>".to_string()
     } else {
-        format!("{name:?}")
+        format!("\"{}\"", escape_unsafe(name))
     };
     if name.is_empty() {
         return Err(ValidationError::new(
@@ -163,17 +193,17 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), ValidationError> {
             format!("{kind} name is longer than {MAX_NAME_LEN} characters"),
         ));
     }
-    if name.starts_with('.') || name.starts_with('-') {
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(ValidationError::new(
             field,
-            format!("{kind} name {shown} must not start with '.' or '-'"),
+            format!("{kind} name {shown} must start with a letter or digit"),
         ));
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-')))
     {
-        let what = if kind == "token" {
+        let what = if kind == "token" || is_unsafe_char(c) {
             "a character".to_string()
         } else {
             format!("character {c:?}")
@@ -183,7 +213,45 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), ValidationError> {
             format!("{kind} name {shown} contains {what} outside [A-Za-z0-9._@-]"),
         ));
     }
+    if name.contains("..") {
+        return Err(ValidationError::new(
+            field,
+            format!("{kind} name {shown} must not contain \"..\""),
+        ));
+    }
     Ok(())
+}
+
+/// Checks a label key (resource labels and role label selectors):
+/// 1..=253 characters of `[A-Za-z0-9._/-]`, starting with a letter or digit
+/// (e.g. `env`, `example.com/team`).
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let shown = escape_unsafe(key);
+    if key.is_empty() {
+        return Err("label name must not be empty".into());
+    }
+    if key.chars().count() > MAX_LABEL_KEY_LEN {
+        return Err(format!(
+            "label name \"{shown}\" is longer than {MAX_LABEL_KEY_LEN} characters"
+        ));
+    }
+    if !key.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))
+    {
+        return Err(format!(
+            "label name \"{shown}\" must be letters, digits and . _ / -, starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a label value (or a label glob in a role): at most 253
+/// characters, no control or invisible formatting characters.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    crate::text::check_free_text(value, MAX_LABEL_VALUE_LEN, false)
+        .map_err(|m| format!("label value {m}"))
 }
 
 /// Checks a reference to another resource by name (e.g. `spec.roles[0]`).
@@ -323,6 +391,33 @@ mod tests {
             let err = validate_name("bot", bad).unwrap_err();
             assert_eq!(err.field, "metadata.name");
         }
+        for bad in [
+            "../x",
+            "..",
+            "a..b",
+            "_x",
+            "@x",
+            "a/../b",
+            "x\u{1b}[31m",
+            "x\0",
+            "x\u{202E}",
+            "x\u{200B}",
+            "x\n",
+            "a\\b",
+        ] {
+            let err = check_name("bot", bad).unwrap_err();
+            assert_eq!(err.field, "name", "{bad:?}");
+            assert!(!err.message.contains('\u{1b}'), "{err}");
+            assert!(!err.message.contains('\u{202E}'), "{err}");
+        }
+        for ok in [
+            "a.b",
+            "a-b_c@d",
+            "0",
+            "5f3c1d7e-8c36-4d7a-9f35-0c1f1b2a3c4d",
+        ] {
+            check_name("bot", ok).unwrap();
+        }
     }
 
     #[test]
@@ -331,6 +426,41 @@ mod tests {
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
         let err = validate_name("token", "-s3cr3t").unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn labels_and_description() {
+        let mut bot = Bot::new(
+            Metadata::named("b"),
+            BotSpec {
+                roles: vec!["r".into()],
+                max_ttl: None,
+                uid: String::new(),
+                created_at: None,
+            },
+        );
+        bot.metadata
+            .labels
+            .insert("example.com/team".into(), "infra é".into());
+        bot.metadata.description = Some("line one\nline two".into());
+        bot.validate().unwrap();
+        for bad_key in ["", "-x", "a b", "a\u{1b}", "a:b"] {
+            let mut b = bot.clone();
+            b.metadata.labels.insert(bad_key.into(), "v".into());
+            assert_eq!(
+                b.validate().unwrap_err().field,
+                "metadata.labels",
+                "{bad_key:?}"
+            );
+        }
+        for bad_value in ["\u{1b}[2J", "a\u{202E}b", "a\nb", &"v".repeat(254)] {
+            let mut b = bot.clone();
+            b.metadata.labels.insert("k".into(), bad_value.into());
+            assert_eq!(b.validate().unwrap_err().field, "metadata.labels.k");
+        }
+        let mut b = bot.clone();
+        b.metadata.description = Some("bad \u{1b}]0;title\u{7}".into());
+        assert_eq!(b.validate().unwrap_err().field, "metadata.description");
     }
 
     #[test]

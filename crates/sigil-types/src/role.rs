@@ -172,8 +172,15 @@ pub fn validate_login_template(login: &str) -> Result<(), String> {
     validate_login(&crate::workload_identity::template::render_sample(&pieces))
 }
 
-/// Checks an SSH login name: non-empty, no whitespace/control chars, no `:`
-/// or `,`, and not the wildcard `*` (logins are exact grants).
+/// Maximum length of a login.
+pub const MAX_LOGIN_LEN: usize = 255;
+
+/// Checks a login (SSH user, lock target), on every path: a POSIX-style
+/// user name, 1..=255 ASCII characters of `[A-Za-z0-9._@-]`, starting with
+/// a letter, digit or `_`, optionally ending in `$` (machine accounts). So
+/// no `*` (logins are exact grants), no separators (`:`, `,`, spaces), no
+/// control characters, and no Unicode at all, which rules out zero-width
+/// and bidi-override characters that make two logins look alike.
 pub fn validate_login(login: &str) -> Result<(), String> {
     if login.is_empty() {
         return Err("login must not be empty".into());
@@ -181,16 +188,28 @@ pub fn validate_login(login: &str) -> Result<(), String> {
     if login == "*" {
         return Err("wildcard \"*\" is not allowed for logins: list each login".into());
     }
-    if let Some(c) = login
+    let shown = crate::text::escape_unsafe(login);
+    if login.len() > MAX_LOGIN_LEN {
+        return Err(format!("login is longer than {MAX_LOGIN_LEN} bytes"));
+    }
+    let body = login.strip_suffix('$').unwrap_or(login);
+    if let Some(c) = body
         .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, ':' | ','))
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-')))
     {
+        let what = if crate::text::is_unsafe_char(c) {
+            format!("U+{:04X}", c as u32)
+        } else {
+            format!("{c:?}")
+        };
         return Err(format!(
-            "login {login:?} contains forbidden character {c:?}"
+            "login \"{shown}\" contains forbidden character {what}: logins are letters, digits and . _ @ - (and a final $)"
         ));
     }
-    if login.len() > 255 {
-        return Err("login is longer than 255 bytes".into());
+    if !body.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "login \"{shown}\" must start with a letter, digit or _"
+        ));
     }
     Ok(())
 }
@@ -209,6 +228,8 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
                     "must not be empty",
                 ));
             }
+            crate::text::check_free_text(v, 255, false)
+                .map_err(|m| ValidationError::new(format!("{p}.{name}[{i}]"), m))?;
         }
     }
     for (name, map) in [
@@ -217,11 +238,14 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
         ("workload_identity_labels", &c.workload_identity_labels),
     ] {
         for (k, values) in map {
-            if k.is_empty() {
-                return Err(ValidationError::new(
-                    format!("{p}.{name}"),
-                    "label name must not be empty",
-                ));
+            // `*` matches any label name.
+            if k != "*" {
+                crate::resource::check_label_key(k)
+                    .map_err(|m| ValidationError::new(format!("{p}.{name}"), m))?;
+            }
+            for (i, v) in values.iter().enumerate() {
+                crate::resource::check_label_value(v)
+                    .map_err(|m| ValidationError::new(format!("{p}.{name}.{k}[{i}]"), m))?;
             }
             if values.is_empty() {
                 return Err(ValidationError::new(
@@ -284,6 +308,10 @@ impl Kind for RoleSpec {
                 "must be greater than zero",
             ));
         }
+        if let Some(t) = res.spec.options.max_ttl {
+            crate::duration::check_duration(t.0)
+                .map_err(|e| ValidationError::new("spec.options.max_ttl", e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -342,7 +370,21 @@ mod tests {
         }];
         assert!(role(spec.clone()).validate().is_ok());
 
-        for bad in ["", "*", "a b", "a:b", "a,b"] {
+        for bad in [
+            "",
+            "*",
+            "a b",
+            "a:b",
+            "a,b",
+            "-x",
+            "ro\u{200B}ot",
+            "ro\u{202E}ot",
+            "root\u{1b}[2J",
+            "ro\0ot",
+            "rööt",
+            "a/b",
+            "a$b",
+        ] {
             let mut s = spec.clone();
             s.deny.logins = vec![bad.into()];
             assert_eq!(
@@ -351,6 +393,32 @@ mod tests {
                 "{bad:?}"
             );
         }
+        for ok in [
+            "root",
+            "ec2-user",
+            "_svc",
+            "alice@example.com",
+            "host$",
+            "a.b",
+        ] {
+            validate_login(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let mut s = spec.clone();
+        s.allow
+            .node_labels
+            .insert("env\u{1b}".into(), vec!["x".into()]);
+        assert_eq!(
+            role(s).validate().unwrap_err().field,
+            "spec.allow.node_labels"
+        );
+        let mut s = spec.clone();
+        s.allow
+            .app_labels
+            .insert("*".into(), vec!["a\u{202E}".into()]);
+        assert_eq!(
+            role(s).validate().unwrap_err().field,
+            "spec.allow.app_labels.*[0]"
+        );
         let mut s = spec.clone();
         s.allow.rules[0].verbs = vec!["destroy".into()];
         let err = role(s).validate().unwrap_err();

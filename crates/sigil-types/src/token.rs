@@ -268,8 +268,21 @@ impl Kind for TokenSpec {
     fn validate(res: &Resource<Self>) -> Result<(), ValidationError> {
         validate_envelope(res)?;
         validate_ref("spec.bot_name", "bot", &res.spec.bot_name)?;
+        if res.spec.name_is_secret() && !is_token_secret(&res.metadata.name) {
+            return Err(ValidationError::new(
+                "metadata.name",
+                "a join_method: token token's name is its secret: 32 lowercase hex characters \
+                 (128 random bits); let `sigil tokens add` generate it",
+            ));
+        }
         res.spec.validate_sections()
     }
+}
+
+/// True for the form of a `join_method: token` secret: 32 lowercase hex
+/// characters, as `sigil tokens add` generates.
+pub fn is_token_secret(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

@@ -245,3 +245,76 @@ spec:
         "{err}"
     );
 }
+
+mod limits {
+    use proptest::prelude::*;
+    use sigil_types::limits::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_DOCUMENTS};
+    use sigil_types::parse_resources;
+
+    #[test]
+    fn limits_are_named_with_the_source() {
+        let e = parse_resources(&"[".repeat(100_000), "deep.json").unwrap_err();
+        assert_eq!((e.source.as_str(), e.line), ("deep.json", Some(1)));
+        assert!(e.message.contains(&format!("limit of {MAX_DEPTH}")), "{e}");
+        let e = parse_resources(&"#".repeat(MAX_DOCUMENT_BYTES + 1), "big.yaml").unwrap_err();
+        assert!(e.to_string().starts_with("big.yaml: "), "{e}");
+        assert!(e.message.contains(&MAX_DOCUMENT_BYTES.to_string()), "{e}");
+        let many = "kind: bot\nversion: v1\nmetadata: {name: b}\nspec: {roles: [r]}\n---\n"
+            .repeat(MAX_DOCUMENTS + 1);
+        let e = parse_resources(&many, "many.yaml").unwrap_err();
+        assert!(
+            e.message.contains(&format!("limit of {MAX_DOCUMENTS}")),
+            "{e}"
+        );
+        let json_many = format!("[{}{{}}]", "{},".repeat(MAX_DOCUMENTS));
+        let e = parse_resources(&json_many, "many.json").unwrap_err();
+        assert!(e.message.contains("documents"), "{e}");
+        let e = parse_resources("kind: &k bot\n", "a.yaml").unwrap_err();
+        assert!(e.message.contains("aliases"), "{e}");
+    }
+
+    #[test]
+    fn huge_numbers_and_durations_are_refused_not_panicking() {
+        for ttl in [
+            "18446744073709551615",
+            "99999999999999999999999",
+            "3651d",
+            "-1",
+        ] {
+            let text = format!(
+                "kind: bot\nversion: v1\nmetadata: {{name: b}}\nspec: {{roles: [r], max_ttl: {ttl}}}\n"
+            );
+            let e = parse_resources(&text, "b.yaml").unwrap_err();
+            assert!(e.to_string().contains("spec.max_ttl"), "{ttl}: {e}");
+        }
+        let text = "kind: lock\nversion: v1\nmetadata: {name: l, expires: \"9999-12-31T23:59:59Z\"}\nspec: {target: {bot: b}}\n";
+        parse_resources(text, "l.yaml").unwrap();
+        let text = text.replace("9999-12-31", "99999-12-31");
+        assert!(parse_resources(&text, "l.yaml").is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,600}") {
+            let _ = parse_resources(&s, "p.yaml");
+        }
+
+        #[test]
+        fn parse_never_panics_on_structure(s in "(kind: role\n|version: v1\n|metadata:\n|  name: x\n|spec: |\\[|\\]|\\{|\\}|- |: |'|\"|&a |\\*a |\n|  |#|---\n){0,200}") {
+            let _ = parse_resources(&s, "p.yaml");
+        }
+
+        #[test]
+        fn deep_nesting_is_refused_by_the_limit(depth in (MAX_DEPTH + 1)..200_000usize, open in prop::sample::select(vec!["[", "{\"a\":", "{a: ", "- "])) {
+            let text = if open == "- " {
+                format!("{}x\n", open.repeat(depth.min(MAX_DOCUMENT_BYTES / 2)))
+            } else {
+                open.repeat(depth.min(MAX_DOCUMENT_BYTES / open.len()))
+            };
+            let e = parse_resources(&text, "deep").unwrap_err();
+            prop_assert!(e.message.contains("nesting"), "{}", e);
+        }
+    }
+}

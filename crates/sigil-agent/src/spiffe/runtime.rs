@@ -26,6 +26,14 @@ const IDLE_EXPIRY: Duration = Duration::from_secs(600);
 const FIRST_STATE_WAIT: Duration = Duration::from_secs(3);
 /// How often subscribed entries are checked for renewal.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
+/// What a workload hears when no identity's rules allow it. The rules and
+/// the reasons stay in the agent's log and the audit log: a workload must
+/// not learn the policy by probing it.
+pub const NO_IDENTITY: &str =
+    "no workload identity is granted to this workload (the agent's log has the reason)";
+/// What a workload hears when the auth service refused this agent.
+pub const REFUSED_BY_AUTH: &str =
+    "the auth service refused to issue workload identities (the agent's log has the reason)";
 
 /// What the auth service says about trust right now.
 #[derive(Clone, Debug, Default)]
@@ -293,10 +301,14 @@ impl Runtime {
         let resp = match self.client()?.issue_workload_identities(req).await {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                // The server's reason names bots, roles and locks: it goes to
+                // the agent's log, the workload hears only that it was refused.
+                tracing::warn!(reason = %s.message(), "the auth service refused workload identities");
+                let msg = REFUSED_BY_AUTH.to_string();
                 entry
                     .state
-                    .send_replace(EntryState::Denied(s.message().to_string(), policy_revision));
-                return Err(s);
+                    .send_replace(EntryState::Denied(msg.clone(), policy_revision));
+                return Err(Status::permission_denied(msg));
             }
             Err(s) => {
                 // Keep serving what we have while it is valid: an auth
@@ -358,12 +370,18 @@ impl Runtime {
                     .collect::<Vec<_>>()
                     .join("; ")
             };
+            // The reasons quote the identities' rules and the workload's
+            // attributes: the agent's log (and the auth service's audit log)
+            // get them, the workload does not.
+            tracing::info!(
+                reasons = %why,
+                attributes = ?entry.key.attrs,
+                "no workload identity for this workload"
+            );
             entry
                 .state
-                .send_replace(EntryState::Denied(why.clone(), policy_revision));
-            return Err(Status::permission_denied(format!(
-                "no identity for this workload ({why})"
-            )));
+                .send_replace(EntryState::Denied(NO_IDENTITY.to_string(), policy_revision));
+            return Err(Status::permission_denied(NO_IDENTITY));
         }
         let expires = x509
             .iter()

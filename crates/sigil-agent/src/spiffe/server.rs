@@ -8,8 +8,10 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use anyhow::Context;
+use sigil_proto::deadline::{Deadlines, ReadDeadline};
 use sigil_proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -22,9 +24,24 @@ use crate::workload::attest::{
 };
 use crate::workload::authority::AuthorityRewrite;
 
+/// A workload must send the HTTP/2 preface (24 bytes) and its SETTINGS
+/// frame header (9) within this time of connecting...
+pub const OPENING_TIMEOUT: Duration = Duration::from_secs(10);
+/// ...and then never be silent longer than this. Live clients are not: the
+/// server pings every [`KEEPALIVE`] and their acknowledgements are reads.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/2 keep-alive ping interval, and how long an unanswered ping waits.
+pub const KEEPALIVE: Duration = Duration::from_secs(20);
+
+const DEADLINES: Deadlines = Deadlines {
+    first: OPENING_TIMEOUT,
+    first_bytes: 24 + 9,
+    idle: IDLE_TIMEOUT,
+};
+
 /// One accepted workload connection.
 pub struct WorkloadConn {
-    io: AuthorityRewrite<UnixStream>,
+    io: AuthorityRewrite<ReadDeadline<UnixStream>>,
     peer: PeerProcess,
 }
 
@@ -99,7 +116,7 @@ pub async fn serve(path: PathBuf, listener: UnixListener, api: WorkloadApi) -> a
                 Ok((s, _)) => match PeerProcess::from_stream(&s) {
                     Ok(peer) => {
                         let conn = WorkloadConn {
-                            io: AuthorityRewrite::new(s),
+                            io: AuthorityRewrite::new(ReadDeadline::new(s, DEADLINES)),
                             peer,
                         };
                         return Some((Ok::<_, std::io::Error>(conn), l));
@@ -118,6 +135,8 @@ pub async fn serve(path: PathBuf, listener: UnixListener, api: WorkloadApi) -> a
     let _cleanup = RemoveOnDrop(path.clone());
     tracing::info!(socket = %path.display(), "Workload API listening");
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
         .add_service(SpiffeWorkloadApiServer::new(api))
         .add_service(SecretDiscoveryServiceServer::new(sds))
         .serve_with_incoming(incoming)

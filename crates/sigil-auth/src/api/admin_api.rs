@@ -105,8 +105,14 @@ impl AdminService for AdminApi {
                 r.json.len()
             )));
         }
-        let mut parsed = sigil_types::parse_resources(&r.json, "request")
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Even bounded, a large legal document takes a while to parse: keep it
+        // off the async workers that serve everyone else.
+        let json = r.json.clone();
+        let mut parsed =
+            tokio::task::spawn_blocking(move || sigil_types::parse_resources(&json, "request"))
+                .await
+                .map_err(|e| Status::internal(format!("parsing the document: {e}")))?
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if parsed.len() != 1 {
             return Err(Status::invalid_argument(
                 "send exactly one resource per request",
@@ -132,6 +138,7 @@ impl AdminService for AdminApi {
         let r = req.get_ref();
         let kind = resources::normalize_kind(&r.kind)?;
         self.authorize(&req, kind, "read").await?;
+        check_ref(kind, &r.name)?;
         let json = resources::get(&self.state, kind, &r.name).await?;
         Ok(Response::new(ResourceResponse { json }))
     }
@@ -164,6 +171,7 @@ impl AdminService for AdminApi {
         let r = req.get_ref();
         let kind = resources::normalize_kind(&r.kind)?;
         let caller = self.authorize(&req, kind, "delete").await?;
+        check_ref(kind, &r.name)?;
         resources::delete(&self.state, kind, &r.name, &authz::actor(&caller)).await?;
         Ok(Response::new(DeleteResponse {}))
     }
@@ -233,6 +241,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<ResourceResponse>, Status> {
         let caller = self.authorize(&req, "bot", "update").await?;
         let r = req.get_ref();
+        sigil_types::check_name("bot", &r.name).map_err(invalid)?;
         let mut bot = self
             .state
             .cache
@@ -572,6 +581,23 @@ impl AdminApi {
             AnyResource::Token(t) => escalation::check_token_for_bot(s, caller, &t.spec.bot_name),
             _ => Ok(()),
         }
+    }
+}
+
+fn invalid(e: sigil_types::ValidationError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// A name the caller addresses a resource by, checked like any name. Tokens
+/// may be named by their hash form, bot instances as `BOT/ID` or `ID`.
+fn check_ref(kind: &str, name: &str) -> Result<(), Status> {
+    match kind {
+        "token" => Ok(()),
+        "bot_instance" => name
+            .split('/')
+            .try_for_each(|part| sigil_types::check_name(kind, part))
+            .map_err(invalid),
+        _ => sigil_types::check_name(kind, name).map_err(invalid),
     }
 }
 

@@ -56,7 +56,7 @@ async fn ls(global: &GlobalArgs, args: &AuditLsArgs) -> anyhow::Result<()> {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             while let Some(ev) = stream.message().await? {
-                writeln!(out, "{}", ev.json)?;
+                writeln!(out, "{}", output::safe_json(&ev.json))?;
             }
             out.flush()?;
         }

@@ -1,8 +1,8 @@
 //! `sigil bots add|ls|rm|update|instances ls`.
 
 use super::connect::connect;
-use super::flag_secs;
 use super::resources::{ResourceKind, delete, list, print_list};
+use super::{check_name_arg, flag_secs};
 use crate::cli::{BotsAddArgs, BotsCommand, BotsUpdateArgs, Format, GlobalArgs, InstancesCommand};
 use crate::output::{self, relative, unix_time};
 use serde_json::{Value, json};
@@ -97,6 +97,10 @@ pub fn print_join_info(info: &JoinInfo, headline: &str, format: Format) -> anyho
 }
 
 async fn add(global: &GlobalArgs, args: &BotsAddArgs) -> anyhow::Result<()> {
+    check_name_arg("bot", "bot name", &args.name)?;
+    for r in &args.roles {
+        check_name_arg("role", "--roles", r)?;
+    }
     let req = AddBotRequest {
         name: args.name.clone(),
         roles: args.roles.clone(),
@@ -130,6 +134,10 @@ pub fn fallback_server(from_server: String, global: &GlobalArgs) -> String {
 }
 
 async fn update(global: &GlobalArgs, args: &BotsUpdateArgs) -> anyhow::Result<()> {
+    check_name_arg("bot", "bot name", &args.name)?;
+    for r in &args.set_roles {
+        check_name_arg("role", "--set-roles", r)?;
+    }
     let mut client = connect(global).await?;
     let req = UpdateBotRequest {
         name: args.name.clone(),

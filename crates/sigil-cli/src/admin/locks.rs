@@ -37,6 +37,11 @@ pub fn request(args: &LocksAddArgs) -> Result<AddLockRequest, CliError> {
             kind.replace('_', "-")
         )));
     }
+    // The rule the server applies to the target, so a bad value is refused here.
+    if let Some(t) = sigil_types::LockTarget::from_parts(kind, value) {
+        t.check()
+            .map_err(|e| CliError::usage(format!("--{}: {}", kind.replace('_', "-"), e.message)))?;
+    }
     Ok(AddLockRequest {
         target_kind: kind.to_string(),
         target_value: value.to_string(),
@@ -76,7 +81,7 @@ mod tests {
     fn request_from_flags() {
         let args = LocksAddArgs {
             target: LockTargetArgs {
-                bot_instance: Some("id-1".into()),
+                bot_instance: Some("5f3c1d7e-8c36-4d7a-9f35-0c1f1b2a3c4d".into()),
                 ..Default::default()
             },
             ttl: Some("1h".into()),
@@ -85,7 +90,7 @@ mod tests {
         };
         let req = request(&args).unwrap();
         assert_eq!(req.target_kind, "bot_instance");
-        assert_eq!(req.target_value, "id-1");
+        assert_eq!(req.target_value, "5f3c1d7e-8c36-4d7a-9f35-0c1f1b2a3c4d");
         assert_eq!(req.ttl_seconds, 3600);
         assert_eq!(req.message, "stolen");
 
@@ -96,6 +101,17 @@ mod tests {
             format: FormatArg::default(),
         };
         assert!(request(&none).is_err());
+        // A target that could never name anything is refused here (exit 2).
+        let bad = LocksAddArgs {
+            target: LockTargetArgs {
+                bot_instance: Some("id-1".into()),
+                ..Default::default()
+            },
+            ttl: None,
+            message: None,
+            format: FormatArg::default(),
+        };
+        assert!(request(&bad).unwrap_err().message.contains("UUID"));
         let bad_ttl = LocksAddArgs {
             ttl: Some("soon".into()),
             ..args

@@ -15,6 +15,14 @@ pub mod workload_identity;
 use crate::error::CliError;
 use std::time::Duration;
 
+/// Checks a name from the command line (`what` is e.g. `bot name` or
+/// `--bot`) with the rule the server applies to every name, so a bad name is
+/// refused before anything is sent (exit 2).
+pub fn check_name_arg(kind: &str, what: &str, name: &str) -> Result<(), CliError> {
+    sigil_types::check_name(kind, name)
+        .map_err(|e| CliError::usage(format!("{what}: {}", e.message)))
+}
+
 /// Parses a duration flag; the error names the flag (`invalid --ttl "5x": ...`).
 pub fn parse_flag_duration(flag: &str, value: &str) -> Result<Duration, CliError> {
     sigil_types::parse_duration(value)

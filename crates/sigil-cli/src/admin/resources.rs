@@ -130,17 +130,29 @@ pub fn parse_target(
 }
 
 /// Reads `-f FILE` (`-` = stdin); returns the text and the name used in errors.
+/// Reads at most one byte over the document size limit, so a huge file or an
+/// endless pipe is refused without being read whole.
 fn read_input(path: &Path) -> anyhow::Result<(String, String)> {
-    if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading resources from stdin")?;
-        return Ok((text, "<stdin>".to_string()));
-    }
-    let display = path.display().to_string();
-    let text = std::fs::read_to_string(path)
+    const MAX: usize = sigil_types::limits::MAX_DOCUMENT_BYTES;
+    let (display, reader): (String, Box<dyn Read>) = if path == Path::new("-") {
+        ("<stdin>".to_string(), Box::new(std::io::stdin()))
+    } else {
+        let display = path.display().to_string();
+        let f = std::fs::File::open(path)
+            .map_err(|e| CliError::usage(format!("cannot read {display}: {e}")))?;
+        (display, Box::new(f))
+    };
+    let mut text = String::new();
+    reader
+        .take(MAX as u64 + 1)
+        .read_to_string(&mut text)
         .map_err(|e| CliError::usage(format!("cannot read {display}: {e}")))?;
+    if text.len() > MAX {
+        return Err(CliError::usage(format!(
+            "{display}: larger than the limit of {MAX} bytes per file; split it into several files"
+        ))
+        .into());
+    }
     Ok((text, display))
 }
 

@@ -41,6 +41,10 @@ async fn test(global: &GlobalArgs, args: &TokensTestArgs) -> anyhow::Result<()> 
 }
 
 async fn add(global: &GlobalArgs, args: &TokensAddArgs) -> anyhow::Result<()> {
+    super::check_name_arg("bot", "--bot", &args.bot)?;
+    if let Some(name) = &args.name {
+        super::check_name_arg("token", "--name", name)?;
+    }
     let mut req = AddTokenRequest {
         bot: args.bot.clone(),
         ttl_seconds: flag_secs("ttl", args.ttl.as_deref())?,

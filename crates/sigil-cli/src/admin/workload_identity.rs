@@ -132,8 +132,12 @@ async fn revoke(global: &GlobalArgs, args: &RevocationsAddArgs) -> anyhow::Resul
         })
         .await?
         .into_inner();
-    // Show what the server stored; fall back to what was sent.
-    let stored = serde_json::from_str::<Value>(&resp.json).unwrap_or(res);
+    // Show what the server stored.
+    let stored = serde_json::from_str::<Value>(&resp.json).map_err(|e| {
+        CliError::other(format!(
+            "the revocation was stored, but the auth service's reply is not JSON: {e}"
+        ))
+    })?;
     match args.format.format {
         Format::Json => output::out(&output::json(&stored)?)?,
         Format::Text => output::out(&revocation_text(&stored))?,
@@ -339,7 +343,7 @@ async fn issue(global: &GlobalArgs, args: &WorkloadIdentityIssueArgs) -> anyhow:
     let mut client = connect(global).await?;
     let resp = client.issue_workload_identity(req).await?.into_inner();
     for line in denial_lines(&resp) {
-        eprintln!("{line}");
+        eprintln!("{}", output::safe(&line));
     }
     let out = issued_files(&args.name, &resp, &key.to_pkcs8_pem())?;
     let written = write_files(&args.out, &out)?;
