@@ -238,6 +238,15 @@ pub fn check_writable(path: &Path, what: &str) -> anyhow::Result<()> {
     })
 }
 
+/// Check that `dir` and every directory above it belongs to root or us and
+/// is writable by nobody else unless sticky: then no other user can swap an
+/// entry we make in it (for a Unix socket, bound and chmod-ed by path).
+pub fn check_parents(dir: &Path, what: &str) -> anyhow::Result<()> {
+    let canon = std::fs::canonicalize(dir)
+        .with_context(|| format!("{what} {}: resolving it", dir.display()))?;
+    walk(&canon, what, dir).map(drop)
+}
+
 /// Write one file atomically into its (existing, checked) parent directory.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     let (dir, name) = split(path).with_context(|| format!("writing {}", path.display()))?;
@@ -252,6 +261,19 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
         )
     })?;
     d.write(name, data, mode)
+}
+
+/// Read one regular file through its checked parent directory; `None` if
+/// the file or the directory is absent. A symlink is an error.
+pub fn read_file(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let (dir, name) = split(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = name
+        .to_str()
+        .with_context(|| format!("{}: the file name is not UTF-8", path.display()))?;
+    match SafeDir::open(&dir, "directory")? {
+        Some(d) => d.read(name),
+        None => Ok(None),
+    }
 }
 
 /// One directory entry name: no separators, not `.`/`..`.
