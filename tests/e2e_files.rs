@@ -68,7 +68,10 @@ fn the_agent_refuses_foreign_and_shared_directories_before_joining() {
     let o = agent.oneshot(&auth, Some(&token));
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("storage") && t.contains("belongs to uid 65534") && t.contains("chown"), "{t}");
+    assert!(
+        t.contains("storage") && t.contains("belongs to uid 65534") && t.contains("chown"),
+        "{t}"
+    );
     assert!(empty(&agent.storage));
     std::fs::remove_dir(&agent.storage).expect("rmdir");
 
@@ -79,7 +82,10 @@ fn the_agent_refuses_foreign_and_shared_directories_before_joining() {
         let o = agent.oneshot(&auth, Some(&token));
         assert!(!o.status.success());
         let t = text(&o);
-        assert!(t.contains("output destination") && t.contains("chmod go-w"), "{m:o}: {t}");
+        assert!(
+            t.contains("output destination") && t.contains("chmod go-w"),
+            "{m:o}: {t}"
+        );
     }
 
     // A destination that is a symlink is not followed.
@@ -114,16 +120,20 @@ fn a_destination_swapped_for_a_symlink_between_renewals_gets_nothing_written() {
         .spawn()
         .expect("agent");
     let crt = agent.out.join("tls.crt");
-    wait_until("first credentials", Duration::from_secs(30), || crt.exists());
+    wait_until("first credentials", Duration::from_secs(30), || {
+        crt.exists()
+    });
     let elsewhere = agent.dir.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).expect("mkdir");
     std::fs::rename(&agent.out, agent.dir.path().join("moved")).expect("mv");
     symlink(&elsewhere, &agent.out).expect("symlink");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
-    wait_until("the renewal to refuse the symlink", Duration::from_secs(30), || {
-        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("symbolic link"))
-    });
+    wait_until(
+        "the renewal to refuse the symlink",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("symbolic link")),
+    );
     let _ = child.kill();
     let _ = child.wait();
     assert!(empty(&elsewhere), "wrote through the symlink");
@@ -169,7 +179,9 @@ fn a_second_auth_service_on_a_data_dir_in_use_refuses_to_start() {
     let msg = std::fs::read_to_string(&log).expect("log");
     assert!(!st.success(), "{msg}");
     assert!(
-        msg.contains("is in use") && msg.contains("sigil.lock") && msg.contains("another `sigil auth start`"),
+        msg.contains("is in use")
+            && msg.contains("sigil.lock")
+            && msg.contains("another `sigil auth start`"),
         "{msg}"
     );
     // The first is untouched: its socket is still there and answers.
@@ -189,7 +201,10 @@ fn the_auth_service_refuses_a_data_dir_of_another_user_or_open_to_others() {
     chown_nobody(&data);
     let st = exits(start_auth(&data, &log), "refusal");
     let msg = std::fs::read_to_string(&log).expect("log");
-    assert!(!st.success() && msg.contains("--data-dir") && msg.contains("uid 65534"), "{msg}");
+    assert!(
+        !st.success() && msg.contains("--data-dir") && msg.contains("uid 65534"),
+        "{msg}"
+    );
     std::os::unix::fs::chown(&data, Some(0), Some(0)).expect("chown");
     chmod(&data, 0o777);
     let st = exits(start_auth(&data, &log), "refusal");
@@ -243,6 +258,13 @@ fn the_admin_socket_refuses_other_uids_even_when_modes_let_them_in() {
         .output()
         .expect("sigil");
     assert!(o.status.success(), "{}", text(&o));
-    assert!(stdout(&o).contains("target") && !stdout(&o).contains("intruder"), "{}", text(&o));
-    assert!(auth.log().contains("refusing a connection from another user"));
+    assert!(
+        stdout(&o).contains("target") && !stdout(&o).contains("intruder"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        auth.log()
+            .contains("refusing a connection from another user")
+    );
 }

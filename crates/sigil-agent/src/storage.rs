@@ -95,7 +95,8 @@ impl Storage {
         match d.read(NEXT_KEY)? {
             Some(pem) => {
                 let p = self.dir.join(NEXT_KEY);
-                let pem = String::from_utf8(pem).with_context(|| format!("{} is corrupt", p.display()))?;
+                let pem = String::from_utf8(pem)
+                    .with_context(|| format!("{} is corrupt", p.display()))?;
                 Ok(TlsKeyPair::from_pkcs8_pem(&pem)
                     .with_context(|| format!("{} is corrupt", p.display()))?)
             }
