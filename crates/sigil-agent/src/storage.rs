@@ -116,3 +116,33 @@ impl Storage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn storage_is_created_on_the_first_write_only_and_never_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Storage::new(&t.path().join("a/storage"));
+        // Reading or clearing a storage that does not exist creates nothing.
+        assert!(s.load().unwrap().is_none());
+        s.clear_next_key().unwrap();
+        assert!(!t.path().join("a").exists());
+        let k = s.next_key().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&t.path().join("a/storage")), 0o700);
+        assert_eq!(mode(&t.path().join("a/storage").join(NEXT_KEY)), 0o600);
+        assert_eq!(s.next_key().unwrap().spki_der(), k.spki_der());
+
+        // A storage path that is a symlink is refused, and nothing is written where it points.
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, t.path().join("link")).unwrap();
+        let s = Storage::new(&t.path().join("link"));
+        let e = format!("{:#}", s.next_key().unwrap_err());
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+}
