@@ -76,7 +76,7 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
 pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Everything local is checked before the first network call.
-    fsutil::ensure_writable_dir(&cfg.storage, "storage", true)?;
+    fsutil::check_writable(&cfg.storage, "storage")?;
     let outputs = cfg
         .outputs
         .iter()

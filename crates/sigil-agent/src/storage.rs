@@ -12,10 +12,11 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sigil_pki::TlsKeyPair;
 
-use crate::fsutil;
+use crate::fsutil::{self, DirKind, SafeDir};
 
 const CREDENTIAL: &str = "credential.json";
 const NEXT_KEY: &str = "next_key.pem";
+const WHAT: &str = "storage";
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct StoredCredential {
@@ -61,45 +62,87 @@ impl Storage {
         }
     }
 
+    /// The directory if it exists (checked; see `sigil_fs`).
+    fn existing(&self) -> anyhow::Result<Option<SafeDir>> {
+        SafeDir::open(&self.dir, WHAT)
+    }
+
+    /// The directory, created 0700 on the first write, so a refused first
+    /// join leaves none behind.
+    pub fn dir(&self) -> anyhow::Result<SafeDir> {
+        SafeDir::create(&self.dir, WHAT, DirKind::Private)
+    }
+
     pub fn load(&self) -> anyhow::Result<Option<StoredCredential>> {
+        let Some(text) = self.existing()?.map(|d| d.read(CREDENTIAL)).transpose()? else {
+            return Ok(None);
+        };
+        let Some(text) = text else { return Ok(None) };
         let p = self.dir.join(CREDENTIAL);
-        match std::fs::read_to_string(&p) {
-            Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| {
-                format!("{} is corrupt: remove the storage directory's contents and rejoin with a new token", p.display())
-            })?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-        }
+        Ok(Some(serde_json::from_slice(&text).with_context(|| {
+            format!("{} is corrupt: remove the storage directory's contents and rejoin with a new token", p.display())
+        })?))
     }
 
     pub fn save(&self, c: &StoredCredential) -> anyhow::Result<()> {
-        fsutil::write_atomic(
-            &self.dir.join(CREDENTIAL),
-            &serde_json::to_vec_pretty(c)?,
-            fsutil::SECRET,
-        )
+        self.dir()?
+            .write(CREDENTIAL, &serde_json::to_vec_pretty(c)?, fsutil::SECRET)
     }
 
     /// The pending next key, creating and persisting one if there is none.
     pub fn next_key(&self) -> anyhow::Result<TlsKeyPair> {
-        let p = self.dir.join(NEXT_KEY);
-        match std::fs::read_to_string(&p) {
-            Ok(pem) => Ok(TlsKeyPair::from_pkcs8_pem(&pem)
-                .with_context(|| format!("{} is corrupt", p.display()))?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let d = self.dir()?;
+        match d.read(NEXT_KEY)? {
+            Some(pem) => {
+                let p = self.dir.join(NEXT_KEY);
+                let pem = String::from_utf8(pem)
+                    .with_context(|| format!("{} is corrupt", p.display()))?;
+                Ok(TlsKeyPair::from_pkcs8_pem(&pem)
+                    .with_context(|| format!("{} is corrupt", p.display()))?)
+            }
+            None => {
                 let k = TlsKeyPair::generate()?;
-                fsutil::write_atomic(&p, k.to_pkcs8_pem().as_bytes(), fsutil::SECRET)?;
+                d.write(NEXT_KEY, k.to_pkcs8_pem().as_bytes(), fsutil::SECRET)?;
                 Ok(k)
             }
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }
     }
 
     /// Forget the pending key once a credential issued to it is saved.
     pub fn clear_next_key(&self) -> anyhow::Result<()> {
-        match std::fs::remove_file(self.dir.join(NEXT_KEY)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        match self.existing()? {
+            Some(d) => d.remove(NEXT_KEY),
+            None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn storage_is_created_on_the_first_write_only_and_never_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Storage::new(&t.path().join("a/storage"));
+        // Reading or clearing a storage that does not exist creates nothing.
+        assert!(s.load().unwrap().is_none());
+        s.clear_next_key().unwrap();
+        assert!(!t.path().join("a").exists());
+        let k = s.next_key().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&t.path().join("a/storage")), 0o700);
+        assert_eq!(mode(&t.path().join("a/storage").join(NEXT_KEY)), 0o600);
+        assert_eq!(s.next_key().unwrap().spki_der(), k.spki_der());
+
+        // A storage path that is a symlink is refused, and nothing is written where it points.
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, t.path().join("link")).unwrap();
+        let s = Storage::new(&t.path().join("link"));
+        let e = format!("{:#}", s.next_key().unwrap_err());
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 }

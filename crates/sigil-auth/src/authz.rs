@@ -34,6 +34,9 @@ pub fn remote_addr<T>(req: &Request<T>) -> String {
 /// Resolve the caller, refusing anonymous, expired or locked identities.
 pub fn caller<T>(state: &AuthState, req: &Request<T>) -> Result<Caller, Status> {
     let p = peer(req).ok_or_else(|| Status::unauthenticated("no connection information"))?;
+    if let Some(why) = &p.refused {
+        return Err(Status::permission_denied(why.clone()));
+    }
     if p.local_admin {
         return Ok(Caller::LocalAdmin);
     }

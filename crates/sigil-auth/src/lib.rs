@@ -64,6 +64,8 @@ pub struct AuthConfig {
 /// File names inside the data dir.
 pub const DB_FILE: &str = "sigil.db";
 pub const ADMIN_SOCKET: &str = "admin.sock";
+/// Held (flock) by the running auth service; see [`prepare_data_dir`].
+pub const LOCK_FILE: &str = "sigil.lock";
 
 /// Run until SIGINT or SIGTERM.
 pub async fn run(cfg: AuthConfig) -> anyhow::Result<()> {
@@ -79,7 +81,8 @@ pub async fn run(cfg: AuthConfig) -> anyhow::Result<()> {
 pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let metrics = public_http::install_metrics();
-    prepare_data_dir(&cfg.data_dir)?;
+    // Held until `serve` returns (the process's lifetime for `sigil auth start`).
+    let _lock = prepare_data_dir(&cfg.data_dir)?;
     let db = cfg.data_dir.join(DB_FILE);
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&db)
@@ -316,12 +319,19 @@ pub(crate) async fn wait(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating --data-dir {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting --data-dir {} to its owner", dir.display()))?;
-    Ok(())
+/// The data dir: opened without following symlinks, ours and writable by
+/// nobody else (refused otherwise, see `sigil_fs`), created or restricted to
+/// 0700; then locked for this process's lifetime, so a second `sigil auth
+/// start` on it refuses to start instead of both running and diverging.
+fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<sigil_fs::DirLock> {
+    let d = sigil_fs::SafeDir::create(dir, "--data-dir", sigil_fs::DirKind::Private)?;
+    d.set_mode(0o700)?;
+    d.lock(LOCK_FILE).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}: another `sigil auth start` is using --data-dir {}; stop it first, or give this one its own --data-dir",
+            dir.display()
+        )
+    })
 }
 
 /// Accept TCP connections and complete TLS handshakes concurrently, so one
@@ -364,7 +374,7 @@ fn async_stream_unix(
     listener: UnixListener,
 ) -> impl futures::Stream<Item = Result<tls::AdminConn, std::io::Error>> {
     futures::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| tls::AdminConn(s));
+        let r = l.accept().await.map(|(s, _)| tls::AdminConn::new(s));
         Some((r, l))
     })
 }

@@ -173,6 +173,9 @@ pub struct PeerInfo {
     pub identity_error: Option<String>,
     /// True for the owner-only admin Unix socket.
     pub local_admin: bool,
+    /// Why every call on this connection is refused (an admin socket peer
+    /// of another uid), before anything else is looked at.
+    pub refused: Option<String>,
 }
 
 /// The transport under TLS: writes are buffered so the TLS records of one
@@ -196,6 +199,7 @@ impl TlsConn {
             identity: None,
             identity_error: None,
             local_admin: false,
+            refused: None,
         };
         if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
             match sigil_pki::read_client_identity(leaf) {
@@ -250,9 +254,40 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// A Unix-socket connection for the local admin API. Access control is the
-/// socket's file mode (owner-only), so every caller here is the data dir owner.
-pub struct AdminConn(pub tokio::net::UnixStream);
+/// A Unix-socket connection for the local admin API. The socket is 0600 in
+/// the 0700 data dir, and on top of those modes the peer's uid (SO_PEERCRED,
+/// which the peer cannot forge) must be the server's own: the data dir's
+/// owner. Root is refused too: it can become that user (`runuser -u OWNER`),
+/// and one rule is easier to audit than an exception.
+pub struct AdminConn {
+    io: tokio::net::UnixStream,
+    refused: Option<String>,
+}
+
+impl AdminConn {
+    pub fn new(io: tokio::net::UnixStream) -> AdminConn {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let refused = match io.peer_cred() {
+            Ok(c) if c.uid() == me => None,
+            Ok(c) => {
+                tracing::warn!(
+                    uid = c.uid(),
+                    pid = ?c.pid(),
+                    "admin socket: refusing a connection from another user"
+                );
+                Some(format!(
+                    "uid {} may not use the admin socket: only uid {me}, the owner of the data dir \
+                     running the auth service, may; run the command as that user, or use \
+                     --auth-server with an admin identity",
+                    c.uid()
+                ))
+            }
+            Err(e) => Some(format!("the admin socket could not identify its peer: {e}")),
+        };
+        AdminConn { io, refused }
+    }
+}
 
 impl Connected for AdminConn {
     type ConnectInfo = PeerInfo;
@@ -261,7 +296,8 @@ impl Connected for AdminConn {
             remote_addr: None,
             identity: None,
             identity_error: None,
-            local_admin: true,
+            local_admin: self.refused.is_none(),
+            refused: self.refused.clone(),
         }
     }
 }
@@ -272,7 +308,7 @@ impl AsyncRead for AdminConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -282,12 +318,12 @@ impl AsyncWrite for AdminConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -1,34 +1,28 @@
 //! Writing credential files from admin verbs: PEM encoding, an owner-only output
 //! directory and atomic writes (temp file in the same directory, fsync, rename,
-//! fsync the directory), so a reader never sees a torn file.
+//! fsync the directory), so a reader never sees a torn file. The directory is
+//! opened without following symlinks and must be ours (see the `sigil-fs` crate).
 
-use anyhow::Context;
-use std::fs::{self, DirBuilder};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
+
+use sigil_fs::{DirKind, SafeDir};
 
 // Credential files are written the way the agent writes its outputs.
 pub use sigil_agent::fsutil::{PUBLIC, SECRET, pem_lf as pem, write_atomic};
 
-/// Creates `dir` (and missing parents) mode 0700 if it does not exist; an existing
-/// directory keeps its mode.
-pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-    // The umask may have narrowed the mode; set it exactly.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot restrict {} to mode 0700", dir.display()))
+/// Opens `dir`, creating it (and missing parents) mode 0700 if it does not exist;
+/// an existing directory keeps its mode but must belong to us and be writable by
+/// nobody else.
+pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<SafeDir> {
+    SafeDir::create(dir, "output directory", DirKind::Private)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn pem_round_trips_through_the_pki_parser() {

@@ -1,9 +1,13 @@
-//! A plain directory: each artifact is a file written atomically.
+//! A plain directory: each artifact is a file written atomically. The
+//! directory is created on the first write (the start-up check creates
+//! nothing), and reopened and re-checked for every write.
 
 use std::path::{Path, PathBuf};
 
 use super::Destination;
-use crate::fsutil;
+use crate::fsutil::{self, DirKind, SafeDir};
+
+const WHAT: &str = "output destination";
 
 pub struct DirectoryDestination {
     path: PathBuf,
@@ -23,7 +27,7 @@ impl Destination for DirectoryDestination {
     }
 
     fn check_writable(&self) -> anyhow::Result<()> {
-        fsutil::ensure_writable_dir(&self.path, "output destination", false)
+        fsutil::check_writable(&self.path, WHAT)
     }
 
     fn write(&self, name: &str, data: &[u8], secret: bool) -> anyhow::Result<()> {
@@ -35,18 +39,16 @@ impl Destination for DirectoryDestination {
         } else {
             fsutil::PUBLIC
         };
-        fsutil::write_atomic(&self.path.join(name), data, mode)
+        SafeDir::create(&self.path, WHAT, DirKind::Shared)?.write(name, data, mode)
     }
 
     fn remove(&self, name: &str) -> anyhow::Result<()> {
         if name.contains('/') || name.starts_with('.') {
             anyhow::bail!("invalid artifact name {name:?}");
         }
-        let p = self.path.join(name);
-        match std::fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(anyhow::anyhow!("removing {}: {e}", p.display())),
+        match SafeDir::open(&self.path, WHAT)? {
+            Some(d) => d.remove(name),
+            None => Ok(()),
         }
     }
 }

@@ -24,7 +24,7 @@ use ssh_key::{LineEnding, PrivateKey};
 
 use super::{JoinProver, ProverContext};
 use crate::config::Onboarding;
-use crate::fsutil::{SECRET, write_atomic};
+use crate::fsutil::{DirKind, SECRET, SafeDir, read_file, write_atomic};
 
 /// What the agent signs starts with this (domain separation).
 pub const CHALLENGE_PREFIX: &[u8] = b"sigil bound_keypair challenge v1\n";
@@ -91,8 +91,10 @@ impl AgentKey {
     }
 
     fn load(path: &Path) -> anyhow::Result<AgentKey> {
+        let bytes = read_file(path)?
+            .with_context(|| format!("reading {}: it does not exist", path.display()))?;
         let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            String::from_utf8(bytes).with_context(|| format!("{} is not text", path.display()))?,
         );
         let private = PrivateKey::from_openssh(text.as_bytes()).with_context(|| {
             format!(
@@ -111,14 +113,17 @@ impl AgentKey {
 
     /// Load the key, generating and persisting it on first use.
     fn load_or_generate(path: &Path) -> anyhow::Result<AgentKey> {
-        if path.exists() {
+        let dir = path.parent().context("a key path without a directory")?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("a key path without a name")?;
+        let dir = SafeDir::create(dir, "storage", DirKind::Private)?;
+        if dir.contains(name)? {
             return AgentKey::load(path);
         }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
         let (key, text) = AgentKey::generate()?;
-        write_atomic(path, text.as_bytes(), SECRET)?;
+        dir.write(name, text.as_bytes(), SECRET)?;
         tracing::info!(path = %path.display(), "generated the bound_keypair key");
         Ok(key)
     }
@@ -135,13 +140,20 @@ fn file(ctx: &ProverContext, name: &str) -> PathBuf {
     ctx.storage.join(name)
 }
 
+/// The storage directory, checked (and created 0700 if missing).
+fn storage(ctx: &ProverContext) -> anyhow::Result<SafeDir> {
+    SafeDir::create(&ctx.storage, "storage", DirKind::Private)
+}
+
 /// The join state of the last join, if any.
 fn stored_join_state(ctx: &ProverContext) -> anyhow::Result<String> {
     let path = file(ctx, STATE_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(s) => Ok(s.trim().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    match read_file(&path)? {
+        Some(s) => Ok(String::from_utf8(s)
+            .with_context(|| format!("{} is not text", path.display()))?
+            .trim()
+            .to_string()),
+        None => Ok(String::new()),
     }
 }
 
@@ -172,10 +184,7 @@ impl JoinProver for BoundKeypairProver {
     async fn init(&self, ctx: &ProverContext, init: &mut JoinInit) -> anyhow::Result<()> {
         let key = AgentKey::load_or_generate(&file(ctx, KEY_FILE))?;
         // A next key left by an unfinished join was never bound.
-        let next = file(ctx, NEXT_KEY_FILE);
-        if next.exists() {
-            std::fs::remove_file(&next).with_context(|| format!("removing {}", next.display()))?;
-        }
+        storage(ctx)?.remove(NEXT_KEY_FILE)?;
         let join_state = stored_join_state(ctx)?;
         let mut evidence = serde_json::json!({
             "public_key": key.openssh_public, "join_state": join_state,
@@ -197,14 +206,12 @@ impl JoinProver for BoundKeypairProver {
     }
 
     fn joined(&self, ctx: &ProverContext, creds: &Credentials) -> anyhow::Result<()> {
-        let next = file(ctx, NEXT_KEY_FILE);
-        if next.exists() {
-            let key = file(ctx, KEY_FILE);
-            std::fs::rename(&next, &key)
-                .with_context(|| format!("promoting {} to {}", next.display(), key.display()))?;
+        let dir = storage(ctx)?;
+        if dir.contains(NEXT_KEY_FILE)? {
+            dir.rename(NEXT_KEY_FILE, KEY_FILE)?;
         }
         if !creds.join_state.is_empty() {
-            write_atomic(&file(ctx, STATE_FILE), creds.join_state.as_bytes(), SECRET)?;
+            dir.write(STATE_FILE, creds.join_state.as_bytes(), SECRET)?;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::api::WorkloadApi;
 use super::sds::SdsService;
+use crate::fsutil;
 use crate::workload::attest::{
     Attestor, AttestorSet, ContainerAttestor, PeerProcess, SystemdAttestor, UnixAttestor,
 };
@@ -85,9 +86,14 @@ impl AsyncWrite for WorkloadConn {
 /// regular file), and let every local user connect — attestation decides
 /// what each caller gets.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    // The directory must be one nobody else can swap entries in, since the
+    // socket is replaced, bound and chmod-ed by path below.
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the socket directory {}", dir.display()))?;
+        const WHAT: &str = "the Workload API socket directory";
+        if std::fs::symlink_metadata(dir).is_err() {
+            fsutil::SafeDir::create(dir, WHAT, fsutil::DirKind::Shared)?;
+        }
+        fsutil::check_parents(dir, WHAT)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {

@@ -261,24 +261,15 @@ pub fn issued_files(
 /// removes a `svid-crl.pem` or `jwt_svid` left from an earlier run that this one
 /// did not produce, so the directory never mixes two issuances. Returns the paths.
 pub fn write_files(dir: &Path, out: &[OutFile]) -> anyhow::Result<Vec<PathBuf>> {
-    files::ensure_private_dir(dir)?;
+    let d = files::ensure_private_dir(dir)?;
     let mut written = Vec::with_capacity(out.len());
     for f in out {
-        let path = dir.join(f.name);
-        files::write_atomic(&path, &f.data, f.mode)?;
-        written.push(path);
+        d.write(f.name, &f.data, f.mode)?;
+        written.push(dir.join(f.name));
     }
     for optional in [CRL, JWT_SVID] {
         if !out.iter().any(|f| f.name == optional) {
-            match std::fs::remove_file(dir.join(optional)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "removing the stale {}",
-                        dir.join(optional).display()
-                    )));
-                }
-                _ => {}
-            }
+            d.remove(optional)?;
         }
     }
     Ok(written)
