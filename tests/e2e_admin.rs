@@ -372,7 +372,9 @@ fn lists_come_in_pages_and_huge_lifetimes_are_refused_not_panicking() {
     // Two files: a file holds at most 1,000 documents.
     for (part, range) in [(0, 0..550), (1, 550..1100)] {
         let docs: String = range
-            .map(|i| format!("kind: role\nversion: v1\nmetadata: {{name: r{i:04}}}\nspec: {{}}\n---\n"))
+            .map(|i| {
+                format!("kind: role\nversion: v1\nmetadata: {{name: r{i:04}}}\nspec: {{}}\n---\n")
+            })
             .collect();
         auth.create(&format!("many{part}.yaml"), &docs);
     }
