@@ -231,7 +231,7 @@ fn main() -> anyhow::Result<()> {
         .await?;
         let fresh = fresh_lat.len() as f64 / t.elapsed().as_secs_f64();
 
-        let v = admin.verify_audit(VerifyAuditRequest {}).await?.into_inner();
+        let v = admin.verify_audit(VerifyAuditRequest::default()).await?.into_inner();
         anyhow::ensure!(v.intact, "audit chain broken after the run");
         Ok::<_, anyhow::Error>((warm, warm_lat, warm_cpu, ping_rates, fresh, fresh_lat, v.count))
     });

@@ -43,6 +43,39 @@ fn refuse(caller: &Caller, what: &str, missing: Vec<String>) -> Result<(), Statu
     )))
 }
 
+/// The escalation check a resource created or replaced through
+/// `create -f` needs: a role, a bot (its roles and TTL cap) or a token.
+pub fn check_resource(
+    state: &AuthState,
+    caller: &Caller,
+    res: &sigil_types::AnyResource,
+) -> Result<(), Status> {
+    use sigil_types::AnyResource;
+    let s = state;
+    match res {
+        AnyResource::Role(r) => {
+            let old = s.cache.roles(std::slice::from_ref(&r.metadata.name)).ok();
+            check_role(s, caller, old.as_ref().and_then(|v| v.first()), r)
+        }
+        AnyResource::Bot(b) => {
+            let old = s.cache.bot(&b.metadata.name);
+            let old_roles = old.as_ref().map(|o| o.spec.roles.as_slice());
+            check_bot_roles(
+                s,
+                caller,
+                &b.metadata.name,
+                old_roles.unwrap_or_default(),
+                &b.spec.roles,
+            )?;
+            let old_ttl = old.and_then(|o| o.spec.max_ttl).map(|t| t.0);
+            let new_ttl = b.spec.max_ttl.map(|t| t.0);
+            check_bot_ttl(s, caller, &b.metadata.name, old_ttl, new_ttl)
+        }
+        AnyResource::Token(t) => check_token_for_bot(s, caller, &t.spec.bot_name),
+        _ => Ok(()),
+    }
+}
+
 /// Creating (`old` = None) or replacing role `new`.
 pub fn check_role(
     state: &AuthState,

@@ -10,13 +10,11 @@ use futures::Stream;
 use sigil_proto::v1::admin_service_server::AdminService;
 use sigil_proto::v1::*;
 use sigil_store::{AuditQuery, Txn};
-use sigil_types::{
-    AnyResource, Bot, BotSpec, HumanDuration, JoinMethodKind, Lock, LockSpec, LockTarget, Metadata,
-    Token, TokenSpec,
-};
+use sigil_types::{AnyResource, Bot, BotSpec, HumanDuration, Lock, LockSpec, LockTarget, Metadata};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use super::admin_tokens::{check_ref, expiry, invalid, method_token, new_token, ttl_or};
 use super::resources::{self, store_err};
 use super::workload_admin;
 use crate::audit;
@@ -68,13 +66,11 @@ impl AdminApi {
                     "remote_addr": authz::remote_addr(req),
                 }),
             );
-            let txn = Txn {
-                ops: vec![],
-                audit: vec![ev],
-            };
-            if let Err(err) = self.state.store.commit(txn).await {
-                tracing::error!(error = %err, "failed to audit a refused admin call");
-            }
+            // A flood of identical refusals is counted into one row.
+            self.state
+                .denials
+                .record(self.state.store.as_ref(), ev)
+                .await;
         }
         result
     }
@@ -125,8 +121,12 @@ impl AdminService for AdminApi {
             authz::authorize_admin(&self.state, &caller, res.kind(), verb),
         )
         .await?;
-        self.audited(&req, &caller, self.check_escalation(&caller, &res))
-            .await?;
+        self.audited(
+            &req,
+            &caller,
+            escalation::check_resource(&self.state, &caller, &res),
+        )
+        .await?;
         let json = resources::create(&self.state, res, r.upsert, &authz::actor(&caller)).await?;
         Ok(Response::new(ResourceResponse { json }))
     }
@@ -534,135 +534,4 @@ impl AdminService for AdminApi {
             req.into_inner(),
         )?))
     }
-}
-
-/// Longest lifetime an admin call may give a token or a lock.
-pub const MAX_RESOURCE_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// `now + secs` for a resource's expiry (0: none), refusing lifetimes past
-/// [`MAX_RESOURCE_TTL`] instead of overflowing a date.
-fn expiry(now: OffsetDateTime, secs: u64) -> Result<Option<OffsetDateTime>, Status> {
-    if secs == 0 {
-        return Ok(None);
-    }
-    let ttl = Duration::from_secs(secs);
-    if ttl > MAX_RESOURCE_TTL {
-        return Err(Status::invalid_argument(format!(
-            "a lifetime of {secs} s is longer than the limit of {} s (10 years)",
-            MAX_RESOURCE_TTL.as_secs()
-        )));
-    }
-    Ok(now.checked_add(time::Duration::seconds(secs as i64)))
-}
-
-impl AdminApi {
-    /// The escalation check a created or replaced resource needs.
-    fn check_escalation(&self, caller: &Caller, res: &AnyResource) -> Result<(), Status> {
-        let s = &self.state;
-        match res {
-            AnyResource::Role(r) => {
-                let old = s.cache.roles(std::slice::from_ref(&r.metadata.name)).ok();
-                escalation::check_role(s, caller, old.as_ref().and_then(|v| v.first()), r)
-            }
-            AnyResource::Bot(b) => {
-                let old = s.cache.bot(&b.metadata.name);
-                let old_roles = old.as_ref().map(|o| o.spec.roles.as_slice());
-                escalation::check_bot_roles(
-                    s,
-                    caller,
-                    &b.metadata.name,
-                    old_roles.unwrap_or_default(),
-                    &b.spec.roles,
-                )?;
-                let old_ttl = old.and_then(|o| o.spec.max_ttl).map(|t| t.0);
-                let new_ttl = b.spec.max_ttl.map(|t| t.0);
-                escalation::check_bot_ttl(s, caller, &b.metadata.name, old_ttl, new_ttl)
-            }
-            AnyResource::Token(t) => escalation::check_token_for_bot(s, caller, &t.spec.bot_name),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn invalid(e: sigil_types::ValidationError) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
-/// A name the caller addresses a resource by, checked like any name. Tokens
-/// may be named by their hash form, bot instances as `BOT/ID` or `ID`.
-fn check_ref(kind: &str, name: &str) -> Result<(), Status> {
-    match kind {
-        "token" => Ok(()),
-        "bot_instance" => name
-            .split('/')
-            .try_for_each(|part| sigil_types::check_name(kind, part))
-            .map_err(invalid),
-        _ => sigil_types::check_name(kind, name).map_err(invalid),
-    }
-}
-
-fn ttl_or(secs: u64, default: Duration) -> Duration {
-    if secs == 0 {
-        default
-    } else {
-        Duration::from_secs(secs)
-    }
-}
-
-/// A token for a method other than `token`: a plain name, the spec the
-/// CLI built from its flags, an optional lifetime. A bound_keypair token
-/// with neither a key nor a secret gets a generated registration secret,
-/// returned once.
-fn method_token(r: &AddTokenRequest) -> Result<(Token, String), Status> {
-    let mut spec: TokenSpec = serde_json::from_str(&r.spec_json)
-        .map_err(|e| Status::invalid_argument(format!("token spec: {e}")))?;
-    if spec.join_method.as_str() != r.join_method || spec.bot_name != r.bot {
-        return Err(Status::invalid_argument(
-            "the token spec disagrees with --join-method or --bot",
-        ));
-    }
-    if r.name.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "join method {} needs --name (the token's name, which the agent's onboarding.token refers to)",
-            r.join_method
-        )));
-    }
-    let mut secret = String::new();
-    if let Some(b) = spec.bound_keypair.as_mut()
-        && b.onboarding.initial_public_key.is_none()
-        && b.onboarding.registration_secret.is_none()
-    {
-        let mut raw = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut raw).map_err(|_| Status::internal("no randomness"))?;
-        secret = hex::encode(raw);
-        b.onboarding.registration_secret = Some(secret.clone());
-    }
-    let expires = expiry(OffsetDateTime::now_utc(), r.ttl_seconds)?;
-    let token = Token::new(
-        Metadata {
-            name: r.name.clone(),
-            expires,
-            ..Default::default()
-        },
-        spec,
-    );
-    token
-        .validate()
-        .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
-    Ok((token, secret))
-}
-
-/// A fresh single-use join token: 128 random bits, hex.
-fn new_token(bot: &str, ttl: Duration) -> Result<Token, Status> {
-    let mut raw = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut raw).map_err(|_| Status::internal("no randomness"))?;
-    let expires = expiry(OffsetDateTime::now_utc(), ttl.as_secs())?;
-    Ok(Token::new(
-        Metadata {
-            name: hex::encode(raw),
-            expires,
-            ..Default::default()
-        },
-        TokenSpec::new(bot, JoinMethodKind::Token),
-    ))
 }

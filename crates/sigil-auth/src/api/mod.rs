@@ -1,5 +1,6 @@
 //! gRPC service implementations.
 pub mod admin_api;
+mod admin_tokens;
 pub mod auth_api;
 pub mod resources;
 pub mod workload_admin;
