@@ -178,12 +178,8 @@ fn token_secrets_are_never_listed_or_stored_in_locks() {
 fn audit_verify_detects_an_event_altered_in_the_database() {
     let auth = Auth::start();
     let token = auth.bot("audited", &["a"]);
-    assert!(
-        AgentDirs::new()
-            .oneshot(&auth, Some(&token))
-            .status
-            .success()
-    );
+    let o = AgentDirs::new().oneshot(&auth, Some(&token));
+    assert!(o.status.success(), "{}", text(&o));
     let v = auth.admin(&["audit", "verify"]);
     assert!(v.status.success(), "{}", text(&v));
     assert!(stdout(&v).contains("intact"), "{}", text(&v));

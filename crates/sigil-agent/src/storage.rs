@@ -73,6 +73,21 @@ impl Storage {
         SafeDir::create(&self.dir, WHAT, DirKind::Private)
     }
 
+    /// Another file of the agent's storage, if both exist (e.g. the audit witness).
+    pub fn read(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .existing()?
+            .map(|d| d.read(name))
+            .transpose()?
+            .flatten())
+    }
+
+    /// Write another file of the agent's storage (the directory is created
+    /// 0700 if this is the first write).
+    pub fn write(&self, name: &str, data: &[u8], mode: u32) -> anyhow::Result<()> {
+        self.dir()?.write(name, data, mode)
+    }
+
     pub fn load(&self) -> anyhow::Result<Option<StoredCredential>> {
         let Some(text) = self.existing()?.map(|d| d.read(CREDENTIAL)).transpose()? else {
             return Ok(None);

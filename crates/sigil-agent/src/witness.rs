@@ -22,6 +22,7 @@ use sigil_proto::v1::AuditCheckpoint;
 use sigil_types::{Checkpoint, SignedCheckpoint, WitnessVerdict};
 
 use crate::fsutil;
+use crate::storage::Storage;
 
 const FILE: &str = "audit-witness.json";
 
@@ -48,26 +49,29 @@ impl std::fmt::Display for WitnessRefusal {
 impl std::error::Error for WitnessRefusal {}
 
 pub struct Witness {
+    /// Read and written through the agent's storage (no symlinks; created
+    /// with it on the first write).
+    storage: Storage,
     path: PathBuf,
 }
 
 impl Witness {
     pub fn new(storage: &Path) -> Witness {
         Witness {
+            storage: Storage::new(storage),
             path: storage.join(FILE),
         }
     }
 
     fn load(&self) -> anyhow::Result<Option<State>> {
-        match std::fs::read(&self.path) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+        match self.storage.read(FILE)? {
+            Some(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
                 format!(
                     "{} is corrupt: remove it to pin the auth service's audit key again",
                     self.path.display()
                 )
             })?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+            None => Ok(None),
         }
     }
 
@@ -103,11 +107,10 @@ impl Witness {
         let state = self.load()?;
         let r = check(state.as_ref(), cluster, public_key, checkpoint);
         match r {
-            Ok(Some(next)) if save => fsutil::write_atomic(
-                &self.path,
-                &serde_json::to_vec_pretty(&next)?,
-                fsutil::SECRET,
-            ),
+            Ok(Some(next)) if save => {
+                self.storage
+                    .write(FILE, &serde_json::to_vec_pretty(&next)?, fsutil::SECRET)
+            }
             Ok(_) => Ok(()),
             Err(reason) => {
                 metrics::counter!("sigil_agent_audit_witness_refusals_total").increment(1);
