@@ -97,7 +97,7 @@ impl AdminService for AdminApi {
         .await?;
         if r.json.len() > MAX_DOCUMENT_BYTES {
             return Err(Status::invalid_argument(format!(
-                "the resource document is {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+                "the resource document is {} bytes; the limit is {MAX_DOCUMENT_BYTES} bytes",
                 r.json.len()
             )));
         }
