@@ -80,18 +80,7 @@ fn remote_admin_with_an_identity_file_obeys_role_rules() {
     let agent = AgentDirs::new();
     assert!(agent.oneshot(&auth, v["token"].as_str()).status.success());
     let idf = agent.out.join("identity");
-    let remote = |args: &[&str]| {
-        std::process::Command::new(sigil_bin())
-            .args([
-                "--auth-server",
-                &auth.addr(),
-                "--identity",
-                idf.to_str().unwrap(),
-            ])
-            .args(args)
-            .output()
-            .expect("run")
-    };
+    let remote = |args: &[&str]| auth.remote(&idf, args);
     let o = remote(&["get", "roles", "-o", "json"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(stdout(&o).contains("reader"));

@@ -180,18 +180,7 @@ fn removing_an_instance_revokes_its_certificates_on_every_api() {
     assert!(agent.oneshot(&auth, Some(&token)).status.success());
     let cred = credential(&agent);
     let idf = agent.out.join("identity");
-    let remote = |args: &[&str]| {
-        std::process::Command::new(sigil_bin())
-            .args([
-                "--auth-server",
-                &auth.addr(),
-                "--identity",
-                idf.to_str().unwrap(),
-            ])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let remote = |args: &[&str]| auth.remote(&idf, args);
     assert!(remote(&["get", "roles"]).status.success());
     let id = cred["instance_id"].as_str().unwrap();
     auth.ok(&["rm", &format!("bot_instance/{id}")]);

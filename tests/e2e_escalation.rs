@@ -30,11 +30,7 @@ fn admin_bot(auth: &Auth, name: &str, roles: &str) -> (AgentDirs, String) {
 }
 
 fn remote(auth: &Auth, idf: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(sigil_bin())
-        .args(["--auth-server", &auth.addr(), "--identity", idf])
-        .args(args)
-        .output()
-        .expect("run sigil")
+    auth.remote(std::path::Path::new(idf), args)
 }
 
 fn write(auth: &Auth, name: &str, text: &str) -> String {

@@ -149,6 +149,17 @@ impl Auth {
             .expect("run sigil")
     }
 
+    /// `sigil --auth-server ADDR --identity IDENTITY args...`: a remote admin
+    /// call with an agent's `identity` output.
+    pub fn remote(&self, identity: &Path, args: &[&str]) -> Output {
+        Command::new(sigil_bin())
+            .args(["--auth-server", &self.addr(), "--identity"])
+            .arg(identity)
+            .args(args)
+            .output()
+            .expect("run sigil")
+    }
+
     /// Like `admin` but must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.admin(args);

@@ -390,19 +390,8 @@ impl Agent {
         };
         // The pinned auth service names the cluster: the audience the OIDC
         // methods ask their platform for.
-        let ping = client
-            .ping(PingRequest {})
-            .await
-            .map_err(status_error)
-            .context("contacting the auth service")?
-            .into_inner();
         // A server whose audit log went backwards is not joined either.
-        self.witness.precheck(
-            &ping.cluster_name,
-            &ping.audit_public_key,
-            ping.audit_checkpoint.as_ref(),
-        )?;
-        let cluster = ping.cluster_name;
+        let cluster = self.witnessed_ping(&mut client, None).await?.cluster_name;
         let ctx = join::ProverContext {
             storage: self.cfg.storage.clone(),
             cluster,
@@ -463,12 +452,13 @@ impl Agent {
         }
     }
 
-    async fn renew(&self, cur: &StoredCredential) -> anyhow::Result<StoredCredential> {
-        // Persist the next key before asking (crash safety, see storage.rs).
-        let next = self.storage.next_key()?;
-        let mut client = self.client(cur)?;
-        // Witness first: a server whose audit log went backwards (e.g. its database
-        // was rolled back) must not be asked to renew, or it would act on old state.
+    /// Ping the auth service and check its audit checkpoint as a witness
+    /// (for `cluster`, or the one the server names when joining afresh).
+    async fn witnessed_ping(
+        &self,
+        client: &mut AuthServiceClient<tonic::transport::Channel>,
+        cluster: Option<&str>,
+    ) -> anyhow::Result<sigil_proto::v1::PingResponse> {
         let ping = client
             .ping(PingRequest {})
             .await
@@ -476,10 +466,20 @@ impl Agent {
             .context("contacting the auth service")?
             .into_inner();
         self.witness.precheck(
-            &cur.cluster,
+            cluster.unwrap_or(&ping.cluster_name),
             &ping.audit_public_key,
             ping.audit_checkpoint.as_ref(),
         )?;
+        Ok(ping)
+    }
+
+    async fn renew(&self, cur: &StoredCredential) -> anyhow::Result<StoredCredential> {
+        // Persist the next key before asking (crash safety, see storage.rs).
+        let next = self.storage.next_key()?;
+        let mut client = self.client(cur)?;
+        // Witness first: a server whose audit log went backwards (e.g. its database
+        // was rolled back) must not be asked to renew, or it would act on old state.
+        self.witnessed_ping(&mut client, Some(&cur.cluster)).await?;
         let creds = client
             .renew(RenewRequest {
                 public_key_spki: next.spki_der(),

@@ -229,7 +229,7 @@ mod tests {
     use crate::role::{AdminRule, RoleSpec};
     use proptest::prelude::*;
 
-    fn role(f: impl FnOnce(&mut RoleSpec)) -> Role {
+    pub(super) fn role(f: impl FnOnce(&mut RoleSpec)) -> Role {
         let mut spec = RoleSpec::default();
         f(&mut spec);
         Role::new(Metadata::named("r"), spec)
@@ -242,7 +242,7 @@ mod tests {
             .collect()
     }
 
-    fn sel(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    pub(super) fn sel(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))

@@ -179,21 +179,9 @@ fn show_selector(s: &BTreeMap<String, Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{Metadata, Role};
-    use crate::role::{AdminRule, RoleSpec};
-
-    fn role(f: impl FnOnce(&mut RoleSpec)) -> Role {
-        let mut spec = RoleSpec::default();
-        f(&mut spec);
-        Role::new(Metadata::named("r"), spec)
-    }
-
-    fn sel(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
-            .collect()
-    }
+    use crate::rbac::tests::{role, sel};
+    use crate::resource::Role;
+    use crate::role::AdminRule;
 
     fn rule(r: &[&str], v: &[&str]) -> AdminRule {
         AdminRule {
