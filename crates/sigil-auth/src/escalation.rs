@@ -16,7 +16,8 @@
 use std::time::Duration;
 
 use sigil_types::{
-    DEFAULT_MAX_TTL, Role, RoleConditions, RoleSet, RoleSpecRef, format_duration, lifted_denies,
+    DEFAULT_MAX_TTL, Role, RoleConditions, RoleOptions, RoleSet, RoleSpecRef, format_duration,
+    lifted_denies, lifted_options,
 };
 use tonic::Status;
 
@@ -89,6 +90,11 @@ pub fn check_role(
     let mut missing = set.uncovered(&RoleSpecRef::of(&new.spec));
     if let Some(old) = old {
         missing.extend(lifted(&set, &old.spec.deny, &new.spec.deny));
+        missing.extend(lifted_ssh_options(
+            &set,
+            &old.spec.options,
+            &new.spec.options,
+        ));
     }
     // A role's max_ttl caps its holders: raising it past the caller's own cap
     // hands out longer-lived credentials than the caller may have.
@@ -131,6 +137,11 @@ pub fn check_bot_roles(
             missing.extend(
                 lifted(&set, &role.spec.deny, &RoleConditions::default())
                     .into_iter()
+                    .chain(lifted_ssh_options(
+                        &set,
+                        &role.spec.options,
+                        &RoleOptions::default(),
+                    ))
                     .map(|m| format!("removing role {name}: {m}")),
             );
         }
@@ -206,10 +217,19 @@ fn lifted(set: &RoleSet, old: &RoleConditions, new: &RoleConditions) -> Vec<Stri
     set.uncovered(&RoleSpecRef {
         allow: &lifted,
         deny: &empty,
+        options: None,
     })
     .into_iter()
     .map(|m| format!("lifting deny {m}"))
     .collect()
+}
+
+/// SSH options set to `false` in `old` and no longer in `new`, as grants the caller must hold.
+fn lifted_ssh_options(set: &RoleSet, old: &RoleOptions, new: &RoleOptions) -> Vec<String> {
+    set.uncovered_options(&lifted_options(old, new))
+        .into_iter()
+        .map(|m| format!("lifting restriction {m}"))
+        .collect()
 }
 
 fn existing_role(state: &AuthState, name: &str) -> Result<Role, Status> {

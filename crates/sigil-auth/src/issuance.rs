@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sigil_pki::{ClientIdentity, IssuedCert};
+use sigil_pki::{ClientIdentity, IssuedCert, SshUserPermissions};
 use sigil_types::{LockTarget, RoleSet};
 use tonic::Status;
 
@@ -27,6 +27,24 @@ impl BotAuthority {
     pub fn logins_for(&self, id: &ClientIdentity) -> Vec<String> {
         self.role_set
             .logins_with(&crate::workload::bot_attributes(id))
+    }
+
+    /// What this bot's SSH user certificates permit (most-restrictive
+    /// across its roles); `None` when its roles' `ssh_source_address`
+    /// lists have no address in common, so no SSH certificate may be issued.
+    pub fn ssh_user_permissions(&self) -> Option<SshUserPermissions> {
+        let p = self.role_set.ssh_permissions();
+        if p.source_address.as_ref().is_some_and(Vec::is_empty) {
+            return None;
+        }
+        Some(SshUserPermissions {
+            port_forwarding: p.port_forwarding,
+            agent_forwarding: p.agent_forwarding,
+            x11_forwarding: p.x11_forwarding,
+            pty: p.pty,
+            user_rc: p.user_rc,
+            source_address: p.source_address,
+        })
     }
 }
 

@@ -43,5 +43,5 @@ pub use key_manager::{CaSigningKey, KeyManager};
 pub use keys::{CaPurpose, KeyAlgorithm, StoredCa, StoredKey, sha256_hex};
 pub use software_keys::SoftwareKeyManager;
 pub use spiffe_bundle::spiffe_bundle_document;
-pub use ssh_ca::{ACCEPTED_SSH_KEYS, IssuedSshCert, SshCa, check_ssh_key};
+pub use ssh_ca::{ACCEPTED_SSH_KEYS, IssuedSshCert, SshCa, SshUserPermissions, check_ssh_key};
 pub use x509_ca::{ACCEPTED_KEYS, IssuedCert, X509Ca, check_spki};

@@ -17,14 +17,105 @@ use crate::{PkiError, Result};
 /// Back-dating of valid_after for peers with slightly slow clocks.
 const CLOCK_SKEW_SECS: u64 = 60;
 
-/// Extensions OpenSSH grants an ordinary interactive user (what `ssh-keygen -s` sets by default).
-const USER_EXTENSIONS: [&str; 5] = [
-    "permit-X11-forwarding",
-    "permit-agent-forwarding",
-    "permit-port-forwarding",
-    "permit-pty",
-    "permit-user-rc",
-];
+/// What an OpenSSH user certificate permits: each `true` becomes its
+/// `permit-*` extension, and `source_address` the `source-address` critical
+/// option. Plain data so that sigil-pki needs no policy types; the auth
+/// service fills it from the bot's roles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshUserPermissions {
+    /// `permit-port-forwarding`.
+    pub port_forwarding: bool,
+    /// `permit-agent-forwarding`.
+    pub agent_forwarding: bool,
+    /// `permit-X11-forwarding`.
+    pub x11_forwarding: bool,
+    /// `permit-pty`.
+    pub pty: bool,
+    /// `permit-user-rc`.
+    pub user_rc: bool,
+    /// `None`: any source address. `Some(list)`: the `source-address`
+    /// critical option (addresses or CIDRs). `Some(empty)` allows no address
+    /// at all: issuing is refused (the caller should issue no certificate).
+    pub source_address: Option<Vec<String>>,
+}
+
+impl SshUserPermissions {
+    /// A terminal and nothing else: a bot's default.
+    pub const PTY_ONLY: SshUserPermissions = SshUserPermissions {
+        port_forwarding: false,
+        agent_forwarding: false,
+        x11_forwarding: false,
+        pty: true,
+        user_rc: false,
+        source_address: None,
+    };
+
+    /// Everything `ssh-keygen -s` permits by default (an interactive user).
+    pub const ALL: SshUserPermissions = SshUserPermissions {
+        port_forwarding: true,
+        agent_forwarding: true,
+        x11_forwarding: true,
+        pty: true,
+        user_rc: true,
+        source_address: None,
+    };
+
+    /// The `permit-*` extensions these permissions grant.
+    fn extensions(&self) -> Vec<&'static str> {
+        [
+            (self.x11_forwarding, "permit-X11-forwarding"),
+            (self.agent_forwarding, "permit-agent-forwarding"),
+            (self.port_forwarding, "permit-port-forwarding"),
+            (self.pty, "permit-pty"),
+            (self.user_rc, "permit-user-rc"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+
+    /// The `source-address` value, checked: `None` for no restriction.
+    fn source_address_option(&self) -> Result<Option<String>> {
+        let Some(list) = &self.source_address else {
+            return Ok(None);
+        };
+        if list.is_empty() {
+            return Err(PkiError::InvalidName {
+                field: "source-address",
+                value: String::new(),
+                reason: "an empty list allows no address: issue no certificate instead",
+            });
+        }
+        for cidr in list {
+            if !is_address_or_cidr(cidr) {
+                return Err(PkiError::InvalidName {
+                    field: "source-address",
+                    value: cidr.escape_debug().to_string(),
+                    reason: "each entry must be an IP address or CIDR such as 10.0.0.0/8",
+                });
+            }
+        }
+        Ok(Some(list.join(",")))
+    }
+}
+
+/// An IPv4/IPv6 address, optionally with a `/prefix` no longer than the address.
+fn is_address_or_cidr(s: &str) -> bool {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.len() <= 3
+            && p.parse::<u8>().is_ok_and(|n| n <= max)
+    })
+}
 
 /// An OpenSSH certificate issued by an [`SshCa`].
 #[derive(Clone, Debug)]
@@ -156,13 +247,15 @@ impl SshCa {
         format!("@cert-authority {host_pattern} {}", self.public_openssh)
     }
 
-    /// Issue a user certificate (requires an `ssh-user` CA) with the usual permit-* extensions.
+    /// Issue a user certificate (requires an `ssh-user` CA) with exactly the
+    /// `permit-*` extensions and `source-address` that `permissions` give.
     pub fn issue_user_cert(
         &self,
         subject_public_key_openssh: &str,
         key_id: &str,
         principals: &[String],
         ttl: Duration,
+        permissions: &SshUserPermissions,
     ) -> Result<IssuedSshCert> {
         self.require(CaPurpose::SshUser)?;
         self.issue(
@@ -171,6 +264,7 @@ impl SshCa {
             principals,
             ttl,
             CertType::User,
+            Some(permissions),
         )
     }
 
@@ -189,6 +283,7 @@ impl SshCa {
             principals,
             ttl,
             CertType::Host,
+            None,
         )
     }
 
@@ -213,6 +308,7 @@ impl SshCa {
         principals: &[String],
         ttl: Duration,
         cert_type: CertType,
+        permissions: Option<&SshUserPermissions>,
     ) -> Result<IssuedSshCert> {
         // An empty principal list means "valid for every principal" to OpenSSH: never issue it.
         if principals.is_empty() || principals.iter().any(|p| p.is_empty() || p.contains(',')) {
@@ -232,6 +328,10 @@ impl SshCa {
         if ttl.is_zero() {
             return Err(PkiError::InvalidTtl("must be greater than zero"));
         }
+        let source_address = match permissions {
+            Some(p) => p.source_address_option()?,
+            None => None,
+        };
         let subject = PublicKey::from_openssh(subject_public_key_openssh.trim())
             .map_err(ssh_err("parse subject public key"))?;
         check_ssh_key(subject.key_data())?;
@@ -262,10 +362,13 @@ impl SshCa {
             for p in principals {
                 b.valid_principal(p.as_str())?;
             }
-            if cert_type == CertType::User {
-                for ext in USER_EXTENSIONS {
+            if let Some(p) = permissions {
+                for ext in p.extensions() {
                     b.extension(ext, "")?;
                 }
+            }
+            if let Some(list) = source_address {
+                b.critical_option("source-address", list)?;
             }
             Ok(())
         })()

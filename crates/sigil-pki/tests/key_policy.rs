@@ -118,20 +118,21 @@ fn ssh_issuance_refuses_weak_keys() {
     ] {
         let public = ssh_public(dir.path(), name, args).unwrap();
         assert!(
-            ca.issue_user_cert(&public, "k", &logins, ttl).is_ok(),
+            ca.issue_user_cert(&public, "k", &logins, ttl, &SshUserPermissions::PTY_ONLY)
+                .is_ok(),
             "{name}"
         );
     }
     let weak_rsa = ssh_public(dir.path(), "rsa1024", &["-t", "rsa", "-b", "1024"]).unwrap();
     let err = ca
-        .issue_user_cert(&weak_rsa, "k", &logins, ttl)
+        .issue_user_cert(&weak_rsa, "k", &logins, ttl, &SshUserPermissions::PTY_ONLY)
         .unwrap_err()
         .to_string();
     assert!(err.contains("RSA key of 1024 bits"), "{err}");
     assert!(err.contains(ACCEPTED_SSH_KEYS), "{err}");
     if let Some(dsa) = ssh_public(dir.path(), "dsa", &["-t", "dsa"]) {
         let err = ca
-            .issue_user_cert(&dsa, "k", &logins, ttl)
+            .issue_user_cert(&dsa, "k", &logins, ttl, &SshUserPermissions::PTY_ONLY)
             .unwrap_err()
             .to_string();
         assert!(err.contains("DSA"), "{err}");

@@ -45,6 +45,7 @@ fn user_cert_is_understood_by_ssh_keygen() {
             "bot-ci/instance-1",
             &principals(&["ubuntu", "deploy"]),
             Duration::from_secs(3600),
+            &SshUserPermissions::ALL,
         )
         .unwrap();
     assert!(
@@ -165,7 +166,8 @@ fn host_cert_and_known_hosts() {
             &host.public_openssh(),
             "x",
             &principals(&["root"]),
-            Duration::from_secs(60)
+            Duration::from_secs(60),
+            &SshUserPermissions::ALL,
         )
         .is_err()
     );
@@ -243,6 +245,7 @@ fn stored_ssh_ca_round_trip() {
             "u",
             &principals(&["root"]),
             Duration::from_secs(60),
+            &SshUserPermissions::PTY_ONLY,
         )
         .unwrap();
     let path = write(dir.path(), "c.pub", &cert.openssh, 0o644);
@@ -261,7 +264,13 @@ fn stored_ssh_ca_round_trip() {
     // Empty principals would be a golden ticket.
     assert!(
         loaded
-            .issue_user_cert(&user.public_openssh(), "u", &[], Duration::from_secs(60))
+            .issue_user_cert(
+                &user.public_openssh(),
+                "u",
+                &[],
+                Duration::from_secs(60),
+                &SshUserPermissions::PTY_ONLY
+            )
             .is_err()
     );
     assert!(
@@ -270,8 +279,118 @@ fn stored_ssh_ca_round_trip() {
                 "ssh-ed25519 garbage",
                 "u",
                 &principals(&["a"]),
-                Duration::from_secs(60)
+                Duration::from_secs(60),
+                &SshUserPermissions::PTY_ONLY
             )
             .is_err()
     );
+}
+
+/// The `Critical Options:` and `Extensions:` blocks of `ssh-keygen -L`
+/// output, each as its sorted lines (trimmed); "(none)" gives an empty list.
+fn cert_options(out: &str) -> (Vec<String>, Vec<String>) {
+    let block = |title: &str| -> Vec<String> {
+        let mut lines = out.lines().skip_while(|l| l.trim() != title);
+        let head = lines.next();
+        assert!(head.is_some(), "no {title} in {out}");
+        let mut v: Vec<String> = lines
+            .take_while(|l| l.starts_with("                "))
+            .map(|l| l.trim().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    // ssh-keygen prints "Critical Options: (none)" on one line when empty.
+    let crit = if out.contains("Critical Options: (none)") {
+        vec![]
+    } else {
+        block("Critical Options:")
+    };
+    let ext = if out.contains("Extensions: (none)") {
+        vec![]
+    } else {
+        block("Extensions:")
+    };
+    (crit, ext)
+}
+
+#[test]
+fn user_cert_carries_exactly_the_permissions_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = SshCa::generate(&SoftwareKeyManager, CaPurpose::SshUser, "prod").unwrap();
+    let user = SshKeyPair::generate("bot").unwrap();
+    let issue = |p: &SshUserPermissions| {
+        ca.issue_user_cert(
+            &user.public_openssh(),
+            "bot:ci:1",
+            &principals(&["deploy"]),
+            Duration::from_secs(600),
+            p,
+        )
+    };
+    let listed = |p: &SshUserPermissions, name: &str| {
+        let cert = issue(p).unwrap();
+        let path = write(dir.path(), name, &cert.openssh, 0o644);
+        let (ok, out) = ssh_keygen(&["-L", "-f", &path]);
+        assert!(ok, "{out}");
+        cert_options(&out)
+    };
+    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let (crit, ext) = listed(&SshUserPermissions::PTY_ONLY, "pty.pub");
+    assert_eq!(crit, Vec::<String>::new());
+    assert_eq!(ext, strs(&["permit-pty"]));
+
+    let (crit, ext) = listed(&SshUserPermissions::ALL, "all.pub");
+    assert_eq!(crit, Vec::<String>::new());
+    assert_eq!(
+        ext,
+        strs(&[
+            "permit-X11-forwarding",
+            "permit-agent-forwarding",
+            "permit-port-forwarding",
+            "permit-pty",
+            "permit-user-rc",
+        ])
+    );
+
+    let nothing = SshUserPermissions {
+        pty: false,
+        ..SshUserPermissions::PTY_ONLY
+    };
+    let (crit, ext) = listed(&nothing, "none.pub");
+    assert_eq!((crit, ext), (vec![], vec![]));
+
+    let forwarding = SshUserPermissions {
+        port_forwarding: true,
+        agent_forwarding: true,
+        pty: false,
+        source_address: Some(strs(&["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"])),
+        ..SshUserPermissions::PTY_ONLY
+    };
+    let (crit, ext) = listed(&forwarding, "fwd.pub");
+    assert_eq!(
+        crit,
+        strs(&["source-address 10.0.0.0/8,192.0.2.7/32,2001:db8::/32"])
+    );
+    assert_eq!(
+        ext,
+        strs(&["permit-agent-forwarding", "permit-port-forwarding"])
+    );
+
+    // No address at all, or a malformed one: nothing is issued.
+    for bad in [
+        vec![],
+        strs(&["10.0.0.0/33"]),
+        strs(&["10.0.0.0/8,0.0.0.0/0"]),
+        strs(&["example.com"]),
+        strs(&["10.0.0.0/"]),
+    ] {
+        let p = SshUserPermissions {
+            source_address: Some(bad.clone()),
+            ..SshUserPermissions::PTY_ONLY
+        };
+        let err = issue(&p).unwrap_err().to_string();
+        assert!(err.contains("source-address"), "{bad:?}: {err}");
+    }
 }

@@ -30,7 +30,10 @@ pub use duration::{
 };
 pub use lock::{LockSpec, LockTarget};
 pub use parse::{ParseError, parse_resources};
-pub use rbac::{LabelField, RoleSet, RoleSpecRef, glob_match, lifted_denies};
+pub use rbac::{
+    HostLogins, LabelField, RoleSet, RoleSpecRef, SshPermissions, glob_match, lifted_denies,
+    lifted_options,
+};
 pub use resource::{
     AnyResource, Bot, BotInstance, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION, Resource,
     Role, Token, ValidationError, WorkloadIdentity, WorkloadIdentityX509Revocation,
@@ -38,7 +41,8 @@ pub use resource::{
 };
 pub use revocation::{WorkloadIdentityX509RevocationSpec, normalize_serial_hex};
 pub use role::{
-    AdminRule, KNOWN_VERBS, RULE_RESOURCES, RoleConditions, RoleOptions, RoleSpec, validate_login,
+    AdminRule, Cidr, KNOWN_VERBS, RULE_RESOURCES, RoleConditions, RoleOptions, RoleSpec,
+    validate_host_principal, validate_login,
 };
 pub use spiffe::{SpiffeId, SpiffeIdError, validate_path_segment, validate_trust_domain};
 pub use token::{

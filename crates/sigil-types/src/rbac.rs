@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 mod grants;
-pub use grants::{RoleSpecRef, lifted_denies};
+mod ssh;
+pub use grants::{RoleSpecRef, lifted_denies, lifted_options};
+pub use ssh::{HostLogins, SshPermissions};
 
 /// Which label selector of a role to evaluate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

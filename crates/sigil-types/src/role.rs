@@ -7,6 +7,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod ssh;
+pub use ssh::{Cidr, validate_host_principal};
+
 /// Admin API verbs a rule may grant (besides `*`). `escalate` lets a caller
 /// grant what it does not hold itself (roles, bots, tokens for more
 /// privileged bots): it is admin-equivalent, and `*` includes it.
@@ -79,6 +82,10 @@ pub struct RoleConditions {
     /// Admin API rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<AdminRule>,
+    /// SSH host principals (host names, IPs, `*` globs such as
+    /// `*.example.test`) a host holding this role may get a host certificate for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_host_principals: Vec<String>,
 }
 
 /// Grants (or denies) `verbs` on `resources` in the admin API.
@@ -108,6 +115,25 @@ pub struct RoleOptions {
     /// Upper bound on credential TTL for holders of this role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<HumanDuration>,
+    /// `permit-port-forwarding` in SSH user certificates (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port_forwarding: Option<bool>,
+    /// `permit-agent-forwarding` (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_agent_forwarding: Option<bool>,
+    /// `permit-X11-forwarding` (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_x11_forwarding: Option<bool>,
+    /// `permit-pty` (default on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_pty: Option<bool>,
+    /// `permit-user-rc` (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user_rc: Option<bool>,
+    /// CIDRs SSH user certificates may be used from (the `source-address`
+    /// critical option); across roles, only addresses every such role allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_source_address: Vec<String>,
 }
 
 /// Deserializes a label map whose values are either one string or a list.
@@ -255,6 +281,10 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
             }
         }
     }
+    for (i, h) in c.ssh_host_principals.iter().enumerate() {
+        validate_host_principal(h, true)
+            .map_err(|m| ValidationError::new(format!("{p}.ssh_host_principals[{i}]"), m))?;
+    }
     for (i, rule) in c.rules.iter().enumerate() {
         let rp = format!("{p}.rules[{i}]");
         if rule.resources.is_empty() {
@@ -311,6 +341,11 @@ impl Kind for RoleSpec {
         if let Some(t) = res.spec.options.max_ttl {
             crate::duration::check_duration(t.0)
                 .map_err(|e| ValidationError::new("spec.options.max_ttl", e.to_string()))?;
+        }
+        for (i, c) in res.spec.options.ssh_source_address.iter().enumerate() {
+            Cidr::parse(c).map_err(|m| {
+                ValidationError::new(format!("spec.options.ssh_source_address[{i}]"), m)
+            })?;
         }
         Ok(())
     }
@@ -436,5 +471,37 @@ mod tests {
             role(s).validate().unwrap_err().field,
             "spec.options.max_ttl"
         );
+    }
+
+    #[test]
+    fn ssh_fields_parse_and_validate() {
+        let yaml = "allow:\n  ssh_host_principals: ['*.example.test', localhost, 127.0.0.1, '::1']\n\
+                    options:\n  ssh_port_forwarding: true\n  ssh_pty: false\n  \
+                    ssh_source_address: [10.0.0.0/8, 192.0.2.7/32, '2001:db8::/32']\n";
+        let spec: RoleSpec = serde_norway::from_str(yaml).unwrap();
+        assert_eq!(spec.allow.ssh_host_principals.len(), 4);
+        assert_eq!(spec.options.ssh_port_forwarding, Some(true));
+        assert_eq!(spec.options.ssh_pty, Some(false));
+        assert_eq!(spec.options.ssh_agent_forwarding, None);
+        role(spec.clone()).validate().unwrap();
+
+        let mut s = spec.clone();
+        s.allow.ssh_host_principals[2] = "web_1\u{1b}".into();
+        let err = role(s).validate().unwrap_err();
+        assert_eq!(err.field, "spec.allow.ssh_host_principals[2]");
+        assert!(err.message.contains("web_1\\u{1b}"), "{}", err.message);
+        assert!(err.message.contains("host name"), "{}", err.message);
+        let mut s = spec.clone();
+        s.deny.ssh_host_principals = vec!["a..b".into()];
+        assert_eq!(
+            role(s).validate().unwrap_err().field,
+            "spec.deny.ssh_host_principals[0]"
+        );
+        let mut s = spec;
+        s.options.ssh_source_address.push("10.0.0.0/33".into());
+        let err = role(s).validate().unwrap_err();
+        assert_eq!(err.field, "spec.options.ssh_source_address[3]");
+        assert!(err.message.contains("10.0.0.0/33"), "{}", err.message);
+        assert!(serde_json::from_str::<RoleOptions>(r#"{"ssh_pty":"yes"}"#).is_err());
     }
 }

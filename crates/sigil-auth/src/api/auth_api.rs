@@ -140,11 +140,15 @@ impl AuthService for AuthApi {
         let mut ssh_cert = String::new();
         // No logins, no SSH certificate (one without principals would be
         // valid for every user); the TLS identity still works for admin rules.
-        if !r.ssh_public_key.is_empty() && !logins.is_empty() {
+        // Likewise when the roles leave no source address to log in from.
+        let ssh_permissions = auth.ssh_user_permissions();
+        if let Some(permissions) =
+            ssh_permissions.filter(|_| !r.ssh_public_key.is_empty() && !logins.is_empty())
+        {
             let key_id = format!("bot:{}:{}", id.bot, id.instance_id);
             let c = cas
                 .ssh_user
-                .issue_user_cert(&r.ssh_public_key, &key_id, &logins, ttl)
+                .issue_user_cert(&r.ssh_public_key, &key_id, &logins, ttl, &permissions)
                 .map_err(issuance::pki_error)?;
             events.push(audit::event(
                 audit::CERT_ISSUED,

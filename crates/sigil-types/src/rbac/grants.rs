@@ -1,8 +1,9 @@
 //! Granting: what a role (or lifting a deny) would give that a role set
 //! does not hold. The admin API refuses such grants (no escalation).
 
+use super::ssh::{SSH_FLAGS, host_pattern_matches};
 use super::{LabelField, RoleSet, glob_match};
-use crate::role::RoleConditions;
+use crate::role::{RoleConditions, RoleOptions};
 use std::collections::BTreeMap;
 
 /// What granting a role (or lifting its denies) would give that the holder
@@ -82,28 +83,89 @@ impl RoleSet {
                 }
             }
         }
+        for p in &allow.ssh_host_principals {
+            let held = self.roles.iter().any(|r| {
+                r.spec
+                    .allow
+                    .ssh_host_principals
+                    .iter()
+                    .any(|q| host_pattern_covers(q, p))
+            });
+            if !held {
+                out.push(format!("ssh_host_principals {p:?}"));
+            }
+        }
+        if !allow.ssh_host_principals.is_empty() {
+            for r in &self.roles {
+                for d in &r.spec.deny.ssh_host_principals {
+                    if !deny.ssh_host_principals.contains(d) {
+                        out.push(format!(
+                            "ssh_host_principals without the deny {d:?} that binds the granter"
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(options) = role.options {
+            out.extend(self.uncovered_options(options));
+        }
         out.sort();
         out.dedup();
         out
     }
+
+    /// Each SSH permission `options` turns on (`ssh_* : true`) that this
+    /// set's own certificates do not have: a caller may not hand out a
+    /// certificate less restricted than its own. `ssh_source_address` only
+    /// restricts, so it needs nothing.
+    pub fn uncovered_options(&self, options: &RoleOptions) -> Vec<String> {
+        let own = self.ssh_permissions();
+        SSH_FLAGS
+            .iter()
+            .filter(|f| (f.of_role)(options) == Some(true) && !(f.of_permissions)(&own))
+            .map(|f| format!("options.{}: true (the caller's own is false)", f.name))
+            .collect()
+    }
 }
 
-/// A role's allow and deny sides, borrowed: what [`RoleSet::uncovered`] checks.
+/// A role's allow and deny sides (and options), borrowed: what
+/// [`RoleSet::uncovered`] checks.
 #[derive(Clone, Copy, Debug)]
 pub struct RoleSpecRef<'a> {
     /// What the role grants.
     pub allow: &'a RoleConditions,
     /// What it forbids.
     pub deny: &'a RoleConditions,
+    /// Its options, whose SSH permissions are checked
+    /// ([`RoleSet::uncovered_options`]); `None` checks none.
+    pub options: Option<&'a RoleOptions>,
 }
 
 impl<'a> RoleSpecRef<'a> {
-    /// Both sides of `role`.
+    /// Both sides and the options of `role`.
     pub fn of(role: &'a crate::role::RoleSpec) -> Self {
         RoleSpecRef {
             allow: &role.allow,
             deny: &role.deny,
+            options: Some(&role.options),
         }
+    }
+}
+
+/// What relaxing a role's options from `old` to `new` grants, as options
+/// to check with [`RoleSet::uncovered_options`]: each `ssh_*: false` that
+/// `new` drops becomes `true` (its holders may now get it from another role).
+pub fn lifted_options(old: &RoleOptions, new: &RoleOptions) -> RoleOptions {
+    let lifted = |f: fn(&RoleOptions) -> Option<bool>| {
+        (f(old) == Some(false) && f(new) != Some(false)).then_some(true)
+    };
+    RoleOptions {
+        ssh_port_forwarding: lifted(|o| o.ssh_port_forwarding),
+        ssh_agent_forwarding: lifted(|o| o.ssh_agent_forwarding),
+        ssh_x11_forwarding: lifted(|o| o.ssh_x11_forwarding),
+        ssh_pty: lifted(|o| o.ssh_pty),
+        ssh_user_rc: lifted(|o| o.ssh_user_rc),
+        ..RoleOptions::default()
     }
 }
 
@@ -135,6 +197,7 @@ pub fn lifted_denies(old: &RoleConditions, new: &RoleConditions) -> RoleConditio
             .filter(|r| !new.rules.contains(r))
             .cloned()
             .collect(),
+        ssh_host_principals: minus(&old.ssh_host_principals, &new.ssh_host_principals),
     }
 }
 
@@ -167,6 +230,13 @@ fn selector_covers(
 /// True if glob `held` matches everything glob `granted` does (conservatively).
 fn pattern_covers(held: &str, granted: &str) -> bool {
     held == "*" || held == granted || (!granted.contains(['*', '?']) && glob_match(held, granted))
+}
+
+/// True if host pattern `held` matches everything host pattern `granted`
+/// does. Host patterns have only `*` (no `?`), so `held` matching `granted`
+/// read literally is exact: a `*` of `granted` can only be matched by a `*`.
+fn host_pattern_covers(held: &str, granted: &str) -> bool {
+    held == "*" || host_pattern_matches(held, granted)
 }
 
 fn show_selector(s: &BTreeMap<String, Vec<String>>) -> String {
@@ -287,10 +357,121 @@ mod tests {
         let r = RoleSpecRef {
             allow: &lifted,
             deny: &empty,
+            options: None,
         };
         assert!(
             set.uncovered(&r)
                 .contains(&"rule delete on lock".to_string())
+        );
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn escalation_ssh_host_principals() {
+        let holder = role(|s| {
+            s.allow.ssh_host_principals = strs(&["*.example.test", "localhost", "127.0.0.*"]);
+        });
+        let ok = role(|s| {
+            s.allow.ssh_host_principals = strs(&[
+                "web1.example.test",
+                "web-*.example.test",
+                "*.example.test",
+                "LOCALHOST",
+                "127.0.0.1",
+            ]);
+        });
+        assert!(uncovered(std::slice::from_ref(&holder), &ok).is_empty());
+        let too_much = role(|s| {
+            s.allow.ssh_host_principals = strs(&["*", "example.test", "*.test", "::1"]);
+        });
+        assert_eq!(
+            uncovered(std::slice::from_ref(&holder), &too_much),
+            [
+                "ssh_host_principals \"*\"",
+                "ssh_host_principals \"*.test\"",
+                "ssh_host_principals \"::1\"",
+                "ssh_host_principals \"example.test\"",
+            ]
+        );
+        let star = role(|s| s.allow.ssh_host_principals = strs(&["*"]));
+        assert!(uncovered(std::slice::from_ref(&star), &too_much).is_empty());
+        // A holder's deny must travel with what it grants.
+        let no_secret = role(|s| s.deny.ssh_host_principals = strs(&["secret.example.test"]));
+        let bound = [holder, no_secret];
+        assert_eq!(
+            uncovered(&bound, &ok),
+            ["ssh_host_principals without the deny \"secret.example.test\" that binds the granter"]
+        );
+        let mut ok_with_deny = ok.clone();
+        ok_with_deny.spec.deny.ssh_host_principals = strs(&["secret.example.test"]);
+        assert!(uncovered(&bound, &ok_with_deny).is_empty());
+        // Dropping a deny grants what it denied.
+        let lifted = lifted_denies(&ok_with_deny.spec.deny, &RoleConditions::default());
+        assert_eq!(lifted.ssh_host_principals, ["secret.example.test"]);
+        let empty = RoleConditions::default();
+        let r = RoleSpecRef {
+            allow: &lifted,
+            deny: &empty,
+            options: None,
+        };
+        assert!(RoleSet::new(bound.to_vec()).uncovered(&r).len() == 1);
+        assert!(RoleSet::new(vec![star]).uncovered(&r).is_empty());
+    }
+
+    #[test]
+    fn escalation_ssh_options() {
+        let forwarding = role(|s| {
+            s.options.ssh_port_forwarding = Some(true);
+            s.options.ssh_agent_forwarding = Some(true);
+        });
+        let plain = role(|_| {});
+        // The default caller (pty only) may not hand out forwarding.
+        assert_eq!(
+            uncovered(std::slice::from_ref(&plain), &forwarding),
+            [
+                "options.ssh_agent_forwarding: true (the caller's own is false)",
+                "options.ssh_port_forwarding: true (the caller's own is false)",
+            ]
+        );
+        assert!(uncovered(std::slice::from_ref(&forwarding), &forwarding).is_empty());
+        // A caller restricted by another of its roles is restricted here too.
+        let no_agent = role(|s| s.options.ssh_agent_forwarding = Some(false));
+        assert_eq!(
+            uncovered(&[forwarding.clone(), no_agent.clone()], &forwarding),
+            ["options.ssh_agent_forwarding: true (the caller's own is false)"]
+        );
+        // Restrictions need nothing: false, a pty (the default) and source addresses.
+        let restricted = role(|s| {
+            s.options.ssh_pty = Some(true);
+            s.options.ssh_x11_forwarding = Some(false);
+            s.options.ssh_source_address = strs(&["10.0.0.0/8"]);
+        });
+        assert!(uncovered(std::slice::from_ref(&plain), &restricted).is_empty());
+        let no_pty = role(|s| s.options.ssh_pty = Some(false));
+        assert_eq!(
+            uncovered(std::slice::from_ref(&no_pty), &restricted),
+            ["options.ssh_pty: true (the caller's own is false)"]
+        );
+        // Lifting a `false` grants what it held back.
+        let lifted = lifted_options(&no_agent.spec.options, &plain.spec.options);
+        assert_eq!(lifted.ssh_agent_forwarding, Some(true));
+        assert_eq!(
+            lifted_options(&no_agent.spec.options, &no_agent.spec.options),
+            RoleOptions::default()
+        );
+        assert_eq!(
+            lifted_options(&forwarding.spec.options, &plain.spec.options),
+            RoleOptions::default()
+        );
+        let set = RoleSet::new(vec![plain]);
+        assert_eq!(set.uncovered_options(&lifted).len(), 1);
+        assert!(
+            RoleSet::new(vec![forwarding])
+                .uncovered_options(&lifted)
+                .is_empty()
         );
     }
 }
