@@ -177,6 +177,11 @@ fn fingerprint_section(lines: &[String]) -> Result<Option<Vec<u8>>> {
 fn plain_key_blob(line: &str) -> std::result::Result<Vec<u8>, String> {
     let key = PublicKey::from_openssh(line.trim())
         .map_err(|e| format!("not an OpenSSH public key line ({e})"))?;
+    // ssh-key reads unknown `name@domain` algorithms as opaque keys, certificates included.
+    let algorithm = key.algorithm();
+    if algorithm.as_str().contains("-cert-") {
+        return Err(format!("{} is a certificate, not a plain key", algorithm.as_str()));
+    }
     key.to_bytes()
         .map_err(|e| format!("could not encode the key ({e})"))
 }
