@@ -46,8 +46,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decode our KRL into (header fields, cert sections, sha256 hashes); panics on anything malformed.
-fn decode(bytes: &[u8]) -> ((u64, u64, String), Vec<Decoded>, Vec<Vec<u8>>) {
+/// ((version, generated date, comment), certificate sections, SHA-256 hashes).
+type DecodedKrl = ((u64, u64, String), Vec<Decoded>, Vec<Vec<u8>>);
+
+/// Decode our KRL; panics on anything malformed.
+fn decode(bytes: &[u8]) -> DecodedKrl {
     let mut r = Reader(bytes);
     assert_eq!(r.take(8), KRL_MAGIC);
     assert_eq!(r.u32(), KRL_FORMAT_VERSION);
