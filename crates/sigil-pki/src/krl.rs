@@ -177,6 +177,14 @@ fn fingerprint_section(lines: &[String]) -> Result<Option<Vec<u8>>> {
 fn plain_key_blob(line: &str) -> std::result::Result<Vec<u8>, String> {
     let key = PublicKey::from_openssh(line.trim())
         .map_err(|e| format!("not an OpenSSH public key line ({e})"))?;
+    // ssh-key reads unknown `name@domain` algorithms as opaque keys, certificates included.
+    let algorithm = key.algorithm();
+    if algorithm.as_str().contains("-cert-") {
+        return Err(format!(
+            "{} is a certificate, not a plain key",
+            algorithm.as_str()
+        ));
+    }
     key.to_bytes()
         .map_err(|e| format!("could not encode the key ({e})"))
 }
@@ -331,7 +339,7 @@ fn plan_subsections(runs: &[Run]) -> Vec<Subsection> {
 /// zero byte when the top bit would otherwise read as a sign.
 fn bitmap_bytes(lo: u64, hi: u64) -> u64 {
     let bits = hi - lo + 1;
-    bits.div_ceil(8) + u64::from(bits % 8 == 0)
+    bits.div_ceil(8) + u64::from(bits.is_multiple_of(8))
 }
 
 /// Append the serial subsections for `runs` to a certificate section body.
