@@ -416,3 +416,160 @@ fn lists_come_in_pages_and_huge_lifetimes_are_refused_not_panicking() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     auth.ok(&["status"]);
 }
+
+/// Runs `cmd args` with `input` on stdin.
+fn piped(cmd: &str, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn ca_export_prints_each_ca_as_its_consumers_read_it() {
+    let auth = Auth::start();
+    auth.create(
+        "ca-reader.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: ca-reader}\nspec:\n  allow:\n    logins: [ops]\n    rules: [{resources: [status], verbs: [read]}]\n",
+    );
+    let out = auth.ok(&[
+        "bots",
+        "add",
+        "ops",
+        "--roles",
+        "ca-reader",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let agent = AgentDirs::new();
+    let o = agent.oneshot(&auth, v["token"].as_str());
+    assert!(o.status.success(), "{}", text(&o));
+
+    // ssh-user: the key line ssh-keygen reads, and the CA that signed the
+    // bot's user certificate (what sshd's TrustedUserCAKeys must hold).
+    let user_ca = auth.ok(&["ca", "export", "--type", "ssh-user"]);
+    assert_eq!(user_ca.lines().count(), 1, "{user_ca}");
+    let fp = piped("ssh-keygen", &["-l", "-f", "-"], &user_ca);
+    assert!(fp.status.success(), "{}", text(&fp));
+    let fingerprint = stdout(&fp)
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_string();
+    assert!(fingerprint.starts_with("SHA256:"), "{}", stdout(&fp));
+    let cert = agent.out.join("ssh.key-cert.pub");
+    let listed = stdout(&run("ssh-keygen", &["-L", "-f", cert.to_str().unwrap()]));
+    assert!(
+        listed.contains(&format!("Signing CA: ED25519 {fingerprint}")),
+        "the bot's certificate is not signed by the exported ssh-user CA ({fingerprint}):\n{listed}"
+    );
+
+    // ssh-host: the same @cert-authority line the identity output writes.
+    let host_ca = auth.ok(&[
+        "ca",
+        "export",
+        "--type",
+        "ssh-host",
+        "--format",
+        "known_hosts",
+    ]);
+    let known_hosts = std::fs::read_to_string(agent.out.join("known_hosts")).expect("known_hosts");
+    assert_eq!(host_ca, known_hosts);
+    assert_ne!(
+        auth.ok(&["ca", "export", "--type", "ssh-host"]).trim(),
+        user_ca.trim()
+    );
+
+    // X.509 CAs: PEM openssl reads; the client CA verifies the bot's TLS certificate.
+    let dir = auth.dir.path();
+    for ty in ["host", "client", "db-client", "spiffe"] {
+        let pem = auth.ok(&["ca", "export", "--type", ty]);
+        let o = piped("openssl", &["x509", "-noout", "-subject"], &pem);
+        assert!(o.status.success(), "{ty}: {}", text(&o));
+        std::fs::write(dir.join(format!("{ty}-ca.pem")), &pem).expect("write pem");
+    }
+    let client_ca = dir.join("client-ca.pem");
+    let tls = agent.out.join("tls.crt");
+    let o = run(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            client_ca.to_str().unwrap(),
+            tls.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let host_ca_pem = dir.join("host-ca.pem");
+    let o = run(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            host_ca_pem.to_str().unwrap(),
+            tls.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success(),
+        "the host CA must not verify a client certificate"
+    );
+
+    // jwt: the JWKS relying parties read.
+    let jwks: serde_json::Value =
+        serde_json::from_str(&auth.ok(&["ca", "export", "--type", "jwt"])).expect("jwks json");
+    assert!(
+        jwks["keys"].as_array().is_some_and(|k| !k.is_empty()),
+        "{jwks}"
+    );
+
+    // Remotely with an identity file, under RBAC `read` on `status`.
+    let idf = agent.out.join("identity");
+    let o = auth.remote(&idf, &["ca", "export", "--type", "ssh-user"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(stdout(&o), user_ca);
+    auth.create(
+        "no-status.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: no-status}\nspec: {allow: {logins: [ops]}}\n",
+    );
+    auth.ok(&["bots", "update", "ops", "--set-roles", "no-status"]);
+    let o = auth.remote(&idf, &["ca", "export", "--type", "ssh-user"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+
+    // Bad input: an unknown type lists the valid ones (exit 2); known_hosts is
+    // for the host CA only.
+    let o = auth.admin(&["ca", "export", "--type", "ssh"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    for ty in [
+        "host",
+        "client",
+        "ssh-user",
+        "ssh-host",
+        "db-client",
+        "spiffe",
+        "jwt",
+    ] {
+        assert!(text(&o).contains(ty), "{}", text(&o));
+    }
+    let o = auth.admin(&[
+        "ca",
+        "export",
+        "--type",
+        "ssh-user",
+        "--format",
+        "known_hosts",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

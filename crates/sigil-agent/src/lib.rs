@@ -137,7 +137,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 ready.succeeded(cred.expires);
                 metrics::counter!("sigil_agent_renewals_total", "result" => "ok").increment(1);
                 tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation,
-                    expires = %cred.expires, "credentials written");
+                    expires = %rfc3339(cred.expires), "credentials written");
                 if !svid_outputs.is_empty() || !sockets.is_empty() {
                     client_tx.send_replace(Some(agent.client(&cred)?));
                 }
@@ -273,6 +273,14 @@ fn next_renewal(interval: Duration, expires: OffsetDateTime) -> Duration {
     jittered.min(half).max(Duration::from_secs(1))
 }
 
+/// A time as the rest of the logs write it (RFC 3339, UTC), not `time`'s
+/// `Display` form (`2026-05-01 12:00:00.0 +00:00:00`).
+fn rfc3339(t: OffsetDateTime) -> String {
+    let utc = t.to_offset(time::UtcOffset::UTC);
+    utc.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| utc.unix_timestamp().to_string())
+}
+
 /// Exponential from 1s, capped at the renewal interval (and 5 minutes), jittered.
 fn backoff(failures: u32, interval: Duration) -> Duration {
     let cap = interval.min(Duration::from_secs(300));
@@ -302,7 +310,7 @@ impl Agent {
                 if self.cfg.onboarding.token()?.is_none() {
                     anyhow::bail!(
                         "the stored credential expired at {}; create a new token (`sigil tokens add --bot {}`) and configure it",
-                        c.expires,
+                        rfc3339(c.expires),
                         c.bot
                     );
                 }
@@ -544,6 +552,12 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_times_are_rfc3339_utc() {
+        let t = time::macros::datetime!(2026-05-01 14:00:00.5 +02:00);
+        assert_eq!(rfc3339(t), "2026-05-01T12:00:00.5Z");
+    }
 
     #[test]
     fn renewal_waits_at_most_half_the_remaining_life() {

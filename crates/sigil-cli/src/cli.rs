@@ -106,6 +106,9 @@ pub enum Command {
     WorkloadIdentity(WorkloadIdentityCommand),
     /// Show the cluster name, CA pin, CAs and resource counts.
     Status(StatusArgs),
+    /// The cluster's CAs: `sigil ca export --type ssh-user` prints one's public key.
+    #[command(subcommand)]
+    Ca(crate::admin::ca::CaCommand),
 }
 
 /// Output format of most admin verbs.

@@ -50,5 +50,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => admin::audit::run(g, cmd).await,
         Command::WorkloadIdentity(cmd) => admin::workload_identity::run(g, cmd).await,
         Command::Status(args) => admin::status::run(g, args).await,
+        Command::Ca(cmd) => admin::ca::run(g, cmd).await,
     }
 }

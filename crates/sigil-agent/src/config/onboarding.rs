@@ -232,11 +232,21 @@ impl Onboarding {
         if let Some(p) = &self.token_path {
             let t = std::fs::read_to_string(p).with_context(|| {
                 format!(
-                    "onboarding.token_path {}: cannot read the token",
+                    "onboarding.token_path (--token-path) {}: cannot read the token",
                     p.display()
                 )
             })?;
-            return Ok(Some(t.trim().to_string()));
+            let t = t.trim();
+            // An empty file is a set-up mistake (the token was never written
+            // into it), not "no token": say which file and what belongs there.
+            if t.is_empty() {
+                bail!(
+                    "onboarding.token_path (--token-path) {}: the file is empty; write the join token \
+                     that `sigil bots add` (or `sigil tokens add`) printed into it",
+                    p.display()
+                );
+            }
+            return Ok(Some(t.to_string()));
         }
         Ok(None)
     }
@@ -352,6 +362,25 @@ mod tests {
         o.validate().unwrap();
         assert!(!o.is_delegated());
         assert!(serde_norway::from_str::<Onboarding>("kubernetes: {path: x}\n").is_err());
+    }
+
+    #[test]
+    fn an_empty_token_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sigil-token");
+        std::fs::write(&path, " \n").unwrap();
+        let o = Onboarding::with_token(None, None, Some(path.clone()));
+        let e = o.token().unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("empty") && e.contains("--token-path"), "{e}");
+
+        std::fs::write(&path, "s3cr3t-token\n").unwrap();
+        assert_eq!(o.token().unwrap().as_deref(), Some("s3cr3t-token"));
+
+        let missing = dir.path().join("missing");
+        let o = Onboarding::with_token(None, None, Some(missing.clone()));
+        let e = format!("{:#}", o.token().unwrap_err());
+        assert!(e.contains(&missing.display().to_string()), "{e}");
     }
 
     #[test]

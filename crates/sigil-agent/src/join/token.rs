@@ -13,7 +13,7 @@ pub struct TokenProver {
 impl TokenProver {
     pub fn new(o: &Onboarding) -> anyhow::Result<Self> {
         let token = o.token()?.filter(|t| !t.is_empty()).context(
-            "no credential in storage and no join token: set onboarding.token (or --token) from `sigil bots add`",
+            "no credential in storage and no join token: set onboarding.token_path (--token-path) to a file holding the token `sigil bots add` printed",
         )?;
         Ok(TokenProver { token })
     }

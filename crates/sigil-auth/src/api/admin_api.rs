@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::admin_tokens::{check_ref, expiry, invalid, method_token, new_token, ttl_or};
+use super::ca_export;
 use super::resources::{self, store_err};
 use super::workload_admin;
 use crate::audit;
@@ -511,6 +512,17 @@ impl AdminService for AdminApi {
                 Integrity::Broken { seq, reason } => format!("BROKEN at seq {seq}: {reason}"),
             },
         }))
+    }
+
+    async fn export_ca(
+        &self,
+        req: Request<ExportCaRequest>,
+    ) -> Result<Response<ExportCaResponse>, Status> {
+        // A CA's public key is what `status` already shows by fingerprint (and
+        // the public listener serves for spiffe and jwt): reading it is reading
+        // status, not a new power over secrets.
+        self.authorize(&req, "status", "read").await?;
+        ca_export::export(&self.state, &req.get_ref().purpose).map(Response::new)
     }
 
     async fn issue_workload_identity(

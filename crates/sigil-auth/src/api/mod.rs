@@ -2,5 +2,6 @@
 pub mod admin_api;
 mod admin_tokens;
 pub mod auth_api;
+mod ca_export;
 pub mod resources;
 pub mod workload_admin;

@@ -56,6 +56,8 @@ impl JoinInfo {
     }
 
     /// The exact command that joins with this token (one line per flag).
+    /// It reads the token from a file: an argument would be visible to every
+    /// user in `ps`. The paths are the README Quickstart's.
     pub fn agent_command(&self) -> String {
         let server = if self.auth_server.is_empty() {
             "HOST:PORT"
@@ -66,9 +68,9 @@ impl JoinInfo {
             "sigil agent start".to_string(),
             format!("    --auth-server {server}"),
             format!("    --ca-pin {}", self.ca_pin),
-            format!("    --token {}", self.token),
+            format!("    --token-path {QUICKSTART_TOKEN_PATH}"),
             "    --storage /var/lib/sigil-agent".to_string(),
-            "    --output identity:/opt/sigil/identity".to_string(),
+            "    --output identity:/opt/machine-id".to_string(),
         ]
         .join(" \\\n")
     }
@@ -77,8 +79,11 @@ impl JoinInfo {
     pub fn text(&self, headline: &str) -> String {
         format!(
             "{headline}\n\nThe join token below can be used once and expires at {} ({}):\n\n    {}\n\n\
-             Run this on the machine that should get the identity (outputs are examples; adjust \
-             the directories):\n\n    {}\n",
+             On the machine that should get the identity, save it in a file only you can read \
+             (paste it, then Enter and Ctrl-D):\n\n    \
+             mkdir -p -m 0700 {QUICKSTART_TOKEN_DIR}\n    \
+             (umask 077; cat > {QUICKSTART_TOKEN_PATH})\n\n\
+             then start the agent (the directories are examples; adjust them):\n\n    {}\n",
             unix_time(self.expires_unix),
             relative(self.expires_unix),
             self.token,
@@ -86,6 +91,10 @@ impl JoinInfo {
         )
     }
 }
+
+/// Where the printed agent command (and the README Quickstart) keep the join token.
+const QUICKSTART_TOKEN_DIR: &str = "/run/secrets";
+const QUICKSTART_TOKEN_PATH: &str = "/run/secrets/sigil-token";
 
 /// Prints join info in the requested format.
 pub fn print_join_info(info: &JoinInfo, headline: &str, format: Format) -> anyhow::Result<()> {
@@ -191,8 +200,14 @@ mod tests {
         assert!(t.contains("sigil agent start"), "{t}");
         assert!(t.contains("--auth-server auth.example.test:3025"), "{t}");
         assert!(t.contains("--ca-pin sha256:abcd"), "{t}");
-        assert!(t.contains("--token tok-secret-123"), "{t}");
-        assert!(t.contains("--output identity:"), "{t}");
+        // The token is shown once, on its own line, and never as an argument
+        // (`ps` shows arguments to every user).
+        assert_eq!(t.matches("tok-secret-123").count(), 1, "{t}");
+        assert!(!t.contains("--token "), "{t}");
+        assert!(t.contains("--token-path /run/secrets/sigil-token"), "{t}");
+        assert!(t.contains("cat > /run/secrets/sigil-token"), "{t}");
+        assert!(t.contains("--storage /var/lib/sigil-agent"), "{t}");
+        assert!(t.contains("--output identity:/opt/machine-id"), "{t}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod bots;
+pub mod ca;
 pub mod connect;
 pub mod join_tokens;
 pub mod locks;
