@@ -164,7 +164,7 @@ fn host_logins_deny_wins() {
         s.allow.node_labels = sel(&[("env", &["prod"])]);
         s.deny.logins = strs(&["ops"]);
     });
-    let h = set(&[two.clone()])
+    let h = set(std::slice::from_ref(&two))
         .host_logins(&labels(&[("env", "prod")]))
         .unwrap();
     assert_eq!(h.logins, ["deploy"]);
@@ -248,4 +248,52 @@ fn host_logins_sorted_and_deduplicated() {
     assert_eq!(h.logins, ["app", "mid", "zed"]);
     assert_eq!(h.login_patterns, ["*"]);
     assert!(h.deny_patterns.is_empty());
+}
+
+mod source_address_property {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    /// A CIDR string within 10.0.0.0/8 (so that lists overlap often).
+    fn cidr() -> impl Strategy<Value = String> {
+        (any::<u32>(), 8u8..=32).prop_map(|(bits, prefix)| {
+            let bits = (10u32 << 24) | (bits & 0x00ff_ffff);
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            format!("{}/{prefix}", Ipv4Addr::from(bits & mask))
+        })
+    }
+
+    fn contains(list: &[String], addr: Ipv4Addr) -> bool {
+        let a = Cidr::parse(&addr.to_string()).unwrap();
+        list.iter().any(|c| Cidr::parse(c).unwrap().contains(&a))
+    }
+
+    proptest! {
+        /// An address is allowed by the combined list exactly when every
+        /// role's list allows it.
+        #[test]
+        fn intersection_is_exact(
+            a in proptest::collection::vec(cidr(), 1..4),
+            b in proptest::collection::vec(cidr(), 1..4),
+            probes in proptest::collection::vec(any::<u32>(), 32),
+        ) {
+            let ra = role(|s| s.options.ssh_source_address = a.clone());
+            let rb = role(|s| s.options.ssh_source_address = b.clone());
+            let both = set(&[ra, rb]).ssh_permissions().source_address.unwrap();
+            // Probe addresses near the lists' networks and at random.
+            let near = a.iter().chain(&b).map(|c| {
+                let addr: Ipv4Addr = c.split('/').next().unwrap().parse().unwrap();
+                u32::from(addr)
+            });
+            for bits in probes.iter().map(|p| (10u32 << 24) | (p & 0x00ff_ffff)).chain(near) {
+                let addr = Ipv4Addr::from(bits);
+                prop_assert_eq!(
+                    contains(&both, addr),
+                    contains(&a, addr) && contains(&b, addr),
+                    "{} in {:?} ∩ {:?} = {:?}", addr, a, b, both
+                );
+            }
+        }
+    }
 }
