@@ -3,6 +3,7 @@
 
 pub mod https;
 pub mod oidc_issuer;
+pub mod sshd;
 pub mod sts;
 
 use std::net::TcpListener;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sigil_types::{HumanDuration, WorkloadIdentitySelector};
 
 mod onboarding;
+mod ssh_host;
 pub use onboarding::*;
 
 /// The parsed, validated configuration.
@@ -83,6 +84,15 @@ pub struct OutputConfig {
     /// `workload-identity-jwt`: the audiences of the JWT-SVID.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// `ssh-host`: the host certificate's names and addresses.
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// `ssh-host`: this host's labels, matched by roles' `node_labels`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `ssh-host`: run after each rewrite (argv, no shell), e.g. to reload sshd.
+    #[serde(default)]
+    pub reload_command: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -125,10 +135,11 @@ pub struct AgentFlags {
 }
 
 /// The output types this agent can write.
-pub const OUTPUT_TYPES: [&str; 3] = [
+pub const OUTPUT_TYPES: [&str; 4] = [
     "identity",
     "workload-identity-x509",
     "workload-identity-jwt",
+    "ssh-host",
 ];
 
 impl AgentConfig {
@@ -239,6 +250,9 @@ impl AgentConfig {
                     },
                     selector: None,
                     audiences: Vec::new(),
+                    principals: Vec::new(),
+                    labels: Default::default(),
+                    reload_command: Vec::new(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -338,6 +352,7 @@ impl AgentConfig {
             if o.audiences.iter().any(|a| a.trim().is_empty()) {
                 bail!("outputs[{i}].audiences: audiences may not be empty strings");
             }
+            ssh_host::validate(i, o)?;
         }
         for (i, s) in self.services.iter().enumerate() {
             if !SERVICE_TYPES.contains(&s.kind.as_str()) {

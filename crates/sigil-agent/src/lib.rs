@@ -10,6 +10,7 @@ mod identity_file;
 mod join;
 mod output;
 mod spiffe;
+pub mod ssh_host;
 mod storage;
 mod witness;
 pub mod workload;
@@ -80,7 +81,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     let outputs = cfg
         .outputs
         .iter()
-        .filter(|o| o.kind == "identity")
+        .filter(|o| o.kind == "identity" || o.kind == "ssh-host")
         .map(output::from_config)
         .collect::<anyhow::Result<Vec<_>>>()?;
     for o in &outputs {
@@ -107,6 +108,14 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     if !sockets.is_empty() {
         raise_fd_limit();
     }
+    // ssh-host outputs follow the host's SSH access state between renewals.
+    let mut ssh_hosts: Vec<_> = cfg
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "ssh-host")
+        .map(|o| (o.destination.path.clone(), o.labels.clone()))
+        .collect();
+    let mut ssh_tasks = Vec::new();
     let (client_tx, client_rx) = tokio::sync::watch::channel(None);
     let mut workload: Option<WorkloadTasks> = None;
     let storage = Storage::new(&cfg.storage);
@@ -138,7 +147,11 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 metrics::counter!("sigil_agent_renewals_total", "result" => "ok").increment(1);
                 tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation,
                     expires = %rfc3339(cred.expires), "credentials written");
-                if !svid_outputs.is_empty() || !sockets.is_empty() {
+                if !svid_outputs.is_empty()
+                    || !sockets.is_empty()
+                    || !ssh_tasks.is_empty()
+                    || !ssh_hosts.is_empty()
+                {
                     client_tx.send_replace(Some(agent.client(&cred)?));
                 }
                 if oneshot {
@@ -149,6 +162,13 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                         }
                     }
                     return Ok(());
+                }
+                for (dir, labels) in std::mem::take(&mut ssh_hosts) {
+                    ssh_tasks.push(AbortOnDrop(tokio::spawn(ssh_host::follow(
+                        dir,
+                        labels,
+                        client_rx.clone(),
+                    ))));
                 }
                 if workload.is_none() && (!svid_outputs.is_empty() || !sockets.is_empty()) {
                     workload = Some(WorkloadTasks::start(
@@ -252,6 +272,15 @@ impl WorkloadTasks {
             }));
         }
         WorkloadTasks { tasks }
+    }
+}
+
+/// A task that ends with the agent's main loop.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -198,6 +198,16 @@ impl Cache {
         self.read().instances.get(key).cloned()
     }
 
+    /// The instance ids of a bot's instances.
+    pub fn instance_ids(&self, bot: &str) -> Vec<String> {
+        let prefix = keys::bot_instances_of(bot);
+        self.read()
+            .instances
+            .keys()
+            .filter_map(|k| k.strip_prefix(prefix.as_str()).map(str::to_string))
+            .collect()
+    }
+
     /// Every workload identity, by name.
     pub fn workload_identities(&self) -> Vec<WorkloadIdentity> {
         self.read().workload_identities.values().cloned().collect()

@@ -17,6 +17,7 @@ mod keys;
 mod outbound;
 mod public_http;
 mod renewal;
+mod ssh_access;
 mod state;
 mod tls;
 mod trust;

@@ -42,6 +42,16 @@ impl Destination for DirectoryDestination {
         SafeDir::create(&self.path, WHAT, DirKind::Shared)?.write(name, data, mode)
     }
 
+    fn read(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        if name.contains('/') || name.starts_with('.') {
+            anyhow::bail!("invalid artifact name {name:?}");
+        }
+        match SafeDir::open(&self.path, WHAT)? {
+            Some(d) => d.read(name),
+            None => Ok(None),
+        }
+    }
+
     fn remove(&self, name: &str) -> anyhow::Result<()> {
         if name.contains('/') || name.starts_with('.') {
             anyhow::bail!("invalid artifact name {name:?}");

@@ -13,6 +13,8 @@ pub trait Destination: Send + Sync {
     fn check_writable(&self) -> anyhow::Result<()>;
     /// Write one artifact atomically; `secret` artifacts are owner-only.
     fn write(&self, name: &str, data: &[u8], secret: bool) -> anyhow::Result<()>;
+    /// Read an artifact written before (`None` if absent).
+    fn read(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>>;
     /// Remove an artifact that no longer applies; absent is fine.
     fn remove(&self, name: &str) -> anyhow::Result<()>;
 }

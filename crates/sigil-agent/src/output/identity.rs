@@ -4,7 +4,9 @@
 //! `ssh.key` (0600), `ssh.key.pub`, `ssh.key-cert.pub` (OpenSSH user
 //! certificate for the roles' logins; the three `ssh.*` files only when the
 //! roles grant a login), `known_hosts` (`@cert-authority` for
-//! the ssh-host CA) and `identity` (the file `sigil --identity` takes).
+//! the ssh-host CA), `ssh_config` (for `ssh -F` and Ansible: this key and
+//! certificate, only hosts certified by the cluster's ssh-host CA) and
+//! `identity` (the file `sigil --identity` takes).
 //! The credentials are non-renewable: a stolen output cannot extend itself.
 
 use anyhow::Context;
@@ -18,12 +20,41 @@ use crate::identity_file::IdentityFile;
 
 pub struct IdentityOutput {
     dest: Box<dyn Destination>,
+    dir: std::path::PathBuf,
 }
 
 impl IdentityOutput {
-    pub fn new(dest: Box<dyn Destination>) -> Self {
-        IdentityOutput { dest }
+    pub fn new(dest: Box<dyn Destination>, dir: std::path::PathBuf) -> Self {
+        IdentityOutput { dest, dir }
     }
+}
+
+/// `ssh -F DIR/ssh_config user@host`: this bot's key and certificate, and
+/// only hosts whose certificate the cluster's ssh-host CA signed for the
+/// name connected to (no plain host keys, no trust on first use).
+pub fn ssh_config(dir: &std::path::Path) -> anyhow::Result<String> {
+    let d = dir.display().to_string();
+    if d.chars().any(|c| c.is_whitespace() || c == '"' || c == '%') {
+        anyhow::bail!(
+            "{d:?}: ssh_config cannot name a directory with spaces, quotes or `%`; choose another output directory"
+        );
+    }
+    Ok(format!(
+        "# Written by the Sigil agent (identity output); rewritten on every renewal.\n\
+         # Use: ssh -F {d}/ssh_config USER@HOST   (Ansible: ansible_ssh_common_args: -F {d}/ssh_config)\n\
+         Host *\n\
+         \x20   IdentityFile {d}/ssh.key\n\
+         \x20   CertificateFile {d}/ssh.key-cert.pub\n\
+         \x20   IdentitiesOnly yes\n\
+         \x20   UserKnownHostsFile {d}/known_hosts\n\
+         \x20   GlobalKnownHostsFile /dev/null\n\
+         \x20   StrictHostKeyChecking yes\n\
+         \x20   HostKeyAlgorithms ssh-ed25519-cert-v01@openssh.com\n\
+         \x20   CheckHostIP no\n\
+         \x20   UpdateHostKeys no\n\
+         \x20   PasswordAuthentication no\n\
+         \x20   KbdInteractiveAuthentication no\n"
+    ))
 }
 
 #[async_trait]
@@ -86,6 +117,9 @@ impl Output for IdentityOutput {
             )?;
         }
         d.write("known_hosts", resp.known_hosts.as_bytes(), false)?;
+        if !resp.ssh_cert.is_empty() {
+            d.write("ssh_config", ssh_config(&self.dir)?.as_bytes(), false)?;
+        }
         d.write("identity", &serde_json::to_vec_pretty(&idf)?, true)?;
         Ok(())
     }

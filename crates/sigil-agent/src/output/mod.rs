@@ -30,7 +30,11 @@ pub trait Output: Send + Sync {
 pub fn from_config(o: &OutputConfig) -> anyhow::Result<Box<dyn Output>> {
     let dest = destination::from_config(&o.destination)?;
     match o.kind.as_str() {
-        "identity" => Ok(Box::new(identity::IdentityOutput::new(dest))),
+        "identity" => Ok(Box::new(identity::IdentityOutput::new(
+            dest,
+            o.destination.path.clone(),
+        ))),
+        "ssh-host" => Ok(Box::new(crate::ssh_host::SshHostOutput::from_config(o)?)),
         other => anyhow::bail!("output type {other:?} is not known"),
     }
 }

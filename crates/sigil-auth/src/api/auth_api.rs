@@ -9,9 +9,10 @@ use sigil_proto::v1::auth_service_server::AuthService;
 use sigil_proto::v1::join_client_message::Message as ClientMsg;
 use sigil_proto::v1::join_server_message::Message as ServerMsg;
 use sigil_proto::v1::{
-    Credentials, IdentityCredentials, IssueIdentityRequest, IssueWorkloadIdentitiesRequest,
-    IssueWorkloadIdentitiesResponse, JoinChallenge, JoinClientMessage, JoinServerMessage,
-    PingRequest, PingResponse, RenewRequest, WatchWorkloadStateRequest, WorkloadState,
+    Credentials, IdentityCredentials, IssueIdentityRequest, IssueSshHostCertRequest,
+    IssueWorkloadIdentitiesRequest, IssueWorkloadIdentitiesResponse, JoinChallenge,
+    JoinClientMessage, JoinServerMessage, PingRequest, PingResponse, RenewRequest, SshHostCert,
+    SshHostState, WatchSshHostRequest, WatchWorkloadStateRequest, WorkloadState,
 };
 use sigil_store::Txn;
 use sigil_types::{RoleSet, WorkloadIdentitySelector};
@@ -145,7 +146,7 @@ impl AuthService for AuthApi {
         if let Some(permissions) =
             ssh_permissions.filter(|_| !r.ssh_public_key.is_empty() && !logins.is_empty())
         {
-            let key_id = format!("bot:{}:{}", id.bot, id.instance_id);
+            let key_id = crate::ssh_access::user_key_id(&id.bot, &id.instance_id);
             let c = cas
                 .ssh_user
                 .issue_user_cert(&r.ssh_public_key, &key_id, &logins, ttl, &permissions)
@@ -230,6 +231,33 @@ impl AuthService for AuthApi {
         let id = agent_identity(&self.state, &req).await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(workload::watch::run(self.state.clone(), id, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn issue_ssh_host_cert(
+        &self,
+        req: Request<IssueSshHostCertRequest>,
+    ) -> Result<Response<SshHostCert>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        let cert =
+            crate::ssh_access::issue_host_cert(&self.state, &id, req.get_ref().clone()).await;
+        Ok(Response::new(cert?))
+    }
+
+    type WatchSshHostStream = ReceiverStream<Result<SshHostState, Status>>;
+
+    async fn watch_ssh_host(
+        &self,
+        req: Request<WatchSshHostRequest>,
+    ) -> Result<Response<Self::WatchSshHostStream>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        let labels: std::collections::BTreeMap<String, String> =
+            req.into_inner().labels.into_iter().collect();
+        crate::ssh_access::check_labels(&labels)?;
+        // Refused at once (not as a stream item) when this host may not watch.
+        crate::ssh_access::host_state(&self.state, &id, &labels)?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(crate::ssh_access::watch(self.state.clone(), id, labels, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

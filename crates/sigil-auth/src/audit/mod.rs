@@ -23,6 +23,8 @@ pub const CREDENTIAL_SUPERSEDED: &str = "bot.credential_superseded";
 /// the caller holds.
 pub const ADMIN_DENIED: &str = "admin.denied";
 pub const CERT_ISSUED: &str = "cert.issued";
+/// A host certificate refused (principals the roles do not allow, a lock).
+pub const CERT_DENIED: &str = "cert.denied";
 pub const LOCK_CREATED: &str = "lock.created";
 pub const LOCK_DELETED: &str = "lock.deleted";
 pub const RESOURCE_CREATED: &str = "resource.created";

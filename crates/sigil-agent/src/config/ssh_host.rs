@@ -1,0 +1,109 @@
+//! Checks of the `ssh-host` output's fields (and that no other output has them).
+
+use anyhow::bail;
+
+use super::OutputConfig;
+
+/// At most this many principals or labels (the auth service's limits).
+const MAX_PRINCIPALS: usize = 64;
+const MAX_LABELS: usize = 64;
+
+pub(super) fn validate(i: usize, o: &OutputConfig) -> anyhow::Result<()> {
+    if o.kind != "ssh-host" {
+        for (field, set) in [
+            ("principals", !o.principals.is_empty()),
+            ("labels", !o.labels.is_empty()),
+            ("reload_command", !o.reload_command.is_empty()),
+        ] {
+            if set {
+                bail!("outputs[{i}].{field}: only ssh-host outputs take {field}");
+            }
+        }
+        return Ok(());
+    }
+    if o.principals.is_empty() {
+        bail!(
+            "outputs[{i}].principals: required for ssh-host: the host's names and addresses, e.g. [web1.example.test, 127.0.0.1]"
+        );
+    }
+    if o.principals.len() > MAX_PRINCIPALS {
+        bail!("outputs[{i}].principals: at most {MAX_PRINCIPALS} names");
+    }
+    for (j, p) in o.principals.iter().enumerate() {
+        if let Err(e) = sigil_types::validate_host_principal(p, false) {
+            bail!("outputs[{i}].principals[{j}]: {e}");
+        }
+    }
+    if o.labels.len() > MAX_LABELS {
+        bail!("outputs[{i}].labels: at most {MAX_LABELS} labels");
+    }
+    for (k, v) in &o.labels {
+        if let Err(e) =
+            sigil_types::check_label_key(k).and_then(|()| sigil_types::check_label_value(v))
+        {
+            bail!("outputs[{i}].labels: {e}");
+        }
+    }
+    if o.reload_command.first().is_some_and(String::is_empty) {
+        bail!("outputs[{i}].reload_command: the program (first element) is empty");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::AgentConfig;
+
+    const BASE: &str = "version: v1\nauth_server: 127.0.0.1:3025\nca_pins: [sha256:0000000000000000000000000000000000000000000000000000000000000000]\nonboarding: {join_method: token, token: abc}\nstorage: {type: directory, path: /tmp/s}\noutputs:\n";
+
+    fn parse(outputs: &str) -> anyhow::Result<AgentConfig> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("agent.yaml");
+        std::fs::write(&p, format!("{BASE}{outputs}"))?;
+        AgentConfig::load(&p)
+    }
+
+    #[test]
+    fn the_issue_shape_parses() {
+        let c = parse(
+            "  - type: ssh-host\n    principals: [web1.example.test, localhost, 127.0.0.1]\n    labels: {env: prod, team: web}\n    destination: {type: directory, path: /etc/ssh/sigil}\n",
+        )
+        .unwrap();
+        assert_eq!(c.outputs[0].principals.len(), 3);
+        assert_eq!(c.outputs[0].labels["env"], "prod");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (
+                "  - type: ssh-host\n    destination: {type: directory, path: /x}\n",
+                "outputs[0].principals",
+            ),
+            (
+                "  - type: ssh-host\n    principals: [ok.example, 'bad host']\n    destination: {type: directory, path: /x}\n",
+                "outputs[0].principals[1]",
+            ),
+            (
+                "  - type: ssh-host\n    principals: ['*.example.test']\n    destination: {type: directory, path: /x}\n",
+                "outputs[0].principals[0]",
+            ),
+            (
+                "  - type: ssh-host\n    principals: [a.example]\n    labels: {'bad key!': x}\n    destination: {type: directory, path: /x}\n",
+                "outputs[0].labels",
+            ),
+            (
+                "  - type: ssh-host\n    principals: [a.example]\n    reload_command: ['']\n    destination: {type: directory, path: /x}\n",
+                "outputs[0].reload_command",
+            ),
+            (
+                "  - type: identity\n    principals: [a.example]\n    destination: {type: directory, path: /x}\n",
+                "outputs[0].principals",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let e = format!("{:#}", parse(yaml).unwrap_err());
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `WatchSshHost`: the state a host's sshd decides logins with, for the
+//! host's labels — pushed at once and again on every change, so a lock
+//! reaches every host's `RevokedKeys` file and principals command (and ends
+//! open sessions) within a second or two.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use sigil_pki::{ClientIdentity, Krl, KrlCertSection};
+use sigil_proto::v1::{SshHostAccess, SshHostState};
+use sigil_types::{LockTarget, RoleSet};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::user_key_id;
+use crate::authz;
+use crate::issuance::bot_authority;
+use crate::state::{AuthState, SharedState};
+
+/// Recompute at least this often (a lock with a TTL ends on its own).
+const RECHECK_EVERY: Duration = Duration::from_secs(15);
+/// At most this many labels on one host.
+const MAX_HOST_LABELS: usize = 64;
+
+/// Check the labels a host declares (they decide who may log in to it).
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Status> {
+    if labels.len() > MAX_HOST_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "labels: at most {MAX_HOST_LABELS} labels on one host"
+        )));
+    }
+    for (k, v) in labels {
+        sigil_types::check_label_key(k)
+            .and_then(|()| sigil_types::check_label_value(v))
+            .map_err(|e| Status::invalid_argument(format!("labels: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Stream states to `tx` until the host agent goes away or is locked.
+pub async fn watch(
+    state: SharedState,
+    id: ClientIdentity,
+    labels: BTreeMap<String, String>,
+    tx: mpsc::Sender<Result<SshHostState, Status>>,
+) {
+    let mut changes = state.cache.subscribe();
+    let mut last: Option<SshHostState> = None;
+    loop {
+        changes.borrow_and_update();
+        let next = host_state(&state, &id, &labels);
+        let stop = next.is_err();
+        let changed = match (&next, &last) {
+            (Ok(n), Some(l)) => !same_decisions(n, l),
+            _ => true,
+        };
+        if changed {
+            if tx.send(next.clone()).await.is_err() || stop {
+                return;
+            }
+            last = next.ok();
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(RECHECK_EVERY) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Equal apart from the KRL's generation time.
+fn same_decisions(a: &SshHostState, b: &SshHostState) -> bool {
+    a.revoked_key_ids == b.revoked_key_ids
+        && a.revoked_serials == b.revoked_serials
+        && a.access == b.access
+        && a.locked_logins == b.locked_logins
+        && a.ssh_user_ca == b.ssh_user_ca
+}
+
+/// The state for one host right now. Refused when the host's own bot is
+/// locked, removed, or holds no role that makes it an SSH host.
+pub fn host_state(
+    state: &AuthState,
+    host: &ClientIdentity,
+    labels: &BTreeMap<String, String>,
+) -> Result<SshHostState, Status> {
+    let auth = bot_authority(state, &host.bot, &host.bot_uid).map_err(Status::permission_denied)?;
+    let mut targets = authz::lock_targets(host);
+    targets.extend(auth.roles.iter().cloned().map(LockTarget::Role));
+    if let Some(l) = state.cache.lock_for(&targets) {
+        return Err(authz::locked(&l));
+    }
+    if !auth
+        .role_set
+        .roles()
+        .iter()
+        .any(|r| !r.spec.allow.ssh_host_principals.is_empty())
+    {
+        return Err(Status::permission_denied(format!(
+            "bot {:?} is not an SSH host: none of its roles allows ssh_host_principals",
+            host.bot
+        )));
+    }
+    let locks = state.cache.locks();
+    let locked_logins: BTreeSet<String> = locks
+        .iter()
+        .filter_map(|l| match &l.spec.target {
+            LockTarget::Login(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect();
+    let locked_bots: BTreeSet<&str> = locks
+        .iter()
+        .filter_map(|l| match &l.spec.target {
+            LockTarget::Bot(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    let locked_roles: BTreeSet<&str> = locks
+        .iter()
+        .filter_map(|l| match &l.spec.target {
+            LockTarget::Role(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    let locked_instances: BTreeSet<&str> = locks
+        .iter()
+        .filter_map(|l| match &l.spec.target {
+            LockTarget::BotInstance(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+
+    let mut access = Vec::new();
+    let mut revoked_key_ids = BTreeSet::new();
+    let mut bots = state.cache.bots();
+    bots.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for bot in bots {
+        let name = bot.metadata.name.as_str();
+        let bot_locked = locked_bots.contains(name)
+            || bot
+                .spec
+                .roles
+                .iter()
+                .any(|r| locked_roles.contains(r.as_str()));
+        for instance in state.cache.instance_ids(name) {
+            if bot_locked || locked_instances.contains(instance.as_str()) {
+                revoked_key_ids.insert(user_key_id(name, &instance));
+            }
+        }
+        if bot_locked {
+            continue;
+        }
+        // A bot whose role is missing logs in nowhere.
+        let Ok(roles) = state.cache.roles(&bot.spec.roles) else {
+            continue;
+        };
+        let Some(mut h) = RoleSet::new(roles).host_logins(labels) else {
+            continue;
+        };
+        h.logins.retain(|l| !locked_logins.contains(l));
+        if h.logins.is_empty() && h.login_patterns.is_empty() {
+            continue;
+        }
+        access.push(SshHostAccess {
+            bot: name.to_string(),
+            logins: h.logins,
+            login_patterns: h.login_patterns,
+            deny_patterns: h.deny_patterns,
+        });
+    }
+    let ssh_user_ca = state.cas.ssh_user.public_key_openssh();
+    let revoked_key_ids: Vec<String> = revoked_key_ids.into_iter().collect();
+    let krl = Krl {
+        version: 1,
+        generated_unix: time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64,
+        comment: format!("sigil {} ssh-user CA", state.cluster),
+        certs: vec![KrlCertSection {
+            ca_public_key_openssh: Some(ssh_user_ca.clone()),
+            serials: Vec::new(),
+            key_ids: revoked_key_ids.clone(),
+        }],
+        revoked_keys_openssh: Vec::new(),
+    }
+    .to_bytes()
+    .map_err(|e| Status::internal(format!("building the KRL: {e}")))?;
+    Ok(SshHostState {
+        krl,
+        revoked_key_ids,
+        revoked_serials: Vec::new(),
+        access,
+        ssh_user_ca,
+        locked_logins: locked_logins.into_iter().collect(),
+    })
+}
