@@ -83,10 +83,15 @@ impl Cluster {
     /// Start a host agent (from a copy of sigil sshd accepts) and wait for its files.
     fn host(&mut self, bot: &str, principals: &str, labels: &str, extra: &str) -> PathBuf {
         let cfg = self.host_config(bot, principals, labels, extra);
+        self.spawn_host(bot, &cfg)
+    }
+
+    /// Start a host agent on `cfg`; returns its ssh-host directory once written.
+    fn spawn_host(&mut self, bot: &str, cfg: &Path) -> PathBuf {
         let log = std::fs::File::create(cfg.with_extension("log")).expect("log");
         let child = Command::new(safe_sigil_bin())
             .args(["agent", "start", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .env("SIGIL_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -414,21 +419,7 @@ fn host_certificate_renews_and_reaches_sshd_without_a_restart() {
         ),
     );
     std::fs::write(&cfg, text_cfg).unwrap();
-    let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
-    c.agents.push(
-        Command::new(safe_sigil_bin())
-            .args(["agent", "start", "--config"])
-            .arg(&cfg)
-            .env("SIGIL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let dir = c.work.path().join("web-renew/ssh");
-    wait_until("the ssh-host output", Duration::from_secs(60), || {
-        dir.join("sshd_config").exists()
-    });
+    let dir = c.spawn_host("web-renew", &cfg);
     let sshd = Sshd::start(c.work.path(), "renew", &dir);
     let pid = std::fs::read_to_string(sshd.pid_file()).unwrap();
     let served = || {

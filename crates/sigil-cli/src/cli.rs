@@ -111,31 +111,7 @@ pub enum Command {
     Ca(crate::admin::ca::CaCommand),
     /// SSH helpers run by sshd on a host (see the `ssh-host` output).
     #[command(subcommand)]
-    Ssh(SshCommand),
-}
-
-/// `sigil ssh ...`
-#[derive(Subcommand, Debug)]
-pub enum SshCommand {
-    /// sshd's `AuthorizedPrincipalsCommand` (written into the ssh-host output's
-    /// sshd_config): prints USER if the certificate's bot may log in as USER on
-    /// this host, from the host agent's access.json alone (no network), and
-    /// records the session so a lock can end it. Prints nothing otherwise.
-    Principals(SshPrincipalsArgs),
-}
-
-/// `sigil ssh principals --dir DIR -- %u %i %s`
-#[derive(Args, Debug)]
-pub struct SshPrincipalsArgs {
-    /// The ssh-host output's directory.
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
-    /// The local account (`%u`).
-    pub user: String,
-    /// The certificate's key ID (`%i`).
-    pub key_id: String,
-    /// The certificate's serial (`%s`).
-    pub serial: u64,
+    Ssh(crate::ssh::SshCommand),
 }
 
 /// Output format of most admin verbs.

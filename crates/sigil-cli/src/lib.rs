@@ -8,6 +8,7 @@ pub mod error;
 pub mod files;
 pub mod output;
 pub mod servers;
+pub mod ssh;
 
 #[cfg(test)]
 mod cli_tests;
@@ -51,12 +52,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::WorkloadIdentity(cmd) => admin::workload_identity::run(g, cmd).await,
         Command::Status(args) => admin::status::run(g, args).await,
         Command::Ca(cmd) => admin::ca::run(g, cmd).await,
-        Command::Ssh(cli::SshCommand::Principals(a)) => {
-            let line = sigil_agent::ssh_host::principals(&a.dir, &a.user, &a.key_id, a.serial)?;
-            if let Some(l) = line {
-                println!("{l}");
-            }
-            Ok(())
-        }
+        Command::Ssh(cmd) => ssh::run(cmd),
     }
 }

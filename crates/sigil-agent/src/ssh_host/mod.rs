@@ -50,7 +50,12 @@ impl SshHostOutput {
         Ok(SshHostOutput {
             dest: destination::from_config(&o.destination)?,
             dir: o.destination.path.clone(),
-            principals: o.principals.clone(),
+            // ssh compares the name it connected to in lower case.
+            principals: o
+                .principals
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect(),
             labels: o.labels.clone(),
             reload_command: o.reload_command.clone(),
         })

@@ -102,34 +102,17 @@ pub fn host_state(
         )));
     }
     let locks = state.cache.locks();
-    let locked_logins: BTreeSet<String> = locks
-        .iter()
-        .filter_map(|l| match &l.spec.target {
-            LockTarget::Login(n) => Some(n.clone()),
-            _ => None,
-        })
-        .collect();
-    let locked_bots: BTreeSet<&str> = locks
-        .iter()
-        .filter_map(|l| match &l.spec.target {
-            LockTarget::Bot(n) => Some(n.as_str()),
-            _ => None,
-        })
-        .collect();
-    let locked_roles: BTreeSet<&str> = locks
-        .iter()
-        .filter_map(|l| match &l.spec.target {
-            LockTarget::Role(n) => Some(n.as_str()),
-            _ => None,
-        })
-        .collect();
-    let locked_instances: BTreeSet<&str> = locks
-        .iter()
-        .filter_map(|l| match &l.spec.target {
-            LockTarget::BotInstance(n) => Some(n.as_str()),
-            _ => None,
-        })
-        .collect();
+    let locked = |kind: &str| -> BTreeSet<String> {
+        locks
+            .iter()
+            .filter(|l| l.spec.target.kind_str() == kind)
+            .map(|l| l.spec.target.value().to_string())
+            .collect()
+    };
+    let locked_logins = locked("login");
+    let locked_bots = locked("bot");
+    let locked_roles = locked("role");
+    let locked_instances = locked("bot_instance");
 
     let mut access = Vec::new();
     let mut revoked_key_ids = BTreeSet::new();
@@ -144,7 +127,7 @@ pub fn host_state(
                 .iter()
                 .any(|r| locked_roles.contains(r.as_str()));
         for instance in state.cache.instance_ids(name) {
-            if bot_locked || locked_instances.contains(instance.as_str()) {
+            if bot_locked || locked_instances.contains(&instance) {
                 revoked_key_ids.insert(user_key_id(name, &instance));
             }
         }
