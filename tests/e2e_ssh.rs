@@ -290,6 +290,26 @@ fn per_host_access_locks_cut_off_and_ansible() {
     });
     assert!(!krl_revokes(&krl, &cert));
 
+    // A bot removed and created again under the same name has a new uid: the
+    // old bot's certificate logs in nowhere, though the new bot may.
+    c.auth.ok(&["bots", "rm", "deployer"]);
+    c.auth.ok(&["bots", "add", "deployer", "--roles", "deploy"]);
+    let bot: serde_json::Value =
+        serde_json::from_str(&c.auth.ok(&["get", "bot/deployer", "-o", "json"])).expect("bot json");
+    let uid = bot["spec"]["uid"].as_str().expect("uid").to_string();
+    assert!(!uid.is_empty() && !user_cert.contains(&uid));
+    let access = prod_dir.join("access.json");
+    wait_until(
+        "the host to learn the new bot",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&access).is_ok_and(|a| a.contains(&uid)),
+    );
+    let o = prod.ssh(&cfg, "root@localhost", &["true"]);
+    assert!(
+        !o.status.success(),
+        "the removed bot's certificate still logs in"
+    );
+
     // Host bots are instances like any other, and host certificates are audited.
     let bots: Vec<String> = c
         .auth

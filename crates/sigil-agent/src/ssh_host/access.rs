@@ -13,6 +13,10 @@ pub const ACCESS_FILE: &str = "access.json";
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct BotAccess {
     pub bot: String,
+    /// The bot's uid: a certificate of an earlier bot of the same name
+    /// (removed and created again) carries another and is refused.
+    #[serde(default)]
+    pub bot_uid: String,
     /// Exact logins.
     #[serde(default)]
     pub logins: Vec<String>,
@@ -43,18 +47,20 @@ pub struct HostAccess {
 pub struct Attempt<'a> {
     /// `%u`: the local account.
     pub user: &'a str,
-    /// `%i`: the certificate's key ID, `bot:BOT:INSTANCE` for Sigil's.
+    /// `%i`: the certificate's key ID, `bot:BOT:UID:INSTANCE` for Sigil's.
     pub key_id: &'a str,
     /// `%s`: the certificate's serial.
     pub serial: u64,
 }
 
 impl Attempt<'_> {
-    /// The bot and instance of a Sigil user certificate.
-    pub fn bot_instance(&self) -> Option<(&str, &str)> {
+    /// The bot, bot uid and instance of a Sigil user certificate.
+    pub fn bot_instance(&self) -> Option<(&str, &str, &str)> {
         let rest = self.key_id.strip_prefix("bot:")?;
-        let (bot, instance) = rest.split_once(':')?;
-        (!bot.is_empty() && !instance.is_empty()).then_some((bot, instance))
+        let (bot, rest) = rest.split_once(':')?;
+        let (uid, instance) = rest.split_once(':')?;
+        (!bot.is_empty() && !instance.is_empty() && !instance.contains(':'))
+            .then_some((bot, uid, instance))
     }
 }
 
@@ -67,6 +73,7 @@ impl HostAccess {
                 .iter()
                 .map(|a| BotAccess {
                     bot: a.bot.clone(),
+                    bot_uid: a.bot_uid.clone(),
                     logins: a.logins.clone(),
                     login_patterns: a.login_patterns.clone(),
                     deny_patterns: a.deny_patterns.clone(),
@@ -83,7 +90,7 @@ impl HostAccess {
     /// command prints the user; sshd accepts only if it is a principal).
     pub fn allows(&self, a: &Attempt<'_>) -> Result<(), String> {
         sigil_types::validate_login(a.user).map_err(|e| format!("login {:?}: {e}", a.user))?;
-        let (bot, _) = a
+        let (bot, uid, _) = a
             .bot_instance()
             .ok_or_else(|| "not a Sigil bot certificate".to_string())?;
         if self.revoked_key_ids.iter().any(|k| k == a.key_id)
@@ -97,7 +104,7 @@ impl HostAccess {
         let entry = self
             .access
             .iter()
-            .find(|e| e.bot == bot)
+            .find(|e| e.bot == bot && e.bot_uid == uid)
             .ok_or_else(|| format!("bot {bot:?} may not log in to this host"))?;
         if entry.deny_patterns.iter().any(|p| glob_match(p, a.user)) {
             return Err(format!("login {:?} is denied to bot {bot:?}", a.user));
@@ -124,12 +131,13 @@ mod tests {
             version: 1,
             access: vec![BotAccess {
                 bot: "deployer".into(),
+                bot_uid: "u1".into(),
                 logins: vec!["deploy".into()],
                 login_patterns: vec!["ci-*".into()],
                 deny_patterns: vec!["ci-root".into()],
             }],
             locked_logins: vec!["ops".into()],
-            revoked_key_ids: vec!["bot:deployer:bad".into()],
+            revoked_key_ids: vec!["bot:deployer:u1:bad".into()],
             revoked_serials: vec![7],
         }
     }
@@ -145,25 +153,25 @@ mod tests {
     #[test]
     fn allows_exact_and_pattern_logins_of_listed_bots() {
         let a = access();
-        assert!(a.allows(&attempt("deploy", "bot:deployer:i1")).is_ok());
-        assert!(a.allows(&attempt("ci-alice", "bot:deployer:i1")).is_ok());
-        assert!(a.allows(&attempt("root", "bot:deployer:i1")).is_err());
-        assert!(a.allows(&attempt("ci-root", "bot:deployer:i1")).is_err());
-        assert!(a.allows(&attempt("deploy", "bot:other:i1")).is_err());
+        assert!(a.allows(&attempt("deploy", "bot:deployer:u1:i1")).is_ok());
+        assert!(a.allows(&attempt("ci-alice", "bot:deployer:u1:i1")).is_ok());
+        assert!(a.allows(&attempt("root", "bot:deployer:u1:i1")).is_err());
+        assert!(a.allows(&attempt("ci-root", "bot:deployer:u1:i1")).is_err());
+        assert!(a.allows(&attempt("deploy", "bot:other:u1:i1")).is_err());
     }
 
     #[test]
     fn refuses_revoked_locked_and_foreign_certificates() {
         let a = access();
-        assert!(a.allows(&attempt("deploy", "bot:deployer:bad")).is_err());
+        assert!(a.allows(&attempt("deploy", "bot:deployer:u1:bad")).is_err());
         let by_serial = Attempt {
             serial: 7,
-            ..attempt("deploy", "bot:deployer:i1")
+            ..attempt("deploy", "bot:deployer:u1:i1")
         };
         assert!(a.allows(&by_serial).is_err());
         let mut b = a.clone();
         b.access[0].logins.push("ops".into());
-        assert!(b.allows(&attempt("ops", "bot:deployer:i1")).is_err());
+        assert!(b.allows(&attempt("ops", "bot:deployer:u1:i1")).is_err());
         for foreign in [
             "",
             "deployer",

@@ -26,6 +26,8 @@ pub async fn follow(
     let dest = DirectoryDestination::new(&dir);
     let mut current: Option<HostAccess> = None;
     let mut last_state: Option<SshHostState> = None;
+    // A state whose files could not be written yet: retried every sweep.
+    let mut unwritten: Option<SshHostState> = None;
     let mut failures: u32 = 0;
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
@@ -53,12 +55,21 @@ pub async fn follow(
                 m = stream.message() => match m {
                     Ok(Some(state)) => {
                         if last_state.as_ref() != Some(&state) {
+                            // Open sessions follow the new decisions even if
+                            // the files cannot be written; the write is
+                            // retried with the next state (not marked done).
+                            current = Some(HostAccess::from_state(&state));
                             match write_state(&dest, &state) {
-                                Ok(a) => current = Some(a),
-                                Err(e) => tracing::error!(error = %format!("{e:#}"),
-                                    "writing the KRL and access file failed"),
+                                Ok(_) => {
+                                    last_state = Some(state);
+                                    unwritten = None;
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %format!("{e:#}"),
+                                        "writing the KRL and access file failed; retrying every second");
+                                    unwritten = Some(state);
+                                }
                             }
-                            last_state = Some(state);
                         }
                         end_revoked(&dir, current.as_ref());
                     }
@@ -69,7 +80,15 @@ pub async fn follow(
                         break;
                     }
                 },
-                _ = sweep.tick() => end_revoked(&dir, current.as_ref()),
+                _ = sweep.tick() => {
+                    if let Some(s) = unwritten.take() {
+                        match write_state(&dest, &s) {
+                            Ok(_) => last_state = Some(s),
+                            Err(_) => unwritten = Some(s),
+                        }
+                    }
+                    end_revoked(&dir, current.as_ref());
+                }
                 r = client.changed() => {
                     if r.is_err() { return }
                     // A renewed credential: reconnect with it.

@@ -32,9 +32,12 @@ pub struct SessionRecord {
     pub serial: u64,
 }
 
-/// Record the login of `a` as served by this process's parent (sshd).
+/// Record the login of `a` as served by this process's parent, which must
+/// be a root-owned sshd (never init or a subreaper this command was
+/// re-parented to when sshd died mid-login: a later lock would kill it).
 pub fn register(dir: &Path, a: &Attempt<'_>) -> anyhow::Result<()> {
     let pid = i32::try_from(std::os::unix::process::parent_id()).context("parent pid")?;
+    check_sshd(pid)?;
     let start_ticks = start_ticks(pid).context("reading sshd's start time")?;
     let rec = SessionRecord {
         pid,
@@ -44,7 +47,34 @@ pub fn register(dir: &Path, a: &Attempt<'_>) -> anyhow::Result<()> {
         serial: a.serial,
     };
     let sd = SafeDir::create(&dir.join(SESSIONS_DIR), WHAT, DirKind::Private)?;
-    sd.write(&format!("{pid}.json"), &serde_json::to_vec(&rec)?, SECRET)
+    let name = format!("{pid}.json");
+    sd.write(&name, &serde_json::to_vec(&rec)?, SECRET)?;
+    // sshd may have died (and this process been re-parented) meanwhile.
+    if std::os::unix::process::parent_id() as i32 != pid {
+        sd.remove(&name)?;
+        anyhow::bail!("sshd (pid {pid}) went away during the login");
+    }
+    Ok(())
+}
+
+/// `pid` is a root-owned sshd process (`sshd`, or `sshd-session` from 9.8).
+fn check_sshd(pid: i32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    anyhow::ensure!(
+        pid > 1,
+        "the principals command's parent is pid {pid}, not sshd"
+    );
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("reading /proc/{pid}/exe"))?;
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let owner = std::fs::metadata(format!("/proc/{pid}"))?.uid();
+    anyhow::ensure!(
+        name.starts_with("sshd") && owner == 0,
+        "the principals command's parent (pid {pid}, {}) is not a root-owned sshd; \
+         only sshd should run `sigil ssh principals`",
+        exe.display()
+    );
+    Ok(())
 }
 
 /// A session ended by [`sweep`].
@@ -67,16 +97,26 @@ pub fn sweep(dir: &Path, access: &HostAccess) -> anyhow::Result<Vec<Ended>> {
         .collect();
     let mut ended = Vec::new();
     let mut tree: Option<HashMap<i32, Vec<i32>>> = None;
+    // One bad record must not stop the others being checked.
+    let forget = |name: &str| {
+        if let Err(e) = sd.remove(name) {
+            tracing::error!(record = name, error = %format!("{e:#}"), "removing an SSH session record failed");
+        }
+    };
     for name in names {
-        let rec: Option<SessionRecord> = sd
-            .read(&name)?
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let rec: Option<SessionRecord> = match sd.read(&name) {
+            Ok(b) => b.and_then(|b| serde_json::from_slice(&b).ok()),
+            Err(e) => {
+                tracing::error!(record = %name, error = %format!("{e:#}"), "unreadable SSH session record");
+                continue;
+            }
+        };
         let Some(rec) = rec else {
-            sd.remove(&name)?;
+            forget(&name);
             continue;
         };
-        if start_ticks(rec.pid).ok() != Some(rec.start_ticks) {
-            sd.remove(&name)?;
+        if rec.pid <= 1 || start_ticks(rec.pid).ok() != Some(rec.start_ticks) {
+            forget(&name);
             continue;
         }
         let attempt = Attempt {
@@ -86,8 +126,12 @@ pub fn sweep(dir: &Path, access: &HostAccess) -> anyhow::Result<Vec<Ended>> {
         };
         if let Err(reason) = access.allows(&attempt) {
             let children = tree.get_or_insert_with(process_tree);
-            kill_tree(rec.pid, children);
-            sd.remove(&name)?;
+            // Kept (and retried next sweep) unless sshd's process is gone.
+            if let Err(e) = kill_tree(rec.pid, children) {
+                tracing::error!(pid = rec.pid, error = %e, "could not end a revoked SSH session");
+                continue;
+            }
+            forget(&name);
             ended.push(Ended {
                 record: rec,
                 reason,
@@ -134,8 +178,21 @@ fn process_tree() -> HashMap<i32, Vec<i32>> {
 
 /// SIGKILL `root` and everything below it. The root goes first so it
 /// cannot start more; the rest were listed before, so they are still
-/// found after they are re-parented.
-fn kill_tree(root: i32, children: &HashMap<i32, Vec<i32>>) {
+/// found after they are re-parented. Never init, this agent or its
+/// ancestors. Fails if the root could not be killed (e.g. EPERM when the
+/// agent is not root).
+fn kill_tree(root: i32, children: &HashMap<i32, Vec<i32>>) -> std::io::Result<()> {
+    let mut protected = vec![1, std::process::id() as i32];
+    let mut p = std::process::id() as i32;
+    while let Some(parent) = parent_of(p).filter(|q| *q > 1 && !protected.contains(q)) {
+        protected.push(parent);
+        p = parent;
+    }
+    if protected.contains(&root) || root <= 1 {
+        return Err(std::io::Error::other(format!(
+            "refusing to kill pid {root}: init, this agent or its parent"
+        )));
+    }
     let mut all = vec![root];
     let mut i = 0;
     while i < all.len() {
@@ -148,12 +205,20 @@ fn kill_tree(root: i32, children: &HashMap<i32, Vec<i32>>) {
         }
         i += 1;
     }
-    for pid in all {
+    for (i, pid) in all.into_iter().enumerate() {
+        if protected.contains(&pid) {
+            continue;
+        }
         // SAFETY: kill(2) with a pid and a signal number; no memory involved.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
+        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+        if i == 0 && rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -183,7 +248,7 @@ mod tests {
             pid,
             start_ticks: start_ticks(pid).unwrap(),
             user: "deploy".into(),
-            key_id: "bot:deployer:i1".into(),
+            key_id: "bot:deployer:u1:i1".into(),
             serial: 5,
         };
         sd.write(
@@ -202,6 +267,7 @@ mod tests {
             version: 1,
             access: vec![super::super::access::BotAccess {
                 bot: "deployer".into(),
+                bot_uid: "u1".into(),
                 logins: vec!["deploy".into()],
                 ..Default::default()
             }],
@@ -211,7 +277,7 @@ mod tests {
         assert!(!sd.contains("dead.json").unwrap(), "dead session forgotten");
         assert!(child.try_wait().unwrap().is_none(), "allowed session lives");
         let mut locked = allowed.clone();
-        locked.revoked_key_ids.push("bot:deployer:i1".into());
+        locked.revoked_key_ids.push("bot:deployer:u1:i1".into());
         let ended = sweep(tmp.path(), &locked).unwrap();
         assert_eq!(ended.len(), 1);
         assert!(child.wait().unwrap().code().is_none(), "killed by a signal");

@@ -146,7 +146,7 @@ impl AuthService for AuthApi {
         if let Some(permissions) =
             ssh_permissions.filter(|_| !r.ssh_public_key.is_empty() && !logins.is_empty())
         {
-            let key_id = crate::ssh_access::user_key_id(&id.bot, &id.instance_id);
+            let key_id = crate::ssh_access::user_key_id(&id.bot, &id.bot_uid, &id.instance_id);
             let c = cas
                 .ssh_user
                 .issue_user_cert(&r.ssh_public_key, &key_id, &logins, ttl, &permissions)

@@ -128,7 +128,7 @@ pub fn host_state(
                 .any(|r| locked_roles.contains(r.as_str()));
         for instance in state.cache.instance_ids(name) {
             if bot_locked || locked_instances.contains(&instance) {
-                revoked_key_ids.insert(user_key_id(name, &instance));
+                revoked_key_ids.insert(user_key_id(name, &bot.spec.uid, &instance));
             }
         }
         if bot_locked {
@@ -142,13 +142,18 @@ pub fn host_state(
             continue;
         };
         h.logins.retain(|l| !locked_logins.contains(l));
-        if h.logins.is_empty() && h.login_patterns.is_empty() {
+        // Template logins are not sent: a host cannot tell which role a
+        // rendered login came from, so a template on a role matching this
+        // host would let in logins other roles grant only elsewhere.
+        // Refused here (fail closed) until hosts get each instance's logins.
+        if h.logins.is_empty() {
             continue;
         }
         access.push(SshHostAccess {
             bot: name.to_string(),
+            bot_uid: bot.spec.uid.clone(),
             logins: h.logins,
-            login_patterns: h.login_patterns,
+            login_patterns: Vec::new(),
             deny_patterns: h.deny_patterns,
         });
     }

@@ -21,9 +21,10 @@ use crate::state::AuthState;
 pub const MAX_HOST_PRINCIPALS: usize = 64;
 
 /// The key ID of a user certificate: what a KRL revokes by `key_id` and
-/// what a host's principals command reads back (`%i`).
-pub fn user_key_id(bot: &str, instance_id: &str) -> String {
-    format!("bot:{bot}:{instance_id}")
+/// what a host's principals command reads back (`%i`). The bot's uid makes
+/// a certificate of a removed bot useless to a bot re-created under its name.
+pub fn user_key_id(bot: &str, bot_uid: &str, instance_id: &str) -> String {
+    format!("bot:{bot}:{bot_uid}:{instance_id}")
 }
 
 /// Issue a host certificate for principals the bot's roles allow; a

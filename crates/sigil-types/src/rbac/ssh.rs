@@ -256,19 +256,23 @@ fn login_glob(login: &str) -> LoginGlob {
     LoginGlob::Pattern(glob)
 }
 
-/// A host principal pattern against an exact principal: case-insensitive
-/// glob for names; addresses compare as addresses (`::1` = `0::1`).
+/// A host principal pattern against an exact principal: `*` alone matches
+/// any name; otherwise label by label (a `*` never crosses a `.`, so
+/// `web*` cannot certify `web.attacker.example`), case-insensitive;
+/// addresses compare as addresses (`::1` = `0::1`).
 pub(crate) fn host_pattern_matches(pattern: &str, principal: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
     if let (Ok(a), Ok(b)) = (
         pattern.parse::<std::net::IpAddr>(),
         principal.parse::<std::net::IpAddr>(),
     ) {
         return a == b;
     }
-    glob_match(
-        &pattern.to_ascii_lowercase(),
-        &principal.to_ascii_lowercase(),
-    )
+    let (p, v) = (pattern.to_ascii_lowercase(), principal.to_ascii_lowercase());
+    let (pl, vl): (Vec<&str>, Vec<&str>) = (p.split('.').collect(), v.split('.').collect());
+    pl.len() == vl.len() && pl.iter().zip(&vl).all(|(p, v)| glob_match(p, v))
 }
 
 #[cfg(test)]

@@ -98,6 +98,28 @@ fn source_address_is_intersected() {
 }
 
 #[test]
+fn host_principal_globs_stay_within_a_label() {
+    let set = set(&[role(|s| {
+        s.allow.ssh_host_principals = strs(&["web*", "10.0.0.*"]);
+    })]);
+    assert!(set.allows_ssh_host_principal("web1"));
+    assert!(set.allows_ssh_host_principal("10.0.0.7"));
+    for no in [
+        "web.attacker.example",
+        "10.0.0.1.evil.example",
+        "web1.example.test",
+    ] {
+        assert!(!set.allows_ssh_host_principal(no), "{no}");
+    }
+    let any = set_of_star();
+    assert!(any.allows_ssh_host_principal("a.b.example.test"));
+}
+
+fn set_of_star() -> RoleSet {
+    set(&[role(|s| s.allow.ssh_host_principals = strs(&["*"]))])
+}
+
+#[test]
 fn host_principals_allow_and_deny() {
     let host = role(|s| {
         s.allow.ssh_host_principals = strs(&["*.example.test", "localhost", "127.0.0.1", "::1"]);
@@ -110,11 +132,12 @@ fn host_principals_allow_and_deny() {
         "localhost",
         "127.0.0.1",
         "0::1",
-        "a.b.example.test",
     ] {
         assert!(set.allows_ssh_host_principal(ok), "{ok}");
     }
     for no in [
+        // `*` stands for part of one label: it never crosses a dot.
+        "a.b.example.test",
         "secret.example.test",
         "example.test",
         "web1.example.org",
