@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use sigil_types::{
     DEFAULT_MAX_TTL, Role, RoleConditions, RoleOptions, RoleSet, RoleSpecRef, format_duration,
-    lifted_denies, lifted_options,
+    lifted_denies,
 };
 use tonic::Status;
 
@@ -225,9 +225,9 @@ fn lifted(set: &RoleSet, old: &RoleConditions, new: &RoleConditions) -> Vec<Stri
     .collect()
 }
 
-/// SSH options set to `false` in `old` and no longer in `new`, as grants the caller must hold.
+/// SSH restrictions `old` had and `new` drops or widens, as grants the caller must hold.
 fn lifted_ssh_options(set: &RoleSet, old: &RoleOptions, new: &RoleOptions) -> Vec<String> {
-    set.uncovered_options(&lifted_options(old, new))
+    set.uncovered_lift(old, new)
         .into_iter()
         .map(|m| format!("lifting restriction {m}"))
         .collect()

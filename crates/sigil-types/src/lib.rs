@@ -32,7 +32,6 @@ pub use lock::{LockSpec, LockTarget};
 pub use parse::{ParseError, parse_resources};
 pub use rbac::{
     HostLogins, LabelField, RoleSet, RoleSpecRef, SshPermissions, glob_match, lifted_denies,
-    lifted_options,
 };
 pub use resource::{
     AnyResource, Bot, BotInstance, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION, Resource,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod grants;
 mod ssh;
-pub use grants::{RoleSpecRef, lifted_denies, lifted_options};
+pub use grants::{RoleSpecRef, lifted_denies};
 pub use ssh::{HostLogins, SshPermissions};
 
 /// Which label selector of a role to evaluate.

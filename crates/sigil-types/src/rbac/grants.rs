@@ -3,6 +3,7 @@
 
 use super::ssh::{SSH_FLAGS, host_pattern_matches};
 use super::{LabelField, RoleSet, glob_match};
+use crate::role::Cidr;
 use crate::role::{RoleConditions, RoleOptions};
 use std::collections::BTreeMap;
 
@@ -114,17 +115,45 @@ impl RoleSet {
         out
     }
 
-    /// Each SSH permission `options` turns on (`ssh_* : true`) that this
-    /// set's own certificates do not have: a caller may not hand out a
-    /// certificate less restricted than its own. `ssh_source_address` only
-    /// restricts, so it needs nothing.
+    /// Each SSH permission `options` gives its holders that this set's own
+    /// certificates do not have: a caller may not hand out a certificate
+    /// less restricted than its own. A flag counts as given when the role
+    /// sets it `true`, or leaves it to a default of `true` (`ssh_pty`).
+    /// A caller limited to source addresses may only give roles limited to
+    /// addresses within its own (no list at all is "from anywhere").
     pub fn uncovered_options(&self, options: &RoleOptions) -> Vec<String> {
         let own = self.ssh_permissions();
-        SSH_FLAGS
+        let mut out: Vec<String> = SSH_FLAGS
             .iter()
-            .filter(|f| (f.of_role)(options) == Some(true) && !(f.of_permissions)(&own))
-            .map(|f| format!("options.{}: true (the caller's own is false)", f.name))
-            .collect()
+            .filter(|f| (f.of_role)(options).unwrap_or(f.default) && !(f.of_permissions)(&own))
+            .map(|f| {
+                let how = if (f.of_role)(options).is_none() {
+                    ", by default"
+                } else {
+                    ""
+                };
+                format!("options.{}: true{how} (the caller's own is false)", f.name)
+            })
+            .collect();
+        if let Some(own_src) = &own.source_address {
+            let own_src = cidrs(own_src);
+            let theirs = &options.ssh_source_address;
+            if theirs.is_empty() {
+                out.push(format!(
+                    "options.ssh_source_address: unset, i.e. from anywhere (the caller's own certificates are limited to {})",
+                    own_src.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            for c in theirs {
+                let within = Cidr::parse(c).is_ok_and(|c| own_src.iter().any(|o| o.contains(&c)));
+                if !within {
+                    out.push(format!(
+                        "options.ssh_source_address: {c} is outside the caller's own source addresses"
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -152,21 +181,50 @@ impl<'a> RoleSpecRef<'a> {
     }
 }
 
-/// What relaxing a role's options from `old` to `new` grants, as options
-/// to check with [`RoleSet::uncovered_options`]: each `ssh_*: false` that
-/// `new` drops becomes `true` (its holders may now get it from another role).
-pub fn lifted_options(old: &RoleOptions, new: &RoleOptions) -> RoleOptions {
-    let lifted = |f: fn(&RoleOptions) -> Option<bool>| {
-        (f(old) == Some(false) && f(new) != Some(false)).then_some(true)
-    };
-    RoleOptions {
-        ssh_port_forwarding: lifted(|o| o.ssh_port_forwarding),
-        ssh_agent_forwarding: lifted(|o| o.ssh_agent_forwarding),
-        ssh_x11_forwarding: lifted(|o| o.ssh_x11_forwarding),
-        ssh_pty: lifted(|o| o.ssh_pty),
-        ssh_user_rc: lifted(|o| o.ssh_user_rc),
-        ..RoleOptions::default()
+impl RoleSet {
+    /// What relaxing a role's options from `old` to `new` gives its holders
+    /// that this set's own certificates do not have: each `ssh_*: false`
+    /// that `new` drops (its holders may now get it from another role), and
+    /// source addresses `new` allows beyond `old`'s list (all of them when
+    /// `new` has none).
+    pub fn uncovered_lift(&self, old: &RoleOptions, new: &RoleOptions) -> Vec<String> {
+        let own = self.ssh_permissions();
+        let mut out: Vec<String> = SSH_FLAGS
+            .iter()
+            .filter(|f| {
+                (f.of_role)(old) == Some(false)
+                    && (f.of_role)(new) != Some(false)
+                    && !(f.of_permissions)(&own)
+            })
+            .map(|f| {
+                format!(
+                    "options.{}: false dropped (the caller's own is false)",
+                    f.name
+                )
+            })
+            .collect();
+        let old_src = cidrs(&old.ssh_source_address);
+        if let (Some(own_src), false) = (&own.source_address, old_src.is_empty()) {
+            let own_src = cidrs(own_src);
+            if new.ssh_source_address.is_empty() {
+                out.push("options.ssh_source_address (removing it allows every address; the caller's own certificates are limited)".into());
+            }
+            for c in &new.ssh_source_address {
+                let widened = !Cidr::parse(c).is_ok_and(|c| old_src.iter().any(|o| o.contains(&c)));
+                let outside = !Cidr::parse(c).is_ok_and(|c| own_src.iter().any(|o| o.contains(&c)));
+                if widened && outside {
+                    out.push(format!(
+                        "options.ssh_source_address: {c} is outside the caller's own source addresses"
+                    ));
+                }
+            }
+        }
+        out
     }
+}
+
+fn cidrs(list: &[String]) -> Vec<Cidr> {
+    list.iter().filter_map(|c| Cidr::parse(c).ok()).collect()
 }
 
 /// What lifting denies grants: the entries of `old` that `new` no longer
@@ -455,23 +513,43 @@ mod tests {
             uncovered(std::slice::from_ref(&no_pty), &restricted),
             ["options.ssh_pty: true (the caller's own is false)"]
         );
+        // ...and a role silent on pty gives the default, a pty.
+        assert_eq!(
+            uncovered(std::slice::from_ref(&no_pty), &plain),
+            ["options.ssh_pty: true, by default (the caller's own is false)"]
+        );
+        // A caller limited to addresses gives only roles limited within them.
+        let in_ten = role(|s| s.options.ssh_source_address = strs(&["10.0.0.0/8"]));
+        let in_ten_one = role(|s| s.options.ssh_source_address = strs(&["10.1.0.0/16"]));
+        let elsewhere = role(|s| s.options.ssh_source_address = strs(&["192.0.2.0/24"]));
+        let limited = std::slice::from_ref(&in_ten);
+        assert!(uncovered(limited, &in_ten_one).is_empty());
+        assert_eq!(uncovered(limited, &elsewhere).len(), 1);
+        assert_eq!(
+            uncovered(limited, &plain).len(),
+            1,
+            "no list is from anywhere"
+        );
         // Lifting a `false` grants what it held back.
-        let lifted = lifted_options(&no_agent.spec.options, &plain.spec.options);
-        assert_eq!(lifted.ssh_agent_forwarding, Some(true));
-        assert_eq!(
-            lifted_options(&no_agent.spec.options, &no_agent.spec.options),
-            RoleOptions::default()
-        );
-        assert_eq!(
-            lifted_options(&forwarding.spec.options, &plain.spec.options),
-            RoleOptions::default()
-        );
-        let set = RoleSet::new(vec![plain]);
-        assert_eq!(set.uncovered_options(&lifted).len(), 1);
+        let plain_set = RoleSet::new(vec![plain.clone()]);
+        let lift = |set: &RoleSet, old: &Role, new: &Role| {
+            set.uncovered_lift(&old.spec.options, &new.spec.options)
+        };
+        assert_eq!(lift(&plain_set, &no_agent, &plain).len(), 1);
+        assert!(lift(&plain_set, &no_agent, &no_agent).is_empty());
+        assert!(lift(&plain_set, &forwarding, &plain).is_empty());
+        assert!(lift(&RoleSet::new(vec![forwarding.clone()]), &no_agent, &plain).is_empty());
+        // Widening or dropping source addresses, by a limited caller.
+        let ten_set = RoleSet::new(vec![in_ten.clone()]);
         assert!(
-            RoleSet::new(vec![forwarding])
-                .uncovered_options(&lifted)
-                .is_empty()
+            lift(&ten_set, &in_ten_one, &in_ten).is_empty(),
+            "within the caller's own"
+        );
+        assert_eq!(lift(&ten_set, &in_ten_one, &elsewhere).len(), 1);
+        assert_eq!(lift(&ten_set, &in_ten_one, &plain).len(), 1);
+        assert!(
+            lift(&plain_set, &in_ten_one, &plain).is_empty(),
+            "an unlimited caller may"
         );
     }
 }

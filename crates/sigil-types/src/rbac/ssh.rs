@@ -60,7 +60,8 @@ pub(crate) struct SshFlag {
     pub name: &'static str,
     pub of_role: fn(&RoleOptions) -> Option<bool>,
     pub of_permissions: fn(&SshPermissions) -> bool,
-    default: bool,
+    /// What a certificate gets when no role says.
+    pub default: bool,
 }
 
 /// Every `permit-*` permission a role option decides.
