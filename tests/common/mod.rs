@@ -112,9 +112,27 @@ impl Auth {
             .expect("start sigil auth");
         self.child = Some(child);
         let sock = self.data.join("admin.sock");
+        let mut exited = false;
         wait_until("the auth service", Duration::from_secs(30), || {
-            sock.exists() && self.admin(&["status", "--format", "json"]).status.success()
+            // Another test may have bound the port between free_port() and
+            // the bind: the service then exits; try again on fresh ports.
+            exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            exited
+                || (sock.exists() && self.admin(&["status", "--format", "json"]).status.success())
         });
+        if exited {
+            assert!(
+                self.log().contains("address") || self.log().contains("bind"),
+                "the auth service exited at start:\n{}",
+                self.log()
+            );
+            self.port = free_port();
+            self.public_port = free_port();
+            return self.spawn();
+        }
         let st: serde_json::Value =
             serde_json::from_str(&stdout(&self.admin(&["status", "--format", "json"])))
                 .expect("status json");
