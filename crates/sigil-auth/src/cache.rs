@@ -198,14 +198,17 @@ impl Cache {
         self.read().instances.get(key).cloned()
     }
 
-    /// The instance ids of a bot's instances.
-    pub fn instance_ids(&self, bot: &str) -> Vec<String> {
-        let prefix = keys::bot_instances_of(bot);
-        self.read()
-            .instances
-            .keys()
-            .filter_map(|k| k.strip_prefix(prefix.as_str()).map(str::to_string))
-            .collect()
+    /// Call `f(bot, instance_id)` for every cached bot instance, under one
+    /// read lock and without copying the records.
+    pub fn for_each_instance(&self, mut f: impl FnMut(&str, &str)) {
+        for key in self.read().instances.keys() {
+            if let Some((bot, id)) = key
+                .strip_prefix(keys::BOT_INSTANCES)
+                .and_then(|k| k.split_once('/'))
+            {
+                f(bot, id);
+            }
+        }
     }
 
     /// Every workload identity, by name.

@@ -33,12 +33,11 @@ impl IdentityOutput {
 /// only hosts whose certificate the cluster's ssh-host CA signed for the
 /// name connected to (no plain host keys, no trust on first use).
 pub fn ssh_config(dir: &std::path::Path) -> anyhow::Result<String> {
-    let d = dir.display().to_string();
-    if d.chars().any(|c| c.is_whitespace() || c == '"' || c == '%') {
-        anyhow::bail!(
-            "{d:?}: ssh_config cannot name a directory with spaces, quotes or `%`; choose another output directory"
-        );
-    }
+    let d = crate::ssh_host::openssh_config_path(
+        dir,
+        "ssh_config cannot name a directory",
+        "choose another output directory",
+    )?;
     Ok(format!(
         "# Written by the Sigil agent (identity output); rewritten on every renewal.\n\
          # Use: ssh -F {d}/ssh_config USER@HOST   (Ansible: ansible_ssh_common_args: -F {d}/ssh_config)\n\

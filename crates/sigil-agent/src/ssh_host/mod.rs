@@ -203,15 +203,8 @@ fn write_state(d: &dyn Destination, s: &SshHostState) -> anyhow::Result<HostAcce
 pub fn sshd_snippet(dir: &Path) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("locating the sigil binary")?;
     let exe = exe.canonicalize().unwrap_or(exe);
-    let dir_s = dir.display().to_string();
-    let exe_s = exe.display().to_string();
-    for s in [&dir_s, &exe_s] {
-        if s.chars().any(|c| c.is_whitespace() || c == '"' || c == '%') {
-            anyhow::bail!(
-                "{s:?}: sshd_config cannot name a path with spaces, quotes or `%`; move it"
-            );
-        }
-    }
+    let dir_s = openssh_config_path(dir, "sshd_config cannot name a path", "move it")?;
+    let exe_s = openssh_config_path(&exe, "sshd_config cannot name a path", "move it")?;
     let user = effective_user();
     Ok(format!(
         "# Written by the Sigil agent (ssh-host output) and rewritten on every renewal.\n\
@@ -228,6 +221,17 @@ pub fn sshd_snippet(dir: &Path) -> anyhow::Result<String> {
          AuthorizedPrincipalsCommandUser {user}\n\
          ExposeAuthInfo yes\n"
     ))
+}
+
+/// `p` as written into an OpenSSH configuration file, which splits on
+/// whitespace and expands `%` tokens: such paths are refused, naming `what`
+/// cannot hold them and the `fix`.
+pub(crate) fn openssh_config_path(p: &Path, what: &str, fix: &str) -> anyhow::Result<String> {
+    let s = p.display().to_string();
+    if s.chars().any(|c| c.is_whitespace() || c == '"' || c == '%') {
+        anyhow::bail!("{s:?}: {what} with spaces, quotes or `%`; {fix}");
+    }
+    Ok(s)
 }
 
 /// The name of the user this process runs as (who may read `access.json`).

@@ -239,8 +239,7 @@ impl AuthService for AuthApi {
         req: Request<IssueSshHostCertRequest>,
     ) -> Result<Response<SshHostCert>, Status> {
         let id = agent_identity(&self.state, &req).await?;
-        let cert =
-            crate::ssh_access::issue_host_cert(&self.state, &id, req.get_ref().clone()).await;
+        let cert = crate::ssh_access::issue_host_cert(&self.state, &id, req.get_ref()).await;
         Ok(Response::new(cert?))
     }
 

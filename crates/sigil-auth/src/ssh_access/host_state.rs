@@ -115,7 +115,9 @@ pub fn host_state(
     let locked_instances = locked("bot_instance");
 
     let mut access = Vec::new();
-    let mut revoked_key_ids = BTreeSet::new();
+    // Bot name → (uid, locked): for the KRL's key IDs, found below in one
+    // pass over the instances (not one per bot), and only if anything is locked.
+    let mut uids: std::collections::HashMap<String, (String, bool)> = Default::default();
     let mut bots = state.cache.bots();
     bots.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for bot in bots {
@@ -126,11 +128,7 @@ pub fn host_state(
                 .roles
                 .iter()
                 .any(|r| locked_roles.contains(r.as_str()));
-        for instance in state.cache.instance_ids(name) {
-            if bot_locked || locked_instances.contains(&instance) {
-                revoked_key_ids.insert(user_key_id(name, &bot.spec.uid, &instance));
-            }
-        }
+        uids.insert(name.to_string(), (bot.spec.uid.clone(), bot_locked));
         if bot_locked {
             continue;
         }
@@ -155,6 +153,17 @@ pub fn host_state(
             logins: h.logins,
             login_patterns: Vec::new(),
             deny_patterns: h.deny_patterns,
+        });
+    }
+    let mut revoked_key_ids = BTreeSet::new();
+    if !locked_instances.is_empty() || uids.values().any(|(_, locked)| *locked) {
+        state.cache.for_each_instance(|bot, instance| {
+            let Some((uid, bot_locked)) = uids.get(bot) else {
+                return;
+            };
+            if *bot_locked || locked_instances.contains(instance) {
+                revoked_key_ids.insert(user_key_id(bot, uid, instance));
+            }
         });
     }
     let ssh_user_ca = state.cas.ssh_user.public_key_openssh();

@@ -32,9 +32,8 @@ pub fn user_key_id(bot: &str, bot_uid: &str, instance_id: &str) -> String {
 pub async fn issue_host_cert(
     state: &AuthState,
     id: &ClientIdentity,
-    req: IssueSshHostCertRequest,
+    req: &IssueSshHostCertRequest,
 ) -> Result<SshHostCert, Status> {
-    let principals = req.principals.clone();
     let result = issue(state, id, req).await;
     let refused = result.as_ref().err().filter(|e| {
         matches!(
@@ -44,7 +43,8 @@ pub async fn issue_host_cert(
     });
     if let Some(e) = refused {
         // Bounded: the request was refused, perhaps for its size.
-        let shown: Vec<String> = principals
+        let shown: Vec<String> = req
+            .principals
             .iter()
             .take(MAX_HOST_PRINCIPALS)
             .map(|p| {
@@ -67,7 +67,7 @@ pub async fn issue_host_cert(
 async fn issue(
     state: &AuthState,
     id: &ClientIdentity,
-    req: IssueSshHostCertRequest,
+    req: &IssueSshHostCertRequest,
 ) -> Result<SshHostCert, Status> {
     let auth = bot_authority(state, &id.bot, &id.bot_uid).map_err(Status::permission_denied)?;
     issuance::check_locks(state, id, &[])?;
