@@ -3,6 +3,7 @@
 
 pub mod https;
 pub mod oidc_issuer;
+pub mod postgres;
 pub mod sshd;
 pub mod sts;
 

@@ -91,17 +91,30 @@ impl Cache {
                 match rx.recv().await {
                     Ok(WatchEvent::Put(item)) => c.apply_put(&item),
                     Ok(WatchEvent::Delete { key }) => c.apply_delete(&key),
+                    Ok(WatchEvent::Reset) => {
+                        tracing::warn!("the store's change feed lost continuity; reloading");
+                        c.reload_until_done(store.as_ref()).await;
+                    }
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "cache fell behind the store; reloading");
-                        if let Err(e) = c.reload(store.as_ref()).await {
-                            tracing::error!(error = %e, "cache reload failed");
-                        }
+                        c.reload_until_done(store.as_ref()).await;
                     }
                     Err(RecvError::Closed) => break,
                 }
             }
         });
         Ok(cache)
+    }
+
+    /// Reloads, retrying until it succeeds: a cache that missed changes must not keep
+    /// serving (a missed lock would be a lock not enforced).
+    async fn reload_until_done(&self, store: &dyn Store) {
+        let mut wait = std::time::Duration::from_millis(100);
+        while let Err(e) = self.reload(store).await {
+            tracing::error!(error = %e, "cache reload failed; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(2));
+        }
     }
 
     async fn reload(&self, store: &dyn Store) -> anyhow::Result<()> {
@@ -166,6 +179,7 @@ impl Cache {
             match op.committed(*rev) {
                 WatchEvent::Put(item) => self.apply_put(&item),
                 WatchEvent::Delete { key } => self.apply_delete(&key),
+                WatchEvent::Reset => {}
             }
         }
     }

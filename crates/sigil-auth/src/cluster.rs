@@ -52,22 +52,25 @@ pub async fn load_or_create(
     km: &dyn KeyManager,
     requested_name: Option<&str>,
 ) -> anyhow::Result<(String, Cas)> {
-    let name = match store.get(keys::CLUSTER).await? {
-        Some(item) => {
-            let rec: ClusterRecord =
-                serde_json::from_slice(&item.value).context("decoding the cluster record")?;
-            if let Some(req) = requested_name
-                && req != rec.name
+    let name = match read_name(store, requested_name).await? {
+        Some(name) => name,
+        None => match create(store, km, requested_name.unwrap_or("sigil.local")).await {
+            Ok(name) => name,
+            // Servers starting together on one shared store: another one created the
+            // cluster first (its CAs, in the same transaction); ours were never stored.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<sigil_store::StoreError>(),
+                    Some(sigil_store::StoreError::AlreadyExists(_))
+                ) =>
             {
-                bail!(
-                    "this data dir belongs to cluster {:?}, not {:?}: drop --cluster-name or use another --data-dir",
-                    rec.name,
-                    req
-                );
+                tracing::info!("another auth server created the cluster first; joining it");
+                read_name(store, requested_name)
+                    .await?
+                    .context("the cluster record vanished right after it was created")?
             }
-            rec.name
-        }
-        None => create(store, km, requested_name.unwrap_or("sigil.local")).await?,
+            Err(e) => return Err(e),
+        },
     };
     let mut stored = Vec::new();
     for p in CaPurpose::ALL {
@@ -109,6 +112,28 @@ pub async fn load_or_create(
     Ok((name, cas))
 }
 
+/// The stored cluster name, checked against `--cluster-name`; `None` before creation.
+async fn read_name(
+    store: &dyn Store,
+    requested_name: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let Some(item) = store.get(keys::CLUSTER).await? else {
+        return Ok(None);
+    };
+    let rec: ClusterRecord =
+        serde_json::from_slice(&item.value).context("decoding the cluster record")?;
+    if let Some(req) = requested_name
+        && req != rec.name
+    {
+        bail!(
+            "this store belongs to cluster {:?}, not {:?}: drop --cluster-name or use another --data-dir / --store",
+            rec.name,
+            req
+        );
+    }
+    Ok(Some(rec.name))
+}
+
 async fn create(store: &dyn Store, km: &dyn KeyManager, name: &str) -> anyhow::Result<String> {
     sigil_types::validate_trust_domain(name)
         .map_err(|e| anyhow::anyhow!("--cluster-name {name:?} is not usable: {e}"))?;
@@ -144,6 +169,7 @@ async fn create(store: &dyn Store, km: &dyn KeyManager, name: &str) -> anyhow::R
             )],
         })
         .await
-        .context("storing the new cluster")?;
+        // Not wrapped in context: the caller tells AlreadyExists (lost a race) apart.
+        ?;
     Ok(name.to_string())
 }

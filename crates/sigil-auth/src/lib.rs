@@ -14,6 +14,7 @@ mod escalation;
 mod issuance;
 mod join;
 mod keys;
+mod migrate;
 mod outbound;
 mod public_http;
 mod renewal;
@@ -33,10 +34,11 @@ use anyhow::Context;
 use sigil_pki::SoftwareKeyManager;
 use sigil_proto::v1::admin_service_server::AdminServiceServer;
 use sigil_proto::v1::auth_service_server::AuthServiceServer;
-use sigil_store::{SqliteStore, Store, Txn};
+use sigil_store::{PostgresStore, SqliteStore, Store, Txn};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+pub use migrate::migrate;
 pub use tls::provider;
 
 /// How to run the auth service.
@@ -60,6 +62,8 @@ pub struct AuthConfig {
     /// The audit checkpoint signing key file; default `audit-key.json` in the data
     /// dir (created on first start). Keep it off the database's volume in production.
     pub audit_key_file: Option<PathBuf>,
+    /// A shared PostgreSQL store (`postgres://…`); `None` = SQLite in the data dir.
+    pub store_url: Option<String>,
 }
 
 /// File names inside the data dir.
@@ -84,12 +88,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     let metrics = public_http::install_metrics();
     // Held until `serve` returns (the process's lifetime for `sigil auth start`).
     let _lock = prepare_data_dir(&cfg.data_dir)?;
-    let db = cfg.data_dir.join(DB_FILE);
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("opening the database {}", db.display()))?,
-    );
+    let store = open_store(&cfg).await?;
     let km = SoftwareKeyManager;
     let (cluster, cas) =
         cluster::load_or_create(store.as_ref(), &km, cfg.cluster_name.as_deref()).await?;
@@ -99,7 +98,11 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         .audit_key_file
         .clone()
         .unwrap_or_else(|| cfg.data_dir.join(audit::key::DEFAULT_KEY_FILE));
+    // Servers sharing a store must sign with one key: agents pin it.
+    let pinned = audit::key_pin::store_pin(store.as_ref()).await?;
+    audit::key_pin::require_copy_if_pinned(&audit_key_path, pinned.as_deref())?;
     let audit_key = audit::key::load_or_create(&audit_key_path, &cfg.data_dir, &km)?;
+    audit::key_pin::pin_in_store(store.as_ref(), &audit_key, pinned).await?;
     let checkpoints = Arc::new(
         audit::checkpoint::Checkpoints::open(store.clone(), audit_key, &cluster, &cfg.data_dir)
             .await?,
@@ -254,6 +257,30 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     }
     let _ = std::fs::remove_file(&sock_path);
     Ok(())
+}
+
+/// The store named by the configuration: SQLite in the data dir, or a shared PostgreSQL.
+async fn open_store(cfg: &AuthConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &cfg.store_url {
+        None => {
+            let db = cfg.data_dir.join(DB_FILE);
+            Arc::new(
+                SqliteStore::open(&db)
+                    .await
+                    .with_context(|| format!("opening the database {}", db.display()))?,
+            )
+        }
+        Some(url) => {
+            let store = PostgresStore::connect(url).await.with_context(|| {
+                format!(
+                    "opening the PostgreSQL store {}",
+                    sigil_store::redacted_url(url)
+                )
+            })?;
+            tracing::info!(store = %store.target(), "using the PostgreSQL store");
+            Arc::new(store)
+        }
+    })
 }
 
 /// Largest request the auth API decodes: joins, renewals and issuance

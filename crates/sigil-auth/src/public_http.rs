@@ -139,6 +139,11 @@ async fn openid_configuration(State(h): State<Http>) -> Json {
 }
 
 async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
+    // A shared store's change feed down or behind: this server's view of locks may be
+    // stale, so it takes itself out of rotation until it has caught up.
+    if let Err(why) = h.state.store.health() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {why}\n"));
+    }
     match h.state.store.get(crate::keys::CLUSTER).await {
         // A broken audit log is reported, not made unready: the service keeps
         // serving (and stops signing checkpoints) while an operator investigates.

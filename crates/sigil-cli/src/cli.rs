@@ -140,6 +140,21 @@ pub enum GetFormat {
 pub enum AuthCommand {
     /// Run the auth service until SIGINT/SIGTERM. Needs --data-dir.
     Start(AuthStartArgs),
+    /// Copy a stopped cluster's store into a new PostgreSQL database: every resource,
+    /// CA and bot instance, and the audit log with its hashes unchanged.
+    Migrate(AuthMigrateArgs),
+}
+
+/// `sigil auth migrate`
+#[derive(Args, Debug, Clone)]
+pub struct AuthMigrateArgs {
+    /// The source: `sqlite:PATH` (the `sigil.db` in a stopped server's data dir).
+    #[arg(long, value_name = "sqlite:PATH")]
+    pub from: String,
+    /// The target, an empty database: `postgres://USER@HOST[:PORT]/DB?sslmode=verify-full`.
+    /// Put the password in PGPASSWORD or a passfile (~/.pgpass), not here.
+    #[arg(long, value_name = "URL", env = "SIGIL_MIGRATE_TO")]
+    pub to: String,
 }
 
 /// `sigil auth start`
@@ -174,6 +189,12 @@ pub struct AuthStartArgs {
     /// audit-key.json in the data dir; in production keep it on another volume.
     #[arg(long, value_name = "FILE", env = "SIGIL_AUDIT_KEY_FILE")]
     pub audit_key: Option<PathBuf>,
+    /// Where the cluster lives. Default: SQLite (sigil.db in the data dir). For several
+    /// auth servers on one database: postgres://USER@HOST[:PORT]/DB?sslmode=verify-full
+    /// (password from PGPASSWORD or a passfile, or the whole URL in SIGIL_STORE; never
+    /// on the command line, where `ps` shows it).
+    #[arg(long, value_name = "URL", env = "SIGIL_STORE")]
+    pub store: Option<String>,
 }
 
 /// `sigil agent ...`

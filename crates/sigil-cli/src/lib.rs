@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match &cli.command {
         Command::Auth(AuthCommand::Start(args)) => servers::auth_start(g, args).await,
+        Command::Auth(AuthCommand::Migrate(args)) => servers::auth_migrate(args).await,
         Command::Agent(AgentCommand::Start(args)) => servers::agent_start(g, args).await,
         Command::Create(args) => admin::resources::create(g, args).await,
         Command::Get(args) => admin::resources::get(g, args).await,

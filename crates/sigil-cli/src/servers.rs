@@ -29,7 +29,51 @@ pub fn auth_config(
         outbound_ca_file: args.outbound_ca_file.clone(),
         sts_endpoints: args.sts_endpoints.clone(),
         audit_key_file: args.audit_key.clone(),
+        store_url: store_url(args.store.as_deref(), "SIGIL_STORE")?,
     })
+}
+
+/// `--store`: absent or `sqlite` means SQLite in the data dir; otherwise a PostgreSQL URL,
+/// with no password unless it came from the environment variable `env`.
+fn store_url(store: Option<&str>, env: &str) -> Result<Option<String>, CliError> {
+    let Some(url) = store
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && *s != "sqlite")
+    else {
+        return Ok(None);
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(CliError::usage(format!(
+            "--store {}: expected `sqlite` (the default) or a postgres:// URL",
+            sigil_store::redacted_url(url)
+        )));
+    }
+    let from_env = std::env::var(env).is_ok_and(|e| e.trim() == url);
+    if sigil_store::url_has_password(url) && !from_env {
+        return Err(CliError::usage(format!(
+            "--store {} carries a password on the command line, where any user's `ps` shows \
+             it: drop it from the URL and set PGPASSWORD or a passfile (~/.pgpass), or pass \
+             the whole URL in {env}",
+            sigil_store::redacted_url(url)
+        )));
+    }
+    Ok(Some(url.to_string()))
+}
+
+/// `sigil auth migrate --from sqlite:PATH --to postgres://…`.
+pub async fn auth_migrate(args: &crate::cli::AuthMigrateArgs) -> anyhow::Result<()> {
+    let path = args.from.strip_prefix("sqlite:").ok_or_else(|| {
+        CliError::usage(format!(
+            "--from {:?}: expected sqlite:PATH (the sigil.db of a stopped auth server)",
+            args.from
+        ))
+    })?;
+    let to = store_url(Some(&args.to), "SIGIL_MIGRATE_TO")?.ok_or_else(|| {
+        CliError::usage("--to: expected a postgres:// URL (the target of the migration)")
+    })?;
+    let report = sigil_auth::migrate(std::path::Path::new(path), &to).await?;
+    println!("{report}");
+    Ok(())
 }
 
 /// `sigil agent start`: from --config FILE or from flags.
@@ -166,6 +210,7 @@ mod tests {
             outbound_ca_file: None,
             sts_endpoints: vec![],
             audit_key: None,
+            store: None,
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)
@@ -181,5 +226,24 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("/d"));
         assert_eq!(cfg.server_names, ["auth.example.test"]);
         assert_eq!(cfg.cluster_name.as_deref(), Some("example.test"));
+        assert_eq!(cfg.store_url, None, "SQLite by default");
+    }
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(store_url(None, "X_UNSET").unwrap(), None);
+        assert_eq!(store_url(Some("sqlite"), "X_UNSET").unwrap(), None);
+        assert_eq!(
+            store_url(Some("postgres://u@h/d?sslmode=verify-full"), "X_UNSET").unwrap(),
+            Some("postgres://u@h/d?sslmode=verify-full".into())
+        );
+        let e = store_url(Some("mysql://h/d"), "X_UNSET")
+            .unwrap_err()
+            .message;
+        assert!(e.contains("postgres://"), "{e}");
+        let e = store_url(Some("postgres://u:hunter2@h/d"), "X_UNSET")
+            .unwrap_err()
+            .message;
+        assert!(e.contains("PGPASSWORD") && !e.contains("hunter2"), "{e}");
     }
 }

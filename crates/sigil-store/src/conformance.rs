@@ -450,6 +450,7 @@ pub async fn watch_events_in_commit_order(store: &Arc<dyn Store>) {
         .map(|e| match e {
             WatchEvent::Put(i) => (i.key.clone(), Some((i.value.clone(), i.revision))),
             WatchEvent::Delete { key } => (key.clone(), None),
+            WatchEvent::Reset => panic!("unexpected Reset in a short test"),
         })
         .collect();
     assert_eq!(
@@ -506,5 +507,6 @@ fn event_key(ev: &WatchEvent) -> &str {
     match ev {
         WatchEvent::Put(i) => &i.key,
         WatchEvent::Delete { key } => key,
+        WatchEvent::Reset => "",
     }
 }

@@ -1,18 +1,21 @@
 //! sigil-store: the storage layer of the Sigil auth service.
 //!
 //! [`Store`] is a small key-value + transaction + watch interface with a hash-chained
-//! audit log. [`SqliteStore`] is the embedded default backend; [`conformance`] holds the
-//! behavioural test suite every backend must pass.
+//! audit log. [`SqliteStore`] is the embedded default backend; [`PostgresStore`] lets several
+//! auth servers share one PostgreSQL database; [`conformance`] holds the behavioural test
+//! suite every backend must pass.
 //!
 //! Values may hold secrets: they never appear in logs, error messages or `Debug` output.
 //! Errors name keys only.
 
 mod audit;
 pub mod conformance;
+mod postgres;
 mod sqlite;
 mod store;
 
 pub use audit::{GENESIS_HASH, audit_hash, canonical_event_json};
+pub use postgres::{PostgresStore, has_password as url_has_password, redacted as redacted_url};
 pub use sqlite::SqliteStore;
 pub use store::{
     AuditQuery, AuditRecord, AuditVerification, Item, NewAuditEvent, Op, Store, Txn, WatchEvent,

@@ -258,6 +258,9 @@ pub enum WatchEvent {
         /// The key.
         key: String,
     },
+    /// The store cannot say what changed (a shared backend's change feed was pruned
+    /// before this process read it): re-read everything you follow, as after `Lagged`.
+    Reset,
 }
 
 /// The storage interface used by the auth service.
@@ -290,4 +293,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes expired items and emits a `Delete` event for each; returns how many.
     async fn purge_expired(&self) -> Result<usize>;
+
+    /// `Err(why)` while this process may be serving a stale view: a shared backend's
+    /// change feed is disconnected or behind. Embedded backends are always current.
+    fn health(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }

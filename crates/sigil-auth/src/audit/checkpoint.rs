@@ -23,9 +23,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use sigil_store::{AuditQuery, AuditVerification, GENESIS_HASH, Op, Store, Txn};
+use sigil_store::{AuditQuery, AuditVerification, GENESIS_HASH, Op, Store, Txn, WatchEvent};
 use sigil_types::{Checkpoint, SignedCheckpoint};
 use time::OffsetDateTime;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use super::key::{self, AuditKey};
@@ -326,9 +327,35 @@ impl Checkpoints {
         self.store.commit(Txn { ops, audit: vec![] }).await?;
         key::write_atomic(&self.head_file, &serde_json::to_vec_pretty(&signed)?)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", self.head_file.display()))?;
-        metrics::gauge!("sigil_audit_checkpoint_seq").set(seq as f64);
-        *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(signed.clone());
+        self.adopt_if_newer(&signed);
         Ok(signed)
+    }
+
+    /// Serves `signed` if it is newer than the current checkpoint. Servers sharing a
+    /// store sign in turn; each must serve the newest, or an agent that failed over
+    /// from a server that signed later would see the log go backwards.
+    fn adopt_if_newer(&self, signed: &SignedCheckpoint) {
+        let Ok(new) = Checkpoint::parse(&signed.body) else {
+            return;
+        };
+        let mut latest = self.latest.write().unwrap_or_else(|p| p.into_inner());
+        let current = latest
+            .as_ref()
+            .and_then(|l| Checkpoint::parse(&l.body).ok())
+            .map_or(-1, |c| c.seq);
+        if new.seq > current {
+            metrics::gauge!("sigil_audit_checkpoint_seq").set(new.seq as f64);
+            *latest = Some(signed.clone());
+        }
+    }
+
+    /// A checkpoint another server stored: served once it verifies with our key.
+    fn adopt_stored(&self, signed: &SignedCheckpoint) {
+        match self.open_signed(signed) {
+            Ok(cp) if cp.cluster == self.cluster => self.adopt_if_newer(signed),
+            Ok(_) => tracing::warn!("ignoring a stored audit checkpoint of another cluster"),
+            Err(e) => tracing::warn!(error = %e, "ignoring a stored audit checkpoint"),
+        }
     }
 
     /// Start-up verification, then batched signing until `stop`.
@@ -337,10 +364,31 @@ impl Checkpoints {
         let mut last_signed = Instant::now();
         let mut signed_seq = -1;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut changes = self.store.watch();
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
+            let event = tokio::select! {
+                _ = tick.tick() => None,
+                ev = changes.recv() => Some(ev),
                 _ = stop.wait_for(|s| *s) => return,
+            };
+            if let Some(ev) = event {
+                match ev {
+                    Ok(WatchEvent::Put(item)) if item.key.starts_with(PREFIX) => {
+                        if let Ok(c) = serde_json::from_slice(&item.value) {
+                            self.adopt_stored(&c);
+                        }
+                    }
+                    Ok(WatchEvent::Reset) | Err(RecvError::Lagged(_)) => {
+                        if let Ok(all) = stored(self.store.as_ref()).await {
+                            for (_, c) in all {
+                                self.adopt_stored(&c);
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Closed) => return,
+                }
+                continue;
             }
             if self.integrity() != Integrity::Intact {
                 continue;

@@ -6,11 +6,13 @@
 pub mod aggregate;
 pub mod checkpoint;
 pub mod key;
+pub mod key_pin;
 
 use sigil_store::NewAuditEvent;
 use time::OffsetDateTime;
 
 pub const CLUSTER_CREATED: &str = "cluster.created";
+pub const CLUSTER_MIGRATED: &str = "cluster.migrated";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";

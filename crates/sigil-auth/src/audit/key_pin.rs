@@ -1,0 +1,78 @@
+//! The cluster's audit key, pinned in the store: every auth server sharing a store must
+//! sign checkpoints with the same key, since agents pin the first key they see.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use super::key::AuditKey;
+
+/// Store key of the cluster's audit public key: every server sharing a store must sign
+/// with the same key, since agents pin the first key they see.
+const STORE_PIN: &str = "/cluster/audit_key";
+
+/// The audit public key the store's cluster signs with, if one was recorded.
+pub async fn store_pin(store: &dyn sigil_store::Store) -> anyhow::Result<Option<String>> {
+    Ok(store
+        .get(STORE_PIN)
+        .await
+        .context("reading the cluster's audit key")?
+        .map(|i| String::from_utf8_lossy(&i.value).into_owned()))
+}
+
+/// Refuses to create a new audit key when the shared store's cluster already has one:
+/// the key must be copied from a running server instead.
+pub fn require_copy_if_pinned(path: &Path, pinned: Option<&str>) -> anyhow::Result<()> {
+    if let Some(p) = pinned
+        && std::fs::symlink_metadata(path).is_err()
+    {
+        bail!(
+            "this cluster's audit checkpoints are signed with {p}, and --audit-key {} does not \
+             exist: every auth server of a cluster signs with the same key, so copy the audit \
+             key file (mode 0600) from a running server to {} (or point --audit-key / \
+             SIGIL_AUDIT_KEY_FILE at it)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Records `key` as the cluster's audit key, or checks it against the one recorded.
+pub async fn pin_in_store(
+    store: &dyn sigil_store::Store,
+    key: &AuditKey,
+    pinned: Option<String>,
+) -> anyhow::Result<()> {
+    let recorded = match pinned {
+        Some(p) => p,
+        None => {
+            let create = sigil_store::Txn {
+                ops: vec![sigil_store::Op::Create {
+                    key: STORE_PIN.into(),
+                    value: key.public_key.clone().into_bytes(),
+                    expires: None,
+                }],
+                audit: vec![],
+            };
+            match store.commit(create).await {
+                Ok(_) => return Ok(()),
+                // Another server recorded its key first: compare with that one.
+                Err(sigil_store::StoreError::AlreadyExists(_)) => store_pin(store)
+                    .await?
+                    .context("the cluster's audit key vanished while being recorded")?,
+                Err(e) => return Err(e).context("recording the cluster's audit key"),
+            }
+        }
+    };
+    if recorded != key.public_key {
+        bail!(
+            "--audit-key {} holds audit key {}, but this cluster's checkpoints are signed with \
+             {recorded}: every auth server of a cluster signs with the same key (agents pin \
+             it); copy the audit key file from a running server",
+            key.path.display(),
+            key.public_key
+        );
+    }
+    Ok(())
+}

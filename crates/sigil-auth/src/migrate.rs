@@ -1,0 +1,123 @@
+//! `sigil auth migrate`: moves a stopped cluster from its SQLite file to PostgreSQL.
+//!
+//! Items are copied as they are (their revisions are the target's own: revisions are
+//! compare-and-swap tokens, not data), the audit log record by record with its seqs and
+//! hashes unchanged, so signed checkpoints, `audit-head.json` and every agent's witness
+//! still match. A `cluster.migrated` event then continues the chain on the target.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use sigil_store::{AuditQuery, AuditVerification, Op, PostgresStore, SqliteStore, Store, Txn};
+
+use crate::{LOCK_FILE, audit};
+
+/// Items per target transaction.
+const ITEMS_PER_TXN: usize = 500;
+/// Audit records read and appended per round.
+const AUDIT_PAGE: usize = 10_000;
+
+/// Copies the SQLite store at `from` into the empty PostgreSQL database at `to`.
+/// Returns a summary for the operator.
+pub async fn migrate(from: &Path, to: &str) -> anyhow::Result<String> {
+    if !from.is_file() {
+        bail!(
+            "--from {}: no such database file (the sigil.db in the auth server's data dir)",
+            from.display()
+        );
+    }
+    // The source server must be stopped: it holds this lock while it runs.
+    let dir = from.parent().unwrap_or(Path::new("."));
+    let _lock = match sigil_fs::SafeDir::open(dir, "the source data dir")? {
+        Some(d) => Some(d.lock(LOCK_FILE).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}: an auth server is running on {}; stop it before migrating",
+                dir.display()
+            )
+        })?),
+        None => None,
+    };
+    let source = SqliteStore::open(from)
+        .await
+        .with_context(|| format!("opening {}", from.display()))?;
+    let (count, head) = match source.audit_verify().await? {
+        AuditVerification::Intact { count, head_hash } => (count, head_hash),
+        AuditVerification::Broken { seq, reason } => bail!(
+            "the source's audit log does not verify at seq {seq} ({reason}): \
+             run `sigil audit verify` and resolve that before migrating"
+        ),
+    };
+    let target = PostgresStore::connect(to)
+        .await
+        .with_context(|| format!("opening {}", sigil_store::redacted_url(to)))?;
+    let where_to = target.target().to_string();
+    if !target.list("").await?.is_empty() || target.audit_head().await?.0 != 0 {
+        bail!(
+            "{where_to} is not empty: migrate only into a new database (CREATE DATABASE …), \
+             never over a running cluster"
+        );
+    }
+
+    let mut after = 0;
+    loop {
+        let page = source
+            .audit_query(AuditQuery {
+                after_seq: Some(after),
+                limit: Some(AUDIT_PAGE),
+                ..Default::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        target
+            .import_audit(&page)
+            .await
+            .context("copying the audit log")?;
+    }
+    let items = source.list("").await?;
+    for chunk in items.chunks(ITEMS_PER_TXN) {
+        let ops = chunk
+            .iter()
+            .map(|i| Op::Create {
+                key: i.key.clone(),
+                value: i.value.clone(),
+                expires: i.expires,
+            })
+            .collect();
+        target
+            .commit(Txn { ops, audit: vec![] })
+            .await
+            .context("copying items")?;
+    }
+    match target.audit_verify().await? {
+        AuditVerification::Intact {
+            count: c,
+            head_hash,
+        } if c == count && head_hash == head => {}
+        other => bail!("the copied audit log does not match the source: {other:?}"),
+    }
+    target
+        .commit(Txn {
+            ops: vec![],
+            audit: vec![audit::event(
+                audit::CLUSTER_MIGRATED,
+                serde_json::json!({
+                    "from": from.display().to_string(),
+                    "to": where_to,
+                    "items": items.len(),
+                    "events": count,
+                    "head": head,
+                }),
+            )],
+        })
+        .await?;
+    source.close().await;
+    target.close().await;
+    Ok(format!(
+        "migrated {} items and {count} audit events (head {count}:{head}) from {} to {where_to}; \
+         start each auth server with --store (or SIGIL_STORE) and its own --data-dir holding \
+         the same audit key",
+        items.len(),
+        from.display()
+    ))
+}

@@ -1,0 +1,382 @@
+//! PostgreSQL backend, for several auth servers on one database.
+//!
+//! Every commit is one database transaction that first locks the `revision` row of
+//! `meta`: writers from every server queue there, so revisions, change-feed positions and
+//! audit seqs are handed out in commit order and the audit chain stays one linear chain
+//! whoever writes. Each write also goes into `changes`, the change feed, which a follower
+//! task on every server reads (after a `NOTIFY`, after every reconnect, and every second)
+//! and turns into watch events. A gap in the feed — rows pruned while this server was
+//! away — becomes [`WatchEvent::Reset`], never a silently stale view.
+
+mod feed;
+mod write;
+
+use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row as _};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::audit::{format_time, hash_parts, parse_time};
+use crate::sqlite::{backend, now_ns};
+use crate::store::{AuditQuery, AuditRecord, AuditVerification, Item, Store, Txn, WatchEvent};
+use crate::{GENESIS_HASH, Result, StoreError};
+
+use feed::Feed;
+
+/// Schema migrations, embedded at compile time. sqlx takes an advisory lock while it
+/// migrates, so servers starting together do not race.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Capacity of the watch broadcast; slower receivers see `Lagged`.
+const WATCH_CAPACITY: usize = 16_384;
+/// Connections per server: commits queue on one row lock anyway, so more would only wait.
+const MAX_CONNECTIONS: u32 = 8;
+/// How long to wait for a connection (the database down or overloaded) before failing.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Audit records loaded per round trip by `audit_verify`.
+const VERIFY_BATCH: i64 = 10_000;
+
+/// The PostgreSQL [`Store`]. Many processes may share one database.
+pub struct PostgresStore {
+    pool: PgPool,
+    watch: broadcast::Sender<WatchEvent>,
+    feed: Arc<Feed>,
+    follower: Mutex<Option<JoinHandle<()>>>,
+    /// Where the database is, without credentials, for messages.
+    target: String,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host[:port]/db?sslmode=…`; the password, if
+    /// any, from the URL, `PGPASSWORD` or a passfile), brings the schema up to date and
+    /// starts following the change feed.
+    pub async fn connect(url: &str) -> Result<PostgresStore> {
+        let target = redacted(url);
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                StoreError::Backend(format!("the PostgreSQL URL {target} is not usable: {e}"))
+            })?
+            .application_name("sigil-auth");
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts)
+            .await
+            .map_err(|e| backend(&format!("connecting to {target}"), e))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrating {target}: {e}")))?;
+        let (watch, _) = broadcast::channel(WATCH_CAPACITY);
+        let head = feed::head(&pool).await?;
+        let feed = Arc::new(Feed::new(head));
+        let follower = tokio::spawn(feed::follow(pool.clone(), feed.clone(), watch.clone()));
+        Ok(PostgresStore {
+            pool,
+            watch,
+            feed,
+            follower: Mutex::new(Some(follower)),
+            target,
+        })
+    }
+
+    /// Stops following the feed and closes every connection.
+    pub async fn close(self) {
+        if let Some(task) = self.follower.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+        }
+        self.pool.close().await;
+    }
+
+    /// Where the database is (user, host, port, database; never a password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Appends audit records verbatim (seq, time, fields, hashes), for moving a cluster
+    /// from another backend: only records that link onto this log's head, in order.
+    pub async fn import_audit(&self, records: &[AuditRecord]) -> Result<()> {
+        write::import_audit(&self.pool, records).await
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(task) = self.follower.get_mut().ok().and_then(|t| t.take()) {
+            task.abort();
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable URL>".into();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    // Query parameters may carry `password=`: keep only their names.
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    Some((k, v)) => format!("{k}={v}"),
+                    None => p.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// Whether `url` carries a password (in the user info or as a `password=` parameter).
+pub fn has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let in_userinfo = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let in_query = tail.split_once('?').is_some_and(|(_, q)| {
+        q.split('&').any(|p| {
+            p.split_once('=')
+                .is_some_and(|(k, _)| k.eq_ignore_ascii_case("password"))
+        })
+    });
+    in_userinfo || in_query
+}
+
+fn item_from_row(row: &PgRow) -> Result<Item> {
+    let key: String = row.try_get(0).map_err(|e| backend("reading kv key", e))?;
+    let err = |e: sqlx::Error| backend(&format!("reading {key}"), e);
+    let value: Vec<u8> = row.try_get(1).map_err(err)?;
+    let revision: i64 = row.try_get(2).map_err(err)?;
+    let expires_ns: Option<i64> = row.try_get(3).map_err(err)?;
+    Ok(Item {
+        expires: feed::expiry(&key, expires_ns)?,
+        value,
+        revision,
+        key,
+    })
+}
+
+fn record_from_row(row: &PgRow) -> Result<AuditRecord> {
+    let seq: i64 = row
+        .try_get(0)
+        .map_err(|e| backend("reading audit seq", e))?;
+    let err = |e: sqlx::Error| backend(&format!("reading audit record {seq}"), e);
+    let time_text: String = row.try_get(1).map_err(err)?;
+    let fields_text: String = row.try_get(3).map_err(err)?;
+    Ok(AuditRecord {
+        seq,
+        time: parse_time(&time_text).ok_or_else(|| {
+            StoreError::Backend(format!("audit record {seq} has an unreadable time"))
+        })?,
+        event_type: row.try_get(2).map_err(err)?,
+        fields: serde_json::from_str(&fields_text).map_err(|e| {
+            StoreError::Backend(format!("audit record {seq} has unreadable fields: {e}"))
+        })?,
+        prev_hash: row.try_get(4).map_err(err)?,
+        hash: row.try_get(5).map_err(err)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn get(&self, key: &str) -> Result<Option<Item>> {
+        let row = sqlx::query(
+            "SELECT key, value, revision, expires_ns FROM kv \
+             WHERE key = $1 AND (expires_ns IS NULL OR expires_ns > $2)",
+        )
+        .bind(key)
+        .bind(now_ns())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| backend(&format!("reading {key}"), e))?;
+        row.as_ref().map(item_from_row).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Item>> {
+        // `starts_with` on a COLLATE "C" primary key is an index range scan.
+        let rows = sqlx::query(
+            "SELECT key, value, revision, expires_ns FROM kv \
+             WHERE starts_with(key, $1) AND (expires_ns IS NULL OR expires_ns > $2) \
+             ORDER BY key",
+        )
+        .bind(prefix)
+        .bind(now_ns())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| backend(&format!("listing {prefix}*"), e))?;
+        rows.iter().map(item_from_row).collect()
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<Vec<i64>> {
+        if txn.ops.is_empty() && txn.audit.is_empty() {
+            return Ok(Vec::new());
+        }
+        let revisions = write::commit(&self.pool, &txn).await?;
+        if !txn.ops.is_empty() {
+            // Deliver our own writes without waiting for the NOTIFY round trip.
+            self.feed.poke();
+        }
+        Ok(revisions)
+    }
+
+    async fn audit_query(&self, q: AuditQuery) -> Result<Vec<AuditRecord>> {
+        // Only constant fragments are concatenated; every value is bound, and only the
+        // parameters the statement names (PostgreSQL refuses extra ones).
+        let mut sql = String::from(
+            "SELECT seq, time, type, fields, prev_hash, hash FROM audit WHERE seq > $1",
+        );
+        let mut n = 1;
+        if q.since.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND time >= ${n}"));
+        }
+        if q.event_type.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND type = ${n}"));
+        }
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", n + 1));
+        let limit = q
+            .limit
+            .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(q.after_seq.unwrap_or(0));
+        if let Some(since) = q.since {
+            query = query.bind(format_time(since));
+        }
+        if let Some(t) = q.event_type {
+            query = query.bind(t);
+        }
+        let rows = query
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| backend("querying the audit log", e))?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn audit_verify(&self) -> Result<AuditVerification> {
+        let mut head = GENESIS_HASH.to_string();
+        let mut last_seq = 0i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, time, type, fields, prev_hash, hash FROM audit \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(last_seq)
+            .bind(VERIFY_BATCH)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| backend("reading the audit log", e))?;
+            if rows.is_empty() {
+                return Ok(AuditVerification::Intact {
+                    count: last_seq,
+                    head_hash: head,
+                });
+            }
+            for row in &rows {
+                let seq: i64 = row
+                    .try_get(0)
+                    .map_err(|e| backend("reading audit seq", e))?;
+                let err = |e: sqlx::Error| backend(&format!("reading audit record {seq}"), e);
+                let time: String = row.try_get(1).map_err(err)?;
+                let event_type: String = row.try_get(2).map_err(err)?;
+                let fields: String = row.try_get(3).map_err(err)?;
+                let prev_hash: String = row.try_get(4).map_err(err)?;
+                let hash: String = row.try_get(5).map_err(err)?;
+                let broken = |reason: String| Ok(AuditVerification::Broken { seq, reason });
+                if seq != last_seq + 1 {
+                    return broken(format!(
+                        "expected seq {}: records {}..={} are missing",
+                        last_seq + 1,
+                        last_seq + 1,
+                        seq - 1
+                    ));
+                }
+                if prev_hash != head {
+                    return broken(format!(
+                        "prev_hash does not match the hash of record {last_seq}"
+                    ));
+                }
+                if hash_parts(&prev_hash, seq, &time, &event_type, &fields) != hash {
+                    return broken("hash does not match the record's content".into());
+                }
+                head = hash;
+                last_seq = seq;
+            }
+        }
+    }
+
+    async fn audit_head(&self) -> Result<(i64, String)> {
+        write::audit_head(&self.pool).await
+    }
+
+    fn watch(&self) -> broadcast::Receiver<WatchEvent> {
+        self.watch.subscribe()
+    }
+
+    async fn purge_expired(&self) -> Result<usize> {
+        let purged = write::purge(&self.pool).await?;
+        if purged > 0 {
+            self.feed.poke();
+        }
+        Ok(purged)
+    }
+
+    fn health(&self) -> std::result::Result<(), String> {
+        self.feed.health()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{has_password, redacted};
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redacted("postgres://sigil:s3cret@db:5432/sigil?sslmode=verify-full"),
+            "postgres://sigil:***@db:5432/sigil?sslmode=verify-full"
+        );
+        assert_eq!(
+            redacted("postgres://sigil@db/sigil?password=s3cret&sslmode=require"),
+            "postgres://sigil@db/sigil?password=***&sslmode=require"
+        );
+        assert_eq!(redacted("postgres://db/x"), "postgres://db/x");
+        assert_eq!(redacted("no scheme"), "<unparsable URL>");
+        assert!(!redacted("postgres://u:p%40ss@h/d").contains("p%40ss"));
+    }
+
+    #[test]
+    fn password_detection() {
+        assert!(has_password("postgres://u:p@h/d"));
+        assert!(has_password(
+            "postgresql://u@h/d?sslmode=require&Password=x"
+        ));
+        assert!(!has_password("postgres://u@h/d?sslmode=verify-full"));
+        assert!(!has_password("postgres://h:5432/d"));
+    }
+}
