@@ -14,28 +14,22 @@
 //! `cargo build --release -p sigil-cli && cargo bench -p sigil-bench --bench renewal`
 //! (env: INSTANCES, CONCURRENCY, ROUNDS, FRESH_SECS)
 
-use sigil_bench::{cpu_seconds, env, free_port, process_cpu_seconds, sigil_binary};
+use sigil_bench::{
+    Instance, admin_client, cpu_seconds, env, free_port, join, process_cpu_seconds, renew,
+    run_workers, sigil_binary,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sigil_agent::client;
-use sigil_pki::TlsKeyPair;
-use sigil_proto::v1::admin_service_client::AdminServiceClient;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
-use sigil_proto::v1::join_client_message::Message as ClientMsg;
-use sigil_proto::v1::join_server_message::Message as ServerMsg;
 use sigil_proto::v1::*;
 use tokio::sync::Mutex;
 
 /// The same allocator as the `sigil` binary (the agent side of the load).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-struct Instance {
-    cert_pem: String,
-    key_pem: String,
-}
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -291,94 +285,6 @@ fn main() -> anyhow::Result<()> {
     }
     println!("audit chain intact: {audit_events} events");
     Ok(())
-}
-
-/// Run `concurrency` workers, each calling `job` until it returns None.
-async fn run_workers<F, Fut>(concurrency: usize, job: F) -> anyhow::Result<Vec<Duration>>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<Option<Duration>>> + Send,
-{
-    let handles: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let job = job.clone();
-            tokio::spawn(async move {
-                let mut lats = Vec::new();
-                while let Some(l) = job().await? {
-                    lats.push(l);
-                }
-                anyhow::Ok(lats)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.await??);
-    }
-    Ok(all)
-}
-
-async fn renew(
-    mut c: AuthServiceClient<tonic::transport::Channel>,
-    inst: &Mutex<Instance>,
-) -> anyhow::Result<()> {
-    let mut i = inst.lock().await;
-    let next = TlsKeyPair::generate()?;
-    let r = c
-        .renew(RenewRequest {
-            public_key_spki: next.spki_der(),
-            ttl_seconds: 3600,
-            heartbeat: None,
-        })
-        .await
-        .context("renew")?
-        .into_inner();
-    i.cert_pem = r.tls_cert_pem;
-    i.key_pem = next.to_pkcs8_pem();
-    Ok(())
-}
-
-async fn join(
-    c: &mut AuthServiceClient<tonic::transport::Channel>,
-    token: &str,
-) -> anyhow::Result<Instance> {
-    let key = TlsKeyPair::generate()?;
-    let init = JoinInit {
-        join_method: "token".into(),
-        token: token.into(),
-        public_key_spki: key.spki_der(),
-        ttl_seconds: 3600,
-        ..Default::default()
-    };
-    let msgs = tokio_stream::iter(vec![JoinClientMessage {
-        message: Some(ClientMsg::Init(init)),
-    }]);
-    let mut s = c.join(msgs).await.context("join")?.into_inner();
-    while let Some(m) = s.message().await? {
-        if let Some(ServerMsg::Result(r)) = m.message {
-            return Ok(Instance {
-                cert_pem: r.tls_cert_pem,
-                key_pem: key.to_pkcs8_pem(),
-            });
-        }
-    }
-    anyhow::bail!("join ended without a result")
-}
-
-async fn admin_client(
-    sock: std::path::PathBuf,
-) -> anyhow::Result<AdminServiceClient<tonic::transport::Channel>> {
-    let ch = tonic::transport::Endpoint::try_from("http://localhost")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await?;
-    Ok(AdminServiceClient::new(ch))
 }
 
 /// Raw ECDSA P-256 signatures per second with aws-lc-rs on `threads` threads.
