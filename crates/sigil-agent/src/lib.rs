@@ -129,6 +129,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     }
     let agent = Agent {
         witness: Witness::new(&cfg.storage),
+        servers: client::Servers::new(cfg.auth_servers.clone())?,
         cfg,
         storage,
         outputs,
@@ -244,7 +245,7 @@ struct WorkloadTasks {
 impl WorkloadTasks {
     fn start(
         trust_domain: &str,
-        client: tokio::sync::watch::Receiver<Option<AuthServiceClient<tonic::transport::Channel>>>,
+        client: tokio::sync::watch::Receiver<Option<AuthServiceClient<client::AuthChannel>>>,
         outputs: Vec<std::sync::Arc<spiffe::outputs::SvidOutput>>,
         sockets: Vec<(
             config::ServiceConfig,
@@ -319,6 +320,8 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
 
 struct Agent {
     cfg: AgentConfig,
+    /// The auth servers and which one is in use, shared by every channel.
+    servers: client::Servers,
     storage: Storage,
     /// The audit log witness (witness.rs).
     witness: Witness,
@@ -330,6 +333,41 @@ struct Agent {
 impl Agent {
     /// One round: join or renew, then refresh every output.
     async fn cycle(&self) -> anyhow::Result<StoredCredential> {
+        // A server that failed the call is marked down (client/failover.rs):
+        // try the others at once. Repeating is safe: a renewal's next key is
+        // persisted first, so the other server sees a retry (storage.rs).
+        let mut tries = self.servers.addrs().len();
+        let cred = loop {
+            tries -= 1;
+            match self.obtain().await {
+                Err(e)
+                    if tries > 0
+                        && client::server_failed(&e)
+                        && self.servers.another_ready(None) =>
+                {
+                    tracing::warn!(error = %format!("{e:#}"), "trying the next auth server");
+                }
+                r => break r?,
+            }
+        };
+        if !self.outputs.is_empty() {
+            let client = self.client(&cred)?;
+            for o in &self.outputs {
+                o.generate(OutputContext {
+                    client: client.clone(),
+                    credential: &cred,
+                    auth_servers: &self.cfg.auth_servers,
+                    ttl: self.cfg.credential_ttl,
+                })
+                .await
+                .with_context(|| format!("output {}", o.describe()))?;
+            }
+        }
+        Ok(cred)
+    }
+
+    /// Join or renew, as the stored credential allows.
+    async fn obtain(&self) -> anyhow::Result<StoredCredential> {
         let now = OffsetDateTime::now_utc();
         let cred = match self.storage.load()? {
             Some(c) if c.expires > now && c.renewable => self.renew(&c).await?,
@@ -350,26 +388,13 @@ impl Agent {
             }
             None => self.join(None).await?,
         };
-        if !self.outputs.is_empty() {
-            let client = self.client(&cred)?;
-            for o in &self.outputs {
-                o.generate(OutputContext {
-                    client: client.clone(),
-                    credential: &cred,
-                    auth_server: &self.cfg.auth_server,
-                    ttl: self.cfg.credential_ttl,
-                })
-                .await
-                .with_context(|| format!("output {}", o.describe()))?;
-            }
-        }
         Ok(cred)
     }
 
     fn client(
         &self,
         cred: &StoredCredential,
-    ) -> anyhow::Result<AuthServiceClient<tonic::transport::Channel>> {
+    ) -> anyhow::Result<AuthServiceClient<client::AuthChannel>> {
         let tls = client::tls_config(
             &self.pins(Some(cred)),
             Some(client::ClientCert {
@@ -377,10 +402,10 @@ impl Agent {
                 key_pem: &cred.key_pem,
             }),
         )?;
-        Ok(AuthServiceClient::new(client::channel(
-            &self.cfg.auth_server,
+        Ok(AuthServiceClient::new(client::failover_channel(
+            &self.servers,
             tls,
-        )?))
+        )))
     }
 
     /// The configured pins plus the host CA learned at join time.
@@ -420,10 +445,10 @@ impl Agent {
         // A re-proof presents the instance's current certificate.
         let mut client = match cur {
             Some(c) => self.client(c)?,
-            None => AuthServiceClient::new(client::channel(
-                &self.cfg.auth_server,
+            None => AuthServiceClient::new(client::failover_channel(
+                &self.servers,
                 client::tls_config(&self.cfg.ca_pins, None)?,
-            )?),
+            )),
         };
         // The pinned auth service names the cluster: the audience the OIDC
         // methods ask their platform for.
@@ -493,7 +518,7 @@ impl Agent {
     /// (for `cluster`, or the one the server names when joining afresh).
     async fn witnessed_ping(
         &self,
-        client: &mut AuthServiceClient<tonic::transport::Channel>,
+        client: &mut AuthServiceClient<client::AuthChannel>,
         cluster: Option<&str>,
     ) -> anyhow::Result<sigil_proto::v1::PingResponse> {
         let ping = client
