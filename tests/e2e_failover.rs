@@ -12,11 +12,22 @@ use std::time::Duration;
 
 /// An agent config with this `auth_server:` value.
 fn config(agent: &AgentDirs, auth_server: &str, pins: &[&str], token: &str) -> std::path::PathBuf {
+    config_with(agent, auth_server, pins, token, "")
+}
+
+/// The same with more lines at the end (under `outputs:`).
+fn config_with(
+    agent: &AgentDirs,
+    auth_server: &str,
+    pins: &[&str],
+    token: &str,
+    more: &str,
+) -> std::path::PathBuf {
     let p = agent.dir.path().join("agent.yaml");
     std::fs::write(
         &p,
         format!(
-            "version: v1\nauth_server: {auth_server}\nca_pins: [{}]\nonboarding: {{join_method: token, token: {token}}}\nstorage: {{type: directory, path: {}}}\ncredential_ttl: 1h\noutputs:\n  - type: identity\n    destination: {{type: directory, path: {}}}\n",
+            "version: v1\nauth_server: {auth_server}\nca_pins: [{}]\nonboarding: {{join_method: token, token: {token}}}\nstorage: {{type: directory, path: {}}}\ncredential_ttl: 1h\noutputs:\n  - type: identity\n    destination: {{type: directory, path: {}}}\n{more}",
             pins.join(", "),
             agent.storage.display(),
             agent.out.display()
@@ -41,7 +52,7 @@ fn reader_bot(auth: &Auth, bot: &str) -> String {
     auth.create(
         "reader.yaml",
         &format!(
-            "kind: role\nversion: v1\nmetadata: {{name: {bot}-role}}\nspec:\n  allow:\n    logins: [{bot}]\n    rules: [{{resources: [role], verbs: [list, read]}}]\n"
+            "kind: role\nversion: v1\nmetadata: {{name: {bot}-role}}\nspec:\n  allow:\n    logins: [{bot}]\n    workload_identity_labels: {{env: [agent]}}\n    rules: [{{resources: [role], verbs: [list, read]}}]\n"
         ),
     );
     let out = auth.ok(&[
@@ -69,6 +80,29 @@ fn remote(identity: &Path, server: Option<&str>) -> Output {
         .env_remove("SIGIL_AUTH_SERVER")
         .output()
         .expect("run sigil")
+}
+
+/// A certificate's serial as Sigil writes it (lower-case hex, no leading
+/// zero bytes).
+fn cert_serial(pem: &Path) -> String {
+    let o = run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-serial",
+            "-in",
+            pem.to_str().expect("utf8"),
+        ],
+    );
+    let mut hex = stdout(&o)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    while hex.len() > 2 && hex.starts_with("00") {
+        hex.drain(..2);
+    }
+    hex
 }
 
 #[test]
@@ -175,21 +209,27 @@ fn a_killed_server_is_replaced_without_losing_the_identity() {
     let first = auth.addr();
     let second_port = free_port();
     let second = format!("127.0.0.1:{second_port}");
+    // The agent's own SVID follows the Workload API feed (a watch).
+    auth.create(
+        "self.yaml",
+        "kind: workload_identity\nversion: v1\nmetadata: {name: self, labels: {env: agent}}\nspec:\n  spiffe: {id: '/bot/{{ bot.name }}'}\n",
+    );
     let agent = AgentDirs::new();
+    let x509 = agent.dir.path().join("x509");
+    let cfg = config_with(
+        &agent,
+        &format!("[{first}, {second}]"),
+        &[&auth.pin],
+        &token,
+        &format!(
+            "  - type: workload-identity-x509\n    selector: {{name: self}}\n    destination: {{type: directory, path: {}}}\nrenewal_interval: 1s\n",
+            x509.display()
+        ),
+    );
     let log_path = agent.dir.path().join("agent.log");
     let mut child = Command::new(sigil_bin())
-        .args([
-            "agent",
-            "start",
-            "--auth-server",
-            &format!("{first},{second}"),
-        ])
-        .args(["--ca-pin", &auth.pin, "--token", &token])
-        .arg("--storage")
-        .arg(&agent.storage)
-        .arg("--output")
-        .arg(format!("identity:{}", agent.out.display()))
-        .args(["--credential-ttl", "1h", "--renewal-interval", "1s"])
+        .args(["agent", "start", "--config"])
+        .arg(&cfg)
         .env("SIGIL_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).expect("log"))
@@ -243,6 +283,28 @@ fn a_killed_server_is_replaced_without_losing_the_identity() {
     // The CLI with the agent's identity file reaches the new server too.
     let o = remote(&agent.out.join("identity"), None);
     assert!(o.status.success(), "{}", text(&o));
+    // The workload feed follows the new server: a revocation made there
+    // replaces the SVID.
+    let svid = x509.join("svid.pem");
+    let serial = cert_serial(&svid);
+    auth.ok(&[
+        "workload-identity",
+        "revocations",
+        "add",
+        "--serial",
+        &serial,
+        "--reason",
+        "failover test",
+    ]);
+    let start = std::time::Instant::now();
+    while !(x509.join("svid-crl.pem").exists() && cert_serial(&svid) != serial) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no replacement SVID after 20 s:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().expect("wait");

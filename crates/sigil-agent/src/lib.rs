@@ -5,6 +5,7 @@ pub mod client;
 mod config;
 mod destination;
 mod diag;
+mod error;
 pub mod fsutil;
 mod identity_file;
 mod join;
@@ -31,47 +32,12 @@ use time::OffsetDateTime;
 use tokio::signal::unix::{SignalKind, signal};
 
 pub use config::{AgentConfig, AgentFlags, OUTPUT_TYPES};
+use error::join_status;
+pub use error::{JoinDeniedError, StatusError, status_error};
 pub use identity_file::IdentityFile;
 use output::{Output, OutputContext};
 use storage::{Storage, StoredCredential};
 use witness::Witness;
-
-/// A refusal that retrying will not fix (the join was denied).
-#[derive(Debug)]
-pub struct JoinDeniedError(pub String);
-impl std::fmt::Display for JoinDeniedError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "join denied: {}", self.0)
-    }
-}
-impl std::error::Error for JoinDeniedError {}
-
-/// A gRPC status from the auth service as an error a person can read. It
-/// keeps the status, so the CLI's exit code tells "refused" (3) from
-/// "unreachable" (4).
-#[derive(Debug)]
-pub struct StatusError(pub tonic::Status);
-
-impl std::fmt::Display for StatusError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match self.0.code() {
-            tonic::Code::Unavailable => "auth service unreachable",
-            tonic::Code::PermissionDenied => "refused",
-            tonic::Code::Unauthenticated => "not authenticated",
-            tonic::Code::InvalidArgument => "invalid request",
-            tonic::Code::DeadlineExceeded => "timed out",
-            _ => "auth service error",
-        };
-        write!(f, "{what}: {}", self.0.message())
-    }
-}
-
-impl std::error::Error for StatusError {}
-
-/// A gRPC status as an error a person can read (see [`StatusError`]).
-pub fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::Error::new(StatusError(s))
-}
 
 /// Run the agent. With `oneshot`, obtain credentials once and return.
 pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
@@ -148,8 +114,12 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 metrics::counter!("sigil_agent_renewals_total", "result" => "ok").increment(1);
                 tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation,
                     expires = %rfc3339(cred.expires), "credentials written");
+                // Once started, the workload tasks hold no outputs or sockets
+                // here: without `workload.is_some()` they kept the first
+                // credential, which the server refuses once renewed twice.
                 if !svid_outputs.is_empty()
                     || !sockets.is_empty()
+                    || workload.is_some()
                     || !ssh_tasks.is_empty()
                     || !ssh_hosts.is_empty()
                 {
@@ -563,16 +533,6 @@ impl Agent {
         self.storage.save(&cred)?;
         self.storage.clear_next_key()?;
         Ok(cred)
-    }
-}
-
-fn join_status(s: tonic::Status) -> anyhow::Error {
-    if s.code() == tonic::Code::PermissionDenied {
-        anyhow::Error::new(JoinDeniedError(
-            "the auth service refused this join; an admin finds the reason with `sigil audit ls --type bot.join.denied` (for a single-use token: create a new one with `sigil tokens add --bot NAME`)".into(),
-        ))
-    } else {
-        status_error(s)
     }
 }
 
