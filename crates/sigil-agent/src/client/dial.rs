@@ -195,3 +195,56 @@ async fn dial(
     let tcp = BufWriter::with_capacity(8 * 1024, tcp);
     tls.connect(name, tcp).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_with_several_addresses_is_several_servers() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let of_localhost: Vec<SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port))
+                .expect("localhost resolves")
+                .collect();
+        let servers = Servers::new(vec![
+            ServerAddr::parse(&format!("localhost:{port}")).expect("name"),
+            ServerAddr::parse(&format!("127.0.0.1:{port}")).expect("ip"),
+        ])
+        .expect("servers");
+        let resolved = servers.resolve().await;
+        let mut want: Vec<String> = of_localhost
+            .iter()
+            .map(|a| format!("localhost:{port} ({a})"))
+            .collect();
+        want.dedup();
+        want.push(format!("127.0.0.1:{port}"));
+        let got: Vec<String> = resolved.iter().map(|(d, _)| d.to_string()).collect();
+        assert_eq!(got, want);
+        // Every address is verified as the configured name, not the address.
+        assert!(
+            resolved[..resolved.len() - 1]
+                .iter()
+                .all(|(_, n)| n.to_str() == "localhost")
+        );
+
+        // Each is tried, and each failure named; then all are backing off.
+        let pin = format!("sha256:{}", "0".repeat(64));
+        let tls = TlsConnector::from(Arc::new(
+            super::super::tls_config(&[pin], None).expect("tls"),
+        ));
+        let Err(e) = servers.connect(&tls).await else {
+            panic!("connected to a port nobody listens on");
+        };
+        for w in &want {
+            assert!(e.to_string().contains(w.as_str()), "{w}: {e}");
+        }
+        assert!(!servers.another_ready(None));
+        assert_eq!(servers.current(), None);
+    }
+}
