@@ -155,6 +155,14 @@ impl Auth {
         }
     }
 
+    /// `kill -9`: no graceful shutdown, as when the machine dies.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("auth.log")).unwrap_or_default()
     }

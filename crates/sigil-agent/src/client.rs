@@ -5,20 +5,32 @@
 //! SubjectPublicKeyInfo). The server sends its chain [leaf, host CA]; we accept
 //! it only if a certificate in it matches a pin, and then verify the leaf
 //! against that CA with ordinary WebPKI rules (validity, server name).
+//!
+//! Several auth servers of one cluster share its CAs, so the same pins
+//! apply to each; the server name checked is the one configured for the
+//! server actually dialled. Which server to use, and when to move to another,
+//! is in `rotation` (the pure policy), `dial` (connecting) and `failover`
+//! (answers that mean a server is down).
 
-use std::net::SocketAddr;
+mod dial;
+mod failover;
+mod rotation;
+mod server_addr;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::identity_file::IdentityFile;
+pub use dial::{Dialled, Servers};
+pub use failover::AuthChannel;
+pub use server_addr::{ServerAddr, parse_list};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -153,64 +165,65 @@ pub fn tls_config(
     Ok(cfg)
 }
 
-/// Split "HOST:PORT" into the TLS server name and the address to dial.
-fn split_addr(auth_server: &str) -> anyhow::Result<(String, String)> {
-    let s = auth_server.trim().trim_start_matches("https://");
-    let (host, port) = s
-        .rsplit_once(':')
-        .with_context(|| format!("auth_server {auth_server:?} must be HOST:PORT"))?;
-    port.parse::<u16>()
-        .with_context(|| format!("auth_server {auth_server:?} has an invalid port"))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok((host, s.to_string()))
+/// An agent's channel: fails over between the auth servers, also when one
+/// answers `Unavailable` (see `failover`).
+pub fn failover_channel(servers: &Servers, tls: rustls::ClientConfig) -> AuthChannel {
+    AuthChannel::new(servers, tokio_rustls::TlsConnector::from(Arc::new(tls)))
 }
 
-/// Open a gRPC channel to the auth service over our TLS config. The channel
-/// connects lazily and reconnects; every connection is pinned the same way.
+/// A plain channel to `auth_server` (`HOST:PORT`, or several separated by
+/// commas): connects lazily, to the first server that completes the pinned
+/// handshake, and reconnects the same way.
 pub fn channel(auth_server: &str, tls: rustls::ClientConfig) -> anyhow::Result<Channel> {
-    let (host, addr) = split_addr(auth_server)?;
-    let name = ServerName::try_from(host.clone())
-        .with_context(|| format!("auth_server host {host:?} is not a valid DNS name or IP"))?
-        .to_owned();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("auth_server {auth_server:?} is not a valid address"))?
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .tcp_nodelay(true);
-    Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri| {
-            let connector = connector.clone();
-            let name = name.clone();
-            let addr = addr.clone();
-            async move {
-                let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&addr).await?.collect();
-                let mut last = std::io::Error::other(format!("{addr} resolved to no address"));
-                for a in addrs {
-                    match tokio::net::TcpStream::connect(a).await {
-                        Ok(tcp) => {
-                            let _ = tcp.set_nodelay(true);
-                            // Buffer writes so one HTTP/2 flush is one syscall.
-                            let tcp = tokio::io::BufWriter::with_capacity(8 * 1024, tcp);
-                            let tls = connector.connect(name, tcp).await?;
-                            return Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls));
-                        }
-                        Err(e) => last = e,
-                    }
-                }
-                Err(last)
-            }
-        })),
-    )
+    let servers = Servers::new(parse_servers("auth_server", auth_server)?)?;
+    Ok(failover::plain_channel(
+        &servers,
+        tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        Default::default(),
+    ))
 }
 
-/// A channel for `sigil --auth-server HOST:PORT --identity FILE`: the CA in the
-/// identity file is pinned, the certificate in it authenticates.
-pub async fn admin_channel(auth_server: &str, identity_file: &Path) -> anyhow::Result<Channel> {
+/// Whether an error is a server failing rather than answering (it said
+/// `Unavailable` or did not answer in time): worth trying another server.
+/// A denial is an answer.
+pub fn server_failed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let Some(crate::StatusError(s)) = c.downcast_ref::<crate::StatusError>() else {
+            return false;
+        };
+        if s.code() == tonic::Code::Unavailable {
+            return true;
+        }
+        let mut source = std::error::Error::source(s);
+        while let Some(x) = source {
+            if x.is::<tonic::TimeoutExpired>() {
+                return true;
+            }
+            source = x.source();
+        }
+        false
+    })
+}
+
+/// Parse `HOST:PORT`, or several separated by commas, given as `field`.
+pub fn parse_servers(field: &str, text: &str) -> anyhow::Result<Vec<ServerAddr>> {
+    let entries: Vec<String> = text.split(',').map(|s| s.trim().to_string()).collect();
+    server_addr::parse_list(field, &entries)
+}
+
+/// A channel for `sigil --identity FILE [--auth-server HOST:PORT[,...]]`: the
+/// CA in the identity file is pinned, the certificate in it authenticates,
+/// and the servers are the flag's or else the file's, tried in order.
+pub async fn admin_channel(
+    auth_server: Option<&str>,
+    identity_file: &Path,
+) -> anyhow::Result<Channel> {
     let id = IdentityFile::load(identity_file)?;
+    let addrs = match auth_server {
+        Some(flag) => parse_servers("--auth-server", flag)?,
+        None => server_addr::parse_list("auth_servers", &id.servers())
+            .with_context(|| format!("the identity file {}", identity_file.display()))?,
+    };
     let pins = sigil_pki::pem_to_ders(&id.ca_certs_pem, "CERTIFICATE")?
         .iter()
         .take(1) // the host CA comes first; the client CA never signs servers
@@ -223,5 +236,9 @@ pub async fn admin_channel(auth_server: &str, identity_file: &Path) -> anyhow::R
             key_pem: &id.tls_key_pem,
         }),
     )?;
-    channel(auth_server, tls)
+    Ok(failover::plain_channel(
+        &Servers::new(addrs)?,
+        tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        Default::default(),
+    ))
 }

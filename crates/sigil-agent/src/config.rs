@@ -8,6 +8,9 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use sigil_types::{HumanDuration, WorkloadIdentitySelector};
 
+use crate::client::ServerAddr;
+
+mod auth_server;
 mod onboarding;
 mod ssh_host;
 pub use onboarding::*;
@@ -15,7 +18,8 @@ pub use onboarding::*;
 /// The parsed, validated configuration.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    pub auth_server: String,
+    /// One or more servers of the cluster, tried in order (never empty).
+    pub auth_servers: Vec<ServerAddr>,
     pub ca_pins: Vec<String>,
     pub onboarding: Onboarding,
     pub storage: PathBuf,
@@ -99,7 +103,7 @@ pub struct OutputConfig {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     version: String,
-    auth_server: String,
+    auth_server: auth_server::AuthServerField,
     #[serde(default)]
     ca_pins: Vec<String>,
     onboarding: Onboarding,
@@ -119,6 +123,7 @@ struct FileConfig {
 /// The flags of `sigil agent start` without a config file.
 #[derive(Clone, Debug, Default)]
 pub struct AgentFlags {
+    /// `HOST:PORT`, or several separated by commas.
     pub auth_server: String,
     pub ca_pins: Vec<String>,
     /// `--join-method` (default `token`); other methods need a config file
@@ -200,8 +205,10 @@ impl AgentConfig {
                 fc.storage.kind
             );
         }
+        let auth_servers = crate::client::parse_list("auth_server", &fc.auth_server.0)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at("auth_server")))?;
         let cfg = AgentConfig {
-            auth_server: fc.auth_server,
+            auth_servers,
             ca_pins: fc.ca_pins,
             onboarding: fc.onboarding,
             storage: fc.storage.path,
@@ -256,8 +263,13 @@ impl AgentConfig {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        if f.auth_server.trim().is_empty() {
+            bail!(
+                "--auth-server: required (HOST:PORT of the auth service, or several separated by commas)"
+            );
+        }
         let cfg = AgentConfig {
-            auth_server: f.auth_server,
+            auth_servers: crate::client::parse_servers("--auth-server", &f.auth_server)?,
             ca_pins: f.ca_pins,
             onboarding: Onboarding::with_token(f.join_method, f.token, f.token_path),
             storage: f.storage,
@@ -280,7 +292,7 @@ impl AgentConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.auth_server.trim().is_empty() {
+        if self.auth_servers.is_empty() {
             bail!("auth_server: required (HOST:PORT of the auth service)");
         }
         if self.ca_pins.is_empty() {
@@ -411,7 +423,8 @@ mod tests {
     #[test]
     fn parses_the_documented_shape() {
         let c = AgentConfig::parse(&base(), "agent.yaml").expect("valid");
-        assert_eq!(c.auth_server, "127.0.0.1:3025");
+        assert_eq!(c.auth_servers.len(), 1);
+        assert_eq!(c.auth_servers[0].to_string(), "127.0.0.1:3025");
         assert_eq!(c.credential_ttl, Duration::from_secs(3600));
         assert_eq!(c.renewal_interval, Duration::from_secs(1200));
         assert_eq!(c.outputs.len(), 1);

@@ -5,6 +5,7 @@ pub mod client;
 mod config;
 mod destination;
 mod diag;
+mod error;
 pub mod fsutil;
 mod identity_file;
 mod join;
@@ -31,47 +32,12 @@ use time::OffsetDateTime;
 use tokio::signal::unix::{SignalKind, signal};
 
 pub use config::{AgentConfig, AgentFlags, OUTPUT_TYPES};
+use error::join_status;
+pub use error::{JoinDeniedError, StatusError, status_error};
 pub use identity_file::IdentityFile;
 use output::{Output, OutputContext};
 use storage::{Storage, StoredCredential};
 use witness::Witness;
-
-/// A refusal that retrying will not fix (the join was denied).
-#[derive(Debug)]
-pub struct JoinDeniedError(pub String);
-impl std::fmt::Display for JoinDeniedError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "join denied: {}", self.0)
-    }
-}
-impl std::error::Error for JoinDeniedError {}
-
-/// A gRPC status from the auth service as an error a person can read. It
-/// keeps the status, so the CLI's exit code tells "refused" (3) from
-/// "unreachable" (4).
-#[derive(Debug)]
-pub struct StatusError(pub tonic::Status);
-
-impl std::fmt::Display for StatusError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match self.0.code() {
-            tonic::Code::Unavailable => "auth service unreachable",
-            tonic::Code::PermissionDenied => "refused",
-            tonic::Code::Unauthenticated => "not authenticated",
-            tonic::Code::InvalidArgument => "invalid request",
-            tonic::Code::DeadlineExceeded => "timed out",
-            _ => "auth service error",
-        };
-        write!(f, "{what}: {}", self.0.message())
-    }
-}
-
-impl std::error::Error for StatusError {}
-
-/// A gRPC status as an error a person can read (see [`StatusError`]).
-pub fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::Error::new(StatusError(s))
-}
 
 /// Run the agent. With `oneshot`, obtain credentials once and return.
 pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
@@ -129,6 +95,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     }
     let agent = Agent {
         witness: Witness::new(&cfg.storage),
+        servers: client::Servers::new(cfg.auth_servers.clone())?,
         cfg,
         storage,
         outputs,
@@ -147,8 +114,12 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 metrics::counter!("sigil_agent_renewals_total", "result" => "ok").increment(1);
                 tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation,
                     expires = %rfc3339(cred.expires), "credentials written");
+                // Once started, the workload tasks hold no outputs or sockets
+                // here: without `workload.is_some()` they kept the first
+                // credential, which the server refuses once renewed twice.
                 if !svid_outputs.is_empty()
                     || !sockets.is_empty()
+                    || workload.is_some()
                     || !ssh_tasks.is_empty()
                     || !ssh_hosts.is_empty()
                 {
@@ -244,7 +215,7 @@ struct WorkloadTasks {
 impl WorkloadTasks {
     fn start(
         trust_domain: &str,
-        client: tokio::sync::watch::Receiver<Option<AuthServiceClient<tonic::transport::Channel>>>,
+        client: tokio::sync::watch::Receiver<Option<AuthServiceClient<client::AuthChannel>>>,
         outputs: Vec<std::sync::Arc<spiffe::outputs::SvidOutput>>,
         sockets: Vec<(
             config::ServiceConfig,
@@ -319,6 +290,8 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
 
 struct Agent {
     cfg: AgentConfig,
+    /// The auth servers and which one is in use, shared by every channel.
+    servers: client::Servers,
     storage: Storage,
     /// The audit log witness (witness.rs).
     witness: Witness,
@@ -330,6 +303,41 @@ struct Agent {
 impl Agent {
     /// One round: join or renew, then refresh every output.
     async fn cycle(&self) -> anyhow::Result<StoredCredential> {
+        // A server that failed the call is marked down (client/failover.rs):
+        // try the others at once. Repeating is safe: a renewal's next key is
+        // persisted first, so the other server sees a retry (storage.rs).
+        let mut tries = self.servers.addrs().len();
+        let cred = loop {
+            tries -= 1;
+            match self.obtain().await {
+                Err(e)
+                    if tries > 0
+                        && client::server_failed(&e)
+                        && self.servers.another_ready(None) =>
+                {
+                    tracing::warn!(error = %format!("{e:#}"), "trying the next auth server");
+                }
+                r => break r?,
+            }
+        };
+        if !self.outputs.is_empty() {
+            let client = self.client(&cred)?;
+            for o in &self.outputs {
+                o.generate(OutputContext {
+                    client: client.clone(),
+                    credential: &cred,
+                    auth_servers: &self.cfg.auth_servers,
+                    ttl: self.cfg.credential_ttl,
+                })
+                .await
+                .with_context(|| format!("output {}", o.describe()))?;
+            }
+        }
+        Ok(cred)
+    }
+
+    /// Join or renew, as the stored credential allows.
+    async fn obtain(&self) -> anyhow::Result<StoredCredential> {
         let now = OffsetDateTime::now_utc();
         let cred = match self.storage.load()? {
             Some(c) if c.expires > now && c.renewable => self.renew(&c).await?,
@@ -350,26 +358,13 @@ impl Agent {
             }
             None => self.join(None).await?,
         };
-        if !self.outputs.is_empty() {
-            let client = self.client(&cred)?;
-            for o in &self.outputs {
-                o.generate(OutputContext {
-                    client: client.clone(),
-                    credential: &cred,
-                    auth_server: &self.cfg.auth_server,
-                    ttl: self.cfg.credential_ttl,
-                })
-                .await
-                .with_context(|| format!("output {}", o.describe()))?;
-            }
-        }
         Ok(cred)
     }
 
     fn client(
         &self,
         cred: &StoredCredential,
-    ) -> anyhow::Result<AuthServiceClient<tonic::transport::Channel>> {
+    ) -> anyhow::Result<AuthServiceClient<client::AuthChannel>> {
         let tls = client::tls_config(
             &self.pins(Some(cred)),
             Some(client::ClientCert {
@@ -377,10 +372,10 @@ impl Agent {
                 key_pem: &cred.key_pem,
             }),
         )?;
-        Ok(AuthServiceClient::new(client::channel(
-            &self.cfg.auth_server,
+        Ok(AuthServiceClient::new(client::failover_channel(
+            &self.servers,
             tls,
-        )?))
+        )))
     }
 
     /// The configured pins plus the host CA learned at join time.
@@ -420,10 +415,10 @@ impl Agent {
         // A re-proof presents the instance's current certificate.
         let mut client = match cur {
             Some(c) => self.client(c)?,
-            None => AuthServiceClient::new(client::channel(
-                &self.cfg.auth_server,
+            None => AuthServiceClient::new(client::failover_channel(
+                &self.servers,
                 client::tls_config(&self.cfg.ca_pins, None)?,
-            )?),
+            )),
         };
         // The pinned auth service names the cluster: the audience the OIDC
         // methods ask their platform for.
@@ -493,7 +488,7 @@ impl Agent {
     /// (for `cluster`, or the one the server names when joining afresh).
     async fn witnessed_ping(
         &self,
-        client: &mut AuthServiceClient<tonic::transport::Channel>,
+        client: &mut AuthServiceClient<client::AuthChannel>,
         cluster: Option<&str>,
     ) -> anyhow::Result<sigil_proto::v1::PingResponse> {
         let ping = client
@@ -538,16 +533,6 @@ impl Agent {
         self.storage.save(&cred)?;
         self.storage.clear_next_key()?;
         Ok(cred)
-    }
-}
-
-fn join_status(s: tonic::Status) -> anyhow::Error {
-    if s.code() == tonic::Code::PermissionDenied {
-        anyhow::Error::new(JoinDeniedError(
-            "the auth service refused this join; an admin finds the reason with `sigil audit ls --type bot.join.denied` (for a single-use token: create a new one with `sigil tokens add --bot NAME`)".into(),
-        ))
-    } else {
-        status_error(s)
     }
 }
 

@@ -60,8 +60,9 @@ pub struct GlobalArgs {
     /// Admin verbs: talk to the service through DIR/admin.sock.
     #[arg(long, global = true, env = "SIGIL_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the auth service. `agent start`: where to join. Admin verbs: connect
-    /// with mutual TLS (needs --identity).
+    /// Address of the auth service; several, comma-separated, are tried in order.
+    /// `agent start`: where to join. Admin verbs: connect with mutual TLS (needs
+    /// --identity; without this flag, the servers the identity file names).
     #[arg(
         long,
         global = true,

@@ -86,7 +86,12 @@ impl Output for IdentityOutput {
             version: 1,
             cluster: resp.cluster_name.clone(),
             bot: ctx.credential.bot.clone(),
-            auth_server: ctx.auth_server.to_string(),
+            auth_server: ctx
+                .auth_servers
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            auth_servers: ctx.auth_servers.iter().map(ToString::to_string).collect(),
             tls_cert_pem: resp.tls_cert_pem.clone(),
             tls_key_pem: key_pem.clone(),
             ca_certs_pem: resp.ca_certs_pem.clone(),

@@ -3,9 +3,9 @@
 
 mod identity;
 
+use crate::client::AuthChannel as Channel;
 use async_trait::async_trait;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
-use tonic::transport::Channel;
 
 use crate::config::OutputConfig;
 use crate::destination::{self, Destination};
@@ -15,7 +15,8 @@ use crate::storage::StoredCredential;
 pub struct OutputContext<'a> {
     pub client: AuthServiceClient<Channel>,
     pub credential: &'a StoredCredential,
-    pub auth_server: &'a str,
+    /// The agent's auth servers, in order.
+    pub auth_servers: &'a [crate::client::ServerAddr],
     pub ttl: std::time::Duration,
 }
 

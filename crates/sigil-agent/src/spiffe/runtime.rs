@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::client::AuthChannel as Channel;
 use sigil_pki::TlsKeyPair;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
 use sigil_proto::v1::{
@@ -17,7 +18,6 @@ use sigil_types::{Attributes, WorkloadIdentitySelector};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tonic::Status;
-use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 /// How long an entry nobody subscribes to or asked for is kept.

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client::AuthChannel as Channel;
 use sigil_proto::v1::SshHostState;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use super::access::HostAccess;
 use super::{sessions, watch_request, write_state};

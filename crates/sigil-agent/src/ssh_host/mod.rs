@@ -17,12 +17,12 @@ pub mod sessions;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::client::AuthChannel as Channel;
 use anyhow::Context;
 use async_trait::async_trait;
 use sigil_pki::SshKeyPair;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
 use sigil_proto::v1::{IssueSshHostCertRequest, SshHostState, WatchSshHostRequest};
-use tonic::transport::Channel;
 
 use crate::config::OutputConfig;
 use crate::destination::{self, Destination};

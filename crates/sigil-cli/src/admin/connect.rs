@@ -19,26 +19,24 @@ pub const ADMIN_SOCKET: &str = "admin.sock";
 pub enum Target {
     /// The Unix socket in this data dir.
     Local(PathBuf),
-    /// mTLS to `auth_server` with this identity file.
+    /// mTLS to `auth_server` (else the servers in the file) with this identity file.
     Remote {
-        /// HOST:PORT.
-        auth_server: String,
+        /// HOST:PORT, or several separated by commas, tried in order.
+        auth_server: Option<String>,
         /// Identity file.
         identity: PathBuf,
     },
 }
 
 /// Chooses the connection from the global options. An identity file means remote
-/// (it is only useful for that); otherwise the data dir.
+/// (it is only useful for that; it names the agent's auth servers, which
+/// --auth-server overrides); otherwise the data dir.
 pub fn target(global: &GlobalArgs) -> Result<Target, CliError> {
     match (&global.auth_server, &global.identity, &global.data_dir) {
-        (Some(server), Some(identity), _) => Ok(Target::Remote {
+        (server, Some(identity), _) => Ok(Target::Remote {
             auth_server: server.clone(),
             identity: identity.clone(),
         }),
-        (None, Some(_), _) => Err(CliError::usage(
-            "--identity needs --auth-server HOST:PORT (the auth service to connect to)",
-        )),
         (_, None, Some(dir)) => Ok(Target::Local(dir.clone())),
         (Some(_), None, None) => Err(CliError::usage(
             "--auth-server needs --identity FILE for admin commands (an identity file written by \
@@ -58,7 +56,7 @@ pub async fn connect(global: &GlobalArgs) -> anyhow::Result<AdminClient> {
         Target::Remote {
             auth_server,
             identity,
-        } => sigil_agent::client::admin_channel(&auth_server, &identity).await?,
+        } => sigil_agent::client::admin_channel(auth_server.as_deref(), &identity).await?,
     };
     Ok(AdminServiceClient::new(channel))
 }
@@ -134,7 +132,7 @@ mod tests {
         assert_eq!(
             target(&g(Some("/d"), Some("h:1"), Some("/id"))),
             Ok(Target::Remote {
-                auth_server: "h:1".into(),
+                auth_server: Some("h:1".into()),
                 identity: "/id".into()
             })
         );
@@ -142,9 +140,13 @@ mod tests {
             target(&g(None, Some("h:1"), None)).unwrap_err().failure,
             Failure::Usage
         );
+        // The identity file names the servers itself.
         assert_eq!(
-            target(&g(None, None, Some("/id"))).unwrap_err().failure,
-            Failure::Usage
+            target(&g(None, None, Some("/id"))),
+            Ok(Target::Remote {
+                auth_server: None,
+                identity: "/id".into()
+            })
         );
         assert_eq!(
             target(&g(None, None, None)).unwrap_err().failure,
