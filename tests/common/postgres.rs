@@ -51,3 +51,66 @@ pub fn fresh_db() -> String {
     psql(&admin, &format!("CREATE DATABASE {name}"));
     with_db(&admin, &name)
 }
+
+/// A PostgreSQL server of a test's own, for tests that stop and restart it.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    pub url: String,
+}
+
+fn script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-postgres")
+}
+
+impl PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
+        let dir = tempfile::Builder::new()
+            .prefix("sigil-pg-")
+            .tempdir()
+            .expect("tempdir");
+        let port = super::free_port();
+        let out = Command::new(script())
+            .args(["start", &dir.path().display().to_string(), &port.to_string()])
+            .output()
+            .expect("run scripts/test-postgres");
+        assert!(
+            out.status.success(),
+            "starting PostgreSQL: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        PrivatePostgres { dir, port, url }
+    }
+
+    /// `stop`, `resume` (start again with its data) or `restart`.
+    pub fn ctl(&self, cmd: &str) {
+        let out = Command::new(script())
+            .args([
+                cmd,
+                &self.dir.path().display().to_string(),
+                &self.port.to_string(),
+            ])
+            .output()
+            .expect("run scripts/test-postgres");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A new empty database on this server; its URL.
+    pub fn fresh_db(&self, name: &str) -> String {
+        psql(&self.url, &format!("CREATE DATABASE {name}"));
+        with_db(&self.url, name)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .args(["stop", &self.dir.path().display().to_string()])
+            .output();
+    }
+}
