@@ -35,7 +35,12 @@ fn servers_go_unready_and_recover_and_nothing_is_half_written() {
     let a = Auth::start_with(&["--store", &url, "--audit-key", key]);
     let b = Auth::start_with(&["--store", &url, "--audit-key", key]);
     for s in [&a, &b] {
-        assert_eq!(readyz(s).0, 200, "ready before the restart: {}", readyz(s).1);
+        assert_eq!(
+            readyz(s).0,
+            200,
+            "ready before the restart: {}",
+            readyz(s).1
+        );
     }
 
     // Four instances, each renewing in a loop through one of the servers.
@@ -54,8 +59,12 @@ fn servers_go_unready_and_recover_and_nothing_is_half_written() {
     let pin = a.pin.clone();
     let load: Vec<_> = (0..agents.len())
         .map(|i| {
-            let (agents, stop, addr, pin) =
-                (agents.clone(), stop.clone(), addrs[i % 2].clone(), pin.clone());
+            let (agents, stop, addr, pin) = (
+                agents.clone(),
+                stop.clone(),
+                addrs[i % 2].clone(),
+                pin.clone(),
+            );
             std::thread::spawn(move || {
                 let dirs = &agents[i];
                 let (mut ok, mut failed) = (0u64, 0u64);
@@ -74,7 +83,11 @@ fn servers_go_unready_and_recover_and_nothing_is_half_written() {
                         assert_eq!(dirs.generation(), before + 1, "one step per renewal");
                         ok += 1;
                     } else {
-                        assert_eq!(dirs.generation(), before, "a failed renewal keeps the credential");
+                        assert_eq!(
+                            dirs.generation(),
+                            before,
+                            "a failed renewal keeps the credential"
+                        );
                         failed += 1;
                     }
                 }
@@ -93,9 +106,11 @@ fn servers_go_unready_and_recover_and_nothing_is_half_written() {
     std::thread::sleep(Duration::from_secs(2));
     pg.ctl("resume");
     for s in [&a, &b] {
-        wait_until("the server to be ready again", Duration::from_secs(30), || {
-            readyz(s).0 == 200
-        });
+        wait_until(
+            "the server to be ready again",
+            Duration::from_secs(30),
+            || readyz(s).0 == 200,
+        );
     }
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
@@ -106,17 +121,33 @@ fn servers_go_unready_and_recover_and_nothing_is_half_written() {
         total_ok += ok;
         total_failed += failed;
         // Joined at generation 1; every success was one step.
-        assert_eq!(agents[i].generation(), 1 + ok, "agent {i}: generation vs renewals");
+        assert_eq!(
+            agents[i].generation(),
+            1 + ok,
+            "agent {i}: generation vs renewals"
+        );
     }
     assert!(total_ok > 0, "renewals succeeded around the restart");
-    assert!(total_failed > 0, "renewals failed while the database was down");
+    assert!(
+        total_failed > 0,
+        "renewals failed while the database was down"
+    );
 
-    let stored: u64 = psql(&url, "SELECT count(*) FROM audit WHERE type = 'bot.renewal'")
-        .parse()
-        .expect("count");
-    assert_eq!(stored, total_ok, "one renewal event per renewal the agents saw succeed");
+    let stored: u64 = psql(
+        &url,
+        "SELECT count(*) FROM audit WHERE type = 'bot.renewal'",
+    )
+    .parse()
+    .expect("count");
     assert_eq!(
-        psql(&url, "SELECT count(*) FROM audit WHERE type = 'bot.generation_mismatch'"),
+        stored, total_ok,
+        "one renewal event per renewal the agents saw succeed"
+    );
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT count(*) FROM audit WHERE type = 'bot.generation_mismatch'"
+        ),
         "0"
     );
     assert_eq!(a.instances().len(), 4);

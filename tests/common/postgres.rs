@@ -71,7 +71,11 @@ impl PrivatePostgres {
             .expect("tempdir");
         let port = super::free_port();
         let out = Command::new(script())
-            .args(["start", &dir.path().display().to_string(), &port.to_string()])
+            .args([
+                "start",
+                &dir.path().display().to_string(),
+                &port.to_string(),
+            ])
             .output()
             .expect("run scripts/test-postgres");
         assert!(

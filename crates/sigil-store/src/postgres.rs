@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::audit::{format_time, hash_parts, parse_time};
-use crate::sqlite::{backend, now_ns};
+use crate::sqlite::{backend, now_ns, prefix_upper_bound};
 use crate::store::{AuditQuery, AuditRecord, AuditVerification, Item, Store, Txn, WatchEvent};
 use crate::{GENESIS_HASH, Result, StoreError};
 
@@ -218,18 +218,34 @@ impl Store for PostgresStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Item>> {
-        // `starts_with` on a COLLATE "C" primary key is an index range scan.
-        let rows = sqlx::query(
-            "SELECT key, value, revision, expires_ns FROM kv \
-             WHERE starts_with(key, $1) AND (expires_ns IS NULL OR expires_ns > $2) \
-             ORDER BY key",
-        )
-        .bind(prefix)
-        .bind(now_ns())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| backend(&format!("listing {prefix}*"), e))?;
-        rows.iter().map(item_from_row).collect()
+        // A range on the COLLATE "C" primary key: an index range scan.
+        let err = |e| backend(&format!("listing {prefix}*"), e);
+        let rows = match prefix_upper_bound(prefix) {
+            Some(upper) => sqlx::query(
+                "SELECT key, value, revision, expires_ns FROM kv \
+                 WHERE key >= $1 AND key < $2 \
+                 AND (expires_ns IS NULL OR expires_ns > $3) ORDER BY key",
+            )
+            .bind(prefix)
+            .bind(upper)
+            .bind(now_ns())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?,
+            None => sqlx::query(
+                "SELECT key, value, revision, expires_ns FROM kv \
+                 WHERE key >= $1 AND (expires_ns IS NULL OR expires_ns > $2) ORDER BY key",
+            )
+            .bind(prefix)
+            .bind(now_ns())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?,
+        };
+        rows.iter()
+            .map(item_from_row)
+            .filter(|i| i.as_ref().map_or(true, |i| i.key.starts_with(prefix)))
+            .collect()
     }
 
     async fn commit(&self, txn: Txn) -> Result<Vec<i64>> {

@@ -188,7 +188,7 @@ fn item_from_row(row: &SqliteRow) -> Result<Item> {
 /// The smallest string greater than every string starting with `prefix`, if any.
 /// UTF-8 byte order equals code point order, so incrementing the last incrementable char
 /// gives an exclusive upper bound for an index range scan.
-fn prefix_upper_bound(prefix: &str) -> Option<String> {
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
         let next = match last as u32 + 1 {
