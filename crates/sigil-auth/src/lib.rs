@@ -64,6 +64,9 @@ pub struct AuthConfig {
     pub audit_key_file: Option<PathBuf>,
     /// A shared PostgreSQL store (`postgres://…`); `None` = SQLite in the data dir.
     pub store_url: Option<String>,
+    /// The audit key is lost for good: record this server's (new) key as the
+    /// cluster's, over the one recorded in the store.
+    pub new_audit_key: bool,
 }
 
 /// File names inside the data dir.
@@ -100,9 +103,9 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         .unwrap_or_else(|| cfg.data_dir.join(audit::key::DEFAULT_KEY_FILE));
     // Servers sharing a store must sign with one key: agents pin it.
     let pinned = audit::key_pin::store_pin(store.as_ref()).await?;
-    audit::key_pin::require_copy_if_pinned(&audit_key_path, pinned.as_deref())?;
+    audit::key_pin::require_copy_if_pinned(&audit_key_path, pinned.as_deref(), cfg.new_audit_key)?;
     let audit_key = audit::key::load_or_create(&audit_key_path, &cfg.data_dir, &km)?;
-    audit::key_pin::pin_in_store(store.as_ref(), &audit_key, pinned).await?;
+    audit::key_pin::pin_in_store(store.as_ref(), &audit_key, pinned, cfg.new_audit_key).await?;
     let checkpoints = Arc::new(
         audit::checkpoint::Checkpoints::open(store.clone(), audit_key, &cluster, &cfg.data_dir)
             .await?,

@@ -196,6 +196,12 @@ pub struct AuthStartArgs {
     /// on the command line, where `ps` shows it).
     #[arg(long, value_name = "URL", env = "SIGIL_STORE")]
     pub store: Option<String>,
+    /// The audit key is lost for good: start with a new one (remove DIR/audit-key.pub
+    /// first) and record it as the cluster's. Checkpoints signed by the old key then
+    /// fail `sigil audit verify`, and agents that pinned it refuse the servers until
+    /// their audit-witness.json is removed. Audited as `audit.key_replaced`.
+    #[arg(long)]
+    pub new_audit_key: bool,
 }
 
 /// `sigil agent ...`

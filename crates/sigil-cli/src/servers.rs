@@ -30,6 +30,7 @@ pub fn auth_config(
         sts_endpoints: args.sts_endpoints.clone(),
         audit_key_file: args.audit_key.clone(),
         store_url: store_url(args.store.as_deref(), "SIGIL_STORE")?,
+        new_audit_key: args.new_audit_key,
     })
 }
 
@@ -211,6 +212,7 @@ mod tests {
             sts_endpoints: vec![],
             audit_key: None,
             store: None,
+            new_audit_key: false,
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::audit::{format_time, hash_parts, parse_time};
+use crate::audit::{ChainCheck, StoredRow, format_time, parse_time};
 use crate::store::{AuditQuery, AuditRecord, AuditVerification, Item, Store, Txn, WatchEvent};
 use crate::{GENESIS_HASH, Result, StoreError};
 
@@ -224,6 +224,21 @@ fn record_from_row(row: &SqliteRow) -> Result<AuditRecord> {
     })
 }
 
+fn stored_row(row: &SqliteRow) -> Result<StoredRow> {
+    let seq: i64 = row
+        .try_get(0)
+        .map_err(|e| backend("reading audit seq", e))?;
+    let err = |e: sqlx::Error| backend(&format!("reading audit record {seq}"), e);
+    Ok(StoredRow {
+        seq,
+        time: row.try_get(1).map_err(err)?,
+        event_type: row.try_get(2).map_err(err)?,
+        fields: row.try_get(3).map_err(err)?,
+        prev_hash: row.try_get(4).map_err(err)?,
+        hash: row.try_get(5).map_err(err)?,
+    })
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn get(&self, key: &str) -> Result<Option<Item>> {
@@ -306,53 +321,24 @@ impl Store for SqliteStore {
     }
 
     async fn audit_verify(&self) -> Result<AuditVerification> {
-        let mut head = GENESIS_HASH.to_string();
-        let mut last_seq = 0i64;
+        let mut chain = ChainCheck::new();
         loop {
             let rows = sqlx::query(
                 "SELECT seq, time, type, fields, prev_hash, hash FROM audit \
                  WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )
-            .bind(last_seq)
+            .bind(chain.last_seq())
             .bind(VERIFY_BATCH)
             .fetch_all(&self.read)
             .await
             .map_err(|e| backend("reading the audit log", e))?;
             if rows.is_empty() {
-                return Ok(AuditVerification::Intact {
-                    count: last_seq,
-                    head_hash: head,
-                });
+                return Ok(chain.intact());
             }
             for row in &rows {
-                let seq: i64 = row
-                    .try_get(0)
-                    .map_err(|e| backend("reading audit seq", e))?;
-                let err = |e: sqlx::Error| backend(&format!("reading audit record {seq}"), e);
-                let time: String = row.try_get(1).map_err(err)?;
-                let event_type: String = row.try_get(2).map_err(err)?;
-                let fields: String = row.try_get(3).map_err(err)?;
-                let prev_hash: String = row.try_get(4).map_err(err)?;
-                let hash: String = row.try_get(5).map_err(err)?;
-                let broken = |reason: String| Ok(AuditVerification::Broken { seq, reason });
-                if seq != last_seq + 1 {
-                    return broken(format!(
-                        "expected seq {}: records {}..={} are missing",
-                        last_seq + 1,
-                        last_seq + 1,
-                        seq - 1
-                    ));
+                if let Some(broken) = chain.check(stored_row(row)?) {
+                    return Ok(broken);
                 }
-                if prev_hash != head {
-                    return broken(format!(
-                        "prev_hash does not match the hash of record {last_seq}"
-                    ));
-                }
-                if hash_parts(&prev_hash, seq, &time, &event_type, &fields) != hash {
-                    return broken("hash does not match the record's content".into());
-                }
-                head = hash;
-                last_seq = seq;
             }
         }
     }

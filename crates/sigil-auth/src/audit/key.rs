@@ -67,7 +67,7 @@ pub fn load_or_create(
             bail!(
                 "the audit key {} is missing, but {} says checkpoints are signed with {p}: \
                  restore the key file (or point --audit-key / SIGIL_AUDIT_KEY_FILE at it). \
-                 If it is lost for good, remove {} to start with a new key; checkpoints signed \
+                 If it is lost for good, remove {} and start once with --new-audit-key; checkpoints signed \
                  by the old key then fail `sigil audit verify`, and agents that pinned it refuse \
                  this server until their audit-witness.json is removed",
                 path.display(),
@@ -87,7 +87,7 @@ pub fn load_or_create(
     match pinned {
         Some(p) if p != public_key => bail!(
             "--audit-key {} holds audit key {public_key}, but {} says checkpoints are signed \
-             with {p}: wrong key file? (remove {} only if the old key is lost for good)",
+             with {p}: wrong key file? (remove {} and start once with --new-audit-key only if the old key is lost for good)",
             path.display(),
             pub_path.display(),
             pub_path.display()

@@ -20,17 +20,23 @@ pub async fn store_pin(store: &dyn sigil_store::Store) -> anyhow::Result<Option<
         .map(|i| String::from_utf8_lossy(&i.value).into_owned()))
 }
 
-/// Refuses to create a new audit key when the shared store's cluster already has one:
-/// the key must be copied from a running server instead.
-pub fn require_copy_if_pinned(path: &Path, pinned: Option<&str>) -> anyhow::Result<()> {
+/// Refuses to create a new audit key when the store's cluster already has one: the key
+/// must be copied from a running server instead (unless `replace`: the key is lost).
+pub fn require_copy_if_pinned(
+    path: &Path,
+    pinned: Option<&str>,
+    replace: bool,
+) -> anyhow::Result<()> {
     if let Some(p) = pinned
+        && !replace
         && std::fs::symlink_metadata(path).is_err()
     {
         bail!(
             "this cluster's audit checkpoints are signed with {p}, and --audit-key {} does not \
              exist: every auth server of a cluster signs with the same key, so copy the audit \
              key file (mode 0600) from a running server to {} (or point --audit-key / \
-             SIGIL_AUDIT_KEY_FILE at it)",
+             SIGIL_AUDIT_KEY_FILE at it). If the key is lost for good, start one server once \
+             with --new-audit-key",
             path.display(),
             path.display()
         );
@@ -38,12 +44,33 @@ pub fn require_copy_if_pinned(path: &Path, pinned: Option<&str>) -> anyhow::Resu
     Ok(())
 }
 
-/// Records `key` as the cluster's audit key, or checks it against the one recorded.
+/// Records `key` as the cluster's audit key, or checks it against the one recorded;
+/// `replace` records it over another (audited).
 pub async fn pin_in_store(
     store: &dyn sigil_store::Store,
     key: &AuditKey,
     pinned: Option<String>,
+    replace: bool,
 ) -> anyhow::Result<()> {
+    if replace && pinned.as_deref() != Some(key.public_key.as_str()) {
+        store
+            .commit(sigil_store::Txn {
+                ops: vec![sigil_store::Op::Put {
+                    key: STORE_PIN.into(),
+                    value: key.public_key.clone().into_bytes(),
+                    expires: None,
+                }],
+                audit: vec![super::event(
+                    super::AUDIT_KEY_REPLACED,
+                    serde_json::json!({"previous": pinned, "key": key.public_key}),
+                )],
+            })
+            .await
+            .context("recording the new audit key")?;
+        tracing::warn!(previous = ?pinned, key = %key.public_key,
+            "the cluster's audit key was replaced (--new-audit-key): checkpoints signed by the old key no longer verify");
+        return Ok(());
+    }
     let recorded = match pinned {
         Some(p) => p,
         None => {

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 pub const CLUSTER_CREATED: &str = "cluster.created";
 pub const CLUSTER_MIGRATED: &str = "cluster.migrated";
+pub const AUDIT_KEY_REPLACED: &str = "audit.key_replaced";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";
