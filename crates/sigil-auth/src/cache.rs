@@ -172,6 +172,24 @@ impl Cache {
         }
     }
 
+    /// Reads a bot and its roles from the store into the cache (puts only: what
+    /// exists; an absence is left to the change feed).
+    pub async fn read_through_bot(&self, store: &dyn Store, bot: &str) -> anyhow::Result<()> {
+        let Some(item) = store.get(&keys::bot(bot)).await? else {
+            return Ok(());
+        };
+        let roles: Vec<String> = serde_json::from_slice::<Bot>(&item.value)
+            .map(|b| b.spec.roles)
+            .unwrap_or_default();
+        self.apply_put(&item);
+        for role in roles {
+            if let Some(r) = store.get(&keys::role(&role)).await? {
+                self.apply_put(&r);
+            }
+        }
+        Ok(())
+    }
+
     /// Apply committed ops (with the revisions `commit` returned) at once, so
     /// this server enforces them before the watch event arrives; no re-read.
     pub fn apply_committed(&self, ops: &[Op], revisions: &[i64]) {

@@ -48,6 +48,31 @@ impl BotAuthority {
     }
 }
 
+/// [`bot_authority`], but a bot or role this server has not seen yet is read from
+/// the store first: with several servers on one store, a bot created through
+/// another server a moment ago may not have reached this one's cache. Only what
+/// exists is read through (never an absence), so a stale cache cannot admit more.
+pub async fn fresh_bot_authority(
+    state: &AuthState,
+    bot_name: &str,
+    bot_uid: &str,
+) -> Result<BotAuthority, String> {
+    match bot_authority(state, bot_name, bot_uid) {
+        Ok(a) => Ok(a),
+        Err(first) => {
+            if let Err(e) = state
+                .cache
+                .read_through_bot(state.store.as_ref(), bot_name)
+                .await
+            {
+                tracing::warn!(error = %e, bot = %bot_name, "reading a bot through to the store failed");
+                return Err(first);
+            }
+            bot_authority(state, bot_name, bot_uid)
+        }
+    }
+}
+
 /// Resolve a bot's current roles and TTL cap, refusing a missing bot, a bot
 /// that is not the one `bot_uid` names (removed and re-created under the same
 /// name since the credential or token was issued), or a missing role.

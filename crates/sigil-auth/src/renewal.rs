@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tonic::Status;
 
 use crate::audit;
-use crate::issuance::{self, bot_authority, effective_ttl};
+use crate::issuance::{self, effective_ttl, fresh_bot_authority};
 use crate::keys;
 use crate::state::AuthState;
 
@@ -42,7 +42,7 @@ pub async fn renew(
             "this identity is not renewable (output credentials cannot renew)",
         ));
     }
-    let auth = match bot_authority(state, &id.bot, &id.bot_uid) {
+    let auth = match fresh_bot_authority(state, &id.bot, &id.bot_uid).await {
         Ok(a) => a,
         Err(reason) => {
             deny(state, id, remote, &reason).await;

@@ -11,7 +11,7 @@ use tonic::Status;
 
 use super::{Conversation, JoinDenied, Verified};
 use crate::audit;
-use crate::issuance::{self, BotAuthority, bot_authority, effective_ttl};
+use crate::issuance::{self, BotAuthority, effective_ttl, fresh_bot_authority};
 use crate::keys;
 use crate::renewal;
 use crate::state::AuthState;
@@ -73,7 +73,7 @@ pub async fn join(
             return Err(denied(state, init, remote, reason, &audit).await);
         }
     };
-    let auth = match bot_authority(state, &verified.bot_name, &verified.bot_uid) {
+    let auth = match fresh_bot_authority(state, &verified.bot_name, &verified.bot_uid).await {
         Ok(a) => a,
         Err(reason) => return Err(denied(state, init, remote, reason, &verified.audit).await),
     };
