@@ -13,6 +13,7 @@ mod cluster;
 mod escalation;
 mod issuance;
 mod join;
+mod key_source;
 mod keys;
 mod outbound;
 mod public_http;
@@ -37,6 +38,7 @@ use sigil_store::{SqliteStore, Store, Txn};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+pub use key_source::{CaKeySource, HsmConfig, Secret, SecretSource};
 pub use tls::provider;
 
 /// How to run the auth service.
@@ -60,6 +62,8 @@ pub struct AuthConfig {
     /// The audit checkpoint signing key file; default `audit-key.json` in the data
     /// dir (created on first start). Keep it off the database's volume in production.
     pub audit_key_file: Option<PathBuf>,
+    /// Where the CA private keys live (database, sealed under a KEK, or an HSM).
+    pub ca_keys: CaKeySource,
 }
 
 /// File names inside the data dir.
@@ -91,8 +95,10 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
             .with_context(|| format!("opening the database {}", db.display()))?,
     );
     let km = SoftwareKeyManager;
+    let ca_km = key_source::key_manager(&cfg.ca_keys)?;
     let (cluster, cas) =
-        cluster::load_or_create(store.as_ref(), &km, cfg.cluster_name.as_deref()).await?;
+        cluster::load_or_create(store.as_ref(), ca_km.as_ref(), cfg.cluster_name.as_deref())
+            .await?;
     let cache = cache::Cache::start(store.clone()).await?;
     let ca_pin = cas.host.spki_pin();
     let audit_key_path = cfg

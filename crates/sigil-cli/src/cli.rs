@@ -174,6 +174,9 @@ pub struct AuthStartArgs {
     /// audit-key.json in the data dir; in production keep it on another volume.
     #[arg(long, value_name = "FILE", env = "SIGIL_AUDIT_KEY_FILE")]
     pub audit_key: Option<PathBuf>,
+    /// Where the CA private keys live (default: in the database).
+    #[command(flatten)]
+    pub ca_keys: crate::ca_keys::CaKeyArgs,
 }
 
 /// `sigil agent ...`

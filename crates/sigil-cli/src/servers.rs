@@ -29,6 +29,7 @@ pub fn auth_config(
         outbound_ca_file: args.outbound_ca_file.clone(),
         sts_endpoints: args.sts_endpoints.clone(),
         audit_key_file: args.audit_key.clone(),
+        ca_keys: args.ca_keys.source(|k| std::env::var(k).ok())?,
     })
 }
 
@@ -166,6 +167,7 @@ mod tests {
             outbound_ca_file: None,
             sts_endpoints: vec![],
             audit_key: None,
+            ca_keys: Default::default(),
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)

@@ -91,7 +91,9 @@ impl Kek {
 
 impl fmt::Debug for Kek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Kek").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Kek")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,12 +231,7 @@ impl EncryptedKeyManager {
 }
 
 /// Length-prefixed fields, so no two different contexts encode to the same bytes.
-fn associated_data(
-    ctx: &KeyContext<'_>,
-    alg: KeyAlgorithm,
-    key_id: &str,
-    kek_id: &str,
-) -> Vec<u8> {
+fn associated_data(ctx: &KeyContext<'_>, alg: KeyAlgorithm, key_id: &str, kek_id: &str) -> Vec<u8> {
     let alg_name: &[u8] = match alg {
         KeyAlgorithm::EcdsaP256 => b"ecdsa_p256",
         KeyAlgorithm::Ed25519 => b"ed25519",

@@ -35,8 +35,8 @@ const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x0
 const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 /// SubjectPublicKeyInfo prefixes; the raw public key follows.
 const P256_SPKI_PREFIX: &[u8] = &[
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-    0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 const ED25519_SPKI_PREFIX: &[u8] = &[
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
@@ -150,7 +150,8 @@ impl Pkcs11KeyManager {
         let mechs = lib
             .get_mechanism_list(slot)
             .map_err(ck("listing the token's mechanisms"))?;
-        if !mechs.contains(&MechanismType::ECC_KEY_PAIR_GEN) || !mechs.contains(&MechanismType::ECDSA)
+        if !mechs.contains(&MechanismType::ECC_KEY_PAIR_GEN)
+            || !mechs.contains(&MechanismType::ECDSA)
         {
             return Err(PkiError::Pkcs11 {
                 context: format!("checking token {token_label:?}"),
@@ -350,7 +351,9 @@ fn unwrap_ec_point(point: &[u8], raw_len: usize) -> Option<Vec<u8>> {
         return Some(point.to_vec());
     }
     match der::read_tlv(point) {
-        Some((der::TAG_OCTET_STRING, content, rest)) if rest.is_empty() && content.len() == raw_len => {
+        Some((der::TAG_OCTET_STRING, content, rest))
+            if rest.is_empty() && content.len() == raw_len =>
+        {
             Some(content.to_vec())
         }
         _ => None,

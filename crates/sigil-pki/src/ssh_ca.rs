@@ -203,7 +203,10 @@ impl SshCa {
     /// Load a CA persisted by [`SshCa::generate`]; checks the stored public key matches.
     pub fn load(km: &dyn KeyManager, stored: &StoredCa) -> Result<SshCa> {
         check_purpose(stored.purpose)?;
-        let key = km.load(&KeyContext::ca(&stored.cluster, stored.purpose), &stored.key)?;
+        let key = km.load(
+            &KeyContext::ca(&stored.cluster, stored.purpose),
+            &stored.key,
+        )?;
         let ca = Self::from_key(stored.purpose, &stored.cluster, key)?;
         if let Some(line) = &stored.ssh_public_key {
             let stored_pub =

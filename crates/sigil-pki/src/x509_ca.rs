@@ -187,7 +187,10 @@ impl X509Ca {
             .into_iter()
             .next()
             .ok_or_else(|| PkiError::InvalidPem("no CERTIFICATE block".into()))?;
-        let key = km.load(&KeyContext::ca(&stored.cluster, stored.purpose), &stored.key)?;
+        let key = km.load(
+            &KeyContext::ca(&stored.cluster, stored.purpose),
+            &stored.key,
+        )?;
         Self::from_parts(stored.purpose, &stored.cluster, der, key)
     }
 

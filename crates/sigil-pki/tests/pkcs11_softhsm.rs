@@ -44,11 +44,7 @@ fn init_token(dir: &Path) {
         .args(["--so-pin", "so-pin-5678"])
         .output()
         .expect("softhsm2-util (install softhsm2)");
-    assert!(
-        o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]
@@ -61,7 +57,10 @@ fn ca_keys_on_softhsm_sign_and_never_leave_the_token() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("no-such-token") && err.contains(LABEL), "{err}");
+    assert!(
+        err.contains("no-such-token") && err.contains(LABEL),
+        "{err}"
+    );
     let err = Pkcs11KeyManager::open(module, LABEL, "wrong-pin")
         .err()
         .unwrap()
@@ -74,7 +73,11 @@ fn ca_keys_on_softhsm_sign_and_never_leave_the_token() {
     // X.509 CA: openssl accepts the self-signed certificate the token signed (DER ECDSA).
     let (ca, stored) = X509Ca::generate(&km, CaPurpose::Client, "prod").unwrap();
     assert_eq!(stored.key.manager, "pkcs11");
-    assert!(stored.key.material.contains(LABEL), "{:?}", stored.key.material);
+    assert!(
+        stored.key.material.contains(LABEL),
+        "{:?}",
+        stored.key.material
+    );
     let pem_path = dir.path().join("ca.pem");
     std::fs::write(&pem_path, ca.cert_pem()).unwrap();
     let p = pem_path.to_str().unwrap();
@@ -170,6 +173,9 @@ fn ca_keys_on_softhsm_sign_and_never_leave_the_token() {
         );
         assert!(attrs.contains(&Attribute::Sensitive(true)), "{attrs:?}");
         assert!(attrs.contains(&Attribute::Extractable(false)), "{attrs:?}");
-        assert!(attrs.contains(&Attribute::NeverExtractable(true)), "{attrs:?}");
+        assert!(
+            attrs.contains(&Attribute::NeverExtractable(true)),
+            "{attrs:?}"
+        );
     }
 }
