@@ -110,6 +110,14 @@ fn pkcs11_manager(hsm: &HsmConfig) -> anyhow::Result<Box<dyn KeyManager>> {
             )
         },
     )?;
+    // Every cluster has SSH CAs (Ed25519): refuse before a single key is made, rather
+    // than leave the X.509 CAs' keys orphaned on the token when the SSH CAs fail.
+    if !km.supports_ed25519() {
+        bail!(
+            "the HSM token {:?} offers no Ed25519 (CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA), which the SSH CAs need: use a token that has it, or --ca-kek-file instead of --hsm-module",
+            hsm.token_label
+        );
+    }
     tracing::info!(token = %hsm.token_label, module = %hsm.module.display(), "CA keys are on a PKCS#11 token");
     Ok(Box::new(km))
 }
