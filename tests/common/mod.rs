@@ -66,6 +66,8 @@ pub struct Auth {
     pub pin: String,
     /// Extra `sigil auth start` flags (e.g. --outbound-ca-file, --sts-endpoint).
     pub extra_args: Vec<String>,
+    /// Extra environment variables of the auth service (e.g. SOFTHSM2_CONF).
+    pub envs: Vec<(String, String)>,
 }
 
 impl Auth {
@@ -75,6 +77,11 @@ impl Auth {
 
     /// Start with extra `sigil auth start` flags.
     pub fn start_with(extra_args: &[&str]) -> Auth {
+        Auth::start_with_env(extra_args, &[])
+    }
+
+    /// Start with extra `sigil auth start` flags and environment variables.
+    pub fn start_with_env(extra_args: &[&str], envs: &[(&str, &str)]) -> Auth {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let mut a = Auth {
@@ -85,6 +92,10 @@ impl Auth {
             child: None,
             pin: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         a.spawn();
         a
@@ -106,6 +117,7 @@ impl Auth {
             ])
             .args(["--cluster-name", "example.test"])
             .args(&self.extra_args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env("SIGIL_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

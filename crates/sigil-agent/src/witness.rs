@@ -196,9 +196,16 @@ mod tests {
     impl Signer {
         fn new() -> Signer {
             let km = SoftwareKeyManager;
+            let ctx = sigil_pki::KeyContext {
+                cluster: "example.test",
+                purpose: "audit",
+            };
             Signer(
-                km.load(&km.generate(KeyAlgorithm::Ed25519).expect("gen"))
-                    .expect("load"),
+                km.load(
+                    &ctx,
+                    &km.generate(&ctx, KeyAlgorithm::Ed25519).expect("gen"),
+                )
+                .expect("load"),
             )
         }
         fn public(&self) -> String {

@@ -8,6 +8,7 @@ use sigil_store::{Op, Store, Txn};
 use time::OffsetDateTime;
 
 use crate::audit;
+use crate::key_source;
 use crate::keys;
 
 /// The stored record naming the cluster.
@@ -80,6 +81,7 @@ pub async fn load_or_create(
             .with_context(|| format!("the {} CA is missing from the store", p.as_str()))?;
         let ca: StoredCa = serde_json::from_slice(&item.value)
             .with_context(|| format!("decoding the {} CA", p.as_str()))?;
+        key_source::check_manager(&ca, km)?;
         stored.push(ca);
     }
     let x509 = |p: CaPurpose| -> anyhow::Result<X509Ca> {

@@ -13,6 +13,7 @@ mod cluster;
 mod escalation;
 mod issuance;
 mod join;
+mod key_source;
 mod keys;
 mod migrate;
 mod outbound;
@@ -39,6 +40,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 pub use migrate::migrate;
+pub use key_source::{CaKeySource, HsmConfig, Secret, SecretSource};
 pub use tls::provider;
 
 /// How to run the auth service.
@@ -67,6 +69,8 @@ pub struct AuthConfig {
     /// The audit key is lost for good: record this server's (new) key as the
     /// cluster's, over the one recorded in the store.
     pub new_audit_key: bool,
+    /// Where the CA private keys live (database, sealed under a KEK, or an HSM).
+    pub ca_keys: CaKeySource,
 }
 
 /// File names inside the data dir.
@@ -93,8 +97,10 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     let _lock = prepare_data_dir(&cfg.data_dir)?;
     let store = open_store(&cfg).await?;
     let km = SoftwareKeyManager;
+    let ca_km = key_source::key_manager(&cfg.ca_keys)?;
     let (cluster, cas) =
-        cluster::load_or_create(store.as_ref(), &km, cfg.cluster_name.as_deref()).await?;
+        cluster::load_or_create(store.as_ref(), ca_km.as_ref(), cfg.cluster_name.as_deref())
+            .await?;
     let cache = cache::Cache::start(store.clone()).await?;
     let ca_pin = cas.host.spki_pin();
     let audit_key_path = cfg

@@ -202,6 +202,9 @@ pub struct AuthStartArgs {
     /// their audit-witness.json is removed. Audited as `audit.key_replaced`.
     #[arg(long)]
     pub new_audit_key: bool,
+    /// Where the CA private keys live (default: in the database).
+    #[command(flatten)]
+    pub ca_keys: crate::ca_keys::CaKeyArgs,
 }
 
 /// `sigil agent ...`

@@ -3,6 +3,7 @@
 //! logic lives here so it can be tested.
 
 pub mod admin;
+pub mod ca_keys;
 pub mod cli;
 pub mod error;
 pub mod files;

@@ -31,6 +31,7 @@ pub fn auth_config(
         audit_key_file: args.audit_key.clone(),
         store_url: store_url(args.store.as_deref(), "SIGIL_STORE")?,
         new_audit_key: args.new_audit_key,
+        ca_keys: args.ca_keys.source(|k| std::env::var(k).ok())?,
     })
 }
 
@@ -213,6 +214,7 @@ mod tests {
             audit_key: None,
             store: None,
             new_audit_key: false,
+            ca_keys: Default::default(),
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)

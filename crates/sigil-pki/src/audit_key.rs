@@ -64,12 +64,20 @@ mod tests {
     fn sign_and_verify_both_algorithms() {
         for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::EcdsaP256] {
             let km = SoftwareKeyManager;
-            let key = km.load(&km.generate(alg).expect("generate")).expect("load");
+            let ctx = crate::KeyContext {
+                cluster: "prod",
+                purpose: "audit",
+            };
+            let key = km
+                .load(&ctx, &km.generate(&ctx, alg).expect("generate"))
+                .expect("load");
             let public = audit_public_key(key.as_ref());
             let sig = sign_audit_checkpoint(key.as_ref(), "body\n").expect("sign");
             verify_audit_signature(&public, "body\n", &sig).expect("verifies");
             assert!(verify_audit_signature(&public, "body!\n", &sig).is_err());
-            let other = km.load(&km.generate(alg).expect("generate")).expect("load");
+            let other = km
+                .load(&ctx, &km.generate(&ctx, alg).expect("generate"))
+                .expect("load");
             assert!(
                 verify_audit_signature(&audit_public_key(other.as_ref()), "body\n", &sig).is_err(),
                 "another key's signature must not verify"

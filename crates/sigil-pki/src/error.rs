@@ -32,6 +32,41 @@ pub enum PkiError {
         /// Why it was rejected (never the material itself).
         reason: &'static str,
     },
+    /// A key-encryption key (KEK) could not be used.
+    #[error("the CA key-encryption key (KEK) is unusable: {0}")]
+    InvalidKek(&'static str),
+    /// A sealed key was sealed under another KEK than the one given.
+    #[error(
+        "the CA keys were sealed with KEK id {sealed}; this KEK is {this}: give the auth service the KEK the cluster was created with"
+    )]
+    WrongKek {
+        /// KEK id recorded in the sealed key.
+        sealed: String,
+        /// KEK id of the KEK that was given.
+        this: String,
+    },
+    /// A sealed key was made for another CA (or cluster) than the record it was found in.
+    #[error(
+        "the sealed key was made for the {sealed_purpose} key of cluster {sealed_cluster:?} but is stored as the {purpose} key of cluster {cluster:?}: the record was altered or restored into the wrong place; restore it from backup"
+    )]
+    SealedForOtherKey {
+        /// Cluster recorded in the sealed key.
+        sealed_cluster: String,
+        /// Purpose recorded in the sealed key.
+        sealed_purpose: String,
+        /// Cluster of the record it was loaded for.
+        cluster: String,
+        /// Purpose of the record it was loaded for.
+        purpose: String,
+    },
+    /// The HSM (PKCS#11 token) refused or failed an operation.
+    #[error("PKCS#11 {context} failed: {reason}")]
+    Pkcs11 {
+        /// What was being done.
+        context: String,
+        /// The token's or library's error (never a PIN or key material).
+        reason: String,
+    },
     /// The backend failed to produce a signature.
     #[error("signing with the {algorithm} CA key failed in the key manager")]
     Signing {

@@ -1,9 +1,10 @@
-//! The extension point for where CA private keys live (software now; HSM/KMS later).
+//! The extension point for where CA private keys live: in the database ([`crate::SoftwareKeyManager`]),
+//! sealed under a key-encryption key ([`crate::EncryptedKeyManager`]) or on a PKCS#11 token.
 
 use std::sync::Arc;
 
 use crate::Result;
-use crate::keys::{KeyAlgorithm, StoredKey};
+use crate::keys::{CaPurpose, KeyAlgorithm, StoredKey};
 
 /// A loaded CA private key that can sign. Implementations may keep the key outside the
 /// process (HSM, KMS); callers only ever see public material and signatures.
@@ -18,12 +19,32 @@ pub trait CaSigningKey: Send + Sync {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>>;
 }
 
+/// Which key a [`StoredKey`] is: managers bind the key to it (AEAD associated data, token
+/// labels), so a stored key moved to another CA's record or another cluster is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyContext<'a> {
+    /// Cluster name the key belongs to.
+    pub cluster: &'a str,
+    /// What the key signs: a [`CaPurpose`] name, or another fixed name (`"audit"`).
+    pub purpose: &'a str,
+}
+
+impl<'a> KeyContext<'a> {
+    /// Context of the `purpose` CA of `cluster`.
+    pub fn ca(cluster: &'a str, purpose: CaPurpose) -> Self {
+        Self {
+            cluster,
+            purpose: purpose.as_str(),
+        }
+    }
+}
+
 /// Creates and loads CA keys.
 pub trait KeyManager: Send + Sync {
     /// Name recorded in [`StoredKey::manager`].
     fn name(&self) -> &'static str;
-    /// Generate a new key and return its persistable record.
-    fn generate(&self, alg: KeyAlgorithm) -> Result<StoredKey>;
-    /// Load a key previously returned by [`KeyManager::generate`].
-    fn load(&self, key: &StoredKey) -> Result<Arc<dyn CaSigningKey>>;
+    /// Generate a new key for `ctx` and return its persistable record.
+    fn generate(&self, ctx: &KeyContext<'_>, alg: KeyAlgorithm) -> Result<StoredKey>;
+    /// Load a key previously returned by [`KeyManager::generate`] for the same `ctx`.
+    fn load(&self, ctx: &KeyContext<'_>, key: &StoredKey) -> Result<Arc<dyn CaSigningKey>>;
 }

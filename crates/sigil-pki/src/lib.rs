@@ -1,6 +1,8 @@
 //! sigil-pki: CA keys and issuance for Sigil.
 //!
-//! - [`KeyManager`] / [`CaSigningKey`]: where CA private keys live ([`SoftwareKeyManager`] now).
+//! - [`KeyManager`] / [`CaSigningKey`]: where CA private keys live: [`SoftwareKeyManager`]
+//!   (in the database), [`EncryptedKeyManager`] (sealed under a KEK), `Pkcs11KeyManager`
+//!   (on an HSM token; cargo feature `pkcs11`).
 //! - [`X509Ca`]: X.509 CAs (host, client, db-client, spiffe, jwt) and leaf issuance.
 //! - SPIFFE: X.509-SVIDs ([`X509Ca::issue_x509_svid`]), JWT-SVIDs
 //!   ([`X509Ca::sign_jwt_svid`], [`verify_jwt_svid`]), JWKS and trust bundles
@@ -14,6 +16,7 @@ mod agent_keys;
 mod audit_key;
 mod crl;
 mod der;
+mod encrypted_keys;
 mod error;
 mod identity;
 mod jwk;
@@ -22,6 +25,8 @@ mod jwt_verify;
 mod key_manager;
 mod keys;
 mod krl;
+#[cfg(feature = "pkcs11")]
+mod pkcs11_keys;
 mod software_keys;
 mod spiffe_bundle;
 mod ssh_ca;
@@ -32,6 +37,7 @@ pub use agent_keys::{SshKeyPair, TlsKeyPair};
 pub use audit_key::{audit_public_key, sign_audit_checkpoint, verify_audit_signature};
 pub use crl::RevokedSerial;
 pub use der::rsa_spki_der;
+pub use encrypted_keys::{EncryptedKeyManager, Kek};
 pub use error::{PkiError, Result};
 pub use identity::{
     CertInfo, ClientIdentity, IDENTITY_EXTENSION_OID, cert_info, pem_to_ders, read_client_identity,
@@ -40,9 +46,11 @@ pub use identity::{
 pub use jwk::{jwk_for_spki, jwk_key_id, jwks_document};
 pub use jwt_svid::{JwtSvidClaims, SignedJwtSvid};
 pub use jwt_verify::{VerifiedJwtSvid, verify_jwt_svid};
-pub use key_manager::{CaSigningKey, KeyManager};
+pub use key_manager::{CaSigningKey, KeyContext, KeyManager};
 pub use keys::{CaPurpose, KeyAlgorithm, StoredCa, StoredKey, sha256_hex};
 pub use krl::{Krl, KrlCertSection};
+#[cfg(feature = "pkcs11")]
+pub use pkcs11_keys::Pkcs11KeyManager;
 pub use software_keys::SoftwareKeyManager;
 pub use spiffe_bundle::spiffe_bundle_document;
 pub use ssh_ca::{ACCEPTED_SSH_KEYS, IssuedSshCert, SshCa, SshUserPermissions, check_ssh_key};

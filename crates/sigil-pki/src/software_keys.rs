@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use zeroize::Zeroizing;
 
-use crate::key_manager::{CaSigningKey, KeyManager};
+use crate::key_manager::{CaSigningKey, KeyContext, KeyManager};
 use crate::keys::{KeyAlgorithm, StoredKey};
 use crate::{PkiError, Result};
 
@@ -26,56 +26,70 @@ impl KeyManager for SoftwareKeyManager {
         NAME
     }
 
-    fn generate(&self, alg: KeyAlgorithm) -> Result<StoredKey> {
-        let gen_err = || PkiError::KeyGeneration {
-            algorithm: alg.as_str(),
-        };
-        let pkcs8 = match alg {
-            KeyAlgorithm::EcdsaP256 => {
-                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
-                    .map_err(|_| gen_err())?
-            }
-            KeyAlgorithm::Ed25519 => {
-                Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| gen_err())?
-            }
-        };
+    fn generate(&self, _ctx: &KeyContext<'_>, alg: KeyAlgorithm) -> Result<StoredKey> {
+        let pkcs8 = generate_pkcs8(alg)?;
         Ok(StoredKey {
             manager: NAME.to_string(),
             algorithm: alg,
-            material: B64.encode(pkcs8.as_ref()),
+            material: B64.encode(pkcs8.as_slice()),
         })
     }
 
-    fn load(&self, key: &StoredKey) -> Result<Arc<dyn CaSigningKey>> {
+    fn load(&self, _ctx: &KeyContext<'_>, key: &StoredKey) -> Result<Arc<dyn CaSigningKey>> {
         if key.manager != NAME {
             return Err(PkiError::WrongKeyManager {
                 stored: key.manager.clone(),
                 manager: NAME,
             });
         }
-        let algorithm = key.algorithm.as_str();
         let der = Zeroizing::new(B64.decode(key.material.trim()).map_err(|_| {
             PkiError::InvalidStoredKey {
-                algorithm,
+                algorithm: key.algorithm.as_str(),
                 reason: "material is not valid base64",
             }
         })?);
-        let rejected = |_| PkiError::InvalidStoredKey {
-            algorithm,
-            reason: "PKCS#8 DER rejected by aws-lc-rs (wrong algorithm or corrupt)",
-        };
-        Ok(match key.algorithm {
-            KeyAlgorithm::EcdsaP256 => {
-                let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der)
-                    .map_err(rejected)?;
-                Arc::new(SoftwareEcdsaKey::new(kp)?)
-            }
-            KeyAlgorithm::Ed25519 => {
-                let kp = Ed25519KeyPair::from_pkcs8(&der).map_err(rejected)?;
-                Arc::new(SoftwareEd25519Key::new(kp)?)
-            }
-        })
+        signing_key_from_pkcs8(key.algorithm, &der)
     }
+}
+
+/// A new private key of `alg` as PKCS#8 DER, wiped from memory when dropped.
+pub(crate) fn generate_pkcs8(alg: KeyAlgorithm) -> Result<Zeroizing<Vec<u8>>> {
+    let gen_err = || PkiError::KeyGeneration {
+        algorithm: alg.as_str(),
+    };
+    let doc = match alg {
+        KeyAlgorithm::EcdsaP256 => {
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+                .map_err(|_| gen_err())?
+        }
+        KeyAlgorithm::Ed25519 => {
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| gen_err())?
+        }
+    };
+    Ok(Zeroizing::new(doc.as_ref().to_vec()))
+}
+
+/// An in-process signing key from PKCS#8 DER (shared with the encrypted manager, whose
+/// keys are the same software keys once unsealed).
+pub(crate) fn signing_key_from_pkcs8(
+    alg: KeyAlgorithm,
+    der: &[u8],
+) -> Result<Arc<dyn CaSigningKey>> {
+    let rejected = |_| PkiError::InvalidStoredKey {
+        algorithm: alg.as_str(),
+        reason: "PKCS#8 DER rejected by aws-lc-rs (wrong algorithm or corrupt)",
+    };
+    Ok(match alg {
+        KeyAlgorithm::EcdsaP256 => {
+            let kp =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der).map_err(rejected)?;
+            Arc::new(SoftwareEcdsaKey::new(kp)?)
+        }
+        KeyAlgorithm::Ed25519 => {
+            let kp = Ed25519KeyPair::from_pkcs8(der).map_err(rejected)?;
+            Arc::new(SoftwareEd25519Key::new(kp)?)
+        }
+    })
 }
 
 /// Public-key encodings computed once at load, because issuance asks for them repeatedly.
@@ -179,6 +193,11 @@ mod tests {
     use super::*;
     use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ED25519, UnparsedPublicKey};
 
+    const CTX: KeyContext<'static> = KeyContext {
+        cluster: "prod",
+        purpose: "client",
+    };
+
     #[test]
     fn generate_load_sign_verify_both_algorithms() {
         let km = SoftwareKeyManager;
@@ -189,9 +208,9 @@ mod tests {
             ),
             (KeyAlgorithm::Ed25519, &ED25519),
         ] {
-            let stored = km.generate(alg).unwrap();
+            let stored = km.generate(&CTX, alg).unwrap();
             assert_eq!(stored.manager, "software");
-            let key = km.load(&stored).unwrap();
+            let key = km.load(&CTX, &stored).unwrap();
             assert_eq!(key.algorithm(), alg);
             let sig = key.sign(b"hello").unwrap();
             let pk = UnparsedPublicKey::new(verify_alg, key.public_key_raw());
@@ -199,7 +218,7 @@ mod tests {
             assert!(pk.verify(b"hellO", &sig).is_err());
         }
         let ed = km
-            .load(&km.generate(KeyAlgorithm::Ed25519).unwrap())
+            .load(&CTX, &km.generate(&CTX, KeyAlgorithm::Ed25519).unwrap())
             .unwrap();
         assert_eq!(ed.public_key_raw().len(), 32);
         assert_eq!(ed.sign(b"x").unwrap().len(), 64);
@@ -208,14 +227,14 @@ mod tests {
     #[test]
     fn load_rejects_foreign_manager_and_wrong_algorithm() {
         let km = SoftwareKeyManager;
-        let mut stored = km.generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut stored = km.generate(&CTX, KeyAlgorithm::EcdsaP256).unwrap();
         stored.algorithm = KeyAlgorithm::Ed25519;
-        let err = km.load(&stored).err().unwrap().to_string();
+        let err = km.load(&CTX, &stored).err().unwrap().to_string();
         assert!(err.contains("PKCS#8"), "{err}");
         assert!(!err.contains(&stored.material));
         stored.manager = "pkcs11".into();
         assert!(matches!(
-            km.load(&stored),
+            km.load(&CTX, &stored),
             Err(PkiError::WrongKeyManager { .. })
         ));
         let bad = StoredKey {
@@ -223,6 +242,6 @@ mod tests {
             algorithm: KeyAlgorithm::EcdsaP256,
             material: "!!!".into(),
         };
-        assert!(km.load(&bad).is_err());
+        assert!(km.load(&CTX, &bad).is_err());
     }
 }

@@ -10,7 +10,7 @@ use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::{Algorithm, PublicKey, Signature};
 use time::OffsetDateTime;
 
-use crate::key_manager::{CaSigningKey, KeyManager};
+use crate::key_manager::{CaSigningKey, KeyContext, KeyManager};
 use crate::keys::{CaPurpose, KeyAlgorithm, StoredCa, random_bytes};
 use crate::{PkiError, Result};
 
@@ -185,8 +185,9 @@ impl SshCa {
                 reason: "must be non-empty printable ASCII without spaces",
             });
         }
-        let stored_key = km.generate(KeyAlgorithm::Ed25519)?;
-        let key = km.load(&stored_key)?;
+        let ctx = KeyContext::ca(cluster, purpose);
+        let stored_key = km.generate(&ctx, KeyAlgorithm::Ed25519)?;
+        let key = km.load(&ctx, &stored_key)?;
         let ca = Self::from_key(purpose, cluster, key)?;
         let stored = StoredCa {
             purpose,
@@ -202,7 +203,10 @@ impl SshCa {
     /// Load a CA persisted by [`SshCa::generate`]; checks the stored public key matches.
     pub fn load(km: &dyn KeyManager, stored: &StoredCa) -> Result<SshCa> {
         check_purpose(stored.purpose)?;
-        let key = km.load(&stored.key)?;
+        let key = km.load(
+            &KeyContext::ca(&stored.cluster, stored.purpose),
+            &stored.key,
+        )?;
         let ca = Self::from_key(stored.purpose, &stored.cluster, key)?;
         if let Some(line) = &stored.ssh_public_key {
             let stored_pub =

@@ -10,7 +10,7 @@ use x509_parser::extensions::ParsedExtension;
 
 use crate::der::{self, TAG_BIT_STRING, TAG_OCTET_STRING, TAG_OID, TAG_SEQUENCE, TAG_SET};
 use crate::identity::{ClientIdentity, IDENTITY_OID_DER};
-use crate::key_manager::{CaSigningKey, KeyManager};
+use crate::key_manager::{CaSigningKey, KeyContext, KeyManager};
 use crate::keys::{CaPurpose, KeyAlgorithm, StoredCa, random_bytes, sha256_hex};
 use crate::{PkiError, Result};
 
@@ -111,8 +111,9 @@ impl X509Ca {
             });
         }
         check_uri_safe("cluster", cluster)?;
-        let stored_key = km.generate(KeyAlgorithm::EcdsaP256)?;
-        let key = km.load(&stored_key)?;
+        let ctx = KeyContext::ca(cluster, purpose);
+        let stored_key = km.generate(&ctx, KeyAlgorithm::EcdsaP256)?;
+        let key = km.load(&ctx, &stored_key)?;
         let spki = key.public_key_spki_der();
         let serial = random_bytes::<16>()?;
         let serial_hex = hex::encode(der::strip_leading_zeros(&serial));
@@ -186,7 +187,10 @@ impl X509Ca {
             .into_iter()
             .next()
             .ok_or_else(|| PkiError::InvalidPem("no CERTIFICATE block".into()))?;
-        let key = km.load(&stored.key)?;
+        let key = km.load(
+            &KeyContext::ca(&stored.cluster, stored.purpose),
+            &stored.key,
+        )?;
         Self::from_parts(stored.purpose, &stored.cluster, der, key)
     }
 

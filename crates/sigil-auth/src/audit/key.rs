@@ -17,7 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use sigil_pki::{CaSigningKey, KeyAlgorithm, KeyManager, StoredKey, audit_public_key};
+use sigil_pki::{CaSigningKey, KeyAlgorithm, KeyContext, KeyManager, StoredKey, audit_public_key};
+
+/// The audit key's context: it is one per data dir (not per cluster record), and the
+/// software manager that holds it binds nothing to the context.
+const AUDIT_KEY_CONTEXT: KeyContext<'static> = KeyContext {
+    cluster: "",
+    purpose: "audit",
+};
 
 /// Default key file name (in the data dir).
 pub const DEFAULT_KEY_FILE: &str = "audit-key.json";
@@ -60,7 +67,7 @@ pub fn load_or_create(
                 path.display()
             )
         })?;
-        km.load(&stored)
+        km.load(&AUDIT_KEY_CONTEXT, &stored)
             .with_context(|| format!("loading --audit-key {}", path.display()))?
     } else {
         if let Some(p) = &pinned {
@@ -76,12 +83,12 @@ pub fn load_or_create(
             );
         }
         let stored = km
-            .generate(KeyAlgorithm::Ed25519)
+            .generate(&AUDIT_KEY_CONTEXT, KeyAlgorithm::Ed25519)
             .context("generating the audit key")?;
         write_new(path, serde_json::to_string(&stored)?.as_bytes())
             .with_context(|| format!("creating the audit key {}", path.display()))?;
         tracing::info!(path = %path.display(), "created the audit checkpoint key");
-        km.load(&stored)?
+        km.load(&AUDIT_KEY_CONTEXT, &stored)?
     };
     let public_key = audit_public_key(signer.as_ref());
     match pinned {
