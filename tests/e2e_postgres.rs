@@ -277,6 +277,31 @@ fn a_server_with_another_audit_key_is_refused() {
         "{}",
         text(&out)
     );
+    // A key lost for good is replaced only on purpose, and that is audited; the old
+    // key's checkpoints leave the store with it, so the new key signs again.
+    let c = Auth::start_with(&[
+        "--store",
+        &url,
+        "--audit-key",
+        key2.to_str().expect("utf8"),
+        "--new-audit-key",
+    ]);
+    let replaced = c.audit("audit.key_replaced");
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    let st: serde_json::Value =
+        serde_json::from_str(&c.ok(&["status", "--format", "json"])).expect("json");
+    assert_eq!(
+        replaced[0]["fields"]["key"], st["audit_public_key"],
+        "the new key is recorded"
+    );
+    assert!(replaced[0]["fields"]["previous_newest_checkpoint"].is_object());
+    wait_until("the start-up verification", Duration::from_secs(10), || {
+        let st: serde_json::Value =
+            serde_json::from_str(&c.ok(&["status", "--format", "json"])).expect("json");
+        st["audit_integrity"] == "intact"
+    });
+    let v = c.ok(&["audit", "verify"]);
+    assert!(v.contains("intact"), "{v}");
 }
 
 #[test]
@@ -342,6 +367,16 @@ fn migrate_from_sqlite_keeps_identities_and_the_audit_chain() {
     assert!(!again.status.success());
     assert!(text(&again).contains("not empty"), "{}", text(&again));
 
+    // Its SQLite copy is not started by mistake.
+    let stale = Command::new(sigil_bin())
+        .args(["auth", "start", "--data-dir"])
+        .arg(&lite.data)
+        .args(["--listen", "127.0.0.1:0", "--public-listen", "127.0.0.1:0"])
+        .env_remove("SIGIL_STORE")
+        .output()
+        .expect("run");
+    assert!(!stale.status.success());
+    assert!(text(&stale).contains("was migrated to"), "{}", text(&stale));
     // The same data dir (audit key, head file) on the PostgreSQL store.
     lite.extra_args = vec!["--store".into(), url.clone()];
     lite.spawn();

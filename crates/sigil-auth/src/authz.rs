@@ -59,6 +59,7 @@ pub fn caller<T>(state: &AuthState, req: &Request<T>) -> Result<Caller, Status> 
             "the client certificate has expired: rejoin with a new token",
         ));
     }
+    state.view_current()?;
     if let Some(lock) = state.cache.lock_for(&lock_targets(ident)) {
         return Err(locked(&lock));
     }

@@ -123,6 +123,7 @@ pub fn check_locks(
     id: &ClientIdentity,
     extra: &[LockTarget],
 ) -> Result<(), Status> {
+    state.view_current()?;
     let mut targets = authz::lock_targets(id);
     targets.extend_from_slice(extra);
     match state.cache.lock_for(&targets) {

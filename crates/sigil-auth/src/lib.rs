@@ -39,8 +39,8 @@ use sigil_store::{PostgresStore, SqliteStore, Store, Txn};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-pub use migrate::migrate;
 pub use key_source::{CaKeySource, HsmConfig, Secret, SecretSource};
+pub use migrate::migrate;
 pub use tls::provider;
 
 /// How to run the auth service.
@@ -111,7 +111,15 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     let pinned = audit::key_pin::store_pin(store.as_ref()).await?;
     audit::key_pin::require_copy_if_pinned(&audit_key_path, pinned.as_deref(), cfg.new_audit_key)?;
     let audit_key = audit::key::load_or_create(&audit_key_path, &cfg.data_dir, &km)?;
-    audit::key_pin::pin_in_store(store.as_ref(), &audit_key, pinned, cfg.new_audit_key).await?;
+    let head_file = cfg.data_dir.join(audit::checkpoint::HEAD_FILE);
+    audit::key_pin::pin_in_store(
+        store.as_ref(),
+        &audit_key,
+        pinned,
+        cfg.new_audit_key,
+        Some(&head_file),
+    )
+    .await?;
     let checkpoints = Arc::new(
         audit::checkpoint::Checkpoints::open(store.clone(), audit_key, &cluster, &cfg.data_dir)
             .await?,
@@ -272,6 +280,15 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
 async fn open_store(cfg: &AuthConfig) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &cfg.store_url {
         None => {
+            let marker = cfg.data_dir.join(migrate::MIGRATED_MARKER);
+            if let Ok(text) = std::fs::read_to_string(&marker) {
+                anyhow::bail!(
+                    "this data dir's cluster was {}: start with --store (or SIGIL_STORE); \
+                     remove {} only to run the old SQLite copy on purpose",
+                    text.trim().trim_end_matches("; start with --store"),
+                    marker.display()
+                );
+            }
             let db = cfg.data_dir.join(DB_FILE);
             Arc::new(
                 SqliteStore::open(&db)

@@ -12,6 +12,9 @@ use sigil_store::{AuditQuery, AuditVerification, Op, PostgresStore, SqliteStore,
 
 use crate::{LOCK_FILE, audit};
 
+/// Written into the source data dir after a migration; a SQLite start there refuses.
+pub const MIGRATED_MARKER: &str = "MIGRATED";
+
 /// Items per target transaction.
 const ITEMS_PER_TXN: usize = 500;
 /// Audit records read and appended per round.
@@ -113,6 +116,14 @@ pub async fn migrate(from: &Path, to: &str) -> anyhow::Result<String> {
         .await?;
     source.close().await;
     target.close().await;
+    // Starting this data dir on SQLite again would run a second, diverging copy of
+    // the cluster (tokens spent since would work again, new locks would be missing).
+    let marker = dir.join(MIGRATED_MARKER);
+    std::fs::write(
+        &marker,
+        format!("migrated to {where_to} by `sigil auth migrate`; start with --store\n"),
+    )
+    .with_context(|| format!("writing {}", marker.display()))?;
     Ok(format!(
         "migrated {} items and {count} audit events (head {count}:{head}) from {} to {where_to}; \
          start each auth server with --store (or SIGIL_STORE) and its own --data-dir holding \

@@ -39,3 +39,16 @@ pub struct AuthState {
 }
 
 pub type SharedState = Arc<AuthState>;
+
+impl AuthState {
+    /// `Unavailable` while this server may hold a stale view of locks (a shared
+    /// store's change feed has not been read for a few seconds): every lock check
+    /// fails closed, and agents move to another server.
+    pub fn view_current(&self) -> Result<(), tonic::Status> {
+        self.store.health().map_err(|why| {
+            tonic::Status::unavailable(format!(
+                "this auth server cannot vouch for its view of locks ({why}); retry, or use another auth server"
+            ))
+        })
+    }
+}

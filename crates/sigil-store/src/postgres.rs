@@ -60,7 +60,15 @@ impl PostgresStore {
             .map_err(|e| {
                 StoreError::Backend(format!("the PostgreSQL URL {target} is not usable: {e}"))
             })?
-            .application_name("sigil-auth");
+            .application_name("sigil-auth")
+            // A server that stops mid-transaction (paused VM, partition) would hold the
+            // revision lock every server's commits queue on: the database ends such a
+            // session, and no statement or lock wait runs unbounded.
+            .options([
+                ("idle_in_transaction_session_timeout", "10s"),
+                ("lock_timeout", "15s"),
+                ("statement_timeout", "30s"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -112,21 +120,33 @@ impl Drop for PostgresStore {
     }
 }
 
-/// `url` with any password replaced by `***`, for messages and logs.
+/// `url` with any password replaced by `***`, for messages and logs. Everything between
+/// `://` and the last `@` of the authority is user info, even if the password holds an
+/// unencoded `/`, `?` or `@`.
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparsable URL>".into();
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
+    let (authority, tail) = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let after = &rest[at + 1..];
+            let (host, tail) = match after.find(['/', '?']) {
+                Some(i) => after.split_at(i),
+                None => (after, ""),
+            };
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***@{host}")
+            } else {
+                format!("{user}@{host}")
+            };
+            (shown, tail)
+        }
+        None => match rest.find(['/', '?']) {
+            Some(i) => (rest[..i].to_string(), &rest[i..]),
+            None => (rest.to_string(), ""),
         },
-        None => authority.to_string(),
     };
     // Query parameters may carry `password=`: keep only their names.
     let tail = match tail.split_once('?') {
@@ -151,13 +171,10 @@ pub fn has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
         return false;
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (in_userinfo, tail) = match rest.rfind('@') {
+        Some(at) => (rest[..at].contains(':'), &rest[at + 1..]),
+        None => (false, rest),
     };
-    let in_userinfo = authority
-        .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
     let in_query = tail.split_once('?').is_some_and(|(_, q)| {
         q.split('&').any(|p| {
             p.split_once('=')
@@ -370,6 +387,16 @@ mod tests {
         assert_eq!(redacted("postgres://db/x"), "postgres://db/x");
         assert_eq!(redacted("no scheme"), "<unparsable URL>");
         assert!(!redacted("postgres://u:p%40ss@h/d").contains("p%40ss"));
+        // Unencoded `/`, `?` and `@` in a password are still the password.
+        for url in [
+            "postgres://u:pa/ss@h/d",
+            "postgres://u:pa?ss@h/d",
+            "postgres://u:p@ss@h/d",
+        ] {
+            let shown = redacted(url);
+            assert_eq!(shown, "postgres://u:***@h/d", "{url}");
+            assert!(has_password(url), "{url}");
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub const SIGN_EVENTS: i64 = 1000;
 /// newest would suffice; a few older ones locate an edit more precisely.
 pub const KEEP: usize = 64;
 /// Store key prefix of checkpoints (slot = seq mod [`KEEP`]).
-const PREFIX: &str = "/audit_checkpoints/";
+pub const PREFIX: &str = "/audit_checkpoints/";
 /// The newest signed checkpoint, outside the database.
 pub const HEAD_FILE: &str = "audit-head.json";
 
@@ -89,20 +89,26 @@ impl Checkpoints {
         cluster: &str,
         data_dir: &Path,
     ) -> anyhow::Result<Checkpoints> {
-        let latest = stored(store.as_ref())
-            .await?
-            .into_iter()
-            .next_back()
-            .map(|(_, c)| c);
-        Ok(Checkpoints {
+        let all = stored(store.as_ref()).await?;
+        let cps = Checkpoints {
             store,
             key,
             cluster: cluster.to_string(),
             head_file: data_dir.join(HEAD_FILE),
-            latest: RwLock::new(latest),
+            latest: RwLock::new(None),
             integrity: RwLock::new(Integrity::Checking),
             signing: tokio::sync::Mutex::new(()),
-        })
+        };
+        // Served only if it verifies with this server's key (verification at start
+        // reports any that do not).
+        for (_, c) in &all {
+            if let Ok(cp) = cps.open_signed(c)
+                && cp.cluster == cps.cluster
+            {
+                cps.adopt_if_newer(c);
+            }
+        }
+        Ok(cps)
     }
 
     pub fn public_key(&self) -> &str {
@@ -349,10 +355,20 @@ impl Checkpoints {
         }
     }
 
-    /// A checkpoint another server stored: served once it verifies with our key.
-    fn adopt_stored(&self, signed: &SignedCheckpoint) {
+    /// A checkpoint another server stored: served once it verifies with our key and
+    /// the log holds its hash at its seq (a genuine checkpoint of another copy of the
+    /// log, say a restored staging database with the same key, is not served).
+    async fn adopt_stored(&self, signed: &SignedCheckpoint) {
         match self.open_signed(signed) {
-            Ok(cp) if cp.cluster == self.cluster => self.adopt_if_newer(signed),
+            Ok(cp) if cp.cluster == self.cluster => match self.hash_at(cp.seq).await {
+                Ok(Some(h)) if h == cp.head => self.adopt_if_newer(signed),
+                Ok(_) => tracing::warn!(
+                    seq = cp.seq,
+                    "ignoring a stored audit checkpoint that this log does not match"
+                ),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"),
+                        "checking a stored audit checkpoint failed"),
+            },
             Ok(_) => tracing::warn!("ignoring a stored audit checkpoint of another cluster"),
             Err(e) => tracing::warn!(error = %e, "ignoring a stored audit checkpoint"),
         }
@@ -375,13 +391,13 @@ impl Checkpoints {
                 match ev {
                     Ok(WatchEvent::Put(item)) if item.key.starts_with(PREFIX) => {
                         if let Ok(c) = serde_json::from_slice(&item.value) {
-                            self.adopt_stored(&c);
+                            self.adopt_stored(&c).await;
                         }
                     }
                     Ok(WatchEvent::Reset) | Err(RecvError::Lagged(_)) => {
                         if let Ok(all) = stored(self.store.as_ref()).await {
                             for (_, c) in all {
-                                self.adopt_stored(&c);
+                                self.adopt_stored(&c).await;
                             }
                         }
                     }

@@ -51,24 +51,62 @@ pub async fn pin_in_store(
     key: &AuditKey,
     pinned: Option<String>,
     replace: bool,
+    head_file: Option<&Path>,
 ) -> anyhow::Result<()> {
     if replace && pinned.as_deref() != Some(key.public_key.as_str()) {
+        // The old key's checkpoints can never verify again: they leave the store (the
+        // newest is kept in the event, inside the hash chain), or verification would
+        // fail at every start and no checkpoint would be signed again.
+        let old = store
+            .list(super::checkpoint::PREFIX)
+            .await
+            .context("reading the stored audit checkpoints")?;
+        let newest_old = old
+            .iter()
+            .filter_map(|i| serde_json::from_slice::<sigil_types::SignedCheckpoint>(&i.value).ok())
+            .filter_map(|c| {
+                sigil_types::Checkpoint::parse(&c.body)
+                    .ok()
+                    .map(|cp| (cp.seq, c))
+            })
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, c)| c);
+        let mut ops: Vec<sigil_store::Op> = old
+            .iter()
+            .map(|i| sigil_store::Op::Delete {
+                key: i.key.clone(),
+                expected_revision: Some(i.revision),
+            })
+            .collect();
+        ops.push(sigil_store::Op::Put {
+            key: STORE_PIN.into(),
+            value: key.public_key.clone().into_bytes(),
+            expires: None,
+        });
         store
             .commit(sigil_store::Txn {
-                ops: vec![sigil_store::Op::Put {
-                    key: STORE_PIN.into(),
-                    value: key.public_key.clone().into_bytes(),
-                    expires: None,
-                }],
+                ops,
                 audit: vec![super::event(
                     super::AUDIT_KEY_REPLACED,
-                    serde_json::json!({"previous": pinned, "key": key.public_key}),
+                    serde_json::json!({
+                        "previous": pinned,
+                        "key": key.public_key,
+                        "previous_newest_checkpoint": newest_old,
+                        "checkpoints_removed": old.len(),
+                    }),
                 )],
             })
             .await
             .context("recording the new audit key")?;
+        if let Some(head) = head_file {
+            match std::fs::remove_file(head) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", head.display())),
+            }
+        }
         tracing::warn!(previous = ?pinned, key = %key.public_key,
-            "the cluster's audit key was replaced (--new-audit-key): checkpoints signed by the old key no longer verify");
+            "the cluster's audit key was replaced (--new-audit-key): the old key's checkpoints were removed; stop every other auth server before this, and clear agents' audit-witness.json");
         return Ok(());
     }
     let recorded = match pinned {

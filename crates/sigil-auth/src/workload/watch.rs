@@ -16,6 +16,8 @@ use crate::state::SharedState;
 
 /// Recompute at least this often (a lock with a TTL ends on its own).
 const RECHECK_EVERY: Duration = Duration::from_secs(15);
+/// How often to check that this server's view of locks is current.
+const VIEW_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Stream states to `tx` until the agent goes away or is locked.
 pub async fn run(
@@ -26,7 +28,14 @@ pub async fn run(
     let mut policy = state.cache.subscribe();
     let mut trust = state.trust.subscribe();
     let mut last: Option<WorkloadState> = None;
+    let mut view_check = tokio::time::interval(VIEW_CHECK_EVERY);
     loop {
+        if let Err(stale) = state.view_current() {
+            // End the stream: the agent reconnects, to another server if this one
+            // stays stale, rather than trust a view that may miss a lock.
+            let _ = tx.send(Err(stale)).await;
+            return;
+        }
         let current = compute(&state, &id, policy.borrow_and_update().policy);
         trust.borrow_and_update();
         if last.as_ref() != Some(&current) {
@@ -43,6 +52,7 @@ pub async fn run(
             r = policy.changed() => if r.is_err() { return },
             r = trust.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(RECHECK_EVERY) => {}
+            _ = view_check.tick() => {}
             _ = tx.closed() => return,
         }
     }

@@ -46,3 +46,5 @@ CREATE TABLE changes (
     deleted    BOOLEAN NOT NULL,
     at         TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- Pruning finds old rows without scanning the feed.
+CREATE INDEX changes_at ON changes (at);

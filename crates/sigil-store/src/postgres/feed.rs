@@ -44,6 +44,10 @@ pub(super) struct Feed {
 struct State {
     /// Last revision delivered to watchers.
     delivered: i64,
+    /// The key and time of the change row at `delivered`, to notice a database that
+    /// came back with another history (a failover to a replica that had not received
+    /// our last changes, then new writes at the same revisions).
+    fingerprint: Option<(String, String)>,
     listening: bool,
     last_read: Option<Instant>,
     problem: Option<String>,
@@ -54,6 +58,7 @@ impl Feed {
         Feed {
             state: Mutex::new(State {
                 delivered: head,
+                fingerprint: None,
                 listening: false,
                 last_read: None,
                 problem: None,
@@ -71,14 +76,15 @@ impl Feed {
         self.wake.notify_one();
     }
 
-    /// `Ok` while the listener is connected and the feed was read recently.
+    /// `Ok` while the feed was read successfully within the last few seconds. Without
+    /// its listener the feed is still polled every second, so only a failing read makes
+    /// this server's view stale.
     pub(super) fn health(&self) -> std::result::Result<(), String> {
         let s = self.lock();
-        if let Some(p) = &s.problem {
+        if let Some(p) = &s.problem
+            && s.last_read.is_none_or(|t| t.elapsed() > STALE_AFTER)
+        {
             return Err(format!("change feed: {p}"));
-        }
-        if !s.listening {
-            return Err("change feed: not listening for notifications".into());
         }
         match s.last_read {
             Some(t) if t.elapsed() <= STALE_AFTER => Ok(()),
@@ -125,13 +131,17 @@ pub(super) async fn follow(
                     s.listening = false;
                     s.problem = Some(e.to_string());
                 }
-                tracing::warn!(error = %e, "change feed: cannot listen; retrying");
+                tracing::warn!(error = %e, "change feed: cannot listen; polling meanwhile");
+                // Keep the view current by polling until the listener is back.
+                read(&pool, &feed, &tx).await;
                 tokio::time::sleep(RECONNECT[attempt.min(RECONNECT.len() - 1)]).await;
                 attempt += 1;
                 continue;
             }
         };
         feed.lock().listening = true;
+        // The database may have failed over to a replica with another history.
+        check_history(&pool, &feed, &tx).await;
         // Anything committed while we were not listening is read now.
         read(&pool, &feed, &tx).await;
         let mut poll = tokio::time::interval(POLL_EVERY);
@@ -155,6 +165,55 @@ pub(super) async fn follow(
             read(&pool, &feed, &tx).await;
         }
     }
+}
+
+/// After a reconnect: if the head went below what we delivered, or the row we last
+/// delivered is not the one we saw, the database has another history than the one our
+/// watchers followed: they re-read everything.
+async fn check_history(pool: &PgPool, feed: &Feed, tx: &broadcast::Sender<WatchEvent>) {
+    let (delivered, fingerprint) = {
+        let s = feed.lock();
+        (s.delivered, s.fingerprint.clone())
+    };
+    let Ok(head) = head(pool).await else { return };
+    let same = match &fingerprint {
+        _ if head < delivered => false,
+        None => true,
+        Some(fp) => match row_fingerprint(pool, delivered).await {
+            Ok(Some(now)) => &now == fp,
+            // Pruned: nothing to compare; the gap check in `read_all` still applies.
+            Ok(None) => true,
+            Err(_) => return,
+        },
+    };
+    if !same {
+        tracing::warn!(
+            delivered,
+            head,
+            "change feed: the database's history differs from what this server followed (a failover?); receivers re-read"
+        );
+        let _ = tx.send(WatchEvent::Reset);
+        let mut s = feed.lock();
+        s.delivered = head;
+        s.fingerprint = None;
+    }
+}
+
+async fn row_fingerprint(pool: &PgPool, revision: i64) -> Result<Option<(String, String)>> {
+    let row = sqlx::query("SELECT key, at::TEXT FROM changes WHERE revision = $1")
+        .bind(revision)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| backend("reading the change feed", e))?;
+    row.map(|r| {
+        Ok((
+            r.try_get(0)
+                .map_err(|e| backend("reading the change feed", e))?,
+            r.try_get(1)
+                .map_err(|e| backend("reading the change feed", e))?,
+        ))
+    })
+    .transpose()
 }
 
 async fn listen(pool: &PgPool) -> Result<PgListener> {
@@ -191,11 +250,24 @@ async fn read_all(pool: &PgPool, feed: &Feed, tx: &broadcast::Sender<WatchEvent>
         let delivered = feed.lock().delivered;
         // Rows up to the committed head are all committed (they commit with it).
         let head = head(pool).await?;
-        if head <= delivered {
+        if head < delivered {
+            // Lower than what we delivered: another history (see `check_history`).
+            tracing::warn!(
+                delivered,
+                head,
+                "change feed: the head went backwards; receivers re-read"
+            );
+            let _ = tx.send(WatchEvent::Reset);
+            let mut s = feed.lock();
+            s.delivered = head;
+            s.fingerprint = None;
+            return Ok(());
+        }
+        if head == delivered {
             return Ok(());
         }
         let rows = sqlx::query(
-            "SELECT revision, key, value, expires_ns, deleted FROM changes \
+            "SELECT revision, key, value, expires_ns, deleted, at::TEXT FROM changes \
              WHERE revision > $1 AND revision <= $2 ORDER BY revision LIMIT $3",
         )
         .bind(delivered)
@@ -217,20 +289,31 @@ async fn read_all(pool: &PgPool, feed: &Feed, tx: &broadcast::Sender<WatchEvent>
                 "change feed: changes were pruned before this server read them; receivers re-read"
             );
             let _ = tx.send(WatchEvent::Reset);
-            feed.lock().delivered = head;
+            let mut s = feed.lock();
+            s.delivered = head;
+            s.fingerprint = None;
             return Ok(());
         }
         let mut last = delivered;
         for row in &rows {
             let (revision, event) = event_from_row(row)?;
             if revision != last + 1 {
-                return Err(StoreError::Backend(format!(
-                    "change feed revision {revision} follows {last}"
-                )));
+                // A hole (rows pruned out of order): the next read resets from here.
+                break;
             }
             last = revision;
+            let key = match &event {
+                WatchEvent::Put(i) => i.key.clone(),
+                WatchEvent::Delete { key } => key.clone(),
+                WatchEvent::Reset => String::new(),
+            };
+            let at: String = row
+                .try_get(5)
+                .map_err(|e| backend("reading the change feed", e))?;
             let _ = tx.send(event);
-            feed.lock().delivered = last;
+            let mut s = feed.lock();
+            s.delivered = last;
+            s.fingerprint = Some((key, at));
         }
         if last >= head {
             return Ok(());

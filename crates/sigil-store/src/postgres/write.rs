@@ -300,14 +300,16 @@ pub(super) async fn purge(pool: &PgPool) -> Result<usize> {
     if !purged.is_empty() {
         finish(&mut tx, rev + purged.len() as i64).await?;
     }
-    sqlx::query("DELETE FROM changes WHERE at < now() - make_interval(secs => $1)")
-        .bind(FEED_RETENTION_SECS as f64)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| backend("pruning the change feed", e))?;
     tx.commit()
         .await
         .map_err(|e| backend("committing the purge", e))?;
+    // Outside the revision lock: pruning never stalls writers. A follower that had not
+    // read the pruned rows yet sees the gap and resets.
+    sqlx::query("DELETE FROM changes WHERE at < now() - make_interval(secs => $1)")
+        .bind(FEED_RETENTION_SECS as f64)
+        .execute(pool)
+        .await
+        .map_err(|e| backend("pruning the change feed", e))?;
     Ok(purged.len())
 }
 
