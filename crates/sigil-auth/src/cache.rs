@@ -26,6 +26,10 @@ const CACHED: [&str; 6] = [
 
 #[derive(Default)]
 struct Snapshot {
+    /// The newest revision applied per key of the low-churn kinds (bot instances keep
+    /// theirs in the item), deletions included: with several servers a server's own
+    /// write, applied at once, may come after a newer one from the change feed.
+    seen: HashMap<String, i64>,
     roles: HashMap<String, Role>,
     bots: HashMap<String, Bot>,
     locks: BTreeMap<String, Lock>,
@@ -90,7 +94,7 @@ impl Cache {
             loop {
                 match rx.recv().await {
                     Ok(WatchEvent::Put(item)) => c.apply_put(&item),
-                    Ok(WatchEvent::Delete { key }) => c.apply_delete(&key),
+                    Ok(WatchEvent::Delete { key, revision }) => c.apply_delete(&key, revision),
                     Ok(WatchEvent::Reset) => {
                         tracing::warn!("the store's change feed lost continuity; reloading");
                         c.reload_until_done(store.as_ref()).await;
@@ -124,6 +128,7 @@ impl Cache {
         }
         let mut snap = Snapshot::default();
         for item in &items {
+            snap.newer(&item.key, item.revision);
             insert(&mut snap, item);
         }
         *self.write() = snap;
@@ -167,7 +172,13 @@ impl Cache {
     /// the watch event that follows is idempotent).
     pub fn apply_put(&self, item: &Item) {
         if CACHED.iter().any(|p| item.key.starts_with(p)) {
-            insert(&mut self.write(), item);
+            {
+                let mut s = self.write();
+                if !s.newer(&item.key, item.revision) {
+                    return;
+                }
+                insert(&mut s, item);
+            }
             self.notify(&item.key);
         }
     }
@@ -196,13 +207,17 @@ impl Cache {
         for (op, rev) in ops.iter().zip(revisions) {
             match op.committed(*rev) {
                 WatchEvent::Put(item) => self.apply_put(&item),
-                WatchEvent::Delete { key } => self.apply_delete(&key),
+                WatchEvent::Delete { key, revision } => self.apply_delete(&key, revision),
                 WatchEvent::Reset => {}
             }
         }
     }
 
-    pub fn apply_delete(&self, key: &str) {
+    /// `revision` 0: the backend does not number deletes (one process, in order).
+    pub fn apply_delete(&self, key: &str, revision: i64) {
+        if revision != 0 && !self.write().newer(key, revision) {
+            return;
+        }
         self.delete_entry(key);
         self.notify(key);
     }
@@ -294,6 +309,23 @@ impl Cache {
     }
 }
 
+impl Snapshot {
+    /// Whether a change at `revision` to `key` is newer than what was applied (and
+    /// records it). Bot instances are ordered by their items instead.
+    fn newer(&mut self, key: &str, revision: i64) -> bool {
+        if key.starts_with(keys::BOT_INSTANCES) {
+            return true;
+        }
+        match self.seen.get(key) {
+            Some(&seen) if revision <= seen => false,
+            _ => {
+                self.seen.insert(key.to_string(), revision);
+                true
+            }
+        }
+    }
+}
+
 fn insert(s: &mut Snapshot, item: &Item) {
     if item.key.starts_with(keys::BOT_INSTANCES) {
         // Watch events may arrive after a newer write was applied directly.
@@ -331,5 +363,58 @@ fn insert(s: &mut Snapshot, item: &Item) {
     };
     if let Err(e) = parsed {
         tracing::error!(key = %item.key, error = %e, "undecodable resource in the store");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock_item(name: &str, bot: &str, revision: i64) -> Item {
+        let json = serde_json::json!({
+            "kind": "lock", "version": "v1", "metadata": {"name": name},
+            "spec": {"target": {"bot": bot}}
+        });
+        Item {
+            key: format!("{}{name}", keys::LOCKS),
+            value: serde_json::to_vec(&json).expect("json"),
+            revision,
+            expires: None,
+        }
+    }
+
+    fn locked(cache: &Cache, bot: &str) -> bool {
+        cache
+            .lock_for(&[LockTarget::Bot(bot.to_string())])
+            .is_some()
+    }
+
+    #[test]
+    fn older_changes_never_undo_newer_ones() {
+        let cache = Cache::default();
+        // The feed delivered another server's re-creation at 11 ...
+        cache.apply_put(&lock_item("l1", "b", 11));
+        assert!(locked(&cache, "b"), "the lock decodes and applies");
+        // ... before this server applied its own older deletion (10): ignored.
+        cache.apply_delete(&lock_item("l1", "b", 10).key, 10);
+        assert!(
+            locked(&cache, "b"),
+            "a stale delete must not drop a newer lock"
+        );
+        // An older put is ignored too; a newer delete applies.
+        cache.apply_put(&lock_item("l1", "other", 9));
+        assert!(locked(&cache, "b"));
+        cache.apply_delete(&lock_item("l1", "b", 12).key, 12);
+        assert!(!locked(&cache, "b"));
+        // And after that deletion, the put it replaced cannot come back.
+        cache.apply_put(&lock_item("l1", "b", 11));
+        assert!(
+            !locked(&cache, "b"),
+            "a put older than the delete stays deleted"
+        );
+        // Backends that do not number deletes (0) are applied in their order.
+        cache.apply_put(&lock_item("l2", "c", 20));
+        cache.apply_delete(&lock_item("l2", "c", 0).key, 0);
+        assert!(!locked(&cache, "c"));
     }
 }

@@ -111,7 +111,10 @@ impl Op {
                 revision,
                 expires: *expires,
             }),
-            Op::Delete { key, .. } => WatchEvent::Delete { key: key.clone() },
+            Op::Delete { key, .. } => WatchEvent::Delete {
+                key: key.clone(),
+                revision,
+            },
         }
     }
 
@@ -257,6 +260,9 @@ pub enum WatchEvent {
     Delete {
         /// The key.
         key: String,
+        /// The deletion's place in the store's order, where the backend numbers
+        /// deletes (PostgreSQL); 0 where it does not (SQLite, one process, in order).
+        revision: i64,
     },
     /// The store cannot say what changed (a shared backend's change feed was pruned
     /// before this process read it): re-read everything you follow, as after `Lagged`.
@@ -274,7 +280,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Atomic: every op applies and every audit event is appended, or nothing changes
     /// (the error of the first failing op is returned).
-    /// Returns the new revision of each op in order (0 for deletes).
+    /// Returns the new revision of each op in order; for a delete, its place in the
+    /// order where the backend numbers deletes, else 0.
     async fn commit(&self, txn: Txn) -> Result<Vec<i64>>;
 
     /// Audit records matching `q`, in ascending seq.

@@ -94,8 +94,8 @@ async fn next_event(
             Ok(Ok(WatchEvent::Put(i))) if i.key.starts_with(prefix) => {
                 return WatchEvent::Put(i);
             }
-            Ok(Ok(WatchEvent::Delete { key })) if key.starts_with(prefix) => {
-                return WatchEvent::Delete { key };
+            Ok(Ok(WatchEvent::Delete { key, revision })) if key.starts_with(prefix) => {
+                return WatchEvent::Delete { key, revision };
             }
             Ok(Ok(WatchEvent::Reset)) => return WatchEvent::Reset,
             Ok(Ok(_)) => {}
@@ -266,7 +266,10 @@ async fn two_servers_share_one_cluster() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(a.purge_expired().await.expect("purge"), 1);
     match next_event(&mut rx, "seen/").await {
-        WatchEvent::Delete { key } => assert_eq!(key, "seen/brief"),
+        WatchEvent::Delete { key, revision } => {
+            assert_eq!(key, "seen/brief");
+            assert!(revision > 0, "deletes are numbered in the feed");
+        }
         other => panic!("a purge on A must reach B as a Delete, got {other:?}"),
     }
     assert!(b.health().is_ok(), "{:?}", b.health());

@@ -304,7 +304,7 @@ async fn read_all(pool: &PgPool, feed: &Feed, tx: &broadcast::Sender<WatchEvent>
             last = revision;
             let key = match &event {
                 WatchEvent::Put(i) => i.key.clone(),
-                WatchEvent::Delete { key } => key.clone(),
+                WatchEvent::Delete { key, .. } => key.clone(),
                 WatchEvent::Reset => String::new(),
             };
             let at: String = row
@@ -327,7 +327,7 @@ fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<(i64, WatchEvent)> {
     let key: String = row.try_get(1).map_err(err)?;
     let deleted: bool = row.try_get(4).map_err(err)?;
     if deleted {
-        return Ok((revision, WatchEvent::Delete { key }));
+        return Ok((revision, WatchEvent::Delete { key, revision }));
     }
     let value: Option<Vec<u8>> = row.try_get(2).map_err(err)?;
     let expires_ns: Option<i64> = row.try_get(3).map_err(err)?;

@@ -170,11 +170,8 @@ async fn apply(
         .map_err(err)?,
     };
     if wrote.is_some() {
-        return Ok(Ok(if matches!(op, Op::Delete { .. }) {
-            0
-        } else {
-            rev
-        }));
+        // Deletes are numbered too: watchers order them against puts from other servers.
+        return Ok(Ok(rev));
     }
     Ok(Err(match op {
         Op::Create { .. } => StoreError::AlreadyExists(key.to_string()),

@@ -391,6 +391,7 @@ impl Writer {
         for row in &rows {
             events.push(WatchEvent::Delete {
                 key: row.try_get(0).map_err(err)?,
+                revision: 0,
             });
         }
         Ok(rows.len())
