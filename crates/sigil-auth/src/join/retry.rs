@@ -173,19 +173,19 @@ pub fn check(
         aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
     };
     if !same_key(&spent.public_key_sha256, key_fp) {
-        return Err("spent token presented with another key");
+        return Err("presented with another key");
     }
     let Some(inst) = inst else {
-        return Err("spent token: its instance no longer exists");
+        return Err("its instance no longer exists");
     };
     if inst.spec.bot_name != spent.bot_name
         || inst.spec.instance_id != spent.instance_id
         || inst.spec.join_method != "token"
     {
-        return Err("spent token: the instance does not match its record");
+        return Err("the instance does not match the record");
     }
     if inst.spec.generation != 1 || !same_key(&inst.spec.current_key_sha256, key_fp) {
-        return Err("spent token: the instance has renewed since");
+        return Err("the instance has renewed since");
     }
     Ok(())
 }
@@ -199,7 +199,16 @@ pub async fn answer(
     verified: Verified,
     auth: BotAuthority,
 ) -> Result<Credentials, Status> {
-    let deny = |reason: String| denied(state, init, remote, reason, &verified.audit);
+    // Every refusal keeps the wording of an unknown token, then says why
+    // (the audit log only; the client hears "join denied").
+    let hint = keys::secret_hint(&init.token);
+    let deny = |why: String| {
+        let reason = format!(
+            "token {hint} is unknown, used or expired (used by instance {}; not a retry of that join: {why})",
+            spent.instance_id
+        );
+        denied(state, init, remote, reason, &verified.audit)
+    };
     if !init.instance_id.is_empty() {
         return Err(deny("a token join names no instance".into()).await);
     }
@@ -221,7 +230,7 @@ pub async fn answer(
         return Err(deny(why.to_string()).await);
     }
     let (Some(item), Some(mut inst)) = (item, inst) else {
-        return Err(deny("spent token: its instance no longer exists".into()).await);
+        return Err(deny("its instance no longer exists".into()).await);
     };
     let id = identity(state, &verified, &auth, init, &spent.instance_id, 1);
     let token_lock = LockTarget::Token(keys::token_ref(&verified.token_name));
@@ -278,7 +287,7 @@ pub async fn answer(
             return Err(Status::unavailable("storage unavailable; retry"));
         }
         Err(e) => {
-            return Err(deny(format!("spent token: the instance changed meanwhile: {e}")).await);
+            return Err(deny(format!("the instance changed meanwhile: {e}")).await);
         }
     }
     metrics::counter!("sigil_joins_total", "result" => "retry").increment(1);
