@@ -406,12 +406,12 @@ impl Agent {
     /// credential) a re-proof that keeps the instance.
     async fn join(&self, cur: Option<&StoredCredential>) -> anyhow::Result<StoredCredential> {
         let prover = join::prover(&self.cfg.onboarding)?;
-        // A re-proof uses the persisted next key, so a retry after a crash
-        // is recognised as one (see storage.rs); a new instance a fresh key.
-        let key = match cur {
-            Some(_) => self.storage.next_key()?,
-            None => TlsKeyPair::generate()?,
-        };
+        // The persisted next key, for a new instance too: if the answer is
+        // lost (the server died after committing), the retry — on another
+        // server or after a restart — presents the same key, which the server
+        // recognises (a re-proof: storage.rs; a spent token: the auth
+        // service's join/retry.rs).
+        let key = self.storage.next_key()?;
         // A re-proof presents the instance's current certificate.
         let mut client = match cur {
             Some(c) => self.client(c)?,
@@ -471,8 +471,8 @@ impl Agent {
                     prover.joined(&ctx, &creds)?;
                     let cred = stored(creds, &key)?;
                     self.storage.save(&cred)?;
+                    self.storage.clear_next_key()?;
                     if cur.is_some() {
-                        self.storage.clear_next_key()?;
                         tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation, "re-proved");
                     } else {
                         tracing::info!(bot = %cred.bot, instance = %cred.instance_id, "joined");

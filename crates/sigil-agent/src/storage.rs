@@ -1,10 +1,10 @@
 //! The agent's own renewable credential, kept in the storage directory.
 //!
 //! `credential.json` (0600) holds the current certificate, its key and the CAs.
-//! `next_key.pem` (0600) is the key for the next renewal, written *before*
-//! the renewal is requested: if the agent dies after the server issued but
-//! before the result was saved, the retry uses the same key and the server
-//! recognises it as a retry, not a stolen copy.
+//! `next_key.pem` (0600) is the key for the next join or renewal, written
+//! *before* it is requested: if the agent dies (or the server does) after the
+//! server issued but before the result was saved, the retry uses the same key
+//! and the server recognises it as a retry, not a stolen copy.
 
 use std::path::{Path, PathBuf};
 
@@ -67,8 +67,8 @@ impl Storage {
         SafeDir::open(&self.dir, WHAT)
     }
 
-    /// The directory, created 0700 on the first write, so a refused first
-    /// join leaves none behind.
+    /// The directory, created 0700 on the first write (the key of the
+    /// first join, before it is sent).
     pub fn dir(&self) -> anyhow::Result<SafeDir> {
         SafeDir::create(&self.dir, WHAT, DirKind::Private)
     }

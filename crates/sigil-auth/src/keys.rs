@@ -18,6 +18,7 @@ pub const BOT_INSTANCES: &str = "/bot_instances/";
 pub const WORKLOAD_IDENTITIES: &str = "/workload_identities/";
 pub const REVOCATIONS: &str = "/workload_identity_x509_revocations/";
 pub const BOUND_KEYPAIR_STATES: &str = "/bound_keypair_states/";
+pub const SPENT_TOKENS: &str = "/spent_tokens/";
 
 pub fn role(name: &str) -> String {
     format!("{ROLES}{name}")
@@ -47,6 +48,12 @@ pub fn bound_keypair_state(token_name: &str) -> String {
         "{BOUND_KEYPAIR_STATES}{}",
         sigil_pki::sha256_hex(token_name.as_bytes())
     )
+}
+/// The short-lived record of a consumed `token`-method secret
+/// (join/retry.rs), under the same SHA-256 as the token itself.
+pub fn spent_token(secret: &str) -> String {
+    let r = token_ref(secret);
+    format!("{SPENT_TOKENS}{}", r.trim_start_matches("sha256:"))
 }
 pub fn bot_instances_of(bot: &str) -> String {
     format!("{BOT_INSTANCES}{bot}/")

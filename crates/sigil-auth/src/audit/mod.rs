@@ -17,6 +17,10 @@ pub const AUDIT_KEY_REPLACED: &str = "audit.key_replaced";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";
+/// A `token` join answered again for the same key after its first answer was
+/// lost (join/retry.rs): same instance, generation 1, a new certificate.
+/// Not a `bot.join`, so counting `bot.join` still counts instances made.
+pub const JOIN_RETRY: &str = "bot.join.retry";
 pub const RENEWAL: &str = "bot.renewal";
 pub const RENEWAL_DENIED: &str = "bot.renewal.denied";
 pub const GENERATION_MISMATCH: &str = "bot.generation_mismatch";

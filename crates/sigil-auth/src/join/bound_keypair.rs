@@ -497,6 +497,9 @@ impl JoinMethod for BoundKeypairJoinMethod {
             renewable: true,
             audit,
             join_state,
+            // A lost answer here leaves the agent a stale join state; see
+            // retry.rs for why that is not retried the same way.
+            spend: super::retry::Spend::Nothing,
         })
     }
 }

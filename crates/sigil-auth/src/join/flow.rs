@@ -9,6 +9,7 @@ use sigil_types::{Authentication, BotInstance, BotInstanceSpec, LockTarget, Meta
 use time::OffsetDateTime;
 use tonic::Status;
 
+use super::retry::{self, Spend};
 use super::{Conversation, JoinDenied, Verified};
 use crate::audit;
 use crate::issuance::{self, BotAuthority, effective_ttl, fresh_bot_authority};
@@ -20,7 +21,7 @@ use crate::state::AuthState;
 pub const JOIN_DENIED: &str = "join denied";
 
 /// Audit and count a refused join; the caller hears only "join denied".
-async fn denied(
+pub(super) async fn denied(
     state: &AuthState,
     init: &JoinInit,
     remote: &str,
@@ -42,7 +43,7 @@ async fn denied(
     Status::permission_denied(JOIN_DENIED)
 }
 
-fn merge(fields: &mut serde_json::Value, extra: &serde_json::Value) {
+pub(super) fn merge(fields: &mut serde_json::Value, extra: &serde_json::Value) {
     if let (Some(f), Some(extra)) = (fields.as_object_mut(), extra.as_object()) {
         f.extend(extra.clone());
     }
@@ -77,7 +78,10 @@ pub async fn join(
         Ok(a) => a,
         Err(reason) => return Err(denied(state, init, remote, reason, &verified.audit).await),
     };
-    if init.instance_id.is_empty() {
+    if let Spend::Retry(spent) = &verified.spend {
+        let spent = spent.clone();
+        retry::answer(state, init, remote, spent, verified, auth).await
+    } else if init.instance_id.is_empty() {
         new_instance(state, init, remote, verified, auth).await
     } else {
         rejoin(state, init, remote, presented, verified, auth).await
@@ -90,7 +94,7 @@ fn recorded_token(init: &JoinInit, v: &Verified) -> Option<String> {
     (init.join_method != "token").then(|| v.token_name.clone())
 }
 
-fn identity(
+pub(super) fn identity(
     state: &AuthState,
     v: &Verified,
     auth: &BotAuthority,
@@ -160,6 +164,7 @@ async fn new_instance(
     }
     let inst = BotInstance::new(Metadata::named(instance_id.clone()), spec);
     let mut ops = verified.consume.clone();
+    ops.extend(retry::record(&verified.spend, &id, &key_fp, now)?);
     ops.push(Op::Create {
         key: keys::bot_instance(&id.bot, &instance_id),
         value: serde_json::to_vec(&inst).map_err(|e| Status::internal(e.to_string()))?,
@@ -197,7 +202,7 @@ async fn new_instance(
     Ok(credentials(state, &id, cert, &auth, &verified))
 }
 
-fn credentials(
+pub(super) fn credentials(
     state: &AuthState,
     id: &ClientIdentity,
     cert: sigil_pki::IssuedCert,

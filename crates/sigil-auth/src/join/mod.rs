@@ -11,6 +11,7 @@ mod iam;
 mod jwt_verifier;
 mod kubernetes;
 mod oidc;
+mod retry;
 mod token;
 mod tpm;
 mod tpm_credential;
@@ -95,6 +96,9 @@ pub struct Verified {
     /// Method state handed to the agent for its next join (bound_keypair's
     /// signed join state); empty for other methods.
     pub join_state: String,
+    /// `token` method only: record the secret as spent, or answer a retry
+    /// of the join that spent it (retry.rs).
+    pub spend: retry::Spend,
 }
 
 /// The server half of a join method.
@@ -221,5 +225,6 @@ pub fn delegated(token: &Token, attributes: JoinAttributes, audit: serde_json::V
         renewable: false,
         audit,
         join_state: String::new(),
+        spend: retry::Spend::Nothing,
     }
 }

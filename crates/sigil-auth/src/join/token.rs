@@ -2,12 +2,15 @@
 //! default). The token's name is the secret; it is stored under its SHA-256
 //! and consumed by a compare-and-delete in the same transaction that creates
 //! the bot instance, so of any number of racing agents exactly one wins.
+//! That transaction also leaves a short-lived spent record, so the winner can
+//! be answered again if its answer was lost (retry.rs).
 
 use async_trait::async_trait;
 use sigil_proto::v1::JoinInit;
 use sigil_store::Op;
 use sigil_types::{JoinMethodKind, Token};
 
+use super::retry::{self, Spend};
 use super::{Conversation, JoinDenied, JoinMethod, Verified};
 use crate::keys;
 use crate::state::AuthState;
@@ -35,8 +38,12 @@ impl JoinMethod for TokenJoin {
             .store
             .get(&key)
             .await
-            .map_err(|e| JoinDenied::unavailable(format!("token lookup failed: {e}")))?
-            .ok_or_else(|| JoinDenied::new(format!("token {hint} is unknown, used or expired")))?;
+            .map_err(|e| JoinDenied::unavailable(format!("token lookup failed: {e}")))?;
+        let Some(item) = item else {
+            // Used or unknown: only the retry of the join that used it may
+            // go on (retry.rs decides, after the bot and instance checks).
+            return retry::spent(state, init, &hint).await;
+        };
         let token: Token = serde_json::from_slice(&item.value)
             .map_err(|e| JoinDenied::new(format!("token {hint} is undecodable: {e}")))?;
         // The key is a hash of the secret; compare the secret itself in
@@ -67,6 +74,13 @@ impl JoinMethod for TokenJoin {
             renewable: true,
             audit: serde_json::json!({ "token": hint }),
             join_state: String::new(),
+            spend: Spend::Record {
+                key: keys::spent_token(&init.token),
+                expires: retry::spent_expiry(
+                    item.expires.or(token.metadata.expires),
+                    time::OffsetDateTime::now_utc(),
+                ),
+            },
         })
     }
 }
