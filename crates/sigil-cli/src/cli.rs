@@ -140,7 +140,7 @@ pub enum GetFormat {
 #[derive(Subcommand, Debug)]
 pub enum AuthCommand {
     /// Run the auth service until SIGINT/SIGTERM. Needs --data-dir.
-    Start(AuthStartArgs),
+    Start(Box<AuthStartArgs>),
     /// Copy a stopped cluster's store into a new PostgreSQL database: every resource,
     /// CA and bot instance, and the audit log with its hashes unchanged.
     Migrate(AuthMigrateArgs),

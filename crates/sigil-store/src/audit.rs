@@ -164,6 +164,69 @@ pub(crate) fn hash_parts(
     hex::encode(ctx.finish().as_ref())
 }
 
+/// One stored audit row as text, the way both backends keep it.
+pub(crate) struct StoredRow {
+    pub seq: i64,
+    pub time: String,
+    pub event_type: String,
+    pub fields: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Walks a chain row by row in seq order (what `Store::audit_verify` does).
+pub(crate) struct ChainCheck {
+    last_seq: i64,
+    head: String,
+}
+
+impl ChainCheck {
+    pub(crate) fn new() -> ChainCheck {
+        ChainCheck {
+            last_seq: 0,
+            head: GENESIS_HASH.to_string(),
+        }
+    }
+
+    /// The seq after which to read the next rows.
+    pub(crate) fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+
+    /// `Some(Broken)` for the first row that does not follow the chain so far.
+    pub(crate) fn check(&mut self, r: StoredRow) -> Option<crate::AuditVerification> {
+        let broken = |reason: String| Some(crate::AuditVerification::Broken { seq: r.seq, reason });
+        if r.seq != self.last_seq + 1 {
+            return broken(format!(
+                "expected seq {}: records {}..={} are missing",
+                self.last_seq + 1,
+                self.last_seq + 1,
+                r.seq - 1
+            ));
+        }
+        if r.prev_hash != self.head {
+            return broken(format!(
+                "prev_hash does not match the hash of record {}",
+                self.last_seq
+            ));
+        }
+        if hash_parts(&r.prev_hash, r.seq, &r.time, &r.event_type, &r.fields) != r.hash {
+            return broken("hash does not match the record's content".into());
+        }
+        self.head = r.hash;
+        self.last_seq = r.seq;
+        None
+    }
+
+    /// The verdict once every row has been checked.
+    pub(crate) fn intact(self) -> crate::AuditVerification {
+        crate::AuditVerification::Intact {
+            count: self.last_seq,
+            head_hash: self.head,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,68 +300,5 @@ mod tests {
         let text = canonical_fields(&fields);
         let back: serde_json::Value = serde_json::from_str(&text).expect("parse");
         assert_eq!(canonical_fields(&back), text);
-    }
-}
-
-/// One stored audit row as text, the way both backends keep it.
-pub(crate) struct StoredRow {
-    pub seq: i64,
-    pub time: String,
-    pub event_type: String,
-    pub fields: String,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-/// Walks a chain row by row in seq order (what `Store::audit_verify` does).
-pub(crate) struct ChainCheck {
-    last_seq: i64,
-    head: String,
-}
-
-impl ChainCheck {
-    pub(crate) fn new() -> ChainCheck {
-        ChainCheck {
-            last_seq: 0,
-            head: GENESIS_HASH.to_string(),
-        }
-    }
-
-    /// The seq after which to read the next rows.
-    pub(crate) fn last_seq(&self) -> i64 {
-        self.last_seq
-    }
-
-    /// `Some(Broken)` for the first row that does not follow the chain so far.
-    pub(crate) fn check(&mut self, r: StoredRow) -> Option<crate::AuditVerification> {
-        let broken = |reason: String| Some(crate::AuditVerification::Broken { seq: r.seq, reason });
-        if r.seq != self.last_seq + 1 {
-            return broken(format!(
-                "expected seq {}: records {}..={} are missing",
-                self.last_seq + 1,
-                self.last_seq + 1,
-                r.seq - 1
-            ));
-        }
-        if r.prev_hash != self.head {
-            return broken(format!(
-                "prev_hash does not match the hash of record {}",
-                self.last_seq
-            ));
-        }
-        if hash_parts(&r.prev_hash, r.seq, &r.time, &r.event_type, &r.fields) != r.hash {
-            return broken("hash does not match the record's content".into());
-        }
-        self.head = r.hash;
-        self.last_seq = r.seq;
-        None
-    }
-
-    /// The verdict once every row has been checked.
-    pub(crate) fn intact(self) -> crate::AuditVerification {
-        crate::AuditVerification::Intact {
-            count: self.last_seq,
-            head_hash: self.head,
-        }
     }
 }
