@@ -101,6 +101,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
         outputs,
         started: std::time::Instant::now(),
         oneshot,
+        join_key: std::sync::Mutex::new(None),
     };
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -298,9 +299,27 @@ struct Agent {
     outputs: Vec<Box<dyn Output>>,
     started: std::time::Instant,
     oneshot: bool,
+    /// A first join's key (PKCS#8 PEM), the same for every attempt of this run, so
+    /// a retry on another server after a lost answer presents the same key.
+    join_key: std::sync::Mutex<Option<String>>,
 }
 
 impl Agent {
+    /// The key of a first join: a persisted pending key if there is one, else one
+    /// kept in memory for this run (not written, so a refused join leaves nothing).
+    fn first_join_key(&self) -> anyhow::Result<TlsKeyPair> {
+        if let Some(k) = self.storage.pending_key()? {
+            return Ok(k);
+        }
+        let mut slot = self.join_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pem) = slot.as_ref() {
+            return Ok(TlsKeyPair::from_pkcs8_pem(pem)?);
+        }
+        let k = TlsKeyPair::generate()?;
+        *slot = Some(k.to_pkcs8_pem());
+        Ok(k)
+    }
+
     /// One round: join or renew, then refresh every output.
     async fn cycle(&self) -> anyhow::Result<StoredCredential> {
         // A server that failed the call is marked down (client/failover.rs):
@@ -406,12 +425,14 @@ impl Agent {
     /// credential) a re-proof that keeps the instance.
     async fn join(&self, cur: Option<&StoredCredential>) -> anyhow::Result<StoredCredential> {
         let prover = join::prover(&self.cfg.onboarding)?;
-        // The persisted next key, for a new instance too: if the answer is
-        // lost (the server died after committing), the retry — on another
-        // server or after a restart — presents the same key, which the server
-        // recognises (a re-proof: storage.rs; a spent token: the auth
-        // service's join/retry.rs).
-        let key = self.storage.next_key()?;
+        // The same key on every attempt: if the answer is lost (the server died
+        // after committing), the retry on another server presents it again, which
+        // the server recognises (a re-proof: the persisted next key, storage.rs; a
+        // spent token: the auth service's join/retry.rs).
+        let key = match cur {
+            Some(_) => self.storage.next_key()?,
+            None => self.first_join_key()?,
+        };
         // A re-proof presents the instance's current certificate.
         let mut client = match cur {
             Some(c) => self.client(c)?,
@@ -472,6 +493,7 @@ impl Agent {
                     let cred = stored(creds, &key)?;
                     self.storage.save(&cred)?;
                     self.storage.clear_next_key()?;
+                    *self.join_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     if cur.is_some() {
                         tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation, "re-proved");
                     } else {

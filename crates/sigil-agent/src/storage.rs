@@ -1,10 +1,12 @@
 //! The agent's own renewable credential, kept in the storage directory.
 //!
 //! `credential.json` (0600) holds the current certificate, its key and the CAs.
-//! `next_key.pem` (0600) is the key for the next join or renewal, written
+//! `next_key.pem` (0600) is the key for the next renewal or re-proof, written
 //! *before* it is requested: if the agent dies (or the server does) after the
 //! server issued but before the result was saved, the retry uses the same key
-//! and the server recognises it as a retry, not a stolen copy.
+//! and the server recognises it as a retry, not a stolen copy. A first join
+//! keeps its key in memory for the run (a refused join leaves nothing behind)
+//! but uses a `next_key.pem` already there.
 
 use std::path::{Path, PathBuf};
 
@@ -121,6 +123,23 @@ impl Storage {
                 Ok(k)
             }
         }
+    }
+
+    /// The pending next key if one was persisted, creating nothing (a first join
+    /// that is refused leaves no storage directory behind).
+    pub fn pending_key(&self) -> anyhow::Result<Option<TlsKeyPair>> {
+        let Some(d) = self.existing()? else {
+            return Ok(None);
+        };
+        let Some(pem) = d.read(NEXT_KEY)? else {
+            return Ok(None);
+        };
+        let p = self.dir.join(NEXT_KEY);
+        let pem = String::from_utf8(pem).with_context(|| format!("{} is corrupt", p.display()))?;
+        Ok(Some(
+            TlsKeyPair::from_pkcs8_pem(&pem)
+                .with_context(|| format!("{} is corrupt", p.display()))?,
+        ))
     }
 
     /// Forget the pending key once a credential issued to it is saved.
