@@ -43,8 +43,8 @@ pub use key_source::{CaKeySource, HsmConfig, Secret, SecretSource};
 pub use migrate::migrate;
 pub use tls::provider;
 
-/// How to run the auth service.
-#[derive(Clone, Debug)]
+/// How to run the auth service. `Debug` shows the store URL without its password.
+#[derive(Clone)]
 pub struct AuthConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
@@ -71,6 +71,28 @@ pub struct AuthConfig {
     pub new_audit_key: bool,
     /// Where the CA private keys live (database, sealed under a KEK, or an HSM).
     pub ca_keys: CaKeySource,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("public_listen", &self.public_listen)
+            .field("cluster_name", &self.cluster_name)
+            .field("server_names", &self.server_names)
+            .field("public_url", &self.public_url)
+            .field("outbound_ca_file", &self.outbound_ca_file)
+            .field("sts_endpoints", &self.sts_endpoints)
+            .field("audit_key_file", &self.audit_key_file)
+            .field(
+                "store_url",
+                &self.store_url.as_deref().map(sigil_store::redacted_url),
+            )
+            .field("new_audit_key", &self.new_audit_key)
+            .field("ca_keys", &self.ca_keys)
+            .finish()
+    }
 }
 
 /// File names inside the data dir.

@@ -119,6 +119,32 @@ pub(super) fn identity(
     id
 }
 
+/// The client certificate a join answers with, unless a lock applies (to the bot, its
+/// instance or roles, or the token): `Ok(Err(reason))` is that refusal.
+pub(super) fn certify(
+    state: &AuthState,
+    init: &JoinInit,
+    verified: &Verified,
+    auth: &BotAuthority,
+    id: &ClientIdentity,
+) -> Result<Result<(sigil_pki::IssuedCert, std::time::Duration), String>, Status> {
+    let token_lock = LockTarget::Token(keys::token_ref(&verified.token_name));
+    if let Err(e) = issuance::check_locks(state, id, &[token_lock]) {
+        // Unavailable (a stale view of locks) is not a denial: the agent retries.
+        if e.code() == tonic::Code::Unavailable {
+            return Err(e);
+        }
+        return Ok(Err(e.message().to_string()));
+    }
+    let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
+    let cert = state
+        .cas
+        .client
+        .issue_client(&init.public_key_spki, id, ttl)
+        .map_err(issuance::pki_error)?;
+    Ok(Ok((cert, ttl)))
+}
+
 async fn new_instance(
     state: &AuthState,
     init: &JoinInit,
@@ -128,17 +154,10 @@ async fn new_instance(
 ) -> Result<Credentials, Status> {
     let instance_id = uuid::Uuid::new_v4().to_string();
     let id = identity(state, &verified, &auth, init, &instance_id, 1);
-    let token_lock = LockTarget::Token(keys::token_ref(&verified.token_name));
-    if let Err(e) = issuance::check_locks(state, &id, &[token_lock]) {
-        let reason = e.message().to_string();
-        return Err(denied(state, init, remote, reason, &verified.audit).await);
-    }
-    let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
-    let cert = state
-        .cas
-        .client
-        .issue_client(&init.public_key_spki, &id, ttl)
-        .map_err(issuance::pki_error)?;
+    let (cert, ttl) = match certify(state, init, &verified, &auth, &id)? {
+        Ok(issued) => issued,
+        Err(reason) => return Err(denied(state, init, remote, reason, &verified.audit).await),
+    };
     let now = OffsetDateTime::now_utc();
     let key_fp = sigil_pki::sha256_hex(&init.public_key_spki);
     let authn = Authentication {

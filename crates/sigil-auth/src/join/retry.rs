@@ -56,14 +56,14 @@ use serde::{Deserialize, Serialize};
 use sigil_pki::ClientIdentity;
 use sigil_proto::v1::{Credentials, JoinInit};
 use sigil_store::{Op, StoreError, Txn};
-use sigil_types::{Authentication, BotInstance, LockTarget};
+use sigil_types::{Authentication, BotInstance};
 use time::OffsetDateTime;
 use tonic::Status;
 
-use super::flow::{credentials, denied, identity, merge};
+use super::flow::{certify, credentials, denied, identity, merge};
 use super::{JoinDenied, Verified};
 use crate::audit;
-use crate::issuance::{self, BotAuthority, effective_ttl};
+use crate::issuance::{self, BotAuthority};
 use crate::keys;
 use crate::renewal;
 use crate::state::AuthState;
@@ -233,16 +233,10 @@ pub async fn answer(
         return Err(deny("its instance no longer exists".into()).await);
     };
     let id = identity(state, &verified, &auth, init, &spent.instance_id, 1);
-    let token_lock = LockTarget::Token(keys::token_ref(&verified.token_name));
-    if let Err(e) = issuance::check_locks(state, &id, &[token_lock]) {
-        return Err(deny(e.message().to_string()).await);
-    }
-    let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
-    let cert = state
-        .cas
-        .client
-        .issue_client(&init.public_key_spki, &id, ttl)
-        .map_err(issuance::pki_error)?;
+    let (cert, ttl) = match certify(state, init, &verified, &auth, &id)? {
+        Ok(issued) => issued,
+        Err(reason) => return Err(deny(reason).await),
+    };
     let now = OffsetDateTime::now_utc();
     inst.spec.push_authentication(
         Authentication {
