@@ -79,17 +79,20 @@ fn servers_go_unready_and_recover_and_nothing_is_half_written() {
                         .args(["--credential-ttl", "1h", "--oneshot"])
                         .output()
                         .expect("run agent");
+                    let after = dirs.generation();
                     if out.status.success() {
-                        assert_eq!(dirs.generation(), before + 1, "one step per renewal");
-                        ok += 1;
+                        assert_eq!(after, before + 1, "one step per renewal");
                     } else {
-                        assert_eq!(
-                            dirs.generation(),
-                            before,
-                            "a failed renewal keeps the credential"
+                        // The run can fail after its renewal was saved (a later call
+                        // met the database going away): then it is one step, never
+                        // more; a failed renewal keeps the credential.
+                        assert!(
+                            after == before || after == before + 1,
+                            "generation {before} -> {after} in a failed run"
                         );
                         failed += 1;
                     }
+                    ok += after - before;
                 }
                 (ok, failed)
             })
@@ -120,7 +123,7 @@ fn servers_go_unready_and_recover_and_nothing_is_half_written() {
         let (ok, failed) = h.join().expect("load thread");
         total_ok += ok;
         total_failed += failed;
-        // Joined at generation 1; every success was one step.
+        // Joined at generation 1; every saved renewal was one step.
         assert_eq!(
             agents[i].generation(),
             1 + ok,
@@ -135,13 +138,16 @@ fn servers_go_unready_and_recover_and_nothing_is_half_written() {
 
     let stored: u64 = psql(
         &url,
-        "SELECT count(*) FROM audit WHERE type = 'bot.renewal'",
+        // A renewal answered again for the same key after a lost answer is audited
+        // again with "retry": true; it is not a new step.
+        "SELECT count(*) FROM audit WHERE type = 'bot.renewal' \
+         AND coalesce(fields::jsonb ->> 'retry', 'false') <> 'true'",
     )
     .parse()
     .expect("count");
     assert_eq!(
         stored, total_ok,
-        "one renewal event per renewal the agents saw succeed"
+        "one renewal event per generation step the agents saved"
     );
     assert_eq!(
         psql(
