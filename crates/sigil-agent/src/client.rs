@@ -224,9 +224,11 @@ pub async fn admin_channel(
         None => server_addr::parse_list("auth_servers", &id.servers())
             .with_context(|| format!("the identity file {}", identity_file.display()))?,
     };
+    // Every CA in the file: both host CAs during a rotation (the service may serve
+    // with either). The client CAs are pinned too but harmless: they sign only
+    // clientAuth certificates, which the pinned verifier refuses for a server.
     let pins = sigil_pki::pem_to_ders(&id.ca_certs_pem, "CERTIFICATE")?
         .iter()
-        .take(1) // the host CA comes first; the client CA never signs servers
         .filter_map(|d| sigil_pki::spki_pin_of_cert(d).ok())
         .collect::<Vec<_>>();
     let tls = tls_config(

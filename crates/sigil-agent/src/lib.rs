@@ -1,6 +1,7 @@
 //! The Sigil agent: joins, keeps its own identity renewed (with a crash-safe
 //! generation counter), and writes credentials that ordinary tools use.
 
+mod ca_watch;
 pub mod client;
 mod config;
 mod destination;
@@ -83,6 +84,10 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
         .collect();
     let mut ssh_tasks = Vec::new();
     let (client_tx, client_rx) = tokio::sync::watch::channel(None);
+    // The SPKI pin of the CA that signed the agent's certificate (ca_watch.rs).
+    let (issuer_tx, issuer_rx) = tokio::sync::watch::channel(String::new());
+    let renew_now = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut ca_task = None;
     let mut workload: Option<WorkloadTasks> = None;
     let storage = Storage::new(&cfg.storage);
     if storage.load()?.is_none_or(|c| !c.renewable) {
@@ -118,13 +123,9 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 // Once started, the workload tasks hold no outputs or sockets
                 // here: without `workload.is_some()` they kept the first
                 // credential, which the server refuses once renewed twice.
-                if !svid_outputs.is_empty()
-                    || !sockets.is_empty()
-                    || workload.is_some()
-                    || !ssh_tasks.is_empty()
-                    || !ssh_hosts.is_empty()
-                {
+                if !oneshot {
                     client_tx.send_replace(Some(agent.client(&cred)?));
+                    issuer_tx.send_replace(issuer_pin(&cred.cert_pem));
                 }
                 if oneshot {
                     if !svid_outputs.is_empty() {
@@ -134,6 +135,14 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                         }
                     }
                     return Ok(());
+                }
+                if ca_task.is_none() {
+                    ca_task = Some(AbortOnDrop(tokio::spawn(ca_watch::follow(
+                        client_rx.clone(),
+                        issuer_rx.clone(),
+                        renew_now.clone(),
+                        ca_watch::max_jitter(agent.cfg.renewal_interval),
+                    ))));
                 }
                 for (dir, labels) in std::mem::take(&mut ssh_hosts) {
                     ssh_tasks.push(AbortOnDrop(tokio::spawn(ssh_host::follow(
@@ -167,6 +176,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {},
             _ = hup.recv() => tracing::info!("SIGHUP: renewing now"),
+            _ = renew_now.notified() => tracing::info!("CA rotation: renewing now"),
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
@@ -397,16 +407,22 @@ impl Agent {
         )))
     }
 
-    /// The configured pins plus the host CA learned at join time.
+    /// The configured pins plus the CAs of the last credentials: during a host CA
+    /// rotation both host CAs, so the auth service may serve with either. (The
+    /// client CAs in the bundle never sign server certificates, which the pinned
+    /// verifier requires; the CLI's identity file pins the same set.)
     fn pins(&self, cred: Option<&StoredCredential>) -> Vec<String> {
         let mut pins = self.cfg.ca_pins.clone();
         if let Some(c) = cred
             && let Ok(ders) = sigil_pki::pem_to_ders(&c.ca_certs_pem, "CERTIFICATE")
-            && let Some(host) = ders.first()
-            && let Ok(p) = sigil_pki::spki_pin_of_cert(host)
-            && !pins.contains(&p)
         {
-            pins.push(p);
+            for d in ders {
+                if let Ok(p) = sigil_pki::spki_pin_of_cert(&d)
+                    && !pins.contains(&p)
+                {
+                    pins.push(p);
+                }
+            }
         }
         pins
     }
@@ -577,6 +593,16 @@ fn stored(c: Credentials, key: &TlsKeyPair) -> anyhow::Result<StoredCredential> 
         expires: OffsetDateTime::from_unix_timestamp(c.expires_unix)?,
         renewable: c.renewable,
     })
+}
+
+/// The SPKI pin of the CA that signed `cert_pem` ("" if it cannot be read).
+fn issuer_pin(cert_pem: &str) -> String {
+    sigil_pki::pem_to_ders(cert_pem, "CERTIFICATE")
+        .ok()
+        .and_then(|d| d.into_iter().next())
+        .and_then(|d| sigil_pki::cert_info(&d).ok())
+        .and_then(|i| i.issuer_spki_pin)
+        .unwrap_or_default()
 }
 
 fn hostname() -> String {

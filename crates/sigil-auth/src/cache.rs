@@ -145,6 +145,12 @@ impl Cache {
         self.changes.subscribe()
     }
 
+    /// Tell followers that what agents are issued changed without a cached kind
+    /// changing (a CA rotation step): workload and SSH streams re-send and re-issue.
+    pub fn bump_policy(&self) {
+        self.changes.send_modify(|r| r.policy += 1);
+    }
+
     /// Bump the counter of the kind stored under `key`.
     fn notify(&self, key: &str) {
         if key.starts_with(keys::BOT_INSTANCES) {

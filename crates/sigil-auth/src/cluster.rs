@@ -1,13 +1,17 @@
 //! The cluster's identity: its name and one CA per purpose, created on first
 //! start and loaded from the store afterwards.
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use sigil_pki::{CaPurpose, KeyManager, SshCa, StoredCa, X509Ca};
 use sigil_store::{Op, Store, Txn};
+use sigil_types::RotationPhase;
 use time::OffsetDateTime;
 
 use crate::audit;
+use crate::ca_rotation::{self, CaRotation};
 use crate::key_source;
 use crate::keys;
 
@@ -19,29 +23,97 @@ struct ClusterRecord {
     created: OffsetDateTime,
 }
 
-/// Every CA of the cluster, loaded and ready to sign.
+/// The CAs of one purpose: outside a rotation one CA in every role; during one,
+/// the phase decides (see `sigil_types::ca_rotation`).
+pub struct CaSet<T> {
+    /// Signs what the auth service issues.
+    pub signer: Arc<T>,
+    /// Signs the auth service's own TLS certificate (meaningful for `host`).
+    pub server: Arc<T>,
+    /// Every CA relying parties trust now, the signer first.
+    pub trusted: Vec<Arc<T>>,
+}
+
+impl<T> CaSet<T> {
+    fn single(ca: T) -> CaSet<T> {
+        let ca = Arc::new(ca);
+        CaSet {
+            signer: ca.clone(),
+            server: ca.clone(),
+            trusted: vec![ca],
+        }
+    }
+
+    fn rotating(old: T, new: T, phase: RotationPhase) -> CaSet<T> {
+        let (old, new) = (Arc::new(old), Arc::new(new));
+        let roles = phase.roles();
+        let pick = |new_one: bool| if new_one { new.clone() } else { old.clone() };
+        let signer = pick(roles.new_signs);
+        let other = pick(!roles.new_signs);
+        CaSet {
+            server: pick(roles.new_serves),
+            trusted: vec![signer.clone(), other],
+            signer,
+        }
+    }
+}
+
+/// Every CA of the cluster, loaded and ready to sign, as of one read of the store.
 pub struct Cas {
-    pub host: X509Ca,
-    pub client: X509Ca,
-    pub ssh_user: SshCa,
-    pub ssh_host: SshCa,
+    pub host: CaSet<X509Ca>,
+    pub client: CaSet<X509Ca>,
+    pub ssh_user: CaSet<SshCa>,
+    pub ssh_host: CaSet<SshCa>,
     /// Issues X.509-SVIDs and signs the SVID CRL; the trust domain's X.509 authority.
-    pub spiffe: X509Ca,
-    /// Signs JWT-SVIDs; its public key is the trust domain's JWT authority.
-    pub jwt: X509Ca,
-    /// Every stored CA, including those whose issuers arrive with later
-    /// capabilities (db-client): created up front so the
-    /// cluster's trust roots never change under running agents.
+    pub spiffe: CaSet<X509Ca>,
+    /// Signs JWT-SVIDs; its public keys are the trust domain's JWT authorities.
+    pub jwt: CaSet<X509Ca>,
+    /// The established CA of every purpose, including those whose issuers arrive with
+    /// later capabilities (db-client): created up front so the cluster's trust roots
+    /// never change under running agents except through a rotation.
     pub stored: Vec<StoredCa>,
+    /// Rotations in progress.
+    pub rotations: Vec<CaRotation>,
+    /// Changes whenever any CA's phase, signer or trusted set changes.
+    pub epoch: String,
     /// [`Cas::agent_bundle_pem`], encoded once.
     bundle_pem: String,
 }
 
 impl Cas {
-    /// PEM of the CAs an agent needs: the host CA (to trust the auth service)
-    /// then the client CA (to trust peers' client certificates).
+    /// PEM of the CAs an agent needs: every trusted host CA (to trust the auth
+    /// service; the one it serves with first) then every trusted client CA (to
+    /// trust peers' client certificates).
     pub fn agent_bundle_pem(&self) -> String {
         self.bundle_pem.clone()
+    }
+
+    /// `@cert-authority` lines for every trusted ssh-host CA.
+    pub fn known_hosts(&self) -> String {
+        self.ssh_host
+            .trusted
+            .iter()
+            .map(|c| format!("{}\n", c.known_hosts_line("*")))
+            .collect()
+    }
+
+    /// TrustedUserCAKeys lines for every trusted ssh-user CA.
+    pub fn ssh_user_cas(&self) -> String {
+        self.ssh_user
+            .trusted
+            .iter()
+            .map(|c| format!("{}\n", c.public_key_openssh().trim_end()))
+            .collect()
+    }
+
+    /// The rotation of `purpose` in progress, if any.
+    pub fn rotation(&self, purpose: CaPurpose) -> Option<&CaRotation> {
+        self.rotations.iter().find(|r| r.purpose == purpose)
+    }
+
+    /// The pin of the host CA the auth service serves with (what `bots add` prints).
+    pub fn server_pin(&self) -> String {
+        self.host.server.spki_pin()
     }
 }
 
@@ -73,7 +145,13 @@ pub async fn load_or_create(
             Err(e) => return Err(e),
         },
     };
+    Ok((name, load(store, km).await?))
+}
+
+/// Every CA as the store holds it now: the established ones and rotations in progress.
+pub async fn load(store: &dyn Store, km: &dyn KeyManager) -> anyhow::Result<Cas> {
     let mut stored = Vec::new();
+    let mut rotations = Vec::new();
     for p in CaPurpose::ALL {
         let item = store
             .get(&keys::ca(p))
@@ -83,25 +161,52 @@ pub async fn load_or_create(
             .with_context(|| format!("decoding the {} CA", p.as_str()))?;
         key_source::check_manager(&ca, km)?;
         stored.push(ca);
+        if let Some(r) = ca_rotation::read(store, p).await? {
+            key_source::check_manager(&r.record.new, km)?;
+            rotations.push(r.record);
+        }
     }
-    let x509 = |p: CaPurpose| -> anyhow::Result<X509Ca> {
+    let find = |p: CaPurpose| -> anyhow::Result<(&StoredCa, Option<&CaRotation>)> {
         let s = stored
             .iter()
             .find(|s| s.purpose == p)
             .context("missing CA")?;
-        X509Ca::load(km, s).with_context(|| format!("loading the {} CA", p.as_str()))
+        Ok((s, rotations.iter().find(|r| r.purpose == p)))
     };
-    let ssh = |p: CaPurpose| -> anyhow::Result<SshCa> {
-        let s = stored
-            .iter()
-            .find(|s| s.purpose == p)
-            .context("missing CA")?;
-        SshCa::load(km, s).with_context(|| format!("loading the {} CA", p.as_str()))
+    let x509 = |p: CaPurpose| -> anyhow::Result<CaSet<X509Ca>> {
+        let (s, r) = find(p)?;
+        let load = |s: &StoredCa| {
+            X509Ca::load(km, s).with_context(|| format!("loading the {} CA", p.as_str()))
+        };
+        Ok(match r {
+            None => CaSet::single(load(s)?),
+            Some(r) => CaSet::rotating(load(s)?, load(&r.new)?, r.phase),
+        })
+    };
+    let ssh = |p: CaPurpose| -> anyhow::Result<CaSet<SshCa>> {
+        let (s, r) = find(p)?;
+        let load = |s: &StoredCa| {
+            SshCa::load(km, s).with_context(|| format!("loading the {} CA", p.as_str()))
+        };
+        Ok(match r {
+            None => CaSet::single(load(s)?),
+            Some(r) => CaSet::rotating(load(s)?, load(&r.new)?, r.phase),
+        })
     };
     let host = x509(CaPurpose::Host)?;
     let client = x509(CaPurpose::Client)?;
-    let bundle_pem = format!("{}{}", host.cert_pem(), client.cert_pem());
-    let cas = Cas {
+    let mut bundle_pem = host.server.cert_pem();
+    for c in host
+        .trusted
+        .iter()
+        .filter(|c| !Arc::ptr_eq(c, &host.server))
+    {
+        bundle_pem.push_str(&c.cert_pem());
+    }
+    for c in &client.trusted {
+        bundle_pem.push_str(&c.cert_pem());
+    }
+    let mut cas = Cas {
         host,
         client,
         bundle_pem,
@@ -109,9 +214,33 @@ pub async fn load_or_create(
         ssh_host: ssh(CaPurpose::SshHost)?,
         spiffe: x509(CaPurpose::Spiffe)?,
         jwt: x509(CaPurpose::Jwt)?,
+        epoch: String::new(),
         stored,
+        rotations,
     };
-    Ok((name, cas))
+    cas.epoch = epoch(&cas);
+    Ok(cas)
+}
+
+/// A digest of every purpose's phase and of which key signs, serves and is
+/// trusted: equal epochs mean agents hold nothing to re-issue.
+fn epoch(cas: &Cas) -> String {
+    let mut text = String::new();
+    for s in &cas.stored {
+        let phase = cas
+            .rotation(s.purpose)
+            .map_or("standby", |r| r.phase.as_str());
+        let new = cas
+            .rotation(s.purpose)
+            .map(|r| ca_rotation::fingerprint(&r.new))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "{}:{phase}:{}:{new};",
+            s.purpose.as_str(),
+            ca_rotation::fingerprint(s)
+        ));
+    }
+    sigil_pki::sha256_hex(text.as_bytes())[..32].to_string()
 }
 
 /// The stored cluster name, checked against `--cluster-name`; `None` before creation.

@@ -10,6 +10,14 @@ pub fn ca(p: CaPurpose) -> String {
     format!("/cas/{}", p.as_str())
 }
 
+pub const CAS: &str = "/cas/";
+pub const CA_ROTATIONS: &str = "/ca_rotations/";
+
+/// A rotation of the `p` CA in progress (ca_rotation.rs).
+pub fn ca_rotation(p: CaPurpose) -> String {
+    format!("{CA_ROTATIONS}{}", p.as_str())
+}
+
 pub const ROLES: &str = "/roles/";
 pub const BOTS: &str = "/bots/";
 pub const TOKENS: &str = "/tokens/";

@@ -8,6 +8,7 @@
 mod api;
 mod audit;
 mod authz;
+mod ca_rotation;
 mod cache;
 mod cluster;
 mod escalation;
@@ -119,12 +120,13 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     let _lock = prepare_data_dir(&cfg.data_dir)?;
     let store = open_store(&cfg).await?;
     let km = SoftwareKeyManager;
-    let ca_km = key_source::key_manager(&cfg.ca_keys)?;
+    let ca_km: Arc<dyn sigil_pki::KeyManager> = Arc::from(key_source::key_manager(&cfg.ca_keys)?);
     let (cluster, cas) =
         cluster::load_or_create(store.as_ref(), ca_km.as_ref(), cfg.cluster_name.as_deref())
             .await?;
+    let cas = Arc::new(cas);
     let cache = cache::Cache::start(store.clone()).await?;
-    let ca_pin = cas.host.spki_pin();
+    let ca_pin = cas.server_pin();
     let audit_key_path = cfg
         .audit_key_file
         .clone()
@@ -164,9 +166,15 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
 
     let (dns, ips) = tls::server_names(&cluster, &cfg.server_names, &[listen, public]);
-    let server_cert = Arc::new(tls::ServerCert::issue(&cas.host, &cluster, &dns, &ips)?);
-    let grpc_tls = tls::server_config(server_cert.clone(), &cas.client, true)?;
-    let public_tls = tls::server_config(server_cert.clone(), &cas.client, false)?;
+    let server_cert = Arc::new(tls::ServerCert::issue(
+        &cas.host.server,
+        &cluster,
+        &dns,
+        &ips,
+    )?);
+    let client_roots = Arc::new(tls::ClientRoots::new(&cas.client.trusted)?);
+    let grpc_tls = tls::server_config(server_cert.clone(), Some(client_roots.clone()))?;
+    let public_tls = tls::server_config(server_cert.clone(), None)?;
 
     let jwt_issuer = match &cfg.public_url {
         Some(u) => check_public_url(u)?,
@@ -179,7 +187,12 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         jwt_issuer,
         store: store.clone(),
         cluster: cluster.clone(),
-        cas,
+        ca_epoch: watch::channel(cas.epoch.clone()).0,
+        cas: std::sync::RwLock::new(cas),
+        ca_km,
+        cas_reload: tokio::sync::Mutex::new(()),
+        server_cert: server_cert.clone(),
+        client_roots,
         cache,
         joins: join::JoinRegistry::standard(),
         outbound: outbound::Outbound::new(cfg.outbound_ca_file.as_deref())?,
@@ -188,7 +201,6 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         public_addr: public.to_string(),
         data_dir: cfg.data_dir.clone(),
         started: Instant::now(),
-        ca_pin: ca_pin.clone(),
         checkpoints: checkpoints.clone(),
         denials: audit::aggregate::Denials::default(),
     });
@@ -252,6 +264,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         stop.clone(),
     ));
     let trust_follower = tokio::spawn(follow_trust(state.clone()));
+    let ca_follower = tokio::spawn(ca_rotation::follow(state.clone()));
     let janitor = {
         let store = store.clone();
         let state = state.clone();
@@ -266,7 +279,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
                             tracing::warn!(error = %e, "purging expired resources failed");
                         }
                     }
-                    _ = refresh.tick() => match server_cert.refresh(&state.cas.host) {
+                    _ = refresh.tick() => match server_cert.refresh(&state.cas().host.server) {
                         Ok(()) => tracing::info!("auth service TLS certificate renewed"),
                         Err(e) => tracing::error!(error = %e, "renewing the auth service TLS certificate failed"),
                     },
@@ -279,6 +292,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     tracing::info!("shutting down");
     janitor.abort();
     trust_follower.abort();
+    ca_follower.abort();
     let _ = grpc.await;
     let _ = admin.await;
     let _ = public_srv.await;
@@ -367,7 +381,7 @@ async fn follow_trust(state: state::SharedState) {
         };
         match state
             .trust
-            .refresh(&state.cas, &state.cache.revocations(), force)
+            .refresh(&state.cas(), &state.cache.revocations(), force)
         {
             Ok(true) => {
                 tracing::info!(sequence = state.trust.current().sequence, "SVID CRL signed")

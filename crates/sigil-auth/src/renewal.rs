@@ -99,8 +99,9 @@ pub async fn renew(
         new_id.logins = auth.logins_for(&new_id);
         issuance::check_locks(state, &new_id, &[])?;
         let cert = state
-            .cas
+            .cas()
             .client
+            .signer
             .issue_client(&req.public_key_spki, &new_id, ttl)
             .map_err(issuance::pki_error)?;
         let now = OffsetDateTime::now_utc();
@@ -149,7 +150,7 @@ pub async fn renew(
                 metrics::counter!("sigil_certs_issued_total", "kind" => "x509").increment(1);
                 return Ok(Credentials {
                     tls_cert_pem: cert.pem,
-                    ca_certs_pem: state.cas.agent_bundle_pem(),
+                    ca_certs_pem: state.cas().agent_bundle_pem(),
                     bot_name: id.bot.clone(),
                     instance_id: id.instance_id.clone(),
                     generation: next,

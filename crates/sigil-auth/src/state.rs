@@ -1,8 +1,9 @@
 //! Shared state of a running auth service.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use sigil_pki::KeyManager;
 use sigil_store::Store;
 
 use crate::cache::Cache;
@@ -14,7 +15,18 @@ use crate::trust::Trust;
 pub struct AuthState {
     pub store: Arc<dyn Store>,
     pub cluster: String,
-    pub cas: Cas,
+    /// The CAs as of the last read of the store; see [`AuthState::cas`].
+    pub cas: RwLock<Arc<Cas>>,
+    /// Where CA keys are made and loaded (rotations make new ones).
+    pub ca_km: Arc<dyn KeyManager>,
+    /// [`Cas::epoch`], for agents following CA rotations (`WatchCas`).
+    pub ca_epoch: tokio::sync::watch::Sender<String>,
+    /// Serialises CA reloads (ca_rotation::reload).
+    pub cas_reload: tokio::sync::Mutex<()>,
+    /// The TLS certificate both listeners serve, re-issued when the host CA changes.
+    pub server_cert: Arc<crate::tls::ServerCert>,
+    /// The client CAs the mTLS listener accepts.
+    pub client_roots: Arc<crate::tls::ClientRoots>,
     pub cache: Cache,
     /// SPIFFE bundle, JWKS and SVID CRL.
     pub trust: Trust,
@@ -30,8 +42,6 @@ pub struct AuthState {
     pub public_addr: String,
     pub data_dir: std::path::PathBuf,
     pub started: Instant,
-    /// The host CA pin agents use to trust this service on first contact.
-    pub ca_pin: String,
     /// Signed audit checkpoints (integrity beyond the database).
     pub checkpoints: Arc<crate::audit::checkpoint::Checkpoints>,
     /// Aggregation of floods of identical denials.
@@ -41,6 +51,22 @@ pub struct AuthState {
 pub type SharedState = Arc<AuthState>;
 
 impl AuthState {
+    /// The CAs now; cheap (one `Arc` clone). Hold the result for one request so every
+    /// certificate of a response comes from the same CA set.
+    pub fn cas(&self) -> Arc<Cas> {
+        self.cas.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_cas(&self, cas: Arc<Cas>) {
+        *self.cas.write().unwrap_or_else(|p| p.into_inner()) = cas;
+    }
+
+    /// The host CA pin agents use to trust this service on first contact: that of
+    /// the host CA the service serves with now.
+    pub fn ca_pin(&self) -> String {
+        self.cas().server_pin()
+    }
+
     /// `Unavailable` while this server may hold a stale view of locks (a shared
     /// store's change feed has not been read for a few seconds): every lock check
     /// fails closed, and agents move to another server.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sigil_pki::{CertInfo, ClientIdentity, TlsKeyPair, X509Ca};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -132,27 +133,17 @@ fn certified_key(
 }
 
 /// Build the rustls server config for a listener, optionally verifying
-/// client certificates against the client CA.
+/// client certificates against the client CAs `roots` trusts at handshake time.
 pub fn server_config(
     cert: Arc<ServerCert>,
-    client_ca: &X509Ca,
-    client_auth: bool,
+    client_roots: Option<Arc<ClientRoots>>,
 ) -> anyhow::Result<rustls::ServerConfig> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with aws-lc-rs")?;
-    let builder = if client_auth {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(client_ca.cert_der().to_vec()))
-            .context("adding the client CA to the trust store")?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-            .allow_unauthenticated()
-            .build()
-            .context("building the client certificate verifier")?;
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
+    let builder = match client_roots {
+        Some(roots) => builder.with_client_cert_verifier(roots),
+        None => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -160,6 +151,88 @@ pub fn server_config(
     // only cost a write and an encryption per handshake.
     cfg.send_tls13_tickets = 0;
     Ok(cfg)
+}
+
+/// Verifies client certificates against the client CAs trusted now: one outside a
+/// rotation, both during one. Clients without a certificate may connect (to
+/// `Ping`/`Join`); every other call checks the identity per request.
+#[derive(Debug)]
+pub struct ClientRoots {
+    current: std::sync::RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientRoots {
+    pub fn new(cas: &[Arc<X509Ca>]) -> anyhow::Result<ClientRoots> {
+        Ok(ClientRoots {
+            current: std::sync::RwLock::new(verifier(cas)?),
+        })
+    }
+
+    /// Trust exactly `cas` from the next handshake on.
+    pub fn set(&self, cas: &[Arc<X509Ca>]) -> anyhow::Result<()> {
+        let v = verifier(cas)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = v;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn verifier(cas: &[Arc<X509Ca>]) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(CertificateDer::from(ca.cert_der().to_vec()))
+            .context("adding a client CA to the trust store")?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .context("building the client certificate verifier")
+}
+
+impl ClientCertVerifier for ClientRoots {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    // No hints: they would have to outlive a swap of the roots, and Sigil's
+    // clients send their one certificate regardless.
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.get()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.get().supported_verify_schemes()
+    }
 }
 
 /// What a request knows about its connection: the peer address and, when the

@@ -91,6 +91,21 @@ impl Trust {
         Ok(true)
     }
 
+    /// Rebuild at once with new CAs (a rotation step).
+    pub fn rebuild(
+        &self,
+        cas: &Cas,
+        revocations: &[WorkloadIdentityX509Revocation],
+    ) -> anyhow::Result<()> {
+        let cur = self.current();
+        let now = OffsetDateTime::now_utc().unix_timestamp().max(1) as u64;
+        let snap = build(cas, revocations, now.max(cur.sequence + 1))?;
+        let seq = snap.sequence;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
+        self.changed.send_replace(seq);
+        Ok(())
+    }
+
     /// The bundle as the agent API carries it.
     pub fn bundle_proto(&self, trust_domain: &str) -> TrustBundle {
         let s = self.current();
@@ -110,8 +125,19 @@ fn build(
     revocations: &[WorkloadIdentityX509Revocation],
     sequence: u64,
 ) -> anyhow::Result<TrustSnapshot> {
-    let x509_authorities = vec![cas.spiffe.cert_der().to_vec()];
-    let jwt_keys = vec![cas.jwt.public_key_spki_der()];
+    // During a rotation both CAs are authorities: SVIDs of either verify.
+    let x509_authorities: Vec<Vec<u8>> = cas
+        .spiffe
+        .trusted
+        .iter()
+        .map(|c| c.cert_der().to_vec())
+        .collect();
+    let jwt_keys: Vec<Vec<u8>> = cas
+        .jwt
+        .trusted
+        .iter()
+        .map(|c| c.public_key_spki_der())
+        .collect();
     let jwks = sigil_pki::jwks_document(&jwt_keys)?;
     let bundle = sigil_pki::spiffe_bundle_document(
         &x509_authorities,
@@ -133,7 +159,9 @@ fn build(
                 revoked_at: r.spec.revoked_at,
             })
             .collect();
-        cas.spiffe.sign_crl(sequence, &entries, CRL_VALIDITY)?
+        cas.spiffe
+            .signer
+            .sign_crl(sequence, &entries, CRL_VALIDITY)?
     };
     Ok(TrustSnapshot {
         sequence,

@@ -6,6 +6,7 @@ use std::time::Duration;
 pub mod audit_checkpoint;
 pub mod bot;
 pub mod bot_instance;
+pub mod ca_rotation;
 pub mod duration;
 pub mod limits;
 pub mod lock;
@@ -24,6 +25,10 @@ pub use audit_checkpoint::{
 };
 pub use bot::BotSpec;
 pub use bot_instance::{Authentication, BotInstanceSpec, HISTORY_CAP, Heartbeat};
+pub use ca_rotation::{
+    PhaseRoles, RotationMode, RotationPhase, RotationSchedule, RotationTarget, TransitionError,
+    check_transition,
+};
 pub use duration::{
     DurationError, HumanDuration, MAX_DURATION, check_duration, checked_expiry, format_duration,
     parse_duration,

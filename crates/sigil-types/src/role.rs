@@ -28,6 +28,7 @@ pub const RULE_RESOURCES: &[&str] = &[
     "workload_identity_x509_revocation",
     "audit",
     "status",
+    "cert_authority",
 ];
 
 /// Body of a `role`.
@@ -385,7 +386,7 @@ mod tests {
         for kind in crate::resource::KNOWN_KINDS {
             assert!(RULE_RESOURCES.contains(kind), "{kind} missing");
         }
-        for extra in ["audit", "status"] {
+        for extra in ["audit", "status", "cert_authority"] {
             let mut spec = RoleSpec::default();
             spec.allow.rules = vec![AdminRule {
                 resources: vec![extra.into()],

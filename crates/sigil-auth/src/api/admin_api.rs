@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::admin_tokens::{check_ref, expiry, invalid, method_token, new_token, ttl_or};
 use super::ca_export;
+use super::ca_rotate;
 use super::resources::{self, store_err};
 use super::workload_admin;
 use crate::audit;
@@ -231,7 +232,7 @@ impl AdminService for AdminApi {
                 .expires
                 .map(|e| e.unix_timestamp())
                 .unwrap_or_default(),
-            ca_pin: self.state.ca_pin.clone(),
+            ca_pin: self.state.ca_pin(),
             auth_server: self.state.advertise_addr.clone(),
         }))
     }
@@ -314,7 +315,7 @@ impl AdminService for AdminApi {
                 .expires
                 .map(|e| e.unix_timestamp())
                 .unwrap_or_default(),
-            ca_pin: self.state.ca_pin.clone(),
+            ca_pin: self.state.ca_pin(),
             auth_server: self.state.advertise_addr.clone(),
             bot: r.bot.clone(),
             join_method: token.spec.join_method.to_string(),
@@ -463,7 +464,7 @@ impl AdminService for AdminApi {
                 .map_err(store_err)
         };
         let cas = s
-            .cas
+            .cas()
             .stored
             .iter()
             .map(|c| {
@@ -495,7 +496,7 @@ impl AdminService for AdminApi {
             .collect();
         Ok(Response::new(StatusResponse {
             cluster_name: s.cluster.clone(),
-            ca_pin: s.ca_pin.clone(),
+            ca_pin: s.ca_pin(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             cas,
             bots: s.cache.bots().len() as u64,
@@ -523,6 +524,26 @@ impl AdminService for AdminApi {
         // status, not a new power over secrets.
         self.authorize(&req, "status", "read").await?;
         ca_export::export(&self.state, &req.get_ref().purpose).map(Response::new)
+    }
+
+    async fn rotate_ca(
+        &self,
+        req: Request<RotateCaRequest>,
+    ) -> Result<Response<CaRotationStatus>, Status> {
+        let caller = self.authorize(&req, "cert_authority", "update").await?;
+        ca_rotate::rotate(&self.state, &authz::actor(&caller), req.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn ca_rotations(
+        &self,
+        req: Request<CaRotationsRequest>,
+    ) -> Result<Response<CaRotationsResponse>, Status> {
+        self.authorize(&req, "status", "read").await?;
+        Ok(Response::new(CaRotationsResponse {
+            cas: ca_rotate::statuses(&self.state.cas()),
+        }))
     }
 
     async fn issue_workload_identity(

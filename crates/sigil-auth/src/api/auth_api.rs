@@ -9,10 +9,10 @@ use sigil_proto::v1::auth_service_server::AuthService;
 use sigil_proto::v1::join_client_message::Message as ClientMsg;
 use sigil_proto::v1::join_server_message::Message as ServerMsg;
 use sigil_proto::v1::{
-    Credentials, IdentityCredentials, IssueIdentityRequest, IssueSshHostCertRequest,
+    CaState, Credentials, IdentityCredentials, IssueIdentityRequest, IssueSshHostCertRequest,
     IssueWorkloadIdentitiesRequest, IssueWorkloadIdentitiesResponse, JoinChallenge,
     JoinClientMessage, JoinServerMessage, PingRequest, PingResponse, RenewRequest, SshHostCert,
-    SshHostState, WatchSshHostRequest, WatchWorkloadStateRequest, WorkloadState,
+    SshHostState, WatchCasRequest, WatchSshHostRequest, WatchWorkloadStateRequest, WorkloadState,
 };
 use sigil_store::Txn;
 use sigil_types::{RoleSet, WorkloadIdentitySelector};
@@ -42,7 +42,7 @@ impl AuthService for AuthApi {
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         Ok(Response::new(PingResponse {
             cluster_name: self.state.cluster.clone(),
-            ca_pin: self.state.ca_pin.clone(),
+            ca_pin: self.state.ca_pin(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             audit_checkpoint: self.state.checkpoints.latest_proto(),
             audit_public_key: self.state.checkpoints.public_key().to_string(),
@@ -132,9 +132,10 @@ impl AuthService for AuthApi {
         out_id.logins = auth.logins_for(&out_id);
         let logins = out_id.logins.clone();
         issuance::check_locks(&self.state, &out_id, &[])?;
-        let cas = &self.state.cas;
+        let cas = self.state.cas();
         let tls = cas
             .client
+            .signer
             .issue_client(&r.tls_public_key_spki, &out_id, ttl)
             .map_err(issuance::pki_error)?;
         let mut events = vec![issuance::x509_issued_event(&out_id, &tls, ttl, "client")];
@@ -149,6 +150,7 @@ impl AuthService for AuthApi {
             let key_id = crate::ssh_access::user_key_id(&id.bot, &id.bot_uid, &id.instance_id);
             let c = cas
                 .ssh_user
+                .signer
                 .issue_user_cert(&r.ssh_public_key, &key_id, &logins, ttl, &permissions)
                 .map_err(issuance::pki_error)?;
             events.push(audit::event(
@@ -175,11 +177,11 @@ impl AuthService for AuthApi {
             tls_cert_pem: tls.pem,
             ca_certs_pem: cas.agent_bundle_pem(),
             ssh_cert,
-            known_hosts: format!("{}\n", cas.ssh_host.known_hosts_line("*")),
+            known_hosts: cas.known_hosts(),
             principals: logins,
             expires_unix: tls.not_after.unix_timestamp(),
             cluster_name: self.state.cluster.clone(),
-            ssh_user_ca: cas.ssh_user.public_key_openssh(),
+            ssh_user_ca: cas.ssh_user_cas(),
         }))
     }
 
@@ -257,6 +259,32 @@ impl AuthService for AuthApi {
         crate::ssh_access::host_state(&self.state, &id, &labels)?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(crate::ssh_access::watch(self.state.clone(), id, labels, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchCasStream = ReceiverStream<Result<CaState, Status>>;
+
+    async fn watch_cas(
+        &self,
+        req: Request<WatchCasRequest>,
+    ) -> Result<Response<Self::WatchCasStream>, Status> {
+        agent_identity(&self.state, &req).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut epochs = state.ca_epoch.subscribe();
+            loop {
+                epochs.borrow_and_update();
+                let cas = state.cas();
+                let msg = CaState {
+                    epoch: cas.epoch.clone(),
+                    cas: super::ca_rotate::statuses(&cas),
+                };
+                if tx.send(Ok(msg)).await.is_err() || epochs.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

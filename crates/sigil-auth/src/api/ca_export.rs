@@ -21,16 +21,32 @@ pub fn purpose_names() -> String {
 /// The public key material of the `purpose` CA.
 pub fn export(state: &AuthState, purpose: &str) -> Result<ExportCaResponse, Status> {
     let p = parse_purpose(purpose)?;
-    let ca = state
-        .cas
+    let cas = state.cas();
+    let ca = cas
         .stored
         .iter()
         .find(|c| c.purpose == p)
         .ok_or_else(|| missing(p))?;
-    response(p, ca, || state.trust.current().jwks_json.clone())
+    let mut resp = response(p, ca, || state.trust.current().jwks_json.clone())?;
+    // During a rotation relying parties must trust both CAs: the new one's key
+    // line or certificate comes first, then the established one's.
+    if let Some(r) = cas.rotation(p) {
+        let new = response(p, &r.new, String::new)?;
+        resp.ssh_public_key = join_lines(&new.ssh_public_key, &resp.ssh_public_key);
+        resp.cert_pem = join_lines(&new.cert_pem, &resp.cert_pem);
+    }
+    Ok(resp)
 }
 
-fn parse_purpose(purpose: &str) -> Result<CaPurpose, Status> {
+/// Both values, each on its own line(s); empty stays empty.
+fn join_lines(first: &str, second: &str) -> String {
+    if first.is_empty() || second.is_empty() {
+        return format!("{first}{second}");
+    }
+    format!("{}\n{}", first.trim_end(), second)
+}
+
+pub fn parse_purpose(purpose: &str) -> Result<CaPurpose, Status> {
     CaPurpose::ALL
         .into_iter()
         .find(|p| p.as_str() == purpose)

@@ -3,5 +3,6 @@ pub mod admin_api;
 mod admin_tokens;
 pub mod auth_api;
 mod ca_export;
+pub mod ca_rotate;
 pub mod resources;
 pub mod workload_admin;

@@ -14,6 +14,8 @@ use time::OffsetDateTime;
 pub const CLUSTER_CREATED: &str = "cluster.created";
 pub const CLUSTER_MIGRATED: &str = "cluster.migrated";
 pub const AUDIT_KEY_REPLACED: &str = "audit.key_replaced";
+/// A CA rotation moved to another phase (or finished: `to` is `standby`).
+pub const CA_ROTATION: &str = "ca.rotation";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";

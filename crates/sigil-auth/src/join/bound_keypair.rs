@@ -179,7 +179,8 @@ fn sign_join_state(
     key: &BoundKey,
 ) -> Result<String, JoinDenied> {
     let fail = |e: String| JoinDenied::unavailable(format!("signing the join state: {e}"));
-    let (_, cert) = x509_parser::parse_x509_certificate(state.cas.jwt.cert_der())
+    let cas = state.cas();
+    let (_, cert) = x509_parser::parse_x509_certificate(cas.jwt.signer.cert_der())
         .map_err(|e| fail(e.to_string()))?;
     let remaining =
         cert.validity().not_after.timestamp() - OffsetDateTime::now_utc().unix_timestamp() - 60;
@@ -196,9 +197,8 @@ fn sign_join_state(
         ttl: Duration::from_secs(ttl),
         extra,
     };
-    state
-        .cas
-        .jwt
+    cas.jwt
+        .signer
         .sign_jwt_svid(&claims)
         .map(|s| s.token)
         .map_err(|e| fail(e.to_string()))
@@ -210,8 +210,15 @@ fn check_join_state(state: &AuthState, token: &str, presented: &str) -> Result<u
     if presented.is_empty() {
         return Err("no join state presented".into());
     }
-    let jwks = sigil_pki::jwks_document(&[state.cas.jwt.public_key_spki_der()])
-        .map_err(|e| e.to_string())?;
+    // Every trusted JWT key: a state signed before a rotation still verifies during it.
+    let keys: Vec<Vec<u8>> = state
+        .cas()
+        .jwt
+        .trusted
+        .iter()
+        .map(|c| c.public_key_spki_der())
+        .collect();
+    let jwks = sigil_pki::jwks_document(&keys).map_err(|e| e.to_string())?;
     let v = sigil_pki::verify_jwt_svid(presented, &jwks, &state.cluster, JOIN_STATE_TYP)
         .map_err(|e| format!("join state does not verify: {e}"))?;
     let claim = |n: &str| v.claims.get(n).and_then(|c| c.as_str());

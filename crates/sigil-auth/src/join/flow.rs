@@ -138,8 +138,9 @@ pub(super) fn certify(
     }
     let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
     let cert = state
-        .cas
+        .cas()
         .client
+        .signer
         .issue_client(&init.public_key_spki, id, ttl)
         .map_err(issuance::pki_error)?;
     Ok(Ok((cert, ttl)))
@@ -230,7 +231,7 @@ pub(super) fn credentials(
 ) -> Credentials {
     Credentials {
         tls_cert_pem: cert.pem,
-        ca_certs_pem: state.cas.agent_bundle_pem(),
+        ca_certs_pem: state.cas().agent_bundle_pem(),
         bot_name: id.bot.clone(),
         instance_id: id.instance_id.clone(),
         generation: id.generation,
@@ -297,8 +298,9 @@ async fn rejoin(
     }
     let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
     let cert = state
-        .cas
+        .cas()
         .client
+        .signer
         .issue_client(&init.public_key_spki, &id, ttl)
         .map_err(issuance::pki_error)?;
     let now = OffsetDateTime::now_utc();

@@ -166,17 +166,24 @@ pub fn host_state(
             }
         });
     }
-    let ssh_user_ca = state.cas.ssh_user.public_key_openssh();
+    let cas = state.cas();
+    let ssh_user_ca = cas.ssh_user_cas();
     let revoked_key_ids: Vec<String> = revoked_key_ids.into_iter().collect();
     let krl = Krl {
         version: 1,
         generated_unix: time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64,
         comment: format!("sigil {} ssh-user CA", state.cluster),
-        certs: vec![KrlCertSection {
-            ca_public_key_openssh: Some(ssh_user_ca.clone()),
-            serials: Vec::new(),
-            key_ids: revoked_key_ids.clone(),
-        }],
+        // One section per trusted user CA: during a rotation either may have signed.
+        certs: cas
+            .ssh_user
+            .trusted
+            .iter()
+            .map(|ca| KrlCertSection {
+                ca_public_key_openssh: Some(ca.public_key_openssh()),
+                serials: Vec::new(),
+                key_ids: revoked_key_ids.clone(),
+            })
+            .collect(),
         revoked_keys_openssh: Vec::new(),
     }
     .to_bytes()

@@ -93,9 +93,10 @@ async fn issue(
     }
     let ttl = effective_ttl(req.ttl_seconds, auth.max_ttl);
     let key_id = format!("host:{}:{}", id.bot, id.instance_id);
-    let cas = &state.cas;
+    let cas = state.cas();
     let cert = cas
         .ssh_host
+        .signer
         .issue_host_cert(&req.ssh_public_key, &key_id, &req.principals, ttl)
         .map_err(issuance::pki_error)?;
     let event = audit::event(
@@ -117,7 +118,7 @@ async fn issue(
     metrics::counter!("sigil_certs_issued_total", "kind" => "ssh_host").increment(1);
     Ok(SshHostCert {
         ssh_cert: cert.openssh,
-        ssh_user_ca: cas.ssh_user.public_key_openssh(),
+        ssh_user_ca: cas.ssh_user_cas(),
         expires_unix: cert.not_after.unix_timestamp(),
         serial: cert.serial,
     })

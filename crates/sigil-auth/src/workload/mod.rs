@@ -185,8 +185,9 @@ pub async fn issue(
                 req.max_ttl,
             );
             let cert = state
-                .cas
+                .cas()
                 .spiffe
+                .signer
                 .issue_x509_svid(req.x509_spki, &spiffe_id, &rendered.dns_sans, ttl)
                 .map_err(crate::issuance::pki_error)?;
             let mut ev = audit_base.clone();
@@ -220,8 +221,9 @@ pub async fn issue(
                 extra: rendered.extra_claims.clone().into_iter().collect(),
             };
             let jwt = state
-                .cas
+                .cas()
                 .jwt
+                .signer
                 .sign_jwt_svid(&claims)
                 .map_err(|e| Status::internal(format!("signing the JWT-SVID: {e}")))?;
             let mut ev = audit_base.clone();

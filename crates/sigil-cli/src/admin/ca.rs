@@ -6,8 +6,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use sigil_pki::CaPurpose;
 use sigil_proto::v1::{ExportCaRequest, ExportCaResponse};
 
+use sigil_proto::v1::{CaRotationStatus, CaRotationsRequest, RotateCaRequest};
+use sigil_types::HumanDuration;
+
 use super::connect::connect;
-use crate::cli::GlobalArgs;
+use crate::cli::Format;
+use crate::cli::{FormatArg, GlobalArgs};
 use crate::error::CliError;
 use crate::output;
 
@@ -16,8 +20,38 @@ use crate::output;
 pub enum CaCommand {
     /// Print a CA's public key: ssh-user/ssh-host as an OpenSSH key line (for
     /// TrustedUserCAKeys / @cert-authority), the X.509 CAs as a PEM
-    /// certificate, jwt as a JWKS.
+    /// certificate, jwt as a JWKS. While a rotation is in progress: both CAs
+    /// (the new one first), which relying parties must trust until standby.
     Export(CaExportArgs),
+    /// Rotate a CA without downtime. Without --phase: an automatic rotation
+    /// that moves through init, update_clients, update_servers and standby, a
+    /// third of --grace-period each. With --phase: one manual step.
+    Rotate(CaRotateArgs),
+    /// Every CA: its fingerprint and the rotation in progress, if any.
+    Status(FormatArg),
+}
+
+/// `sigil ca rotate`
+#[derive(Args, Debug, Clone)]
+pub struct CaRotateArgs {
+    /// The CA: host, client, ssh-user, ssh-host, db-client, spiffe, jwt.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub ca_type: String,
+    /// The manual step to make: init (start; the new CA is trusted),
+    /// update_clients (the new CA signs), update_servers (the auth service
+    /// serves with it), standby (finish), or rollback.
+    #[arg(long, value_name = "PHASE", value_parser = ["init", "update_clients", "update_servers", "standby", "rollback"])]
+    pub phase: Option<String>,
+    /// How long an automatic rotation takes in all (default 30h). Agents have
+    /// its last two thirds to renew with the new CA before the old one goes.
+    #[arg(long, value_name = "DURATION", conflicts_with = "phase")]
+    pub grace_period: Option<HumanDuration>,
+    /// standby although some bot instances have not renewed since the new CA
+    /// started signing (they will have to join again).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub format: FormatArg,
 }
 
 /// `sigil ca export`
@@ -63,7 +97,133 @@ pub async fn run(global: &GlobalArgs, cmd: &CaCommand) -> anyhow::Result<()> {
             output::out(&render(purpose, args.format, &resp)?)?;
             Ok(())
         }
+        CaCommand::Rotate(args) => {
+            let purpose = parse_type(&args.ca_type)?;
+            let mut client = connect(global).await?;
+            let s = client
+                .rotate_ca(RotateCaRequest {
+                    purpose: purpose.as_str().to_string(),
+                    phase: args.phase.clone().unwrap_or_default(),
+                    grace_period_seconds: args.grace_period.map_or(0, |d| d.0.as_secs().max(1)),
+                    force: args.force,
+                })
+                .await?
+                .into_inner();
+            match args.format.format {
+                Format::Json => output::out(&output::json(&rotation_json(&s))?)?,
+                Format::Text => output::out(&rotation_text(&s))?,
+            }
+            Ok(())
+        }
+        CaCommand::Status(format) => {
+            let mut client = connect(global).await?;
+            let cas = client
+                .ca_rotations(CaRotationsRequest {})
+                .await?
+                .into_inner()
+                .cas;
+            match format.format {
+                Format::Json => output::out(&output::json(&serde_json::Value::Array(
+                    cas.iter().map(rotation_json).collect(),
+                ))?)?,
+                Format::Text => output::out(&status_table(&cas))?,
+            }
+            Ok(())
+        }
     }
+}
+
+/// What one CA's rotation looks like after a step, and the step that comes next.
+pub fn rotation_text(s: &CaRotationStatus) -> String {
+    let p = &s.purpose;
+    if s.phase == "standby" {
+        return format!(
+            "the {p} CA is in standby: {} signs and is the only one trusted",
+            s.established_fingerprint
+        );
+    }
+    let mut out = format!(
+        "the {p} CA's rotation {} is in phase {} ({})\n  established CA: {}\n  new CA:         {}\n  signing now:    {}",
+        s.rotation_id,
+        s.phase,
+        s.mode,
+        s.established_fingerprint,
+        s.new_fingerprint,
+        s.signing_fingerprint
+    );
+    if s.mode == "auto" && !s.next_phase.is_empty() {
+        out.push_str(&format!(
+            "\n  next: {} at {}",
+            s.next_phase,
+            unix_time(s.next_phase_unix)
+        ));
+    } else {
+        let next = match s.phase.as_str() {
+            "init" => "update_clients",
+            "update_clients" => "update_servers",
+            _ => "standby",
+        };
+        out.push_str(&format!(
+            "\n  next: sigil ca rotate --type {p} --phase {next}   (or --phase rollback)"
+        ));
+    }
+    out
+}
+
+/// TYPE, PHASE, MODE, SIGNING, NEW, NEXT.
+pub fn status_table(cas: &[CaRotationStatus]) -> String {
+    let rows = cas
+        .iter()
+        .map(|s| {
+            vec![
+                s.purpose.clone(),
+                s.phase.clone(),
+                if s.mode.is_empty() {
+                    "-".into()
+                } else {
+                    s.mode.clone()
+                },
+                s.signing_fingerprint.clone(),
+                if s.new_fingerprint.is_empty() {
+                    "-".into()
+                } else {
+                    s.new_fingerprint.clone()
+                },
+                if s.next_phase.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{} at {}", s.next_phase, unix_time(s.next_phase_unix))
+                },
+            ]
+        })
+        .collect();
+    output::table(&["TYPE", "PHASE", "MODE", "SIGNING", "NEW", "NEXT"], rows)
+}
+
+fn unix_time(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn rotation_json(s: &CaRotationStatus) -> serde_json::Value {
+    serde_json::json!({
+        "type": s.purpose,
+        "phase": s.phase,
+        "mode": s.mode,
+        "rotation_id": s.rotation_id,
+        "established_fingerprint": s.established_fingerprint,
+        "new_fingerprint": s.new_fingerprint,
+        "signing_fingerprint": s.signing_fingerprint,
+        "started_unix": s.started_unix,
+        "phase_changed_unix": s.phase_changed_unix,
+        "next_phase": s.next_phase,
+        "next_phase_unix": s.next_phase_unix,
+    })
 }
 
 /// The CA purpose named by `--type`; a usage error (exit 2) lists the valid ones.
@@ -101,7 +261,13 @@ pub fn render(
     let value = value.trim_end();
     Ok(match format {
         CaExportFormat::Key => value.to_string(),
-        CaExportFormat::KnownHosts => format!("@cert-authority * {value}"),
+        // One line per CA: two while a rotation is in progress.
+        CaExportFormat::KnownHosts => value
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("@cert-authority * {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
     })
 }
 

@@ -1,0 +1,364 @@
+//! Moving a rotation from one phase to the next: by an administrator
+//! (`sigil ca rotate`) or on an automatic rotation's schedule. Every step is one
+//! compare-and-swap commit with its audit event, so two servers (or two admins)
+//! racing for the same step move it once.
+
+use std::time::Duration;
+
+use sigil_pki::{CaPurpose, SshCa, StoredCa, X509Ca};
+use sigil_store::{Op, StoreError, Txn};
+use sigil_types::{
+    RotationMode, RotationPhase, RotationSchedule, RotationTarget, check_transition,
+};
+use time::OffsetDateTime;
+use tonic::Status;
+
+use super::{CaRotation, StoredRotation, fingerprint, read};
+use crate::audit;
+use crate::keys;
+use crate::state::AuthState;
+
+/// Shortest grace period of an automatic rotation: agents renew at half their
+/// credentials' life, and each third of the grace period must leave them time to.
+pub const MIN_GRACE: Duration = Duration::from_secs(30);
+
+/// What an administrator asked for.
+pub struct RotateRequest {
+    pub purpose: CaPurpose,
+    /// `None`: start an automatic rotation.
+    pub target: Option<RotationTarget>,
+    /// Grace period of an automatic rotation.
+    pub grace: Duration,
+    /// Finish (standby) even though some bot instances have not renewed since the
+    /// new CA started signing.
+    pub force: bool,
+    pub by: String,
+}
+
+/// Applies one step and returns the rotation as it now stands (`None`: standby).
+pub async fn rotate(state: &AuthState, req: RotateRequest) -> Result<Option<CaRotation>, Status> {
+    let p = req.purpose;
+    let current = read(state.store.as_ref(), p)
+        .await
+        .map_err(|e| Status::unavailable(format!("{e:#}")))?;
+    let from = current.as_ref().map(|r| r.record.phase);
+    let (target, mode) = match req.target {
+        Some(t) => (t, RotationMode::Manual),
+        None => {
+            if let Some(r) = &current {
+                return Err(Status::failed_precondition(format!(
+                    "a rotation of the {p} CA is already in phase {}; move it with --phase, or roll it back with --phase rollback",
+                    r.record.phase
+                )));
+            }
+            if req.grace < MIN_GRACE {
+                return Err(Status::invalid_argument(format!(
+                    "--grace-period {:?} is shorter than the minimum {MIN_GRACE:?}",
+                    req.grace
+                )));
+            }
+            (
+                RotationTarget::Phase(RotationPhase::Init),
+                RotationMode::Auto,
+            )
+        }
+    };
+    check_transition(from, target).map_err(|e| Status::failed_precondition(e.to_string()))?;
+    let now = OffsetDateTime::now_utc();
+    let (txn, after) = match (target, current) {
+        (RotationTarget::Phase(RotationPhase::Init), None) => {
+            let new = generate(state, p)?;
+            let record = CaRotation {
+                purpose: p,
+                id: hex::encode(random_id()),
+                phase: RotationPhase::Init,
+                mode,
+                schedule: (mode == RotationMode::Auto)
+                    .then(|| RotationSchedule::from_grace(now, req.grace)),
+                started: now,
+                phase_changed: now,
+                signing_since: None,
+                new,
+                by: req.by.clone(),
+            };
+            let txn = Txn {
+                ops: vec![Op::Create {
+                    key: keys::ca_rotation(p),
+                    value: encode(&record)?,
+                    expires: None,
+                }],
+                audit: vec![event(&record, "standby", &req.by, Some(req.grace))],
+            };
+            (txn, Some(record))
+        }
+        (RotationTarget::Phase(to), Some(cur)) => {
+            let mut record = cur.record.clone();
+            record.phase = to;
+            record.phase_changed = now;
+            // An administrator's step takes an automatic rotation over.
+            if req.target.is_some() {
+                record.mode = RotationMode::Manual;
+            }
+            if to == RotationPhase::UpdateClients {
+                record.signing_since = Some(now);
+            }
+            let txn = Txn {
+                ops: vec![Op::Update {
+                    key: keys::ca_rotation(p),
+                    value: encode(&record)?,
+                    expires: None,
+                    expected_revision: Some(cur.revision),
+                }],
+                audit: vec![event(&record, cur.record.phase.as_str(), &req.by, None)],
+            };
+            (txn, Some(record))
+        }
+        (RotationTarget::Standby, Some(cur)) => (finish(state, &cur, &req).await?, None),
+        // check_transition allows nothing else.
+        (t, None) => {
+            return Err(Status::failed_precondition(format!(
+                "no rotation of the {p} CA is in progress; start one before {}",
+                t.as_str()
+            )));
+        }
+    };
+    state.store.commit(txn).await.map_err(|e| match e {
+        StoreError::Conflict(_) | StoreError::AlreadyExists(_) | StoreError::NotFound(_) => {
+            Status::aborted(format!(
+                "the {p} CA's rotation changed while this step was being made (another administrator or server moved it); check `sigil ca status` and retry"
+            ))
+        }
+        e => Status::unavailable(format!("saving the rotation: {e}")),
+    })?;
+    if let Err(e) = super::reload(state).await {
+        tracing::error!(error = %format!("{e:#}"), "reloading the CAs after a rotation step failed");
+    }
+    Ok(after)
+}
+
+/// Standby: after `update_servers` the new CA becomes the established one; after a
+/// rollback the new one is dropped.
+async fn finish(
+    state: &AuthState,
+    cur: &StoredRotation,
+    req: &RotateRequest,
+) -> Result<Txn, Status> {
+    let p = req.purpose;
+    let mut ops = vec![Op::Delete {
+        key: keys::ca_rotation(p),
+        expected_revision: Some(cur.revision),
+    }];
+    let completed = cur.record.phase == RotationPhase::UpdateServers;
+    if completed {
+        if !req.force
+            && let Some(since) = cur.record.signing_since
+        {
+            let behind = not_renewed_since(state, since).await?;
+            if !behind.is_empty() {
+                let shown: Vec<&str> = behind.iter().take(5).map(String::as_str).collect();
+                return Err(Status::failed_precondition(format!(
+                    "{} bot instance(s) have not renewed since the new {p} CA started signing ({}), so they still hold credentials of the old CA, which stop verifying at standby: {}{}. Wait for them to renew, lock or remove them, or pass --force",
+                    behind.len(),
+                    since,
+                    shown.join(", "),
+                    if behind.len() > shown.len() {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        let est = state
+            .store
+            .get(&keys::ca(p))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| Status::internal(format!("the {p} CA is missing from the store")))?;
+        ops.push(Op::Update {
+            key: keys::ca(p),
+            value: serde_json::to_vec(&cur.record.new)
+                .map_err(|e| Status::internal(e.to_string()))?,
+            expires: None,
+            expected_revision: Some(est.revision),
+        });
+    }
+    let mut ev = event(&cur.record, cur.record.phase.as_str(), &req.by, None);
+    if let Some(fields) = ev.fields.as_object_mut() {
+        fields.insert("to".into(), "standby".into());
+        fields.insert(
+            "outcome".into(),
+            if completed { "rotated" } else { "rolled_back" }.into(),
+        );
+        fields.insert("forced".into(), req.force.into());
+    }
+    Ok(Txn {
+        ops,
+        audit: vec![ev],
+    })
+}
+
+/// Bot instances whose latest join or renewal is older than `since`
+/// (`bot/instance`), from the cache.
+async fn not_renewed_since(
+    state: &AuthState,
+    since: OffsetDateTime,
+) -> Result<Vec<String>, Status> {
+    let items = state
+        .store
+        .list(keys::BOT_INSTANCES)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut out = Vec::new();
+    for item in items {
+        let Ok(inst) = serde_json::from_slice::<sigil_types::BotInstance>(&item.value) else {
+            continue;
+        };
+        let last = inst
+            .spec
+            .authentications
+            .iter()
+            .map(|a| a.time)
+            .chain(inst.spec.initial_authentication.as_ref().map(|a| a.time))
+            .max();
+        if last.is_none_or(|t| t < since) {
+            out.push(format!("{}/{}", inst.spec.bot_name, inst.spec.instance_id));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Advance every automatic rotation whose time has come. Every server runs this;
+/// the compare-and-swap lets one of them make each step.
+pub async fn auto_advance(state: &AuthState) {
+    let now = OffsetDateTime::now_utc();
+    let due: Vec<(CaPurpose, RotationTarget)> = state
+        .cas()
+        .rotations
+        .iter()
+        .filter(|r| r.mode == RotationMode::Auto)
+        .filter_map(|r| Some((r.purpose, r.schedule?.due(r.phase, now)?)))
+        .collect();
+    for (purpose, target) in due {
+        let req = RotateRequest {
+            purpose,
+            target: Some(target),
+            grace: Duration::ZERO,
+            // The grace period was the promise made when the rotation started.
+            force: true,
+            by: "auth service (automatic rotation)".into(),
+        };
+        match rotate_auto(state, req).await {
+            Ok(()) => {
+                tracing::info!(ca = %purpose, phase = target.as_str(), "automatic CA rotation advanced")
+            }
+            Err(e)
+                if e.code() == tonic::Code::Aborted
+                    || e.code() == tonic::Code::FailedPrecondition =>
+            {
+                // Another server made the step first.
+            }
+            Err(e) => {
+                tracing::warn!(ca = %purpose, error = %e.message(), "automatic CA rotation step failed; retrying")
+            }
+        }
+    }
+}
+
+/// An automatic step keeps the rotation automatic.
+async fn rotate_auto(state: &AuthState, req: RotateRequest) -> Result<(), Status> {
+    let p = req.purpose;
+    let Some(cur) = read(state.store.as_ref(), p)
+        .await
+        .map_err(|e| Status::unavailable(format!("{e:#}")))?
+    else {
+        return Err(Status::failed_precondition("finished"));
+    };
+    let target = req.target.ok_or_else(|| Status::internal("no target"))?;
+    let now = OffsetDateTime::now_utc();
+    // Re-check against the stored record: another server may have moved it.
+    let Some(sched) = cur.record.schedule else {
+        return Err(Status::failed_precondition("not automatic"));
+    };
+    if cur.record.mode != RotationMode::Auto || sched.due(cur.record.phase, now) != Some(target) {
+        return Err(Status::failed_precondition("already advanced"));
+    }
+    let txn = match target {
+        RotationTarget::Standby => finish(state, &cur, &req).await?,
+        RotationTarget::Phase(to) => {
+            let mut record = cur.record.clone();
+            record.phase = to;
+            record.phase_changed = now;
+            if to == RotationPhase::UpdateClients {
+                record.signing_since = Some(now);
+            }
+            Txn {
+                ops: vec![Op::Update {
+                    key: keys::ca_rotation(p),
+                    value: encode(&record)?,
+                    expires: None,
+                    expected_revision: Some(cur.revision),
+                }],
+                audit: vec![event(&record, cur.record.phase.as_str(), &req.by, None)],
+            }
+        }
+    };
+    state.store.commit(txn).await.map_err(|e| match e {
+        StoreError::Conflict(_) | StoreError::NotFound(_) => Status::aborted("raced"),
+        e => Status::unavailable(e.to_string()),
+    })?;
+    if let Err(e) = super::reload(state).await {
+        tracing::error!(error = %format!("{e:#}"), "reloading the CAs after a rotation step failed");
+    }
+    Ok(())
+}
+
+/// A new CA of the purpose, its key made by the configured key manager.
+fn generate(state: &AuthState, p: CaPurpose) -> Result<StoredCa, Status> {
+    let km = state.ca_km.as_ref();
+    let stored = if p.is_ssh() {
+        SshCa::generate(km, p, &state.cluster).map(|(_, s)| s)
+    } else {
+        X509Ca::generate(km, p, &state.cluster).map(|(_, s)| s)
+    };
+    stored.map_err(|e| Status::unavailable(format!("generating the new {p} CA: {e}")))
+}
+
+fn encode(record: &CaRotation) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(record).map_err(|e| Status::internal(e.to_string()))
+}
+
+fn random_id() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    // Names a rotation, not a secret: the clock will do if the RNG fails.
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        b = OffsetDateTime::now_utc()
+            .unix_timestamp_nanos()
+            .to_le_bytes()[..8]
+            .try_into()
+            .unwrap_or_default();
+    }
+    b
+}
+
+fn event(
+    r: &CaRotation,
+    from: &str,
+    by: &str,
+    grace: Option<Duration>,
+) -> sigil_store::NewAuditEvent {
+    let mut fields = serde_json::json!({
+        "ca": r.purpose.as_str(),
+        "rotation": r.id,
+        "from": from,
+        "to": r.phase.as_str(),
+        "mode": match r.mode { RotationMode::Manual => "manual", RotationMode::Auto => "auto" },
+        "new_fingerprint": fingerprint(&r.new),
+        "by": by,
+    });
+    if let (Some(g), Some(obj)) = (grace, fields.as_object_mut()) {
+        obj.insert("grace_period_seconds".into(), g.as_secs().into());
+    }
+    audit::event(audit::CA_ROTATION, fields)
+}

@@ -1,0 +1,83 @@
+//! Keeping a server's CAs current: on every change of a CA or rotation record in
+//! the store (its own or another server's), reload them and swap in everything
+//! derived from them — the trust bundle and JWKS, the client CAs the TLS listener
+//! accepts, its own server certificate — then tell agents (`WatchCas`) and the
+//! workload and SSH streams (the cache's policy revision), which re-issue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sigil_store::WatchEvent;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::cluster;
+use crate::keys;
+use crate::state::{AuthState, SharedState};
+
+/// Reads the CAs from the store and, if anything changed, publishes them.
+pub async fn reload(state: &AuthState) -> anyhow::Result<()> {
+    // One reload at a time: the later read of the store always wins.
+    let _one = state.cas_reload.lock().await;
+    let cas = cluster::load(state.store.as_ref(), state.ca_km.as_ref()).await?;
+    let before = state.cas();
+    if cas.epoch == before.epoch {
+        return Ok(());
+    }
+    let cas = Arc::new(cas);
+    state
+        .trust
+        .rebuild(&cas, &state.cache.revocations())
+        .map_err(|e| anyhow::anyhow!("rebuilding the trust bundle: {e:#}"))?;
+    state.client_roots.set(&cas.client.trusted)?;
+    if cas.host.server.spki_pin() != before.host.server.spki_pin() {
+        state.server_cert.refresh(&cas.host.server)?;
+        tracing::info!(ca_pin = %cas.server_pin(), "auth service TLS certificate re-issued by the host CA now serving");
+    }
+    state.set_cas(cas.clone());
+    // Workload and SSH streams re-send their state and agents re-issue.
+    state.cache.bump_policy();
+    state.ca_epoch.send_replace(cas.epoch.clone());
+    for r in &cas.rotations {
+        tracing::info!(ca = %r.purpose, phase = %r.phase, rotation = %r.id, "CA rotation in progress");
+    }
+    Ok(())
+}
+
+/// Follows the store's change feed for CA records; also drives automatic rotations.
+pub async fn follow(state: SharedState) {
+    let mut rx = state.store.watch();
+    // Anything committed before the subscription is picked up here.
+    reload_logged(&state).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let relevant = match ev {
+                    Ok(WatchEvent::Put(item)) => is_ca_key(&item.key),
+                    Ok(WatchEvent::Delete { key, .. }) => is_ca_key(&key),
+                    Ok(WatchEvent::Reset) | Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                };
+                if relevant {
+                    reload_logged(&state).await;
+                }
+            }
+            _ = tick.tick() => super::auto_advance(&state).await,
+        }
+    }
+}
+
+fn is_ca_key(key: &str) -> bool {
+    key.starts_with(keys::CAS) || key.starts_with(keys::CA_ROTATIONS)
+}
+
+/// Reloads until it succeeds: a server serving an old CA set would issue from a key
+/// that may no longer be trusted.
+async fn reload_logged(state: &AuthState) {
+    let mut wait = Duration::from_millis(100);
+    while let Err(e) = reload(state).await {
+        tracing::error!(error = %format!("{e:#}"), "reloading the CAs failed; retrying");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
+}
