@@ -54,7 +54,11 @@ struct Rig {
 
 impl Rig {
     fn start() -> Rig {
-        let auth = Auth::start();
+        Rig::on(Auth::start())
+    }
+
+    /// An agent of a new bot on `auth`.
+    fn on(auth: Auth) -> Rig {
         auth.create("role.yaml", ROLE);
         auth.create("self.yaml", SELF_ID);
         let token = bot_token(&auth, "rot-bot", "rot-role");
@@ -671,5 +675,78 @@ fn an_automatic_rotation_advances_on_its_schedule() {
     assert_eq!(
         steps,
         ["init", "update_clients", "update_servers", "standby"]
+    );
+}
+
+/// Two auth servers on one PostgreSQL: the rotation is driven through A while the
+/// agent only knows B. B learns of every step from the change feed, serves with the
+/// new host CA at update_servers, and the agent follows it through B alone.
+#[test]
+fn a_rotation_made_through_one_server_reaches_agents_of_another() {
+    let url = common::postgres::fresh_db();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("audit-key.json");
+    let server = || Auth::start_with(&["--store", &url, "--audit-key", key.to_str().unwrap()]);
+    let a = server();
+    let rig = Rig::on(server());
+    let work = rig.dir.path();
+    let prober = Prober::start(&rig);
+    let served_by_b = || {
+        stdout(&run(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "openssl s_client -connect {} -showcerts </dev/null 2>/dev/null",
+                    rig.auth.addr()
+                ),
+            ],
+        ))
+    };
+    for t in ["host", "spiffe"] {
+        a.ok(&["ca", "rotate", "--type", t, "--phase", "init"]);
+    }
+    let new_host = rig.export("host").remove(0);
+    let new_spiffe = rig.export("spiffe").remove(0);
+    assert_eq!(rig.status()[0]["phase"], "init", "B follows A's step");
+    rig.wait_agent("both CAs trusted", || {
+        count_certs(&rig.x509().join("bundle.pem")) == 2
+            && count_certs(&rig.id().join("ca.crt")) == 3
+    });
+    for t in ["host", "spiffe"] {
+        a.ok(&["ca", "rotate", "--type", t, "--phase", "update_clients"]);
+    }
+    rig.wait_agent("an SVID from the new spiffe CA", || {
+        signed_by(work, &new_spiffe, &rig.x509().join("svid.pem"))
+    });
+    assert!(!pems(&served_by_b()).contains(&new_host));
+    for t in ["host", "spiffe"] {
+        a.ok(&["ca", "rotate", "--type", t, "--phase", "update_servers"]);
+    }
+    wait_until(
+        "B to serve with the new host CA",
+        Duration::from_secs(10),
+        || pems(&served_by_b()).contains(&new_host),
+    );
+    rig.wait_agent("a renewal through B's new certificate", || true);
+    for t in ["host", "spiffe"] {
+        a.ok(&["ca", "rotate", "--type", t, "--phase", "standby"]);
+    }
+    rig.wait_agent("only the new CAs trusted", || {
+        count_certs(&rig.x509().join("bundle.pem")) == 1
+            && count_certs(&rig.id().join("ca.crt")) == 2
+    });
+    let (rounds, failures) = prober.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {rounds} probe rounds failed: {failures:#?}\nagent log:\n{}",
+        failures.len(),
+        rig.log()
+    );
+    assert!(!rig.log().contains("renewal failed"), "{}", rig.log());
+    assert_eq!(rig.export("host"), vec![new_host.clone()]);
+    assert_eq!(
+        a.ok(&["ca", "export", "--type", "host"]).trim_end(),
+        new_host.trim_end()
     );
 }
