@@ -28,10 +28,11 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use time::OffsetDateTime;
 
 use crate::ca_validate::{chain_from_pem, validate_chain};
+use crate::der;
 use crate::imported_key::ImportedKey;
 use crate::key_manager::{KeyContext, KeyManager};
 use crate::keys::{CaPurpose, KeyAlgorithm, StoredCa, StoredKey, random_bytes};
-use crate::x509_ca::{RcgenKey, X509Ca, ca_params, check_uri_safe, pem_encode};
+use crate::x509_ca::{RcgenKey, X509Ca, check_uri_safe, pem_encode};
 use crate::{PkiError, Result};
 
 pub use crate::ca_validate::MIN_CA_REMAINING;
@@ -169,4 +170,37 @@ fn finish(
             algorithm: KeyAlgorithm::EcdsaP256.as_str(),
         })?;
     Ok(stored)
+}
+
+/// Subject, basicConstraints and keyUsage of a Sigil X.509 CA, shared by a generated CA
+/// and the CSR of an intermediate ([`crate::new_x509_ca_request`]). `serial` goes into the
+/// subject's serialNumber attribute (2.5.4.5): every CA subject is unique, so a rotated CA
+/// never shares a subject with its predecessor (path building picks the right one).
+pub(crate) fn ca_params(
+    purpose: CaPurpose,
+    cluster: &str,
+    serial: &[u8],
+) -> Result<rcgen::CertificateParams> {
+    let serial_hex = hex::encode(der::strip_leading_zeros(serial));
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::OrganizationName, cluster);
+    dn.push(
+        rcgen::DnType::CommonName,
+        format!("{cluster} {} CA", purpose.as_str()),
+    );
+    let serial_attr = rcgen::string::PrintableString::try_from(serial_hex)
+        .map_err(|e| PkiError::CertificateBuild(e.to_string()))?;
+    dn.push(
+        rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]),
+        rcgen::DnValue::PrintableString(serial_attr),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    Ok(params)
 }

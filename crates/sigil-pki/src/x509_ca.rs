@@ -8,6 +8,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use x509_parser::extensions::ParsedExtension;
 
+use crate::ca_import::ca_params;
 use crate::der::{self, TAG_BIT_STRING, TAG_OCTET_STRING, TAG_OID, TAG_SEQUENCE, TAG_SET};
 use crate::identity::{ClientIdentity, IDENTITY_OID_DER};
 use crate::key_manager::{CaSigningKey, KeyContext, KeyManager};
@@ -428,39 +429,6 @@ impl X509Ca {
             not_after,
         })
     }
-}
-
-/// Subject, basicConstraints and keyUsage of a Sigil X.509 CA, shared by a generated CA
-/// and the CSR of an intermediate ([`crate::new_x509_ca_request`]). `serial` goes into the
-/// subject's serialNumber attribute (2.5.4.5): every CA subject is unique, so a rotated CA
-/// never shares a subject with its predecessor (path building picks the right one).
-pub(crate) fn ca_params(
-    purpose: CaPurpose,
-    cluster: &str,
-    serial: &[u8],
-) -> Result<rcgen::CertificateParams> {
-    let serial_hex = hex::encode(der::strip_leading_zeros(serial));
-    let mut params = rcgen::CertificateParams::default();
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::OrganizationName, cluster);
-    dn.push(
-        rcgen::DnType::CommonName,
-        format!("{cluster} {} CA", purpose.as_str()),
-    );
-    let serial_attr = rcgen::string::PrintableString::try_from(serial_hex)
-        .map_err(|e| PkiError::CertificateBuild(e.to_string()))?;
-    dn.push(
-        rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]),
-        rcgen::DnValue::PrintableString(serial_attr),
-    );
-    params.distinguished_name = dn;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::DigitalSignature,
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    Ok(params)
 }
 
 /// One RelativeDistinguishedName with a single UTF8String attribute.

@@ -116,7 +116,7 @@ impl X509Ca {
 
 pub(crate) fn parse(der: &[u8]) -> std::result::Result<X509Certificate<'_>, String> {
     match x509_parser::parse_x509_certificate(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err("trailing bytes after the certificate".into()),
         Err(e) => Err(format!("not a DER X.509 certificate: {e}")),
     }

@@ -230,8 +230,7 @@ fn without_the_root_the_topmost_certificate_is_the_anchor() {
 
 fn refusal(purpose: CaPurpose, chain: &str, key_pem: &str) -> String {
     let err = import_x509_ca(&SoftwareKeyManager, purpose, CLUSTER, chain, key_pem)
-        .err()
-        .expect("the import must be refused")
+        .expect_err("the import must be refused")
         .to_string();
     // Nothing of the key's PEM body appears in any refusal.
     for line in key_pem.lines().filter(|l| !l.starts_with("-----")) {
