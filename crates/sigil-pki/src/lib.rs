@@ -31,6 +31,7 @@ mod jwt_verify;
 mod key_manager;
 mod keys;
 mod krl;
+mod name_constraints;
 #[cfg(feature = "pkcs11")]
 mod pkcs11_keys;
 mod software_keys;

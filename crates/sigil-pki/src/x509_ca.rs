@@ -227,7 +227,7 @@ impl X509Ca {
             cluster: cluster.to_string(),
             issuer_name_der: cert.tbs_certificate.subject.as_raw().to_vec(),
             // A leaf must not outlive any certificate its path goes through.
-            not_after: chain.not_after.min(cert.validity().not_after.to_datetime()),
+            not_after: chain.not_after,
             chain,
             spki_pin: format!("sha256:{}", sha256_hex(&spki)),
             akid_ext_der,
@@ -320,6 +320,7 @@ impl X509Ca {
                 reason: "a server certificate needs at least one DNS name or IP address",
             });
         }
+        self.check_leaf_names(dns_names, ips)?;
         let mut sans = Vec::new();
         for name in dns_names {
             check_dns_name(name)?;

@@ -20,6 +20,7 @@
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
+use crate::name_constraints::LeafNameConstraints;
 use crate::x509_ca::{X509Ca, pem_encode};
 use crate::{PkiError, Result};
 
@@ -30,8 +31,10 @@ pub(crate) struct CaChain {
     ders: Vec<Vec<u8>>,
     /// What relying parties trust.
     anchor: Vec<u8>,
-    /// The earliest notAfter of the certificates above the CA (leaves must expire before).
+    /// The earliest notAfter of the CA's certificate and those above it (leaves must expire before).
     pub(crate) not_after: OffsetDateTime,
+    /// DNS/IP name constraints of the CA's certificate and those above it.
+    pub(crate) names: LeafNameConstraints,
 }
 
 impl CaChain {
@@ -39,13 +42,6 @@ impl CaChain {
     /// nearest first. Checks each certificate is signed by the next (not validity: a
     /// stored CA loads even once expired, so that it can be rotated out).
     pub(crate) fn new(cert_der: &[u8], above: Vec<Vec<u8>>) -> Result<CaChain> {
-        if above.is_empty() {
-            return Ok(CaChain {
-                ders: vec![cert_der.to_vec()],
-                anchor: cert_der.to_vec(),
-                not_after: OffsetDateTime::UNIX_EPOCH + time::Duration::days(365 * 8000),
-            });
-        }
         let mut parsed = Vec::with_capacity(above.len() + 1);
         for (i, der) in std::iter::once(cert_der)
             .chain(above.iter().map(Vec::as_slice))
@@ -54,6 +50,20 @@ impl CaChain {
             parsed.push(parse(der).map_err(|e| {
                 PkiError::InvalidCertificate(format!("stored CA chain, certificate {}: {e}", i + 1))
             })?);
+        }
+        let names = LeafNameConstraints::of(&parsed);
+        let not_after = parsed
+            .iter()
+            .map(|c| c.validity().not_after.to_datetime())
+            .min()
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        if above.is_empty() {
+            return Ok(CaChain {
+                ders: vec![cert_der.to_vec()],
+                anchor: cert_der.to_vec(),
+                not_after,
+                names,
+            });
         }
         for (i, pair) in parsed.windows(2).enumerate() {
             if let Some(why) = link_error(&pair[0], &pair[1]) {
@@ -64,11 +74,6 @@ impl CaChain {
                 )));
             }
         }
-        let not_after = parsed[1..]
-            .iter()
-            .map(|c| c.validity().not_after.to_datetime())
-            .min()
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let top = &parsed[parsed.len() - 1];
         let root_supplied = is_self_signed(top);
         drop(parsed);
@@ -84,6 +89,7 @@ impl CaChain {
             ders,
             anchor,
             not_after,
+            names,
         })
     }
 }

@@ -411,7 +411,7 @@ fn imports_are_refused_with_what_to_fix() {
         &h.org_int,
         &format!("{CA_EXT}nameConstraints = critical, permitted;DNS:.prod.internal\n"),
     );
-    import_x509_ca(
+    let stored = import_x509_ca(
         &SoftwareKeyManager,
         CaPurpose::Host,
         CLUSTER,
@@ -419,6 +419,55 @@ fn imports_are_refused_with_what_to_fix() {
         &dns_nc.key_pem(),
     )
     .unwrap();
+    // ... and enforced there: a name inside verifies, one outside is not issued.
+    let ca = X509Ca::load(&SoftwareKeyManager, &stored).unwrap();
+    let spki = TlsKeyPair::generate().unwrap().spki_der();
+    let ttl = Duration::from_secs(600);
+    let inside = ca
+        .issue_server(&spki, "web", &["web.prod.internal".into()], &[], ttl)
+        .unwrap();
+    let untrusted = pki.write("dns-nc-chain.pem", &ca.chain_pem());
+    let leaf = pki.write("dns-nc-leaf.pem", &inside.pem);
+    let (ok, out) = verify(h.root.cert.to_str().unwrap(), &untrusted, &leaf, &[]);
+    assert!(ok, "{out}");
+    let err = ca
+        .issue_server(&spki, "web", &["web.example.com".into()], &[], ttl)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("web.example.com") && err.contains(".prod.internal"),
+        "{err}"
+    );
+    // A leaf may not outlive the organisation's intermediate (365 days), even when the
+    // CA's own certificate runs longer.
+    let key = pki.key("long", Alg::P256);
+    let cert = pki.issue_dated(
+        "long",
+        &key,
+        &h.org_int,
+        "20200101000000Z",
+        "20991231000000Z",
+    );
+    let long = import_x509_ca(
+        &SoftwareKeyManager,
+        CaPurpose::Host,
+        CLUSTER,
+        &with_chain(&Issuer { cert, key }),
+        &std::fs::read_to_string(pki.path("long.key")).unwrap(),
+    )
+    .unwrap();
+    let long = X509Ca::load(&SoftwareKeyManager, &long).unwrap();
+    let err = long
+        .issue_server(
+            &spki,
+            "web",
+            &["web".into()],
+            &[],
+            Duration::from_secs(400 * 86400),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outlive its CA"), "{err}");
 
     // Keys of other algorithms are named, with the one accepted.
     for (alg, name) in [(Alg::Rsa, "RSA"), (Alg::P384, "ECDSA P-384")] {
