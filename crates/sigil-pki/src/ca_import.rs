@@ -12,9 +12,9 @@
 //!
 //! Both run the same checks (`ca_validate.rs`): the first certificate is a CA for exactly
 //! this key, every certificate is valid now and for at least [`MIN_CA_REMAINING`], each
-//! is signed by the next, no pathLenConstraint forbids the CA, no name constraint that
-//! Sigil's leaves would break, and for `spiffe` a URI SAN, if any, is
-//! `spiffe://<cluster>`. Both return a [`StoredCa`] with [`StoredCa::chain_pem`] set when
+//! is signed by the next, no pathLenConstraint forbids the CA, no extendedKeyUsage or
+//! name constraint that Sigil's leaves would break (DNS/IP constraints are enforced at each
+//! issuance instead), and for `spiffe` a URI SAN, if any, is `spiffe://<cluster>`. Both return a [`StoredCa`] with [`StoredCa::chain_pem`] set when
 //! there are certificates above the CA's own; [`X509Ca::load`] loads it, and
 //! [`X509Ca::chain_ders`] / [`X509Ca::trust_anchor_der`] give what to send and what to
 //! trust.

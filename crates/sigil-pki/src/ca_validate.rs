@@ -11,7 +11,8 @@
 //! would fail, so such constraints are refused at import, except URI constraints on the
 //! `host` CA (server certificates carry no URI). DNS and IP constraints are not checked at
 //! import: the DNS names and addresses of server certificates and SVIDs are chosen at each
-//! issuance, and a leaf naming something outside them is rejected by its peers.
+//! issuance, so they are enforced there (`name_constraints.rs`): a server certificate or
+//! SVID naming something outside them is refused rather than issued.
 
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
@@ -88,6 +89,7 @@ pub(crate) fn validate_chain(
         check_validity(cert, now).map_err(|why| refuse(format!("{} {why}", name(i))))?;
         check_name_constraints(purpose, cert)
             .map_err(|why| refuse(format!("{} {why}", name(i))))?;
+        check_eku(purpose, cert).map_err(|why| refuse(format!("{} {why}", name(i))))?;
     }
     for i in 0..certs.len() - 1 {
         if let Some(why) = link_error(&certs[i], &certs[i + 1]) {
@@ -156,7 +158,7 @@ fn check_ca(
             ))
         }
         None if depth == 0 && purpose == CaPurpose::Spiffe => Err(
-            "has no keyUsage extension; the SPIFFE X509-SVID standard requires keyCertSign on signing certificates: re-issue it with `keyUsage = critical, keyCertSign, cRLSign`".into(),
+            "has no keyUsage extension; the X509-SVID standard (§3.2, §4.3) requires keyCertSign on signing certificates: re-issue it with `keyUsage = critical, keyCertSign, cRLSign`".into(),
         ),
         _ => Ok(()),
     }
@@ -226,6 +228,32 @@ fn check_name_constraints(
     Ok(())
 }
 
+/// An extendedKeyUsage on a CA certificate is applied to every leaf below it by OpenSSL
+/// and Go (X509-SVID standard §4.4): it must allow what this CA's leaves are for.
+fn check_eku(purpose: CaPurpose, cert: &X509Certificate<'_>) -> std::result::Result<(), String> {
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|e| format!("has an unreadable extendedKeyUsage extension ({e})"))?;
+    let Some(eku) = eku else { return Ok(()) };
+    if eku.value.any {
+        return Ok(());
+    }
+    // Server certificates (host) and SVIDs carry serverAuth and clientAuth; bot and
+    // database client certificates carry clientAuth.
+    let needs_server = matches!(purpose, CaPurpose::Host | CaPurpose::Spiffe);
+    if !eku.value.client_auth || (needs_server && !eku.value.server_auth) {
+        let wanted = if needs_server {
+            "serverAuth, clientAuth"
+        } else {
+            "clientAuth"
+        };
+        return Err(format!(
+            "has an extendedKeyUsage without {wanted}, which OpenSSL and Go then refuse for the {purpose} CA's certificates: re-issue it with `extendedKeyUsage = {wanted}` or without the extension"
+        ));
+    }
+    Ok(())
+}
+
 /// A SPIFFE signing certificate may carry a SPIFFE ID: the trust domain's own, no path.
 fn check_spiffe_uri(cluster: &str, cert: &X509Certificate<'_>) -> std::result::Result<(), String> {
     let san = cert
@@ -237,7 +265,7 @@ fn check_spiffe_uri(cluster: &str, cert: &X509Certificate<'_>) -> std::result::R
             && *uri != expected
         {
             return Err(format!(
-                "carries the URI SAN {uri:?}; a SPIFFE signing certificate's URI SAN, if any, must be exactly {expected:?} (the trust domain, which is the cluster name; SPIFFE X509-SVID standard): re-issue it with that URI or none"
+                "carries the URI SAN {uri:?}; a SPIFFE signing certificate's URI SAN, if any, must be exactly {expected:?}, the trust domain's ID with no path (the trust domain is the cluster name; X509-SVID standard §3.2): re-issue it with that URI or none"
             ));
         }
     }

@@ -333,6 +333,45 @@ fn imports_are_refused_with_what_to_fix() {
         "{err}"
     );
 
+    // Not valid yet.
+    let key = pki.key("future", Alg::P256);
+    let cert = pki.issue_dated(
+        "future",
+        &key,
+        &h.org_int,
+        "20990101000000Z",
+        "20991231000000Z",
+    );
+    let future = Issuer { cert, key };
+    let err = refusal(CaPurpose::Client, &with_chain(&future), &future.key_pem());
+    assert!(
+        err.contains("not valid before 2099-01-01T00:00:00Z"),
+        "{err}"
+    );
+
+    // An extendedKeyUsage on the CA that leaves the SVIDs' serverAuth out.
+    let client_only = pki.issue(
+        "eku-client",
+        Alg::P256,
+        &h.org_int,
+        &format!("{CA_EXT}extendedKeyUsage = clientAuth\n"),
+    );
+    let err = refusal(
+        CaPurpose::Spiffe,
+        &with_chain(&client_only),
+        &client_only.key_pem(),
+    );
+    assert!(err.contains("serverAuth"), "{err}");
+    // ... which a client CA may have.
+    import_x509_ca(
+        &SoftwareKeyManager,
+        CaPurpose::Client,
+        CLUSTER,
+        &with_chain(&client_only),
+        &client_only.key_pem(),
+    )
+    .unwrap();
+
     // pathlen:0 on the organisation's intermediate, with the CA a further level below.
     let pathlen0 = pki.issue(
         "pathlen0",
