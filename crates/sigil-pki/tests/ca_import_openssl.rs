@@ -638,3 +638,94 @@ fn import_into_the_encrypted_manager_seals_loads_and_signs() {
     moved.purpose = CaPurpose::Host;
     assert!(X509Ca::load(&km, &moved).is_err());
 }
+
+/// The hex digits of the `pub:` block of `openssl pkey -pubin -text` (an EC point).
+fn openssl_ec_point(cert: &Path) -> Vec<u8> {
+    let (ok, pubkey, err) = openssl(
+        &["x509", "-noout", "-pubkey", "-in", cert.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, text, err) = openssl(&["pkey", "-pubin", "-noout", "-text"], Some(&pubkey));
+    assert!(ok, "{err}");
+    let text = String::from_utf8(text).unwrap();
+    let hex: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("pub:"))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .flat_map(|l| l.trim().split(':'))
+        .collect();
+    hex::decode(hex).unwrap()
+}
+
+#[test]
+fn spiffe_bundle_publishes_an_organisation_root_of_any_algorithm() {
+    use base64::Engine as _;
+    let b64url = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let h = hierarchy();
+    let p384_root = h.pki.root("p384-root", Alg::P384);
+    for root in [&h.root, &p384_root] {
+        let ca_files = h.pki.issue(
+            &format!(
+                "sigil-under-{}",
+                root.cert.file_stem().unwrap().to_str().unwrap()
+            ),
+            Alg::P256,
+            root,
+            SPIFFE_EXT,
+        );
+        let stored = import_x509_ca(
+            &SoftwareKeyManager,
+            CaPurpose::Spiffe,
+            CLUSTER,
+            &cat(&[&ca_files.cert, &root.cert]),
+            &ca_files.key_pem(),
+        )
+        .unwrap();
+        let ca = X509Ca::load(&SoftwareKeyManager, &stored).unwrap();
+        let doc = spiffe_bundle_document(
+            &[ca.trust_anchor_der().to_vec()],
+            &[],
+            1,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let jwk = &doc["keys"][0];
+        assert_eq!(jwk["use"], "x509-svid");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(jwk["x5c"][0].as_str().unwrap())
+                .unwrap(),
+            der_of(&root.cert)
+        );
+        if std::ptr::eq(root, &h.root) {
+            assert_eq!(jwk["kty"], "RSA");
+            let (ok, out, err) = openssl(
+                &[
+                    "x509",
+                    "-noout",
+                    "-modulus",
+                    "-in",
+                    root.cert.to_str().unwrap(),
+                ],
+                None,
+            );
+            assert!(ok, "{err}");
+            let modulus = String::from_utf8(out).unwrap();
+            let modulus = modulus.trim().trim_start_matches("Modulus=");
+            assert_eq!(hex::encode_upper(b64url(&jwk["n"])), modulus);
+            assert_eq!(b64url(&jwk["e"]), [1, 0, 1]);
+        } else {
+            assert_eq!((&jwk["kty"], &jwk["crv"]), (&"EC".into(), &"P-384".into()));
+            let point = openssl_ec_point(&root.cert);
+            assert_eq!(point.len(), 97);
+            assert_eq!(b64url(&jwk["x"]), point[1..49]);
+            assert_eq!(b64url(&jwk["y"]), point[49..]);
+        }
+    }
+}
