@@ -8,6 +8,11 @@
 //! CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA: a token without them is refused with a clear
 //! error when an SSH CA is created, rather than silently keeping the SSH CAs elsewhere —
 //! the promise is that no CA key is in the database.
+//!
+//! An imported key ([`KeyManager::import`], an organisation's intermediate CA) is created
+//! on the token with C_CreateObject, sensitive and non-extractable like a generated one,
+//! with its public key beside it under the same CKA_ID and label. It did exist outside
+//! the token; the CSR flow keeps a key on the token from the start.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -277,7 +282,9 @@ impl KeyManager for Pkcs11KeyManager {
         let scalar = key.private_scalar()?;
         // Like a generated key: sensitive and non-extractable, so it cannot be read back
         // out. CKA_LOCAL and CKA_NEVER_EXTRACTABLE stay false, truthfully: it was made
-        // outside the token.
+        // outside the token. Some HSMs accept private keys only from generation or
+        // C_UnwrapKey and refuse this with CKR_TEMPLATE_INCONSISTENT or similar; the CSR
+        // flow (key generated on the token) works with those.
         let mut private = vec![
             Attribute::Class(ObjectClass::PRIVATE_KEY),
             Attribute::KeyType(KeyType::EC),

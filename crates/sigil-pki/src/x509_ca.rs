@@ -183,7 +183,7 @@ impl X509Ca {
 
     /// `above`: the issuing certificates of an intermediate CA, nearest first (empty for a
     /// self-signed CA).
-    pub(crate) fn from_parts(
+    fn from_parts(
         purpose: CaPurpose,
         cluster: &str,
         cert_der: Vec<u8>,
