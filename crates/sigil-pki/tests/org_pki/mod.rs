@@ -9,6 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sigil_pki::*;
 
 pub fn openssl(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
     let mut child = Command::new("openssl")
@@ -300,4 +303,77 @@ pub fn cat(paths: &[&Path]) -> String {
         .iter()
         .map(|p| std::fs::read_to_string(p).unwrap())
         .collect()
+}
+
+// What the Sigil-side tests share: a hierarchy and the leaves an X509Ca issues.
+
+pub const CLUSTER: &str = "prod";
+pub const SPIFFE_EXT: &str = "basicConstraints = critical, CA:TRUE, pathlen:0\nkeyUsage = critical, keyCertSign, cRLSign, digitalSignature\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\nsubjectAltName = URI:spiffe://prod\n";
+
+pub fn identity() -> ClientIdentity {
+    ClientIdentity {
+        cluster: CLUSTER.into(),
+        bot: "ci-bot".into(),
+        bot_uid: String::new(),
+        instance_id: "5b0c9a3e-0f7e-4c1e-9a55-3f0d7f1d2c11".into(),
+        roles: vec!["deploy".into()],
+        generation: 1,
+        renewable: true,
+        join_method: "token".into(),
+        logins: vec![],
+        delegated: false,
+        join_attributes: Default::default(),
+    }
+}
+
+/// Issues one leaf of each kind `ca` can issue, and returns (name, PEM, openssl purpose).
+pub fn leaves(ca: &X509Ca) -> Vec<(&'static str, String, &'static str)> {
+    let spki = TlsKeyPair::generate().unwrap().spki_der();
+    let ttl = Duration::from_secs(3600);
+    let mut out = vec![
+        (
+            "client",
+            ca.issue_client(&spki, &identity(), ttl).unwrap().pem,
+            "sslclient",
+        ),
+        (
+            "server",
+            ca.issue_server(&spki, "web", &["web.prod.internal".into()], &[], ttl)
+                .unwrap()
+                .pem,
+            "sslserver",
+        ),
+    ];
+    if ca.purpose() == CaPurpose::Spiffe {
+        let svid = ca
+            .issue_x509_svid(&spki, "spiffe://prod/ns/web", &[], ttl)
+            .unwrap();
+        out.push(("svid", svid.pem, "sslclient"));
+    }
+    out
+}
+
+pub fn der_of(path: &Path) -> Vec<u8> {
+    pem_to_ders(&std::fs::read_to_string(path).unwrap(), "CERTIFICATE")
+        .unwrap()
+        .remove(0)
+}
+
+/// Root (RSA) → organisation intermediate (P-384, pathlen:1) → the imported CA (P-256).
+pub struct Hierarchy {
+    pub pki: OrgPki,
+    pub root: Issuer,
+    pub org_int: Issuer,
+}
+
+pub fn hierarchy() -> Hierarchy {
+    let pki = OrgPki::new();
+    let root = pki.root("root", Alg::Rsa);
+    let org_int = pki.issue(
+        "org-int",
+        Alg::P384,
+        &root,
+        "basicConstraints = critical, CA:TRUE, pathlen:1\nkeyUsage = critical, keyCertSign, cRLSign\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n",
+    );
+    Hierarchy { pki, root, org_int }
 }
