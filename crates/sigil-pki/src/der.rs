@@ -113,7 +113,6 @@ fn push_base128(out: &mut Vec<u8>, mut v: u128) {
 }
 
 /// Decode OID content bytes into dotted decimal (arcs up to 128 bits).
-#[cfg(test)]
 pub(crate) fn oid_to_string(content: &[u8]) -> Option<String> {
     let mut arcs: Vec<u128> = Vec::new();
     let mut cur: u128 = 0;

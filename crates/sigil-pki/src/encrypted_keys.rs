@@ -17,6 +17,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::imported_key::ImportedKey;
 use crate::key_manager::{CaSigningKey, KeyContext, KeyManager};
 use crate::keys::{KeyAlgorithm, StoredKey, random_bytes};
 use crate::software_keys::{generate_pkcs8, signing_key_from_pkcs8};
@@ -261,6 +262,16 @@ impl KeyManager for EncryptedKeyManager {
             manager: NAME.to_string(),
             algorithm: alg,
             material: self.seal(ctx, alg, &pkcs8)?,
+        })
+    }
+
+    fn import(&self, ctx: &KeyContext<'_>, key: &ImportedKey) -> Result<StoredKey> {
+        // Same envelope and associated data as a generated key: nothing tells them apart.
+        let pkcs8 = key.pkcs8_der()?;
+        Ok(StoredKey {
+            manager: NAME.to_string(),
+            algorithm: key.algorithm(),
+            material: self.seal(ctx, key.algorithm(), &pkcs8)?,
         })
     }
 

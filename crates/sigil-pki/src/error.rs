@@ -157,6 +157,36 @@ pub enum PkiError {
     /// A JWT-SVID failed validation (or its claims could not be encoded).
     #[error("JWT-SVID rejected: {0}")]
     InvalidJwt(String),
+    /// A private key handed in for import is of an algorithm the CA cannot use.
+    #[error(
+        "the private key given is {found}, but only {accepted} keys can be imported (what the X.509 CAs sign with): issue the CA for a P-256 key, e.g. `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`, or use the CSR flow"
+    )]
+    UnsupportedKeyAlgorithm {
+        /// What the key is (e.g. "RSA", "ECDSA P-384").
+        found: String,
+        /// What is accepted.
+        accepted: &'static str,
+    },
+    /// A private key handed in for import could not be read. Never carries key material.
+    #[error("the private key given is unusable: {0}")]
+    InvalidImportKey(&'static str),
+    /// A CA of this purpose cannot be imported or requested under another root.
+    #[error("the {purpose} CA cannot be imported: {reason}")]
+    NotImportable {
+        /// Purpose asked for.
+        purpose: CaPurpose,
+        /// Why, and what can be imported.
+        reason: &'static str,
+    },
+    /// An imported CA certificate or its chain was refused; the message says which
+    /// certificate and what to change.
+    #[error("the {purpose} CA certificate chain is refused: {reason}")]
+    CaChainRejected {
+        /// Purpose of the CA being imported.
+        purpose: CaPurpose,
+        /// Which certificate (1 = the CA's own) and what is wrong with it.
+        reason: String,
+    },
     /// An audit checkpoint signature or audit public key failed verification.
     #[error("audit checkpoint rejected: {0}")]
     InvalidCheckpoint(String),

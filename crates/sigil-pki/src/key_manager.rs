@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::Result;
+use crate::imported_key::ImportedKey;
 use crate::keys::{CaPurpose, KeyAlgorithm, StoredKey};
 
 /// A loaded CA private key that can sign. Implementations may keep the key outside the
@@ -45,6 +46,17 @@ pub trait KeyManager: Send + Sync {
     fn name(&self) -> &'static str;
     /// Generate a new key for `ctx` and return its persistable record.
     fn generate(&self, ctx: &KeyContext<'_>, alg: KeyAlgorithm) -> Result<StoredKey>;
-    /// Load a key previously returned by [`KeyManager::generate`] for the same `ctx`.
+    /// Take in a key made elsewhere (an organisation's intermediate CA key) for `ctx`, and
+    /// keep it the way this manager keeps generated keys: the software manager as PKCS#8,
+    /// the encrypted manager sealed under its KEK (bound to `ctx` like a generated key),
+    /// the PKCS#11 manager as a sensitive, non-extractable token object. The returned
+    /// record loads with [`KeyManager::load`] exactly like a generated one.
+    ///
+    /// The caller still holds the key in memory (and the file it came from): the HSM
+    /// promise "never left the token" does not hold for an imported key; the CSR flow
+    /// ([`crate::new_x509_ca_request`]) keeps it.
+    fn import(&self, ctx: &KeyContext<'_>, key: &ImportedKey) -> Result<StoredKey>;
+    /// Load a key previously returned by [`KeyManager::generate`] or [`KeyManager::import`]
+    /// for the same `ctx`.
     fn load(&self, ctx: &KeyContext<'_>, key: &StoredKey) -> Result<Arc<dyn CaSigningKey>>;
 }

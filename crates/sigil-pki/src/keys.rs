@@ -114,9 +114,16 @@ pub struct StoredCa {
     pub cluster: String,
     /// The private key record.
     pub key: StoredKey,
-    /// PEM of the self-signed CA certificate (X.509 CAs).
+    /// PEM of the CA's own certificate (X.509 CAs): self-signed for a generated CA, issued
+    /// by an organisation's CA for an imported one.
     #[serde(default)]
     pub cert_pem: Option<String>,
+    /// PEM of the certificates above `cert_pem` for an intermediate CA (see
+    /// [`crate::import_x509_ca`]): its issuer first, then each issuer's issuer, up to and
+    /// optionally including the self-signed root. `None` for a self-signed CA; records
+    /// written before intermediates existed read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_pem: Option<String>,
     /// authorized_keys-style public key line (SSH CAs).
     #[serde(default)]
     pub ssh_public_key: Option<String>,
@@ -132,6 +139,7 @@ impl fmt::Debug for StoredCa {
             .field("cluster", &self.cluster)
             .field("key", &self.key)
             .field("has_cert_pem", &self.cert_pem.is_some())
+            .field("has_chain_pem", &self.chain_pem.is_some())
             .field("ssh_public_key", &self.ssh_public_key)
             .field("created", &self.created)
             .finish()

@@ -4,6 +4,9 @@
 //!   (in the database), [`EncryptedKeyManager`] (sealed under a KEK), `Pkcs11KeyManager`
 //!   (on an HSM token; cargo feature `pkcs11`).
 //! - [`X509Ca`]: X.509 CAs (host, client, db-client, spiffe, jwt) and leaf issuance.
+//! - Intermediate CAs under an organisation's root: [`import_x509_ca`] (certificate chain
+//!   plus an [`ImportedKey`]) or the CSR flow ([`new_x509_ca_request`],
+//!   [`complete_x509_ca_request`]); [`X509Ca::chain_ders`] and [`X509Ca::trust_anchor_der`].
 //! - SPIFFE: X.509-SVIDs ([`X509Ca::issue_x509_svid`]), JWT-SVIDs
 //!   ([`X509Ca::sign_jwt_svid`], [`verify_jwt_svid`]), JWKS and trust bundles
 //!   ([`jwks_document`], [`spiffe_bundle_document`]), CRLs ([`X509Ca::sign_crl`]).
@@ -14,17 +17,21 @@
 
 mod agent_keys;
 mod audit_key;
+mod ca_import;
+mod ca_validate;
 mod crl;
 mod der;
 mod encrypted_keys;
 mod error;
 mod identity;
+mod imported_key;
 mod jwk;
 mod jwt_svid;
 mod jwt_verify;
 mod key_manager;
 mod keys;
 mod krl;
+mod name_constraints;
 #[cfg(feature = "pkcs11")]
 mod pkcs11_keys;
 mod software_keys;
@@ -32,9 +39,13 @@ mod spiffe_bundle;
 mod ssh_ca;
 mod svid;
 mod x509_ca;
+mod x509_chain;
 
 pub use agent_keys::{SshKeyPair, TlsKeyPair};
 pub use audit_key::{audit_public_key, sign_audit_checkpoint, verify_audit_signature};
+pub use ca_import::{
+    MIN_CA_REMAINING, complete_x509_ca_request, import_x509_ca, new_x509_ca_request,
+};
 pub use crl::RevokedSerial;
 pub use der::rsa_spki_der;
 pub use encrypted_keys::{EncryptedKeyManager, Kek};
@@ -43,6 +54,7 @@ pub use identity::{
     CertInfo, ClientIdentity, IDENTITY_EXTENSION_OID, cert_info, pem_to_ders, read_client_identity,
     spki_pin_of_cert,
 };
+pub use imported_key::{ACCEPTED_IMPORT_KEYS, ImportedKey};
 pub use jwk::{jwk_for_spki, jwk_key_id, jwks_document};
 pub use jwt_svid::{JwtSvidClaims, SignedJwtSvid};
 pub use jwt_verify::{VerifiedJwtSvid, verify_jwt_svid};

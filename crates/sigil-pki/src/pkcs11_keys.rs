@@ -8,6 +8,11 @@
 //! CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA: a token without them is refused with a clear
 //! error when an SSH CA is created, rather than silently keeping the SSH CAs elsewhere —
 //! the promise is that no CA key is in the database.
+//!
+//! An imported key ([`KeyManager::import`], an organisation's intermediate CA) is created
+//! on the token with C_CreateObject, sensitive and non-extractable like a generated one,
+//! with its public key beside it under the same CKA_ID and label. It did exist outside
+//! the token; the CSR flow keeps a key on the token from the start.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -21,8 +26,10 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroize as _;
 
 use crate::der::{self, TAG_SEQUENCE};
+use crate::imported_key::ImportedKey;
 use crate::key_manager::{CaSigningKey, KeyContext, KeyManager};
 use crate::keys::{KeyAlgorithm, StoredKey, random_bytes};
 use crate::{PkiError, Result};
@@ -177,6 +184,25 @@ impl Pkcs11KeyManager {
     }
 }
 
+impl Pkcs11KeyManager {
+    /// The record the database keeps for the key with CKA_ID `id`.
+    fn stored_key(&self, ctx: &KeyContext<'_>, alg: KeyAlgorithm, id: &[u8]) -> Result<StoredKey> {
+        let record = KeyRef {
+            v: RECORD_VERSION,
+            token: self.token.label.clone(),
+            label: key_label(ctx),
+            id: hex::encode(id),
+        };
+        Ok(StoredKey {
+            manager: NAME.to_string(),
+            algorithm: alg,
+            material: serde_json::to_string(&record).map_err(|_| PkiError::KeyGeneration {
+                algorithm: "PKCS#11 key record encoding",
+            })?,
+        })
+    }
+}
+
 /// CKA_LABEL of the key for `ctx`, checked at load: the token, which a database writer
 /// cannot change, says which CA a key belongs to.
 fn key_label(ctx: &KeyContext<'_>) -> String {
@@ -245,19 +271,67 @@ impl KeyManager for Pkcs11KeyManager {
                 ),
                 reason: e.to_string(),
             })?;
-        let record = KeyRef {
-            v: RECORD_VERSION,
-            token: self.token.label.clone(),
-            label: key_label(ctx),
-            id: hex::encode(&id),
+        self.stored_key(ctx, alg, &id)
+    }
+
+    fn import(&self, ctx: &KeyContext<'_>, key: &ImportedKey) -> Result<StoredKey> {
+        let id = random_bytes::<16>()?.to_vec();
+        let label = key_label(ctx).into_bytes();
+        let mut point = Vec::with_capacity(67);
+        der::tlv(&mut point, der::TAG_OCTET_STRING, key.public_point());
+        let scalar = key.private_scalar()?;
+        // Like a generated key: sensitive and non-extractable, so it cannot be read back
+        // out. CKA_LOCAL and CKA_NEVER_EXTRACTABLE stay false, truthfully: it was made
+        // outside the token. Some HSMs accept private keys only from generation or
+        // C_UnwrapKey and refuse this with CKR_TEMPLATE_INCONSISTENT or similar; the CSR
+        // flow (key generated on the token) works with those.
+        let mut private = vec![
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(id.clone()),
+            Attribute::Value(scalar.to_vec()),
+        ];
+        let public = [
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::EcPoint(point),
+            Attribute::Label(label),
+            Attribute::Id(id.clone()),
+        ];
+        let failed = |what: &str, e: CkError| PkiError::Pkcs11 {
+            context: format!(
+                "storing the imported {} {what} on token {:?}",
+                ctx.purpose, self.token.label
+            ),
+            reason: e.to_string(),
         };
-        Ok(StoredKey {
-            manager: NAME.to_string(),
-            algorithm: alg,
-            material: serde_json::to_string(&record).map_err(|_| PkiError::KeyGeneration {
-                algorithm: "PKCS#11 key record encoding",
-            })?,
-        })
+        let session = lock(&self.session);
+        let created = session.create_object(&private);
+        // The template's copy of the scalar is ours to wipe; the token keeps its own.
+        for a in &mut private {
+            if let Attribute::Value(v) = a {
+                v.zeroize();
+            }
+        }
+        let handle = created.map_err(|e| failed("private key", e))?;
+        if let Err(e) = session.create_object(&public) {
+            // Without its public key the private key cannot be loaded: leave nothing.
+            let _ = session.destroy_object(handle);
+            return Err(failed("public key", e));
+        }
+        drop(session);
+        self.stored_key(ctx, key.algorithm(), &id)
     }
 
     fn load(&self, ctx: &KeyContext<'_>, key: &StoredKey) -> Result<Arc<dyn CaSigningKey>> {

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use zeroize::Zeroizing;
 
+use crate::imported_key::ImportedKey;
 use crate::key_manager::{CaSigningKey, KeyContext, KeyManager};
 use crate::keys::{KeyAlgorithm, StoredKey};
 use crate::{PkiError, Result};
@@ -31,6 +32,15 @@ impl KeyManager for SoftwareKeyManager {
         Ok(StoredKey {
             manager: NAME.to_string(),
             algorithm: alg,
+            material: B64.encode(pkcs8.as_slice()),
+        })
+    }
+
+    fn import(&self, _ctx: &KeyContext<'_>, key: &ImportedKey) -> Result<StoredKey> {
+        let pkcs8 = key.pkcs8_der()?;
+        Ok(StoredKey {
+            manager: NAME.to_string(),
+            algorithm: key.algorithm(),
             material: B64.encode(pkcs8.as_slice()),
         })
     }

@@ -194,6 +194,7 @@ impl SshCa {
             cluster: cluster.to_string(),
             key: stored_key,
             cert_pem: None,
+            chain_pem: None,
             ssh_public_key: Some(ca.public_openssh.clone()),
             created: OffsetDateTime::now_utc(),
         };

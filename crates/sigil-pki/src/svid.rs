@@ -141,6 +141,7 @@ impl X509Ca {
             });
         }
         let parts = parse_workload_id(spiffe_id, &self.cluster)?;
+        self.check_leaf_names(dns_sans, &[])?;
         let mut sans = Vec::with_capacity(spiffe_id.len() + 16);
         der::tlv(&mut sans, GN_URI, spiffe_id.as_bytes());
         for name in dns_sans {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use x509_parser::extensions::ParsedExtension;
 
+use crate::ca_import::ca_params;
 use crate::der::{self, TAG_BIT_STRING, TAG_OCTET_STRING, TAG_OID, TAG_SEQUENCE, TAG_SET};
 use crate::identity::{ClientIdentity, IDENTITY_OID_DER};
 use crate::key_manager::{CaSigningKey, KeyContext, KeyManager};
@@ -62,6 +63,7 @@ pub struct X509Ca {
     sig_alg_der: &'static [u8],
     spki_pin: String,
     pub(crate) not_after: OffsetDateTime,
+    pub(crate) chain: crate::x509_chain::CaChain,
 }
 
 impl std::fmt::Debug for X509Ca {
@@ -116,34 +118,12 @@ impl X509Ca {
         let key = km.load(&ctx, &stored_key)?;
         let spki = key.public_key_spki_der();
         let serial = random_bytes::<16>()?;
-        let serial_hex = hex::encode(der::strip_leading_zeros(&serial));
 
         let now = OffsetDateTime::now_utc();
-        let mut params = rcgen::CertificateParams::default();
+        let mut params = ca_params(purpose, cluster, &serial)?;
         params.not_before = now - CLOCK_SKEW;
         params.not_after = now + CA_VALIDITY;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-        let mut dn = rcgen::DistinguishedName::new();
-        dn.push(rcgen::DnType::OrganizationName, cluster);
-        dn.push(
-            rcgen::DnType::CommonName,
-            format!("{cluster} {} CA", purpose.as_str()),
-        );
-        // serialNumber attribute (2.5.4.5) makes every CA subject unique, so a rotated CA
-        // never shares a subject with its predecessor (path building picks the right one).
-        let serial_attr = rcgen::string::PrintableString::try_from(serial_hex.clone())
-            .map_err(|e| PkiError::CertificateBuild(e.to_string()))?;
-        dn.push(
-            rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]),
-            rcgen::DnValue::PrintableString(serial_attr),
-        );
-        params.distinguished_name = dn;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::DigitalSignature,
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
         // Full SHA-256 of the SPKI as SKID: leaves' AKID then equals the CA pin, so
         // `CertInfo::issuer_spki_pin` can be recovered from any leaf.
         params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(sha256_raw(&spki).to_vec());
@@ -156,19 +136,22 @@ impl X509Ca {
         let cert = params
             .self_signed(&signer)
             .map_err(|e| PkiError::CertificateBuild(e.to_string()))?;
-        let ca = Self::from_parts(purpose, cluster, cert.der().to_vec(), key)?;
+        let ca = Self::from_parts(purpose, cluster, cert.der().to_vec(), Vec::new(), key)?;
         let stored = StoredCa {
             purpose,
             cluster: cluster.to_string(),
             key: stored_key,
             cert_pem: Some(ca.cert_pem()),
+            chain_pem: None,
             ssh_public_key: None,
             created: now,
         };
         Ok((ca, stored))
     }
 
-    /// Load a CA persisted by [`X509Ca::generate`]; checks the cert matches the key.
+    /// Load a CA persisted by [`X509Ca::generate`], [`crate::import_x509_ca`] or
+    /// [`crate::complete_x509_ca_request`]; checks the cert matches the key, and that each
+    /// certificate of a stored chain is signed by the next.
     pub fn load(km: &dyn KeyManager, stored: &StoredCa) -> Result<X509Ca> {
         if stored.purpose.is_ssh() {
             return Err(PkiError::WrongPurpose {
@@ -187,17 +170,24 @@ impl X509Ca {
             .into_iter()
             .next()
             .ok_or_else(|| PkiError::InvalidPem("no CERTIFICATE block".into()))?;
+        let above = match stored.chain_pem.as_deref() {
+            Some(text) => crate::identity::pem_to_ders(text, "CERTIFICATE")?,
+            None => Vec::new(),
+        };
         let key = km.load(
             &KeyContext::ca(&stored.cluster, stored.purpose),
             &stored.key,
         )?;
-        Self::from_parts(stored.purpose, &stored.cluster, der, key)
+        Self::from_parts(stored.purpose, &stored.cluster, der, above, key)
     }
 
+    /// `above`: the issuing certificates of an intermediate CA, nearest first (empty for a
+    /// self-signed CA).
     fn from_parts(
         purpose: CaPurpose,
         cluster: &str,
         cert_der: Vec<u8>,
+        above: Vec<Vec<u8>>,
         key: Arc<dyn CaSigningKey>,
     ) -> Result<X509Ca> {
         let (rest, cert) = x509_parser::parse_x509_certificate(&cert_der)
@@ -231,11 +221,14 @@ impl X509Ca {
             KeyAlgorithm::EcdsaP256 => ALG_ECDSA_SHA256,
             KeyAlgorithm::Ed25519 => ALG_ED25519,
         };
+        let chain = crate::x509_chain::CaChain::new(&cert_der, above)?;
         Ok(X509Ca {
             purpose,
             cluster: cluster.to_string(),
             issuer_name_der: cert.tbs_certificate.subject.as_raw().to_vec(),
-            not_after: cert.validity().not_after.to_datetime(),
+            // A leaf must not outlive any certificate its path goes through.
+            not_after: chain.not_after,
+            chain,
             spki_pin: format!("sha256:{}", sha256_hex(&spki)),
             akid_ext_der,
             sig_alg_der,
@@ -327,6 +320,7 @@ impl X509Ca {
                 reason: "a server certificate needs at least one DNS name or IP address",
             });
         }
+        self.check_leaf_names(dns_names, ips)?;
         let mut sans = Vec::new();
         for name in dns_names {
             check_dns_name(name)?;
@@ -466,7 +460,7 @@ pub(crate) fn sha256_raw(data: &[u8]) -> [u8; 32] {
     out
 }
 
-fn pem_encode(der: &[u8]) -> String {
+pub(crate) fn pem_encode(der: &[u8]) -> String {
     pem::encode_config(
         &pem::Pem::new("CERTIFICATE", der.to_vec()),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
@@ -546,7 +540,7 @@ pub(crate) fn rsa_modulus_bits(modulus: &[u8]) -> usize {
 }
 
 /// Names that go into the `sigil://` URI must be URI-unreserved characters only.
-fn check_uri_safe(field: &'static str, value: &str) -> Result<()> {
+pub(crate) fn check_uri_safe(field: &'static str, value: &str) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= 128
         && value
