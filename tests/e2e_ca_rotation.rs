@@ -247,6 +247,17 @@ fn jwt_kid(path: &Path) -> String {
         .to_string()
 }
 
+/// The certificates a TLS server at `addr` presents (`openssl s_client -showcerts`).
+fn served_certs(addr: &str) -> String {
+    stdout(&run(
+        "sh",
+        &[
+            "-c",
+            &format!("openssl s_client -connect {addr} -showcerts </dev/null 2>/dev/null"),
+        ],
+    ))
+}
+
 /// `SHA256:…` of the CA that signed an OpenSSH certificate.
 fn ssh_signing_ca(cert: &Path) -> String {
     let o = run("ssh-keygen", &["-L", "-f", cert.to_str().unwrap()]);
@@ -411,16 +422,7 @@ fn every_ca_rotates_with_the_agent_renewing_and_nothing_failing() {
         serde_json::from_str(&rig.auth.ok(&["status", "--format", "json"])).expect("json");
     let new_pin = status["ca_pin"].as_str().unwrap().to_string();
     assert_ne!(new_pin, old_pin, "update_servers: the server's CA changed");
-    let served = stdout(&run(
-        "sh",
-        &[
-            "-c",
-            &format!(
-                "openssl s_client -connect {} -showcerts </dev/null 2>/dev/null",
-                rig.auth.addr()
-            ),
-        ],
-    ));
+    let served = served_certs(&rig.auth.addr());
     assert!(
         pems(&served).contains(&new_host),
         "the auth service does not present the new host CA:\n{served}"
@@ -691,18 +693,7 @@ fn a_rotation_made_through_one_server_reaches_agents_of_another() {
     let rig = Rig::on(server());
     let work = rig.dir.path();
     let prober = Prober::start(&rig);
-    let served_by_b = || {
-        stdout(&run(
-            "sh",
-            &[
-                "-c",
-                &format!(
-                    "openssl s_client -connect {} -showcerts </dev/null 2>/dev/null",
-                    rig.auth.addr()
-                ),
-            ],
-        ))
-    };
+    let served_by_b = || served_certs(&rig.auth.addr());
     for t in ["host", "spiffe"] {
         a.ok(&["ca", "rotate", "--type", t, "--phase", "init"]);
     }

@@ -92,25 +92,8 @@ pub async fn rotate(state: &AuthState, req: RotateRequest) -> Result<Option<CaRo
             (txn, Some(record))
         }
         (RotationTarget::Phase(to), Some(cur)) => {
-            let mut record = cur.record.clone();
-            record.phase = to;
-            record.phase_changed = now;
             // An administrator's step takes an automatic rotation over.
-            if req.target.is_some() {
-                record.mode = RotationMode::Manual;
-            }
-            if to == RotationPhase::UpdateClients {
-                record.signing_since = Some(now);
-            }
-            let txn = Txn {
-                ops: vec![Op::Update {
-                    key: keys::ca_rotation(p),
-                    value: encode(&record)?,
-                    expires: None,
-                    expected_revision: Some(cur.revision),
-                }],
-                audit: vec![event(&record, cur.record.phase.as_str(), &req.by, None)],
-            };
+            let (txn, record) = step(&cur, to, RotationMode::Manual, &req.by)?;
             (txn, Some(record))
         }
         (RotationTarget::Standby, Some(cur)) => (finish(state, &cur, &req).await?, None),
@@ -134,6 +117,33 @@ pub async fn rotate(state: &AuthState, req: RotateRequest) -> Result<Option<CaRo
         tracing::error!(error = %format!("{e:#}"), "reloading the CAs after a rotation step failed");
     }
     Ok(after)
+}
+
+/// Moves the rotation to phase `to` (compare-and-swap on its record).
+fn step(
+    cur: &StoredRotation,
+    to: RotationPhase,
+    mode: RotationMode,
+    by: &str,
+) -> Result<(Txn, CaRotation), Status> {
+    let now = OffsetDateTime::now_utc();
+    let mut record = cur.record.clone();
+    record.phase = to;
+    record.phase_changed = now;
+    record.mode = mode;
+    if to == RotationPhase::UpdateClients {
+        record.signing_since = Some(now);
+    }
+    let txn = Txn {
+        ops: vec![Op::Update {
+            key: keys::ca_rotation(record.purpose),
+            value: encode(&record)?,
+            expires: None,
+            expected_revision: Some(cur.revision),
+        }],
+        audit: vec![event(&record, cur.record.phase.as_str(), by, None)],
+    };
+    Ok((txn, record))
 }
 
 /// Standby: after `update_servers` the new CA becomes the established one; after a
@@ -286,23 +296,7 @@ async fn rotate_auto(state: &AuthState, req: RotateRequest) -> Result<(), Status
     }
     let txn = match target {
         RotationTarget::Standby => finish(state, &cur, &req).await?,
-        RotationTarget::Phase(to) => {
-            let mut record = cur.record.clone();
-            record.phase = to;
-            record.phase_changed = now;
-            if to == RotationPhase::UpdateClients {
-                record.signing_since = Some(now);
-            }
-            Txn {
-                ops: vec![Op::Update {
-                    key: keys::ca_rotation(p),
-                    value: encode(&record)?,
-                    expires: None,
-                    expected_revision: Some(cur.revision),
-                }],
-                audit: vec![event(&record, cur.record.phase.as_str(), &req.by, None)],
-            }
-        }
+        RotationTarget::Phase(to) => step(&cur, to, RotationMode::Auto, &req.by)?.0,
     };
     state.store.commit(txn).await.map_err(|e| match e {
         StoreError::Conflict(_) | StoreError::NotFound(_) => Status::aborted("raced"),
