@@ -4,6 +4,7 @@
 pub mod https;
 pub mod oidc_issuer;
 pub mod postgres;
+pub mod rotation;
 pub mod sshd;
 pub mod sts;
 

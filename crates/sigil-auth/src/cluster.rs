@@ -150,6 +150,15 @@ pub async fn load_or_create(
 
 /// Every CA as the store holds it now: the established ones and rotations in progress.
 pub async fn load(store: &dyn Store, km: &dyn KeyManager) -> anyhow::Result<Cas> {
+    let (stored, rotations) = read_records(store, km).await?;
+    build(km, stored, rotations)
+}
+
+/// The established CA of every purpose and the rotations in progress, as stored.
+pub async fn read_records(
+    store: &dyn Store,
+    km: &dyn KeyManager,
+) -> anyhow::Result<(Vec<StoredCa>, Vec<CaRotation>)> {
     let mut stored = Vec::new();
     let mut rotations = Vec::new();
     for p in CaPurpose::ALL {
@@ -166,6 +175,15 @@ pub async fn load(store: &dyn Store, km: &dyn KeyManager) -> anyhow::Result<Cas>
             rotations.push(r.record);
         }
     }
+    Ok((stored, rotations))
+}
+
+/// Loads the keys of `stored` and `rotations` into a ready CA set.
+pub fn build(
+    km: &dyn KeyManager,
+    stored: Vec<StoredCa>,
+    rotations: Vec<CaRotation>,
+) -> anyhow::Result<Cas> {
     let find = |p: CaPurpose| -> anyhow::Result<(&StoredCa, Option<&CaRotation>)> {
         let s = stored
             .iter()

@@ -11,6 +11,12 @@ pub fn ca(p: CaPurpose) -> String {
 }
 
 pub const CAS: &str = "/cas/";
+pub const CA_REQUESTS: &str = "/ca_requests/";
+
+/// A key made for an intermediate `p` CA, waiting for its certificate (`sigil ca request`).
+pub fn ca_request(p: CaPurpose) -> String {
+    format!("{CA_REQUESTS}{}", p.as_str())
+}
 pub const CA_ROTATIONS: &str = "/ca_rotations/";
 
 /// A rotation of the `p` CA in progress (ca_rotation.rs).

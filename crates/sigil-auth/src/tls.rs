@@ -90,9 +90,19 @@ impl ServerCert {
 
     /// Issue a fresh certificate and key and start serving them.
     pub fn refresh(&self, host_ca: &X509Ca) -> anyhow::Result<()> {
-        let ck = certified_key(host_ca, &self.common_name, &self.dns, &self.ips)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
+        let ck = self.prepare(host_ca)?;
+        self.install(ck);
         Ok(())
+    }
+
+    /// A fresh certificate and key from `host_ca`, not served yet.
+    pub fn prepare(&self, host_ca: &X509Ca) -> anyhow::Result<rustls::sign::CertifiedKey> {
+        certified_key(host_ca, &self.common_name, &self.dns, &self.ips)
+    }
+
+    /// Serve `ck` from the next handshake on.
+    pub fn install(&self, ck: rustls::sign::CertifiedKey) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
     }
 }
 
@@ -117,13 +127,23 @@ fn certified_key(
     ips: &[IpAddr],
 ) -> anyhow::Result<rustls::sign::CertifiedKey> {
     let key = TlsKeyPair::generate().context("generating the auth service TLS key")?;
+    // Never past the CA's own end (an imported intermediate may end sooner); the
+    // daily refresh keeps a fresh one in place meanwhile.
+    let left = (host_ca.not_after() - time::OffsetDateTime::now_utc() - time::Duration::minutes(1))
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    let ttl = SERVER_CERT_TTL.min(left);
     let leaf = host_ca
-        .issue_server(&key.spki_der(), common_name, dns, ips, SERVER_CERT_TTL)
+        .issue_server(&key.spki_der(), common_name, dns, ips, ttl)
         .context("issuing the auth service TLS certificate")?;
-    let chain = vec![
-        CertificateDer::from(leaf.der.clone()),
-        CertificateDer::from(host_ca.cert_der().to_vec()),
-    ];
+    // The leaf, the CA, and any intermediates above an imported CA.
+    let mut chain = vec![CertificateDer::from(leaf.der.clone())];
+    chain.extend(
+        host_ca
+            .chain_ders()
+            .iter()
+            .map(|d| CertificateDer::from(d.clone())),
+    );
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
     let signer = provider()
         .key_provider
@@ -168,11 +188,14 @@ impl ClientRoots {
         })
     }
 
-    /// Trust exactly `cas` from the next handshake on.
-    pub fn set(&self, cas: &[Arc<X509Ca>]) -> anyhow::Result<()> {
-        let v = verifier(cas)?;
+    /// A verifier trusting exactly `cas`, not in use yet.
+    pub fn prepare(cas: &[Arc<X509Ca>]) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+        verifier(cas)
+    }
+
+    /// Use `v` from the next handshake on.
+    pub fn install(&self, v: Arc<dyn ClientCertVerifier>) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = v;
-        Ok(())
     }
 
     fn get(&self) -> Arc<dyn ClientCertVerifier> {

@@ -120,6 +120,11 @@ impl Trust {
     }
 }
 
+/// Whether a snapshot can be built from `cas` (before a rotation step is committed).
+pub fn check(cas: &Cas) -> anyhow::Result<()> {
+    build(cas, &[], 1).map(|_| ())
+}
+
 fn build(
     cas: &Cas,
     revocations: &[WorkloadIdentityX509Revocation],

@@ -252,6 +252,11 @@ impl X509Ca {
         pem_encode(&self.cert_der)
     }
 
+    /// The latest expiry a certificate this CA issues may have.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
     /// `sha256:<lowercase hex>` over the CA certificate's SubjectPublicKeyInfo DER.
     pub fn spki_pin(&self) -> String {
         self.spki_pin.clone()

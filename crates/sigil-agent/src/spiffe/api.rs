@@ -96,7 +96,8 @@ pub fn x509_response(issued: &Issued, view: &TrustView) -> Result<X509svidRespon
         .filter(|s| !view.locked_ids.contains(&s.spiffe_id))
         .map(|s| X509svid {
             spiffe_id: s.spiffe_id.clone(),
-            x509_svid: s.cert_der.clone(),
+            // The SVID first, then any intermediates (the spec's chain form).
+            x509_svid: s.chain().flat_map(|d| d.iter().copied()).collect(),
             x509_svid_key: s.key_pkcs8_der.to_vec(),
             bundle: view.bundle_der.clone(),
             hint: s.hint.clone(),

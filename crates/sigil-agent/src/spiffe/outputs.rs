@@ -142,7 +142,10 @@ impl SvidOutput {
                     d.write("svid-crl.pem", crl.as_bytes(), false)?;
                 }
                 // The certificate last: its arrival means the set is complete.
-                let cert = super::pem_lf("CERTIFICATE", &svid.cert_der);
+                let cert: String = svid
+                    .chain()
+                    .map(|d| super::pem_lf("CERTIFICATE", d))
+                    .collect();
                 d.write("svid.pem", cert.as_bytes(), false)?;
             }
             EntryKind::Jwt { .. } => {

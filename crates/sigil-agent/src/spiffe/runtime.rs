@@ -70,9 +70,18 @@ pub struct X509Item {
     pub spiffe_id: String,
     pub hint: String,
     pub cert_der: Vec<u8>,
+    /// Certificates to send after it (an imported intermediate CA's chain).
+    pub chain_der: Vec<Vec<u8>>,
     pub serial_hex: String,
     pub key_pkcs8_der: Arc<Zeroizing<Vec<u8>>>,
     pub expires: OffsetDateTime,
+}
+
+impl X509Item {
+    /// The SVID first, then its chain.
+    pub fn chain(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.cert_der.as_slice()).chain(self.chain_der.iter().map(Vec::as_slice))
+    }
 }
 
 /// One JWT-SVID.
@@ -342,6 +351,7 @@ impl Runtime {
                     spiffe_id: s.spiffe_id,
                     hint: s.hint,
                     cert_der: s.cert_der,
+                    chain_der: s.chain_der,
                     serial_hex: s.serial_hex,
                     key_pkcs8_der: key_der.clone()?,
                     expires: OffsetDateTime::from_unix_timestamp(s.expires_unix).ok()?,

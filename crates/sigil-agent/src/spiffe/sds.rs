@@ -89,7 +89,10 @@ pub fn secrets(names: &[String], issued: &Issued, view: &TrustView) -> Result<Ve
             };
             let Some(svid) = svid else { continue };
             secret::Type::TlsCertificate(TlsCertificate {
-                certificate_chain: Some(pem_source("CERTIFICATE", &[&svid.cert_der])),
+                certificate_chain: Some(pem_source(
+                    "CERTIFICATE",
+                    &svid.chain().collect::<Vec<_>>(),
+                )),
                 private_key: Some(pem_source("PRIVATE KEY", &[&svid.key_pkcs8_der])),
             })
         };

@@ -546,6 +546,27 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn request_ca(
+        &self,
+        req: Request<RequestCaRequest>,
+    ) -> Result<Response<RequestCaResponse>, Status> {
+        let caller = self.authorize(&req, "cert_authority", "update").await?;
+        ca_rotate::request(&self.state, &authz::actor(&caller), req.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn import_ca(
+        &self,
+        req: Request<ImportCaRequest>,
+    ) -> Result<Response<CaRotationStatus>, Status> {
+        // What every agent will trust: admin-equivalent, like granting roles.
+        let caller = self.authorize(&req, "cert_authority", "escalate").await?;
+        ca_rotate::import(&self.state, &authz::actor(&caller), req.get_ref())
+            .await
+            .map(Response::new)
+    }
+
     async fn issue_workload_identity(
         &self,
         req: Request<AdminIssueWorkloadIdentityRequest>,

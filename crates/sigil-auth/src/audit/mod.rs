@@ -16,6 +16,10 @@ pub const CLUSTER_MIGRATED: &str = "cluster.migrated";
 pub const AUDIT_KEY_REPLACED: &str = "audit.key_replaced";
 /// A CA rotation moved to another phase (or finished: `to` is `standby`).
 pub const CA_ROTATION: &str = "ca.rotation";
+/// A key and CSR were made for an intermediate CA (`sigil ca request`).
+pub const CA_REQUESTED: &str = "ca.requested";
+/// An intermediate CA was accepted and a rotation to it started (`sigil ca import`).
+pub const CA_IMPORTED: &str = "ca.imported";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";

@@ -33,6 +33,11 @@ pub struct RotateRequest {
     /// new CA started signing.
     pub force: bool,
     pub by: String,
+    /// The CA to rotate to (an imported one); `None`: generate one.
+    pub new: Option<StoredCa>,
+    /// More writes and events for the commit that starts the rotation (an import
+    /// removes its pending request).
+    pub with_init: Txn,
 }
 
 /// Applies one step and returns the rotation as it now stands (`None`: standby).
@@ -67,7 +72,10 @@ pub async fn rotate(state: &AuthState, req: RotateRequest) -> Result<Option<CaRo
     let now = OffsetDateTime::now_utc();
     let (txn, after) = match (target, current) {
         (RotationTarget::Phase(RotationPhase::Init), None) => {
-            let new = generate(state, p)?;
+            let new = match req.new {
+                Some(new) => new,
+                None => generate(state, p)?,
+            };
             let record = CaRotation {
                 purpose: p,
                 id: hex::encode(random_id()),
@@ -81,14 +89,17 @@ pub async fn rotate(state: &AuthState, req: RotateRequest) -> Result<Option<CaRo
                 new,
                 by: req.by.clone(),
             };
-            let txn = Txn {
+            let mut txn = Txn {
                 ops: vec![Op::Create {
                     key: keys::ca_rotation(p),
                     value: encode(&record)?,
                     expires: None,
                 }],
-                audit: vec![event(&record, "standby", &req.by, Some(req.grace))],
+                audit: req.with_init.audit,
             };
+            txn.ops.extend(req.with_init.ops);
+            txn.audit
+                .push(event(&record, "standby", &req.by, Some(req.grace)));
             (txn, Some(record))
         }
         (RotationTarget::Phase(to), Some(cur)) => {
@@ -105,6 +116,13 @@ pub async fn rotate(state: &AuthState, req: RotateRequest) -> Result<Option<CaRo
             )));
         }
     };
+    let established = match (&after, target) {
+        (None, RotationTarget::Standby) if from == Some(RotationPhase::UpdateServers) => {
+            Some(txn_new_ca(&txn, p)?)
+        }
+        _ => None,
+    };
+    precheck(state, p, after.as_ref(), established.as_ref()).await?;
     state.store.commit(txn).await.map_err(|e| match e {
         StoreError::Conflict(_) | StoreError::AlreadyExists(_) | StoreError::NotFound(_) => {
             Status::aborted(format!(
@@ -169,7 +187,9 @@ async fn finish(
                 return Err(Status::failed_precondition(format!(
                     "{} bot instance(s) have not renewed since the new {p} CA started signing ({}), so they still hold credentials of the old CA, which stop verifying at standby: {}{}. Wait for them to renew, lock or remove them, or pass --force",
                     behind.len(),
-                    since,
+                    since
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
                     shown.join(", "),
                     if behind.len() > shown.len() {
                         ", …"
@@ -258,6 +278,8 @@ pub async fn auto_advance(state: &AuthState) {
             // The grace period was the promise made when the rotation started.
             force: true,
             by: "auth service (automatic rotation)".into(),
+            new: None,
+            with_init: Txn::default(),
         };
         match rotate_auto(state, req).await {
             Ok(()) => {
@@ -295,8 +317,16 @@ async fn rotate_auto(state: &AuthState, req: RotateRequest) -> Result<(), Status
         return Err(Status::failed_precondition("already advanced"));
     }
     let txn = match target {
-        RotationTarget::Standby => finish(state, &cur, &req).await?,
-        RotationTarget::Phase(to) => step(&cur, to, RotationMode::Auto, &req.by)?.0,
+        RotationTarget::Standby => {
+            let txn = finish(state, &cur, &req).await?;
+            precheck(state, p, None, Some(&cur.record.new)).await?;
+            txn
+        }
+        RotationTarget::Phase(to) => {
+            let (txn, record) = step(&cur, to, RotationMode::Auto, &req.by)?;
+            precheck(state, p, Some(&record), None).await?;
+            txn
+        }
     };
     state.store.commit(txn).await.map_err(|e| match e {
         StoreError::Conflict(_) | StoreError::NotFound(_) => Status::aborted("raced"),
@@ -306,6 +336,49 @@ async fn rotate_auto(state: &AuthState, req: RotateRequest) -> Result<(), Status
         tracing::error!(error = %format!("{e:#}"), "reloading the CAs after a rotation step failed");
     }
     Ok(())
+}
+
+/// The CA set the store will hold once a step of `p` is committed — `rotation` in
+/// progress, or `established` as the new established CA, or neither (rolled back) —
+/// must be one a server can serve with; otherwise the step is refused before it is
+/// made (e.g. an imported CA ending too soon to issue the auth service's certificate).
+async fn precheck(
+    state: &AuthState,
+    p: CaPurpose,
+    rotation: Option<&CaRotation>,
+    established: Option<&StoredCa>,
+) -> Result<(), Status> {
+    let km = state.ca_km.as_ref();
+    let (mut stored, mut rotations) = crate::cluster::read_records(state.store.as_ref(), km)
+        .await
+        .map_err(|e| Status::unavailable(format!("{e:#}")))?;
+    rotations.retain(|r| r.purpose != p);
+    rotations.extend(rotation.cloned());
+    if let Some(new) = established {
+        stored.retain(|s| s.purpose != p);
+        stored.push(new.clone());
+    }
+    let cas = crate::cluster::build(km, stored, rotations)
+        .and_then(|cas| super::check(state, &cas))
+        .map_err(|e| {
+            Status::failed_precondition(format!(
+                "this step would leave the auth service unable to use the {p} CA: {e:#}"
+            ))
+        })?;
+    Ok(cas)
+}
+
+/// The CA a standby commit makes established (its update of `/cas/<p>`).
+fn txn_new_ca(txn: &Txn, p: CaPurpose) -> Result<StoredCa, Status> {
+    txn.ops
+        .iter()
+        .find_map(|op| match op {
+            Op::Update { key, value, .. } if *key == keys::ca(p) => {
+                serde_json::from_slice(value).ok()
+            }
+            _ => None,
+        })
+        .ok_or_else(|| Status::internal("the standby commit carries no CA"))
 }
 
 /// A new CA of the purpose, its key made by the configured key manager.

@@ -10,9 +10,10 @@ use std::time::Duration;
 use sigil_store::WatchEvent;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::cluster;
+use crate::cluster::{self, Cas};
 use crate::keys;
 use crate::state::{AuthState, SharedState};
+use crate::tls::ClientRoots;
 
 /// Reads the CAs from the store and, if anything changed, publishes them.
 pub async fn reload(state: &AuthState) -> anyhow::Result<()> {
@@ -24,13 +25,19 @@ pub async fn reload(state: &AuthState) -> anyhow::Result<()> {
         return Ok(());
     }
     let cas = Arc::new(cas);
+    // Everything that can fail first, so a failure installs nothing (this server
+    // keeps serving the CA set it has, and the step is retried).
+    let server = (cas.host.server.spki_pin() != before.host.server.spki_pin())
+        .then(|| state.server_cert.prepare(&cas.host.server))
+        .transpose()?;
+    let verifier = ClientRoots::prepare(&cas.client.trusted)?;
     state
         .trust
         .rebuild(&cas, &state.cache.revocations())
         .map_err(|e| anyhow::anyhow!("rebuilding the trust bundle: {e:#}"))?;
-    state.client_roots.set(&cas.client.trusted)?;
-    if cas.host.server.spki_pin() != before.host.server.spki_pin() {
-        state.server_cert.refresh(&cas.host.server)?;
+    state.client_roots.install(verifier);
+    if let Some(ck) = server {
+        state.server_cert.install(ck);
         tracing::info!(ca_pin = %cas.server_pin(), "auth service TLS certificate re-issued by the host CA now serving");
     }
     state.set_cas(cas.clone());
@@ -41,6 +48,17 @@ pub async fn reload(state: &AuthState) -> anyhow::Result<()> {
         tracing::info!(ca = %r.purpose, phase = %r.phase, rotation = %r.id, "CA rotation in progress");
     }
     Ok(())
+}
+
+/// Whether a server could serve `cas`: its TLS certificate, client verifier and
+/// trust bundle can all be made. Checked before a step is committed.
+pub fn check(state: &AuthState, cas: &Cas) -> anyhow::Result<()> {
+    state
+        .server_cert
+        .prepare(&cas.host.server)
+        .map_err(|e| anyhow::anyhow!("the auth service's TLS certificate: {e:#}"))?;
+    ClientRoots::prepare(&cas.client.trusted)?;
+    crate::trust::check(cas).map_err(|e| anyhow::anyhow!("the trust bundle: {e:#}"))
 }
 
 /// Follows the store's change feed for CA records; also drives automatic rotations.

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::keys;
 
 pub use advance::{RotateRequest, auto_advance, rotate};
-pub use follow::{follow, reload};
+pub use follow::{check, follow, reload};
 
 /// A rotation in progress, as stored.
 #[derive(Serialize, Deserialize, Clone, Debug)]

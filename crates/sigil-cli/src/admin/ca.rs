@@ -6,7 +6,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use sigil_pki::CaPurpose;
 use sigil_proto::v1::{ExportCaRequest, ExportCaResponse};
 
-use sigil_proto::v1::{CaRotationStatus, CaRotationsRequest, RotateCaRequest};
+use sigil_proto::v1::{
+    CaRotationStatus, CaRotationsRequest, ImportCaRequest, RequestCaRequest, RotateCaRequest,
+};
 use sigil_types::HumanDuration;
 
 use super::connect::connect;
@@ -29,6 +31,45 @@ pub enum CaCommand {
     Rotate(CaRotateArgs),
     /// Every CA: its fingerprint and the rotation in progress, if any.
     Status(FormatArg),
+    /// Make a key for an intermediate CA (in the auth service's key manager, so
+    /// on its HSM if it has one) and print a CSR for your organisation's CA to
+    /// sign; then `sigil ca import --cert` without --key. host, client,
+    /// db-client and spiffe only.
+    Request(CaRequestArgs),
+    /// Start a rotation (phase init) to an intermediate CA under your
+    /// organisation's root: the certificate chain with its key, or without
+    /// --key the chain signed for the last `sigil ca request`. Then move the
+    /// rotation on as with `sigil ca rotate --phase`.
+    Import(CaImportArgs),
+}
+
+/// `sigil ca request`
+#[derive(Args, Debug, Clone)]
+pub struct CaRequestArgs {
+    /// The CA: host, client, db-client, spiffe.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub ca_type: String,
+    /// Write the CSR to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// `sigil ca import`
+#[derive(Args, Debug, Clone)]
+pub struct CaImportArgs {
+    /// The CA: host, client, db-client, spiffe.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub ca_type: String,
+    /// PEM: the CA's certificate first, then the certificates above it (the
+    /// root may be left out).
+    #[arg(long, value_name = "FILE")]
+    pub cert: std::path::PathBuf,
+    /// PEM of the CA's ECDSA P-256 private key (PKCS#8 or SEC1). Without it,
+    /// the certificate must carry the key of the last `sigil ca request`.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub format: FormatArg,
 }
 
 /// `sigil ca rotate`
@@ -106,6 +147,58 @@ pub async fn run(global: &GlobalArgs, cmd: &CaCommand) -> anyhow::Result<()> {
                     phase: args.phase.clone().unwrap_or_default(),
                     grace_period_seconds: args.grace_period.map_or(0, |d| d.0.as_secs().max(1)),
                     force: args.force,
+                })
+                .await?
+                .into_inner();
+            match args.format.format {
+                Format::Json => output::out(&output::json(&rotation_json(&s))?)?,
+                Format::Text => output::out(&rotation_text(&s))?,
+            }
+            Ok(())
+        }
+        CaCommand::Request(args) => {
+            let purpose = parse_type(&args.ca_type)?;
+            let mut client = connect(global).await?;
+            let csr = client
+                .request_ca(RequestCaRequest {
+                    purpose: purpose.as_str().to_string(),
+                })
+                .await?
+                .into_inner()
+                .csr_pem;
+            match &args.out {
+                Some(path) => {
+                    std::fs::write(path, &csr).map_err(|e| {
+                        CliError::usage(format!("writing the CSR to {}: {e}", path.display()))
+                    })?;
+                    output::out(&format!(
+                        "CSR for the {purpose} CA written to {}; have your CA sign it (CA:TRUE), then run\n  sigil ca import --type {purpose} --cert SIGNED_CHAIN.pem",
+                        path.display()
+                    ))?;
+                }
+                None => output::out(csr.trim_end())?,
+            }
+            Ok(())
+        }
+        CaCommand::Import(args) => {
+            let purpose = parse_type(&args.ca_type)?;
+            let read = |p: &std::path::Path, what: &str| {
+                std::fs::read_to_string(p).map_err(|e| {
+                    CliError::usage(format!("reading the {what} file {}: {e}", p.display()))
+                })
+            };
+            let cert_chain_pem = read(&args.cert, "--cert")?;
+            // Moved into the request, not copied; the process exits right after.
+            let key_pem = match &args.key {
+                Some(k) => read(k, "--key")?,
+                None => String::new(),
+            };
+            let mut client = connect(global).await?;
+            let s = client
+                .import_ca(ImportCaRequest {
+                    purpose: purpose.as_str().to_string(),
+                    cert_chain_pem,
+                    key_pem,
                 })
                 .await?
                 .into_inner();

@@ -226,7 +226,12 @@ pub fn issued_files(
         },
         OutFile {
             name: SVID_CERT,
-            data: files::pem("CERTIFICATE", &svid.cert_der).into_bytes(),
+            // The SVID, then an imported intermediate CA's chain.
+            data: std::iter::once(&svid.cert_der)
+                .chain(&svid.chain_der)
+                .map(|d| files::pem("CERTIFICATE", d))
+                .collect::<String>()
+                .into_bytes(),
             mode: PUBLIC,
         },
         OutFile {

@@ -123,6 +123,7 @@ fn issued(crl: &[u8], jwt: bool) -> IssueWorkloadIdentitiesResponse {
             cert_der: vec![0x30, 0x03, 1, 2, 3],
             serial_hex: "01a2ff".into(),
             expires_unix: 1_714_564_800,
+            chain_der: vec![],
         }],
         jwt_svids: if jwt {
             vec![JwtSvid {
