@@ -358,14 +358,13 @@ async fn precheck(
         stored.retain(|s| s.purpose != p);
         stored.push(new.clone());
     }
-    let cas = crate::cluster::build(km, stored, rotations)
+    crate::cluster::build(km, stored, rotations)
         .and_then(|cas| super::check(state, &cas))
         .map_err(|e| {
             Status::failed_precondition(format!(
                 "this step would leave the auth service unable to use the {p} CA: {e:#}"
             ))
-        })?;
-    Ok(cas)
+        })
 }
 
 /// The CA a standby commit makes established (its update of `/cas/<p>`).
