@@ -278,6 +278,17 @@ fn extend(base: &mut serde_json::Value, more: serde_json::Value) {
     }
 }
 
+/// What follows an X.509-SVID: nothing under Sigil's own self-signed CA (the bundle
+/// holds it); the CA and the intermediates above it under an imported one, so that
+/// relying parties that trust only the organisation's root can build the path.
+fn svid_chain(ca: &sigil_pki::X509Ca) -> Vec<Vec<u8>> {
+    if ca.is_intermediate() {
+        ca.chain_ders().to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,16 +307,5 @@ mod tests {
         assert_eq!(pick_ttl(7200, None, h, d), d);
         // A floor of 30 s.
         assert_eq!(pick_ttl(1, None, h, h), MIN_TTL);
-    }
-}
-
-/// What follows an X.509-SVID: nothing under Sigil's own self-signed CA (the bundle
-/// holds it); the CA and the intermediates above it under an imported one, so that
-/// relying parties that trust only the organisation's root can build the path.
-fn svid_chain(ca: &sigil_pki::X509Ca) -> Vec<Vec<u8>> {
-    if ca.is_intermediate() {
-        ca.chain_ders().to_vec()
-    } else {
-        Vec::new()
     }
 }
