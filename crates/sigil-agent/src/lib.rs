@@ -123,7 +123,9 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 // Once started, the workload tasks hold no outputs or sockets
                 // here: without `workload.is_some()` they kept the first
                 // credential, which the server refuses once renewed twice.
-                if !oneshot {
+                // One-shot runs need the client for SVID outputs only; a
+                // long-running agent always follows CA rotations with it.
+                if !oneshot || !svid_outputs.is_empty() {
                     client_tx.send_replace(Some(agent.client(&cred)?));
                     issuer_tx.send_replace(issuer_pin(&cred.cert_pem));
                 }
