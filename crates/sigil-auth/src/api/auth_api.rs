@@ -280,8 +280,14 @@ impl AuthService for AuthApi {
                     epoch: cas.epoch.clone(),
                     cas: super::ca_rotate::statuses(&cas),
                 };
-                if tx.send(Ok(msg)).await.is_err() || epochs.changed().await.is_err() {
+                if tx.send(Ok(msg)).await.is_err() {
                     return;
+                }
+                // End with the agent's stream, not at the next CA change: agents
+                // reopen it on every renewal.
+                tokio::select! {
+                    r = epochs.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
                 }
             }
         });

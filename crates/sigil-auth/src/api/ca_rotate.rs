@@ -50,6 +50,9 @@ pub async fn rotate(
         0 => DEFAULT_GRACE,
         s => Duration::from_secs(s),
     };
+    // Bounded like every other duration, so the schedule's arithmetic cannot overflow.
+    sigil_types::check_duration(grace)
+        .map_err(|e| Status::invalid_argument(format!("grace period: {e}")))?;
     ca_rotation::rotate(
         state,
         RotateRequest {

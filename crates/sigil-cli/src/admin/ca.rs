@@ -150,11 +150,7 @@ pub async fn run(global: &GlobalArgs, cmd: &CaCommand) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            match args.format.format {
-                Format::Json => output::out(&output::json(&rotation_json(&s))?)?,
-                Format::Text => output::out(&rotation_text(&s))?,
-            }
-            Ok(())
+            print_rotation(&s, args.format.format)
         }
         CaCommand::Request(args) => {
             let purpose = parse_type(&args.ca_type)?;
@@ -202,11 +198,7 @@ pub async fn run(global: &GlobalArgs, cmd: &CaCommand) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            match args.format.format {
-                Format::Json => output::out(&output::json(&rotation_json(&s))?)?,
-                Format::Text => output::out(&rotation_text(&s))?,
-            }
-            Ok(())
+            print_rotation(&s, args.format.format)
         }
         CaCommand::Status(format) => {
             let mut client = connect(global).await?;
@@ -224,6 +216,15 @@ pub async fn run(global: &GlobalArgs, cmd: &CaCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// One CA's rotation after a step, as text or JSON.
+fn print_rotation(s: &CaRotationStatus, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => output::out(&output::json(&rotation_json(s))?)?,
+        Format::Text => output::out(&rotation_text(s))?,
+    }
+    Ok(())
 }
 
 /// What one CA's rotation looks like after a step, and the step that comes next.
