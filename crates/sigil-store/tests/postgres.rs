@@ -105,16 +105,32 @@ async fn next_event(
     }
 }
 
+/// Every revision from 1 to the counter has exactly one change row: no gap (which would
+/// make followers reset) and nothing past the counter.
+async fn assert_feed_contiguous(url: &str) {
+    let mut raw = sqlx::PgConnection::connect(url).await.expect("raw");
+    let (counter, rows, low, high): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT value FROM meta WHERE name = 'revision'), count(*), \
+         coalesce(min(revision), 1), coalesce(max(revision), 0) FROM changes",
+    )
+    .fetch_one(&mut raw)
+    .await
+    .expect("read the feed");
+    assert_eq!(
+        (low, high, rows),
+        (1, counter, counter),
+        "the change feed must hold revisions 1..={counter} exactly once each"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite() {
-    let store: Arc<dyn Store> = Arc::new(
-        PostgresStore::connect(&fresh_db().await)
-            .await
-            .expect("connect"),
-    );
+    let url = fresh_db().await;
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url).await.expect("connect"));
     conformance::run_all(store.clone()).await;
     // Twice on the same store: the suite must not depend on an empty database.
     conformance::run_all(store).await;
+    assert_feed_contiguous(&url).await;
 }
 
 /// Two stores on one database, as two auth servers: the suite's races run against both
@@ -225,6 +241,50 @@ async fn two_servers_share_one_cluster() {
         "no event lost or forked"
     );
 
+    // Both servers at once, each folding its queue into batches that mix failing
+    // single-op txns, multi-op txns and audit: one counter, one contiguous feed, one chain.
+    let (before, _) = intact(a.as_ref()).await;
+    let tasks: Vec<_> = (0..90)
+        .map(|i| {
+            let store: Arc<dyn Store> = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let ops = match i % 3 {
+                0 => vec![put(&format!("mix/{i}"), b"v")],
+                1 => vec![Op::Create {
+                    key: "race/token".into(),
+                    value: b"dup".to_vec(),
+                    expires: None,
+                }],
+                _ => vec![
+                    put(&format!("mix/m{i}"), b"v"),
+                    put(&format!("mix/n{i}"), b"v"),
+                ],
+            };
+            tokio::spawn(async move {
+                store
+                    .commit(Txn {
+                        ops,
+                        audit: vec![event("mix", json!({ "i": i }))],
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match (i % 3, t.await.expect("task")) {
+            (1, Err(StoreError::AlreadyExists(_))) => {}
+            (0 | 2, Ok(_)) => committed += 1,
+            (_, other) => panic!("txn {i}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(committed, 60);
+    assert_eq!(
+        intact(b.as_ref()).await.0,
+        before + 60,
+        "exactly the committed txns' events, one chain"
+    );
+    assert_feed_contiguous(&url).await;
+
     // Writes through A reach B's watchers, in order, and purges too.
     let mut rx = b.watch();
     let r1 = a
@@ -273,6 +333,72 @@ async fn two_servers_share_one_cluster() {
         other => panic!("a purge on A must reach B as a Delete, got {other:?}"),
     }
     assert!(b.health().is_ok(), "{:?}", b.health());
+}
+
+/// Concurrent commits through one server share database transactions (group commit:
+/// their change rows carry one transaction start time), and a txn that fails among them
+/// fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_share_a_transaction() {
+    let url = fresh_db().await;
+    let store = Arc::new(PostgresStore::connect(&url).await.expect("connect"));
+    store
+        .commit(Txn {
+            ops: vec![put("taken", b"x")],
+            audit: vec![],
+        })
+        .await
+        .expect("seed");
+    let barrier = Arc::new(tokio::sync::Barrier::new(40));
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            let op = if i % 8 == 7 {
+                Op::Create {
+                    key: "taken".into(),
+                    value: b"dup".to_vec(),
+                    expires: None,
+                }
+            } else {
+                put(&format!("batch/{i}"), b"v")
+            };
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .commit(Txn {
+                        ops: vec![op],
+                        audit: vec![event("batch", json!({ "i": i }))],
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match (i % 8, t.await.expect("task")) {
+            (7, Err(StoreError::AlreadyExists(k))) => assert_eq!(k, "taken"),
+            (7, other) => panic!("txn {i}: expected AlreadyExists, got {other:?}"),
+            (_, r) => {
+                r.unwrap_or_else(|e| panic!("txn {i} failed beside a failing one: {e}"));
+            }
+        }
+    }
+    let mut raw = sqlx::PgConnection::connect(&url).await.expect("raw");
+    let (rows, transactions): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT at) FROM changes WHERE key LIKE 'batch/%'")
+            .fetch_one(&mut raw)
+            .await
+            .expect("read the feed");
+    assert_eq!(rows, 35);
+    assert!(
+        transactions < rows,
+        "35 concurrent commits took {transactions} database transactions: no group commit"
+    );
+    assert_feed_contiguous(&url).await;
+    assert_eq!(
+        intact(store.as_ref()).await.0,
+        35,
+        "only the committed txns are audited"
+    );
 }
 
 /// Rows missing from the feed (pruned while a server was away) give Reset, never a
@@ -469,6 +595,64 @@ async fn watch_continues_across_a_database_restart() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A database error fails the whole batch, leaves nothing behind, and the writer carries
+/// on from the committed state with its next batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_failure_fails_the_batch_and_the_writer_recovers() {
+    let url = fresh_db().await;
+    let store = PostgresStore::connect(&url).await.expect("connect");
+    let before = store
+        .commit(Txn {
+            ops: vec![put("k", b"1")],
+            audit: vec![event("x", json!({}))],
+        })
+        .await
+        .expect("put")[0];
+    let mut raw = sqlx::PgConnection::connect(&url).await.expect("raw");
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$; \
+         CREATE TRIGGER fail BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION fail()",
+    )
+    .execute(&mut raw)
+    .await
+    .expect("trigger");
+    match store
+        .commit(Txn {
+            ops: vec![put("k", b"2")],
+            audit: vec![event("x", json!({}))],
+        })
+        .await
+    {
+        Err(StoreError::Backend(msg)) => {
+            assert!(
+                msg.contains("disk on fire") && msg.contains("nothing was committed"),
+                "{msg}"
+            )
+        }
+        other => panic!("expected the batch to fail, got {other:?}"),
+    }
+    assert_eq!(
+        store.get("k").await.expect("get").map(|i| i.value),
+        Some(b"1".to_vec()),
+        "rolled back"
+    );
+    sqlx::query("DROP TRIGGER fail ON audit")
+        .execute(&mut raw)
+        .await
+        .expect("drop trigger");
+    let after = store
+        .commit(Txn {
+            ops: vec![put("k", b"3")],
+            audit: vec![event("y", json!({}))],
+        })
+        .await
+        .expect("writer recovered")[0];
+    assert_eq!(after, before + 1, "the failed batch used no revision");
+    assert_eq!(intact(&store).await.0, 2);
+    assert_feed_contiguous(&url).await;
 }
 
 #[tokio::test]

@@ -40,7 +40,11 @@ impl Kind {
 /// Live-row condition on the joined `kv` row; `now` is the given parameter.
 macro_rules! live {
     ($now:literal) => {
-        concat!("(kv.expires_ns IS NULL OR kv.expires_ns > ", $now, "::BIGINT)")
+        concat!(
+            "(kv.expires_ns IS NULL OR kv.expires_ns > ",
+            $now,
+            "::BIGINT)"
+        )
     };
 }
 
@@ -149,7 +153,12 @@ pub(super) async fn apply_run(
     let mut expected: Vec<Option<i64>> = Vec::with_capacity(ops.len());
     for op in ops {
         match op {
-            Op::Create { value, expires: e, .. } | Op::Put { value, expires: e, .. } => {
+            Op::Create {
+                value, expires: e, ..
+            }
+            | Op::Put {
+                value, expires: e, ..
+            } => {
                 values.push(value);
                 expires.push(e.map(to_ns));
             }
@@ -168,7 +177,9 @@ pub(super) async fn apply_run(
             } => expected.push(*expected_revision),
         }
         if Kind::of(op) != kind {
-            return Err(StoreError::Backend("internal: mixed op kinds in a run".into()));
+            return Err(StoreError::Backend(
+                "internal: mixed op kinds in a run".into(),
+            ));
         }
     }
     let base = *revision;
@@ -272,7 +283,10 @@ mod tests {
             for i in 1..=n {
                 assert!(sql.contains(&format!("${i}")), "${i} missing in {sql}");
             }
-            assert!(!sql.contains(&format!("${}", n + 1)), "extra parameter in {sql}");
+            assert!(
+                !sql.contains(&format!("${}", n + 1)),
+                "extra parameter in {sql}"
+            );
         }
     }
 }

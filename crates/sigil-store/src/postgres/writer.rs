@@ -223,7 +223,9 @@ impl Writer {
                         (Request::Purge { reply }, Outcome::Purge(n)) => {
                             let _ = reply.send(Ok(n));
                         }
-                        (req, _) => req.fail(StoreError::Backend("internal: reply mismatch".into())),
+                        (req, _) => {
+                            req.fail(StoreError::Backend("internal: reply mismatch".into()))
+                        }
                     }
                 }
             }
