@@ -269,12 +269,29 @@ impl Writer {
         &mut self,
         batch: &[Request],
     ) -> std::result::Result<(Vec<Outcome>, bool), Failed> {
-        let conn = self.connection().await?;
         let err = |e| backend("locking the revision counter", e);
-        let rows = sqlx::raw_sql(BEGIN_LOCK_HEAD)
-            .fetch_all(&mut *conn)
+        let reused = self.conn.is_some();
+        let rows = match sqlx::raw_sql(BEGIN_LOCK_HEAD)
+            .fetch_all(self.connection().await?)
             .await
-            .map_err(err)?;
+        {
+            Ok(rows) => rows,
+            // A connection kept since the last batch may have been closed by the server
+            // meanwhile (restart, failover): nothing was written, so try once more on a
+            // fresh one, as the pool's check before handing out a connection would.
+            Err(e) if reused => {
+                tracing::debug!(error = %e, "postgres writer: reconnecting");
+                if let Some(conn) = self.conn.take() {
+                    drop(conn.detach());
+                }
+                sqlx::raw_sql(BEGIN_LOCK_HEAD)
+                    .fetch_all(self.connection().await?)
+                    .await
+                    .map_err(err)?
+            }
+            Err(e) => return Err(err(e).into()),
+        };
+        let conn = self.connection().await?;
         let [lock, head] = rows.as_slice() else {
             return Err(StoreError::Backend(format!(
                 "locking the revision counter: {} rows where 2 were due",
