@@ -10,8 +10,13 @@
 //! writer holds the `meta.revision` row lock while this runs, so the snapshot the
 //! statement decides on is the state its writes apply to.
 
-use sqlx::PgConnection;
+use std::sync::LazyLock;
+
 use sqlx::Row as _;
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use super::write::CHANNEL;
+use super::writer::Chain;
 
 use crate::sqlite::{backend, to_ns};
 use crate::store::Op;
@@ -67,6 +72,47 @@ macro_rules! tail {
         )
     };
 }
+
+/// The last part of every run statement, where [`with_finish`] adds its own.
+const REPORT: &str =
+    "SELECT c.ord, c.live, f.revision FROM c LEFT JOIN f ON f.key = c.key ORDER BY c.ord";
+
+/// `sql` (a run statement with `params` parameters) that also does what the batch's
+/// finishing statement would, for a batch that is this one run: appends the audit rows
+/// if every op applied (`$p+7` = the number of ops), advances the revision counter by
+/// the ops that applied and notifies (`$p+8` = the channel). One round trip fewer.
+fn with_finish(sql: &str, params: usize) -> String {
+    let head = sql.strip_suffix(REPORT).unwrap_or(sql);
+    let p = |i: usize| format!("${}", params + i);
+    format!(
+        "{head}, a AS (INSERT INTO audit (seq, time, type, fields, prev_hash, hash) \
+         SELECT * FROM UNNEST({}::BIGINT[], {}::TEXT[], {}::TEXT[], {}::TEXT[], {}::TEXT[], \
+         {}::TEXT[]) WHERE (SELECT count(*) FROM f) = {}::BIGINT), \
+         m AS (UPDATE meta SET value = value + (SELECT count(*) FROM f) \
+         WHERE name = 'revision' AND EXISTS (SELECT 1 FROM f) RETURNING value), \
+         t AS MATERIALIZED (SELECT pg_notify({}, value::TEXT) FROM m) \
+         SELECT c.ord, c.live, f.revision, (SELECT count(*) FROM t) \
+         FROM c LEFT JOIN f ON f.key = c.key ORDER BY c.ord",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(7),
+        p(8)
+    )
+}
+
+/// The run statements with the batch's finish folded in, by kind.
+static FINISHING: LazyLock<[String; 4]> = LazyLock::new(|| {
+    [
+        with_finish(CREATE, 5),
+        with_finish(PUT, 4),
+        with_finish(UPDATE, 6),
+        with_finish(DELETE, 4),
+    ]
+});
 
 /// $1 keys, $2 values, $3 expiries, $4 base revision, $5 now.
 const CREATE: &str = concat!(
@@ -140,12 +186,17 @@ const DELETE: &str = concat!(
 /// Returns each op's outcome: its revision (deletes are numbered too: watchers order them
 /// against other servers' puts) or its own error. An `Err` means the database failed (or
 /// answered inconsistently) and the batch must be abandoned.
+///
+/// With `finish` (the audit rows of every op's txn, for a batch that is this run alone)
+/// the statement also advances the revision counter and notifies, and appends those
+/// audit rows if every op applied; if one did not, the caller appends the right ones.
 pub(super) async fn apply_run(
     conn: &mut PgConnection,
     kind: Kind,
     ops: &[&Op],
     now: i64,
     revision: &mut i64,
+    finish: Option<&Chain>,
 ) -> Result<Vec<Result<i64>>> {
     let keys: Vec<&str> = ops.iter().map(|op| op.key()).collect();
     let mut values: Vec<&[u8]> = Vec::with_capacity(ops.len());
@@ -183,30 +234,42 @@ pub(super) async fn apply_run(
         }
     }
     let base = *revision;
+    let sql: &str = match (kind, finish.is_some()) {
+        (Kind::Create, false) => CREATE,
+        (Kind::Put, false) => PUT,
+        (Kind::Update, false) => UPDATE,
+        (Kind::Delete, false) => DELETE,
+        (kind, true) => &FINISHING[kind as usize],
+    };
+    let query = sqlx::query(AssertSqlSafe(sql));
     let query = match kind {
-        Kind::Create => sqlx::query(CREATE)
+        Kind::Create => query
             .bind(keys)
             .bind(values)
             .bind(expires)
             .bind(base)
             .bind(now),
-        Kind::Put => sqlx::query(PUT)
-            .bind(keys)
-            .bind(values)
-            .bind(expires)
-            .bind(base),
-        Kind::Update => sqlx::query(UPDATE)
+        Kind::Put => query.bind(keys).bind(values).bind(expires).bind(base),
+        Kind::Update => query
             .bind(keys)
             .bind(values)
             .bind(expires)
             .bind(expected)
             .bind(base)
             .bind(now),
-        Kind::Delete => sqlx::query(DELETE)
-            .bind(keys)
-            .bind(expected)
-            .bind(base)
-            .bind(now),
+        Kind::Delete => query.bind(keys).bind(expected).bind(base).bind(now),
+    };
+    let query = match finish {
+        Some(chain) => query
+            .bind(&chain.seqs)
+            .bind(&chain.times)
+            .bind(&chain.types)
+            .bind(&chain.fields)
+            .bind(&chain.prev)
+            .bind(&chain.hashes)
+            .bind(ops.len() as i64)
+            .bind(CHANNEL),
+        None => query,
     };
     let err = |e| backend("writing items", e);
     let rows = query.fetch_all(&mut *conn).await.map_err(err)?;
@@ -279,7 +342,16 @@ mod tests {
     /// refuses a statement bound with more or fewer).
     #[test]
     fn statements_use_the_parameters_they_are_given() {
-        for (sql, n) in [(CREATE, 5), (PUT, 4), (UPDATE, 6), (DELETE, 4)] {
+        let finishing = [
+            (FINISHING[0].as_str(), 13),
+            (FINISHING[1].as_str(), 12),
+            (FINISHING[2].as_str(), 14),
+            (FINISHING[3].as_str(), 12),
+        ];
+        for (sql, n) in [(CREATE, 5), (PUT, 4), (UPDATE, 6), (DELETE, 4)]
+            .into_iter()
+            .chain(finishing)
+        {
             for i in 1..=n {
                 assert!(sql.contains(&format!("${i}")), "${i} missing in {sql}");
             }

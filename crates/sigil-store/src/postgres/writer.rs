@@ -105,15 +105,16 @@ enum Outcome {
 }
 
 /// Audit rows as column arrays, chained onto the head read under the lock.
-struct Chain {
+#[derive(Clone)]
+pub(super) struct Chain {
     seq: i64,
     head: String,
-    seqs: Vec<i64>,
-    times: Vec<String>,
-    types: Vec<String>,
-    fields: Vec<String>,
-    prev: Vec<String>,
-    hashes: Vec<String>,
+    pub(super) seqs: Vec<i64>,
+    pub(super) times: Vec<String>,
+    pub(super) types: Vec<String>,
+    pub(super) fields: Vec<String>,
+    pub(super) prev: Vec<String>,
+    pub(super) hashes: Vec<String>,
 }
 
 impl Chain {
@@ -309,6 +310,7 @@ impl Writer {
         );
         let mut revision = base;
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut finished = false;
 
         let mut i = 0;
         while i < batch.len() {
@@ -346,17 +348,35 @@ impl Writer {
                 })
                 .collect();
             let ops: Vec<&Op> = run.iter().map(|t| &t.ops[0]).collect();
-            let results = apply_run(conn, kind, &ops, now, &mut revision).await?;
-            for (txn, r) in run.iter().zip(results) {
-                if r.is_ok() {
-                    chain.append(txn);
+            // A batch that is one run (many renewals, say) finishes in the run's own
+            // statement, with the chain as it is if every op applies.
+            let whole = (i == 0 && run.len() == batch.len()).then(|| {
+                let mut all = chain.clone();
+                run.iter().for_each(|txn| all.append(txn));
+                all
+            });
+            let results = apply_run(conn, kind, &ops, now, &mut revision, whole.as_ref()).await?;
+            if let Some(all) = whole
+                && results.iter().all(|r| r.is_ok())
+            {
+                chain = all;
+                finished = true;
+            } else {
+                for (txn, r) in run.iter().zip(&results) {
+                    if r.is_ok() {
+                        chain.append(txn);
+                    }
                 }
+            }
+            for r in results {
                 outcomes.push(Outcome::Commit(r.map(|rev| vec![rev])));
             }
             i += run.len();
         }
 
-        if revision != base || !chain.seqs.is_empty() {
+        // After a finishing run whose ops did not all apply, this adds the audit rows of
+        // those that did; the counter is already saved and notified then.
+        if !finished && (revision != base || !chain.seqs.is_empty()) {
             sqlx::query(FINISH)
                 .bind(chain.seqs)
                 .bind(chain.times)
@@ -404,7 +424,7 @@ async fn apply_multi(
     let mark = *revision;
     let mut revs = Vec::with_capacity(txn.ops.len());
     for (n, op) in txn.ops.iter().enumerate() {
-        let r = apply_run(conn, Kind::of(op), &[op], now, revision)
+        let r = apply_run(conn, Kind::of(op), &[op], now, revision, None)
             .await?
             .pop()
             .unwrap_or_else(|| Err(StoreError::Backend("internal: no op outcome".into())));
