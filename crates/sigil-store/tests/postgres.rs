@@ -5,123 +5,20 @@
 //! Needs `SIGIL_TEST_POSTGRES` (a superuser URL; `scripts/test` starts a server with
 //! `scripts/test-postgres` and sets it). Each test makes its own database.
 
+mod pg_common;
+
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use pg_common::{assert_feed_contiguous, event, fresh_db, fresh_db_on, intact, next_event, put};
 use serde_json::json;
 use sigil_store::{
-    AuditQuery, AuditVerification, NewAuditEvent, Op, PostgresStore, SqliteStore, Store,
-    StoreError, Txn, WatchEvent, conformance,
+    AuditQuery, AuditVerification, Op, PostgresStore, SqliteStore, Store, StoreError, Txn,
+    WatchEvent, conformance,
 };
 use sqlx::Connection as _;
 use time::OffsetDateTime;
-
-fn admin_url() -> String {
-    std::env::var("SIGIL_TEST_POSTGRES").unwrap_or_else(|_| {
-        panic!(
-            "SIGIL_TEST_POSTGRES is not set: run the tests with scripts/test, or start a server \
-             with `scripts/test-postgres start` and export SIGIL_TEST_POSTGRES=<the URL it prints>"
-        )
-    })
-}
-
-/// `url` with its database replaced by `db`.
-fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    format!("{base}/{db}{query}")
-}
-
-/// A new, empty database on the server at `admin`; returns its URL.
-async fn fresh_db_on(admin: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "sigil_store_{}_{}_{}",
-        std::process::id(),
-        OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut conn = sqlx::PgConnection::connect(admin)
-        .await
-        .expect("connect to the test PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    with_db(admin, &name)
-}
-
-async fn fresh_db() -> String {
-    fresh_db_on(&admin_url()).await
-}
-
-fn event(event_type: &str, fields: serde_json::Value) -> NewAuditEvent {
-    NewAuditEvent {
-        time: OffsetDateTime::now_utc(),
-        event_type: event_type.into(),
-        fields,
-    }
-}
-
-fn put(key: &str, value: &[u8]) -> Op {
-    Op::Put {
-        key: key.into(),
-        value: value.into(),
-        expires: None,
-    }
-}
-
-async fn intact(store: &dyn Store) -> (i64, String) {
-    match store.audit_verify().await.expect("verify runs") {
-        AuditVerification::Intact { count, head_hash } => (count, head_hash),
-        broken => panic!("expected an intact chain, got {broken:?}"),
-    }
-}
-
-/// Receives the next event whose key starts with `prefix` (or a Reset), 10 s at most.
-async fn next_event(
-    rx: &mut tokio::sync::broadcast::Receiver<WatchEvent>,
-    prefix: &str,
-) -> WatchEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Ok(WatchEvent::Put(i))) if i.key.starts_with(prefix) => {
-                return WatchEvent::Put(i);
-            }
-            Ok(Ok(WatchEvent::Delete { key, revision })) if key.starts_with(prefix) => {
-                return WatchEvent::Delete { key, revision };
-            }
-            Ok(Ok(WatchEvent::Reset)) => return WatchEvent::Reset,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("watch failed: {e}"),
-            Err(_) => panic!("no watch event under {prefix} within 10 s"),
-        }
-    }
-}
-
-/// Every revision from 1 to the counter has exactly one change row: no gap (which would
-/// make followers reset) and nothing past the counter.
-async fn assert_feed_contiguous(url: &str) {
-    let mut raw = sqlx::PgConnection::connect(url).await.expect("raw");
-    let (counter, rows, low, high): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT value FROM meta WHERE name = 'revision'), count(*), \
-         coalesce(min(revision), 1), coalesce(max(revision), 0) FROM changes",
-    )
-    .fetch_one(&mut raw)
-    .await
-    .expect("read the feed");
-    assert_eq!(
-        (low, high, rows),
-        (1, counter, counter),
-        "the change feed must hold revisions 1..={counter} exactly once each"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite() {
@@ -335,125 +232,6 @@ async fn two_servers_share_one_cluster() {
     assert!(b.health().is_ok(), "{:?}", b.health());
 }
 
-/// Concurrent commits through one server share database transactions (group commit:
-/// their change rows carry one transaction start time), and a txn that fails among them
-/// fails alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_commits_share_a_transaction() {
-    let url = fresh_db().await;
-    let store = Arc::new(PostgresStore::connect(&url).await.expect("connect"));
-    store
-        .commit(Txn {
-            ops: vec![put("taken", b"x")],
-            audit: vec![],
-        })
-        .await
-        .expect("seed");
-    let barrier = Arc::new(tokio::sync::Barrier::new(40));
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            let op = if i % 8 == 7 {
-                Op::Create {
-                    key: "taken".into(),
-                    value: b"dup".to_vec(),
-                    expires: None,
-                }
-            } else {
-                put(&format!("batch/{i}"), b"v")
-            };
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store
-                    .commit(Txn {
-                        ops: vec![op],
-                        audit: vec![event("batch", json!({ "i": i }))],
-                    })
-                    .await
-            })
-        })
-        .collect();
-    for (i, t) in tasks.into_iter().enumerate() {
-        match (i % 8, t.await.expect("task")) {
-            (7, Err(StoreError::AlreadyExists(k))) => assert_eq!(k, "taken"),
-            (7, other) => panic!("txn {i}: expected AlreadyExists, got {other:?}"),
-            (_, r) => {
-                r.unwrap_or_else(|e| panic!("txn {i} failed beside a failing one: {e}"));
-            }
-        }
-    }
-    let mut raw = sqlx::PgConnection::connect(&url).await.expect("raw");
-    let (rows, transactions): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT at) FROM changes WHERE key LIKE 'batch/%'")
-            .fetch_one(&mut raw)
-            .await
-            .expect("read the feed");
-    assert_eq!(rows, 35);
-    assert!(
-        transactions < rows,
-        "35 concurrent commits took {transactions} database transactions: no group commit"
-    );
-    assert_feed_contiguous(&url).await;
-    assert_eq!(
-        intact(store.as_ref()).await.0,
-        35,
-        "only the committed txns are audited"
-    );
-
-    // A batch of one kind only (what renewals make) finishes in its run's statement;
-    // one stale compare-and-swap among them still fails alone.
-    let mut current = Vec::new();
-    for i in 0..30 {
-        let key = format!("cas/{i}");
-        let rev = store
-            .commit(Txn {
-                ops: vec![put(&key, b"0")],
-                audit: vec![],
-            })
-            .await
-            .expect("seed")[0];
-        current.push((key, rev));
-    }
-    let barrier = Arc::new(tokio::sync::Barrier::new(30));
-    let tasks: Vec<_> = current
-        .into_iter()
-        .enumerate()
-        .map(|(i, (key, rev))| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            let expected = if i == 13 { rev - 1 } else { rev };
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store
-                    .commit(Txn {
-                        ops: vec![Op::Update {
-                            key,
-                            value: b"1".to_vec(),
-                            expires: None,
-                            expected_revision: Some(expected),
-                        }],
-                        audit: vec![event("cas", json!({ "i": i }))],
-                    })
-                    .await
-            })
-        })
-        .collect();
-    for (i, t) in tasks.into_iter().enumerate() {
-        match (i, t.await.expect("task")) {
-            (13, Err(StoreError::Conflict(k))) => assert_eq!(k, "cas/13"),
-            (13, other) => panic!("the stale update must conflict, got {other:?}"),
-            (_, r) => {
-                r.unwrap_or_else(|e| panic!("update {i} failed beside a stale one: {e}"));
-            }
-        }
-    }
-    assert_feed_contiguous(&url).await;
-    assert_eq!(
-        intact(store.as_ref()).await.0,
-        35 + 29,
-        "the 29 updates that applied are audited, in one chain"
-    );
-}
-
 /// Rows missing from the feed (pruned while a server was away) give Reset, never a
 /// silent gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,64 +426,6 @@ async fn watch_continues_across_a_database_restart() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A database error fails the whole batch, leaves nothing behind, and the writer carries
-/// on from the committed state with its next batch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_failure_fails_the_batch_and_the_writer_recovers() {
-    let url = fresh_db().await;
-    let store = PostgresStore::connect(&url).await.expect("connect");
-    let before = store
-        .commit(Txn {
-            ops: vec![put("k", b"1")],
-            audit: vec![event("x", json!({}))],
-        })
-        .await
-        .expect("put")[0];
-    let mut raw = sqlx::PgConnection::connect(&url).await.expect("raw");
-    sqlx::raw_sql(
-        "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$; \
-         CREATE TRIGGER fail BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION fail()",
-    )
-    .execute(&mut raw)
-    .await
-    .expect("trigger");
-    match store
-        .commit(Txn {
-            ops: vec![put("k", b"2")],
-            audit: vec![event("x", json!({}))],
-        })
-        .await
-    {
-        Err(StoreError::Backend(msg)) => {
-            assert!(
-                msg.contains("disk on fire") && msg.contains("nothing was committed"),
-                "{msg}"
-            )
-        }
-        other => panic!("expected the batch to fail, got {other:?}"),
-    }
-    assert_eq!(
-        store.get("k").await.expect("get").map(|i| i.value),
-        Some(b"1".to_vec()),
-        "rolled back"
-    );
-    sqlx::query("DROP TRIGGER fail ON audit")
-        .execute(&mut raw)
-        .await
-        .expect("drop trigger");
-    let after = store
-        .commit(Txn {
-            ops: vec![put("k", b"3")],
-            audit: vec![event("y", json!({}))],
-        })
-        .await
-        .expect("writer recovered")[0];
-    assert_eq!(after, before + 1, "the failed batch used no revision");
-    assert_eq!(intact(&store).await.0, 2);
-    assert_feed_contiguous(&url).await;
 }
 
 #[tokio::test]

@@ -15,7 +15,8 @@
 //!    the head; the revision counter; `NOTIFY` (sent at commit, only if it commits).
 //! 4. `COMMIT`.
 //!
-//! Four round trips per batch under the lock, against ≈ 9 per commit before. Then the
+//! Four round trips per batch under the lock (three when the batch is one run, as
+//! renewals make: step 3 rides in the run's statement), against ≈ 9 per commit before. Then the
 //! feed follower is poked (watch events come from the feed, in revision order, for this
 //! server's writes and every other server's alike) and every caller gets its reply.
 //!
