@@ -19,7 +19,7 @@ mod race;
 pub use audit::{audit_chain, audit_query_filters};
 pub use race::{
     concurrent_create_single_winner, concurrent_delete_single_winner,
-    concurrent_update_single_winner,
+    concurrent_update_single_winner, failing_txns_leave_neighbours_committed,
 };
 
 use crate::{
@@ -40,6 +40,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     concurrent_create_single_winner(&store).await;
     concurrent_delete_single_winner(&store).await;
     concurrent_update_single_winner(&store).await;
+    failing_txns_leave_neighbours_committed(&store).await;
 }
 
 /// A key prefix / event-type namespace unique to this call.

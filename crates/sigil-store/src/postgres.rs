@@ -1,15 +1,22 @@
 //! PostgreSQL backend, for several auth servers on one database.
 //!
-//! Every commit is one database transaction that first locks the `revision` row of
-//! `meta`: writers from every server queue there, so revisions, change-feed positions and
-//! audit seqs are handed out in commit order and the audit chain stays one linear chain
-//! whoever writes. Each write also goes into `changes`, the change feed, which a follower
+//! Commits go to one writer task per server, which folds the commits waiting for it into
+//! one database transaction (group commit, see `writer`). Every such transaction first
+//! locks the `revision` row of `meta`: writers from every server queue there, so
+//! revisions, change-feed positions and audit seqs are handed out in commit order and the
+//! audit chain stays one linear chain whoever writes. Each write also goes into `changes`, the change feed, which a follower
 //! task on every server reads (after a `NOTIFY`, after every reconnect, and every second)
 //! and turns into watch events. A gap in the feed — rows pruned while this server was
 //! away — becomes [`WatchEvent::Reset`], never a silently stale view.
+//!
+//! Expiry is decided on the database's clock (`now()` for reads, the clock read under the
+//! lock for writes and purges), never on a server's: with several servers whose clocks
+//! differ, one single-use token is live or expired for all of them at once.
 
 mod feed;
+mod ops;
 mod write;
+mod writer;
 
 use std::str::FromStr as _;
 use std::sync::{Arc, Mutex};
@@ -17,15 +24,16 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row as _};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::audit::{ChainCheck, StoredRow, format_time, parse_time};
-use crate::sqlite::{backend, now_ns, prefix_upper_bound};
+use crate::sqlite::{backend, prefix_upper_bound};
 use crate::store::{AuditQuery, AuditRecord, AuditVerification, Item, Store, Txn, WatchEvent};
 use crate::{Result, StoreError};
 
 use feed::Feed;
+use writer::{Request, Writer};
 
 /// Schema migrations, embedded at compile time. sqlx takes an advisory lock while it
 /// migrates, so servers starting together do not race.
@@ -33,8 +41,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// Capacity of the watch broadcast; slower receivers see `Lagged`.
 const WATCH_CAPACITY: usize = 16_384;
-/// Connections per server: commits queue on one row lock anyway, so more would only wait.
+/// Connections per server: one for the writer, the rest for reads.
 const MAX_CONNECTIONS: u32 = 8;
+/// Queued commits the writer may hold before `commit()` callers wait to enqueue.
+const QUEUE_DEPTH: usize = 4096;
+/// The live-item condition of reads, on the database's clock (Unix ns).
+macro_rules! live_now {
+    () => {
+        "(expires_ns IS NULL OR expires_ns > (extract(epoch FROM now()) * 1000000000)::BIGINT)"
+    };
+}
 /// How long to wait for a connection (the database down or overloaded) before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Audit records loaded per round trip by `audit_verify`.
@@ -44,6 +60,8 @@ const VERIFY_BATCH: i64 = 10_000;
 pub struct PostgresStore {
     pool: PgPool,
     watch: broadcast::Sender<WatchEvent>,
+    requests: mpsc::Sender<Request>,
+    writer: Mutex<Option<JoinHandle<()>>>,
     feed: Arc<Feed>,
     follower: Mutex<Option<JoinHandle<()>>>,
     /// Where the database is, without credentials, for messages.
@@ -83,21 +101,44 @@ impl PostgresStore {
         let head = feed::head(&pool).await?;
         let feed = Arc::new(Feed::new(head));
         let follower = tokio::spawn(feed::follow(pool.clone(), feed.clone(), watch.clone()));
+        let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = tokio::spawn(Writer::new(pool.clone(), feed.clone()).run(rx));
         Ok(PostgresStore {
             pool,
             watch,
+            requests,
+            writer: Mutex::new(Some(writer)),
             feed,
             follower: Mutex::new(Some(follower)),
             target,
         })
     }
 
-    /// Stops following the feed and closes every connection.
-    pub async fn close(self) {
+    /// Finishes queued commits, stops following the feed and closes every connection.
+    pub async fn close(mut self) {
+        // Closing the queue (its only sender) lets the writer finish and stop.
+        drop(std::mem::replace(&mut self.requests, mpsc::channel(1).0));
+        let writer = self.writer.lock().ok().and_then(|mut t| t.take());
+        if let Some(Err(e)) = match writer {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            tracing::error!(error = %e, "postgres writer task failed");
+        }
         if let Some(task) = self.follower.lock().ok().and_then(|mut t| t.take()) {
             task.abort();
         }
         self.pool.close().await;
+    }
+
+    async fn send<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Backend("postgres writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("postgres writer stopped before replying".into()))?
     }
 
     /// Where the database is (user, host, port, database; never a password).
@@ -114,6 +155,7 @@ impl PostgresStore {
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
+        // The writer ends by itself once its queue is closed and drained.
         if let Some(task) = self.follower.get_mut().ok().and_then(|t| t.take()) {
             task.abort();
         }
@@ -237,12 +279,11 @@ fn stored_row(row: &PgRow) -> Result<StoredRow> {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn get(&self, key: &str) -> Result<Option<Item>> {
-        let row = sqlx::query(
-            "SELECT key, value, revision, expires_ns FROM kv \
-             WHERE key = $1 AND (expires_ns IS NULL OR expires_ns > $2)",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT key, value, revision, expires_ns FROM kv WHERE key = $1 AND ",
+            live_now!()
+        ))
         .bind(key)
-        .bind(now_ns())
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| backend(&format!("reading {key}"), e))?;
@@ -253,23 +294,23 @@ impl Store for PostgresStore {
         // A range on the COLLATE "C" primary key: an index range scan.
         let err = |e| backend(&format!("listing {prefix}*"), e);
         let rows = match prefix_upper_bound(prefix) {
-            Some(upper) => sqlx::query(
+            Some(upper) => sqlx::query(concat!(
                 "SELECT key, value, revision, expires_ns FROM kv \
-                 WHERE key >= $1 AND key < $2 \
-                 AND (expires_ns IS NULL OR expires_ns > $3) ORDER BY key",
-            )
+                 WHERE key >= $1 AND key < $2 AND ",
+                live_now!(),
+                " ORDER BY key"
+            ))
             .bind(prefix)
             .bind(upper)
-            .bind(now_ns())
             .fetch_all(&self.pool)
             .await
             .map_err(err)?,
-            None => sqlx::query(
-                "SELECT key, value, revision, expires_ns FROM kv \
-                 WHERE key >= $1 AND (expires_ns IS NULL OR expires_ns > $2) ORDER BY key",
-            )
+            None => sqlx::query(concat!(
+                "SELECT key, value, revision, expires_ns FROM kv WHERE key >= $1 AND ",
+                live_now!(),
+                " ORDER BY key"
+            ))
             .bind(prefix)
-            .bind(now_ns())
             .fetch_all(&self.pool)
             .await
             .map_err(err)?,
@@ -284,12 +325,7 @@ impl Store for PostgresStore {
         if txn.ops.is_empty() && txn.audit.is_empty() {
             return Ok(Vec::new());
         }
-        let revisions = write::commit(&self.pool, &txn).await?;
-        if !txn.ops.is_empty() {
-            // Deliver our own writes without waiting for the NOTIFY round trip.
-            self.feed.poke();
-        }
-        Ok(revisions)
+        self.send(|reply| Request::Commit { txn, reply }).await
     }
 
     async fn audit_query(&self, q: AuditQuery) -> Result<Vec<AuditRecord>> {
@@ -358,10 +394,8 @@ impl Store for PostgresStore {
     }
 
     async fn purge_expired(&self) -> Result<usize> {
-        let purged = write::purge(&self.pool).await?;
-        if purged > 0 {
-            self.feed.poke();
-        }
+        let purged = self.send(|reply| Request::Purge { reply }).await?;
+        write::prune(&self.pool).await?;
         Ok(purged)
     }
 

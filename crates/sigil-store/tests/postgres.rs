@@ -5,116 +5,29 @@
 //! Needs `SIGIL_TEST_POSTGRES` (a superuser URL; `scripts/test` starts a server with
 //! `scripts/test-postgres` and sets it). Each test makes its own database.
 
+mod pg_common;
+
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use pg_common::{assert_feed_contiguous, event, fresh_db, fresh_db_on, intact, next_event, put};
 use serde_json::json;
 use sigil_store::{
-    AuditQuery, AuditVerification, NewAuditEvent, Op, PostgresStore, SqliteStore, Store,
-    StoreError, Txn, WatchEvent, conformance,
+    AuditQuery, AuditVerification, Op, PostgresStore, SqliteStore, Store, StoreError, Txn,
+    WatchEvent, conformance,
 };
 use sqlx::Connection as _;
 use time::OffsetDateTime;
 
-fn admin_url() -> String {
-    std::env::var("SIGIL_TEST_POSTGRES").unwrap_or_else(|_| {
-        panic!(
-            "SIGIL_TEST_POSTGRES is not set: run the tests with scripts/test, or start a server \
-             with `scripts/test-postgres start` and export SIGIL_TEST_POSTGRES=<the URL it prints>"
-        )
-    })
-}
-
-/// `url` with its database replaced by `db`.
-fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    format!("{base}/{db}{query}")
-}
-
-/// A new, empty database on the server at `admin`; returns its URL.
-async fn fresh_db_on(admin: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "sigil_store_{}_{}_{}",
-        std::process::id(),
-        OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut conn = sqlx::PgConnection::connect(admin)
-        .await
-        .expect("connect to the test PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    with_db(admin, &name)
-}
-
-async fn fresh_db() -> String {
-    fresh_db_on(&admin_url()).await
-}
-
-fn event(event_type: &str, fields: serde_json::Value) -> NewAuditEvent {
-    NewAuditEvent {
-        time: OffsetDateTime::now_utc(),
-        event_type: event_type.into(),
-        fields,
-    }
-}
-
-fn put(key: &str, value: &[u8]) -> Op {
-    Op::Put {
-        key: key.into(),
-        value: value.into(),
-        expires: None,
-    }
-}
-
-async fn intact(store: &dyn Store) -> (i64, String) {
-    match store.audit_verify().await.expect("verify runs") {
-        AuditVerification::Intact { count, head_hash } => (count, head_hash),
-        broken => panic!("expected an intact chain, got {broken:?}"),
-    }
-}
-
-/// Receives the next event whose key starts with `prefix` (or a Reset), 10 s at most.
-async fn next_event(
-    rx: &mut tokio::sync::broadcast::Receiver<WatchEvent>,
-    prefix: &str,
-) -> WatchEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Ok(WatchEvent::Put(i))) if i.key.starts_with(prefix) => {
-                return WatchEvent::Put(i);
-            }
-            Ok(Ok(WatchEvent::Delete { key, revision })) if key.starts_with(prefix) => {
-                return WatchEvent::Delete { key, revision };
-            }
-            Ok(Ok(WatchEvent::Reset)) => return WatchEvent::Reset,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("watch failed: {e}"),
-            Err(_) => panic!("no watch event under {prefix} within 10 s"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite() {
-    let store: Arc<dyn Store> = Arc::new(
-        PostgresStore::connect(&fresh_db().await)
-            .await
-            .expect("connect"),
-    );
+    let url = fresh_db().await;
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url).await.expect("connect"));
     conformance::run_all(store.clone()).await;
     // Twice on the same store: the suite must not depend on an empty database.
     conformance::run_all(store).await;
+    assert_feed_contiguous(&url).await;
 }
 
 /// Two stores on one database, as two auth servers: the suite's races run against both
@@ -224,6 +137,50 @@ async fn two_servers_share_one_cluster() {
         before + 80,
         "no event lost or forked"
     );
+
+    // Both servers at once, each folding its queue into batches that mix failing
+    // single-op txns, multi-op txns and audit: one counter, one contiguous feed, one chain.
+    let (before, _) = intact(a.as_ref()).await;
+    let tasks: Vec<_> = (0..90)
+        .map(|i| {
+            let store: Arc<dyn Store> = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let ops = match i % 3 {
+                0 => vec![put(&format!("mix/{i}"), b"v")],
+                1 => vec![Op::Create {
+                    key: "race/token".into(),
+                    value: b"dup".to_vec(),
+                    expires: None,
+                }],
+                _ => vec![
+                    put(&format!("mix/m{i}"), b"v"),
+                    put(&format!("mix/n{i}"), b"v"),
+                ],
+            };
+            tokio::spawn(async move {
+                store
+                    .commit(Txn {
+                        ops,
+                        audit: vec![event("mix", json!({ "i": i }))],
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match (i % 3, t.await.expect("task")) {
+            (1, Err(StoreError::AlreadyExists(_))) => {}
+            (0 | 2, Ok(_)) => committed += 1,
+            (_, other) => panic!("txn {i}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(committed, 60);
+    assert_eq!(
+        intact(b.as_ref()).await.0,
+        before + 60,
+        "exactly the committed txns' events, one chain"
+    );
+    assert_feed_contiguous(&url).await;
 
     // Writes through A reach B's watchers, in order, and purges too.
     let mut rx = b.watch();

@@ -149,7 +149,14 @@ pub(super) async fn follow(
         loop {
             tokio::select! {
                 n = listener.try_recv() => match n {
-                    Ok(Some(_)) => {}
+                    Ok(Some(note)) => {
+                        // Only a hint to read: one for a revision already delivered
+                        // (this server's own write, read after its poke) needs none.
+                        let delivered = feed.lock().delivered;
+                        if note.payload().parse::<i64>().is_ok_and(|rev| rev <= delivered) {
+                            continue;
+                        }
+                    }
                     Ok(None) | Err(_) => {
                         let mut s = feed.lock();
                         s.listening = false;
@@ -248,8 +255,26 @@ async fn read(pool: &PgPool, feed: &Feed, tx: &broadcast::Sender<WatchEvent>) {
 async fn read_all(pool: &PgPool, feed: &Feed, tx: &broadcast::Sender<WatchEvent>) -> Result<()> {
     loop {
         let delivered = feed.lock().delivered;
-        // Rows up to the committed head are all committed (they commit with it).
-        let head = head(pool).await?;
+        // The committed head and the rows after `delivered` up to it, in one snapshot:
+        // rows up to the committed head are all committed (they commit with it). The
+        // head comes on every row, and alone (with no change columns) when nothing is new.
+        let rows = sqlx::query(
+            "SELECT c.revision, c.key, c.value, c.expires_ns, c.deleted, c.at::TEXT, m.value \
+             FROM meta m LEFT JOIN LATERAL (SELECT * FROM changes \
+             WHERE revision > $1 AND revision <= m.value ORDER BY revision LIMIT $2) c ON true \
+             WHERE m.name = 'revision'",
+        )
+        .bind(delivered)
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| backend("reading the change feed", e))?;
+        let top = rows
+            .first()
+            .ok_or_else(|| StoreError::Backend("the revision counter is missing".into()))?;
+        let head: i64 = top
+            .try_get(6)
+            .map_err(|e| backend("reading the change feed", e))?;
         if head < delivered {
             // Lower than what we delivered: another history (see `check_history`).
             tracing::warn!(
@@ -266,20 +291,8 @@ async fn read_all(pool: &PgPool, feed: &Feed, tx: &broadcast::Sender<WatchEvent>
         if head == delivered {
             return Ok(());
         }
-        let rows = sqlx::query(
-            "SELECT revision, key, value, expires_ns, deleted, at::TEXT FROM changes \
-             WHERE revision > $1 AND revision <= $2 ORDER BY revision LIMIT $3",
-        )
-        .bind(delivered)
-        .bind(head)
-        .bind(BATCH)
-        .fetch_all(pool)
-        .await
-        .map_err(|e| backend("reading the change feed", e))?;
-        let first = rows
-            .first()
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()
+        let first: Option<i64> = top
+            .try_get(0)
             .map_err(|e| backend("reading the change feed", e))?;
         if first != Some(delivered + 1) {
             // Pruned while we were away: say so rather than deliver a partial history.

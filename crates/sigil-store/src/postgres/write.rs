@@ -1,12 +1,12 @@
-//! Commits: one database transaction each, serialised across servers by the lock on
-//! `meta.revision`. Every op writes its item and its change-feed row in one statement.
+//! What the writer does not: the audit head, pruning the change feed, and importing an
+//! audit log (its own transaction, under the same `meta.revision` lock as every batch).
 
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row as _, Transaction};
 
-use crate::audit::{canonical_fields, format_time, hash_parts};
-use crate::sqlite::{backend, now_ns, to_ns};
-use crate::store::{AuditRecord, Op, Txn};
+use crate::audit::{canonical_fields, format_time};
+use crate::sqlite::backend;
+use crate::store::AuditRecord;
 use crate::{GENESIS_HASH, Result, StoreError};
 
 /// The notification channel the change feed listens on; the payload is the new revision.
@@ -18,15 +18,6 @@ const FEED_RETENTION_SECS: i64 = 15 * 60;
 
 const LOCK_REVISION: &str = "SELECT value FROM meta WHERE name = 'revision' FOR UPDATE";
 
-/// Live-row condition; `now` is the statement's parameter `$N` given by the caller.
-fn live(n: u8) -> String {
-    format!("(kv.expires_ns IS NULL OR kv.expires_ns > ${n})")
-}
-
-/// Appends the change row for what the CTE `w` wrote, returning one row iff it wrote.
-const FEED_PUT: &str = "INSERT INTO changes (revision, key, value, expires_ns, deleted) \
-     SELECT $3, key, $2, $4, false FROM w RETURNING revision";
-
 async fn begin(pool: &PgPool) -> Result<(Transaction<'static, Postgres>, i64)> {
     let mut tx = pool
         .begin()
@@ -37,164 +28,6 @@ async fn begin(pool: &PgPool) -> Result<(Transaction<'static, Postgres>, i64)> {
         .await
         .map_err(|e| backend("locking the revision counter", e))?;
     Ok((tx, rev))
-}
-
-/// Stores the new revision and notifies every server's feed follower (delivered at
-/// commit, and only if it commits).
-async fn finish(tx: &mut Transaction<'static, Postgres>, rev: i64) -> Result<()> {
-    sqlx::query("UPDATE meta SET value = $1 WHERE name = 'revision'")
-        .bind(rev)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| backend("advancing the revision counter", e))?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(rev.to_string())
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| backend("notifying the change feed", e))?;
-    Ok(())
-}
-
-/// Applies `txn` atomically; returns each op's revision (0 for deletes).
-pub(super) async fn commit(pool: &PgPool, txn: &Txn) -> Result<Vec<i64>> {
-    let (mut tx, mut rev) = begin(pool).await?;
-    let now = now_ns();
-    let mut out = Vec::with_capacity(txn.ops.len());
-    for op in &txn.ops {
-        rev += 1;
-        match apply(&mut tx, op, rev, now).await? {
-            Ok(r) => out.push(r),
-            // Dropping `tx` rolls back; say so explicitly to free the lock at once.
-            Err(op_error) => {
-                let _ = tx.rollback().await;
-                return Err(op_error);
-            }
-        }
-    }
-    if !txn.audit.is_empty() {
-        append_audit(&mut tx, txn).await?;
-    }
-    if !txn.ops.is_empty() {
-        finish(&mut tx, rev).await?;
-    }
-    tx.commit()
-        .await
-        .map_err(|e| backend("committing a transaction", e))?;
-    Ok(out)
-}
-
-/// One op and its change row. Outer `Err`: the database failed; inner `Err`: the op's own
-/// refusal (`AlreadyExists`, `NotFound`, `Conflict`).
-async fn apply(
-    tx: &mut Transaction<'static, Postgres>,
-    op: &Op,
-    rev: i64,
-    now: i64,
-) -> Result<Result<i64>> {
-    let key = op.key();
-    let err = |e| backend(&format!("writing {key}"), e);
-    let wrote = match op {
-        Op::Create {
-            key,
-            value,
-            expires,
-        } => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH w AS (INSERT INTO kv (key, value, revision, expires_ns) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
-             revision = EXCLUDED.revision, expires_ns = EXCLUDED.expires_ns \
-             WHERE NOT {} RETURNING key) {FEED_PUT}",
-            live(5)
-        )))
-        .bind(key)
-        .bind(value)
-        .bind(rev)
-        .bind(expires.map(to_ns))
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(err)?,
-        Op::Put {
-            key,
-            value,
-            expires,
-        } => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH w AS (INSERT INTO kv (key, value, revision, expires_ns) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
-             revision = EXCLUDED.revision, expires_ns = EXCLUDED.expires_ns RETURNING key) \
-             {FEED_PUT}"
-        )))
-        .bind(key)
-        .bind(value)
-        .bind(rev)
-        .bind(expires.map(to_ns))
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(err)?,
-        Op::Update {
-            key,
-            value,
-            expires,
-            expected_revision,
-        } => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH w AS (UPDATE kv SET value = $2, revision = $3, expires_ns = $4 \
-             WHERE kv.key = $1 AND ($5::BIGINT IS NULL OR kv.revision = $5) AND {} \
-             RETURNING key) {FEED_PUT}",
-            live(6)
-        )))
-        .bind(key)
-        .bind(value)
-        .bind(rev)
-        .bind(expires.map(to_ns))
-        .bind(*expected_revision)
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(err)?,
-        Op::Delete {
-            key,
-            expected_revision,
-        } => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH w AS (DELETE FROM kv WHERE kv.key = $1 \
-             AND ($2::BIGINT IS NULL OR kv.revision = $2) AND {} RETURNING key) \
-             INSERT INTO changes (revision, key, value, expires_ns, deleted) \
-             SELECT $3, key, NULL, NULL, true FROM w RETURNING revision",
-            live(4)
-        )))
-        .bind(key)
-        .bind(*expected_revision)
-        .bind(rev)
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(err)?,
-    };
-    if wrote.is_some() {
-        // Deletes are numbered too: watchers order them against puts from other servers.
-        return Ok(Ok(rev));
-    }
-    Ok(Err(match op {
-        Op::Create { .. } => StoreError::AlreadyExists(key.to_string()),
-        Op::Put { .. } => {
-            return Err(StoreError::Backend(format!(
-                "writing {key}: the upsert reported no change"
-            )));
-        }
-        Op::Update { .. } | Op::Delete { .. } => {
-            let live: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM kv WHERE key = $1 AND (expires_ns IS NULL OR expires_ns > $2)",
-            )
-            .bind(key)
-            .bind(now)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(|e| backend(&format!("reading {key}"), e))?;
-            match live {
-                Some(_) => StoreError::Conflict(key.to_string()),
-                None => StoreError::NotFound(key.to_string()),
-            }
-        }
-    }))
 }
 
 async fn head_in(tx: &mut Transaction<'static, Postgres>) -> Result<(i64, String)> {
@@ -257,57 +90,16 @@ impl AuditColumns {
     }
 }
 
-/// Chains `txn`'s events onto the head. The revision lock is held, so the head read here
-/// is the head this transaction commits after.
-async fn append_audit(tx: &mut Transaction<'static, Postgres>, txn: &Txn) -> Result<()> {
-    let (mut seq, mut head) = head_in(tx).await?;
-    let mut cols = AuditColumns::default();
-    for ev in &txn.audit {
-        seq += 1;
-        let time = format_time(ev.time);
-        let fields = canonical_fields(&ev.fields);
-        let hash = hash_parts(&head, seq, &time, &ev.event_type, &fields);
-        cols.seq.push(seq);
-        cols.time.push(time);
-        cols.event_type.push(ev.event_type.clone());
-        cols.fields.push(fields);
-        cols.prev_hash
-            .push(std::mem::replace(&mut head, hash.clone()));
-        cols.hash.push(hash);
-    }
-    cols.insert(tx).await
-}
-
-/// Deletes expired items (each with a change row, so every server's followers see it) and
-/// prunes change rows past the retention. Returns how many items were deleted.
-pub(super) async fn purge(pool: &PgPool) -> Result<usize> {
-    let (mut tx, rev) = begin(pool).await?;
-    let purged: Vec<i64> = sqlx::query_scalar(
-        "WITH d AS (DELETE FROM kv WHERE expires_ns IS NOT NULL AND expires_ns <= $1 \
-         RETURNING key), \
-         n AS (SELECT key, row_number() OVER (ORDER BY key) AS i FROM d) \
-         INSERT INTO changes (revision, key, value, expires_ns, deleted) \
-         SELECT $2 + i, key, NULL, NULL, true FROM n RETURNING revision",
-    )
-    .bind(now_ns())
-    .bind(rev)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(|e| backend("purging expired items", e))?;
-    if !purged.is_empty() {
-        finish(&mut tx, rev + purged.len() as i64).await?;
-    }
-    tx.commit()
-        .await
-        .map_err(|e| backend("committing the purge", e))?;
-    // Outside the revision lock: pruning never stalls writers. A follower that had not
-    // read the pruned rows yet sees the gap and resets.
+/// Prunes change rows past the retention. Runs outside the revision lock, so pruning
+/// never stalls writers; a follower that had not read the pruned rows yet sees the gap
+/// and resets.
+pub(super) async fn prune(pool: &PgPool) -> Result<()> {
     sqlx::query("DELETE FROM changes WHERE at < now() - make_interval(secs => $1)")
         .bind(FEED_RETENTION_SECS as f64)
         .execute(pool)
         .await
         .map_err(|e| backend("pruning the change feed", e))?;
-    Ok(purged.len())
+    Ok(())
 }
 
 /// Appends records verbatim (seq, time, fields, hashes) where they link onto the current
