@@ -394,6 +394,10 @@ impl Agent {
         &self,
         cred: &StoredCredential,
     ) -> anyhow::Result<AuthServiceClient<client::AuthChannel>> {
+        Ok(AuthServiceClient::new(self.channel(cred)?))
+    }
+
+    fn channel(&self, cred: &StoredCredential) -> anyhow::Result<client::AuthChannel> {
         let tls = client::tls_config(
             &self.pins(Some(cred)),
             Some(client::ClientCert {
@@ -401,10 +405,7 @@ impl Agent {
                 key_pem: &cred.key_pem,
             }),
         )?;
-        Ok(AuthServiceClient::new(client::failover_channel(
-            &self.servers,
-            tls,
-        )))
+        Ok(client::failover_channel(&self.servers, tls))
     }
 
     /// The configured pins plus the CAs of the last credentials: during a host CA
@@ -450,17 +451,21 @@ impl Agent {
             None => self.first_join_key()?,
         };
         // A re-proof presents the instance's current certificate.
-        let mut client = match cur {
-            Some(c) => self.client(c)?,
-            None => AuthServiceClient::new(client::failover_channel(
+        let channel = match cur {
+            Some(c) => self.channel(c)?,
+            None => client::failover_channel(
                 &self.servers,
                 client::tls_config(&self.cfg.ca_pins, None)?,
-            )),
+            ),
         };
+        let mut client = AuthServiceClient::new(channel.clone());
         // The pinned auth service names the cluster: the audience the OIDC
         // methods ask their platform for.
         // A server whose audit log went backwards is not joined either.
-        let cluster = self.witnessed_ping(&mut client, None).await?.cluster_name;
+        let cluster = self
+            .witnessed_ping(&mut client, &channel, None)
+            .await?
+            .cluster_name;
         let ctx = join::ProverContext {
             storage: self.cfg.storage.clone(),
             cluster,
@@ -500,10 +505,13 @@ impl Agent {
                     .await?;
                 }
                 Some(ServerMsg::Result(creds)) => {
-                    self.witness.observe(
-                        &creds.cluster_name,
-                        &creds.audit_public_key,
-                        creds.audit_checkpoint.as_ref(),
+                    refusing(
+                        &channel,
+                        self.witness.observe(
+                            &creds.cluster_name,
+                            &creds.audit_public_key,
+                            creds.audit_checkpoint.as_ref(),
+                        ),
                     )?;
                     prover.joined(&ctx, &creds)?;
                     let cred = stored(creds, &key)?;
@@ -527,6 +535,7 @@ impl Agent {
     async fn witnessed_ping(
         &self,
         client: &mut AuthServiceClient<client::AuthChannel>,
+        channel: &client::AuthChannel,
         cluster: Option<&str>,
     ) -> anyhow::Result<sigil_proto::v1::PingResponse> {
         let ping = client
@@ -535,10 +544,13 @@ impl Agent {
             .map_err(status_error)
             .context("contacting the auth service")?
             .into_inner();
-        self.witness.precheck(
-            cluster.unwrap_or(&ping.cluster_name),
-            &ping.audit_public_key,
-            ping.audit_checkpoint.as_ref(),
+        refusing(
+            channel,
+            self.witness.precheck(
+                cluster.unwrap_or(&ping.cluster_name),
+                &ping.audit_public_key,
+                ping.audit_checkpoint.as_ref(),
+            ),
         )?;
         Ok(ping)
     }
@@ -546,10 +558,12 @@ impl Agent {
     async fn renew(&self, cur: &StoredCredential) -> anyhow::Result<StoredCredential> {
         // Persist the next key before asking (crash safety, see storage.rs).
         let next = self.storage.next_key()?;
-        let mut client = self.client(cur)?;
+        let channel = self.channel(cur)?;
+        let mut client = AuthServiceClient::new(channel.clone());
         // Witness first: a server whose audit log went backwards (e.g. its database
         // was rolled back) must not be asked to renew, or it would act on old state.
-        self.witnessed_ping(&mut client, Some(&cur.cluster)).await?;
+        self.witnessed_ping(&mut client, &channel, Some(&cur.cluster))
+            .await?;
         let creds = client
             .renew(RenewRequest {
                 public_key_spki: next.spki_der(),
@@ -562,16 +576,30 @@ impl Agent {
             .into_inner();
         // Refused: the next key stays persisted, so the next attempt is a retry the
         // server recognises (renewal.rs), not a generation mismatch.
-        self.witness.observe(
-            &creds.cluster_name,
-            &creds.audit_public_key,
-            creds.audit_checkpoint.as_ref(),
+        refusing(
+            &channel,
+            self.witness.observe(
+                &creds.cluster_name,
+                &creds.audit_public_key,
+                creds.audit_checkpoint.as_ref(),
+            ),
         )?;
         let cred = stored(creds, &next)?;
         self.storage.save(&cred)?;
         self.storage.clear_next_key()?;
         Ok(cred)
     }
+}
+
+/// A witness refusal also marks the server it came from down, so the next
+/// attempt (client::server_failed) goes to another server.
+fn refusing(channel: &client::AuthChannel, r: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = &r
+        && let Some(w) = e.downcast_ref::<witness::WitnessRefusal>()
+    {
+        channel.refuse_server(&format!("failed the audit log witness check: {}", w.0));
+    }
+    r
 }
 
 fn tokio_stream_rx(

@@ -1,0 +1,145 @@
+//! Edges of running several auth servers on PostgreSQL: an agent skips a server
+//! whose audit log is behind what it witnessed (a server started on a restored
+//! copy of the database) and renews through another. Real `sigil` processes and
+//! a real PostgreSQL 15 (`SIGIL_TEST_POSTGRES`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::postgres::{admin_url, fresh_db, psql, with_db};
+use common::*;
+
+/// An auth server on the store `url`, signing with the audit key at `key`.
+fn server(url: &str, key: &Path) -> Auth {
+    Auth::start_with(&["--store", url, "--audit-key", key.to_str().expect("utf8")])
+}
+
+/// An agent oneshot against `auth_server` (`A` or `A,B`), logging at info.
+fn agent_oneshot(dirs: &AgentDirs, auth_server: &str, pin: &str, token: Option<&str>) -> Output {
+    let mut c = Command::new(sigil_bin());
+    c.args([
+        "agent",
+        "start",
+        "--auth-server",
+        auth_server,
+        "--ca-pin",
+        pin,
+    ])
+    .arg("--storage")
+    .arg(&dirs.storage)
+    .arg("--output")
+    .arg(format!("identity:{}", dirs.out.display()))
+    .args(["--credential-ttl", "1h", "--oneshot"])
+    .env("SIGIL_LOG", "info");
+    if let Some(t) = token {
+        c.args(["--token", t]);
+    }
+    c.output().expect("run agent")
+}
+
+/// The seq of the checkpoint the agent witnessed.
+fn witnessed_seq(dirs: &AgentDirs) -> i64 {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dirs.storage.join("audit-witness.json")).expect("witness"),
+    )
+    .expect("json");
+    let body = v["checkpoint"]["body"].as_str().expect("a checkpoint");
+    body.lines()
+        .find_map(|l| l.strip_prefix("seq: "))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no seq in the checkpoint body {body:?}"))
+}
+
+#[test]
+fn an_agent_skips_a_server_behind_its_witness_and_renews_through_another() {
+    let url = fresh_db();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("audit-key.json");
+    let mut a = server(&url, &key);
+    let token = a.bot("witness", &["w"]);
+    let dirs = AgentDirs::new();
+    let o = agent_oneshot(&dirs, &a.addr(), &a.pin, Some(&token));
+    assert!(o.status.success(), "join through A:\n{}", text(&o));
+
+    // A backup of the database, taken while no server runs (a server signs a
+    // checkpoint covering everything when it stops).
+    a.stop();
+    let backup = format!("{}_backup", url.rsplit('/').next().expect("db name"));
+    let db = url.rsplit('/').next().expect("db name").to_string();
+    psql(
+        &admin_url(),
+        &format!("CREATE DATABASE {backup} TEMPLATE {db}"),
+    );
+    let backup_url = with_db(&url, &backup);
+
+    // A goes on: more events, a checkpoint past the backup's, which the agent sees.
+    a.spawn();
+    for i in 0..10 {
+        a.ok(&[
+            "tokens",
+            "add",
+            "--bot",
+            "witness",
+            "--ttl",
+            &format!("{}m", 10 + i),
+        ]);
+    }
+    let o = agent_oneshot(&dirs, &a.addr(), &a.pin, None);
+    assert!(o.status.success(), "renew through A:\n{}", text(&o));
+    a.stop();
+    a.spawn();
+    let o = agent_oneshot(&dirs, &a.addr(), &a.pin, None);
+    assert!(o.status.success(), "renew through A:\n{}", text(&o));
+    assert_eq!(dirs.generation(), 3);
+    let seen = witnessed_seq(&dirs);
+
+    // B is started on the restored backup: same cluster, same CAs and audit
+    // key, but its log ends before what the agent witnessed.
+    let b = server(&backup_url, &key);
+    assert_eq!(a.pin, b.pin, "the backup holds the same CAs");
+    let b_seq: i64 = psql(&backup_url, "SELECT coalesce(max(seq), 0) FROM audit")
+        .parse()
+        .expect("seq");
+    assert!(
+        b_seq < seen,
+        "B's log ({b_seq}) is behind the witness ({seen})"
+    );
+
+    // B first in the list: refused for its log, marked down, A renews.
+    let servers = format!("{},{}", b.addr(), a.addr());
+    let cred_before = std::fs::read(dirs.storage.join("credential.json")).expect("cred");
+    let o = agent_oneshot(&dirs, &servers, &a.pin, None);
+    let log = text(&o);
+    assert!(o.status.success(), "renew with B refused, A next:\n{log}");
+    assert_eq!(dirs.generation(), 4, "renewed once, through A");
+    assert!(log.contains("audit log witness"), "{log}");
+    assert!(log.contains("went backwards"), "{log}");
+    let skipped = log
+        .lines()
+        .find(|l| l.contains("skipping it for a while"))
+        .unwrap_or_else(|| panic!("no line says B is skipped:\n{log}"));
+    assert!(skipped.contains(&b.addr()), "{skipped}");
+    assert!(!log.contains("BEGIN PRIVATE KEY"), "{log}");
+    assert_ne!(
+        std::fs::read(dirs.storage.join("credential.json")).expect("cred"),
+        cred_before
+    );
+
+    // Every server refused: fails closed, the last good credential kept.
+    let cred_before = std::fs::read(dirs.storage.join("credential.json")).expect("cred");
+    let o = agent_oneshot(&dirs, &b.addr(), &b.pin, None);
+    assert!(
+        !o.status.success(),
+        "renewed through B alone:\n{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("audit log witness"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(dirs.storage.join("credential.json")).expect("cred"),
+        cred_before,
+        "the last good credential is kept"
+    );
+    assert_eq!(dirs.generation(), 4);
+}
