@@ -1,12 +1,15 @@
 //! Edges of running several auth servers on PostgreSQL: an agent skips a server
 //! whose audit log is behind what it witnessed (a server started on a restored
-//! copy of the database) and renews through another. Real `sigil` processes and
-//! a real PostgreSQL 15 (`SIGIL_TEST_POSTGRES`).
+//! copy of the database) and renews through another; a server started on the
+//! target of an unfinished `sigil auth migrate` refuses instead of creating a
+//! cluster of its own. Real `sigil` processes and a real PostgreSQL 15
+//! (`SIGIL_TEST_POSTGRES`).
 
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::postgres::{admin_url, fresh_db, psql, with_db};
 use common::*;
@@ -142,4 +145,129 @@ fn an_agent_skips_a_server_behind_its_witness_and_renews_through_another() {
         "the last good credential is kept"
     );
     assert_eq!(dirs.generation(), 4);
+}
+
+/// Makes the audit copy into the database at `url` fail: a trigger, added when
+/// the store creates its `audit` table, refuses every insert. The migration then
+/// stops after claiming the target, as one that crashed or lost its connection
+/// half-way (or one still running) leaves it.
+fn break_the_audit_copy(url: &str) {
+    psql(
+        url,
+        "CREATE FUNCTION sigil_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'sigil test: the audit copy fails here'; END $$",
+    );
+    psql(
+        url,
+        "CREATE FUNCTION sigil_test_arm() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
+             WHERE command_tag = 'CREATE TABLE' AND object_identity = 'public.audit') THEN \
+           EXECUTE 'CREATE TRIGGER sigil_test_refuse BEFORE INSERT ON audit \
+             FOR EACH STATEMENT EXECUTE FUNCTION sigil_test_refuse()'; \
+         END IF; END $$",
+    );
+    psql(
+        url,
+        "CREATE EVENT TRIGGER sigil_test_arm ON ddl_command_end EXECUTE FUNCTION sigil_test_arm()",
+    );
+}
+
+fn migrate(from: &str, to: &str) -> Output {
+    Command::new(sigil_bin())
+        .args(["auth", "migrate", "--from", from, "--to", to])
+        .output()
+        .expect("run sigil auth migrate")
+}
+
+/// `sigil auth start` on `url` with a data dir of its own; its output once it
+/// exits (or `None` if it was still serving after 60 s, then killed).
+fn start_until_exit(url: &str) -> Option<Output> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(sigil_bin())
+        .args(["auth", "start", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--public-listen", "127.0.0.1:0"])
+        .args(["--store", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sigil auth");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(child.wait_with_output().expect("output"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn a_server_started_on_an_unfinished_migration_target_refuses() {
+    let mut lite = Auth::start();
+    let token = lite.bot("mover", &["x"]);
+    let dirs = AgentDirs::new();
+    let o = dirs.oneshot(&lite, Some(&token));
+    assert!(o.status.success(), "{}", text(&o));
+    lite.stop();
+    let from = format!("sqlite:{}", lite.data.join("sigil.db").display());
+
+    let url = fresh_db();
+    break_the_audit_copy(&url);
+    let o = migrate(&from, &url);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("the audit copy fails here"),
+        "{}",
+        text(&o)
+    );
+    // Only the migration was to fail: a server could write there again.
+    psql(&url, "DROP EVENT TRIGGER sigil_test_arm");
+    psql(&url, "DROP TRIGGER sigil_test_refuse ON audit");
+
+    // The target is claimed: a server there refuses and creates nothing.
+    let o = start_until_exit(&url).expect("the server to exit, not serve a half-copied cluster");
+    assert!(!o.status.success(), "{}", text(&o));
+    let msg = text(&o);
+    assert!(msg.contains("sigil auth migrate` is copying"), "{msg}");
+    assert!(msg.contains("drop and re-create the database"), "{msg}");
+    assert!(
+        msg.contains(lite.data.to_str().expect("utf8")),
+        "names the source: {msg}"
+    );
+    assert_eq!(
+        psql(&url, "SELECT count(*) FROM kv WHERE key LIKE '/cas/%'"),
+        "0"
+    );
+    assert_eq!(psql(&url, "SELECT count(*) FROM audit"), "0");
+
+    // The README's way out: drop and re-create the target, run it again.
+    let db = url.rsplit('/').next().expect("db name").to_string();
+    psql(&admin_url(), &format!("DROP DATABASE {db}"));
+    psql(&admin_url(), &format!("CREATE DATABASE {db}"));
+    let o = migrate(&from, &url);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT count(*) FROM kv WHERE key LIKE '/migration/%'"
+        ),
+        "0",
+        "the marker is gone once the migration has finished"
+    );
+    lite.extra_args = vec!["--store".into(), url.clone()];
+    lite.spawn();
+    let o = dirs.oneshot(&lite, None);
+    assert!(o.status.success(), "renew after migrating:\n{}", text(&o));
+    assert_eq!(dirs.generation(), 2);
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT count(*) FROM audit WHERE type = 'cluster.created'"
+        ),
+        "1",
+        "one cluster: the migrated one"
+    );
 }
