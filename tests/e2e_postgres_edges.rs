@@ -2,11 +2,14 @@
 //! whose audit log is behind what it witnessed (a server started on a restored
 //! copy of the database) and renews through another; a server started on the
 //! target of an unfinished `sigil auth migrate` refuses instead of creating a
-//! cluster of its own. Real `sigil` processes and a real PostgreSQL 15
+//! cluster of its own; an agent restarted after its first join's answer was lost
+//! retries with the same key. Real `sigil` processes and a real PostgreSQL 15
 //! (`SIGIL_TEST_POSTGRES`).
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -270,4 +273,83 @@ fn a_server_started_on_an_unfinished_migration_target_refuses() {
         "1",
         "one cluster: the migrated one"
     );
+}
+
+fn joins_committed(url: &str) -> String {
+    psql(url, "SELECT count(*) FROM audit WHERE type = 'bot.join'")
+}
+
+/// A TCP relay to `to` that passes everything on until the database at `url`
+/// holds a committed join, then drops the connection instead of passing the
+/// server's next bytes: the answer is lost, as when the server dies right after
+/// committing. Returns its address.
+fn answer_losing_relay(to: String, url: String) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let (Ok(client), Ok(server)) = (conn, TcpStream::connect(&to)) else {
+                return;
+            };
+            let (Ok(mut c_in), Ok(mut s_out)) = (client.try_clone(), server.try_clone()) else {
+                return;
+            };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let (mut client, mut server) = (client, server);
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n @ 1..) = server.read(&mut buf) {
+                    if joins_committed(&url) != "0" || client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = client.shutdown(Shutdown::Both);
+                let _ = server.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_first_join_whose_answer_was_lost_is_retried_with_the_same_key_after_a_restart() {
+    let url = fresh_db();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let a = server(&url, &keys.path().join("audit-key.json"));
+    let token = a.bot("restart", &["r"]);
+
+    // The server commits the join; the agent never hears the answer.
+    let relay = answer_losing_relay(a.addr(), url.clone());
+    let dirs = AgentDirs::new();
+    let o = agent_oneshot(&dirs, &relay, &a.pin, Some(&token));
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("join denied"), "{}", text(&o));
+    assert_eq!(joins_committed(&url), "1", "the server committed the join");
+    assert!(!dirs.storage.join("credential.json").exists());
+    let pending = dirs.storage.join("next_key.pem");
+    assert_eq!(mode(&pending), 0o600, "the join's key is kept for a retry");
+    let key_pem = std::fs::read_to_string(&pending).expect("next_key.pem");
+
+    // A new agent process, the same token: the server recognises the key.
+    let o = agent_oneshot(&dirs, &a.addr(), &a.pin, Some(&token));
+    assert!(
+        o.status.success(),
+        "the retry after a restart:\n{}",
+        text(&o)
+    );
+    let cred: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dirs.storage.join("credential.json")).expect("credential"),
+    )
+    .expect("json");
+    assert_eq!(cred["key_pem"], key_pem.as_str(), "the same key");
+    assert_eq!(cred["generation"], 1);
+    assert!(!pending.exists(), "the pending key is removed once joined");
+    let instances = a.instances();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(instances[0]["metadata"]["name"], cred["instance_id"]);
+    assert_eq!(a.audit("bot.join.retry").len(), 1);
+    assert_eq!(joins_committed(&url), "1");
 }

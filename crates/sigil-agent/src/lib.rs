@@ -310,7 +310,8 @@ struct Agent {
     started: std::time::Instant,
     oneshot: bool,
     /// A first join's key (PKCS#8 PEM), the same for every attempt of this run, so
-    /// a retry on another server after a lost answer presents the same key.
+    /// a retry on another server after a lost answer presents the same key (and
+    /// persisted then, for a restart: storage.rs).
     join_key: std::sync::Mutex<Option<String>>,
 }
 
@@ -487,45 +488,67 @@ impl Agent {
             message: Some(ClientMsg::Init(init)),
         })
         .await?;
-        let mut inbound = client
-            .join(tokio_stream_rx(rx))
-            .await
-            .map_err(join_status)?
-            .into_inner();
-        loop {
-            let msg = inbound.message().await.map_err(join_status)?;
-            match msg.and_then(|m| m.message) {
-                Some(ServerMsg::Challenge(c)) => {
-                    let payload = prover.answer(&ctx, &c.payload).await?;
-                    tx.send(JoinClientMessage {
-                        message: Some(ClientMsg::ChallengeResponse(JoinChallengeResponse {
-                            payload,
-                        })),
-                    })
-                    .await?;
-                }
-                Some(ServerMsg::Result(creds)) => {
-                    refusing(
-                        &channel,
-                        self.witness.observe(
-                            &creds.cluster_name,
-                            &creds.audit_public_key,
-                            creds.audit_checkpoint.as_ref(),
-                        ),
-                    )?;
-                    prover.joined(&ctx, &creds)?;
-                    let cred = stored(creds, &key)?;
-                    self.storage.save(&cred)?;
-                    self.storage.clear_next_key()?;
-                    *self.join_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    if cur.is_some() {
-                        tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation, "re-proved");
-                    } else {
-                        tracing::info!(bot = %cred.bot, instance = %cred.instance_id, "joined");
+        let answer = async {
+            let mut inbound = client
+                .join(tokio_stream_rx(rx))
+                .await
+                .map_err(join_status)?
+                .into_inner();
+            loop {
+                let msg = inbound.message().await.map_err(join_status)?;
+                match msg.and_then(|m| m.message) {
+                    Some(ServerMsg::Challenge(c)) => {
+                        let payload = prover.answer(&ctx, &c.payload).await?;
+                        tx.send(JoinClientMessage {
+                            message: Some(ClientMsg::ChallengeResponse(JoinChallengeResponse {
+                                payload,
+                            })),
+                        })
+                        .await?;
                     }
-                    return Ok(cred);
+                    Some(ServerMsg::Result(creds)) => {
+                        refusing(
+                            &channel,
+                            self.witness.observe(
+                                &creds.cluster_name,
+                                &creds.audit_public_key,
+                                creds.audit_checkpoint.as_ref(),
+                            ),
+                        )?;
+                        prover.joined(&ctx, &creds)?;
+                        let cred = stored(creds, &key)?;
+                        self.storage.save(&cred)?;
+                        return Ok(cred);
+                    }
+                    None => {
+                        anyhow::bail!("the auth service closed the join stream without a result")
+                    }
                 }
-                None => anyhow::bail!("the auth service closed the join stream without a result"),
+            }
+        }
+        .await;
+        match answer {
+            Err(e) => {
+                // Sent, not denied: the server may have committed it and the answer
+                // been lost (or not saved). Keep the key so a restarted agent
+                // retries with it.
+                if cur.is_none()
+                    && e.downcast_ref::<JoinDeniedError>().is_none()
+                    && let Err(k) = self.storage.keep_pending_key(&key)
+                {
+                    tracing::warn!(error = %format!("{k:#}"), "could not keep the first join's key for a retry");
+                }
+                Err(e)
+            }
+            Ok(cred) => {
+                self.storage.clear_next_key()?;
+                *self.join_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                if cur.is_some() {
+                    tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation, "re-proved");
+                } else {
+                    tracing::info!(bot = %cred.bot, instance = %cred.instance_id, "joined");
+                }
+                Ok(cred)
             }
         }
     }
