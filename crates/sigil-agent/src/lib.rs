@@ -317,7 +317,8 @@ struct Agent {
 
 impl Agent {
     /// The key of a first join: a persisted pending key if there is one, else one
-    /// kept in memory for this run (not written, so a refused join leaves nothing).
+    /// kept in memory for this run (written only when a sent join fails without a
+    /// denial, `join`; so a refused join leaves nothing).
     fn first_join_key(&self) -> anyhow::Result<TlsKeyPair> {
         if let Some(k) = self.storage.pending_key()? {
             return Ok(k);
