@@ -184,10 +184,13 @@ pub fn channel(auth_server: &str, tls: rustls::ClientConfig) -> anyhow::Result<C
 }
 
 /// Whether an error is a server failing rather than answering (it said
-/// `Unavailable` or did not answer in time): worth trying another server.
-/// A denial is an answer.
+/// `Unavailable` or did not answer in time, or failed the audit witness
+/// check): worth trying another server. A denial is an answer.
 pub fn server_failed(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
+        if c.is::<crate::witness::WitnessRefusal>() {
+            return true;
+        }
         let Some(crate::StatusError(s)) = c.downcast_ref::<crate::StatusError>() else {
             return false;
         };

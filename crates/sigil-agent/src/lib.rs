@@ -312,13 +312,15 @@ struct Agent {
     started: std::time::Instant,
     oneshot: bool,
     /// A first join's key (PKCS#8 PEM), the same for every attempt of this run, so
-    /// a retry on another server after a lost answer presents the same key.
+    /// a retry on another server after a lost answer presents the same key (and
+    /// persisted then, for a restart: storage.rs).
     join_key: std::sync::Mutex<Option<String>>,
 }
 
 impl Agent {
     /// The key of a first join: a persisted pending key if there is one, else one
-    /// kept in memory for this run (not written, so a refused join leaves nothing).
+    /// kept in memory for this run (written only when a sent join fails without a
+    /// denial, `join`; so a refused join leaves nothing).
     fn first_join_key(&self) -> anyhow::Result<TlsKeyPair> {
         if let Some(k) = self.storage.pending_key()? {
             return Ok(k);
@@ -396,6 +398,10 @@ impl Agent {
         &self,
         cred: &StoredCredential,
     ) -> anyhow::Result<AuthServiceClient<client::AuthChannel>> {
+        Ok(AuthServiceClient::new(self.channel(cred)?))
+    }
+
+    fn channel(&self, cred: &StoredCredential) -> anyhow::Result<client::AuthChannel> {
         let tls = client::tls_config(
             &self.pins(Some(cred)),
             Some(client::ClientCert {
@@ -403,10 +409,7 @@ impl Agent {
                 key_pem: &cred.key_pem,
             }),
         )?;
-        Ok(AuthServiceClient::new(client::failover_channel(
-            &self.servers,
-            tls,
-        )))
+        Ok(client::failover_channel(&self.servers, tls))
     }
 
     /// The configured pins plus the CAs of the last credentials: during a host CA
@@ -452,17 +455,21 @@ impl Agent {
             None => self.first_join_key()?,
         };
         // A re-proof presents the instance's current certificate.
-        let mut client = match cur {
-            Some(c) => self.client(c)?,
-            None => AuthServiceClient::new(client::failover_channel(
+        let channel = match cur {
+            Some(c) => self.channel(c)?,
+            None => client::failover_channel(
                 &self.servers,
                 client::tls_config(&self.cfg.ca_pins, None)?,
-            )),
+            ),
         };
+        let mut client = AuthServiceClient::new(channel.clone());
         // The pinned auth service names the cluster: the audience the OIDC
         // methods ask their platform for.
         // A server whose audit log went backwards is not joined either.
-        let cluster = self.witnessed_ping(&mut client, None).await?.cluster_name;
+        let cluster = self
+            .witnessed_ping(&mut client, &channel, None)
+            .await?
+            .cluster_name;
         let ctx = join::ProverContext {
             storage: self.cfg.storage.clone(),
             cluster,
@@ -484,42 +491,67 @@ impl Agent {
             message: Some(ClientMsg::Init(init)),
         })
         .await?;
-        let mut inbound = client
-            .join(tokio_stream_rx(rx))
-            .await
-            .map_err(join_status)?
-            .into_inner();
-        loop {
-            let msg = inbound.message().await.map_err(join_status)?;
-            match msg.and_then(|m| m.message) {
-                Some(ServerMsg::Challenge(c)) => {
-                    let payload = prover.answer(&ctx, &c.payload).await?;
-                    tx.send(JoinClientMessage {
-                        message: Some(ClientMsg::ChallengeResponse(JoinChallengeResponse {
-                            payload,
-                        })),
-                    })
-                    .await?;
-                }
-                Some(ServerMsg::Result(creds)) => {
-                    self.witness.observe(
-                        &creds.cluster_name,
-                        &creds.audit_public_key,
-                        creds.audit_checkpoint.as_ref(),
-                    )?;
-                    prover.joined(&ctx, &creds)?;
-                    let cred = stored(creds, &key)?;
-                    self.storage.save(&cred)?;
-                    self.storage.clear_next_key()?;
-                    *self.join_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    if cur.is_some() {
-                        tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation, "re-proved");
-                    } else {
-                        tracing::info!(bot = %cred.bot, instance = %cred.instance_id, "joined");
+        let answer = async {
+            let mut inbound = client
+                .join(tokio_stream_rx(rx))
+                .await
+                .map_err(join_status)?
+                .into_inner();
+            loop {
+                let msg = inbound.message().await.map_err(join_status)?;
+                match msg.and_then(|m| m.message) {
+                    Some(ServerMsg::Challenge(c)) => {
+                        let payload = prover.answer(&ctx, &c.payload).await?;
+                        tx.send(JoinClientMessage {
+                            message: Some(ClientMsg::ChallengeResponse(JoinChallengeResponse {
+                                payload,
+                            })),
+                        })
+                        .await?;
                     }
-                    return Ok(cred);
+                    Some(ServerMsg::Result(creds)) => {
+                        refusing(
+                            &channel,
+                            self.witness.observe(
+                                &creds.cluster_name,
+                                &creds.audit_public_key,
+                                creds.audit_checkpoint.as_ref(),
+                            ),
+                        )?;
+                        prover.joined(&ctx, &creds)?;
+                        let cred = stored(creds, &key)?;
+                        self.storage.save(&cred)?;
+                        return Ok(cred);
+                    }
+                    None => {
+                        anyhow::bail!("the auth service closed the join stream without a result")
+                    }
                 }
-                None => anyhow::bail!("the auth service closed the join stream without a result"),
+            }
+        }
+        .await;
+        match answer {
+            Err(e) => {
+                // Sent, not denied: the server may have committed it and the answer
+                // been lost (or not saved). Keep the key so a restarted agent
+                // retries with it.
+                if cur.is_none()
+                    && e.downcast_ref::<JoinDeniedError>().is_none()
+                    && let Err(k) = self.storage.keep_pending_key(&key)
+                {
+                    tracing::warn!(error = %format!("{k:#}"), "could not keep the first join's key for a retry");
+                }
+                Err(e)
+            }
+            Ok(cred) => {
+                self.storage.clear_next_key()?;
+                *self.join_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                if cur.is_some() {
+                    tracing::info!(bot = %cred.bot, instance = %cred.instance_id, generation = cred.generation, "re-proved");
+                } else {
+                    tracing::info!(bot = %cred.bot, instance = %cred.instance_id, "joined");
+                }
+                Ok(cred)
             }
         }
     }
@@ -529,6 +561,7 @@ impl Agent {
     async fn witnessed_ping(
         &self,
         client: &mut AuthServiceClient<client::AuthChannel>,
+        channel: &client::AuthChannel,
         cluster: Option<&str>,
     ) -> anyhow::Result<sigil_proto::v1::PingResponse> {
         let ping = client
@@ -537,10 +570,13 @@ impl Agent {
             .map_err(status_error)
             .context("contacting the auth service")?
             .into_inner();
-        self.witness.precheck(
-            cluster.unwrap_or(&ping.cluster_name),
-            &ping.audit_public_key,
-            ping.audit_checkpoint.as_ref(),
+        refusing(
+            channel,
+            self.witness.precheck(
+                cluster.unwrap_or(&ping.cluster_name),
+                &ping.audit_public_key,
+                ping.audit_checkpoint.as_ref(),
+            ),
         )?;
         Ok(ping)
     }
@@ -548,10 +584,12 @@ impl Agent {
     async fn renew(&self, cur: &StoredCredential) -> anyhow::Result<StoredCredential> {
         // Persist the next key before asking (crash safety, see storage.rs).
         let next = self.storage.next_key()?;
-        let mut client = self.client(cur)?;
+        let channel = self.channel(cur)?;
+        let mut client = AuthServiceClient::new(channel.clone());
         // Witness first: a server whose audit log went backwards (e.g. its database
         // was rolled back) must not be asked to renew, or it would act on old state.
-        self.witnessed_ping(&mut client, Some(&cur.cluster)).await?;
+        self.witnessed_ping(&mut client, &channel, Some(&cur.cluster))
+            .await?;
         let creds = client
             .renew(RenewRequest {
                 public_key_spki: next.spki_der(),
@@ -564,16 +602,30 @@ impl Agent {
             .into_inner();
         // Refused: the next key stays persisted, so the next attempt is a retry the
         // server recognises (renewal.rs), not a generation mismatch.
-        self.witness.observe(
-            &creds.cluster_name,
-            &creds.audit_public_key,
-            creds.audit_checkpoint.as_ref(),
+        refusing(
+            &channel,
+            self.witness.observe(
+                &creds.cluster_name,
+                &creds.audit_public_key,
+                creds.audit_checkpoint.as_ref(),
+            ),
         )?;
         let cred = stored(creds, &next)?;
         self.storage.save(&cred)?;
         self.storage.clear_next_key()?;
         Ok(cred)
     }
+}
+
+/// A witness refusal also marks the server it came from down, so the next
+/// attempt (client::server_failed) goes to another server.
+fn refusing(channel: &client::AuthChannel, r: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = &r
+        && let Some(w) = e.downcast_ref::<witness::WitnessRefusal>()
+    {
+        channel.refuse_server(&format!("failed the audit log witness check: {}", w.0));
+    }
+    r
 }
 
 fn tokio_stream_rx(

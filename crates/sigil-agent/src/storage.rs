@@ -5,8 +5,10 @@
 //! *before* it is requested: if the agent dies (or the server does) after the
 //! server issued but before the result was saved, the retry uses the same key
 //! and the server recognises it as a retry, not a stolen copy. A first join
-//! keeps its key in memory for the run (a refused join leaves nothing behind)
-//! but uses a `next_key.pem` already there.
+//! keeps its key in memory (a refused join leaves nothing behind) and writes it
+//! to `next_key.pem` only when its request went out and failed without a denial
+//! (the answer may be lost: a restarted agent retries with it); it uses a
+//! `next_key.pem` already there.
 
 use std::path::{Path, PathBuf};
 
@@ -140,6 +142,17 @@ impl Storage {
             TlsKeyPair::from_pkcs8_pem(&pem)
                 .with_context(|| format!("{} is corrupt", p.display()))?,
         ))
+    }
+
+    /// Persist a first join's key as the pending key (if none is), once its join
+    /// went out and failed for another reason than a denial: the server may have
+    /// committed it, and a restarted agent must retry with the same key.
+    pub fn keep_pending_key(&self, k: &TlsKeyPair) -> anyhow::Result<()> {
+        let d = self.dir()?;
+        if d.read(NEXT_KEY)?.is_none() {
+            d.write(NEXT_KEY, k.to_pkcs8_pem().as_bytes(), fsutil::SECRET)?;
+        }
+        Ok(())
     }
 
     /// Forget the pending key once a credential issued to it is saved.

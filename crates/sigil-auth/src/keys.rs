@@ -5,6 +5,8 @@
 use sigil_pki::CaPurpose;
 
 pub const CLUSTER: &str = "/cluster/name";
+/// Set by `sigil auth migrate` while it copies into a PostgreSQL database (migrate.rs).
+pub const MIGRATION: &str = "/migration/in_progress";
 
 pub fn ca(p: CaPurpose) -> String {
     format!("/cas/{}", p.as_str())

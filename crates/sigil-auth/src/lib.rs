@@ -121,9 +121,12 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     let store = open_store(&cfg).await?;
     let km = SoftwareKeyManager;
     let ca_km: Arc<dyn sigil_pki::KeyManager> = Arc::from(key_source::key_manager(&cfg.ca_keys)?);
-    let (cluster, cas) =
-        cluster::load_or_create(store.as_ref(), ca_km.as_ref(), cfg.cluster_name.as_deref())
-            .await?;
+    // Before and after: a migration may claim the store meanwhile (migrate.rs).
+    migrate::refuse_if_migrating(store.as_ref()).await?;
+    let loaded =
+        cluster::load_or_create(store.as_ref(), ca_km.as_ref(), cfg.cluster_name.as_deref()).await;
+    migrate::refuse_if_migrating(store.as_ref()).await?;
+    let (cluster, cas) = loaded?;
     let cas = Arc::new(cas);
     let cache = cache::Cache::start(store.clone()).await?;
     let ca_pin = cas.server_pin();

@@ -5,7 +5,9 @@
 //! (e.g. it lost its database) or lets a call time out is marked down and the
 //! channel moves to a new connection, which the rotation puts on another
 //! server. Any other status — a denial included — is an answer and changes
-//! nothing.
+//! nothing. A server whose answer the agent itself refuses (it failed the audit
+//! witness check: its log is behind what the agent saw) is marked down the same
+//! way through [`AuthChannel::refuse_server`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -121,6 +123,17 @@ impl AuthChannel {
             }),
             ready: None,
         }
+    }
+}
+
+impl AuthChannel {
+    /// The server this channel's connection goes to answered, but the answer
+    /// must not be used (e.g. its audit checkpoint is behind what this agent
+    /// witnessed): skip it for a while, like a server that failed, so the next
+    /// attempt dials another. `why` is logged: name the check, never a secret.
+    pub fn refuse_server(&self, why: &str) {
+        let id = self.shared.generation().id;
+        self.shared.server_failed(id, why);
     }
 }
 
