@@ -3,8 +3,9 @@
 //! copy of the database) and renews through another; a server started on the
 //! target of an unfinished `sigil auth migrate` refuses instead of creating a
 //! cluster of its own; an agent restarted after its first join's answer was lost
-//! retries with the same key. Real `sigil` processes and a real PostgreSQL 15
-//! (`SIGIL_TEST_POSTGRES`).
+//! retries with the same key; a server that cannot load CA records another wrote
+//! goes unready and issues nothing until it can. Real `sigil` processes and a real
+//! PostgreSQL 15 (`SIGIL_TEST_POSTGRES`).
 
 mod common;
 
@@ -151,7 +152,8 @@ fn an_agent_skips_a_server_behind_its_witness_and_renews_through_another() {
 }
 
 /// Makes the audit copy into the database at `url` fail: a trigger, added when
-/// the store creates its `audit` table, refuses every insert. The migration then
+/// the store creates its `audit` table, refuses every row inserted (per row: the
+/// store's commits run an audit INSERT even when they carry no event). The migration then
 /// stops after claiming the target, as one that crashed or lost its connection
 /// half-way (or one still running) leaves it.
 fn break_the_audit_copy(url: &str) {
@@ -166,7 +168,7 @@ fn break_the_audit_copy(url: &str) {
          BEGIN IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
              WHERE command_tag = 'CREATE TABLE' AND object_identity = 'public.audit') THEN \
            EXECUTE 'CREATE TRIGGER sigil_test_refuse BEFORE INSERT ON audit \
-             FOR EACH STATEMENT EXECUTE FUNCTION sigil_test_refuse()'; \
+             FOR EACH ROW EXECUTE FUNCTION sigil_test_refuse()'; \
          END IF; END $$",
     );
     psql(
@@ -203,7 +205,8 @@ fn start_until_exit(url: &str) -> Option<Output> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
-    let _ = child.wait();
+    let out = child.wait_with_output().expect("output");
+    eprintln!("still serving after 60 s:\n{}", text(&out));
     None
 }
 
@@ -352,4 +355,77 @@ fn a_first_join_whose_answer_was_lost_is_retried_with_the_same_key_after_a_resta
     assert_eq!(instances[0]["metadata"]["name"], cred["instance_id"]);
     assert_eq!(a.audit("bot.join.retry").len(), 1);
     assert_eq!(joins_committed(&url), "1");
+}
+
+/// Writes `value` at `key` (or deletes it) behind the servers' backs, the way the
+/// store does: a new revision from the counter and a change-feed row, which every
+/// server's follower reads within a second.
+fn write_behind(url: &str, key: &str, value: Option<&str>) {
+    let bump =
+        "WITH r AS (UPDATE meta SET value = value + 1 WHERE name = 'revision' RETURNING value)";
+    let sql = match value {
+        Some(v) => format!(
+            "{bump}, k AS (INSERT INTO kv (key, value, revision) \
+               SELECT '{key}', convert_to('{v}', 'UTF8'), value FROM r \
+               ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, revision = EXCLUDED.revision \
+               RETURNING revision) \
+             INSERT INTO changes (revision, key, value, deleted) \
+               SELECT revision, '{key}', convert_to('{v}', 'UTF8'), false FROM k"
+        ),
+        None => format!(
+            "{bump}, d AS (DELETE FROM kv WHERE key = '{key}' RETURNING key) \
+             INSERT INTO changes (revision, key, value, deleted) \
+               SELECT r.value, d.key, NULL, true FROM r, d"
+        ),
+    };
+    psql(url, &sql);
+}
+
+#[test]
+fn a_server_that_cannot_load_the_clusters_cas_goes_unready_and_issues_nothing() {
+    let url = fresh_db();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("audit-key.json");
+    let a = server(&url, &key);
+    let token = a.bot("stale", &["s"]);
+    let dirs = AgentDirs::new();
+    let o = agent_oneshot(&dirs, &a.addr(), &a.pin, Some(&token));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(readyz(&a).0, 200, "{}", readyz(&a).1);
+
+    // A CA record this server cannot load (here: not a rotation record at all). It
+    // must not go on signing with the CAs it has as if nothing had changed.
+    write_behind(&url, "/ca_rotations/spiffe", Some("{not a rotation"));
+    wait_until("the server to go unready", Duration::from_secs(15), || {
+        readyz(&a).0 == 503
+    });
+    let (_, body) = readyz(&a);
+    assert!(
+        body.contains("CAs: reload failed") && body.contains("spiffe CA rotation record"),
+        "{body}"
+    );
+    let credential = || std::fs::read(dirs.storage.join("credential.json")).expect("credential");
+    let before = credential();
+    let o = agent_oneshot(&dirs, &a.addr(), &a.pin, None);
+    assert!(
+        !o.status.success(),
+        "renewed on a stale CA set:\n{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("could not load the cluster's current CAs"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(credential(), before, "the last good credential is kept");
+
+    // Repaired: ready again, and renewals go through.
+    write_behind(&url, "/ca_rotations/spiffe", None);
+    wait_until(
+        "the server to be ready again",
+        Duration::from_secs(15),
+        || readyz(&a).0 == 200,
+    );
+    let o = agent_oneshot(&dirs, &a.addr(), &a.pin, None);
+    assert!(o.status.success(), "{}", text(&o));
 }
