@@ -4,8 +4,9 @@
 //! to the auth service with the agent's identity file and checks the SVID against the
 //! agent's bundle with openssl: none may fail. At each phase the agent must have
 //! renewed with the CA that phase calls for; afterwards credentials of the old CAs are
-//! refused. Also: rollback, the standby guard for instances that have not renewed,
-//! refusals, RBAC, and an automatic rotation on its schedule.
+//! refused. Also: rollback, the standby guards (instances still on the CA standby
+//! drops), refusals, RBAC, an automatic rotation on its schedule, and a revoked SVID
+//! of either CA listed by its issuer's CRL during the overlap.
 
 mod common;
 
@@ -237,6 +238,11 @@ fn rollback_keeps_the_old_ca_and_standby_waits_for_instances_that_have_not_renew
     rig.wait_agent("a certificate from the new client CA", || {
         signed_by(work, &new_client, &rig.id().join("tls.crt"))
     });
+    // An instance that joins while the new CA signs, then does not renew.
+    let mid_token = bot_token(&rig.auth, "rot-mid", "rot-role");
+    let mid = AgentDirs::new();
+    assert!(mid.oneshot(&rig.auth, Some(&mid_token)).status.success());
+    assert!(signed_by(work, &new_client, &mid.out.join("tls.crt")));
     rig.rotate("client", "update_servers");
 
     // The idle instance still holds a credential of the old CA: standby waits.
@@ -256,6 +262,22 @@ fn rollback_keeps_the_old_ca_and_standby_waits_for_instances_that_have_not_renew
         signed_by(work, &old_client, &rig.id().join("tls.crt"))
     });
     assert_eq!(rig.export("client").len(), 2);
+    // The instance that joined under the new CA holds its credential: standby waits
+    // for it (and not for the idle one, whose credential is the old CA's).
+    let o = rig
+        .auth
+        .admin(&["ca", "rotate", "--type", "client", "--phase", "standby"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("1 bot instance(s) last renewed while the new client CA signed")
+            && text(&o).contains("rot-mid/")
+            && !text(&o).contains("rot-idle/"),
+        "{}",
+        text(&o)
+    );
+    let o = mid.oneshot(&rig.auth, None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(signed_by(work, &old_client, &mid.out.join("tls.crt")));
     rig.rotate("client", "standby");
     assert_eq!(rig.export("client"), vec![old_client.clone()]);
     let st = rig.status();
@@ -409,4 +431,68 @@ fn a_rotation_made_through_one_server_reaches_agents_of_another() {
         a.ok(&["ca", "export", "--type", "host"]).trim_end(),
         new_host.trim_end()
     );
+}
+
+#[test]
+fn an_svid_of_either_spiffe_ca_can_be_revoked_during_the_overlap() {
+    let rig = Rig::start();
+    let work = rig.dir.path();
+    let old_svid = work.join("old-svid.pem");
+    std::fs::copy(rig.x509().join("svid.pem"), &old_svid).expect("copy svid");
+    rig.rotate("spiffe", "init");
+    rig.rotate("spiffe", "update_clients");
+    let new_spiffe = rig.export("spiffe").remove(0);
+    rig.wait_agent("an SVID from the new spiffe CA", || {
+        signed_by(work, &new_spiffe, &rig.x509().join("svid.pem"))
+    });
+
+    // The SVID of the old CA leaks: revoked, its issuer's CRL must list it.
+    let o = run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-serial",
+            "-in",
+            old_svid.to_str().unwrap(),
+        ],
+    );
+    let serial = stdout(&o).trim().trim_start_matches("serial=").to_string();
+    rig.auth.ok(&[
+        "workload-identity",
+        "revocations",
+        "add",
+        "--serial",
+        &serial,
+        "--reason",
+        "leaked",
+    ]);
+    let crl = rig.x509().join("svid-crl.pem");
+    rig.wait_agent("a CRL from each trusted spiffe CA", || {
+        std::fs::read_to_string(&crl)
+            .is_ok_and(|t| t.matches("-----BEGIN X509 CRL-----").count() == 2)
+    });
+    let verify = |cert: &std::path::Path| {
+        run(
+            "openssl",
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                rig.x509().join("bundle.pem").to_str().unwrap(),
+                "-CRLfile",
+                crl.to_str().unwrap(),
+                cert.to_str().unwrap(),
+            ],
+        )
+    };
+    let o = verify(&old_svid);
+    assert!(
+        !o.status.success() && text(&o).contains("certificate revoked"),
+        "{}",
+        text(&o)
+    );
+    // The current SVID (new CA) checks against its own CRL and is not revoked.
+    let o = verify(&rig.x509().join("svid.pem"));
+    assert!(o.status.success(), "{}", text(&o));
 }

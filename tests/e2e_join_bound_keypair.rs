@@ -307,3 +307,39 @@ fn rotate_after_in_the_past_rotates_the_key_at_the_join() {
         "{joins:?}"
     );
 }
+
+#[test]
+fn a_join_state_from_before_a_jwt_ca_rotation_still_recovers() {
+    let auth = Auth::start();
+    token(
+        &auth,
+        "rot",
+        &format!("{{onboarding: {{registration_secret: {SECRET}}}, recovery: {{limit: 5}}}}"),
+    );
+    let agent = AgentDirs::new();
+    let cfg = config(&auth, &agent, "rot", Some(SECRET));
+    let o = start(&cfg);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // The join state was signed by the JWT CA, which is now rotated out entirely:
+    // its key is no longer trusted anywhere.
+    for phase in ["init", "update_clients", "update_servers"] {
+        auth.ok(&["ca", "rotate", "--type", "jwt", "--phase", phase]);
+    }
+    auth.ok(&[
+        "ca", "rotate", "--type", "jwt", "--phase", "standby", "--force",
+    ]);
+
+    // A genuine state is still the current one: the recovery goes through, no lock.
+    lose_credential(&agent);
+    let o = start(&cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(auth.audit("lock.created").is_empty());
+    assert_eq!(auth.instances().len(), 2);
+
+    // And the state issued now (by the new key) is checked just the same.
+    lose_credential(&agent);
+    let o = start(&cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(auth.audit("lock.created").is_empty());
+}

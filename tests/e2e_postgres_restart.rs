@@ -13,18 +13,6 @@ use std::time::Duration;
 use common::postgres::{PrivatePostgres, psql};
 use common::*;
 
-/// `GET /readyz` on a server's public listener: (HTTP status, body).
-fn readyz(auth: &Auth) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sk", "-m", "3", "-w", "\n%{http_code}"])
-        .arg(format!("https://127.0.0.1:{}/readyz", auth.public_port))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 #[test]
 fn servers_go_unready_and_recover_and_nothing_is_half_written() {
     let pg = PrivatePostgres::start();

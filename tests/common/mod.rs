@@ -25,6 +25,18 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `GET /readyz` on a server's public listener: (HTTP status, body).
+pub fn readyz(auth: &Auth) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sk", "-m", "3", "-w", "\n%{http_code}"])
+        .arg(format!("https://127.0.0.1:{}/readyz", auth.public_port))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while start.elapsed() < timeout {

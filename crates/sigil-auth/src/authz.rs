@@ -59,11 +59,32 @@ pub fn caller<T>(state: &AuthState, req: &Request<T>) -> Result<Caller, Status> 
             "the client certificate has expired: rejoin with a new token",
         ));
     }
+    if !issuer_trusted(state, info) {
+        return Err(Status::unauthenticated(
+            "the client certificate's CA is no longer trusted (it was rotated out): rejoin with a new token",
+        ));
+    }
     state.view_current()?;
     if let Some(lock) = state.cache.lock_for(&lock_targets(ident)) {
         return Err(locked(&lock));
     }
     Ok(Caller::Bot(Box::new((ident.clone(), info.clone()))))
+}
+
+/// Whether the CA that issued a client certificate is still one the cluster trusts.
+/// The handshake checked it when the connection opened; a connection can outlive
+/// a rotation that drops that CA. (Certificates whose key identifier is not a
+/// SHA-256 pin carry no issuer pin; the handshake's check is all there is.)
+pub fn issuer_trusted(state: &AuthState, info: &CertInfo) -> bool {
+    let Some(pin) = &info.issuer_spki_pin else {
+        return true;
+    };
+    state
+        .cas()
+        .client
+        .trusted
+        .iter()
+        .any(|ca| ca.spki_pin() == *pin)
 }
 
 /// Every lock target an identity falls under.

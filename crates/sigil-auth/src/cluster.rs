@@ -159,20 +159,23 @@ pub async fn read_records(
     store: &dyn Store,
     km: &dyn KeyManager,
 ) -> anyhow::Result<(Vec<StoredCa>, Vec<CaRotation>)> {
+    // One read covers `/cas/` and `/ca_rotations/`: a standby commit changes both,
+    // and reading them apart could see the old CA with the rotation already gone.
+    let items = store.list(keys::CA_RECORDS_PREFIX).await?;
+    let find = |key: &str| items.iter().find(|i| i.key == key);
     let mut stored = Vec::new();
     let mut rotations = Vec::new();
     for p in CaPurpose::ALL {
-        let item = store
-            .get(&keys::ca(p))
-            .await?
+        let item = find(&keys::ca(p))
             .with_context(|| format!("the {} CA is missing from the store", p.as_str()))?;
         let ca: StoredCa = serde_json::from_slice(&item.value)
             .with_context(|| format!("decoding the {} CA", p.as_str()))?;
         key_source::check_manager(&ca, km)?;
         stored.push(ca);
-        if let Some(r) = ca_rotation::read(store, p).await? {
-            key_source::check_manager(&r.record.new, km)?;
-            rotations.push(r.record);
+        if let Some(item) = find(&keys::ca_rotation(p)) {
+            let r = ca_rotation::decode(p, &item.value)?;
+            key_source::check_manager(&r.new, km)?;
+            rotations.push(r);
         }
     }
     Ok((stored, rotations))

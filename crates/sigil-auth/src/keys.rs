@@ -13,6 +13,9 @@ pub fn ca(p: CaPurpose) -> String {
 }
 
 pub const CAS: &str = "/cas/";
+/// The common prefix of [`CAS`] and [`CA_ROTATIONS`] (and [`CA_REQUESTS`]): one
+/// `list` reads the CAs and their rotations as of one revision.
+pub const CA_RECORDS_PREFIX: &str = "/ca";
 pub const CA_REQUESTS: &str = "/ca_requests/";
 
 /// A key made for an intermediate `p` CA, waiting for its certificate (`sigil ca request`).

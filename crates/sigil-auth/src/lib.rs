@@ -194,6 +194,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         cas: std::sync::RwLock::new(cas),
         ca_km,
         cas_reload: tokio::sync::Mutex::new(()),
+        cas_stale: std::sync::RwLock::new(None),
         server_cert: server_cert.clone(),
         client_roots,
         cache,
@@ -282,10 +283,15 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
                             tracing::warn!(error = %e, "purging expired resources failed");
                         }
                     }
-                    _ = refresh.tick() => match server_cert.refresh(&state.cas().host.server) {
-                        Ok(()) => tracing::info!("auth service TLS certificate renewed"),
-                        Err(e) => tracing::error!(error = %e, "renewing the auth service TLS certificate failed"),
-                    },
+                    _ = refresh.tick() => {
+                        // Under the CA reload lock: a reload between reading the CAs
+                        // and installing would be undone by an older certificate.
+                        let _one = state.cas_reload.lock().await;
+                        match server_cert.refresh(&state.cas().host.server) {
+                            Ok(()) => tracing::info!("auth service TLS certificate renewed"),
+                            Err(e) => tracing::error!(error = %e, "renewing the auth service TLS certificate failed"),
+                        }
+                    }
                 }
             }
         })
@@ -382,6 +388,8 @@ async fn follow_trust(state: state::SharedState) {
             }
             _ = resign.tick() => true,
         };
+        // Under the CA reload lock, like the TLS certificate's renewal.
+        let _one = state.cas_reload.lock().await;
         match state
             .trust
             .refresh(&state.cas(), &state.cache.revocations(), force)

@@ -144,6 +144,13 @@ async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
     if let Err(why) = h.state.store.health() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {why}\n"));
     }
+    // The cluster moved to CAs this server could not load: it would sign with old ones.
+    if let Some(why) = h.state.cas_stale() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("CAs: reload failed: {why}\n"),
+        );
+    }
     match h.state.store.get(crate::keys::CLUSTER).await {
         // A broken audit log is reported, not made unready: the service keeps
         // serving (and stops signing checkpoints) while an operator investigates.

@@ -23,6 +23,9 @@ pub struct AuthState {
     pub ca_epoch: tokio::sync::watch::Sender<String>,
     /// Serialises CA reloads (ca_rotation::reload).
     pub cas_reload: tokio::sync::Mutex<()>,
+    /// Why the last reload of changed CA records failed, until one succeeds: this
+    /// server may be signing with a CA the cluster has moved away from.
+    pub cas_stale: RwLock<Option<String>>,
     /// The TLS certificate both listeners serve, re-issued when the host CA changes.
     pub server_cert: Arc<crate::tls::ServerCert>,
     /// The client CAs the mTLS listener accepts.
@@ -75,6 +78,24 @@ impl AuthState {
             tonic::Status::unavailable(format!(
                 "this auth server cannot vouch for its view of locks ({why}); retry, or use another auth server"
             ))
-        })
+        })?;
+        match self.cas_stale() {
+            None => Ok(()),
+            Some(why) => Err(tonic::Status::unavailable(format!(
+                "this auth server could not load the cluster's current CAs ({why}); retry, or use another auth server"
+            ))),
+        }
+    }
+
+    /// See [`AuthState::cas_stale`] (the field).
+    pub fn cas_stale(&self) -> Option<String> {
+        self.cas_stale
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_cas_stale(&self, why: Option<String>) {
+        *self.cas_stale.write().unwrap_or_else(|p| p.into_inner()) = why;
     }
 }

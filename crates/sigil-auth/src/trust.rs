@@ -31,9 +31,10 @@ pub struct TrustSnapshot {
     pub jwks_json: String,
     /// The SPIFFE bundle document for `/.well-known/spiffe-bundle`.
     pub spiffe_bundle_json: String,
-    /// DER CRL; empty while nothing is revoked.
-    pub crl_der: Vec<u8>,
-    /// Revoked serials (lowercase hex), as signed into `crl_der`.
+    /// DER CRLs, one per trusted spiffe CA (the signer's first): an SVID is listed
+    /// by its issuer's CRL only. Empty while nothing is revoked.
+    pub crl_ders: Vec<Vec<u8>>,
+    /// Revoked serials (lowercase hex), as signed into each of `crl_ders`.
     pub revoked: BTreeSet<String>,
 }
 
@@ -113,7 +114,8 @@ impl Trust {
             trust_domain: trust_domain.to_string(),
             x509_authorities: s.x509_authorities.clone(),
             jwt_jwks_json: s.jwks_json.clone(),
-            crl_der: s.crl_der.clone(),
+            crl_der: s.crl_ders.first().cloned().unwrap_or_default(),
+            crl_ders: s.crl_ders.clone(),
             sequence: s.sequence,
             revoked_serials: s.revoked.iter().cloned().collect(),
         }
@@ -154,7 +156,7 @@ fn build(
         .iter()
         .map(|r| r.metadata.name.clone())
         .collect();
-    let crl_der = if revocations.is_empty() {
+    let crl_ders = if revocations.is_empty() {
         Vec::new()
     } else {
         let entries: Vec<RevokedSerial> = revocations
@@ -164,16 +166,20 @@ fn build(
                 revoked_at: r.spec.revoked_at,
             })
             .collect();
-        cas.spiffe
-            .signer
-            .sign_crl(sequence, &entries, CRL_VALIDITY)?
+        // Every trusted CA signs one: a serial is revoked whichever CA issued it
+        // (serials are random, so one CA's list does not touch another's).
+        let mut crls = Vec::with_capacity(cas.spiffe.trusted.len());
+        for ca in &cas.spiffe.trusted {
+            crls.push(ca.sign_crl(sequence, &entries, CRL_VALIDITY)?);
+        }
+        crls
     };
     Ok(TrustSnapshot {
         sequence,
         x509_authorities,
         jwks_json: jwks.to_string(),
         spiffe_bundle_json: bundle.to_string(),
-        crl_der,
+        crl_ders,
         revoked,
     })
 }

@@ -116,11 +116,7 @@ pub fn x509_response(issued: &Issued, view: &TrustView) -> Result<X509svidRespon
 }
 
 fn crl_list(view: &TrustView) -> Vec<Vec<u8>> {
-    if view.crl.is_empty() {
-        Vec::new()
-    } else {
-        vec![view.crl.clone()]
-    }
+    view.crls.clone()
 }
 
 fn x509_bundles(view: &TrustView) -> Result<X509BundlesResponse, Status> {

@@ -135,10 +135,14 @@ impl SvidOutput {
                     .map(|a| super::pem_lf("CERTIFICATE", a))
                     .collect();
                 d.write("bundle.pem", bundle.as_bytes(), false)?;
-                if view.crl.is_empty() {
+                if view.crls.is_empty() {
                     d.remove("svid-crl.pem")?;
                 } else {
-                    let crl = super::pem_lf("X509 CRL", &view.crl);
+                    let crl: String = view
+                        .crls
+                        .iter()
+                        .map(|c| super::pem_lf("X509 CRL", c))
+                        .collect();
                     d.write("svid-crl.pem", crl.as_bytes(), false)?;
                 }
                 // The certificate last: its arrival means the set is complete.

@@ -45,8 +45,8 @@ pub struct TrustView {
     pub authorities: Vec<Vec<u8>>,
     pub jwks: serde_json::Value,
     pub jwks_bytes: Vec<u8>,
-    /// DER CRL (empty when nothing is revoked).
-    pub crl: Vec<u8>,
+    /// DER CRLs, one per trusted CA (none when nothing is revoked).
+    pub crls: Vec<Vec<u8>>,
     /// Serials in the CRL (lowercase hex).
     pub revoked: BTreeSet<String>,
     /// Set when the bot, its instance or a role is locked: serve nothing.
@@ -432,7 +432,12 @@ impl Runtime {
             next.bundle_der = b.x509_authorities.concat();
             next.jwks = serde_json::from_str(&b.jwt_jwks_json).unwrap_or_default();
             next.jwks_bytes = b.jwt_jwks_json.as_bytes().to_vec();
-            next.crl = b.crl_der.clone();
+            // An auth service from before per-CA CRLs sends only crl_der.
+            next.crls = if b.crl_ders.is_empty() && !b.crl_der.is_empty() {
+                vec![b.crl_der.clone()]
+            } else {
+                b.crl_ders.clone()
+            };
             next.revoked = b.revoked_serials.iter().cloned().collect();
             *cur = Arc::new(next);
             true

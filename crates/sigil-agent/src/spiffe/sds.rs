@@ -73,7 +73,8 @@ pub fn secrets(names: &[String], issued: &Issued, view: &TrustView) -> Result<Ve
     for name in wanted {
         let kind = if name == ROOT_CA || name == td_id {
             let ders: Vec<&[u8]> = view.authorities.iter().map(|a| a.as_slice()).collect();
-            let crl = (!view.crl.is_empty()).then(|| pem_source("X509 CRL", &[&view.crl]));
+            let crls: Vec<&[u8]> = view.crls.iter().map(|c| c.as_slice()).collect();
+            let crl = (!crls.is_empty()).then(|| pem_source("X509 CRL", &crls));
             secret::Type::ValidationContext(CertificateValidationContext {
                 trusted_ca: Some(pem_source("CERTIFICATE", &ders)),
                 crl,

@@ -62,7 +62,11 @@ impl AuthService for AuthApi {
         let now = time::OffsetDateTime::now_utc();
         let presented = authz::peer(&req)
             .and_then(|p| p.identity.as_ref())
-            .filter(|i| i.0.cluster == self.state.cluster && i.1.not_after > now)
+            .filter(|i| {
+                i.0.cluster == self.state.cluster
+                    && i.1.not_after > now
+                    && authz::issuer_trusted(&self.state, &i.1)
+            })
             .map(|i| i.0.clone());
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<JoinServerMessage, Status>>(4);

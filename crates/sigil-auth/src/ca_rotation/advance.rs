@@ -8,7 +8,7 @@ use std::time::Duration;
 use sigil_pki::{CaPurpose, SshCa, StoredCa, X509Ca};
 use sigil_store::{Op, StoreError, Txn};
 use sigil_types::{
-    RotationMode, RotationPhase, RotationSchedule, RotationTarget, check_transition,
+    LockTarget, RotationMode, RotationPhase, RotationSchedule, RotationTarget, check_transition,
 };
 use time::OffsetDateTime;
 use tonic::Status;
@@ -177,28 +177,10 @@ async fn finish(
         expected_revision: Some(cur.revision),
     }];
     let completed = cur.record.phase == RotationPhase::UpdateServers;
+    if !req.force {
+        guard_standby(state, &cur.record, completed).await?;
+    }
     if completed {
-        if !req.force
-            && let Some(since) = cur.record.signing_since
-        {
-            let behind = not_renewed_since(state, since).await?;
-            if !behind.is_empty() {
-                let shown: Vec<&str> = behind.iter().take(5).map(String::as_str).collect();
-                return Err(Status::failed_precondition(format!(
-                    "{} bot instance(s) have not renewed since the new {p} CA started signing ({}), so they still hold credentials of the old CA, which stop verifying at standby: {}{}. Wait for them to renew, lock or remove them, or pass --force",
-                    behind.len(),
-                    since
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default(),
-                    shown.join(", "),
-                    if behind.len() > shown.len() {
-                        ", …"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-        }
         let est = state
             .store
             .get(&keys::ca(p))
@@ -228,11 +210,61 @@ async fn finish(
     })
 }
 
-/// Bot instances whose latest join or renewal is older than `since`
-/// (`bot/instance`), from the cache.
-async fn not_renewed_since(
+/// Refuses a standby that would leave bot instances holding credentials of the CA
+/// it drops: completing, those that last renewed before the new CA started signing
+/// (the old CA's); rolling back, those that last renewed while the new CA signed and
+/// not since the rollback (the new CA's). A rollback from `init` dropped nothing
+/// anyone holds.
+async fn guard_standby(state: &AuthState, r: &CaRotation, completed: bool) -> Result<(), Status> {
+    let Some(signing_since) = r.signing_since else {
+        return Ok(());
+    };
+    let p = r.purpose;
+    let at = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let (behind, why) = if completed {
+        (
+            last_renewed_between(state, None, signing_since).await?,
+            format!(
+                "have not renewed since the new {p} CA started signing ({}), so they still hold credentials of the old CA",
+                at(signing_since)
+            ),
+        )
+    } else {
+        (
+            last_renewed_between(state, Some(signing_since), r.phase_changed).await?,
+            format!(
+                "last renewed while the new {p} CA signed ({} to the rollback at {}), so they hold credentials of the new CA",
+                at(signing_since),
+                at(r.phase_changed)
+            ),
+        )
+    };
+    if behind.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = behind.iter().take(5).map(String::as_str).collect();
+    Err(Status::failed_precondition(format!(
+        "{} bot instance(s) {why}, which stop verifying at standby: {}{}. Wait for them to renew, remove the ones that are gone (`sigil rm bot_instance/BOT/ID`) or lock them, or pass --force",
+        behind.len(),
+        shown.join(", "),
+        if behind.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// Bot instances (`bot/instance`) whose latest join or renewal was at or after
+/// `from` (if given) and before `until`. A locked bot or instance is left out: it is
+/// cut off whatever it holds.
+async fn last_renewed_between(
     state: &AuthState,
-    since: OffsetDateTime,
+    from: Option<OffsetDateTime>,
+    until: OffsetDateTime,
 ) -> Result<Vec<String>, Status> {
     let items = state
         .store
@@ -251,7 +283,20 @@ async fn not_renewed_since(
             .map(|a| a.time)
             .chain(inst.spec.initial_authentication.as_ref().map(|a| a.time))
             .max();
-        if last.is_none_or(|t| t < since) {
+        let in_window = match last {
+            Some(t) => t < until && from.is_none_or(|f| t >= f),
+            None => from.is_none(),
+        };
+        let locked = || {
+            state
+                .cache
+                .lock_for(&[
+                    LockTarget::Bot(inst.spec.bot_name.clone()),
+                    LockTarget::BotInstance(inst.spec.instance_id.clone()),
+                ])
+                .is_some()
+        };
+        if in_window && !locked() {
             out.push(format!("{}/{}", inst.spec.bot_name, inst.spec.instance_id));
         }
     }
@@ -259,9 +304,28 @@ async fn not_renewed_since(
     Ok(out)
 }
 
+/// The last failure of each automatic rotation's step, so a step that keeps failing
+/// (retried every second) is logged when it starts failing, when the reason changes
+/// and once a minute, not every second.
+#[derive(Default)]
+pub struct AutoFailures(std::collections::HashMap<CaPurpose, (String, std::time::Instant)>);
+
+impl AutoFailures {
+    fn should_log(&mut self, p: CaPurpose, why: &str) -> bool {
+        let now = std::time::Instant::now();
+        match self.0.get(&p) {
+            Some((w, at)) if w == why && now.duration_since(*at) < Duration::from_secs(60) => false,
+            _ => {
+                self.0.insert(p, (why.to_string(), now));
+                true
+            }
+        }
+    }
+}
+
 /// Advance every automatic rotation whose time has come. Every server runs this;
 /// the compare-and-swap lets one of them make each step.
-pub async fn auto_advance(state: &AuthState) {
+pub async fn auto_advance(state: &AuthState, failures: &mut AutoFailures) {
     let now = OffsetDateTime::now_utc();
     let due: Vec<(CaPurpose, RotationTarget)> = state
         .cas()
@@ -283,16 +347,17 @@ pub async fn auto_advance(state: &AuthState) {
         };
         match rotate_auto(state, req).await {
             Ok(()) => {
+                failures.0.remove(&purpose);
                 tracing::info!(ca = %purpose, phase = target.as_str(), "automatic CA rotation advanced")
             }
-            Err(e)
-                if e.code() == tonic::Code::Aborted
-                    || e.code() == tonic::Code::FailedPrecondition =>
-            {
-                // Another server made the step first.
-            }
+            // Another server made the step first.
+            Err(e) if e.code() == tonic::Code::Aborted => {}
+            // E.g. the step would leave servers unable to use the CA: an operator must
+            // act (roll back, or import another CA), so it is said, not swallowed.
             Err(e) => {
-                tracing::warn!(ca = %purpose, error = %e.message(), "automatic CA rotation step failed; retrying")
+                if failures.should_log(purpose, e.message()) {
+                    tracing::warn!(ca = %purpose, phase = target.as_str(), error = %e.message(), "automatic CA rotation step failed; retrying every second");
+                }
             }
         }
     }
@@ -305,16 +370,16 @@ async fn rotate_auto(state: &AuthState, req: RotateRequest) -> Result<(), Status
         .await
         .map_err(|e| Status::unavailable(format!("{e:#}")))?
     else {
-        return Err(Status::failed_precondition("finished"));
+        return Err(Status::aborted("finished"));
     };
     let target = req.target.ok_or_else(|| Status::internal("no target"))?;
     let now = OffsetDateTime::now_utc();
     // Re-check against the stored record: another server may have moved it.
     let Some(sched) = cur.record.schedule else {
-        return Err(Status::failed_precondition("not automatic"));
+        return Err(Status::aborted("not automatic"));
     };
     if cur.record.mode != RotationMode::Auto || sched.due(cur.record.phase, now) != Some(target) {
-        return Err(Status::failed_precondition("already advanced"));
+        return Err(Status::aborted("already advanced"));
     }
     let txn = match target {
         RotationTarget::Standby => {

@@ -67,6 +67,7 @@ pub async fn follow(state: SharedState) {
     // Anything committed before the subscription is picked up here.
     reload_logged(&state).await;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut failures = super::AutoFailures::default();
     loop {
         tokio::select! {
             ev = rx.recv() => {
@@ -80,7 +81,7 @@ pub async fn follow(state: SharedState) {
                     reload_logged(&state).await;
                 }
             }
-            _ = tick.tick() => super::auto_advance(&state).await,
+            _ = tick.tick() => super::auto_advance(&state, &mut failures).await,
         }
     }
 }
@@ -90,12 +91,19 @@ fn is_ca_key(key: &str) -> bool {
 }
 
 /// Reloads until it succeeds: a server serving an old CA set would issue from a key
-/// that may no longer be trusted.
+/// that may no longer be trusted, so until then it is unready and issues nothing
+/// (`AuthState::view_current`); agents move to another server.
 async fn reload_logged(state: &AuthState) {
     let mut wait = Duration::from_millis(100);
     while let Err(e) = reload(state).await {
-        tracing::error!(error = %format!("{e:#}"), "reloading the CAs failed; retrying");
+        let why = format!("{e:#}");
+        tracing::error!(error = %why, "reloading the CAs failed; unready until a retry succeeds");
+        state.set_cas_stale(Some(why));
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(2));
+    }
+    if state.cas_stale().is_some() {
+        tracing::info!("the CAs reloaded; ready again");
+        state.set_cas_stale(None);
     }
 }

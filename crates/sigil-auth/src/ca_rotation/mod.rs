@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use crate::keys;
 
-pub use advance::{RotateRequest, auto_advance, rotate};
+pub use advance::{AutoFailures, RotateRequest, auto_advance, rotate};
 pub use follow::{check, follow, reload};
 
 /// A rotation in progress, as stored.
@@ -56,13 +56,16 @@ pub async fn read(store: &dyn Store, purpose: CaPurpose) -> anyhow::Result<Optio
     let Some(item) = store.get(&keys::ca_rotation(purpose)).await? else {
         return Ok(None);
     };
-    let record: CaRotation = serde_json::from_slice(&item.value).map_err(|e| {
-        anyhow::anyhow!("decoding the {} CA rotation record: {e}", purpose.as_str())
-    })?;
     Ok(Some(StoredRotation {
-        record,
+        record: decode(purpose, &item.value)?,
         revision: item.revision,
     }))
+}
+
+/// A stored rotation record of `purpose`.
+pub fn decode(purpose: CaPurpose, value: &[u8]) -> anyhow::Result<CaRotation> {
+    serde_json::from_slice(value)
+        .map_err(|e| anyhow::anyhow!("decoding the {} CA rotation record: {e}", purpose.as_str()))
 }
 
 /// `sha256:<hex>` naming a CA: the SPKI pin of an X.509 CA (what agents pin), the

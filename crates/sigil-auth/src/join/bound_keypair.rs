@@ -77,6 +77,11 @@ struct KeyState {
     /// token re-created with another onboarding starts afresh.
     #[serde(default)]
     onboarding_sha256: String,
+    /// SHA-256 (hex) of the join state issued last. A presented state is checked
+    /// against it, not against the JWT CA's keys: those rotate, and a genuine state
+    /// signed before a rotation must not read as a copy and lock the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    join_state_sha256: Option<String>,
 }
 
 /// A parsed OpenSSH public key of a supported type.
@@ -235,6 +240,15 @@ fn check_join_state(state: &AuthState, token: &str, presented: &str) -> Result<u
         .get("seq")
         .and_then(|s| s.as_u64())
         .ok_or_else(|| "join state has no sequence".into())
+}
+
+/// Why a presented join state is not the current one, for the denial and the
+/// audit event (a state signed by a key no longer trusted reads as not verifying).
+fn describe_stale(state: &AuthState, token: &str, presented: &str, current: u64) -> String {
+    match check_join_state(state, token, presented) {
+        Ok(s) => format!("stale join state: presented sequence {s}, current {current}"),
+        Err(e) => format!("stale join state: {e}"),
+    }
 }
 
 /// The key pair was copied: lock the token so neither copy joins again
@@ -419,13 +433,21 @@ impl JoinMethod for BoundKeypairJoinMethod {
 
         // Only a key holder gets this far, so only a key holder can lock.
         if rec.sequence > 0 {
-            let stale = match check_join_state(state, &name, &ev.join_state) {
-                Ok(s) if s == rec.sequence => None,
-                Ok(s) => Some(format!(
-                    "stale join state: presented sequence {s}, current {}",
-                    rec.sequence
-                )),
-                Err(e) => Some(format!("stale join state: {e}")),
+            let stale = match rec.join_state_sha256.as_deref() {
+                Some(want) => {
+                    let got = sigil_pki::sha256_hex(ev.join_state.as_bytes());
+                    aws_lc_rs::constant_time::verify_slices_are_equal(
+                        want.as_bytes(),
+                        got.as_bytes(),
+                    )
+                    .is_err()
+                    .then(|| describe_stale(state, &name, &ev.join_state, rec.sequence))
+                }
+                // A record from before the hash was kept: the signature and sequence.
+                None => match check_join_state(state, &name, &ev.join_state) {
+                    Ok(s) if s == rec.sequence => None,
+                    _ => Some(describe_stale(state, &name, &ev.join_state, rec.sequence)),
+                },
             };
             if let Some(why) = stale {
                 let lock = lock_token(state, &name, &why).await;
@@ -469,6 +491,7 @@ impl JoinMethod for BoundKeypairJoinMethod {
         rec.bound_public_key = Some(bound.line.clone());
         rec.onboarding_sha256 = onboarding;
         let join_state = sign_join_state(state, &name, rec.sequence, &bound)?;
+        rec.join_state_sha256 = Some(sigil_pki::sha256_hex(join_state.as_bytes()));
         let value = serde_json::to_vec(&rec)
             .map_err(|e| JoinDenied::new(format!("encoding the bound_keypair state: {e}")))?;
         let op = match revision {

@@ -245,10 +245,19 @@ pub fn issued_files(
             mode: PUBLIC,
         },
     ];
-    if !bundle.crl_der.is_empty() {
+    let crls: Vec<&[u8]> = if bundle.crl_ders.is_empty() && !bundle.crl_der.is_empty() {
+        vec![&bundle.crl_der]
+    } else {
+        bundle.crl_ders.iter().map(|c| c.as_slice()).collect()
+    };
+    if !crls.is_empty() {
         out.push(OutFile {
             name: CRL,
-            data: files::pem("X509 CRL", &bundle.crl_der).into_bytes(),
+            data: crls
+                .iter()
+                .map(|c| files::pem("X509 CRL", c))
+                .collect::<String>()
+                .into_bytes(),
             mode: PUBLIC,
         });
     }

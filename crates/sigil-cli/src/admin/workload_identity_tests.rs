@@ -144,6 +144,12 @@ fn issued(crl: &[u8], jwt: bool) -> IssueWorkloadIdentitiesResponse {
             crl_der: crl.to_vec(),
             sequence: 1,
             revoked_serials: vec![],
+            crl_ders: if crl.is_empty() {
+                vec![]
+            } else {
+                // The old CA's too, during a rotation.
+                vec![crl.to_vec(), vec![0x30, 1, 7]]
+            },
         }),
     }
 }
@@ -186,7 +192,7 @@ fn issued_files_and_their_contents() {
     );
     assert_eq!(
         sigil_pki::pem_to_ders(&text(CRL), "X509 CRL").unwrap(),
-        [vec![0x30, 0x00]]
+        [vec![0x30, 0x00], vec![0x30, 1, 7]]
     );
     assert_eq!(text(JWT_SVID), "eyJ.tok.sig\n");
 
