@@ -286,4 +286,35 @@ fn hsm_ca_keys_stay_on_the_token() {
         .push(("SIGIL_HSM_PIN".into(), "user-pin-5678".into()));
     auth.spawn();
     bot_gets_verifiable_certificate(&auth, "hsm-bot-2");
+
+    // A standby destroys the key of the CA it drops on the token, and says so in
+    // the audit log: the old CA after a rotation, the new one after a rollback.
+    let before =
+        serde_json::from_str::<serde_json::Value>(&auth.ok(&["ca", "status", "--format", "json"]))
+            .expect("json");
+    let old_client = before
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == "client"))
+        .map(|c| c["signing_fingerprint"].clone())
+        .expect("client CA");
+    for phase in ["init", "update_clients", "update_servers"] {
+        auth.ok(&["ca", "rotate", "--type", "client", "--phase", phase]);
+    }
+    auth.ok(&[
+        "ca", "rotate", "--type", "client", "--phase", "standby", "--force",
+    ]);
+    let destroyed = auth.audit("ca.key_destroyed");
+    assert_eq!(destroyed.len(), 1, "{destroyed:?}");
+    assert_eq!(destroyed[0]["fields"]["ca"], "client");
+    assert_eq!(destroyed[0]["fields"]["fingerprint"], old_client);
+    for phase in ["init", "rollback", "standby"] {
+        auth.ok(&["ca", "rotate", "--type", "spiffe", "--phase", phase]);
+    }
+    let destroyed = auth.audit("ca.key_destroyed");
+    assert_eq!(destroyed.len(), 2, "{destroyed:?}");
+    assert_eq!(destroyed[1]["fields"]["ca"], "spiffe");
+    // Every key still named by a record is there: a restart loads them all.
+    auth.stop();
+    auth.spawn();
+    bot_gets_verifiable_certificate(&auth, "hsm-bot-3");
 }

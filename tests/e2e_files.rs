@@ -327,13 +327,13 @@ fn an_output_is_written_for_its_owner_and_group_and_its_reload_command_runs() {
     );
     assert!(!dirs.out.exists() && !marker.exists());
 
-    // The key group-readable by `nogroup` (as PostgreSQL allows for a root-owned
-    // key), every file given to nobody: written so before it appears.
+    // The key given to nobody and group-readable by its group (written so before it
+    // appears); public files stay the agent's, 0644, so their reader cannot alter them.
     let cfg = owned_output_config(
         &auth,
         &dirs,
         &token,
-        "      owner: nobody\n      group: nogroup\n      mode: \"0640\"\n",
+        "      owner: nobody\n      group: \"65534\"\n      mode: \"0640\"\n",
         &reload,
     );
     let o = Command::new(sigil_bin())
@@ -342,9 +342,14 @@ fn an_output_is_written_for_its_owner_and_group_and_its_reload_command_runs() {
         .output()
         .expect("run agent");
     assert!(o.status.success(), "{}", text(&o));
-    for (file, mode) in [("tls.key", 0o640), ("tls.crt", 0o644), ("ca.crt", 0o644)] {
+    for (file, owner, mode) in [
+        ("tls.key", (NOBODY, NOBODY), 0o640),
+        ("identity", (NOBODY, NOBODY), 0o640),
+        ("tls.crt", (0, 0), 0o644),
+        ("ca.crt", (0, 0), 0o644),
+    ] {
         let m = std::fs::metadata(dirs.out.join(file)).expect(file);
-        assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY), "{file}");
+        assert_eq!((m.uid(), m.gid()), owner, "{file}");
         assert_eq!(m.mode() & 0o7777, mode, "{file}");
     }
     assert_eq!(

@@ -354,6 +354,13 @@ impl AgentConfig {
                 );
             }
             destination::settings(&format!("outputs[{i}].destination"), &o.destination)?;
+            if o.kind == "ssh-host" {
+                destination::check_not_given_away(
+                    &format!("outputs[{i}].destination"),
+                    &o.kind,
+                    &o.destination,
+                )?;
+            }
             if o.reload_command.first().is_some_and(String::is_empty) {
                 bail!("outputs[{i}].reload_command: the program (first element) is empty");
             }

@@ -59,7 +59,7 @@ pub fn caller<T>(state: &AuthState, req: &Request<T>) -> Result<Caller, Status> 
             "the client certificate has expired: rejoin with a new token",
         ));
     }
-    if !issuer_trusted(state, info) {
+    if !issuer_trusted(state, p) {
         return Err(Status::unauthenticated(
             "the client certificate's CA is no longer trusted (it was rotated out): rejoin with a new token",
         ));
@@ -71,13 +71,12 @@ pub fn caller<T>(state: &AuthState, req: &Request<T>) -> Result<Caller, Status> 
     Ok(Caller::Bot(Box::new((ident.clone(), info.clone()))))
 }
 
-/// Whether the CA that issued a client certificate is still one the cluster trusts.
-/// The handshake checked it when the connection opened; a connection can outlive
-/// a rotation that drops that CA. (Certificates whose key identifier is not a
-/// SHA-256 pin carry no issuer pin; the handshake's check is all there is.)
-pub fn issuer_trusted(state: &AuthState, info: &CertInfo) -> bool {
-    let Some(pin) = &info.issuer_spki_pin else {
-        return true;
+/// Whether the CA that signed the connection's client certificate (found by its
+/// signature at the handshake, never by fields the certificate states) is still one
+/// the cluster trusts: a connection can outlive a rotation that drops that CA.
+pub fn issuer_trusted(state: &AuthState, peer: &PeerInfo) -> bool {
+    let Some(pin) = &peer.client_ca_pin else {
+        return false;
     };
     state
         .cas()

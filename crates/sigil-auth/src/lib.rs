@@ -243,7 +243,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let incoming = tls_incoming(grpc_listener, grpc_tls, state.key_exchanges.clone());
+            let incoming = tls_incoming(grpc_listener, grpc_tls, state.clone());
             tonic::transport::Server::builder()
                 .add_service(auth_server(state.clone()))
                 .add_service(admin_server(state))
@@ -442,7 +442,7 @@ fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<sigil_fs::DirLock> 
 fn tls_incoming(
     listener: TcpListener,
     cfg: rustls::ServerConfig,
-    key_exchanges: Arc<key_exchange::KeyExchanges>,
+    state: state::SharedState,
 ) -> impl futures::Stream<Item = Result<tls::TlsConn, std::io::Error>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let (tx, rx) = tokio::sync::mpsc::channel(128);
@@ -459,13 +459,32 @@ fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
-            let key_exchanges = key_exchanges.clone();
+            let state = state.clone();
             tokio::spawn(async move {
                 let tcp = tokio::io::BufWriter::with_capacity(tls::WRITE_BUFFER, tcp);
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        key_exchanges.record("control", &key_exchange::group_of(tls.get_ref().1));
-                        let _ = tx.send(Ok(tls::TlsConn::new(tls, remote))).await;
+                        let conn = tls.get_ref().1;
+                        state
+                            .key_exchanges
+                            .record("control", &key_exchange::group_of(conn));
+                        // Which trusted client CA signed the certificate: the
+                        // handshake verified the chain; this names the CA.
+                        let client_ca_pin = conn
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| {
+                                state
+                                    .cas()
+                                    .client
+                                    .trusted
+                                    .iter()
+                                    .find(|ca| sigil_pki::issued_by(leaf, ca.cert_der()))
+                                    .map(|ca| ca.spki_pin())
+                            });
+                        let _ = tx
+                            .send(Ok(tls::TlsConn::new(tls, remote, client_ca_pin)))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),

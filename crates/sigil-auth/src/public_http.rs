@@ -148,10 +148,11 @@ async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {why}\n"));
     }
     // The cluster moved to CAs this server could not load: it would sign with old ones.
-    if let Some(why) = h.state.cas_stale() {
+    // The reason (store or HSM details) goes to the log, not to anonymous callers.
+    if h.state.cas_stale().is_some() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("CAs: reload failed: {why}\n"),
+            "CAs: reload failed (the reason is in the auth service's log)\n".into(),
         );
     }
     match h.state.store.get(crate::keys::CLUSTER).await {

@@ -83,9 +83,10 @@ impl AuthState {
         })?;
         match self.cas_stale() {
             None => Ok(()),
-            Some(why) => Err(tonic::Status::unavailable(format!(
-                "this auth server could not load the cluster's current CAs ({why}); retry, or use another auth server"
-            ))),
+            // The reason is in the server's log (it may name the store or the HSM).
+            Some(_) => Err(tonic::Status::unavailable(
+                "this auth server could not load the cluster's current CAs; retry, or use another auth server",
+            )),
         }
     }
 

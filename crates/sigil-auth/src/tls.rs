@@ -271,6 +271,10 @@ pub struct PeerInfo {
     pub local_admin: bool,
     /// The TLS key-exchange group of this connection (`None`: the admin socket).
     pub key_exchange: Option<String>,
+    /// SPKI pin of the trusted client CA whose key verified the client certificate
+    /// at the handshake (checked against the trusted set again on every call: a
+    /// connection can outlive a rotation that drops its CA).
+    pub client_ca_pin: Option<String>,
     /// Why every call on this connection is refused (an admin socket peer
     /// of another uid), before anything else is looked at.
     pub refused: Option<String>,
@@ -290,7 +294,11 @@ pub struct TlsConn {
 }
 
 impl TlsConn {
-    pub fn new(inner: TlsStream<BufferedTcp>, remote: SocketAddr) -> Self {
+    pub fn new(
+        inner: TlsStream<BufferedTcp>,
+        remote: SocketAddr,
+        client_ca_pin: Option<String>,
+    ) -> Self {
         let (_, conn) = inner.get_ref();
         let mut info = PeerInfo {
             remote_addr: Some(remote),
@@ -298,6 +306,7 @@ impl TlsConn {
             identity_error: None,
             local_admin: false,
             key_exchange: Some(crate::key_exchange::group_of(conn)),
+            client_ca_pin,
             refused: None,
         };
         if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
@@ -397,6 +406,7 @@ impl Connected for AdminConn {
             identity_error: None,
             local_admin: self.refused.is_none(),
             key_exchange: None,
+            client_ca_pin: None,
             refused: self.refused.clone(),
         }
     }

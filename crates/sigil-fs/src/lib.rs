@@ -130,11 +130,14 @@ impl SafeDir {
         let what = || format!("writing {}", self.path.join(name).display());
         // O_EXCL|O_NOFOLLOW: a file or symlink already at the temp name is an
         // error, never opened; and it is not ours to remove.
+        // Created owner-only: group and other bits are set below, after the file
+        // has its final group (a member of the writer's group must not open it
+        // meanwhile and read what is written later).
         let fd = sys::openat(
             Some(self.fd.as_fd()),
             tmp,
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            mode,
+            mode & 0o700,
         )
         .with_context(what)?;
         let result = (|| -> io::Result<()> {

@@ -59,4 +59,11 @@ pub trait KeyManager: Send + Sync {
     /// Load a key previously returned by [`KeyManager::generate`] or [`KeyManager::import`]
     /// for the same `ctx`.
     fn load(&self, ctx: &KeyContext<'_>, key: &StoredKey) -> Result<Arc<dyn CaSigningKey>>;
+    /// Destroy a key no record uses any more (a CA rotated out or rolled back), so it
+    /// cannot sign for a relying party that still trusts its CA. `Ok(false)`: nothing
+    /// to destroy — the software and encrypted managers keep a key only in the record,
+    /// which the store has already replaced; a key already gone.
+    fn retire(&self, _ctx: &KeyContext<'_>, _key: &StoredKey) -> Result<bool> {
+        Ok(false)
+    }
 }

@@ -40,6 +40,7 @@ mod ssh_ca;
 mod svid;
 mod x509_ca;
 mod x509_chain;
+pub use x509_chain::issued_by;
 
 pub use agent_keys::{SshKeyPair, TlsKeyPair};
 pub use audit_key::{audit_public_key, sign_audit_checkpoint, verify_audit_signature};

@@ -334,6 +334,57 @@ impl KeyManager for Pkcs11KeyManager {
         self.stored_key(ctx, key.algorithm(), &id)
     }
 
+    fn retire(&self, ctx: &KeyContext<'_>, key: &StoredKey) -> Result<bool> {
+        if key.manager != NAME {
+            return Ok(false);
+        }
+        let record: KeyRef =
+            serde_json::from_str(&key.material).map_err(|_| PkiError::InvalidStoredKey {
+                algorithm: key.algorithm.as_str(),
+                reason: "PKCS#11 key record is not valid JSON",
+            })?;
+        if record.token != self.token.label {
+            return Ok(false);
+        }
+        let id = hex::decode(&record.id).map_err(|_| PkiError::InvalidStoredKey {
+            algorithm: key.algorithm.as_str(),
+            reason: "PKCS#11 key id is not hex",
+        })?;
+        let session = self.token.session()?;
+        let mut destroyed = false;
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+            let Some(handle) = find_one(&session, class, &id)? else {
+                continue;
+            };
+            // Only a key the token labels as this CA's: a record pointing at another
+            // object (altered, or restored into the wrong place) destroys nothing.
+            let label = session
+                .get_attributes(handle, &[AttributeType::Label])
+                .map_err(ck("reading the key's label"))?
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Label(l) => Some(String::from_utf8_lossy(&l).into_owned()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if label != key_label(ctx) {
+                return Err(PkiError::Pkcs11 {
+                    context: format!("destroying the retired {} key", ctx.purpose),
+                    reason: format!(
+                        "the token's object with CKA_ID {} is labelled {label:?}, not {:?}; left alone",
+                        record.id,
+                        key_label(ctx)
+                    ),
+                });
+            }
+            session
+                .destroy_object(handle)
+                .map_err(ck("destroying the retired key"))?;
+            destroyed = true;
+        }
+        Ok(destroyed)
+    }
+
     fn load(&self, ctx: &KeyContext<'_>, key: &StoredKey) -> Result<Arc<dyn CaSigningKey>> {
         if key.manager != NAME {
             return Err(PkiError::WrongKeyManager {

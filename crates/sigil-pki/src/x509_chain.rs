@@ -149,6 +149,15 @@ pub(crate) fn link_error(
     }
 }
 
+/// Whether the CA certificate `parent_der` issued `child_der` (names chain and the
+/// signature verifies under the CA's key).
+pub fn issued_by(child_der: &[u8], parent_der: &[u8]) -> bool {
+    match (parse(child_der), parse(parent_der)) {
+        (Ok(c), Ok(p)) => link_error(&c, &p).is_none(),
+        _ => false,
+    }
+}
+
 /// Self-issued (subject = issuer) and signed by its own key: a root.
 pub(crate) fn is_self_signed(cert: &X509Certificate<'_>) -> bool {
     cert.issuer().as_raw() == cert.subject().as_raw() && cert.verify_signature(None).is_ok()

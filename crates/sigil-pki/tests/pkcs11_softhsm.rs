@@ -178,4 +178,37 @@ fn ca_keys_on_softhsm_sign_and_never_leave_the_token() {
             "{attrs:?}"
         );
     }
+
+    // A retired CA's key is destroyed on the token (both halves), once; a record
+    // pointing at another CA's object destroys nothing.
+    let (_, retired) = X509Ca::generate(&km, CaPurpose::Spiffe, "prod").unwrap();
+    let spiffe_ctx = KeyContext::ca("prod", CaPurpose::Spiffe);
+    let err = km.retire(&ctx, &retired.key).err().unwrap().to_string();
+    assert!(err.contains("left alone"), "{err}");
+    km.load(&spiffe_ctx, &retired.key).unwrap();
+    assert!(km.retire(&spiffe_ctx, &retired.key).unwrap());
+    let err = km
+        .load(&spiffe_ctx, &retired.key)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("has no key with CKA_ID"), "{err}");
+    assert!(
+        !km.retire(&spiffe_ctx, &retired.key).unwrap(),
+        "already gone"
+    );
+    let left = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .unwrap();
+    assert_eq!(left.len(), 2, "only the retired key went");
+    let publics = session
+        .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY)])
+        .unwrap();
+    assert_eq!(publics.len(), 2, "its public half went too");
+    // The other CAs still sign.
+    km.load(&ctx, &stored.key).unwrap().sign(b"still").unwrap();
+    // Software keys live in their record only: nothing to destroy.
+    let soft = SoftwareKeyManager;
+    let (_, s) = X509Ca::generate(&soft, CaPurpose::Client, "prod").unwrap();
+    assert!(!soft.retire(&ctx, &s.key).unwrap());
 }

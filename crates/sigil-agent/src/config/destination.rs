@@ -58,9 +58,9 @@ pub fn settings(field: &str, d: &Destination) -> anyhow::Result<FileSettings> {
             ),
         },
     };
-    if secret_mode & 0o040 != 0 && d.group.is_none() && d.owner.is_none() {
+    if secret_mode & 0o040 != 0 && d.group.is_none() {
         bail!(
-            "{field}.mode: a group-readable key needs `group` (or `owner`), or every member of the agent's own group could read it"
+            "{field}.mode: a group-readable key needs `group`, or every member of the agent's own group could read it"
         );
     }
     Ok(FileSettings {
@@ -70,6 +70,23 @@ pub fn settings(field: &str, d: &Destination) -> anyhow::Result<FileSettings> {
         },
         secret_mode,
     })
+}
+
+/// Outputs whose files configure a privileged daemon keep them root's: an `ssh-host`
+/// output's `sshd_config` snippet, user CA and access file decide who logs in.
+pub fn check_not_given_away(field: &str, kind: &str, d: &Destination) -> anyhow::Result<()> {
+    for (name, set) in [
+        ("owner", d.owner.is_some()),
+        ("group", d.group.is_some()),
+        ("mode", d.mode.is_some()),
+    ] {
+        if set {
+            bail!(
+                "{field}.{name}: not supported for {kind} outputs: whoever owned these files could decide who logs in to the host"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The agent's own storage keeps its owner and modes.
@@ -89,6 +106,12 @@ pub fn check_storage(d: &Destination) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// This process's effective group (owner of /proc/self), which it may use.
+    fn my_group() -> String {
+        std::fs::metadata("/proc/self").unwrap().gid().to_string()
+    }
 
     fn dest(owner: Option<&str>, group: Option<&str>, mode: Option<ModeField>) -> Destination {
         Destination {
@@ -102,7 +125,8 @@ mod tests {
 
     #[test]
     fn modes_are_octal_as_written_and_never_for_others() {
-        let ok = |m: ModeField| settings("o", &dest(None, Some("root"), Some(m))).unwrap();
+        let g = my_group();
+        let ok = |m: ModeField| settings("o", &dest(None, Some(&g), Some(m))).unwrap();
         assert_eq!(ok(ModeField::Number(640)).secret_mode, 0o640);
         assert_eq!(ok(ModeField::Text("0640".into())).secret_mode, 0o640);
         assert_eq!(ok(ModeField::Text("0o440".into())).secret_mode, 0o440);
@@ -122,20 +146,24 @@ mod tests {
                 .to_string();
             assert!(e.starts_with("outputs[0].destination.mode: "), "{e}");
         }
-        // Group-readable without naming the group is refused.
-        let e = settings("o", &dest(None, None, Some(ModeField::Number(640))))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("needs `group`"), "{e}");
+        // Group-readable without naming the group is refused, owner or not.
+        for owner in [None, Some("0")] {
+            let e = settings("o", &dest(owner, None, Some(ModeField::Number(640))))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("needs `group`") || e.contains("only root"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
     fn owner_and_group_resolve_or_name_the_field() {
-        let s = settings("o", &dest(Some("root"), Some("root"), None)).unwrap();
-        if sigil_fs::FileOwner::resolve(Some("root"), None).is_ok() {
-            assert_eq!(s.owner.uid, Some(0));
-            assert_eq!(s.owner.gid, Some(0));
-        }
+        let g = my_group();
+        let s = settings("o", &dest(None, Some(&g), None)).unwrap();
+        assert_eq!(s.owner.gid, g.parse().ok());
+        assert_eq!(s.owner.uid, None);
         let e = settings(
             "outputs[1].destination",
             &dest(Some("no-such-user-sigil"), None, None),

@@ -96,6 +96,14 @@ mod tests {
                 "  - type: identity\n    principals: [a.example]\n    destination: {type: directory, path: /x}\n",
                 "outputs[0].principals",
             ),
+            (
+                "  - type: ssh-host\n    principals: [a.example]\n    destination: {type: directory, path: /x, group: '0'}\n",
+                "outputs[0].destination.group: not supported for ssh-host outputs",
+            ),
+            (
+                "  - type: identity\n    reload_command: ['']\n    destination: {type: directory, path: /x}\n",
+                "outputs[0].reload_command",
+            ),
         ];
         for (yaml, field) in cases {
             let e = format!("{:#}", parse(yaml).unwrap_err());

@@ -37,17 +37,15 @@ impl Destination for DirectoryDestination {
         if name.contains('/') || name.starts_with('.') {
             anyhow::bail!("invalid artifact name {name:?}");
         }
-        let mode = if secret {
-            self.files.secret_mode
+        // Only secret files are given away: public ones are readable by everyone
+        // anyway, and stay the agent's so the reader cannot change (say) its own
+        // trust anchors.
+        let (mode, owner) = if secret {
+            (self.files.secret_mode, self.files.owner)
         } else {
-            fsutil::PUBLIC
+            (fsutil::PUBLIC, sigil_fs::FileOwner::default())
         };
-        SafeDir::create(&self.path, WHAT, DirKind::Shared)?.write_as(
-            name,
-            data,
-            mode,
-            self.files.owner,
-        )
+        SafeDir::create(&self.path, WHAT, DirKind::Shared)?.write_as(name, data, mode, owner)
     }
 
     fn read(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {

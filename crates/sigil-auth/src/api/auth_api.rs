@@ -61,12 +61,9 @@ impl AuthService for AuthApi {
         // connection can outlive the certificate it was opened with).
         let now = time::OffsetDateTime::now_utc();
         let presented = authz::peer(&req)
+            .filter(|p| authz::issuer_trusted(&self.state, p))
             .and_then(|p| p.identity.as_ref())
-            .filter(|i| {
-                i.0.cluster == self.state.cluster
-                    && i.1.not_after > now
-                    && authz::issuer_trusted(&self.state, &i.1)
-            })
+            .filter(|i| i.0.cluster == self.state.cluster && i.1.not_after > now)
             .map(|i| i.0.clone());
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<JoinServerMessage, Status>>(4);

@@ -20,6 +20,8 @@ pub const CA_ROTATION: &str = "ca.rotation";
 pub const CA_REQUESTED: &str = "ca.requested";
 /// An intermediate CA was accepted and a rotation to it started (`sigil ca import`).
 pub const CA_IMPORTED: &str = "ca.imported";
+/// The key of a CA a rotation dropped was destroyed on the HSM.
+pub const CA_KEY_DESTROYED: &str = "ca.key_destroyed";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";

@@ -70,6 +70,8 @@ pub async fn rotate(state: &AuthState, req: RotateRequest) -> Result<Option<CaRo
     };
     check_transition(from, target).map_err(|e| Status::failed_precondition(e.to_string()))?;
     let now = OffsetDateTime::now_utc();
+    // The CA a standby drops, whose key is destroyed once the step is committed.
+    let mut dropped = None;
     let (txn, after) = match (target, current) {
         (RotationTarget::Phase(RotationPhase::Init), None) => {
             let new = match req.new {
@@ -107,7 +109,11 @@ pub async fn rotate(state: &AuthState, req: RotateRequest) -> Result<Option<CaRo
             let (txn, record) = step(&cur, to, RotationMode::Manual, &req.by)?;
             (txn, Some(record))
         }
-        (RotationTarget::Standby, Some(cur)) => (finish(state, &cur, &req).await?, None),
+        (RotationTarget::Standby, Some(cur)) => {
+            let (txn, retired) = finish(state, &cur, &req).await?;
+            dropped = Some(retired);
+            (txn, None)
+        }
         // check_transition allows nothing else.
         (t, None) => {
             return Err(Status::failed_precondition(format!(
@@ -134,7 +140,56 @@ pub async fn rotate(state: &AuthState, req: RotateRequest) -> Result<Option<CaRo
     if let Err(e) = super::reload(state).await {
         tracing::error!(error = %format!("{e:#}"), "reloading the CAs after a rotation step failed");
     }
+    if let Some(retired) = dropped {
+        retire_key(state, retired).await;
+    }
     Ok(after)
+}
+
+/// Destroys the key of a CA a standby dropped (on an HSM; other managers keep keys
+/// only in the record the commit replaced), unless a record still names it (an
+/// imported certificate for the same key). A failure is logged: the CA is no longer
+/// trusted by the cluster either way.
+async fn retire_key(state: &AuthState, retired: StoredCa) {
+    let km = state.ca_km.as_ref();
+    let p = retired.purpose;
+    let in_use = match crate::cluster::read_records(state.store.as_ref(), km).await {
+        Ok((stored, rotations)) => stored
+            .iter()
+            .chain(rotations.iter().map(|r| &r.new))
+            .any(|c| c.key.material == retired.key.material),
+        Err(e) => {
+            tracing::warn!(ca = %p, error = %format!("{e:#}"), "not destroying the retired CA key: the CA records could not be read");
+            return;
+        }
+    };
+    if in_use {
+        return;
+    }
+    let ctx = sigil_pki::KeyContext::ca(&state.cluster, p);
+    match km.retire(&ctx, &retired.key) {
+        Ok(true) => {
+            tracing::info!(ca = %p, fingerprint = %fingerprint(&retired), "retired CA key destroyed");
+            let ev = audit::event(
+                audit::CA_KEY_DESTROYED,
+                serde_json::json!({"ca": p.as_str(), "fingerprint": fingerprint(&retired), "manager": retired.key.manager}),
+            );
+            if let Err(e) = state
+                .store
+                .commit(Txn {
+                    ops: vec![],
+                    audit: vec![ev],
+                })
+                .await
+            {
+                tracing::warn!(error = %e, "auditing the destroyed CA key failed");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(ca = %p, error = %e, "destroying the retired CA key failed; remove it from the token by hand")
+        }
+    }
 }
 
 /// Moves the rotation to phase `to` (compare-and-swap on its record).
@@ -165,12 +220,12 @@ fn step(
 }
 
 /// Standby: after `update_servers` the new CA becomes the established one; after a
-/// rollback the new one is dropped.
+/// rollback the new one is dropped. Also returns the CA the commit drops.
 async fn finish(
     state: &AuthState,
     cur: &StoredRotation,
     req: &RotateRequest,
-) -> Result<Txn, Status> {
+) -> Result<(Txn, StoredCa), Status> {
     let p = req.purpose;
     let mut ops = vec![Op::Delete {
         key: keys::ca_rotation(p),
@@ -180,6 +235,7 @@ async fn finish(
     if !req.force {
         guard_standby(state, &cur.record, completed).await?;
     }
+    let mut dropped = cur.record.new.clone();
     if completed {
         let est = state
             .store
@@ -187,6 +243,8 @@ async fn finish(
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
             .ok_or_else(|| Status::internal(format!("the {p} CA is missing from the store")))?;
+        dropped = serde_json::from_slice(&est.value)
+            .map_err(|e| Status::internal(format!("decoding the {p} CA: {e}")))?;
         ops.push(Op::Update {
             key: keys::ca(p),
             value: serde_json::to_vec(&cur.record.new)
@@ -204,10 +262,13 @@ async fn finish(
         );
         fields.insert("forced".into(), req.force.into());
     }
-    Ok(Txn {
-        ops,
-        audit: vec![ev],
-    })
+    Ok((
+        Txn {
+            ops,
+            audit: vec![ev],
+        },
+        dropped,
+    ))
 }
 
 /// Refuses a standby that would leave bot instances holding credentials of the CA
@@ -381,10 +442,12 @@ async fn rotate_auto(state: &AuthState, req: RotateRequest) -> Result<(), Status
     if cur.record.mode != RotationMode::Auto || sched.due(cur.record.phase, now) != Some(target) {
         return Err(Status::aborted("already advanced"));
     }
+    let mut dropped = None;
     let txn = match target {
         RotationTarget::Standby => {
-            let txn = finish(state, &cur, &req).await?;
+            let (txn, retired) = finish(state, &cur, &req).await?;
             precheck(state, p, None, Some(&cur.record.new)).await?;
+            dropped = Some(retired);
             txn
         }
         RotationTarget::Phase(to) => {
@@ -399,6 +462,9 @@ async fn rotate_auto(state: &AuthState, req: RotateRequest) -> Result<(), Status
     })?;
     if let Err(e) = super::reload(state).await {
         tracing::error!(error = %format!("{e:#}"), "reloading the CAs after a rotation step failed");
+    }
+    if let Some(retired) = dropped {
+        retire_key(state, retired).await;
     }
     Ok(())
 }
