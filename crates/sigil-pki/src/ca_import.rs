@@ -40,7 +40,11 @@ pub use crate::ca_validate::MIN_CA_REMAINING;
 /// Refuse purposes that cannot be an intermediate CA.
 fn check_importable(purpose: CaPurpose) -> Result<()> {
     match purpose {
-        CaPurpose::Host | CaPurpose::Client | CaPurpose::DbClient | CaPurpose::Spiffe => Ok(()),
+        CaPurpose::Host
+        | CaPurpose::Client
+        | CaPurpose::DbClient
+        | CaPurpose::Spiffe
+        | CaPurpose::Kubernetes => Ok(()),
         CaPurpose::SshUser | CaPurpose::SshHost => Err(PkiError::NotImportable {
             purpose,
             reason: "OpenSSH CAs are bare keys with no certificate chain; only the host, client, db-client and spiffe CAs can be intermediates under an organisation's root",
