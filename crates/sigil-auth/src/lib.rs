@@ -16,6 +16,7 @@ mod issuance;
 mod join;
 mod key_source;
 mod keys;
+mod kube_access;
 mod migrate;
 mod outbound;
 mod public_http;

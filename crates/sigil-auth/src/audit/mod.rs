@@ -20,6 +20,8 @@ pub const CA_ROTATION: &str = "ca.rotation";
 pub const CA_REQUESTED: &str = "ca.requested";
 /// An intermediate CA was accepted and a rotation to it started (`sigil ca import`).
 pub const CA_IMPORTED: &str = "ca.imported";
+/// CAs of purposes added after the cluster was created were made at start.
+pub const CA_CREATED: &str = "ca.created";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";
