@@ -375,3 +375,6 @@ async fn create(store: &dyn Store, km: &dyn KeyManager, name: &str) -> anyhow::R
         ?;
     Ok(name.to_string())
 }
+
+#[cfg(test)]
+mod tests;
