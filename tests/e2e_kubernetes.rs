@@ -64,7 +64,10 @@ impl Rig {
             api,
             work: tempfile::tempdir().expect("tempdir"),
         };
-        rig.auth.create("prod.yaml", &rig.cluster_yaml("prod", &rig.api.url, &rig.api.ca_pem));
+        rig.auth.create(
+            "prod.yaml",
+            &rig.cluster_yaml("prod", &rig.api.url, &rig.api.ca_pem),
+        );
         rig
     }
 
@@ -172,7 +175,8 @@ fn foreign_client_cert(user: &str, groups: &[&str]) -> (String, String) {
         leaf.distinguished_name
             .push(rcgen::DnType::OrganizationName, *g);
     }
-    leaf.distinguished_name.push(rcgen::DnType::CommonName, user);
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, user);
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = leaf.signed_by(&key, &issuer).expect("leaf");
     (cert.pem(), key.serialize_pem())
@@ -184,9 +188,16 @@ fn user_info(o: &Output) -> (String, Vec<String>) {
     let info = &v["status"]["userInfo"];
     let groups = info["groups"]
         .as_array()
-        .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
-    (info["username"].as_str().unwrap_or_default().to_string(), groups)
+    (
+        info["username"].as_str().unwrap_or_default().to_string(),
+        groups,
+    )
 }
 
 #[test]
@@ -201,7 +212,11 @@ fn kubectl_authenticates_with_the_kubeconfig_and_a_lock_stops_renewal() {
 
     // kubectl uses it as is.
     let o = rig.kubectl(&kubeconfig, &["get", "--raw", "/version"]);
-    assert!(o.status.success(), "kubectl get --raw /version:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "kubectl get --raw /version:\n{}",
+        text(&o)
+    );
     assert!(stdout(&o).contains("v1.32.0-sigil-standin"), "{}", text(&o));
     let (user, groups) = user_info(&rig.whoami(&kubeconfig));
     assert_eq!(user, "ci");
@@ -232,7 +247,10 @@ fn kubectl_authenticates_with_the_kubeconfig_and_a_lock_stops_renewal() {
     assert!(o.status.success(), "get kubernetes_clusters:\n{}", text(&o));
     assert!(stdout(&o).contains("deployers,viewers"), "{}", text(&o));
     let table = rig.auth.ok(&["kube", "ls"]);
-    assert!(table.contains("prod") && table.contains(&rig.api.url), "{table}");
+    assert!(
+        table.contains("prod") && table.contains(&rig.api.url),
+        "{table}"
+    );
 
     // A certificate from another CA, for the same user and groups, is
     // refused by the API server: it trusts the kubernetes CA only.
@@ -249,7 +267,10 @@ fn kubectl_authenticates_with_the_kubeconfig_and_a_lock_stops_renewal() {
     doc["users"][0]["user"]["client-key-data"] = b64(&key_pem).into();
     std::fs::write(&wrong, serde_json::to_string(&doc).expect("json")).expect("write");
     let o = rig.kubectl(&wrong, &["get", "--raw", "/version"]);
-    assert!(!o.status.success(), "a client certificate of another CA was accepted");
+    assert!(
+        !o.status.success(),
+        "a client certificate of another CA was accepted"
+    );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("Unauthorized"),
         "{}",
@@ -267,8 +288,14 @@ fn kubectl_authenticates_with_the_kubeconfig_and_a_lock_stops_renewal() {
     // A lock: the next issuance is refused and the kubeconfig is left alone
     // (kube-apiserver reads no CRL; the certificate it holds expires).
     let before = std::fs::read(&kubeconfig).expect("kubeconfig");
-    rig.auth
-        .ok(&["locks", "add", "--bot", "deployer", "--message", "incident 7"]);
+    rig.auth.ok(&[
+        "locks",
+        "add",
+        "--bot",
+        "deployer",
+        "--message",
+        "incident 7",
+    ]);
     let o = rig.oneshot(&cfg);
     assert!(!o.status.success(), "a locked bot renewed:\n{}", text(&o));
     assert!(text(&o).contains("locked"), "{}", text(&o));
@@ -314,11 +341,18 @@ fn nothing_is_issued_without_access_and_bad_input_names_the_field() {
         "{}",
         text(&o)
     );
-    assert!(!rig.work.path().join("root-wanted/kube/kubeconfig.yaml").exists());
+    assert!(
+        !rig.work
+            .path()
+            .join("root-wanted/kube/kubeconfig.yaml")
+            .exists()
+    );
 
     // A config naming no cluster fails before any network call, naming the field.
     let cfg = rig.config("nameless", "kube-deploy", "prod", "");
-    let text_cfg = std::fs::read_to_string(&cfg).expect("cfg").replace("    cluster: prod\n", "");
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .expect("cfg")
+        .replace("    cluster: prod\n", "");
     std::fs::write(&cfg, text_cfg).expect("cfg");
     let o = rig.oneshot(&cfg);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -326,9 +360,21 @@ fn nothing_is_issued_without_access_and_bad_input_names_the_field() {
 
     // Resources: a server that is not an https URL, a CA that is not PEM.
     for (server, ca, field) in [
-        ("http://10.0.0.1:6443", rig.api.ca_pem.as_str(), "spec.server"),
-        ("https://admin:pw@10.0.0.1", rig.api.ca_pem.as_str(), "spec.server"),
-        (rig.api.url.as_str(), "not a certificate", "spec.ca_file_pem"),
+        (
+            "http://10.0.0.1:6443",
+            rig.api.ca_pem.as_str(),
+            "spec.server",
+        ),
+        (
+            "https://admin:pw@10.0.0.1",
+            rig.api.ca_pem.as_str(),
+            "spec.server",
+        ),
+        (
+            rig.api.url.as_str(),
+            "not a certificate",
+            "spec.ca_file_pem",
+        ),
     ] {
         let p = rig.work.path().join("bad.yaml");
         std::fs::write(&p, rig.cluster_yaml("bad", server, ca)).expect("write");

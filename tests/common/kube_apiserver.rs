@@ -87,9 +87,7 @@ impl ClientCertVerifier for RequestClientCert {
         )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -98,7 +96,9 @@ fn authenticate(
     verifier: &dyn ClientCertVerifier,
     chain: Option<&[CertificateDer<'static>]>,
 ) -> Result<(String, Vec<String>), String> {
-    let chain = chain.filter(|c| !c.is_empty()).ok_or("no client certificate")?;
+    let chain = chain
+        .filter(|c| !c.is_empty())
+        .ok_or("no client certificate")?;
     verifier
         .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
         .map_err(|e| format!("verifying certificate: {e}"))?;
@@ -133,7 +133,11 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, serde_json::Value) {
     )
 }
 
-fn answer(method: &str, path: &str, user: &Result<(String, Vec<String>), String>) -> (u16, serde_json::Value) {
+fn answer(
+    method: &str,
+    path: &str,
+    user: &Result<(String, Vec<String>), String>,
+) -> (u16, serde_json::Value) {
     let Ok((name, groups)) = user else {
         return status(401, "Unauthorized", "Unauthorized");
     };
@@ -156,7 +160,11 @@ fn answer(method: &str, path: &str, user: &Result<(String, Vec<String>), String>
                 "status": {"userInfo": {"username": name, "groups": groups}},
             }),
         ),
-        _ => status(404, "NotFound", "the server could not find the requested resource"),
+        _ => status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
     }
 }
 
@@ -185,10 +193,11 @@ impl KubeApiServer {
         let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("leaf params")
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf");
+        let leaf =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .expect("leaf params")
+                .signed_by(&leaf_key, &issuer)
+                .expect("leaf");
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -228,24 +237,27 @@ impl KubeApiServer {
                             authenticator.as_ref(),
                             tls.get_ref().1.peer_certificates(),
                         ));
-                        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let user = user.clone();
-                            let log = log.clone();
-                            async move {
-                                let (method, path) = (req.method().to_string(), req.uri().path().to_string());
-                                let (code, body) = answer(&method, &path, &user);
-                                log.lock().expect("seen").push(Seen {
-                                    method,
-                                    path,
-                                    user: user.as_ref().as_ref().ok().cloned(),
-                                    error: user.as_ref().as_ref().err().cloned(),
-                                });
-                                hyper::Response::builder()
-                                    .status(code)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body.to_string())))
-                            }
-                        });
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let user = user.clone();
+                                let log = log.clone();
+                                async move {
+                                    let (method, path) =
+                                        (req.method().to_string(), req.uri().path().to_string());
+                                    let (code, body) = answer(&method, &path, &user);
+                                    log.lock().expect("seen").push(Seen {
+                                        method,
+                                        path,
+                                        user: user.as_ref().as_ref().ok().cloned(),
+                                        error: user.as_ref().as_ref().err().cloned(),
+                                    });
+                                    hyper::Response::builder()
+                                        .status(code)
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(body.to_string())))
+                                }
+                            },
+                        );
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                             .await;

@@ -154,7 +154,11 @@ pub async fn load_or_create(
 /// A cluster created before a CA purpose existed (e.g. `kubernetes`) gets
 /// that CA at start: one conditional create of every missing one, audited.
 /// Servers starting together on one store race; the loser reads the winner's.
-async fn create_missing_cas(store: &dyn Store, km: &dyn KeyManager, name: &str) -> anyhow::Result<()> {
+async fn create_missing_cas(
+    store: &dyn Store,
+    km: &dyn KeyManager,
+    name: &str,
+) -> anyhow::Result<()> {
     let items = store.list(keys::CAS).await?;
     let missing: Vec<CaPurpose> = CaPurpose::ALL
         .into_iter()

@@ -69,7 +69,8 @@ impl X509Ca {
         }
         check_uri_safe("bot name", bot)?;
         check_uri_safe("instance id", instance_id)?;
-        let mut subject: Vec<(&[u8], &str)> = groups.iter().map(|g| (OID_ORG, g.as_str())).collect();
+        let mut subject: Vec<(&[u8], &str)> =
+            groups.iter().map(|g| (OID_ORG, g.as_str())).collect();
         subject.push((OID_CN, user));
         let uri = format!("sigil://{}/bot/{bot}/{instance_id}", self.cluster);
         let mut sans = Vec::new();

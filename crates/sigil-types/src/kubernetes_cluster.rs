@@ -54,9 +54,7 @@ pub fn validate_server(url: &str) -> Result<(), String> {
         return Err(format!("longer than {MAX_SERVER_LEN} bytes"));
     }
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!(
-            "\"{shown}\" contains spaces or control characters"
-        ));
+        return Err(format!("\"{shown}\" contains spaces or control characters"));
     }
     let Some(rest) = url.strip_prefix("https://") else {
         return Err(format!(
@@ -115,9 +113,7 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), String> {
     let dns_ok = host.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     });
@@ -146,10 +142,7 @@ pub fn validate_ca_pem(pem_text: &str) -> Result<usize, String> {
     }
     // Text outside the blocks (other than blank lines) is refused: a pasted
     // private key or a truncated block must not pass silently.
-    let outside = pem_text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count();
+    let outside = pem_text.lines().filter(|l| !l.trim().is_empty()).count();
     let inside: usize = pem_text
         .split("-----BEGIN ")
         .skip(1)
@@ -262,9 +255,18 @@ sH4x4Z2mww==
     fn ca_pem_must_be_certificates() {
         assert_eq!(validate_ca_pem(CA), Ok(1));
         assert_eq!(validate_ca_pem(&format!("{CA}\n{CA}")), Ok(2));
-        let with_key = format!("{CA}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
-        assert!(validate_ca_pem(&with_key).unwrap_err().contains("not a CERTIFICATE"));
-        assert!(validate_ca_pem(&format!("junk\n{CA}")).unwrap_err().contains("outside"));
+        let with_key =
+            format!("{CA}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        assert!(
+            validate_ca_pem(&with_key)
+                .unwrap_err()
+                .contains("not a CERTIFICATE")
+        );
+        assert!(
+            validate_ca_pem(&format!("junk\n{CA}"))
+                .unwrap_err()
+                .contains("outside")
+        );
         for (bad, says) in [
             ("", "empty"),
             ("not pem at all", "no PEM certificate"),

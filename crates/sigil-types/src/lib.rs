@@ -38,7 +38,8 @@ pub use kubernetes_cluster::{KubernetesCluster, KubernetesClusterSpec};
 pub use lock::{LockSpec, LockTarget};
 pub use parse::{ParseError, parse_resources};
 pub use rbac::{
-    HostLogins, KubernetesAccess, LabelField, RoleSet, RoleSpecRef, SshPermissions, glob_match, lifted_denies,
+    HostLogins, KubernetesAccess, LabelField, RoleSet, RoleSpecRef, SshPermissions, glob_match,
+    lifted_denies,
 };
 pub use resource::{
     AnyResource, Bot, BotInstance, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION, Resource,

@@ -3,13 +3,13 @@
 
 use crate::bot::BotSpec;
 use crate::bot_instance::BotInstanceSpec;
+pub use crate::kubernetes_cluster::KubernetesCluster;
+use crate::kubernetes_cluster::KubernetesClusterSpec;
 use crate::lock::LockSpec;
 use crate::revocation::WorkloadIdentityX509RevocationSpec;
 use crate::role::RoleSpec;
 use crate::token::TokenSpec;
 use crate::workload_identity::WorkloadIdentitySpec;
-pub use crate::kubernetes_cluster::KubernetesCluster;
-use crate::kubernetes_cluster::KubernetesClusterSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;

@@ -137,8 +137,14 @@ mod tests {
         let text = kubeconfig(&c, "KEY").unwrap();
         let v: serde_json::Value = serde_norway::from_str(&text).unwrap();
         assert_eq!(v["current-context"], "prod");
-        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://10.0.0.1:6443");
-        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority-data"], "Q0E=");
+        assert_eq!(
+            v["clusters"][0]["cluster"]["server"],
+            "https://10.0.0.1:6443"
+        );
+        assert_eq!(
+            v["clusters"][0]["cluster"]["certificate-authority-data"],
+            "Q0E="
+        );
         assert_eq!(v["users"][0]["name"], "ci@prod");
         assert_eq!(v["users"][0]["user"]["client-certificate-data"], "Q0VSVA==");
         assert_eq!(v["users"][0]["user"]["client-key-data"], "S0VZ");

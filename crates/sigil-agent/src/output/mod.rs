@@ -37,7 +37,9 @@ pub fn from_config(o: &OutputConfig) -> anyhow::Result<Box<dyn Output>> {
             o.destination.path.clone(),
         ))),
         "ssh-host" => Ok(Box::new(crate::ssh_host::SshHostOutput::from_config(o)?)),
-        "kubernetes" => Ok(Box::new(kubernetes::KubernetesOutput::from_config(o, dest)?)),
+        "kubernetes" => Ok(Box::new(kubernetes::KubernetesOutput::from_config(
+            o, dest,
+        )?)),
         other => anyhow::bail!("output type {other:?} is not known"),
     }
 }

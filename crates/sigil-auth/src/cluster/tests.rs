@@ -30,7 +30,13 @@ async fn a_missing_ca_purpose_is_created_at_start() {
     assert_eq!(again, name);
     assert_eq!(cas.kubernetes.signer.purpose(), CaPurpose::Kubernetes);
     assert_eq!(cas.client.signer.spki_pin(), client_pin, "others untouched");
-    assert!(store.get(&keys::ca(CaPurpose::Kubernetes)).await.unwrap().is_some());
+    assert!(
+        store
+            .get(&keys::ca(CaPurpose::Kubernetes))
+            .await
+            .unwrap()
+            .is_some()
+    );
     let events = ca_created(&store).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].fields["cas"], serde_json::json!(["kubernetes"]));

@@ -15,7 +15,7 @@ use sigil_proto::v1::{
     ListKubernetesAccessResponse,
 };
 use sigil_store::Txn;
-use sigil_types::{KubernetesCluster, Kind};
+use sigil_types::{Kind, KubernetesCluster};
 use tonic::Status;
 
 use crate::audit;
@@ -42,8 +42,7 @@ pub async fn issue_cert(
         )
     {
         let bounded = |s: &str| {
-            sigil_types::text::escape_unsafe(&s.chars().take(255).collect::<String>())
-                .into_owned()
+            sigil_types::text::escape_unsafe(&s.chars().take(255).collect::<String>()).into_owned()
         };
         let ev = audit::event(
             audit::CERT_DENIED,
@@ -195,7 +194,9 @@ async fn read_cluster(state: &AuthState, name: &str) -> Result<Option<Kubernetes
     match item {
         None => Ok(None),
         Some(i) => decode(&i.value).map(Some).ok_or_else(|| {
-            Status::internal(format!("kubernetes cluster {name:?} is undecodable in the store"))
+            Status::internal(format!(
+                "kubernetes cluster {name:?} is undecodable in the store"
+            ))
         }),
     }
 }

@@ -280,9 +280,7 @@ pub async fn get(global: &GlobalArgs, args: &GetArgs) -> anyhow::Result<()> {
         }
         // The clusters the caller may reach, with its users and groups
         // (`sigil kube ls`); YAML stays the resources, for `create -f`.
-        None if kind == ResourceKind::KubernetesCluster
-            && args.output != Some(GetFormat::Yaml) =>
-        {
+        None if kind == ResourceKind::KubernetesCluster && args.output != Some(GetFormat::Yaml) => {
             let format = match args.output {
                 Some(GetFormat::Json) => Format::Json,
                 _ => Format::Text,

@@ -130,8 +130,8 @@ impl RoleSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rbac::tests::{role, sel};
     use crate::rbac::RoleSpecRef;
+    use crate::rbac::tests::{role, sel};
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(one.choose_user("prod", None).unwrap(), "ci");
         assert_eq!(one.choose_user("prod", Some("ci")).unwrap(), "ci");
         let e = one.choose_user("prod", Some("root")).unwrap_err();
-        assert!(e.contains("\"root\" is not allowed") && e.contains("ci"), "{e}");
+        assert!(
+            e.contains("\"root\" is not allowed") && e.contains("ci"),
+            "{e}"
+        );
         let two = KubernetesAccess {
             users: strs(&["a", "b"]),
             groups: vec![],
