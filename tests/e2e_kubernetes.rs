@@ -285,6 +285,13 @@ fn kubectl_authenticates_with_the_kubeconfig_and_a_lock_stops_renewal() {
         rig.api.seen()
     );
 
+    // Every renewal re-issues: a new key and certificate, still accepted.
+    let first = std::fs::read(&kubeconfig).expect("kubeconfig");
+    let o = rig.oneshot(&cfg);
+    assert!(o.status.success(), "renewal:\n{}", text(&o));
+    assert_ne!(std::fs::read(&kubeconfig).expect("kubeconfig"), first);
+    assert_eq!(user_info(&rig.whoami(&kubeconfig)).0, "ci");
+
     // A lock: the next issuance is refused and the kubeconfig is left alone
     // (kube-apiserver reads no CRL; the certificate it holds expires).
     let before = std::fs::read(&kubeconfig).expect("kubeconfig");
@@ -357,6 +364,42 @@ fn nothing_is_issued_without_access_and_bad_input_names_the_field() {
     let o = rig.oneshot(&cfg);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("outputs[1].cluster"), "{}", text(&o));
+
+    // No escalation: a bot that may write roles grants only the Kubernetes
+    // users and groups it holds itself, on clusters its own roles reach.
+    rig.auth.create(
+        "kube-admin.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: kube-admin}\nspec:\n  allow:\n\
+         \x20   rules: [{resources: [role], verbs: [create, update, read, list]}]\n\
+         \x20   kubernetes_labels: {env: prod}\n    kubernetes_groups: [deployers]\n\
+         \x20   kubernetes_users: [ci]\n",
+    );
+    let cfg = rig.config("kadmin", "kube-admin", "prod", "");
+    let o = rig.oneshot(&cfg);
+    assert!(o.status.success(), "kadmin agent:\n{}", text(&o));
+    let id = rig.work.path().join("kadmin/id/identity");
+    let grant = |name: &str, groups: &str| {
+        let p = rig.work.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                "kind: role\nversion: v1\nmetadata: {{name: {name}}}\nspec:\n  allow:\n\
+                 \x20   kubernetes_labels: {{env: prod}}\n    kubernetes_groups: {groups}\n"
+            ),
+        )
+        .expect("write");
+        rig.auth
+            .remote(&id, &["create", "-f", p.to_str().expect("utf8")])
+    };
+    let o = grant("wider", "[deployers, cluster-admins]");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("kubernetes_groups \"cluster-admins\""),
+        "{}",
+        text(&o)
+    );
+    let o = grant("same", "[deployers]");
+    assert!(o.status.success(), "{}", text(&o));
 
     // Resources: a server that is not an https URL, a CA that is not PEM.
     for (server, ca, field) in [
