@@ -108,7 +108,7 @@ impl RoleSet {
                 }
             }
         }
-        out.extend(self.uncovered_kubernetes(allow, deny));
+        out.extend(self.uncovered_kubernetes(allow));
         if let Some(options) = role.options {
             out.extend(self.uncovered_options(options));
         }

@@ -95,11 +95,7 @@ impl RoleSet {
     /// one (any role, when `allow` has no selector: a lifted deny applies
     /// everywhere), and not be denied to this set. (`kubernetes_labels`
     /// itself is checked with the other label selectors.)
-    pub(super) fn uncovered_kubernetes(
-        &self,
-        allow: &RoleConditions,
-        _deny: &RoleConditions,
-    ) -> Vec<String> {
+    pub(super) fn uncovered_kubernetes(&self, allow: &RoleConditions) -> Vec<String> {
         let mut out = Vec::new();
         type ListOf = fn(&RoleConditions) -> &Vec<String>;
         for (name, list) in [
