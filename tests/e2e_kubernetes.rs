@@ -22,7 +22,7 @@ spec:
     kubernetes_users: [ci]
   deny:
     kubernetes_groups: ['system:*']
-  options: {max_ttl: 2h}
+  options: {max_ttl: 30m}
 ";
 
 /// Reaches clusters labelled env=dev only.
@@ -224,6 +224,28 @@ fn kubectl_authenticates_with_the_kubeconfig_and_a_lock_stops_renewal() {
         groups,
         ["deployers", "viewers", "system:authenticated"],
         "the role's groups minus the denied system:* (the stand-in adds system:authenticated)"
+    );
+    // The certificate is capped by the role's max_ttl like every other.
+    let doc: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&kubeconfig).expect("kubeconfig"))
+            .expect("kubeconfig yaml");
+    let pem = {
+        use base64::Engine;
+        let b = doc["users"][0]["user"]["client-certificate-data"]
+            .as_str()
+            .expect("client-certificate-data");
+        base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .expect("base64")
+    };
+    let der = sigil_pki::pem_to_ders(std::str::from_utf8(&pem).expect("pem"), "CERTIFICATE")
+        .expect("certificate")
+        .remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+    let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!(
+        life <= 31 * 60,
+        "lifetime {life}s exceeds the role's max_ttl of 30m"
     );
     let issued = rig.auth.audit("cert.issued");
     let kube: Vec<_> = issued
