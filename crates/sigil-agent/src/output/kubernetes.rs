@@ -25,6 +25,7 @@ pub struct KubernetesOutput {
     dest: Box<dyn Destination>,
     cluster: String,
     user: Option<String>,
+    reload_command: Vec<String>,
 }
 
 impl KubernetesOutput {
@@ -38,6 +39,7 @@ impl KubernetesOutput {
             dest,
             cluster,
             user: o.user.clone(),
+            reload_command: o.reload_command.clone(),
         })
     }
 }
@@ -54,6 +56,10 @@ impl Output for KubernetesOutput {
 
     fn destination(&self) -> &dyn Destination {
         self.dest.as_ref()
+    }
+
+    fn reload_command(&self) -> &[String] {
+        &self.reload_command
     }
 
     async fn generate(&self, mut ctx: OutputContext<'_>) -> anyhow::Result<()> {
