@@ -203,12 +203,19 @@ fn user_info(o: &Output) -> (String, Vec<String>) {
 #[test]
 fn kubectl_authenticates_with_the_kubeconfig_and_a_lock_stops_renewal() {
     let rig = Rig::start();
-    let cfg = rig.config("deployer", "kube-deploy", "prod", "");
+    let d = rig.work.path().join("deployer");
+    let reloaded = d.join("reloaded");
+    let cfg = rig.config(
+        "deployer",
+        "kube-deploy",
+        "prod",
+        &format!("    reload_command: [touch, {}]\n", reloaded.display()),
+    );
     let o = rig.oneshot(&cfg);
     assert!(o.status.success(), "agent:\n{}", text(&o));
-    let d = rig.work.path().join("deployer");
     let kubeconfig = d.join("kube/kubeconfig.yaml");
     assert_eq!(mode(&kubeconfig), 0o600, "the kubeconfig holds a key");
+    assert!(reloaded.exists(), "reload_command ran after the rewrite");
 
     // kubectl uses it as is.
     let o = rig.kubectl(&kubeconfig, &["get", "--raw", "/version"]);
