@@ -5,9 +5,9 @@
 //! (from the resource), and an embedded client certificate and key from the
 //! cluster's `kubernetes` CA, CN = the user and O = the groups the bot's roles
 //! give there — what kube-apiserver's x509 authentication (`--client-ca-file`)
-//! reads. `kubectl --kubeconfig
-//! DIR/kubeconfig.yaml` uses it as is. Re-issued at every renewal: a lock
-//! stops that, and the certificate expires with the credential TTL.
+//! reads. `kubectl --kubeconfig DIR/kubeconfig.yaml` uses it as is.
+//! Re-issued at every renewal: a lock stops that, and the certificate expires
+//! with the credential TTL.
 
 use anyhow::Context;
 use async_trait::async_trait;
