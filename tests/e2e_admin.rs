@@ -494,7 +494,7 @@ fn ca_export_prints_each_ca_as_its_consumers_read_it() {
 
     // X.509 CAs: PEM openssl reads; the client CA verifies the bot's TLS certificate.
     let dir = auth.dir.path();
-    for ty in ["host", "client", "db-client", "spiffe"] {
+    for ty in ["host", "client", "db-client", "spiffe", "kubernetes"] {
         let pem = auth.ok(&["ca", "export", "--type", ty]);
         let o = piped("openssl", &["x509", "-noout", "-subject"], &pem);
         assert!(o.status.success(), "{ty}: {}", text(&o));
@@ -560,6 +560,7 @@ fn ca_export_prints_each_ca_as_its_consumers_read_it() {
         "db-client",
         "spiffe",
         "jwt",
+        "kubernetes",
     ] {
         assert!(text(&o).contains(ty), "{}", text(&o));
     }

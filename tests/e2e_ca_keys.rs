@@ -141,8 +141,8 @@ fn kek_sealed_ca_keys_are_not_in_the_database() {
     let plain = Auth::start();
     let control = scan(&plain.data);
     assert!(
-        control["rows"].as_u64().unwrap_or(0) >= 7 && control["raw"].as_u64().unwrap_or(0) >= 7,
-        "the scan must see the 7 software CA keys: {control}"
+        control["rows"].as_u64().unwrap_or(0) >= 8 && control["raw"].as_u64().unwrap_or(0) >= 8,
+        "the scan must see the 8 software CA keys: {control}"
     );
     drop(plain);
     // ...and none in this one: every CA is sealed.
@@ -153,7 +153,7 @@ fn kek_sealed_ca_keys_are_not_in_the_database() {
         "plaintext key in the database file: {sealed}"
     );
     let managers = sealed["managers"].as_object().expect("managers");
-    assert_eq!(managers.len(), 7, "{sealed}");
+    assert_eq!(managers.len(), 8, "{sealed}");
     assert!(managers.values().all(|m| m == "encrypted"), "{sealed}");
     assert!(auth.log().contains("kek_id"), "{}", auth.log());
 
@@ -262,7 +262,7 @@ fn hsm_ca_keys_stay_on_the_token() {
     assert_eq!(st["rows"], 0, "{st}");
     assert_eq!(st["raw"], 0, "{st}");
     let managers = st["managers"].as_object().expect("managers");
-    assert_eq!(managers.len(), 7, "{st}");
+    assert_eq!(managers.len(), 8, "{st}");
     assert!(managers.values().all(|m| m == "pkcs11"), "{st}");
     bot_gets_verifiable_certificate(&auth, "hsm-bot");
     auth.stop();

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod https;
+pub mod kube_apiserver;
 pub mod oidc_issuer;
 pub mod postgres;
 pub mod rotation;

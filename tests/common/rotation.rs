@@ -29,7 +29,7 @@ spec:
 ";
 
 /// Every CA type the auth service holds.
-pub const TYPES: [&str; 7] = [
+pub const TYPES: [&str; 8] = [
     "host",
     "client",
     "ssh-user",
@@ -37,6 +37,7 @@ pub const TYPES: [&str; 7] = [
     "db-client",
     "spiffe",
     "jwt",
+    "kubernetes",
 ];
 
 pub struct Rig {

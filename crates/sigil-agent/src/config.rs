@@ -12,6 +12,7 @@ use crate::client::ServerAddr;
 
 mod auth_server;
 pub mod destination;
+mod kubernetes;
 mod onboarding;
 mod ssh_host;
 pub use onboarding::*;
@@ -108,6 +109,12 @@ pub struct OutputConfig {
     /// `ssh-host`: run after each rewrite (argv, no shell), e.g. to reload sshd.
     #[serde(default)]
     pub reload_command: Vec<String>,
+    /// `kubernetes`: the `kubernetes_cluster` to write a kubeconfig for.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// `kubernetes`: the Kubernetes user (default: the only one the roles allow).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -151,11 +158,12 @@ pub struct AgentFlags {
 }
 
 /// The output types this agent can write.
-pub const OUTPUT_TYPES: [&str; 4] = [
+pub const OUTPUT_TYPES: [&str; 5] = [
     "identity",
     "workload-identity-x509",
     "workload-identity-jwt",
     "ssh-host",
+    "kubernetes",
 ];
 
 impl AgentConfig {
@@ -276,6 +284,8 @@ impl AgentConfig {
                     principals: Vec::new(),
                     labels: Default::default(),
                     reload_command: Vec::new(),
+                    cluster: None,
+                    user: None,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -392,6 +402,7 @@ impl AgentConfig {
                 bail!("outputs[{i}].audiences: audiences may not be empty strings");
             }
             ssh_host::validate(i, o)?;
+            kubernetes::validate(i, o)?;
         }
         for (i, s) in self.services.iter().enumerate() {
             if !SERVICE_TYPES.contains(&s.kind.as_str()) {

@@ -48,7 +48,7 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     let outputs = cfg
         .outputs
         .iter()
-        .filter(|o| o.kind == "identity" || o.kind == "ssh-host")
+        .filter(|o| matches!(o.kind.as_str(), "identity" | "ssh-host" | "kubernetes"))
         .map(output::from_config)
         .collect::<anyhow::Result<Vec<_>>>()?;
     for o in &outputs {

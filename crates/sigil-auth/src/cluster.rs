@@ -68,6 +68,8 @@ pub struct Cas {
     pub spiffe: CaSet<X509Ca>,
     /// Signs JWT-SVIDs; its public keys are the trust domain's JWT authorities.
     pub jwt: CaSet<X509Ca>,
+    /// Issues Kubernetes client certificates (kube-apiserver `--client-ca-file`).
+    pub kubernetes: CaSet<X509Ca>,
     /// The established CA of every purpose, including those whose issuers arrive with
     /// later capabilities (db-client): created up front so the cluster's trust roots
     /// never change under running agents except through a rotation.
@@ -145,7 +147,62 @@ pub async fn load_or_create(
             Err(e) => return Err(e),
         },
     };
+    create_missing_cas(store, km, &name).await?;
     Ok((name, load(store, km).await?))
+}
+
+/// A cluster created before a CA purpose existed (e.g. `kubernetes`) gets
+/// that CA at start: one conditional create of every missing one, audited.
+/// Servers starting together on one store race; the loser reads the winner's.
+async fn create_missing_cas(
+    store: &dyn Store,
+    km: &dyn KeyManager,
+    name: &str,
+) -> anyhow::Result<()> {
+    let items = store.list(keys::CAS).await?;
+    let missing: Vec<CaPurpose> = CaPurpose::ALL
+        .into_iter()
+        .filter(|p| !items.iter().any(|i| i.key == keys::ca(*p)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut ops = Vec::new();
+    for p in &missing {
+        ops.push(Op::Create {
+            key: keys::ca(*p),
+            value: serde_json::to_vec(&generate_ca(km, *p, name)?)?,
+            expires: None,
+        });
+    }
+    let names: Vec<&str> = missing.iter().map(CaPurpose::as_str).collect();
+    let txn = Txn {
+        ops,
+        audit: vec![audit::event(
+            audit::CA_CREATED,
+            serde_json::json!({"cluster": name, "cas": names}),
+        )],
+    };
+    match store.commit(txn).await {
+        Ok(_) => {
+            tracing::info!(cas = ?names, "created the CAs this cluster did not have yet");
+            Ok(())
+        }
+        Err(sigil_store::StoreError::AlreadyExists(_)) => {
+            tracing::info!(cas = ?names, "another auth server created the missing CAs first");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("creating the missing CAs")),
+    }
+}
+
+/// A new CA of purpose `p` for cluster `name` (not stored).
+fn generate_ca(km: &dyn KeyManager, p: CaPurpose, name: &str) -> anyhow::Result<StoredCa> {
+    Ok(match p {
+        CaPurpose::SshUser | CaPurpose::SshHost => SshCa::generate(km, p, name)?.1,
+        // The jwt CA is a P-256 key too; its certificate is unused but harmless.
+        _ => X509Ca::generate(km, p, name)?.1,
+    })
 }
 
 /// Every CA as the store holds it now: the established ones and rotations in progress.
@@ -235,6 +292,7 @@ pub fn build(
         ssh_host: ssh(CaPurpose::SshHost)?,
         spiffe: x509(CaPurpose::Spiffe)?,
         jwt: x509(CaPurpose::Jwt)?,
+        kubernetes: x509(CaPurpose::Kubernetes)?,
         epoch: String::new(),
         stored,
         rotations,
@@ -300,11 +358,7 @@ async fn create(store: &dyn Store, km: &dyn KeyManager, name: &str) -> anyhow::R
     }];
     let mut fields = Vec::new();
     for p in CaPurpose::ALL {
-        let stored = match p {
-            CaPurpose::SshUser | CaPurpose::SshHost => SshCa::generate(km, p, name)?.1,
-            // The jwt CA is a P-256 key too; its certificate is unused but harmless.
-            _ => X509Ca::generate(km, p, name)?.1,
-        };
+        let stored = generate_ca(km, p, name)?;
         fields.push(p.as_str());
         ops.push(Op::Create {
             key: keys::ca(p),
@@ -325,3 +379,6 @@ async fn create(store: &dyn Store, km: &dyn KeyManager, name: &str) -> anyhow::R
         ?;
     Ok(name.to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -38,6 +38,7 @@ pub const WORKLOAD_IDENTITIES: &str = "/workload_identities/";
 pub const REVOCATIONS: &str = "/workload_identity_x509_revocations/";
 pub const BOUND_KEYPAIR_STATES: &str = "/bound_keypair_states/";
 pub const SPENT_TOKENS: &str = "/spent_tokens/";
+pub const KUBERNETES_CLUSTERS: &str = "/kubernetes_clusters/";
 
 pub fn role(name: &str) -> String {
     format!("{ROLES}{name}")
@@ -57,6 +58,9 @@ pub fn bot_instance(bot: &str, id: &str) -> String {
 }
 pub fn workload_identity(name: &str) -> String {
     format!("{WORKLOAD_IDENTITIES}{name}")
+}
+pub fn kubernetes_cluster(name: &str) -> String {
+    format!("{KUBERNETES_CLUSTERS}{name}")
 }
 pub fn revocation(serial_hex: &str) -> String {
     format!("{REVOCATIONS}{serial_hex}")
@@ -87,6 +91,7 @@ pub fn for_kind(kind: &str, name: &str) -> Option<String> {
         "lock" => lock(name),
         "workload_identity" => workload_identity(name),
         "workload_identity_x509_revocation" => revocation(name),
+        "kubernetes_cluster" => kubernetes_cluster(name),
         "bot_instance" => {
             // bot_instance names are "<bot>/<id>" or just "<id>" (looked up by scan).
             let (b, id) = name.split_once('/')?;

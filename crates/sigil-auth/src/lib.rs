@@ -17,6 +17,7 @@ mod join;
 mod key_exchange;
 mod key_source;
 mod keys;
+mod kube_access;
 mod migrate;
 mod outbound;
 mod public_http;

@@ -113,6 +113,9 @@ pub enum Command {
     /// SSH helpers run by sshd on a host (see the `ssh-host` output).
     #[command(subcommand)]
     Ssh(crate::ssh::SshCommand),
+    /// Kubernetes access: `sigil kube ls` lists the clusters you may reach.
+    #[command(subcommand)]
+    Kube(crate::admin::kube::KubeCommand),
 }
 
 /// Output format of most admin verbs.
@@ -274,7 +277,9 @@ pub struct CreateArgs {
 #[derive(Args, Debug, Clone)]
 pub struct GetArgs {
     /// Kind (`roles`, `bots`, `tokens`, `locks`, `bot_instances`, `workload_identities`,
-    /// `workload_identity_x509_revocations` alias `revocations`, singular too) or KIND/NAME.
+    /// `workload_identity_x509_revocations` alias `revocations`, `kubernetes_clusters`,
+    /// singular too) or KIND/NAME. `kubernetes_clusters` lists those you may reach,
+    /// as `sigil kube ls` (`-o yaml`: the resources).
     pub target: String,
     /// Name, as an alternative to KIND/NAME.
     pub name: Option<String>,

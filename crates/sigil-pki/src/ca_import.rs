@@ -19,7 +19,7 @@
 //! [`X509Ca::chain_ders`] / [`X509Ca::trust_anchor_der`] give what to send and what to
 //! trust.
 //!
-//! Only the `host`, `client`, `db-client` and `spiffe` CAs can be intermediates. Leaves
+//! Only the `host`, `client`, `db-client`, `spiffe` and `kubernetes` CAs can be intermediates. Leaves
 //! of an imported CA carry its SubjectKeyIdentifier as their AuthorityKeyIdentifier, so
 //! [`crate::CertInfo::issuer_spki_pin`] is `None` for them unless that SKID happens to be
 //! a 32-byte SHA-256 of the key.
@@ -40,14 +40,18 @@ pub use crate::ca_validate::MIN_CA_REMAINING;
 /// Refuse purposes that cannot be an intermediate CA.
 fn check_importable(purpose: CaPurpose) -> Result<()> {
     match purpose {
-        CaPurpose::Host | CaPurpose::Client | CaPurpose::DbClient | CaPurpose::Spiffe => Ok(()),
+        CaPurpose::Host
+        | CaPurpose::Client
+        | CaPurpose::DbClient
+        | CaPurpose::Spiffe
+        | CaPurpose::Kubernetes => Ok(()),
         CaPurpose::SshUser | CaPurpose::SshHost => Err(PkiError::NotImportable {
             purpose,
-            reason: "OpenSSH CAs are bare keys with no certificate chain; only the host, client, db-client and spiffe CAs can be intermediates under an organisation's root",
+            reason: "OpenSSH CAs are bare keys with no certificate chain; only the host, client, db-client, spiffe and kubernetes CAs can be intermediates under an organisation's root",
         }),
         CaPurpose::Jwt => Err(PkiError::NotImportable {
             purpose,
-            reason: "JWT-SVID keys are published as a JWKS, not chained to a root; only the host, client, db-client and spiffe CAs can be intermediates under an organisation's root",
+            reason: "JWT-SVID keys are published as a JWKS, not chained to a root; only the host, client, db-client, spiffe and kubernetes CAs can be intermediates under an organisation's root",
         }),
     }
 }

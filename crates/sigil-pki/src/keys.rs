@@ -22,11 +22,14 @@ pub enum CaPurpose {
     Spiffe,
     /// JWT-SVIDs.
     Jwt,
+    /// Kubernetes client certificates (CN = user, O = groups), for the API
+    /// server's `--client-ca-file`.
+    Kubernetes,
 }
 
 impl CaPurpose {
     /// Every purpose, in a stable order.
-    pub const ALL: [CaPurpose; 7] = [
+    pub const ALL: [CaPurpose; 8] = [
         CaPurpose::Host,
         CaPurpose::Client,
         CaPurpose::SshUser,
@@ -34,6 +37,7 @@ impl CaPurpose {
         CaPurpose::DbClient,
         CaPurpose::Spiffe,
         CaPurpose::Jwt,
+        CaPurpose::Kubernetes,
     ];
 
     /// The kebab-case name used in storage, URLs and certificate subjects.
@@ -46,6 +50,7 @@ impl CaPurpose {
             CaPurpose::DbClient => "db-client",
             CaPurpose::Spiffe => "spiffe",
             CaPurpose::Jwt => "jwt",
+            CaPurpose::Kubernetes => "kubernetes",
         }
     }
 

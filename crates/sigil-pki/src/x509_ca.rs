@@ -21,8 +21,8 @@ const CA_VALIDITY: time::Duration = time::Duration::days(3650);
 const CLOCK_SKEW: time::Duration = time::Duration::seconds(60);
 
 // OID contents (no tag/length) of what leaves carry.
-const OID_ORG: &[u8] = &[0x55, 0x04, 0x0a];
-const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+pub(crate) const OID_ORG: &[u8] = &[0x55, 0x04, 0x0a];
+pub(crate) const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
 const OID_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
 const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
@@ -347,11 +347,32 @@ impl X509Ca {
         )
     }
 
-    /// Build, sign and encode one end-entity certificate.
+    /// Build, sign and encode one end-entity certificate (subject O=cluster, CN).
     pub(crate) fn issue_leaf(
         &self,
         spki: &[u8],
         common_name: &str,
+        san_content: &[u8],
+        ekus: &[&[u8]],
+        extra: Option<(&[u8], &[u8])>,
+        ttl: Duration,
+    ) -> Result<IssuedCert> {
+        self.issue_leaf_with_subject(
+            spki,
+            &[(OID_ORG, &self.cluster), (OID_CN, common_name)],
+            san_content,
+            ekus,
+            extra,
+            ttl,
+        )
+    }
+
+    /// [`X509Ca::issue_leaf`] with the subject given as (OID, value) pairs, one
+    /// RDN each, in order.
+    pub(crate) fn issue_leaf_with_subject(
+        &self,
+        spki: &[u8],
+        subject: &[(&[u8], &str)],
         san_content: &[u8],
         ekus: &[&[u8]],
         extra: Option<(&[u8], &[u8])>,
@@ -388,8 +409,9 @@ impl X509Ca {
                 der::time(v, not_after);
             });
             der::nested(t, TAG_SEQUENCE, |name| {
-                rdn(name, OID_ORG, &self.cluster);
-                rdn(name, OID_CN, common_name);
+                for (oid, value) in subject {
+                    rdn(name, oid, value);
+                }
             });
             t.extend_from_slice(spki);
             der::nested(t, 0xa3, |x| {

@@ -8,6 +8,7 @@ pub mod bot;
 pub mod bot_instance;
 pub mod ca_rotation;
 pub mod duration;
+pub mod kubernetes_cluster;
 pub mod limits;
 pub mod lock;
 pub mod parse;
@@ -33,10 +34,12 @@ pub use duration::{
     DurationError, HumanDuration, MAX_DURATION, check_duration, checked_expiry, format_duration,
     parse_duration,
 };
+pub use kubernetes_cluster::{KubernetesCluster, KubernetesClusterSpec};
 pub use lock::{LockSpec, LockTarget};
 pub use parse::{ParseError, parse_resources};
 pub use rbac::{
-    HostLogins, LabelField, RoleSet, RoleSpecRef, SshPermissions, glob_match, lifted_denies,
+    HostLogins, KubernetesAccess, LabelField, RoleSet, RoleSpecRef, SshPermissions, glob_match,
+    lifted_denies,
 };
 pub use resource::{
     AnyResource, Bot, BotInstance, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION, Resource,

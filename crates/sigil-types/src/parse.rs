@@ -246,6 +246,10 @@ fn parse_doc(doc: &Doc<'_>, source: &str) -> Result<AnyResource, ParseError> {
             typed::<WorkloadIdentityX509RevocationSpec>(doc, source)
                 .map(AnyResource::WorkloadIdentityX509Revocation)
         }
+        k if k == crate::kubernetes_cluster::KubernetesClusterSpec::KIND => {
+            typed::<crate::kubernetes_cluster::KubernetesClusterSpec>(doc, source)
+                .map(AnyResource::KubernetesCluster)
+        }
         other => Err(doc.error(
             source,
             locate_field(doc.text, "kind"),

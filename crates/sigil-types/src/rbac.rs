@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 mod grants;
+mod kube;
 mod ssh;
 pub use grants::{RoleSpecRef, lifted_denies};
+pub use kube::KubernetesAccess;
 pub use ssh::{HostLogins, SshPermissions};
 
 /// Which label selector of a role to evaluate.
@@ -19,6 +21,8 @@ pub enum LabelField {
     App,
     /// `workload_identity_labels`.
     WorkloadIdentity,
+    /// `kubernetes_labels`.
+    Kubernetes,
 }
 
 impl LabelField {
@@ -27,6 +31,7 @@ impl LabelField {
             LabelField::Node => "node_labels",
             LabelField::App => "app_labels",
             LabelField::WorkloadIdentity => "workload_identity_labels",
+            LabelField::Kubernetes => "kubernetes_labels",
         }
     }
 
@@ -35,6 +40,7 @@ impl LabelField {
             LabelField::Node => &c.node_labels,
             LabelField::App => &c.app_labels,
             LabelField::WorkloadIdentity => &c.workload_identity_labels,
+            LabelField::Kubernetes => &c.kubernetes_labels,
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use crate::bot::BotSpec;
 use crate::bot_instance::BotInstanceSpec;
+pub use crate::kubernetes_cluster::KubernetesCluster;
+use crate::kubernetes_cluster::KubernetesClusterSpec;
 use crate::lock::LockSpec;
 use crate::revocation::WorkloadIdentityX509RevocationSpec;
 use crate::role::RoleSpec;
@@ -283,6 +285,7 @@ pub const KNOWN_KINDS: &[&str] = &[
     BotInstanceSpec::KIND,
     WorkloadIdentitySpec::KIND,
     WorkloadIdentityX509RevocationSpec::KIND,
+    KubernetesClusterSpec::KIND,
 ];
 
 /// Any resource, for code that handles several kinds (`sigil create -f`).
@@ -303,6 +306,8 @@ pub enum AnyResource {
     WorkloadIdentity(WorkloadIdentity),
     /// A revoked workload identity X.509-SVID.
     WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation),
+    /// A Kubernetes cluster.
+    KubernetesCluster(KubernetesCluster),
 }
 
 impl AnyResource {
@@ -318,6 +323,7 @@ impl AnyResource {
             AnyResource::WorkloadIdentityX509Revocation(_) => {
                 WorkloadIdentityX509RevocationSpec::KIND
             }
+            AnyResource::KubernetesCluster(_) => KubernetesClusterSpec::KIND,
         }
     }
 
@@ -336,6 +342,7 @@ impl AnyResource {
             AnyResource::BotInstance(r) => &r.metadata,
             AnyResource::WorkloadIdentity(r) => &r.metadata,
             AnyResource::WorkloadIdentityX509Revocation(r) => &r.metadata,
+            AnyResource::KubernetesCluster(r) => &r.metadata,
         }
     }
 
@@ -349,6 +356,7 @@ impl AnyResource {
             AnyResource::BotInstance(r) => r.validate(),
             AnyResource::WorkloadIdentity(r) => r.validate(),
             AnyResource::WorkloadIdentityX509Revocation(r) => r.validate(),
+            AnyResource::KubernetesCluster(r) => r.validate(),
         }
     }
 
@@ -375,7 +383,8 @@ any_from!(
     Lock(Lock),
     BotInstance(BotInstance),
     WorkloadIdentity(WorkloadIdentity),
-    WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation)
+    WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation),
+    KubernetesCluster(KubernetesCluster)
 );
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub const RULE_RESOURCES: &[&str] = &[
     "audit",
     "status",
     "cert_authority",
+    "kubernetes_cluster",
 ];
 
 /// Body of a `role`.
@@ -87,6 +88,20 @@ pub struct RoleConditions {
     /// `*.example.test`) a host holding this role may get a host certificate for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_host_principals: Vec<String>,
+    /// Kubernetes cluster label selector (`kubernetes_cluster` labels).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_label_map"
+    )]
+    pub kubernetes_labels: BTreeMap<String, Vec<String>>,
+    /// Kubernetes groups (certificate O) on the clusters this role's
+    /// `kubernetes_labels` select; in deny, globs removed everywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kubernetes_groups: Vec<String>,
+    /// Kubernetes users (certificate CN), like `kubernetes_groups`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kubernetes_users: Vec<String>,
 }
 
 /// Grants (or denies) `verbs` on `resources` in the admin API.
@@ -263,6 +278,7 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
         ("node_labels", &c.node_labels),
         ("app_labels", &c.app_labels),
         ("workload_identity_labels", &c.workload_identity_labels),
+        ("kubernetes_labels", &c.kubernetes_labels),
     ] {
         for (k, values) in map {
             // `*` matches any label name.
@@ -280,6 +296,15 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
                     "label value list must not be empty (use \"*\" to match any value)",
                 ));
             }
+        }
+    }
+    for (name, list) in [
+        ("kubernetes_groups", &c.kubernetes_groups),
+        ("kubernetes_users", &c.kubernetes_users),
+    ] {
+        for (i, v) in list.iter().enumerate() {
+            crate::kubernetes_cluster::validate_subject_name(v, side == "deny")
+                .map_err(|m| ValidationError::new(format!("{p}.{name}[{i}]"), m))?;
         }
     }
     for (i, h) in c.ssh_host_principals.iter().enumerate() {

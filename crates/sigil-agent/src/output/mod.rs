@@ -2,6 +2,7 @@
 //! built from `outputs:` entries by [`from_config`].
 
 mod identity;
+mod kubernetes;
 pub mod reload;
 
 use crate::client::AuthChannel as Channel;
@@ -40,6 +41,9 @@ pub fn from_config(o: &OutputConfig) -> anyhow::Result<Box<dyn Output>> {
             o.reload_command.clone(),
         ))),
         "ssh-host" => Ok(Box::new(crate::ssh_host::SshHostOutput::from_config(o)?)),
+        "kubernetes" => Ok(Box::new(kubernetes::KubernetesOutput::from_config(
+            o, dest,
+        )?)),
         other => anyhow::bail!("output type {other:?} is not known"),
     }
 }

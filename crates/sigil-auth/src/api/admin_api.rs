@@ -594,4 +594,14 @@ impl AdminService for AdminApi {
             req.into_inner(),
         )?))
     }
+
+    async fn list_kubernetes_access(
+        &self,
+        req: Request<ListKubernetesAccessRequest>,
+    ) -> Result<Response<ListKubernetesAccessResponse>, Status> {
+        // No rule needed: the answer is the caller's own access.
+        let caller = authz::current_caller(&self.state, &req).await?;
+        let resp = crate::kube_access::list_access(&self.state, &caller).await?;
+        Ok(Response::new(resp))
+    }
 }

@@ -294,6 +294,15 @@ impl AuthService for AuthApi {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn issue_kubernetes_cert(
+        &self,
+        req: Request<sigil_proto::v1::IssueKubernetesCertRequest>,
+    ) -> Result<Response<sigil_proto::v1::KubernetesCert>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        let cert = crate::kube_access::issue_cert(&self.state, &id, req.get_ref()).await;
+        Ok(Response::new(cert?))
+    }
 }
 
 /// The agent's own (renewable) identity behind a call that mints credentials.

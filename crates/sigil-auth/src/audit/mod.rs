@@ -22,6 +22,8 @@ pub const CA_REQUESTED: &str = "ca.requested";
 pub const CA_IMPORTED: &str = "ca.imported";
 /// The key of a CA a rotation dropped was destroyed on the HSM.
 pub const CA_KEY_DESTROYED: &str = "ca.key_destroyed";
+/// CAs of purposes added after the cluster was created were made at start.
+pub const CA_CREATED: &str = "ca.created";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";

@@ -34,7 +34,7 @@ pub enum CaCommand {
     /// Make a key for an intermediate CA (in the auth service's key manager, so
     /// on its HSM if it has one) and print a CSR for your organisation's CA to
     /// sign; then `sigil ca import --cert` without --key. host, client,
-    /// db-client and spiffe only.
+    /// db-client, spiffe and kubernetes only.
     Request(CaRequestArgs),
     /// Start a rotation (phase init) to an intermediate CA under your
     /// organisation's root: the certificate chain with its key, or without
@@ -46,7 +46,7 @@ pub enum CaCommand {
 /// `sigil ca request`
 #[derive(Args, Debug, Clone)]
 pub struct CaRequestArgs {
-    /// The CA: host, client, db-client, spiffe.
+    /// The CA: host, client, db-client, spiffe, kubernetes.
     #[arg(long = "type", value_name = "TYPE")]
     pub ca_type: String,
     /// Write the CSR to this file instead of standard output.
@@ -57,7 +57,7 @@ pub struct CaRequestArgs {
 /// `sigil ca import`
 #[derive(Args, Debug, Clone)]
 pub struct CaImportArgs {
-    /// The CA: host, client, db-client, spiffe.
+    /// The CA: host, client, db-client, spiffe, kubernetes.
     #[arg(long = "type", value_name = "TYPE")]
     pub ca_type: String,
     /// PEM: the CA's certificate first, then the certificates above it (the
@@ -75,7 +75,7 @@ pub struct CaImportArgs {
 /// `sigil ca rotate`
 #[derive(Args, Debug, Clone)]
 pub struct CaRotateArgs {
-    /// The CA: host, client, ssh-user, ssh-host, db-client, spiffe, jwt.
+    /// The CA: host, client, ssh-user, ssh-host, db-client, spiffe, jwt, kubernetes.
     #[arg(long = "type", value_name = "TYPE")]
     pub ca_type: String,
     /// The manual step to make: init (start; the new CA is trusted),
@@ -98,7 +98,7 @@ pub struct CaRotateArgs {
 /// `sigil ca export`
 #[derive(Args, Debug, Clone)]
 pub struct CaExportArgs {
-    /// The CA: host, client, ssh-user, ssh-host, db-client, spiffe, jwt.
+    /// The CA: host, client, ssh-user, ssh-host, db-client, spiffe, jwt, kubernetes.
     #[arg(long = "type", value_name = "TYPE")]
     pub ca_type: String,
     /// `key` (default): the form above. `known_hosts` (ssh-host only): the

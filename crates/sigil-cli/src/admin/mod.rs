@@ -6,6 +6,7 @@ pub mod bots;
 pub mod ca;
 pub mod connect;
 pub mod join_tokens;
+pub mod kube;
 pub mod locks;
 pub mod render;
 pub mod resources;

@@ -18,6 +18,7 @@ pub fn kind_table(kind: ResourceKind, items: &[Value]) -> String {
         ResourceKind::BotInstance => instances_table(items),
         ResourceKind::WorkloadIdentity => workload_identities_table(items),
         ResourceKind::WorkloadIdentityX509Revocation => revocations_table(items),
+        ResourceKind::KubernetesCluster => kubernetes_clusters_table(items),
     }
 }
 
@@ -197,6 +198,21 @@ pub fn workload_identities_table(items: &[Value]) -> String {
         })
         .collect();
     table(&["NAME", "SPIFFE ID TEMPLATE", "LABELS", "RULES"], rows)
+}
+
+/// NAME, SERVER, LABELS.
+pub fn kubernetes_clusters_table(items: &[Value]) -> String {
+    let rows = items
+        .iter()
+        .map(|v| {
+            vec![
+                str_at(v, "/metadata/name"),
+                str_at(v, "/spec/server"),
+                labels(v),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SERVER", "LABELS"], rows)
 }
 
 /// `k=v,k2=v2` of the metadata labels, or `-`.

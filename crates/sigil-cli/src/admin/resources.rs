@@ -28,11 +28,13 @@ pub enum ResourceKind {
     WorkloadIdentity,
     /// `workload_identity_x509_revocation` (named by certificate serial)
     WorkloadIdentityX509Revocation,
+    /// `kubernetes_cluster`
+    KubernetesCluster,
 }
 
 impl ResourceKind {
     /// Every kind, in help order.
-    pub const ALL: [ResourceKind; 7] = [
+    pub const ALL: [ResourceKind; 8] = [
         ResourceKind::Role,
         ResourceKind::Bot,
         ResourceKind::Token,
@@ -40,6 +42,7 @@ impl ResourceKind {
         ResourceKind::BotInstance,
         ResourceKind::WorkloadIdentity,
         ResourceKind::WorkloadIdentityX509Revocation,
+        ResourceKind::KubernetesCluster,
     ];
 
     /// The singular API name (`ResourceRef.kind`).
@@ -52,6 +55,7 @@ impl ResourceKind {
             ResourceKind::BotInstance => "bot_instance",
             ResourceKind::WorkloadIdentity => "workload_identity",
             ResourceKind::WorkloadIdentityX509Revocation => "workload_identity_x509_revocation",
+            ResourceKind::KubernetesCluster => "kubernetes_cluster",
         }
     }
 
@@ -273,6 +277,15 @@ pub async fn get(global: &GlobalArgs, args: &GetArgs) -> anyhow::Result<()> {
                 GetFormat::Json => output::out(&output::json(&value)?)?,
                 GetFormat::Text => output::out(&kind_table(kind, std::slice::from_ref(&value)))?,
             }
+        }
+        // The clusters the caller may reach, with its users and groups
+        // (`sigil kube ls`); YAML stays the resources, for `create -f`.
+        None if kind == ResourceKind::KubernetesCluster && args.output != Some(GetFormat::Yaml) => {
+            let format = match args.output {
+                Some(GetFormat::Json) => Format::Json,
+                _ => Format::Text,
+            };
+            super::kube::print_access(&mut client, format).await?;
         }
         None => {
             let items = list(&mut client, kind, "").await?;

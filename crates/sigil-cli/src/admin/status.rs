@@ -116,6 +116,11 @@ pub fn text(s: &StatusResponse) -> String {
         out.push('\n');
         out.push_str(&table(&["CA", "FINGERPRINT", "EXPIRES"], rows));
         out.push('\n');
+        if s.cas.iter().any(|c| c.purpose == "kubernetes") {
+            out.push_str(
+                "(kube-apiserver --client-ca-file: `sigil ca export --type kubernetes`)\n",
+            );
+        }
     }
     out
 }
@@ -165,6 +170,18 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want} missing in\n{t}");
         }
+        assert!(!t.contains("--client-ca-file"), "{t}");
+        let mut with_kube = sample();
+        with_kube.cas.push(CaStatus {
+            purpose: "kubernetes".into(),
+            fingerprint: "sha256:bb".into(),
+            not_after_unix: 1_714_564_800,
+        });
+        let t = text(&with_kube);
+        assert!(
+            t.contains("--client-ca-file: `sigil ca export --type kubernetes`"),
+            "{t}"
+        );
         let v = to_json(&sample());
         assert_eq!(v["cluster_name"], "example.test");
         assert_eq!(v["ca_pin"], "sha256:00ff");

@@ -37,6 +37,7 @@ impl RoleSet {
             LabelField::Node,
             LabelField::App,
             LabelField::WorkloadIdentity,
+            LabelField::Kubernetes,
         ] {
             let granted = field.of(allow);
             if !granted.is_empty()
@@ -107,6 +108,7 @@ impl RoleSet {
                 }
             }
         }
+        out.extend(self.uncovered_kubernetes(allow));
         if let Some(options) = role.options {
             out.extend(self.uncovered_options(options));
         }
@@ -256,6 +258,9 @@ pub fn lifted_denies(old: &RoleConditions, new: &RoleConditions) -> RoleConditio
             .cloned()
             .collect(),
         ssh_host_principals: minus(&old.ssh_host_principals, &new.ssh_host_principals),
+        kubernetes_labels: minus_map(&old.kubernetes_labels, &new.kubernetes_labels),
+        kubernetes_groups: minus(&old.kubernetes_groups, &new.kubernetes_groups),
+        kubernetes_users: minus(&old.kubernetes_users, &new.kubernetes_users),
     }
 }
 
@@ -271,7 +276,7 @@ fn expand<'a>(list: &'a [String], known: &'static [&'static str]) -> Vec<&'a str
 }
 
 /// True if every label set `granted` matches is matched by `held`.
-fn selector_covers(
+pub(super) fn selector_covers(
     held: &BTreeMap<String, Vec<String>>,
     granted: &BTreeMap<String, Vec<String>>,
 ) -> bool {
@@ -286,7 +291,7 @@ fn selector_covers(
 }
 
 /// True if glob `held` matches everything glob `granted` does (conservatively).
-fn pattern_covers(held: &str, granted: &str) -> bool {
+pub(super) fn pattern_covers(held: &str, granted: &str) -> bool {
     held == "*" || held == granted || (!granted.contains(['*', '?']) && glob_match(held, granted))
 }
 
