@@ -246,6 +246,9 @@ fn parse_doc(doc: &Doc<'_>, source: &str) -> Result<AnyResource, ParseError> {
             typed::<WorkloadIdentityX509RevocationSpec>(doc, source)
                 .map(AnyResource::WorkloadIdentityX509Revocation)
         }
+        k if k == crate::database::DatabaseSpec::KIND => {
+            typed::<crate::database::DatabaseSpec>(doc, source).map(AnyResource::Database)
+        }
         other => Err(doc.error(
             source,
             locate_field(doc.text, "kind"),

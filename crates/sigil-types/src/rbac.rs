@@ -5,8 +5,10 @@ use crate::role::RoleConditions;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+mod database;
 mod grants;
 mod ssh;
+pub use database::DatabaseGrant;
 pub use grants::{RoleSpecRef, lifted_denies};
 pub use ssh::{HostLogins, SshPermissions};
 
@@ -19,6 +21,10 @@ pub enum LabelField {
     App,
     /// `workload_identity_labels`.
     WorkloadIdentity,
+    /// `db_labels`.
+    Db,
+    /// `db_server_labels`.
+    DbServer,
 }
 
 impl LabelField {
@@ -27,6 +33,8 @@ impl LabelField {
             LabelField::Node => "node_labels",
             LabelField::App => "app_labels",
             LabelField::WorkloadIdentity => "workload_identity_labels",
+            LabelField::Db => "db_labels",
+            LabelField::DbServer => "db_server_labels",
         }
     }
 
@@ -35,6 +43,8 @@ impl LabelField {
             LabelField::Node => &c.node_labels,
             LabelField::App => &c.app_labels,
             LabelField::WorkloadIdentity => &c.workload_identity_labels,
+            LabelField::Db => &c.db_labels,
+            LabelField::DbServer => &c.db_server_labels,
         }
     }
 }

@@ -273,6 +273,8 @@ pub type BotInstance = Resource<BotInstanceSpec>;
 pub type WorkloadIdentity = Resource<WorkloadIdentitySpec>;
 /// A revoked X.509-SVID, named by its serial (lowercase hex).
 pub type WorkloadIdentityX509Revocation = Resource<WorkloadIdentityX509RevocationSpec>;
+/// A database Sigil issues client certificates for.
+pub type Database = Resource<crate::database::DatabaseSpec>;
 
 /// Kind names `parse_resources` understands.
 pub const KNOWN_KINDS: &[&str] = &[
@@ -283,6 +285,7 @@ pub const KNOWN_KINDS: &[&str] = &[
     BotInstanceSpec::KIND,
     WorkloadIdentitySpec::KIND,
     WorkloadIdentityX509RevocationSpec::KIND,
+    crate::database::DatabaseSpec::KIND,
 ];
 
 /// Any resource, for code that handles several kinds (`sigil create -f`).
@@ -303,6 +306,8 @@ pub enum AnyResource {
     WorkloadIdentity(WorkloadIdentity),
     /// A revoked workload identity X.509-SVID.
     WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation),
+    /// A database.
+    Database(Database),
 }
 
 impl AnyResource {
@@ -318,6 +323,7 @@ impl AnyResource {
             AnyResource::WorkloadIdentityX509Revocation(_) => {
                 WorkloadIdentityX509RevocationSpec::KIND
             }
+            AnyResource::Database(_) => crate::database::DatabaseSpec::KIND,
         }
     }
 
@@ -336,6 +342,7 @@ impl AnyResource {
             AnyResource::BotInstance(r) => &r.metadata,
             AnyResource::WorkloadIdentity(r) => &r.metadata,
             AnyResource::WorkloadIdentityX509Revocation(r) => &r.metadata,
+            AnyResource::Database(r) => &r.metadata,
         }
     }
 
@@ -349,6 +356,7 @@ impl AnyResource {
             AnyResource::BotInstance(r) => r.validate(),
             AnyResource::WorkloadIdentity(r) => r.validate(),
             AnyResource::WorkloadIdentityX509Revocation(r) => r.validate(),
+            AnyResource::Database(r) => r.validate(),
         }
     }
 
@@ -375,7 +383,8 @@ any_from!(
     Lock(Lock),
     BotInstance(BotInstance),
     WorkloadIdentity(WorkloadIdentity),
-    WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation)
+    WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation),
+    Database(Database)
 );
 
 #[cfg(test)]

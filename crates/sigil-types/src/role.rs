@@ -29,6 +29,7 @@ pub const RULE_RESOURCES: &[&str] = &[
     "audit",
     "status",
     "cert_authority",
+    "database",
 ];
 
 /// Body of a `role`.
@@ -66,6 +67,22 @@ pub struct RoleConditions {
     /// Database names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub db_names: Vec<String>,
+    /// Database label selector: which `database` resources `db_users` and
+    /// `db_names` apply to (client certificates).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_label_map"
+    )]
+    pub db_labels: BTreeMap<String, Vec<String>>,
+    /// Database label selector for the machine running the database: server
+    /// certificates and the database's CRL (the `database-server` output).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_label_map"
+    )]
+    pub db_server_labels: BTreeMap<String, Vec<String>>,
     /// App label selector.
     #[serde(
         default,
@@ -249,13 +266,7 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
     }
     for (name, list) in [("db_users", &c.db_users), ("db_names", &c.db_names)] {
         for (i, v) in list.iter().enumerate() {
-            if v.trim().is_empty() {
-                return Err(ValidationError::new(
-                    format!("{p}.{name}[{i}]"),
-                    "must not be empty",
-                ));
-            }
-            crate::text::check_free_text(v, 255, false)
+            crate::database::validate_db_pattern(name, v)
                 .map_err(|m| ValidationError::new(format!("{p}.{name}[{i}]"), m))?;
         }
     }
@@ -263,6 +274,8 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
         ("node_labels", &c.node_labels),
         ("app_labels", &c.app_labels),
         ("workload_identity_labels", &c.workload_identity_labels),
+        ("db_labels", &c.db_labels),
+        ("db_server_labels", &c.db_server_labels),
     ] {
         for (k, values) in map {
             // `*` matches any label name.

@@ -37,6 +37,8 @@ impl RoleSet {
             LabelField::Node,
             LabelField::App,
             LabelField::WorkloadIdentity,
+            LabelField::Db,
+            LabelField::DbServer,
         ] {
             let granted = field.of(allow);
             if !granted.is_empty()
@@ -244,6 +246,8 @@ pub fn lifted_denies(old: &RoleConditions, new: &RoleConditions) -> RoleConditio
         node_labels: minus_map(&old.node_labels, &new.node_labels),
         db_users: minus(&old.db_users, &new.db_users),
         db_names: minus(&old.db_names, &new.db_names),
+        db_labels: minus_map(&old.db_labels, &new.db_labels),
+        db_server_labels: minus_map(&old.db_server_labels, &new.db_server_labels),
         app_labels: minus_map(&old.app_labels, &new.app_labels),
         workload_identity_labels: minus_map(
             &old.workload_identity_labels,
