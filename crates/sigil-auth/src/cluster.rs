@@ -68,6 +68,9 @@ pub struct Cas {
     pub spiffe: CaSet<X509Ca>,
     /// Signs JWT-SVIDs; its public keys are the trust domain's JWT authorities.
     pub jwt: CaSet<X509Ca>,
+    /// Issues database client certificates (`database` output); every
+    /// trusted one is a database server's `ssl_ca_file` and signs its CRL.
+    pub db_client: CaSet<X509Ca>,
     /// The established CA of every purpose, including those whose issuers arrive with
     /// later capabilities (db-client): created up front so the cluster's trust roots
     /// never change under running agents except through a rotation.
@@ -235,6 +238,7 @@ pub fn build(
         ssh_host: ssh(CaPurpose::SshHost)?,
         spiffe: x509(CaPurpose::Spiffe)?,
         jwt: x509(CaPurpose::Jwt)?,
+        db_client: x509(CaPurpose::DbClient)?,
         epoch: String::new(),
         stored,
         rotations,

@@ -56,6 +56,7 @@ fn redact(e: &StoreError) -> String {
         (keys::BOT_INSTANCES, "bot instance "),
         (keys::WORKLOAD_IDENTITIES, "workload identity "),
         (keys::REVOCATIONS, "revocation of serial "),
+        (keys::DATABASES, "database "),
     ] {
         if s.contains(prefix) {
             return s.replacen(prefix, kind, 1);
@@ -73,6 +74,7 @@ fn key_of(res: &AnyResource) -> String {
         AnyResource::BotInstance(i) => keys::bot_instance(&i.spec.bot_name, &i.metadata.name),
         AnyResource::WorkloadIdentity(w) => keys::workload_identity(&w.metadata.name),
         AnyResource::WorkloadIdentityX509Revocation(r) => keys::revocation(&r.metadata.name),
+        AnyResource::Database(d) => keys::database(&d.metadata.name),
     }
 }
 
@@ -181,7 +183,9 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
                 )));
             }
         }
-        AnyResource::Role(_) | AnyResource::WorkloadIdentityX509Revocation(_) => {}
+        AnyResource::Role(_)
+        | AnyResource::WorkloadIdentityX509Revocation(_)
+        | AnyResource::Database(_) => {}
     }
     Ok(())
 }
@@ -348,6 +352,7 @@ pub async fn list(
         "lock" => keys::LOCKS.to_string(),
         "workload_identity" => keys::WORKLOAD_IDENTITIES.to_string(),
         "workload_identity_x509_revocation" => keys::REVOCATIONS.to_string(),
+        "database" => keys::DATABASES.to_string(),
         _ if filter.is_empty() => keys::BOT_INSTANCES.to_string(),
         _ => keys::bot_instances_of(filter),
     };
