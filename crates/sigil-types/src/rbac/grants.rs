@@ -400,6 +400,47 @@ mod tests {
     }
 
     #[test]
+    fn escalation_database_labels() {
+        let holder = role(|s| {
+            s.allow.db_labels = sel(&[("env", &["prod"])]);
+            s.allow.db_server_labels = sel(&[("env", &["prod"])]);
+            s.allow.db_users = vec!["app_*".into()];
+            s.allow.db_names = vec!["orders".into()];
+        });
+        let ok = role(|s| {
+            s.allow.db_labels = sel(&[("env", &["prod"]), ("team", &["pay"])]);
+            s.allow.db_users = vec!["app_ro".into()];
+            s.allow.db_names = vec!["orders".into()];
+        });
+        assert!(uncovered(std::slice::from_ref(&holder), &ok).is_empty());
+        let too_much = role(|s| {
+            s.allow.db_labels = sel(&[("*", &["*"])]);
+            s.allow.db_server_labels = sel(&[("env", &["*"])]);
+            s.allow.db_names = vec!["*".into()];
+        });
+        assert_eq!(
+            uncovered(std::slice::from_ref(&holder), &too_much),
+            [
+                "db_labels *=*",
+                "db_names \"*\"",
+                "db_server_labels env=*"
+            ]
+        );
+        // Dropping a db_labels deny grants what it denied.
+        let denied = role(|s| s.deny.db_labels = sel(&[("env", &["prod"])]));
+        let lifted = lifted_denies(&denied.spec.deny, &RoleConditions::default());
+        assert_eq!(lifted.db_labels, sel(&[("env", &["prod"])]));
+        let empty = RoleConditions::default();
+        let r = RoleSpecRef {
+            allow: &lifted,
+            deny: &empty,
+            options: None,
+        };
+        let plain = RoleSet::new(vec![role(|_| {})]);
+        assert_eq!(plain.uncovered(&r), ["db_labels env=prod"]);
+    }
+
+    #[test]
     fn lifting_a_deny_grants_it() {
         let old = RoleConditions {
             rules: vec![rule(&["lock"], &["delete"])],
