@@ -1,6 +1,7 @@
 //! End to end, issue 10 classes 6, 7 and 9 (files): no symlink games, no
 //! foreign owners, no empty directories after a refused join, one auth
-//! service per data dir, and an admin socket that checks its peer's uid.
+//! service per data dir, an admin socket that checks its peer's uid; output
+//! files given to another owner and group with a key mode, and reload_command.
 //! The tests chown to uid 65534 and run the CLI as it, so they need root
 //! (as CI runs them).
 
@@ -266,5 +267,119 @@ fn the_admin_socket_refuses_other_uids_even_when_modes_let_them_in() {
     assert!(
         auth.log()
             .contains("refusing a connection from another user")
+    );
+}
+
+/// An agent config with one identity output into `out` with `extra` lines in its
+/// destination and `reload` as its reload_command.
+fn owned_output_config(
+    auth: &Auth,
+    dirs: &AgentDirs,
+    token: &str,
+    extra: &str,
+    reload: &str,
+) -> std::path::PathBuf {
+    let cfg = dirs.dir.path().join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v1\nauth_server: {}\nca_pins: [{}]\nonboarding: {{join_method: token, token: {token}}}\nstorage: {{type: directory, path: {}}}\ncredential_ttl: 1h\nrenewal_interval: 20m\noutputs:\n  - type: identity\n    reload_command: {reload}\n    destination:\n      type: directory\n      path: {}\n{extra}",
+            auth.addr(),
+            auth.pin,
+            dirs.storage.display(),
+            dirs.out.display()
+        ),
+    )
+    .expect("config");
+    cfg
+}
+
+#[test]
+fn an_output_is_written_for_its_owner_and_group_and_its_reload_command_runs() {
+    use std::os::unix::fs::MetadataExt;
+    let auth = Auth::start();
+    let token = auth.bot("owned", &["x"]);
+    let dirs = AgentDirs::new();
+    let marker = dirs.dir.path().join("reloaded");
+    let reload = format!("[sh, -c, 'echo reloaded >> {}']", marker.display());
+
+    // A user that does not exist: refused before anything happens, naming the
+    // file, line and field; nothing written, no token spent.
+    let cfg = owned_output_config(
+        &auth,
+        &dirs,
+        &token,
+        "      owner: no-such-user-sigil\n",
+        &reload,
+    );
+    let o = Command::new(sigil_bin())
+        .args(["agent", "start", "--oneshot", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run agent");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("agent.yaml:")
+            && text(&o).contains("outputs[0].destination.owner: ")
+            && text(&o).contains("no user \"no-such-user-sigil\""),
+        "{}",
+        text(&o)
+    );
+    assert!(!dirs.out.exists() && !marker.exists());
+
+    // The key group-readable by `nogroup` (as PostgreSQL allows for a root-owned
+    // key), every file given to nobody: written so before it appears.
+    let cfg = owned_output_config(
+        &auth,
+        &dirs,
+        &token,
+        "      owner: nobody\n      group: nogroup\n      mode: \"0640\"\n",
+        &reload,
+    );
+    let o = Command::new(sigil_bin())
+        .args(["agent", "start", "--oneshot", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run agent");
+    assert!(o.status.success(), "{}", text(&o));
+    for (file, mode) in [("tls.key", 0o640), ("tls.crt", 0o644), ("ca.crt", 0o644)] {
+        let m = std::fs::metadata(dirs.out.join(file)).expect(file);
+        assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY), "{file}");
+        assert_eq!(m.mode() & 0o7777, mode, "{file}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("the reload command ran"),
+        "reloaded\n"
+    );
+    // A renewal rewrites them the same way and reloads again.
+    let o = Command::new(sigil_bin())
+        .args(["agent", "start", "--oneshot", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run agent");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("marker"),
+        "reloaded\nreloaded\n"
+    );
+    assert_eq!(
+        std::fs::metadata(dirs.out.join("tls.key"))
+            .expect("key")
+            .uid(),
+        NOBODY
+    );
+
+    // A world-readable key is never allowed.
+    let cfg = owned_output_config(&auth, &dirs, &token, "      mode: \"0644\"\n", &reload);
+    let o = Command::new(sigil_bin())
+        .args(["agent", "start", "--oneshot", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run agent");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("outputs[0].destination.mode: "),
+        "{}",
+        text(&o)
     );
 }

@@ -11,6 +11,7 @@ use sigil_types::{HumanDuration, WorkloadIdentitySelector};
 use crate::client::ServerAddr;
 
 mod auth_server;
+pub mod destination;
 mod onboarding;
 mod ssh_host;
 pub use onboarding::*;
@@ -74,6 +75,16 @@ pub struct Destination {
     #[serde(rename = "type")]
     pub kind: String,
     pub path: PathBuf,
+    /// Who the written files belong to (a user name or uid; the agent must run
+    /// as root to give files to another user).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Their group (a name or gid).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Mode of the secret files (keys): 0600 (default), 0640, 0400 or 0440.
+    #[serde(default)]
+    pub mode: Option<destination::ModeField>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -205,6 +216,8 @@ impl AgentConfig {
                 fc.storage.kind
             );
         }
+        destination::check_storage(&fc.storage)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at("storage")))?;
         let auth_servers = crate::client::parse_list("auth_server", &fc.auth_server.0)
             .map_err(|e| anyhow::anyhow!("{}: {e}", at("auth_server")))?;
         let cfg = AgentConfig {
@@ -254,6 +267,9 @@ impl AgentConfig {
                     destination: Destination {
                         kind: "directory".into(),
                         path: PathBuf::from(path),
+                        owner: None,
+                        group: None,
+                        mode: None,
                     },
                     selector: None,
                     audiences: Vec::new(),
@@ -336,6 +352,10 @@ impl AgentConfig {
                     "outputs[{i}].destination.type: {:?} is not supported; use `directory`",
                     o.destination.kind
                 );
+            }
+            destination::settings(&format!("outputs[{i}].destination"), &o.destination)?;
+            if o.reload_command.first().is_some_and(String::is_empty) {
+                bail!("outputs[{i}].reload_command: the program (first element) is empty");
             }
             let workload = o.kind.starts_with("workload-identity-");
             match (&o.selector, workload) {

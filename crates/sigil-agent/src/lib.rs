@@ -80,8 +80,14 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
         .outputs
         .iter()
         .filter(|o| o.kind == "ssh-host")
-        .map(|o| (o.destination.path.clone(), o.labels.clone()))
-        .collect();
+        .map(|o| {
+            Ok((
+                destination::from_config(&o.destination)?,
+                o.destination.path.clone(),
+                o.labels.clone(),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let mut ssh_tasks = Vec::new();
     let (client_tx, client_rx) = tokio::sync::watch::channel(None);
     // The SPKI pin of the CA that signed the agent's certificate (ca_watch.rs).
@@ -146,8 +152,9 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                         ca_watch::max_jitter(agent.cfg.renewal_interval),
                     ))));
                 }
-                for (dir, labels) in std::mem::take(&mut ssh_hosts) {
+                for (dest, dir, labels) in std::mem::take(&mut ssh_hosts) {
                     ssh_tasks.push(AbortOnDrop(tokio::spawn(ssh_host::follow(
+                        dest,
                         dir,
                         labels,
                         client_rx.clone(),
@@ -364,6 +371,7 @@ impl Agent {
                 })
                 .await
                 .with_context(|| format!("output {}", o.describe()))?;
+                output::reload::run(o.reload_command()).await;
             }
         }
         Ok(cred)

@@ -25,6 +25,7 @@
 //! of the directory. Nothing is ever opened with `O_TRUNC`.
 
 mod lock;
+mod owner;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, bail};
 
 pub use lock::DirLock;
+pub use owner::FileOwner;
 
 /// Mode for private keys and credentials.
 pub const SECRET: u32 = 0o600;
@@ -98,12 +100,31 @@ impl SafeDir {
     /// Write `data` to `name` with exactly `mode`, atomically; the temp file
     /// is removed on failure.
     pub fn write(&self, name: &str, data: &[u8], mode: u32) -> anyhow::Result<()> {
-        let tmp = format!(".{name}.{}.tmp", sys::random_hex()?);
-        self.write_via(name, &tmp, data, mode)
+        self.write_as(name, data, mode, FileOwner::default())
     }
 
-    /// [`SafeDir::write`] through the temp name `tmp`.
-    fn write_via(&self, name: &str, tmp: &str, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    /// [`SafeDir::write`], the file given to `owner` before it appears under its
+    /// name (a reader never sees it with the writer's owner).
+    pub fn write_as(
+        &self,
+        name: &str,
+        data: &[u8],
+        mode: u32,
+        owner: FileOwner,
+    ) -> anyhow::Result<()> {
+        let tmp = format!(".{name}.{}.tmp", sys::random_hex()?);
+        self.write_via(name, &tmp, data, mode, owner)
+    }
+
+    /// [`SafeDir::write_as`] through the temp name `tmp`.
+    fn write_via(
+        &self,
+        name: &str,
+        tmp: &str,
+        data: &[u8],
+        mode: u32,
+        owner: FileOwner,
+    ) -> anyhow::Result<()> {
         let final_name = entry(name)?;
         let tmp = entry(tmp)?;
         let what = || format!("writing {}", self.path.join(name).display());
@@ -117,7 +138,11 @@ impl SafeDir {
         )
         .with_context(what)?;
         let result = (|| -> io::Result<()> {
-            // The umask may have narrowed the mode; set it exactly.
+            if !owner.is_default() {
+                sys::fchown(fd.as_fd(), owner.uid, owner.gid)?;
+            }
+            // The umask may have narrowed the mode (and a chown may clear bits);
+            // set it exactly.
             sys::fchmod(fd.as_fd(), mode)?;
             let mut f = File::from(fd);
             f.write_all(data)?;

@@ -134,3 +134,71 @@ pub fn random_hex() -> io::Result<String> {
     }
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
+
+/// `fchown(fd, uid, gid)`; `None` leaves that id unchanged.
+pub fn fchown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    // -1 (all bits set) means "unchanged" to fchown.
+    let uid = uid.map_or(libc::uid_t::MAX, |u| u as libc::uid_t);
+    let gid = gid.map_or(libc::gid_t::MAX, |g| g as libc::gid_t);
+    // SAFETY: fchown takes only integers.
+    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })?;
+    Ok(())
+}
+
+/// The uid of user `name`, `None` if there is no such user.
+pub fn getpwnam_uid(name: &std::ffi::CStr) -> io::Result<Option<u32>> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value to be overwritten.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf` is as long as we say.
+    let r = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok((!out.is_null()).then_some(pw.pw_uid))
+}
+
+/// The gid of group `name`, `None` if there is no such group.
+pub fn getgrnam_gid(name: &std::ffi::CStr) -> io::Result<Option<u32>> {
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    // SAFETY: an all-zero group is a valid value to be overwritten.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf` is as long as we say.
+    let r = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut gr,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok((!out.is_null()).then_some(gr.gr_gid))
+}
+
+/// Whether this process has group `gid` (effective or supplementary).
+pub fn in_group(gid: u32) -> io::Result<bool> {
+    // SAFETY: getegid has no arguments and cannot fail.
+    if unsafe { libc::getegid() } == gid {
+        return Ok(true);
+    }
+    // SAFETY: with size 0 getgroups only returns the count.
+    let n = check(unsafe { libc::getgroups(0, std::ptr::null_mut()) })?;
+    let mut groups = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: `groups` holds `n` entries.
+    let n = check(unsafe { libc::getgroups(n, groups.as_mut_ptr()) })?;
+    Ok(groups[..n as usize].contains(&gid))
+}

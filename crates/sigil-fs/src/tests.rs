@@ -70,7 +70,13 @@ fn a_pre_created_temp_name_is_neither_followed_nor_removed() {
     fs::write(&victim, b"precious").unwrap();
     let d = SafeDir::create(&t.path().join("out"), "test", DirKind::Shared).unwrap();
     symlink(&victim, t.path().join("out/.tls.key.x.tmp")).unwrap();
-    let e = err(d.write_via("tls.key", ".tls.key.x.tmp", b"secret", SECRET));
+    let e = err(d.write_via(
+        "tls.key",
+        ".tls.key.x.tmp",
+        b"secret",
+        SECRET,
+        FileOwner::default(),
+    ));
     assert!(e.contains("out/tls.key"), "{e}");
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
     assert!(!t.path().join("out/tls.key").exists());
@@ -235,4 +241,33 @@ fn the_lock_admits_one_holder_at_a_time() {
     fs::remove_file(t.path().join("data/sigil.lock")).unwrap();
     symlink("/etc/passwd", t.path().join("data/sigil.lock")).unwrap();
     assert!(again.lock("sigil.lock").is_err());
+}
+
+#[test]
+fn a_file_is_given_to_its_owner_before_it_appears() {
+    let t = tempfile::tempdir().unwrap();
+    let d = SafeDir::create(&t.path().join("out"), "test", DirKind::Shared).unwrap();
+    // Root gives it to `nobody`; anyone else to its own group (all it may do).
+    let owner = if sys::geteuid() == 0 {
+        FileOwner {
+            uid: Some(65534),
+            gid: Some(65534),
+        }
+    } else {
+        // SAFETY: getegid has no arguments and cannot fail.
+        FileOwner {
+            uid: None,
+            gid: Some(unsafe { libc::getegid() }),
+        }
+    };
+    d.write_as("tls.key", b"secret", 0o640, owner).unwrap();
+    let m = fs::symlink_metadata(t.path().join("out/tls.key")).unwrap();
+    if let Some(uid) = owner.uid {
+        assert_eq!(m.uid(), uid);
+    }
+    assert_eq!(Some(m.gid()), owner.gid);
+    assert_eq!(mode(&t.path().join("out/tls.key")), 0o640);
+    // No temp file left behind.
+    let names: Vec<_> = fs::read_dir(t.path().join("out")).unwrap().collect();
+    assert_eq!(names.len(), 1);
 }

@@ -13,7 +13,6 @@ pub(super) fn validate(i: usize, o: &OutputConfig) -> anyhow::Result<()> {
         for (field, set) in [
             ("principals", !o.principals.is_empty()),
             ("labels", !o.labels.is_empty()),
-            ("reload_command", !o.reload_command.is_empty()),
         ] {
             if set {
                 bail!("outputs[{i}].{field}: only ssh-host outputs take {field}");
@@ -43,9 +42,6 @@ pub(super) fn validate(i: usize, o: &OutputConfig) -> anyhow::Result<()> {
         {
             bail!("outputs[{i}].labels: {e}");
         }
-    }
-    if o.reload_command.first().is_some_and(String::is_empty) {
-        bail!("outputs[{i}].reload_command: the program (first element) is empty");
     }
     Ok(())
 }

@@ -5,18 +5,21 @@
 use std::path::{Path, PathBuf};
 
 use super::Destination;
+use crate::config::destination::FileSettings;
 use crate::fsutil::{self, DirKind, SafeDir};
 
 const WHAT: &str = "output destination";
 
 pub struct DirectoryDestination {
     path: PathBuf,
+    files: FileSettings,
 }
 
 impl DirectoryDestination {
-    pub fn new(path: &Path) -> Self {
+    pub fn new(path: &Path, files: FileSettings) -> Self {
         DirectoryDestination {
             path: path.to_path_buf(),
+            files,
         }
     }
 }
@@ -35,11 +38,16 @@ impl Destination for DirectoryDestination {
             anyhow::bail!("invalid artifact name {name:?}");
         }
         let mode = if secret {
-            fsutil::SECRET
+            self.files.secret_mode
         } else {
             fsutil::PUBLIC
         };
-        SafeDir::create(&self.path, WHAT, DirKind::Shared)?.write(name, data, mode)
+        SafeDir::create(&self.path, WHAT, DirKind::Shared)?.write_as(
+            name,
+            data,
+            mode,
+            self.files.owner,
+        )
     }
 
     fn read(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {

@@ -21,7 +21,10 @@ pub trait Destination: Send + Sync {
 
 pub fn from_config(d: &config::Destination) -> anyhow::Result<Box<dyn Destination>> {
     match d.kind.as_str() {
-        "directory" => Ok(Box::new(DirectoryDestination::new(&d.path))),
+        "directory" => {
+            let files = config::destination::settings("destination", d)?;
+            Ok(Box::new(DirectoryDestination::new(&d.path, files)))
+        }
         other => anyhow::bail!("destination type {other:?} is not supported; use `directory`"),
     }
 }

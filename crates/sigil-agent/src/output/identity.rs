@@ -21,11 +21,20 @@ use crate::identity_file::IdentityFile;
 pub struct IdentityOutput {
     dest: Box<dyn Destination>,
     dir: std::path::PathBuf,
+    reload_command: Vec<String>,
 }
 
 impl IdentityOutput {
-    pub fn new(dest: Box<dyn Destination>, dir: std::path::PathBuf) -> Self {
-        IdentityOutput { dest, dir }
+    pub fn new(
+        dest: Box<dyn Destination>,
+        dir: std::path::PathBuf,
+        reload_command: Vec<String>,
+    ) -> Self {
+        IdentityOutput {
+            dest,
+            dir,
+            reload_command,
+        }
     }
 }
 
@@ -64,6 +73,10 @@ impl Output for IdentityOutput {
 
     fn destination(&self) -> &dyn Destination {
         self.dest.as_ref()
+    }
+
+    fn reload_command(&self) -> &[String] {
+        &self.reload_command
     }
 
     async fn generate(&self, mut ctx: OutputContext<'_>) -> anyhow::Result<()> {

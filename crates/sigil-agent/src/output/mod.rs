@@ -2,6 +2,7 @@
 //! built from `outputs:` entries by [`from_config`].
 
 mod identity;
+pub mod reload;
 
 use crate::client::AuthChannel as Channel;
 use async_trait::async_trait;
@@ -26,6 +27,8 @@ pub trait Output: Send + Sync {
     fn destination(&self) -> &dyn Destination;
     /// Obtain fresh credentials and write them.
     async fn generate(&self, ctx: OutputContext<'_>) -> anyhow::Result<()>;
+    /// Run after every successful [`Output::generate`] (`reload_command`).
+    fn reload_command(&self) -> &[String];
 }
 
 pub fn from_config(o: &OutputConfig) -> anyhow::Result<Box<dyn Output>> {
@@ -34,6 +37,7 @@ pub fn from_config(o: &OutputConfig) -> anyhow::Result<Box<dyn Output>> {
         "identity" => Ok(Box::new(identity::IdentityOutput::new(
             dest,
             o.destination.path.clone(),
+            o.reload_command.clone(),
         ))),
         "ssh-host" => Ok(Box::new(crate::ssh_host::SshHostOutput::from_config(o)?)),
         other => anyhow::bail!("output type {other:?} is not known"),

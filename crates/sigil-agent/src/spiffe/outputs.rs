@@ -18,6 +18,7 @@ pub struct SvidOutput {
     kind: EntryKind,
     selector: WorkloadIdentitySelector,
     dest: Box<dyn Destination>,
+    reload_command: Vec<String>,
 }
 
 impl SvidOutput {
@@ -44,6 +45,7 @@ impl SvidOutput {
             kind,
             selector,
             dest: destination::from_config(&o.destination)?,
+            reload_command: o.reload_command.clone(),
         }))
     }
 
@@ -71,7 +73,9 @@ impl SvidOutput {
             .await
             .map_err(crate::status_error)
             .with_context(|| format!("output {}", self.describe()))?;
-        self.write(&issued, &rt.trust())
+        self.write(&issued, &rt.trust())?;
+        crate::output::reload::run(&self.reload_command).await;
+        Ok(())
     }
 
     /// Keep the files current until the task is dropped.
@@ -95,6 +99,7 @@ impl SvidOutput {
                         Ok(()) => {
                             written = Some(mark);
                             tracing::info!(output = %self.describe(), "workload identity written");
+                            crate::output::reload::run(&self.reload_command).await;
                         }
                         Err(e) => {
                             tracing::warn!(output = %self.describe(), error = %format!("{e:#}"), "writing the workload identity failed")

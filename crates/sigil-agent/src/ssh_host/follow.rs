@@ -13,17 +13,18 @@ use tokio::sync::watch;
 
 use super::access::HostAccess;
 use super::{sessions, watch_request, write_state};
-use crate::destination::DirectoryDestination;
+use crate::destination::Destination;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs until the agent stops.
 pub async fn follow(
+    dest: Box<dyn Destination>,
     dir: PathBuf,
     labels: BTreeMap<String, String>,
     mut client: watch::Receiver<Option<AuthServiceClient<Channel>>>,
 ) {
-    let dest = DirectoryDestination::new(&dir);
+    let dest = dest.as_ref();
     let mut current: Option<HostAccess> = None;
     let mut last_state: Option<SshHostState> = None;
     // A state whose files could not be written yet: retried every sweep.
@@ -59,7 +60,7 @@ pub async fn follow(
                             // the files cannot be written; the write is
                             // retried with the next state (not marked done).
                             current = Some(HostAccess::from_state(&state));
-                            match write_state(&dest, &state) {
+                            match write_state(dest, &state) {
                                 Ok(_) => {
                                     last_state = Some(state);
                                     unwritten = None;
@@ -82,7 +83,7 @@ pub async fn follow(
                 },
                 _ = sweep.tick() => {
                     if let Some(s) = unwritten.take() {
-                        match write_state(&dest, &s) {
+                        match write_state(dest, &s) {
                             Ok(_) => last_state = Some(s),
                             Err(_) => unwritten = Some(s),
                         }

@@ -87,6 +87,10 @@ impl Output for SshHostOutput {
         self.dest.as_ref()
     }
 
+    fn reload_command(&self) -> &[String] {
+        &self.reload_command
+    }
+
     async fn generate(&self, mut ctx: OutputContext<'_>) -> anyhow::Result<()> {
         let (key, new_key) = self.host_key()?;
         let cert = ctx
@@ -123,7 +127,6 @@ impl Output for SshHostOutput {
         )?;
         write_state(d, &state)?;
         d.write(SSHD_CONFIG, sshd_snippet(&self.dir)?.as_bytes(), false)?;
-        run_reload(&self.reload_command).await;
         Ok(())
     }
 }
@@ -246,38 +249,5 @@ fn effective_user() -> String {
         std::ffi::CStr::from_ptr((*pw).pw_name)
             .to_string_lossy()
             .into_owned()
-    }
-}
-
-/// Run `reload_command` (if any) so sshd picks up the new host certificate.
-/// A failure is logged, not fatal: the certificate is written, and the next
-/// renewal tries again.
-async fn run_reload(cmd: &[String]) {
-    let Some((prog, args)) = cmd.split_first() else {
-        return;
-    };
-    let run = tokio::process::Command::new(prog)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(std::time::Duration::from_secs(30), run).await {
-        Ok(Ok(out)) if out.status.success() => {
-            tracing::info!(command = ?cmd, "reload_command ran");
-        }
-        Ok(Ok(out)) => {
-            metrics::counter!("sigil_agent_reload_failures_total").increment(1);
-            tracing::warn!(command = ?cmd, status = %out.status,
-                stderr = %String::from_utf8_lossy(&out.stderr).chars().take(500).collect::<String>(),
-                "reload_command failed");
-        }
-        Ok(Err(e)) => {
-            metrics::counter!("sigil_agent_reload_failures_total").increment(1);
-            tracing::warn!(command = ?cmd, error = %e, "reload_command could not be started");
-        }
-        Err(_) => {
-            metrics::counter!("sigil_agent_reload_failures_total").increment(1);
-            tracing::warn!(command = ?cmd, "reload_command timed out after 30s");
-        }
     }
 }
