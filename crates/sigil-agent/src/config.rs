@@ -11,6 +11,7 @@ use sigil_types::{HumanDuration, WorkloadIdentitySelector};
 use crate::client::ServerAddr;
 
 mod auth_server;
+mod database;
 pub mod destination;
 mod onboarding;
 mod ssh_host;
@@ -108,6 +109,18 @@ pub struct OutputConfig {
     /// `ssh-host`: run after each rewrite (argv, no shell), e.g. to reload sshd.
     #[serde(default)]
     pub reload_command: Vec<String>,
+    /// `database`, `database-server`: the `database` resource's name.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// `database`: the database user (the certificate's CN).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `database`: the database name (pg_service.conf's dbname).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// `database-server`: the server certificate's names and addresses.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -151,11 +164,13 @@ pub struct AgentFlags {
 }
 
 /// The output types this agent can write.
-pub const OUTPUT_TYPES: [&str; 4] = [
+pub const OUTPUT_TYPES: [&str; 6] = [
     "identity",
     "workload-identity-x509",
     "workload-identity-jwt",
     "ssh-host",
+    "database",
+    "database-server",
 ];
 
 impl AgentConfig {
@@ -276,6 +291,10 @@ impl AgentConfig {
                     principals: Vec::new(),
                     labels: Default::default(),
                     reload_command: Vec::new(),
+                    service: None,
+                    username: None,
+                    database: None,
+                    names: Vec::new(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -385,6 +404,7 @@ impl AgentConfig {
                 bail!("outputs[{i}].audiences: audiences may not be empty strings");
             }
             ssh_host::validate(i, o)?;
+            database::validate(i, o)?;
         }
         for (i, s) in self.services.iter().enumerate() {
             if !SERVICE_TYPES.contains(&s.kind.as_str()) {

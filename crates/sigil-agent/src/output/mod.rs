@@ -1,6 +1,8 @@
 //! Outputs: what the agent writes for other tools. One `Output` per file,
 //! built from `outputs:` entries by [`from_config`].
 
+mod database;
+pub mod database_server;
 mod identity;
 pub mod reload;
 
@@ -40,6 +42,10 @@ pub fn from_config(o: &OutputConfig) -> anyhow::Result<Box<dyn Output>> {
             o.reload_command.clone(),
         ))),
         "ssh-host" => Ok(Box::new(crate::ssh_host::SshHostOutput::from_config(o)?)),
+        "database" => Ok(Box::new(database::DatabaseOutput::from_config(o)?)),
+        "database-server" => Ok(Box::new(database_server::DatabaseServerOutput::from_config(
+            o,
+        )?)),
         other => anyhow::bail!("output type {other:?} is not known"),
     }
 }
