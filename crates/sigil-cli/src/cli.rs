@@ -96,7 +96,7 @@ pub enum Command {
     /// Manage join tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// Manage locks (cut a bot, instance, role, token, login or SPIFFE ID off at once).
+    /// Manage locks (cut a bot, instance, role, token, login, SPIFFE ID or database user off at once).
     #[command(subcommand)]
     Locks(LocksCommand),
     /// Query and verify the audit log.
@@ -113,6 +113,9 @@ pub enum Command {
     /// SSH helpers run by sshd on a host (see the `ssh-host` output).
     #[command(subcommand)]
     Ssh(crate::ssh::SshCommand),
+    /// Databases: `sigil db ls` lists those the caller may reach.
+    #[command(subcommand)]
+    Db(crate::admin::db::DbCommand),
 }
 
 /// Output format of most admin verbs.
@@ -498,6 +501,9 @@ pub struct LockTargetArgs {
     /// A SPIFFE ID.
     #[arg(long, value_name = "SPIFFE_ID")]
     pub spiffe_id: Option<String>,
+    /// A database user: its certificates go on every database's CRL.
+    #[arg(long, value_name = "NAME")]
+    pub db_user: Option<String>,
 }
 
 impl LockTargetArgs {
@@ -510,6 +516,7 @@ impl LockTargetArgs {
             ("token", &self.token),
             ("login", &self.login),
             ("spiffe_id", &self.spiffe_id),
+            ("db_user", &self.db_user),
         ]
         .into_iter()
         .find_map(|(k, v)| v.as_deref().map(|v| (k, v)))

@@ -55,5 +55,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => admin::status::run(g, args).await,
         Command::Ca(cmd) => admin::ca::run(g, cmd).await,
         Command::Ssh(cmd) => ssh::run(cmd),
+        Command::Db(cmd) => admin::db::run(g, cmd).await,
     }
 }

@@ -28,11 +28,13 @@ pub enum ResourceKind {
     WorkloadIdentity,
     /// `workload_identity_x509_revocation` (named by certificate serial)
     WorkloadIdentityX509Revocation,
+    /// `database`
+    Database,
 }
 
 impl ResourceKind {
     /// Every kind, in help order.
-    pub const ALL: [ResourceKind; 7] = [
+    pub const ALL: [ResourceKind; 8] = [
         ResourceKind::Role,
         ResourceKind::Bot,
         ResourceKind::Token,
@@ -40,6 +42,7 @@ impl ResourceKind {
         ResourceKind::BotInstance,
         ResourceKind::WorkloadIdentity,
         ResourceKind::WorkloadIdentityX509Revocation,
+        ResourceKind::Database,
     ];
 
     /// The singular API name (`ResourceRef.kind`).
@@ -52,6 +55,7 @@ impl ResourceKind {
             ResourceKind::BotInstance => "bot_instance",
             ResourceKind::WorkloadIdentity => "workload_identity",
             ResourceKind::WorkloadIdentityX509Revocation => "workload_identity_x509_revocation",
+            ResourceKind::Database => "database",
         }
     }
 
