@@ -177,9 +177,11 @@ fn serve(s: &mut Setup) -> PathBuf {
         .spawn()
         .expect("start the server agent");
     s.server_agent = Some(child);
-    wait_until("the database-server output", Duration::from_secs(60), || {
-        out.join("crl.pem").exists() && out.join("tls.crt").exists()
-    });
+    wait_until(
+        "the database-server output",
+        Duration::from_secs(60),
+        || out.join("crl.pem").exists() && out.join("tls.crt").exists(),
+    );
     let key = std::fs::metadata(out.join("tls.key")).expect("tls.key");
     assert_eq!(key.mode() & 0o777, 0o600);
     let postgres_uid = run("id", &["-u", "postgres"]);
@@ -198,11 +200,8 @@ fn serve(s: &mut Setup) -> PathBuf {
     std::fs::write(&conf, text).expect("write postgresql.conf");
     let hba = data.join("pg_hba.conf");
     let old = std::fs::read_to_string(&hba).expect("pg_hba.conf");
-    std::fs::write(
-        &hba,
-        format!("hostssl all all 127.0.0.1/32 cert\n{old}"),
-    )
-    .expect("write pg_hba.conf");
+    std::fs::write(&hba, format!("hostssl all all 127.0.0.1/32 cert\n{old}"))
+        .expect("write pg_hba.conf");
     s.pg.ctl("restart");
     out
 }
@@ -236,25 +235,42 @@ fn postgres_cert_auth_with_a_crl_fed_by_locks() {
     assert!(o.status.success(), "client agent:\n{}", text(&o));
     assert_eq!(mode(&ro.join("tls.key")), 0o600);
     let conf = std::fs::read_to_string(ro.join("pg_service.conf")).expect("service file");
-    assert!(conf.contains("[orders]") && conf.contains("sslmode=verify-full"), "{conf}");
+    assert!(
+        conf.contains("[orders]") && conf.contains("sslmode=verify-full"),
+        "{conf}"
+    );
     let conn = std::fs::read_to_string(ro.join("connection_string")).expect("conn string");
-    assert!(conn.contains("user=app_ro") && conn.contains("sslmode=verify-full"), "{conn}");
+    assert!(
+        conn.contains("user=app_ro") && conn.contains("sslmode=verify-full"),
+        "{conn}"
+    );
 
     // psql as app_ro, verifying the server against the host CA.
     let o = psql_service(&ro, "");
-    assert!(o.status.success(), "psql as app_ro:\n{}\nserver agent log:\n{}", text(&o),
-        std::fs::read_to_string(s.dir("db-server").with_extension("log")).unwrap_or_default());
+    assert!(
+        o.status.success(),
+        "psql as app_ro:\n{}\nserver agent log:\n{}",
+        text(&o),
+        std::fs::read_to_string(s.dir("db-server").with_extension("log")).unwrap_or_default()
+    );
     assert_eq!(stdout(&o).trim(), "app_ro");
     // The same with the connection string file.
     let o = Command::new("psql")
         .args([conn.trim(), "-tAc", "select current_user"])
         .output()
         .expect("psql");
-    assert!(o.status.success(), "psql with the connection string:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "psql with the connection string:\n{}",
+        text(&o)
+    );
 
     // app_ro's certificate as another user: PostgreSQL refuses it.
     let o = psql_service(&ro, "user=app_rw");
-    assert!(!o.status.success(), "another user's certificate was accepted");
+    assert!(
+        !o.status.success(),
+        "another user's certificate was accepted"
+    );
     assert!(
         text(&o).contains("certificate authentication failed for user \"app_rw\""),
         "{}",
@@ -277,17 +293,23 @@ fn postgres_cert_auth_with_a_crl_fed_by_locks() {
     );
     let denied = s.auth.audit("cert.denied");
     assert!(
-        denied.iter().any(|e| e["fields"]["kind"] == "database" && e["fields"]["db_user"] == "app_rw"),
+        denied
+            .iter()
+            .any(|e| e["fields"]["kind"] == "database" && e["fields"]["db_user"] == "app_rw"),
         "{denied:?}"
     );
     let issued = s.auth.audit("cert.issued");
     assert!(
-        issued.iter().any(|e| e["fields"]["kind"] == "database" && e["fields"]["ca"] == "db-client"),
+        issued
+            .iter()
+            .any(|e| e["fields"]["kind"] == "database" && e["fields"]["ca"] == "db-client"),
         "{issued:?}"
     );
 
     // `sigil db ls`: the bot sees what its roles give; the admin sees all.
-    let o = s.auth.remote(&ident.join("identity"), &["db", "ls", "--format", "json"]);
+    let o = s
+        .auth
+        .remote(&ident.join("identity"), &["db", "ls", "--format", "json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("db ls json");
     assert_eq!(v["databases"][0]["name"], "orders");
@@ -307,13 +329,19 @@ fn postgres_cert_auth_with_a_crl_fed_by_locks() {
     };
     let crl_before = std::fs::read(server_out.join("crl.pem")).expect("crl");
     let reloads_before = reloads();
-    s.auth.ok(&["locks", "add", "--bot", "ci", "--message", "e2e"]);
+    s.auth
+        .ok(&["locks", "add", "--bot", "ci", "--message", "e2e"]);
     let locked_at = Instant::now();
-    wait_until("a refused connection after the lock", Duration::from_secs(2), || {
-        !psql_service(&ro, "").status.success()
-    });
+    wait_until(
+        "a refused connection after the lock",
+        Duration::from_secs(2),
+        || !psql_service(&ro, "").status.success(),
+    );
     let elapsed = locked_at.elapsed();
-    assert_ne!(std::fs::read(server_out.join("crl.pem")).expect("crl"), crl_before);
+    assert_ne!(
+        std::fs::read(server_out.join("crl.pem")).expect("crl"),
+        crl_before
+    );
     assert!(reloads() > reloads_before, "reload_command did not run");
     let o = psql_service(&ro, "");
     assert!(
@@ -332,7 +360,11 @@ fn bad_input_names_the_field_and_writes_nothing() {
     let cfg = s.config("bad1", "db-ro", &client_output(&out, "app_ro", "billing"));
     let o = s.oneshot(&cfg);
     assert!(!o.status.success());
-    assert!(text(&o).contains("service") && text(&o).contains("billing"), "{}", text(&o));
+    assert!(
+        text(&o).contains("service") && text(&o).contains("billing"),
+        "{}",
+        text(&o)
+    );
     assert!(!out.join("tls.key").exists() && !out.join("tls.crt").exists());
     // A user name PostgreSQL would refuse: the config is refused before any call.
     for (user, why) in [("pg_monitor", "reserved"), ("'app ro'", "contains")] {

@@ -171,9 +171,12 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                     ))));
                 }
                 for (dest, service, reload) in std::mem::take(&mut db_servers) {
-                    ssh_tasks.push(AbortOnDrop(tokio::spawn(
-                        output::database_server::follow(dest, service, reload, client_rx.clone()),
-                    )));
+                    ssh_tasks.push(AbortOnDrop(tokio::spawn(output::database_server::follow(
+                        dest,
+                        service,
+                        reload,
+                        client_rx.clone(),
+                    ))));
                 }
                 for (dest, dir, labels) in std::mem::take(&mut ssh_hosts) {
                     ssh_tasks.push(AbortOnDrop(tokio::spawn(ssh_host::follow(

@@ -136,7 +136,8 @@ fn check_identifier(what: &str, v: &str, glob: bool) -> Result<(), String> {
             "{what} \"{shown}\" contains {c}: use letters, digits and _ $ . - @"
         ));
     }
-    let first_ok = |c: char| c.is_ascii_alphabetic() || c == '_' || (glob && matches!(c, '*' | '?'));
+    let first_ok =
+        |c: char| c.is_ascii_alphabetic() || c == '_' || (glob && matches!(c, '*' | '?'));
     if !v.starts_with(first_ok) {
         return Err(format!("{what} \"{shown}\" must start with a letter or _"));
     }
@@ -167,7 +168,14 @@ mod tests {
             db("mysql", "127.0.0.1:3306").validate().unwrap_err().field,
             "spec.protocol"
         );
-        for bad in ["127.0.0.1", "host:0", "host:99999", "bad host:5432", ":5432", ""] {
+        for bad in [
+            "127.0.0.1",
+            "host:0",
+            "host:99999",
+            "bad host:5432",
+            ":5432",
+            "",
+        ] {
             let e = db("postgres", bad).validate().unwrap_err();
             assert_eq!(e.field, "spec.uri", "{bad}");
         }
@@ -178,7 +186,13 @@ mod tests {
 
     #[test]
     fn user_names_postgres_would_refuse_are_errors() {
-        for ok in ["app_ro", "_svc", "alice@example.com", "a.b-c$", &"a".repeat(63)] {
+        for ok in [
+            "app_ro",
+            "_svc",
+            "alice@example.com",
+            "a.b-c$",
+            &"a".repeat(63),
+        ] {
             validate_db_user(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for bad in [

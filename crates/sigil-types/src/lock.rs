@@ -30,8 +30,15 @@ pub enum LockTarget {
 }
 
 /// The target kinds, as serialized.
-pub const LOCK_TARGET_KINDS: &[&str] =
-    &["bot", "bot_instance", "role", "token", "spiffe_id", "login", "db_user"];
+pub const LOCK_TARGET_KINDS: &[&str] = &[
+    "bot",
+    "bot_instance",
+    "role",
+    "token",
+    "spiffe_id",
+    "login",
+    "db_user",
+];
 
 impl LockTarget {
     /// Builds a target from its kind name (`bot`, `spiffe_id`, ...) and value.

@@ -122,7 +122,9 @@ mod tests {
                 "outputs[0].database",
             ),
             (
-                format!("  - type: database\n    service: 'a/b'\n    username: app_ro\n    database: orders\n{d}"),
+                format!(
+                    "  - type: database\n    service: 'a/b'\n    username: app_ro\n    database: orders\n{d}"
+                ),
                 "outputs[0].service",
             ),
             (
@@ -134,7 +136,9 @@ mod tests {
                 "outputs[0].names[0]",
             ),
             (
-                format!("  - type: database-server\n    service: orders\n    names: [a]\n    username: x\n{d}"),
+                format!(
+                    "  - type: database-server\n    service: orders\n    names: [a]\n    username: x\n{d}"
+                ),
                 "outputs[0].username",
             ),
             (

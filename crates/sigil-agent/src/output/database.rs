@@ -48,8 +48,7 @@ impl DatabaseOutput {
 /// A libpq keyword value: quoted when it holds anything but plain characters.
 fn libpq_value(v: &str) -> String {
     if !v.is_empty()
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-@:".contains(c))
     {
         return v.to_string();
@@ -58,7 +57,11 @@ fn libpq_value(v: &str) -> String {
 }
 
 /// The connection's libpq keywords, in order.
-fn keywords(o: &DatabaseOutput, host: &str, port: u32) -> anyhow::Result<Vec<(&'static str, String)>> {
+fn keywords(
+    o: &DatabaseOutput,
+    host: &str,
+    port: u32,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
     let d = o.dir.display().to_string();
     // A service file is line-based: a path with a line break cannot be named.
     if d.contains(['\n', '\r']) {
@@ -160,7 +163,10 @@ mod tests {
 
     #[test]
     fn libpq_values_are_quoted_when_needed() {
-        assert_eq!(libpq_value("/run/orders-db/tls.crt"), "/run/orders-db/tls.crt");
+        assert_eq!(
+            libpq_value("/run/orders-db/tls.crt"),
+            "/run/orders-db/tls.crt"
+        );
         assert_eq!(libpq_value("/a b/it's"), "'/a b/it\\'s'");
         assert_eq!(libpq_value(""), "''");
     }

@@ -92,7 +92,12 @@ impl Output for DatabaseServerOutput {
             })
             .await
             .map_err(crate::status_error)
-            .with_context(|| format!("requesting the server certificate of database {:?}", self.service))?
+            .with_context(|| {
+                format!(
+                    "requesting the server certificate of database {:?}",
+                    self.service
+                )
+            })?
             .into_inner();
         let state = first_state(&mut ctx.client, &self.service).await?;
         let d = self.dest.as_ref();

@@ -43,9 +43,9 @@ pub fn from_config(o: &OutputConfig) -> anyhow::Result<Box<dyn Output>> {
         ))),
         "ssh-host" => Ok(Box::new(crate::ssh_host::SshHostOutput::from_config(o)?)),
         "database" => Ok(Box::new(database::DatabaseOutput::from_config(o)?)),
-        "database-server" => Ok(Box::new(database_server::DatabaseServerOutput::from_config(
-            o,
-        )?)),
+        "database-server" => Ok(Box::new(
+            database_server::DatabaseServerOutput::from_config(o)?,
+        )),
         other => anyhow::bail!("output type {other:?} is not known"),
     }
 }

@@ -128,11 +128,7 @@ async fn issue_client(
         roles: auth.roles.clone(),
         ..id.clone()
     };
-    issuance::check_locks(
-        state,
-        &holder,
-        &[LockTarget::DbUser(req.username.clone())],
-    )?;
+    issuance::check_locks(state, &holder, &[LockTarget::DbUser(req.username.clone())])?;
     let ttl = effective_ttl(req.ttl_seconds, auth.max_ttl);
     let cas = state.cas();
     let cert = cas

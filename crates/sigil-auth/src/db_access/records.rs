@@ -129,10 +129,30 @@ mod tests {
             f(&mut l);
             revoked(&records, &l, &uids, now)
         };
-        assert_eq!(by(|l| { l.bots.insert("ci".into()); }), ["01", "02"]);
-        assert_eq!(by(|l| { l.instances.insert("i2".into()); }), ["02"]);
-        assert_eq!(by(|l| { l.roles.insert("db-rw".into()); }), ["03"]);
-        assert_eq!(by(|l| { l.db_users.insert("etl".into()); }), ["04"]);
+        assert_eq!(
+            by(|l| {
+                l.bots.insert("ci".into());
+            }),
+            ["01", "02"]
+        );
+        assert_eq!(
+            by(|l| {
+                l.instances.insert("i2".into());
+            }),
+            ["02"]
+        );
+        assert_eq!(
+            by(|l| {
+                l.roles.insert("db-rw".into());
+            }),
+            ["03"]
+        );
+        assert_eq!(
+            by(|l| {
+                l.db_users.insert("etl".into());
+            }),
+            ["04"]
+        );
         // A removed or re-created bot's certificates are revoked too.
         let mut recreated = uids.clone();
         recreated.insert("web".into(), "uid-new".into());

@@ -105,7 +105,12 @@ pub async fn server_state(
         .map(|b| (b.metadata.name.clone(), b.spec.uid.clone()))
         .collect();
     let now = OffsetDateTime::now_utc();
-    let revoked_serials = revoked(&records, &Locked::from_locks(&state.cache.locks()), &uids, now);
+    let revoked_serials = revoked(
+        &records,
+        &Locked::from_locks(&state.cache.locks()),
+        &uids,
+        now,
+    );
     let entries: Vec<RevokedSerial> = revoked_serials
         .iter()
         .map(|s| RevokedSerial {

@@ -76,7 +76,12 @@ fn text(r: &ListDatabaseAccessResponse) -> String {
             let with_denied = |allow: &[String], deny: &[String]| {
                 let mut v = vec![join_or(allow, any)];
                 if !deny.is_empty() {
-                    v.push(deny.iter().map(|x| format!("!{x}")).collect::<Vec<_>>().join(","));
+                    v.push(
+                        deny.iter()
+                            .map(|x| format!("!{x}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
                 }
                 v.join(" ")
             };

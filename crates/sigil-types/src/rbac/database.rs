@@ -59,11 +59,23 @@ impl RoleSet {
         if self.db_labels_denied(labels) {
             return Err("a role denies this database (deny.db_labels)".into());
         }
-        if self.roles.iter().any(|r| any_glob(&r.spec.deny.db_users, user)) {
-            return Err(format!("a role denies database user {user:?} (deny.db_users)"));
+        if self
+            .roles
+            .iter()
+            .any(|r| any_glob(&r.spec.deny.db_users, user))
+        {
+            return Err(format!(
+                "a role denies database user {user:?} (deny.db_users)"
+            ));
         }
-        if self.roles.iter().any(|r| any_glob(&r.spec.deny.db_names, name)) {
-            return Err(format!("a role denies database name {name:?} (deny.db_names)"));
+        if self
+            .roles
+            .iter()
+            .any(|r| any_glob(&r.spec.deny.db_names, name))
+        {
+            return Err(format!(
+                "a role denies database name {name:?} (deny.db_names)"
+            ));
         }
         let matching: Vec<&RoleConditions> = self
             .roles

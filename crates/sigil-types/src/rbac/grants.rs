@@ -420,11 +420,7 @@ mod tests {
         });
         assert_eq!(
             uncovered(std::slice::from_ref(&holder), &too_much),
-            [
-                "db_labels *=*",
-                "db_names \"*\"",
-                "db_server_labels env=*"
-            ]
+            ["db_labels *=*", "db_names \"*\"", "db_server_labels env=*"]
         );
         // Dropping a db_labels deny grants what it denied.
         let denied = role(|s| s.deny.db_labels = sel(&[("env", &["prod"])]));
