@@ -319,6 +319,35 @@ fn postgres_cert_auth_with_a_crl_fed_by_locks() {
     assert!(all.contains("orders") && all.contains("(any)"), "{all}");
     assert!(s.auth.ok(&["get", "databases"]).contains("postgres"));
 
+    // A lock on the database user revokes its certificates; removing the
+    // lock takes them off the CRL again.
+    let out = s.auth.ok(&[
+        "locks",
+        "add",
+        "--db-user",
+        "app_ro",
+        "--message",
+        "e2e",
+        "--format",
+        "json",
+    ]);
+    let lock: serde_json::Value = serde_json::from_str(&out).expect("lock json");
+    let id = lock["metadata"]["name"]
+        .as_str()
+        .expect("lock id")
+        .to_string();
+    wait_until(
+        "a refused connection after the db_user lock",
+        Duration::from_secs(5),
+        || !psql_service(&ro, "").status.success(),
+    );
+    s.auth.ok(&["locks", "rm", &id]);
+    wait_until(
+        "an accepted connection after the lock is removed",
+        Duration::from_secs(5),
+        || psql_service(&ro, "").status.success(),
+    );
+
     // A lock on the bot: the CRL is rewritten, PostgreSQL reloaded, and a
     // new connection refused within 2 s.
     let reloads = || {
