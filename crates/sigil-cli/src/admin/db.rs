@@ -100,3 +100,38 @@ fn text(r: &ListDatabaseAccessResponse) -> String {
         rows,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sigil_proto::v1::DatabaseAccess;
+
+    #[test]
+    fn table_shows_grants_and_denies() {
+        let r = ListDatabaseAccessResponse {
+            databases: vec![DatabaseAccess {
+                name: "orders".into(),
+                protocol: "postgres".into(),
+                uri: "127.0.0.1:5432".into(),
+                users: vec!["app_ro".into(), "app_*".into()],
+                names: vec!["orders".into()],
+                denied_users: vec!["app_admin".into()],
+                ..Default::default()
+            }],
+            all: false,
+        };
+        let t = text(&r);
+        assert!(t.contains("app_ro,app_* !app_admin"), "{t}");
+        assert!(t.contains("orders") && t.contains("postgres"), "{t}");
+        let j = to_json(&r);
+        assert_eq!(j["databases"][0]["denied_users"][0], "app_admin");
+        let all = text(&ListDatabaseAccessResponse {
+            databases: vec![DatabaseAccess {
+                name: "orders".into(),
+                ..Default::default()
+            }],
+            all: true,
+        });
+        assert!(all.contains("(any)"), "{all}");
+    }
+}
