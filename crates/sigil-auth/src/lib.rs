@@ -15,6 +15,7 @@ mod db_access;
 mod escalation;
 mod issuance;
 mod join;
+mod key_exchange;
 mod key_source;
 mod keys;
 mod migrate;
@@ -196,6 +197,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         ca_km,
         cas_reload: tokio::sync::Mutex::new(()),
         cas_stale: std::sync::RwLock::new(None),
+        key_exchanges: Arc::default(),
         server_cert: server_cert.clone(),
         client_roots,
         cache,
@@ -242,7 +244,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let incoming = tls_incoming(grpc_listener, grpc_tls);
+            let incoming = tls_incoming(grpc_listener, grpc_tls, state.key_exchanges.clone());
             tonic::transport::Server::builder()
                 .add_service(auth_server(state.clone()))
                 .add_service(admin_server(state))
@@ -441,6 +443,7 @@ fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<sigil_fs::DirLock> 
 fn tls_incoming(
     listener: TcpListener,
     cfg: rustls::ServerConfig,
+    key_exchanges: Arc<key_exchange::KeyExchanges>,
 ) -> impl futures::Stream<Item = Result<tls::TlsConn, std::io::Error>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let (tx, rx) = tokio::sync::mpsc::channel(128);
@@ -457,10 +460,12 @@ fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let key_exchanges = key_exchanges.clone();
             tokio::spawn(async move {
                 let tcp = tokio::io::BufWriter::with_capacity(tls::WRITE_BUFFER, tcp);
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
+                        key_exchanges.record("control", &key_exchange::group_of(tls.get_ref().1));
                         let _ = tx.send(Ok(tls::TlsConn::new(tls, remote))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),

@@ -57,6 +57,7 @@ pub async fn serve(
     metrics: Option<PrometheusHandle>,
     stop: watch::Receiver<bool>,
 ) {
+    let key_exchanges = state.key_exchanges.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -89,6 +90,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let http = http.clone();
+        let key_exchanges = key_exchanges.clone();
         tokio::spawn(async move {
             let tcp = ReadDeadline::new(tcp, DEADLINES);
             let Ok(Ok(tls)) =
@@ -96,6 +98,7 @@ pub async fn serve(
             else {
                 return;
             };
+            key_exchanges.record("public", &crate::key_exchange::group_of(tls.get_ref().1));
             let svc = TowerToHyperService::new(app);
             let _ = http.serve_connection(TokioIo::new(tls), svc).await;
         });

@@ -49,6 +49,8 @@ pub struct AuthState {
     pub checkpoints: Arc<crate::audit::checkpoint::Checkpoints>,
     /// Aggregation of floods of identical denials.
     pub denials: crate::audit::aggregate::Denials,
+    /// TLS key-exchange groups negotiated since start, per listener.
+    pub key_exchanges: Arc<crate::key_exchange::KeyExchanges>,
 }
 
 pub type SharedState = Arc<AuthState>;

@@ -269,6 +269,8 @@ pub struct PeerInfo {
     pub identity_error: Option<String>,
     /// True for the owner-only admin Unix socket.
     pub local_admin: bool,
+    /// The TLS key-exchange group of this connection (`None`: the admin socket).
+    pub key_exchange: Option<String>,
     /// Why every call on this connection is refused (an admin socket peer
     /// of another uid), before anything else is looked at.
     pub refused: Option<String>,
@@ -295,6 +297,7 @@ impl TlsConn {
             identity: None,
             identity_error: None,
             local_admin: false,
+            key_exchange: Some(crate::key_exchange::group_of(conn)),
             refused: None,
         };
         if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
@@ -393,6 +396,7 @@ impl Connected for AdminConn {
             identity: None,
             identity_error: None,
             local_admin: self.refused.is_none(),
+            key_exchange: None,
             refused: self.refused.clone(),
         }
     }

@@ -456,6 +456,9 @@ impl AdminService for AdminApi {
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         self.authorize(&req, "status", "read").await?;
+        let key_exchange = crate::authz::peer(&req)
+            .and_then(|p| p.key_exchange.clone())
+            .unwrap_or_default();
         let s = &self.state;
         let count = |prefix: &'static str| async move {
             s.store
@@ -513,6 +516,9 @@ impl AdminService for AdminApi {
                 Integrity::Checking => "checking".into(),
                 Integrity::Broken { seq, reason } => format!("BROKEN at seq {seq}: {reason}"),
             },
+            key_exchange,
+            control_key_exchanges: s.key_exchanges.counts("control").into_iter().collect(),
+            public_key_exchanges: s.key_exchanges.counts("public").into_iter().collect(),
         }))
     }
 

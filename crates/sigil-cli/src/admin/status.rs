@@ -38,7 +38,39 @@ pub fn to_json(s: &StatusResponse) -> Value {
         "data_dir": s.data_dir,
         "audit_public_key": s.audit_public_key,
         "audit_integrity": s.audit_integrity,
+        "key_exchange": s.key_exchange,
+        "control_key_exchanges": s.control_key_exchanges,
+        "public_key_exchanges": s.public_key_exchanges,
     })
+}
+
+/// This connection's TLS key-exchange group, then what each listener has
+/// negotiated since start, e.g. `X25519MLKEM768 (this connection); control
+/// plane: X25519MLKEM768 ×12; public: X25519 ×1`.
+fn key_exchange(s: &StatusResponse) -> String {
+    let counts = |m: &std::collections::HashMap<String, u64>| {
+        let mut v: Vec<(&String, &u64)> = m.iter().collect();
+        v.sort();
+        v.iter()
+            .map(|(g, n)| format!("{g} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = vec![if s.key_exchange.is_empty() {
+        "local socket (no TLS)".to_string()
+    } else {
+        format!("{} (this connection)", s.key_exchange)
+    }];
+    if !s.control_key_exchanges.is_empty() {
+        parts.push(format!(
+            "control plane: {}",
+            counts(&s.control_key_exchanges)
+        ));
+    }
+    if !s.public_key_exchanges.is_empty() {
+        parts.push(format!("public: {}", counts(&s.public_key_exchanges)));
+    }
+    parts.join("; ")
 }
 
 /// The human form: key/value lines, then a table of CAs.
@@ -64,6 +96,7 @@ pub fn text(s: &StatusResponse) -> String {
         ("Locks", s.locks.to_string()),
         ("Audit key", or_dash(&s.audit_public_key)),
         ("Audit log", or_dash(&s.audit_integrity)),
+        ("Key exchange", key_exchange(s)),
     ];
     for (k, v) in lines {
         out.push_str(&format!("{:<15}{v}\n", format!("{k}:")));
@@ -111,6 +144,9 @@ mod tests {
             data_dir: "/d".into(),
             audit_public_key: "ed25519:AAAA".into(),
             audit_integrity: "intact".into(),
+            key_exchange: "X25519MLKEM768".into(),
+            control_key_exchanges: [("X25519MLKEM768".to_string(), 12)].into(),
+            public_key_exchanges: [("X25519".to_string(), 1)].into(),
         }
     }
 
@@ -125,6 +161,7 @@ mod tests {
             "Bot instances: 3",
             "1m30s",
             "Audit key:     ed25519:AAAA",
+            "Key exchange:  X25519MLKEM768 (this connection); control plane: X25519MLKEM768 ×12; public: X25519 ×1",
         ] {
             assert!(t.contains(want), "{want} missing in\n{t}");
         }
