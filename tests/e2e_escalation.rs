@@ -246,6 +246,9 @@ fn a_role_editor_cannot_widen_roles_or_lift_denies() {
         "kind: role\nversion: v1\nmetadata: {name: role-editor}\nspec:\n  allow:\n    rules: [{resources: [role], verbs: [create, update, read, list]}]\n  options: {max_ttl: 1000h}\n",
         // A new role with logins and labels it does not hold.
         "kind: role\nversion: v1\nmetadata: {name: sneaky}\nspec:\n  allow:\n    logins: [root]\n    node_labels: {'*': '*'}\n",
+        // Database access and database servers it does not hold.
+        "kind: role\nversion: v1\nmetadata: {name: sneaky}\nspec:\n  allow:\n    db_labels: {'*': '*'}\n    db_users: ['*']\n    db_names: ['*']\n",
+        "kind: role\nversion: v1\nmetadata: {name: sneaky}\nspec:\n  allow:\n    db_server_labels: {env: prod}\n",
     ];
     for (i, doc) in attacks.iter().enumerate() {
         let f = write(&auth, &format!("attack{i}.yaml"), doc);

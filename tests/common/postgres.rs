@@ -104,6 +104,16 @@ impl PrivatePostgres {
         );
     }
 
+    /// The server's data directory (postgresql.conf, pg_hba.conf).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// A new empty database on this server; its URL.
     pub fn fresh_db(&self, name: &str) -> String {
         psql(&self.url, &format!("CREATE DATABASE {name}"));

@@ -11,6 +11,7 @@ use sigil_types::{HumanDuration, WorkloadIdentitySelector};
 use crate::client::ServerAddr;
 
 mod auth_server;
+mod database;
 pub mod destination;
 mod kubernetes;
 mod onboarding;
@@ -115,6 +116,18 @@ pub struct OutputConfig {
     /// `kubernetes`: the Kubernetes user (default: the only one the roles allow).
     #[serde(default)]
     pub user: Option<String>,
+    /// `database`, `database-server`: the `database` resource's name.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// `database`: the database user (the certificate's CN).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `database`: the database name (pg_service.conf's dbname).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// `database-server`: the server certificate's names and addresses.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -158,12 +171,14 @@ pub struct AgentFlags {
 }
 
 /// The output types this agent can write.
-pub const OUTPUT_TYPES: [&str; 5] = [
+pub const OUTPUT_TYPES: [&str; 7] = [
     "identity",
     "workload-identity-x509",
     "workload-identity-jwt",
     "ssh-host",
     "kubernetes",
+    "database",
+    "database-server",
 ];
 
 impl AgentConfig {
@@ -286,6 +301,10 @@ impl AgentConfig {
                     reload_command: Vec::new(),
                     cluster: None,
                     user: None,
+                    service: None,
+                    username: None,
+                    database: None,
+                    names: Vec::new(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -403,6 +422,7 @@ impl AgentConfig {
             }
             ssh_host::validate(i, o)?;
             kubernetes::validate(i, o)?;
+            database::validate(i, o)?;
         }
         for (i, s) in self.services.iter().enumerate() {
             if !SERVICE_TYPES.contains(&s.kind.as_str()) {

@@ -48,7 +48,12 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     let outputs = cfg
         .outputs
         .iter()
-        .filter(|o| matches!(o.kind.as_str(), "identity" | "ssh-host" | "kubernetes"))
+        .filter(|o| {
+            matches!(
+                o.kind.as_str(),
+                "identity" | "ssh-host" | "kubernetes" | "database" | "database-server"
+            )
+        })
         .map(output::from_config)
         .collect::<anyhow::Result<Vec<_>>>()?;
     for o in &outputs {
@@ -85,6 +90,19 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 destination::from_config(&o.destination)?,
                 o.destination.path.clone(),
                 o.labels.clone(),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // database-server outputs follow their CRL between renewals.
+    let mut db_servers: Vec<_> = cfg
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "database-server")
+        .map(|o| {
+            Ok((
+                destination::from_config(&o.destination)?,
+                o.service.clone().unwrap_or_default(),
+                o.reload_command.clone(),
             ))
         })
         .collect::<anyhow::Result<_>>()?;
@@ -150,6 +168,14 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                         issuer_rx.clone(),
                         renew_now.clone(),
                         ca_watch::max_jitter(agent.cfg.renewal_interval),
+                    ))));
+                }
+                for (dest, service, reload) in std::mem::take(&mut db_servers) {
+                    ssh_tasks.push(AbortOnDrop(tokio::spawn(output::database_server::follow(
+                        dest,
+                        service,
+                        reload,
+                        client_rx.clone(),
                     ))));
                 }
                 for (dest, dir, labels) in std::mem::take(&mut ssh_hosts) {

@@ -15,13 +15,14 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::keys;
 
-const CACHED: [&str; 6] = [
+const CACHED: [&str; 7] = [
     keys::ROLES,
     keys::BOTS,
     keys::LOCKS,
     keys::BOT_INSTANCES,
     keys::WORKLOAD_IDENTITIES,
     keys::REVOCATIONS,
+    keys::DATABASES,
 ];
 
 #[derive(Default)]
@@ -37,6 +38,7 @@ struct Snapshot {
     instances: HashMap<String, Item>,
     workload_identities: BTreeMap<String, WorkloadIdentity>,
     revocations: BTreeMap<String, WorkloadIdentityX509Revocation>,
+    databases: BTreeMap<String, sigil_types::Database>,
 }
 
 /// What changed, for followers of [`Cache::subscribe`]. Each counter moves
@@ -234,6 +236,8 @@ impl Cache {
             s.workload_identities.remove(n);
         } else if let Some(n) = key.strip_prefix(keys::REVOCATIONS) {
             s.revocations.remove(n);
+        } else if let Some(n) = key.strip_prefix(keys::DATABASES) {
+            s.databases.remove(n);
         } else if let Some(n) = key.strip_prefix(keys::ROLES) {
             s.roles.remove(n);
         } else if let Some(n) = key.strip_prefix(keys::BOTS) {
@@ -262,6 +266,14 @@ impl Cache {
                 f(bot, id);
             }
         }
+    }
+
+    /// Every database, by name.
+    pub fn databases(&self) -> Vec<sigil_types::Database> {
+        self.read().databases.values().cloned().collect()
+    }
+    pub fn database(&self, name: &str) -> Option<sigil_types::Database> {
+        self.read().databases.get(name).cloned()
     }
 
     /// Every workload identity, by name.
@@ -351,6 +363,10 @@ fn insert(s: &mut Snapshot, item: &Item) {
     } else if let Some(n) = item.key.strip_prefix(keys::REVOCATIONS) {
         serde_json::from_slice(&item.value).map(|r| {
             s.revocations.insert(n.to_string(), r);
+        })
+    } else if let Some(n) = item.key.strip_prefix(keys::DATABASES) {
+        serde_json::from_slice(&item.value).map(|d| {
+            s.databases.insert(n.to_string(), d);
         })
     } else if let Some(n) = item.key.strip_prefix(keys::ROLES) {
         serde_json::from_slice(&item.value).map(|r| {

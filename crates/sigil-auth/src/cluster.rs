@@ -70,6 +70,9 @@ pub struct Cas {
     pub jwt: CaSet<X509Ca>,
     /// Issues Kubernetes client certificates (kube-apiserver `--client-ca-file`).
     pub kubernetes: CaSet<X509Ca>,
+    /// Issues database client certificates (`database` output); every
+    /// trusted one is a database server's `ssl_ca_file` and signs its CRL.
+    pub db_client: CaSet<X509Ca>,
     /// The established CA of every purpose, including those whose issuers arrive with
     /// later capabilities (db-client): created up front so the cluster's trust roots
     /// never change under running agents except through a rotation.
@@ -293,6 +296,7 @@ pub fn build(
         spiffe: x509(CaPurpose::Spiffe)?,
         jwt: x509(CaPurpose::Jwt)?,
         kubernetes: x509(CaPurpose::Kubernetes)?,
+        db_client: x509(CaPurpose::DbClient)?,
         epoch: String::new(),
         stored,
         rotations,

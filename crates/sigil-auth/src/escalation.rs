@@ -1,8 +1,9 @@
 //! No privilege escalation through the admin API (the Kubernetes RBAC rule):
 //! a caller may only grant what its *current* roles already allow. Each
 //! change that can hand out permissions is checked here —
-//! - creating or editing a role: the new allow side and `ssh_*: true`
-//!   options, and every deny (or `ssh_*: false`) it lifts;
+//! - creating or editing a role: the new allow side (database grants too:
+//!   `db_labels`, `db_server_labels`, `db_users`, `db_names`) and
+//!   `ssh_*: true` options, and every deny (or `ssh_*: false`) it lifts;
 //! - giving a bot roles (create, update): each added role, and the denies of
 //!   each removed one (and its `ssh_*: false` options);
 //! - raising a credential lifetime cap (a role's or a bot's `max_ttl`) past

@@ -39,6 +39,17 @@ pub const REVOCATIONS: &str = "/workload_identity_x509_revocations/";
 pub const BOUND_KEYPAIR_STATES: &str = "/bound_keypair_states/";
 pub const SPENT_TOKENS: &str = "/spent_tokens/";
 pub const KUBERNETES_CLUSTERS: &str = "/kubernetes_clusters/";
+pub const DATABASES: &str = "/databases/";
+/// One record per issued database client certificate, by serial (db_access):
+/// what a lock puts on the database's CRL. Expires with the certificate.
+pub const DB_CERTS: &str = "/db_certs/";
+
+pub fn database(name: &str) -> String {
+    format!("{DATABASES}{name}")
+}
+pub fn db_cert(serial_hex: &str) -> String {
+    format!("{DB_CERTS}{serial_hex}")
+}
 
 pub fn role(name: &str) -> String {
     format!("{ROLES}{name}")
@@ -92,6 +103,7 @@ pub fn for_kind(kind: &str, name: &str) -> Option<String> {
         "workload_identity" => workload_identity(name),
         "workload_identity_x509_revocation" => revocation(name),
         "kubernetes_cluster" => kubernetes_cluster(name),
+        "database" => database(name),
         "bot_instance" => {
             // bot_instance names are "<bot>/<id>" or just "<id>" (looked up by scan).
             let (b, id) = name.split_once('/')?;

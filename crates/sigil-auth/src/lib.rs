@@ -11,6 +11,7 @@ mod authz;
 mod ca_rotation;
 mod cache;
 mod cluster;
+mod db_access;
 mod escalation;
 mod issuance;
 mod join;

@@ -96,7 +96,7 @@ pub enum Command {
     /// Manage join tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// Manage locks (cut a bot, instance, role, token, login or SPIFFE ID off at once).
+    /// Manage locks (cut a bot, instance, role, token, login, SPIFFE ID or database user off at once).
     #[command(subcommand)]
     Locks(LocksCommand),
     /// Query and verify the audit log.
@@ -116,6 +116,9 @@ pub enum Command {
     /// Kubernetes access: `sigil kube ls` lists the clusters you may reach.
     #[command(subcommand)]
     Kube(crate::admin::kube::KubeCommand),
+    /// Databases: `sigil db ls` lists those the caller may reach.
+    #[command(subcommand)]
+    Db(crate::admin::db::DbCommand),
 }
 
 /// Output format of most admin verbs.
@@ -503,6 +506,9 @@ pub struct LockTargetArgs {
     /// A SPIFFE ID.
     #[arg(long, value_name = "SPIFFE_ID")]
     pub spiffe_id: Option<String>,
+    /// A database user: its certificates go on every database's CRL.
+    #[arg(long, value_name = "NAME")]
+    pub db_user: Option<String>,
 }
 
 impl LockTargetArgs {
@@ -515,6 +521,7 @@ impl LockTargetArgs {
             ("token", &self.token),
             ("login", &self.login),
             ("spiffe_id", &self.spiffe_id),
+            ("db_user", &self.db_user),
         ]
         .into_iter()
         .find_map(|(k, v)| v.as_deref().map(|v| (k, v)))

@@ -348,6 +348,7 @@ fn locks() {
         ("--token", "token"),
         ("--login", "login"),
         ("--spiffe-id", "spiffe_id"),
+        ("--db-user", "db_user"),
     ] {
         let Command::Locks(LocksCommand::Add(a)) = parse(&["locks", "add", flag, "x"]).command
         else {
@@ -594,4 +595,20 @@ fn unknown_commands_are_usage_errors() {
     assert_eq!(e.exit_code(), 2);
     let e = fails(&["bots", "add", "ci"]);
     assert_eq!(e.exit_code(), 2);
+}
+
+#[test]
+fn db_ls_and_database_kinds() {
+    let Command::Db(crate::admin::db::DbCommand::Ls(a)) =
+        parse(&["db", "ls", "--format", "json"]).command
+    else {
+        panic!("db ls")
+    };
+    assert_eq!(a.format.format, Format::Json);
+    for k in ["databases", "database", "Databases"] {
+        assert_eq!(
+            crate::admin::resources::ResourceKind::parse(k).unwrap(),
+            crate::admin::resources::ResourceKind::Database
+        );
+    }
 }

@@ -56,5 +56,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(cmd) => admin::ca::run(g, cmd).await,
         Command::Ssh(cmd) => ssh::run(cmd),
         Command::Kube(cmd) => admin::kube::run(g, cmd).await,
+        Command::Db(cmd) => admin::db::run(g, cmd).await,
     }
 }

@@ -22,6 +22,7 @@ mod audit_key;
 mod ca_import;
 mod ca_validate;
 mod crl;
+mod db_cert;
 mod der;
 mod encrypted_keys;
 mod error;

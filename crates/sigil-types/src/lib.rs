@@ -7,6 +7,7 @@ pub mod audit_checkpoint;
 pub mod bot;
 pub mod bot_instance;
 pub mod ca_rotation;
+pub mod database;
 pub mod duration;
 pub mod kubernetes_cluster;
 pub mod limits;
@@ -30,6 +31,9 @@ pub use ca_rotation::{
     PhaseRoles, RotationMode, RotationPhase, RotationSchedule, RotationTarget, TransitionError,
     check_transition,
 };
+pub use database::{
+    DatabaseSpec, split_host_port, validate_db_name, validate_db_pattern, validate_db_user,
+};
 pub use duration::{
     DurationError, HumanDuration, MAX_DURATION, check_duration, checked_expiry, format_duration,
     parse_duration,
@@ -38,12 +42,12 @@ pub use kubernetes_cluster::{KubernetesCluster, KubernetesClusterSpec};
 pub use lock::{LockSpec, LockTarget};
 pub use parse::{ParseError, parse_resources};
 pub use rbac::{
-    HostLogins, KubernetesAccess, LabelField, RoleSet, RoleSpecRef, SshPermissions, glob_match,
-    lifted_denies,
+    DatabaseGrant, HostLogins, KubernetesAccess, LabelField, RoleSet, RoleSpecRef, SshPermissions,
+    glob_match, lifted_denies,
 };
 pub use resource::{
-    AnyResource, Bot, BotInstance, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION, Resource,
-    Role, Token, ValidationError, WorkloadIdentity, WorkloadIdentityX509Revocation,
+    AnyResource, Bot, BotInstance, Database, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION,
+    Resource, Role, Token, ValidationError, WorkloadIdentity, WorkloadIdentityX509Revocation,
     check_label_key, check_label_value, check_name, validate_envelope, validate_name,
 };
 pub use revocation::{WorkloadIdentityX509RevocationSpec, normalize_serial_hex};

@@ -25,11 +25,20 @@ pub enum LockTarget {
     SpiffeId(String),
     /// An SSH login.
     Login(String),
+    /// A database user: its db-client certificates go on every database's CRL.
+    DbUser(String),
 }
 
 /// The target kinds, as serialized.
-pub const LOCK_TARGET_KINDS: &[&str] =
-    &["bot", "bot_instance", "role", "token", "spiffe_id", "login"];
+pub const LOCK_TARGET_KINDS: &[&str] = &[
+    "bot",
+    "bot_instance",
+    "role",
+    "token",
+    "spiffe_id",
+    "login",
+    "db_user",
+];
 
 impl LockTarget {
     /// Builds a target from its kind name (`bot`, `spiffe_id`, ...) and value.
@@ -42,6 +51,7 @@ impl LockTarget {
             "token" => LockTarget::Token(value),
             "spiffe_id" => LockTarget::SpiffeId(value),
             "login" => LockTarget::Login(value),
+            "db_user" => LockTarget::DbUser(value),
             _ => return None,
         })
     }
@@ -55,6 +65,7 @@ impl LockTarget {
             LockTarget::Token(_) => "token",
             LockTarget::SpiffeId(_) => "spiffe_id",
             LockTarget::Login(_) => "login",
+            LockTarget::DbUser(_) => "db_user",
         }
     }
 
@@ -66,7 +77,8 @@ impl LockTarget {
             | LockTarget::Role(v)
             | LockTarget::Token(v)
             | LockTarget::SpiffeId(v)
-            | LockTarget::Login(v) => v,
+            | LockTarget::Login(v)
+            | LockTarget::DbUser(v) => v,
         }
     }
 }
@@ -187,6 +199,9 @@ impl LockTarget {
                 .map(|_| ())
                 .map_err(|e| ValidationError::new(field, e.to_string())),
             LockTarget::Login(v) => validate_login(v).map_err(|m| ValidationError::new(field, m)),
+            LockTarget::DbUser(v) => {
+                crate::database::validate_db_user(v).map_err(|m| ValidationError::new(field, m))
+            }
         }
     }
 }

@@ -250,6 +250,9 @@ fn parse_doc(doc: &Doc<'_>, source: &str) -> Result<AnyResource, ParseError> {
             typed::<crate::kubernetes_cluster::KubernetesClusterSpec>(doc, source)
                 .map(AnyResource::KubernetesCluster)
         }
+        k if k == crate::database::DatabaseSpec::KIND => {
+            typed::<crate::database::DatabaseSpec>(doc, source).map(AnyResource::Database)
+        }
         other => Err(doc.error(
             source,
             locate_field(doc.text, "kind"),

@@ -5,9 +5,11 @@ use crate::role::RoleConditions;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+mod database;
 mod grants;
 mod kube;
 mod ssh;
+pub use database::DatabaseGrant;
 pub use grants::{RoleSpecRef, lifted_denies};
 pub use kube::KubernetesAccess;
 pub use ssh::{HostLogins, SshPermissions};
@@ -23,6 +25,10 @@ pub enum LabelField {
     WorkloadIdentity,
     /// `kubernetes_labels`.
     Kubernetes,
+    /// `db_labels`.
+    Db,
+    /// `db_server_labels`.
+    DbServer,
 }
 
 impl LabelField {
@@ -32,6 +38,8 @@ impl LabelField {
             LabelField::App => "app_labels",
             LabelField::WorkloadIdentity => "workload_identity_labels",
             LabelField::Kubernetes => "kubernetes_labels",
+            LabelField::Db => "db_labels",
+            LabelField::DbServer => "db_server_labels",
         }
     }
 
@@ -41,6 +49,8 @@ impl LabelField {
             LabelField::App => &c.app_labels,
             LabelField::WorkloadIdentity => &c.workload_identity_labels,
             LabelField::Kubernetes => &c.kubernetes_labels,
+            LabelField::Db => &c.db_labels,
+            LabelField::DbServer => &c.db_server_labels,
         }
     }
 }

@@ -275,6 +275,8 @@ pub type BotInstance = Resource<BotInstanceSpec>;
 pub type WorkloadIdentity = Resource<WorkloadIdentitySpec>;
 /// A revoked X.509-SVID, named by its serial (lowercase hex).
 pub type WorkloadIdentityX509Revocation = Resource<WorkloadIdentityX509RevocationSpec>;
+/// A database Sigil issues client certificates for.
+pub type Database = Resource<crate::database::DatabaseSpec>;
 
 /// Kind names `parse_resources` understands.
 pub const KNOWN_KINDS: &[&str] = &[
@@ -286,6 +288,7 @@ pub const KNOWN_KINDS: &[&str] = &[
     WorkloadIdentitySpec::KIND,
     WorkloadIdentityX509RevocationSpec::KIND,
     KubernetesClusterSpec::KIND,
+    crate::database::DatabaseSpec::KIND,
 ];
 
 /// Any resource, for code that handles several kinds (`sigil create -f`).
@@ -308,6 +311,8 @@ pub enum AnyResource {
     WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation),
     /// A Kubernetes cluster.
     KubernetesCluster(KubernetesCluster),
+    /// A database.
+    Database(Database),
 }
 
 impl AnyResource {
@@ -324,6 +329,7 @@ impl AnyResource {
                 WorkloadIdentityX509RevocationSpec::KIND
             }
             AnyResource::KubernetesCluster(_) => KubernetesClusterSpec::KIND,
+            AnyResource::Database(_) => crate::database::DatabaseSpec::KIND,
         }
     }
 
@@ -343,6 +349,7 @@ impl AnyResource {
             AnyResource::WorkloadIdentity(r) => &r.metadata,
             AnyResource::WorkloadIdentityX509Revocation(r) => &r.metadata,
             AnyResource::KubernetesCluster(r) => &r.metadata,
+            AnyResource::Database(r) => &r.metadata,
         }
     }
 
@@ -357,6 +364,7 @@ impl AnyResource {
             AnyResource::WorkloadIdentity(r) => r.validate(),
             AnyResource::WorkloadIdentityX509Revocation(r) => r.validate(),
             AnyResource::KubernetesCluster(r) => r.validate(),
+            AnyResource::Database(r) => r.validate(),
         }
     }
 
@@ -384,7 +392,8 @@ any_from!(
     BotInstance(BotInstance),
     WorkloadIdentity(WorkloadIdentity),
     WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation),
-    KubernetesCluster(KubernetesCluster)
+    KubernetesCluster(KubernetesCluster),
+    Database(Database)
 );
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub const RULE_RESOURCES: &[&str] = &[
     "status",
     "cert_authority",
     "kubernetes_cluster",
+    "database",
 ];
 
 /// Body of a `role`.
@@ -67,6 +68,22 @@ pub struct RoleConditions {
     /// Database names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub db_names: Vec<String>,
+    /// Database label selector: which `database` resources `db_users` and
+    /// `db_names` apply to (client certificates).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_label_map"
+    )]
+    pub db_labels: BTreeMap<String, Vec<String>>,
+    /// Database label selector for the machine running the database: server
+    /// certificates and the database's CRL (the `database-server` output).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_label_map"
+    )]
+    pub db_server_labels: BTreeMap<String, Vec<String>>,
     /// App label selector.
     #[serde(
         default,
@@ -264,13 +281,7 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
     }
     for (name, list) in [("db_users", &c.db_users), ("db_names", &c.db_names)] {
         for (i, v) in list.iter().enumerate() {
-            if v.trim().is_empty() {
-                return Err(ValidationError::new(
-                    format!("{p}.{name}[{i}]"),
-                    "must not be empty",
-                ));
-            }
-            crate::text::check_free_text(v, 255, false)
+            crate::database::validate_db_pattern(name, v)
                 .map_err(|m| ValidationError::new(format!("{p}.{name}[{i}]"), m))?;
         }
     }
@@ -279,6 +290,8 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
         ("app_labels", &c.app_labels),
         ("workload_identity_labels", &c.workload_identity_labels),
         ("kubernetes_labels", &c.kubernetes_labels),
+        ("db_labels", &c.db_labels),
+        ("db_server_labels", &c.db_server_labels),
     ] {
         for (k, values) in map {
             // `*` matches any label name.

@@ -1,6 +1,8 @@
 //! Outputs: what the agent writes for other tools. One `Output` per file,
 //! built from `outputs:` entries by [`from_config`].
 
+mod database;
+pub mod database_server;
 mod identity;
 mod kubernetes;
 pub mod reload;
@@ -44,6 +46,10 @@ pub fn from_config(o: &OutputConfig) -> anyhow::Result<Box<dyn Output>> {
         "kubernetes" => Ok(Box::new(kubernetes::KubernetesOutput::from_config(
             o, dest,
         )?)),
+        "database" => Ok(Box::new(database::DatabaseOutput::from_config(o)?)),
+        "database-server" => Ok(Box::new(
+            database_server::DatabaseServerOutput::from_config(o)?,
+        )),
         other => anyhow::bail!("output type {other:?} is not known"),
     }
 }

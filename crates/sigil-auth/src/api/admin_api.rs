@@ -341,9 +341,10 @@ impl AdminService for AdminApi {
             "token" => LockTarget::Token(keys::token_ref(&v)),
             "spiffe_id" | "spiffe-id" => LockTarget::SpiffeId(v),
             "login" => LockTarget::Login(v),
+            "db_user" | "db-user" => LockTarget::DbUser(v),
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown lock target {other:?}: use bot, bot_instance, role, token, spiffe_id or login"
+                    "unknown lock target {other:?}: use bot, bot_instance, role, token, spiffe_id, login or db_user"
                 )));
             }
         };
@@ -571,6 +572,19 @@ impl AdminService for AdminApi {
         ca_rotate::import(&self.state, &authz::actor(&caller), req.get_ref())
             .await
             .map(Response::new)
+    }
+
+    async fn list_database_access(
+        &self,
+        req: Request<sigil_proto::v1::ListDatabaseAccessRequest>,
+    ) -> Result<Response<sigil_proto::v1::ListDatabaseAccessResponse>, Status> {
+        // No admin rule needed: a bot sees only what its own roles give it.
+        let caller = authz::current_caller(&self.state, &req).await?;
+        let roles = authz::current_roles(&self.state, &caller)?;
+        Ok(Response::new(crate::db_access::list_access(
+            &self.state,
+            roles.as_ref(),
+        )))
     }
 
     async fn issue_workload_identity(

@@ -263,6 +263,40 @@ impl AuthService for AuthApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn issue_database_cert(
+        &self,
+        req: Request<sigil_proto::v1::IssueDatabaseCertRequest>,
+    ) -> Result<Response<sigil_proto::v1::DatabaseCert>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        let cert = crate::db_access::issue_client_cert(&self.state, &id, req.get_ref()).await;
+        Ok(Response::new(cert?))
+    }
+
+    async fn issue_database_server_cert(
+        &self,
+        req: Request<sigil_proto::v1::IssueDatabaseServerCertRequest>,
+    ) -> Result<Response<sigil_proto::v1::DatabaseServerCert>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        let cert = crate::db_access::issue_server_cert(&self.state, &id, req.get_ref()).await;
+        Ok(Response::new(cert?))
+    }
+
+    type WatchDatabaseServerStream =
+        ReceiverStream<Result<sigil_proto::v1::DatabaseServerState, Status>>;
+
+    async fn watch_database_server(
+        &self,
+        req: Request<sigil_proto::v1::WatchDatabaseServerRequest>,
+    ) -> Result<Response<Self::WatchDatabaseServerStream>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        let service = req.into_inner().service;
+        // Refused at once (not as a stream item) when this host may not serve it.
+        crate::db_access::server_state(&self.state, &id, &service).await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(crate::db_access::watch(self.state.clone(), id, service, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     type WatchCasStream = ReceiverStream<Result<CaState, Status>>;
 
     async fn watch_cas(

@@ -57,6 +57,7 @@ fn redact(e: &StoreError) -> String {
         (keys::WORKLOAD_IDENTITIES, "workload identity "),
         (keys::REVOCATIONS, "revocation of serial "),
         (keys::KUBERNETES_CLUSTERS, "kubernetes cluster "),
+        (keys::DATABASES, "database "),
     ] {
         if s.contains(prefix) {
             return s.replacen(prefix, kind, 1);
@@ -75,6 +76,7 @@ fn key_of(res: &AnyResource) -> String {
         AnyResource::WorkloadIdentity(w) => keys::workload_identity(&w.metadata.name),
         AnyResource::WorkloadIdentityX509Revocation(r) => keys::revocation(&r.metadata.name),
         AnyResource::KubernetesCluster(k) => keys::kubernetes_cluster(&k.metadata.name),
+        AnyResource::Database(d) => keys::database(&d.metadata.name),
     }
 }
 
@@ -186,6 +188,7 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
         AnyResource::Role(_)
         | AnyResource::WorkloadIdentityX509Revocation(_)
         | AnyResource::KubernetesCluster(_) => {}
+        AnyResource::Database(_) => {}
     }
     Ok(())
 }
@@ -353,6 +356,7 @@ pub async fn list(
         "workload_identity" => keys::WORKLOAD_IDENTITIES.to_string(),
         "workload_identity_x509_revocation" => keys::REVOCATIONS.to_string(),
         "kubernetes_cluster" => keys::KUBERNETES_CLUSTERS.to_string(),
+        "database" => keys::DATABASES.to_string(),
         _ if filter.is_empty() => keys::BOT_INSTANCES.to_string(),
         _ => keys::bot_instances_of(filter),
     };

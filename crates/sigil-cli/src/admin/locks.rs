@@ -28,7 +28,7 @@ pub async fn run(global: &GlobalArgs, cmd: &LocksCommand) -> anyhow::Result<()> 
 pub fn request(args: &LocksAddArgs) -> Result<AddLockRequest, CliError> {
     let (kind, value) = args.target.target().ok_or_else(|| {
         CliError::usage(
-            "say what to lock: --bot, --bot-instance, --role, --token, --login or --spiffe-id",
+            "say what to lock: --bot, --bot-instance, --role, --token, --login, --spiffe-id or --db-user",
         )
     })?;
     if value.is_empty() {

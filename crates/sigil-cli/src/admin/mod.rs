@@ -5,6 +5,7 @@ pub mod audit;
 pub mod bots;
 pub mod ca;
 pub mod connect;
+pub mod db;
 pub mod join_tokens;
 pub mod kube;
 pub mod locks;

@@ -19,7 +19,24 @@ pub fn kind_table(kind: ResourceKind, items: &[Value]) -> String {
         ResourceKind::WorkloadIdentity => workload_identities_table(items),
         ResourceKind::WorkloadIdentityX509Revocation => revocations_table(items),
         ResourceKind::KubernetesCluster => kubernetes_clusters_table(items),
+        ResourceKind::Database => databases_table(items),
     }
+}
+
+/// NAME, PROTOCOL, URI, LABELS.
+pub fn databases_table(items: &[Value]) -> String {
+    let rows = items
+        .iter()
+        .map(|v| {
+            vec![
+                str_at(v, "/metadata/name"),
+                str_at(v, "/spec/protocol"),
+                str_at(v, "/spec/uri"),
+                labels(v),
+            ]
+        })
+        .collect();
+    table(&["NAME", "PROTOCOL", "URI", "LABELS"], rows)
 }
 
 /// NAME, LOGINS, MAX TTL, DESCRIPTION.

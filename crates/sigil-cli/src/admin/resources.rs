@@ -30,11 +30,13 @@ pub enum ResourceKind {
     WorkloadIdentityX509Revocation,
     /// `kubernetes_cluster`
     KubernetesCluster,
+    /// `database`
+    Database,
 }
 
 impl ResourceKind {
     /// Every kind, in help order.
-    pub const ALL: [ResourceKind; 8] = [
+    pub const ALL: [ResourceKind; 9] = [
         ResourceKind::Role,
         ResourceKind::Bot,
         ResourceKind::Token,
@@ -43,6 +45,7 @@ impl ResourceKind {
         ResourceKind::WorkloadIdentity,
         ResourceKind::WorkloadIdentityX509Revocation,
         ResourceKind::KubernetesCluster,
+        ResourceKind::Database,
     ];
 
     /// The singular API name (`ResourceRef.kind`).
@@ -56,6 +59,7 @@ impl ResourceKind {
             ResourceKind::WorkloadIdentity => "workload_identity",
             ResourceKind::WorkloadIdentityX509Revocation => "workload_identity_x509_revocation",
             ResourceKind::KubernetesCluster => "kubernetes_cluster",
+            ResourceKind::Database => "database",
         }
     }
 

@@ -38,6 +38,8 @@ impl RoleSet {
             LabelField::App,
             LabelField::WorkloadIdentity,
             LabelField::Kubernetes,
+            LabelField::Db,
+            LabelField::DbServer,
         ] {
             let granted = field.of(allow);
             if !granted.is_empty()
@@ -246,6 +248,8 @@ pub fn lifted_denies(old: &RoleConditions, new: &RoleConditions) -> RoleConditio
         node_labels: minus_map(&old.node_labels, &new.node_labels),
         db_users: minus(&old.db_users, &new.db_users),
         db_names: minus(&old.db_names, &new.db_names),
+        db_labels: minus_map(&old.db_labels, &new.db_labels),
+        db_server_labels: minus_map(&old.db_server_labels, &new.db_server_labels),
         app_labels: minus_map(&old.app_labels, &new.app_labels),
         workload_identity_labels: minus_map(
             &old.workload_identity_labels,
@@ -398,6 +402,43 @@ mod tests {
         let mut ok_with_deny = ok.clone();
         ok_with_deny.spec.deny.node_labels = sel(&[("tier", &["secret"])]);
         assert!(uncovered(&holder2, &ok_with_deny).is_empty());
+    }
+
+    #[test]
+    fn escalation_database_labels() {
+        let holder = role(|s| {
+            s.allow.db_labels = sel(&[("env", &["prod"])]);
+            s.allow.db_server_labels = sel(&[("env", &["prod"])]);
+            s.allow.db_users = vec!["app_*".into()];
+            s.allow.db_names = vec!["orders".into()];
+        });
+        let ok = role(|s| {
+            s.allow.db_labels = sel(&[("env", &["prod"]), ("team", &["pay"])]);
+            s.allow.db_users = vec!["app_ro".into()];
+            s.allow.db_names = vec!["orders".into()];
+        });
+        assert!(uncovered(std::slice::from_ref(&holder), &ok).is_empty());
+        let too_much = role(|s| {
+            s.allow.db_labels = sel(&[("*", &["*"])]);
+            s.allow.db_server_labels = sel(&[("env", &["*"])]);
+            s.allow.db_names = vec!["*".into()];
+        });
+        assert_eq!(
+            uncovered(std::slice::from_ref(&holder), &too_much),
+            ["db_labels *=*", "db_names \"*\"", "db_server_labels env=*"]
+        );
+        // Dropping a db_labels deny grants what it denied.
+        let denied = role(|s| s.deny.db_labels = sel(&[("env", &["prod"])]));
+        let lifted = lifted_denies(&denied.spec.deny, &RoleConditions::default());
+        assert_eq!(lifted.db_labels, sel(&[("env", &["prod"])]));
+        let empty = RoleConditions::default();
+        let r = RoleSpecRef {
+            allow: &lifted,
+            deny: &empty,
+            options: None,
+        };
+        let plain = RoleSet::new(vec![role(|_| {})]);
+        assert_eq!(plain.uncovered(&r), ["db_labels env=prod"]);
     }
 
     #[test]
