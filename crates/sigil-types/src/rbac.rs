@@ -253,11 +253,16 @@ mod tests {
         Role::new(Metadata::named("r"), spec)
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    /// A label set (`k: v` pairs) as resources carry it.
+    pub(super) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    pub(super) fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
     }
 
     pub(super) fn sel(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {

@@ -136,19 +136,7 @@ impl RoleSet {
 #[cfg(test)]
 mod tests {
     use crate::rbac::RoleSet;
-    use crate::rbac::tests::{role, sel};
-    use std::collections::BTreeMap;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn strs(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::rbac::tests::{labels, role, sel, strs};
 
     #[test]
     fn allow_needs_labels_user_and_name_in_one_role() {

@@ -127,18 +127,7 @@ impl RoleSet {
 mod tests {
     use super::*;
     use crate::rbac::RoleSpecRef;
-    use crate::rbac::tests::{role, sel};
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn strs(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::rbac::tests::{labels, role, sel, strs};
 
     #[test]
     fn users_and_groups_come_from_the_roles_that_select_the_cluster() {
