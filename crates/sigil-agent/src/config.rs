@@ -451,6 +451,19 @@ impl AgentConfig {
     }
 }
 
+/// A config with the given `outputs:` entries (YAML lines), as the agent would read
+/// it from a file: for the per-output checks' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::AgentConfig;
+
+    const BASE: &str = "version: v1\nauth_server: 127.0.0.1:3025\nca_pins: [sha256:0000000000000000000000000000000000000000000000000000000000000000]\nonboarding: {join_method: token, token: abc}\nstorage: {type: directory, path: /tmp/s}\noutputs:\n";
+
+    pub fn parse(outputs: &str) -> anyhow::Result<AgentConfig> {
+        AgentConfig::parse(&format!("{BASE}{outputs}"), "agent.yaml")
+    }
+}
+
 /// serde_norway appends " at line L column C"; we print the location first.
 fn strip_location(msg: &str) -> &str {
     match msg.rfind(" at line ") {

@@ -216,6 +216,19 @@ fn find_one(session: &Session, class: ObjectClass, id: &[u8]) -> Result<Option<O
     Ok(found.into_iter().next())
 }
 
+/// CKA_LABEL of a token object ("" when it has none).
+fn label_of(session: &Session, handle: ObjectHandle) -> Result<String> {
+    Ok(session
+        .get_attributes(handle, &[AttributeType::Label])
+        .map_err(ck("reading the key's label"))?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Label(l) => Some(String::from_utf8_lossy(&l).into_owned()),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
 impl KeyManager for Pkcs11KeyManager {
     fn name(&self) -> &'static str {
         NAME
@@ -358,15 +371,7 @@ impl KeyManager for Pkcs11KeyManager {
             };
             // Only a key the token labels as this CA's: a record pointing at another
             // object (altered, or restored into the wrong place) destroys nothing.
-            let label = session
-                .get_attributes(handle, &[AttributeType::Label])
-                .map_err(ck("reading the key's label"))?
-                .into_iter()
-                .find_map(|a| match a {
-                    Attribute::Label(l) => Some(String::from_utf8_lossy(&l).into_owned()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let label = label_of(&session, handle)?;
             if label != key_label(ctx) {
                 return Err(PkiError::Pkcs11 {
                     context: format!("destroying the retired {} key", ctx.purpose),
@@ -422,15 +427,7 @@ impl KeyManager for Pkcs11KeyManager {
             ),
         };
         let handle = find_one(&session, ObjectClass::PRIVATE_KEY, &id)?.ok_or_else(missing)?;
-        let on_token = session
-            .get_attributes(handle, &[AttributeType::Label])
-            .map_err(ck("reading the key's label"))?
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::Label(l) => Some(String::from_utf8_lossy(&l).into_owned()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let on_token = label_of(&session, handle)?;
         if on_token != key_label(ctx) {
             return Err(PkiError::Pkcs11 {
                 context: format!("loading the {} key", ctx.purpose),

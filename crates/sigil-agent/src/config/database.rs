@@ -57,30 +57,14 @@ pub(super) fn validate(i: usize, o: &OutputConfig) -> anyhow::Result<()> {
                 "outputs[{i}].names: required for database-server: the server's names and addresses, e.g. [db1.example.test, 127.0.0.1]"
             );
         }
-        if o.names.len() > MAX_NAMES {
-            bail!("outputs[{i}].names: at most {MAX_NAMES} names");
-        }
-        for (j, n) in o.names.iter().enumerate() {
-            if let Err(e) = sigil_types::validate_host_principal(n, false) {
-                bail!("outputs[{i}].names[{j}]: {e}");
-            }
-        }
+        super::ssh_host::check_host_names(&format!("outputs[{i}].names"), &o.names, MAX_NAMES)?;
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::config::AgentConfig;
-
-    const BASE: &str = "version: v1\nauth_server: 127.0.0.1:3025\nca_pins: [sha256:0000000000000000000000000000000000000000000000000000000000000000]\nonboarding: {join_method: token, token: abc}\nstorage: {type: directory, path: /tmp/s}\noutputs:\n";
-
-    fn parse(outputs: &str) -> anyhow::Result<AgentConfig> {
-        let dir = tempfile::tempdir()?;
-        let p = dir.path().join("agent.yaml");
-        std::fs::write(&p, format!("{BASE}{outputs}"))?;
-        AgentConfig::load(&p)
-    }
+    use crate::config::test_support::parse;
 
     #[test]
     fn the_issue_shapes_parse() {

@@ -31,13 +31,7 @@ pub(super) fn validate(i: usize, o: &OutputConfig) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::AgentConfig;
-
-    const BASE: &str = "version: v1\nauth_server: 127.0.0.1:3025\nca_pins: [sha256:0000000000000000000000000000000000000000000000000000000000000000]\nonboarding: {join_method: token, token: abc}\nstorage: {type: directory, path: /tmp/s}\noutputs:\n";
-
-    fn parse(outputs: &str) -> anyhow::Result<AgentConfig> {
-        AgentConfig::parse(&format!("{BASE}{outputs}"), "agent.yaml")
-    }
+    use crate::config::test_support::parse;
 
     #[test]
     fn the_issue_shape_parses() {

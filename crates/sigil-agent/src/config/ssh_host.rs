@@ -25,14 +25,11 @@ pub(super) fn validate(i: usize, o: &OutputConfig) -> anyhow::Result<()> {
             "outputs[{i}].principals: required for ssh-host: the host's names and addresses, e.g. [web1.example.test, 127.0.0.1]"
         );
     }
-    if o.principals.len() > MAX_PRINCIPALS {
-        bail!("outputs[{i}].principals: at most {MAX_PRINCIPALS} names");
-    }
-    for (j, p) in o.principals.iter().enumerate() {
-        if let Err(e) = sigil_types::validate_host_principal(p, false) {
-            bail!("outputs[{i}].principals[{j}]: {e}");
-        }
-    }
+    check_host_names(
+        &format!("outputs[{i}].principals"),
+        &o.principals,
+        MAX_PRINCIPALS,
+    )?;
     if o.labels.len() > MAX_LABELS {
         bail!("outputs[{i}].labels: at most {MAX_LABELS} labels");
     }
@@ -46,18 +43,23 @@ pub(super) fn validate(i: usize, o: &OutputConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// At most `max` host names or addresses, each one a certificate may carry
+/// (no globs); errors name `field[j]`.
+pub(super) fn check_host_names(field: &str, names: &[String], max: usize) -> anyhow::Result<()> {
+    if names.len() > max {
+        bail!("{field}: at most {max} names");
+    }
+    for (j, n) in names.iter().enumerate() {
+        if let Err(e) = sigil_types::validate_host_principal(n, false) {
+            bail!("{field}[{j}]: {e}");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use crate::config::AgentConfig;
-
-    const BASE: &str = "version: v1\nauth_server: 127.0.0.1:3025\nca_pins: [sha256:0000000000000000000000000000000000000000000000000000000000000000]\nonboarding: {join_method: token, token: abc}\nstorage: {type: directory, path: /tmp/s}\noutputs:\n";
-
-    fn parse(outputs: &str) -> anyhow::Result<AgentConfig> {
-        let dir = tempfile::tempdir()?;
-        let p = dir.path().join("agent.yaml");
-        std::fs::write(&p, format!("{BASE}{outputs}"))?;
-        AgentConfig::load(&p)
-    }
+    use crate::config::test_support::parse;
 
     #[test]
     fn the_issue_shape_parses() {
