@@ -332,3 +332,36 @@ fn every_resource_the_api_checks_can_be_granted() {
 fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+#[test]
+fn a_database_writer_cannot_name_an_address_it_may_not_have_certified() {
+    let auth = Auth::start();
+    auth.create(
+        "db-editor.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: db-editor}\nspec:\n  allow:\n    rules: [{resources: [database], verbs: [create, update, read, list]}]\n    ssh_host_principals: [db.example.test]\n",
+    );
+    let (_a, idf) = admin_bot(&auth, "dbed", "db-editor");
+    // The auth service's own address: a database server there would get a
+    // host-CA certificate for it.
+    let f = write(
+        &auth,
+        "evil.yaml",
+        "kind: database\nversion: v1\nmetadata: {name: evil, labels: {env: prod}}\nspec: {protocol: postgres, uri: \"127.0.0.1:5432\"}\n",
+    );
+    let o = remote(&auth, &idf, &["create", "-f", &f]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("ssh_host_principals \"127.0.0.1\""),
+        "{}",
+        text(&o)
+    );
+    assert!(!auth.admin(&["get", "database/evil"]).status.success());
+    // An address it may have certified is fine.
+    let f = write(
+        &auth,
+        "ok.yaml",
+        "kind: database\nversion: v1\nmetadata: {name: orders, labels: {env: prod}}\nspec: {protocol: postgres, uri: \"db.example.test:5432\"}\n",
+    );
+    let o = remote(&auth, &idf, &["create", "-f", &f]);
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -9,7 +9,10 @@
 //! - raising a credential lifetime cap (a role's or a bot's `max_ttl`) past
 //!   the caller's own;
 //! - minting a join token for a bot: every role of that bot (whoever holds
-//!   the token becomes the bot).
+//!   the token becomes the bot);
+//! - naming a database's address (`database` resource): a database server is
+//!   certified by the host CA for that address, as the auth service itself is,
+//!   so the caller must hold it in `ssh_host_principals`.
 //!
 //! A caller whose roles allow the `escalate` verb on the kind (admin-equivalent,
 //! and part of `*`) may grant beyond what it holds; the local admin socket may
@@ -75,8 +78,39 @@ pub fn check_resource(
             check_bot_ttl(s, caller, &b.metadata.name, old_ttl, new_ttl)
         }
         AnyResource::Token(t) => check_token_for_bot(s, caller, &t.spec.bot_name),
+        AnyResource::Database(d) => check_database_address(s, caller, d),
         _ => Ok(()),
     }
+}
+
+/// A database's address becomes a name its server's host-CA certificate carries
+/// (db_access): only a caller that may have hosts certified for it may set it,
+/// or any `database` writer could get a certificate for the auth service's name.
+pub fn check_database_address(
+    state: &AuthState,
+    caller: &Caller,
+    db: &sigil_types::Database,
+) -> Result<(), Status> {
+    let Some(set) = granter(state, caller, "database")? else {
+        return Ok(());
+    };
+    // An unparsable address is reported by validation.
+    let Ok((host, _)) = db.spec.host_port() else {
+        return Ok(());
+    };
+    let missing = if set.allows_ssh_host_principal(&host) {
+        Vec::new()
+    } else {
+        vec![format!(
+            "ssh_host_principals {host:?} (the address of database {:?})",
+            db.metadata.name
+        )]
+    };
+    refuse(
+        caller,
+        &format!("set database {:?}'s address", db.metadata.name),
+        missing,
+    )
 }
 
 /// Creating (`old` = None) or replacing role `new`.
