@@ -457,3 +457,47 @@ fn nothing_is_issued_without_access_and_bad_input_names_the_field() {
     let o = rig.auth.admin(&["get", "kubernetes_cluster", "bad"]);
     assert!(!o.status.success(), "a bad cluster was stored");
 }
+
+/// Go's `crypto/x509` (kubectl here; Terraform, Vault and kube-apiserver
+/// alike) refuses a whole certificate when any extension OID has an arc
+/// above 2^31-1. The `identity` output's certificate must load in Go: a
+/// Go-based API server trusting the client CA authenticates the bot with it.
+#[test]
+fn go_clients_load_the_identity_output_certificate() {
+    let rig = Rig::start();
+    let client_ca = rig.auth.ok(&["ca", "export", "--type", "client"]);
+    let api = KubeApiServer::start(&client_ca);
+    let cfg = rig.config("gobot", "kube-deploy", "prod", "");
+    let o = rig.oneshot(&cfg);
+    assert!(o.status.success(), "agent:\n{}", text(&o));
+    let id = rig.work.path().join("gobot/id");
+    let kubeconfig = rig.work.path().join("identity-kubeconfig.yaml");
+    let ca_file = rig.work.path().join("api-ca.pem");
+    std::fs::write(&ca_file, &api.ca_pem).expect("write CA");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: k, cluster: {{server: {server:?}, certificate-authority: {ca:?}}}}}]\n\
+             users: [{{name: u, user: {{client-certificate: {crt:?}, client-key: {key:?}}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n",
+            server = api.url,
+            ca = ca_file.display().to_string(),
+            crt = id.join("tls.crt").display().to_string(),
+            key = id.join("tls.key").display().to_string(),
+        ),
+    )
+    .expect("write kubeconfig");
+    let o = rig.kubectl(&kubeconfig, &["get", "--raw", "/version"]);
+    assert!(
+        o.status.success(),
+        "kubectl with the identity output's tls.crt:\n{}",
+        text(&o)
+    );
+    let (user, groups) = user_info(&rig.whoami(&kubeconfig));
+    assert_eq!(user, "gobot", "the identity certificate's CN is the bot");
+    assert!(
+        groups.contains(&"system:authenticated".to_string()),
+        "{groups:?}"
+    );
+}

@@ -9,12 +9,28 @@ use crate::der;
 use crate::keys::sha256_hex;
 use crate::{PkiError, Result};
 
-/// Dotted form of the identity extension OID: a UUID OID (2.25.<uuid as integer>,
-/// ITU-T X.667), which needs no registration. UUID cfdf0768-1e6a-4205-8ec1-ff473632032d.
-pub const IDENTITY_EXTENSION_OID: &str = "2.25.276308227552939987507662315743379325741";
+/// Dotted form of the identity extension OID. It names UUID
+/// cfdf0768-1e6a-4205-8ec1-ff473632032d in the arc Microsoft set aside for
+/// GUID-derived OIDs (1.2.840.113556.1.8000.2554, the GUID split into 16- and
+/// 24-bit arcs), which needs no registration. Every arc fits in 31 bits: Go's
+/// `crypto/x509` (kubectl, Terraform, Vault, the Kubernetes API server) refuses
+/// a whole certificate if any extension OID has a larger arc.
+pub const IDENTITY_EXTENSION_OID: &str =
+    "1.2.840.113556.1.8000.2554.53215.1896.7786.16901.36545.16729910.3277613";
 
-/// The same OID as DER content bytes (what follows tag 0x06 and the length).
-pub(crate) const IDENTITY_OID_DER: [u8; 20] = [
+/// The OID certificates issued before 2026-12 carry: the same UUID as a
+/// `2.25.<128-bit integer>` OID (ITU-T X.667), which Go cannot parse. Still
+/// read, so those certificates renew (into the new OID) after an upgrade.
+pub const LEGACY_IDENTITY_EXTENSION_OID: &str = "2.25.276308227552939987507662315743379325741";
+
+/// [`IDENTITY_EXTENSION_OID`] as DER content bytes (what follows tag 0x06 and the length).
+pub(crate) const IDENTITY_OID_DER: [u8; 32] = [
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x14, 0x01, 0xbe, 0x40, 0x93, 0x7a, 0x83, 0x9f, 0x5f, 0x8e, 0x68,
+    0xbc, 0x6a, 0x81, 0x84, 0x05, 0x82, 0x9d, 0x41, 0x87, 0xfd, 0x8e, 0x36, 0x81, 0xc8, 0x86, 0x2d,
+];
+
+/// [`LEGACY_IDENTITY_EXTENSION_OID`] as DER content bytes.
+const LEGACY_IDENTITY_OID_DER: [u8; 20] = [
     0x69, 0x83, 0x9f, 0xdf, 0x83, 0xda, 0x83, 0xe6, 0xd2, 0x88, 0x8b, 0x8e, 0xe0, 0xff, 0xe8, 0xf3,
     0xb1, 0xc8, 0x86, 0x2d,
 ];
@@ -129,7 +145,9 @@ pub fn read_client_identity(cert_der: &[u8]) -> Result<(ClientIdentity, CertInfo
     let cert = parse(cert_der)?;
     let mut found = None;
     for ext in cert.extensions() {
-        if ext.oid.as_bytes() == IDENTITY_OID_DER {
+        let oid = ext.oid.as_bytes();
+        if oid == IDENTITY_OID_DER || oid == LEGACY_IDENTITY_OID_DER {
+            // Either OID, but one extension only: two could disagree.
             if found.is_some() {
                 return Err(PkiError::MalformedIdentityExtension(
                     "extension appears more than once".into(),
@@ -174,21 +192,97 @@ pub fn pem_to_ders(pem_text: &str, label: &str) -> Result<Vec<Vec<u8>>> {
 mod tests {
     use super::*;
 
+    const UUID: &str = "cfdf0768-1e6a-4205-8ec1-ff473632032d";
+
     #[test]
-    fn oid_constant_matches_dotted_form() {
+    fn oid_is_the_uuid_in_microsofts_guid_arc_with_31_bit_arcs() {
         assert_eq!(
             der::oid_to_string(&IDENTITY_OID_DER).unwrap(),
             IDENTITY_EXTENSION_OID
         );
-        let arc: u128 = IDENTITY_EXTENSION_OID
+        // aaaabbbb-cccc-dddd-eeee-ffffffgggggg -> ...2554.a.b.c.d.e.f.g (hex chunks).
+        let hex = UUID.replace('-', "");
+        let chunks = [
+            (0, 4),
+            (4, 8),
+            (8, 12),
+            (12, 16),
+            (16, 20),
+            (20, 26),
+            (26, 32),
+        ];
+        let mut arcs: Vec<u128> = vec![1, 2, 840, 113556, 1, 8000, 2554];
+        for (a, b) in chunks {
+            arcs.push(u128::from_str_radix(&hex[a..b], 16).unwrap());
+        }
+        assert_eq!(der::oid_content(&arcs), IDENTITY_OID_DER);
+        assert!(
+            arcs.iter().all(|a| *a < 1 << 31),
+            "Go parses arcs up to 2^31-1"
+        );
+    }
+
+    #[test]
+    fn legacy_oid_is_the_same_uuid_as_one_arc() {
+        assert_eq!(
+            der::oid_to_string(&LEGACY_IDENTITY_OID_DER).unwrap(),
+            LEGACY_IDENTITY_EXTENSION_OID
+        );
+        let arc: u128 = LEGACY_IDENTITY_EXTENSION_OID
             .trim_start_matches("2.25.")
             .parse()
             .unwrap();
-        assert_eq!(der::oid_content(&[2, 25, arc]), IDENTITY_OID_DER);
-        assert_eq!(
-            uuid::Uuid::from_u128(arc).to_string(),
-            "cfdf0768-1e6a-4205-8ec1-ff473632032d"
+        assert_eq!(der::oid_content(&[2, 25, arc]), LEGACY_IDENTITY_OID_DER);
+        assert_eq!(uuid::Uuid::from_u128(arc).to_string(), UUID);
+    }
+
+    #[test]
+    fn certificates_carrying_the_legacy_oid_are_still_read() {
+        use crate::{CaPurpose, SoftwareKeyManager, TlsKeyPair, X509Ca};
+        let (ca, _) = X509Ca::generate(&SoftwareKeyManager, CaPurpose::Client, "prod").unwrap();
+        let key = TlsKeyPair::generate().unwrap();
+        let id = ClientIdentity {
+            cluster: "prod".into(),
+            bot: "b".into(),
+            bot_uid: String::new(),
+            instance_id: "i".into(),
+            roles: vec!["r".into()],
+            generation: 7,
+            renewable: true,
+            join_method: "token".into(),
+            logins: vec![],
+            delegated: false,
+            join_attributes: Default::default(),
+        };
+        let mut value = Vec::new();
+        der::tlv(
+            &mut value,
+            der::TAG_UTF8_STRING,
+            &serde_json::to_vec(&id).unwrap(),
         );
+        let ttl = std::time::Duration::from_secs(60);
+        let legacy = ca
+            .issue_leaf(
+                &key.spki_der(),
+                "b",
+                &[],
+                &[],
+                Some((&LEGACY_IDENTITY_OID_DER, &value)),
+                ttl,
+            )
+            .unwrap();
+        assert_eq!(read_client_identity(&legacy.der).unwrap().0, id);
+        let current = ca.issue_client(&key.spki_der(), &id, ttl).unwrap();
+        assert_eq!(read_client_identity(&current.der).unwrap().0, id);
+        // Another UUID OID is not ours.
+        let other = der::oid_content(&[2, 25, 12345]);
+        let foreign = ca
+            .issue_leaf(&key.spki_der(), "b", &[], &[], Some((&other, &value)), ttl)
+            .unwrap();
+        assert!(matches!(
+            read_client_identity(&foreign.der),
+            Err(PkiError::MissingIdentityExtension { .. })
+        ));
     }
 
     #[test]

@@ -56,8 +56,8 @@ pub use der::rsa_spki_der;
 pub use encrypted_keys::{EncryptedKeyManager, Kek};
 pub use error::{PkiError, Result};
 pub use identity::{
-    CertInfo, ClientIdentity, IDENTITY_EXTENSION_OID, cert_info, pem_to_ders, read_client_identity,
-    spki_pin_of_cert,
+    CertInfo, ClientIdentity, IDENTITY_EXTENSION_OID, LEGACY_IDENTITY_EXTENSION_OID, cert_info,
+    pem_to_ders, read_client_identity, spki_pin_of_cert,
 };
 pub use imported_key::{ACCEPTED_IMPORT_KEYS, ImportedKey};
 pub use jwk::{jwk_for_spki, jwk_key_id, jwks_document};
