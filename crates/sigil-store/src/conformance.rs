@@ -14,9 +14,11 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
 mod audit;
+mod paging;
 mod race;
 
 pub use audit::{audit_chain, audit_query_filters};
+pub use paging::{list_pages_and_count, purge_in_batches};
 pub use race::{
     concurrent_create_single_winner, concurrent_delete_single_winner,
     concurrent_update_single_winner, failing_txns_leave_neighbours_committed,
@@ -32,6 +34,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     put_update_and_cas_conflict(&store).await;
     delete_with_cas(&store).await;
     list_prefix_ordering(&store).await;
+    list_pages_and_count(&store).await;
+    purge_in_batches(&store).await;
     expiry(&store).await;
     txn_is_atomic(&store).await;
     audit_chain(&store).await;

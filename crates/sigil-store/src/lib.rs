@@ -18,7 +18,8 @@ pub use audit::{GENESIS_HASH, audit_hash, canonical_event_json};
 pub use postgres::{PostgresStore, has_password as url_has_password, redacted as redacted_url};
 pub use sqlite::SqliteStore;
 pub use store::{
-    AuditQuery, AuditRecord, AuditVerification, Item, NewAuditEvent, Op, Store, Txn, WatchEvent,
+    AuditQuery, AuditRecord, AuditVerification, Item, NewAuditEvent, Op, PURGE_BATCH, Store, Txn,
+    WatchEvent,
 };
 
 /// Result type of every store operation.

@@ -290,35 +290,72 @@ impl Store for PostgresStore {
         row.as_ref().map(item_from_row).transpose()
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Item>> {
+    async fn list_page(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<Item>> {
         // A range on the COLLATE "C" primary key: an index range scan.
         let err = |e| backend(&format!("listing {prefix}*"), e);
-        let rows = match prefix_upper_bound(prefix) {
-            Some(upper) => sqlx::query(concat!(
-                "SELECT key, value, revision, expires_ns FROM kv \
-                 WHERE key >= $1 AND key < $2 AND ",
-                live_now!(),
-                " ORDER BY key"
-            ))
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT key, value, revision, expires_ns FROM kv \
+             WHERE key >= $1 AND key > $2 AND {} {} ORDER BY key LIMIT $3",
+            live_now!(),
+            if upper.is_some() { "AND key < $4" } else { "" }
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(prefix)
-            .bind(upper)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?,
-            None => sqlx::query(concat!(
-                "SELECT key, value, revision, expires_ns FROM kv WHERE key >= $1 AND ",
-                live_now!(),
-                " ORDER BY key"
-            ))
-            .bind(prefix)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?,
-        };
+            .bind(start_after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        if let Some(upper) = upper {
+            q = q.bind(upper);
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(err)?;
         rows.iter()
             .map(item_from_row)
             .filter(|i| i.as_ref().map_or(true, |i| i.key.starts_with(prefix)))
             .collect()
+    }
+
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT key FROM kv WHERE key >= $1 AND key > $2 AND {} {} ORDER BY key LIMIT $3",
+            live_now!(),
+            if upper.is_some() { "AND key < $4" } else { "" }
+        );
+        let mut q = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(prefix)
+            .bind(start_after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        if let Some(upper) = upper {
+            q = q.bind(upper);
+        }
+        let keys: Vec<String> = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| backend(&format!("listing keys {prefix}*"), e))?;
+        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+    }
+
+    async fn count(&self, prefix: &str) -> Result<u64> {
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT COUNT(*) FROM kv WHERE key >= $1 AND {} {}",
+            live_now!(),
+            if upper.is_some() { "AND key < $2" } else { "" }
+        );
+        let mut q = sqlx::query_scalar(AssertSqlSafe(sql)).bind(prefix);
+        if let Some(upper) = upper {
+            q = q.bind(upper);
+        }
+        let n: i64 = q
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| backend(&format!("counting {prefix}*"), e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn commit(&self, txn: Txn) -> Result<Vec<i64>> {

@@ -254,31 +254,26 @@ impl Store for SqliteStore {
         row.as_ref().map(item_from_row).transpose()
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Item>> {
-        let now = now_ns();
+    async fn list_page(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<Item>> {
         let err = |e| backend(&format!("listing {prefix}*"), e);
-        let rows = match prefix_upper_bound(prefix) {
-            Some(upper) => sqlx::query(
-                "SELECT key, value, revision, expires_ns FROM kv \
-                 WHERE key >= ?1 AND key < ?2 AND (expires_ns IS NULL OR expires_ns > ?3) \
-                 ORDER BY key",
-            )
+        let upper = prefix_upper_bound(prefix);
+        // Only constant fragments are concatenated; every value is bound.
+        let sql = format!(
+            "SELECT key, value, revision, expires_ns FROM kv \
+             WHERE key >= ?1 AND key > ?2 {} AND (expires_ns IS NULL OR expires_ns > ?3) \
+             ORDER BY key LIMIT ?4",
+            if upper.is_some() { "AND key < ?5" } else { "" }
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(prefix)
-            .bind(upper)
-            .bind(now)
-            .fetch_all(&self.read)
-            .await
-            .map_err(err)?,
-            None => sqlx::query(
-                "SELECT key, value, revision, expires_ns FROM kv \
-                 WHERE key >= ?1 AND (expires_ns IS NULL OR expires_ns > ?2) ORDER BY key",
-            )
-            .bind(prefix)
-            .bind(now)
-            .fetch_all(&self.read)
-            .await
-            .map_err(err)?,
-        };
+            .bind(start_after)
+            .bind(now_ns())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        if let Some(upper) = upper {
+            // An upper bound keeps the scan inside the prefix's index range.
+            q = q.bind(upper);
+        }
+        let rows = q.fetch_all(&self.read).await.map_err(err)?;
         let mut items = Vec::with_capacity(rows.len());
         for row in &rows {
             let item = item_from_row(row)?;
@@ -287,6 +282,53 @@ impl Store for SqliteStore {
             }
         }
         Ok(items)
+    }
+
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT key FROM kv WHERE key >= ?1 AND key > ?2 {} \
+             AND (expires_ns IS NULL OR expires_ns > ?3) ORDER BY key LIMIT ?4",
+            if upper.is_some() { "AND key < ?5" } else { "" }
+        );
+        let mut q = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(prefix)
+            .bind(start_after)
+            .bind(now_ns())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        if let Some(upper) = upper {
+            q = q.bind(upper);
+        }
+        let keys: Vec<String> = q
+            .fetch_all(&self.read)
+            .await
+            .map_err(|e| backend(&format!("listing keys {prefix}*"), e))?;
+        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+    }
+
+    async fn count(&self, prefix: &str) -> Result<u64> {
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT COUNT(*) FROM kv WHERE key >= ?1 {} \
+             AND (expires_ns IS NULL OR expires_ns > ?2)",
+            if upper.is_some() { "AND key < ?3" } else { "" }
+        );
+        let mut q = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(prefix)
+            .bind(now_ns());
+        if let Some(upper) = upper {
+            q = q.bind(upper);
+        }
+        let n: i64 = q
+            .fetch_one(&self.read)
+            .await
+            .map_err(|e| backend(&format!("counting {prefix}*"), e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn commit(&self, txn: Txn) -> Result<Vec<i64>> {

@@ -269,6 +269,9 @@ pub enum WatchEvent {
     Reset,
 }
 
+/// The most items one [`Store::purge_expired`] call deletes.
+pub const PURGE_BATCH: usize = 1000;
+
 /// The storage interface used by the auth service.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -276,7 +279,26 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Item>>;
 
     /// Live items whose key starts with `prefix`, sorted by key (byte order).
-    async fn list(&self, prefix: &str) -> Result<Vec<Item>>;
+    /// Every one of them at once: for kinds that stay small (roles, locks, CAs).
+    /// Kinds that grow with the fleet are read with [`Store::list_page`].
+    async fn list(&self, prefix: &str) -> Result<Vec<Item>> {
+        self.list_page(prefix, "", usize::MAX).await
+    }
+
+    /// At most `limit` live items whose key starts with `prefix` and sorts after
+    /// `start_after` (`""`: from the first), sorted by key (byte order). Pass the
+    /// last key of one page as `start_after` of the next: a page is one index
+    /// range scan however large the kind is, and items written or deleted between
+    /// pages neither repeat nor shift the others.
+    async fn list_page(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<Item>>;
+
+    /// [`Store::list_page`] without the values: the keys only, from the index.
+    async fn list_keys(&self, prefix: &str, start_after: &str, limit: usize)
+    -> Result<Vec<String>>;
+
+    /// How many live items have a key starting with `prefix` (an index scan; no
+    /// values are read).
+    async fn count(&self, prefix: &str) -> Result<u64>;
 
     /// Atomic: every op applies and every audit event is appended, or nothing changes
     /// (the error of the first failing op is returned).
@@ -298,7 +320,9 @@ pub trait Store: Send + Sync + 'static {
     /// behind gets `RecvError::Lagged` and should re-read the state it cares about.
     fn watch(&self) -> tokio::sync::broadcast::Receiver<WatchEvent>;
 
-    /// Deletes expired items and emits a `Delete` event for each; returns how many.
+    /// Deletes up to [`PURGE_BATCH`] expired items (the oldest expiries first) and
+    /// emits a `Delete` event for each; returns how many. One short transaction,
+    /// so writers never wait long behind it: call again while it returns a full batch.
     async fn purge_expired(&self) -> Result<usize>;
 
     /// `Err(why)` while this process may be serving a stale view: a shared backend's

@@ -319,7 +319,8 @@ pub(super) async fn apply_run(
 /// `*revision` in key order) and advances `*revision`; returns how many.
 pub(super) async fn purge(conn: &mut PgConnection, now: i64, revision: &mut i64) -> Result<usize> {
     let purged: Vec<i64> = sqlx::query_scalar(
-        "WITH d AS (DELETE FROM kv WHERE expires_ns IS NOT NULL AND expires_ns <= $1 \
+        "WITH d AS (DELETE FROM kv WHERE key IN (SELECT key FROM kv \
+         WHERE expires_ns IS NOT NULL AND expires_ns <= $1 ORDER BY expires_ns LIMIT $3) \
          RETURNING key), \
          n AS (SELECT key, row_number() OVER (ORDER BY key) AS i FROM d) \
          INSERT INTO changes (revision, key, value, expires_ns, deleted) \
@@ -327,6 +328,7 @@ pub(super) async fn purge(conn: &mut PgConnection, now: i64, revision: &mut i64)
     )
     .bind(now)
     .bind(*revision)
+    .bind(crate::PURGE_BATCH as i64)
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| backend("purging expired items", e))?;

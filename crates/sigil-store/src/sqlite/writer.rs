@@ -382,9 +382,12 @@ impl Writer {
     async fn purge(&mut self, now: i64, events: &mut Vec<WatchEvent>) -> Result<usize> {
         let err = |e| backend("purging expired items", e);
         let rows = sqlx::query(
-            "DELETE FROM kv WHERE expires_ns IS NOT NULL AND expires_ns <= ?1 RETURNING key",
+            "DELETE FROM kv WHERE key IN (SELECT key FROM kv \
+             WHERE expires_ns IS NOT NULL AND expires_ns <= ?1 ORDER BY expires_ns LIMIT ?2) \
+             RETURNING key",
         )
         .bind(now)
+        .bind(crate::PURGE_BATCH as i64)
         .fetch_all(&mut self.conn)
         .await
         .map_err(err)?;
