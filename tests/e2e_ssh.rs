@@ -290,6 +290,43 @@ fn per_host_access_locks_cut_off_and_ansible() {
     });
     assert!(!krl_revokes(&krl, &cert));
 
+    // A lock on the one instance (named by its id alone) reaches the KRL too:
+    // the server looks the instance's bot up in the store.
+    let instance = c
+        .auth
+        .instances()
+        .into_iter()
+        .find(|i| i["spec"]["bot_name"] == "deployer")
+        .and_then(|i| i["metadata"]["name"].as_str().map(str::to_string))
+        .expect("the deployer's instance");
+    let lock = c.auth.ok(&[
+        "locks",
+        "add",
+        "--bot-instance",
+        &instance,
+        "--message",
+        "incident 8",
+        "--format",
+        "json",
+    ]);
+    let lock: serde_json::Value = serde_json::from_str(&lock).expect("lock json");
+    let lock_id = lock["metadata"]["name"]
+        .as_str()
+        .expect("lock id")
+        .to_string();
+    wait_until(
+        "the KRL to revoke the instance",
+        Duration::from_secs(10),
+        || krl_revokes(&krl, &cert),
+    );
+    assert!(!prod.ssh(&cfg, "root@localhost", &["true"]).status.success());
+    c.auth.ok(&["locks", "rm", &lock_id]);
+    wait_until(
+        "the instance's lock to lift",
+        Duration::from_secs(10),
+        || !krl_revokes(&krl, &cert),
+    );
+
     // A bot removed and created again under the same name has a new uid: the
     // old bot's certificate logs in nowhere, though the new bot may.
     c.auth.ok(&["bots", "rm", "deployer"]);

@@ -1,9 +1,16 @@
-//! An in-memory copy of the hot resource kinds (roles, bots, locks, bot
-//! instances, workload identities, X.509-SVID revocations), kept current from the store's watch stream so that per-request
-//! checks (locks, role evaluation) and renewals never wait on the database.
-//! Bot instances are kept as raw items with their revision: a renewal's
-//! compare-and-swap on that revision catches a stale copy, and then reads
-//! the store.
+//! An in-memory copy of the hot resource kinds (roles, bots, locks,
+//! workload identities, X.509-SVID revocations, databases), kept current from
+//! the store's watch stream so that per-request checks (locks, role
+//! evaluation) never wait on the database.
+//!
+//! Bot instances grow with the fleet, so they are neither loaded at start (a
+//! server with a million instances is ready in seconds) nor all kept: the
+//! cache holds the [`INSTANCE_CACHE_CAP`] most recently written ones, as raw
+//! items with their revision, filled by writes (this server's and the change
+//! feed's) only. A miss reads the store. A cached copy is never older than
+//! the newest write this server has seen, and a renewal's compare-and-swap on
+//! its revision catches the rest and re-reads the store. Reads never insert:
+//! a read racing a newer write or a delete could otherwise cache the older state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -15,15 +22,24 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::keys;
 
-const CACHED: [&str; 7] = [
+/// The kinds loaded whole at start and kept whole.
+const LOADED: [&str; 6] = [
     keys::ROLES,
     keys::BOTS,
     keys::LOCKS,
-    keys::BOT_INSTANCES,
     keys::WORKLOAD_IDENTITIES,
     keys::REVOCATIONS,
     keys::DATABASES,
 ];
+
+/// How many bot instances the cache keeps (the most recently written). At
+/// ~3 KB a record, about 200 MB; the fleet's steady renewals fit, a million
+/// idle instances do not need to.
+pub const INSTANCE_CACHE_CAP: usize = 65_536;
+
+fn followed(key: &str) -> bool {
+    key.starts_with(keys::BOT_INSTANCES) || LOADED.iter().any(|p| key.starts_with(p))
+}
 
 #[derive(Default)]
 struct Snapshot {
@@ -34,8 +50,11 @@ struct Snapshot {
     roles: HashMap<String, Role>,
     bots: HashMap<String, Bot>,
     locks: BTreeMap<String, Lock>,
-    /// Raw bot instance items by store key.
+    /// Raw bot instance items by store key, at most [`INSTANCE_CACHE_CAP`].
     instances: HashMap<String, Item>,
+    /// Keys of `instances` in the order they entered (first out first); may
+    /// name keys deleted since, which eviction skips.
+    instance_order: std::collections::VecDeque<String>,
     workload_identities: BTreeMap<String, WorkloadIdentity>,
     revocations: BTreeMap<String, WorkloadIdentityX509Revocation>,
     databases: BTreeMap<String, sigil_types::Database>,
@@ -58,6 +77,8 @@ pub struct Revisions {
 pub struct Cache {
     inner: Arc<RwLock<Snapshot>>,
     changes: Arc<tokio::sync::watch::Sender<Revisions>>,
+    /// Locked instance id → its bot, for the SSH KRL (see `ssh_access`).
+    owners: Arc<std::sync::Mutex<HashMap<String, Option<String>>>>,
 }
 
 impl Default for Cache {
@@ -71,6 +92,7 @@ impl Default for Cache {
         Cache {
             inner: Arc::default(),
             changes: Arc::new(tokio::sync::watch::channel(start).0),
+            owners: Arc::default(),
         }
     }
 }
@@ -125,7 +147,7 @@ impl Cache {
 
     async fn reload(&self, store: &dyn Store) -> anyhow::Result<()> {
         let mut items = Vec::new();
-        for prefix in CACHED {
+        for prefix in LOADED {
             items.extend(store.list(prefix).await?);
         }
         let mut snap = Snapshot::default();
@@ -179,7 +201,7 @@ impl Cache {
     /// Apply a committed write right away (read-your-writes for the writer;
     /// the watch event that follows is idempotent).
     pub fn apply_put(&self, item: &Item) {
-        if CACHED.iter().any(|p| item.key.starts_with(p)) {
+        if followed(&item.key) {
             {
                 let mut s = self.write();
                 if !s.newer(&item.key, item.revision) {
@@ -249,23 +271,35 @@ impl Cache {
         }
     }
 
+    /// The bot of a locked instance id as looked up before: `Some(None)` when it
+    /// did not exist then (ids are never reused), `None` when not looked up.
+    pub fn instance_owner(&self, id: &str) -> Option<Option<String>> {
+        self.owners().get(id).cloned()
+    }
+
+    pub fn remember_instance_owner(&self, id: &str, bot: Option<String>) {
+        self.owners().insert(id.to_string(), bot);
+    }
+
+    /// Keep the looked-up owners of these ids only (the instances locked now).
+    pub fn forget_instance_owners_except(&self, ids: &std::collections::BTreeSet<String>) {
+        self.owners().retain(|id, _| ids.contains(id));
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<String>>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many bot instances are cached now (at most [`INSTANCE_CACHE_CAP`]).
+    #[cfg(test)]
+    fn cached_instances(&self) -> usize {
+        self.read().instances.len()
+    }
+
     /// A bot instance item as last seen (may be stale; compare-and-swap on
     /// its revision detects that).
     pub fn instance_item(&self, key: &str) -> Option<Item> {
         self.read().instances.get(key).cloned()
-    }
-
-    /// Call `f(bot, instance_id)` for every cached bot instance, under one
-    /// read lock and without copying the records.
-    pub fn for_each_instance(&self, mut f: impl FnMut(&str, &str)) {
-        for key in self.read().instances.keys() {
-            if let Some((bot, id)) = key
-                .strip_prefix(keys::BOT_INSTANCES)
-                .and_then(|k| k.split_once('/'))
-            {
-                f(bot, id);
-            }
-        }
     }
 
     /// Every database, by name.
@@ -344,6 +378,27 @@ impl Snapshot {
     }
 }
 
+/// Drop the oldest cached instances until at most `cap` remain.
+fn evict_instances(s: &mut Snapshot, cap: usize) {
+    while s.instances.len() > cap {
+        match s.instance_order.pop_front() {
+            Some(old) => {
+                s.instances.remove(&old);
+            }
+            None => break,
+        }
+    }
+    // Deleted keys linger in the order; rebuild it before it grows unbounded.
+    if s.instance_order.len() > 2 * cap.max(1) {
+        let Snapshot {
+            instances,
+            instance_order,
+            ..
+        } = s;
+        instance_order.retain(|k| instances.contains_key(k));
+    }
+}
+
 fn insert(s: &mut Snapshot, item: &Item) {
     if item.key.starts_with(keys::BOT_INSTANCES) {
         // Watch events may arrive after a newer write was applied directly.
@@ -351,8 +406,9 @@ fn insert(s: &mut Snapshot, item: &Item) {
             .instances
             .get(&item.key)
             .is_none_or(|cur| cur.revision < item.revision);
-        if newer {
-            s.instances.insert(item.key.clone(), item.clone());
+        if newer && s.instances.insert(item.key.clone(), item.clone()).is_none() {
+            s.instance_order.push_back(item.key.clone());
+            evict_instances(s, INSTANCE_CACHE_CAP);
         }
         return;
     }
@@ -409,6 +465,50 @@ mod tests {
         cache
             .lock_for(&[LockTarget::Bot(bot.to_string())])
             .is_some()
+    }
+
+    fn instance_item(n: usize, revision: i64) -> Item {
+        Item {
+            key: keys::bot_instance("b", &format!("{n:06}")),
+            value: b"{}".to_vec(),
+            revision,
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn instances_are_bounded_and_evicted_oldest_first() {
+        let cache = Cache::default();
+        for n in 0..INSTANCE_CACHE_CAP + 10 {
+            cache.apply_put(&instance_item(n, 1));
+        }
+        assert_eq!(cache.cached_instances(), INSTANCE_CACHE_CAP);
+        assert!(
+            cache.instance_item(&instance_item(9, 1).key).is_none(),
+            "oldest out"
+        );
+        assert!(cache.instance_item(&instance_item(10, 1).key).is_some());
+        // An update of a cached instance replaces it in place; an older
+        // revision (a late watch event) does not undo it.
+        cache.apply_put(&instance_item(10, 3));
+        cache.apply_put(&instance_item(10, 2));
+        let got = cache
+            .instance_item(&instance_item(10, 1).key)
+            .expect("cached");
+        assert_eq!(got.revision, 3);
+        // Deleted keys leave the cache at once; the order's stale entries are
+        // compacted, so it stays bounded however many come and go.
+        for n in 10..INSTANCE_CACHE_CAP + 10 {
+            cache.apply_delete(&instance_item(n, 1).key, 0);
+        }
+        assert_eq!(cache.cached_instances(), 0);
+        for round in 0..3 {
+            for n in 0..INSTANCE_CACHE_CAP {
+                cache.apply_put(&instance_item(n + round * INSTANCE_CACHE_CAP, 1));
+            }
+        }
+        assert_eq!(cache.cached_instances(), INSTANCE_CACHE_CAP);
+        assert!(cache.read().instance_order.len() <= 2 * INSTANCE_CACHE_CAP + 1);
     }
 
     #[test]

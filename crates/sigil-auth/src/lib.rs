@@ -75,6 +75,9 @@ pub struct AuthConfig {
     pub new_audit_key: bool,
     /// Where the CA private keys live (database, sealed under a KEK, or an HSM).
     pub ca_keys: CaKeySource,
+    /// How long a bot instance's record is kept after its last credential
+    /// expired; then it is removed (its history stays in the audit log).
+    pub instance_retention: Duration,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -95,6 +98,7 @@ impl std::fmt::Debug for AuthConfig {
             )
             .field("new_audit_key", &self.new_audit_key)
             .field("ca_keys", &self.ca_keys)
+            .field("instance_retention", &self.instance_retention)
             .finish()
     }
 }
@@ -104,6 +108,31 @@ pub const DB_FILE: &str = "sigil.db";
 pub const ADMIN_SOCKET: &str = "admin.sock";
 /// Held (flock) by the running auth service; see [`prepare_data_dir`].
 pub const LOCK_FILE: &str = "sigil.lock";
+
+/// Remove what has expired (tokens, spent records, bot instances past their
+/// retention), a bounded batch per transaction with a pause between batches,
+/// so renewals never queue behind a long purge.
+async fn purge_expired(store: &dyn sigil_store::Store) {
+    let mut total = 0;
+    loop {
+        match store.purge_expired().await {
+            Ok(n) => {
+                total += n;
+                if n < sigil_store::PURGE_BATCH {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purging expired resources failed");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(removed = total, "purged expired resources");
+    }
+}
 
 /// Run until SIGINT or SIGTERM.
 pub async fn run(cfg: AuthConfig) -> anyhow::Result<()> {
@@ -211,6 +240,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         started: Instant::now(),
         checkpoints: checkpoints.clone(),
         denials: audit::aggregate::Denials::default(),
+        instance_retention: cfg.instance_retention,
     });
     store
         .commit(Txn {
@@ -282,11 +312,7 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
             refresh.tick().await; // the first tick is immediate; the cert is fresh
             loop {
                 tokio::select! {
-                    _ = purge.tick() => {
-                        if let Err(e) = store.purge_expired().await {
-                            tracing::warn!(error = %e, "purging expired resources failed");
-                        }
-                    }
+                    _ = purge.tick() => purge_expired(store.as_ref()).await,
                     _ = refresh.tick() => {
                         // Under the CA reload lock: a reload between reading the CAs
                         // and installing would be undone by an older certificate.

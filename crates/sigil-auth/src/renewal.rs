@@ -127,7 +127,7 @@ pub async fn renew(
             ops: vec![Op::Update {
                 key: key.clone(),
                 value,
-                expires: None,
+                expires: state.instance_expiry(cert.not_after),
                 expected_revision: Some(item.revision),
             }],
             audit: vec![

@@ -51,11 +51,19 @@ pub struct AuthState {
     pub denials: crate::audit::aggregate::Denials,
     /// TLS key-exchange groups negotiated since start, per listener.
     pub key_exchanges: Arc<crate::key_exchange::KeyExchanges>,
+    /// See [`crate::AuthConfig::instance_retention`].
+    pub instance_retention: std::time::Duration,
 }
 
 pub type SharedState = Arc<AuthState>;
 
 impl AuthState {
+    /// When a bot instance record written with a credential valid until
+    /// `not_after` is removed, unless a later join or renewal rewrites it.
+    pub fn instance_expiry(&self, not_after: time::OffsetDateTime) -> Option<time::OffsetDateTime> {
+        Some(not_after + self.instance_retention)
+    }
+
     /// The CAs now; cheap (one `Arc` clone). Hold the result for one request so every
     /// certificate of a response comes from the same CA set.
     pub fn cas(&self) -> Arc<Cas> {

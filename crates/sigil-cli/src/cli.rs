@@ -211,6 +211,11 @@ pub struct AuthStartArgs {
     /// Where the CA private keys live (default: in the database).
     #[command(flatten)]
     pub ca_keys: crate::ca_keys::CaKeyArgs,
+    /// How long a bot instance is kept after its last credential expired (it
+    /// can no longer renew by then); then it is removed. Its joins and renewals
+    /// stay in the audit log.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub instance_retention: String,
 }
 
 /// `sigil agent ...`
@@ -378,6 +383,13 @@ pub enum InstancesCommand {
 pub struct InstancesLsArgs {
     /// Only instances of this bot.
     pub bot: Option<String>,
+    /// At most this many (default: all, read page by page). With more left,
+    /// the command prints on stderr the `--page-token` that continues.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    /// Continue a listing where a `--limit` one stopped.
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
     /// Output format.
     #[command(flatten)]
     pub format: FormatArg,

@@ -32,6 +32,7 @@ pub fn auth_config(
         store_url: store_url(args.store.as_deref(), "SIGIL_STORE")?,
         new_audit_key: args.new_audit_key,
         ca_keys: args.ca_keys.source(|k| std::env::var(k).ok())?,
+        instance_retention: parse_flag_duration("instance-retention", &args.instance_retention)?,
     })
 }
 
@@ -215,6 +216,7 @@ mod tests {
             store: None,
             new_audit_key: false,
             ca_keys: Default::default(),
+            instance_retention: "7d".into(),
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)
@@ -231,6 +233,13 @@ mod tests {
         assert_eq!(cfg.server_names, ["auth.example.test"]);
         assert_eq!(cfg.cluster_name.as_deref(), Some("example.test"));
         assert_eq!(cfg.store_url, None, "SQLite by default");
+        assert_eq!(cfg.instance_retention.as_secs(), 7 * 86_400);
+        let bad = AuthStartArgs {
+            instance_retention: "a week".into(),
+            ..args
+        };
+        let err = auth_config(&g, &bad).unwrap_err().message;
+        assert!(err.contains("--instance-retention"), "{err}");
     }
 
     #[test]

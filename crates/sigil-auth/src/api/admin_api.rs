@@ -460,13 +460,8 @@ impl AdminService for AdminApi {
             .and_then(|p| p.key_exchange.clone())
             .unwrap_or_default();
         let s = &self.state;
-        let count = |prefix: &'static str| async move {
-            s.store
-                .list(prefix)
-                .await
-                .map(|v| v.len() as u64)
-                .map_err(store_err)
-        };
+        let count =
+            |prefix: &'static str| async move { s.store.count(prefix).await.map_err(store_err) };
         let cas = s
             .cas()
             .stored

@@ -257,7 +257,7 @@ impl AuthService for AuthApi {
             req.into_inner().labels.into_iter().collect();
         crate::ssh_access::check_labels(&labels)?;
         // Refused at once (not as a stream item) when this host may not watch.
-        crate::ssh_access::host_state(&self.state, &id, &labels)?;
+        crate::ssh_access::host_state(&self.state, &id, &labels).await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(crate::ssh_access::watch(self.state.clone(), id, labels, tx));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -285,17 +285,28 @@ async fn find(state: &AuthState, kind: &str, name: &str) -> Result<Item, Status>
         Status::not_found(format!("{kind} {shown:?} not found"))
     };
     if kind == "bot_instance" && !name.contains('/') {
-        // Look an instance up by id alone.
-        let all = state
-            .store
-            .list(keys::BOT_INSTANCES)
-            .await
-            .map_err(store_err)?;
+        // Look an instance up by id alone: walk the keys (not the records).
         let suffix = format!("/{name}");
-        return all
-            .into_iter()
-            .find(|i| i.key.ends_with(&suffix))
-            .ok_or_else(not_found);
+        let mut after = String::new();
+        loop {
+            let page = state
+                .store
+                .list_keys(keys::BOT_INSTANCES, &after, KEY_PAGE)
+                .await
+                .map_err(store_err)?;
+            if let Some(key) = page.iter().find(|k| k.ends_with(&suffix)) {
+                return state
+                    .store
+                    .get(key)
+                    .await
+                    .map_err(store_err)?
+                    .ok_or_else(not_found);
+            }
+            match page.last() {
+                Some(last) if page.len() == KEY_PAGE => after = last.clone(),
+                _ => return Err(not_found()),
+            }
+        }
     }
     let key = keys::for_kind(kind, name).ok_or_else(not_found)?;
     state
@@ -379,15 +390,16 @@ pub async fn list(
     } else {
         limit.min(MAX_PAGE_ITEMS)
     };
-    let mut items = state.store.list(&prefix).await.map_err(store_err)?;
-    items.sort_by(|a, b| a.key.cmp(&b.key));
+    // One more than the page holds: whether another page follows.
+    let items = state
+        .store
+        .list_page(&prefix, after.as_deref().unwrap_or(""), limit + 1)
+        .await
+        .map_err(store_err)?;
     let mut page = Vec::new();
     let mut bytes = 0;
     let mut last = None;
-    let mut rest = items
-        .iter()
-        .filter(|i| after.as_ref().is_none_or(|a| i.key.as_str() > a.as_str()))
-        .peekable();
+    let mut rest = items.iter().peekable();
     while let Some(item) = rest.next_if(|_| page.len() < limit && bytes < MAX_PAGE_BYTES) {
         let json = shown(kind, item);
         bytes += json.len();
@@ -437,18 +449,6 @@ pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> R
                     });
                 }
             }
-            // A removed bot's instances can never renew again; drop them too.
-            for inst in state
-                .store
-                .list(&keys::bot_instances_of(name))
-                .await
-                .map_err(store_err)?
-            {
-                ops.push(Op::Delete {
-                    key: inst.key,
-                    expected_revision: None,
-                });
-            }
         }
         _ => {}
     }
@@ -466,7 +466,7 @@ pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> R
         event_type,
         serde_json::json!({"kind": kind, "name": shown, "by": actor}),
     );
-    // Every delete (a bot's instances and tokens too) is enforced at once.
+    // Every delete (a bot's tokens too) is enforced at once.
     commit_and_apply(
         state,
         Txn {
@@ -474,5 +474,41 @@ pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> R
             audit: vec![ev],
         },
     )
-    .await
+    .await?;
+    if kind == "bot" {
+        remove_instances_of(state, name).await?;
+    }
+    Ok(())
+}
+
+/// Keys per page when walking bot instance keys.
+const KEY_PAGE: usize = 1000;
+
+/// Drop a removed bot's instances, a bounded transaction at a time so renewals
+/// never queue behind one huge commit. They can no longer renew or call
+/// anything already (their certificates name a bot uid that is gone).
+async fn remove_instances_of(state: &AuthState, bot: &str) -> Result<(), Status> {
+    let prefix = keys::bot_instances_of(bot);
+    loop {
+        let page = state
+            .store
+            .list_keys(&prefix, "", KEY_PAGE)
+            .await
+            .map_err(store_err)?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        let ops = page
+            .into_iter()
+            .map(|key| Op::Delete {
+                key,
+                expected_revision: None,
+            })
+            .collect();
+        match state.store.commit(Txn { ops, audit: vec![] }).await {
+            // Expired or removed meanwhile (retention, a concurrent removal): re-read.
+            Ok(_) | Err(sigil_store::StoreError::NotFound(_)) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+    }
 }

@@ -303,66 +303,76 @@ async fn guard_standby(state: &AuthState, r: &CaRotation, completed: bool) -> Re
             ),
         )
     };
-    if behind.is_empty() {
+    let (count, shown) = behind;
+    if count == 0 {
         return Ok(());
     }
-    let shown: Vec<&str> = behind.iter().take(5).map(String::as_str).collect();
     Err(Status::failed_precondition(format!(
-        "{} bot instance(s) {why}, which stop verifying at standby: {}{}. Wait for them to renew, remove the ones that are gone (`sigil rm bot_instance/BOT/ID`) or lock them, or pass --force",
-        behind.len(),
+        "{count} bot instance(s) {why}, which stop verifying at standby: {}{}. Wait for them to renew, remove the ones that are gone (`sigil rm bot_instance/BOT/ID`) or lock them, or pass --force",
         shown.join(", "),
-        if behind.len() > shown.len() {
-            ", …"
-        } else {
-            ""
-        }
+        if count > shown.len() { ", …" } else { "" }
     )))
 }
 
-/// Bot instances (`bot/instance`) whose latest join or renewal was at or after
-/// `from` (if given) and before `until`. A locked bot or instance is left out: it is
-/// cut off whatever it holds.
+/// How many bot instances' latest join or renewal was at or after `from` (if
+/// given) and before `until`, and the first few of them (`bot/instance`, in key
+/// order). A locked bot or instance is left out: it is cut off whatever it
+/// holds. Read page by page: the fleet is never in memory at once.
 async fn last_renewed_between(
     state: &AuthState,
     from: Option<OffsetDateTime>,
     until: OffsetDateTime,
-) -> Result<Vec<String>, Status> {
-    let items = state
-        .store
-        .list(keys::BOT_INSTANCES)
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+) -> Result<(usize, Vec<String>), Status> {
+    const PAGE: usize = 1000;
+    const SHOWN: usize = 5;
+    let mut count = 0;
     let mut out = Vec::new();
-    for item in items {
-        let Ok(inst) = serde_json::from_slice::<sigil_types::BotInstance>(&item.value) else {
-            continue;
-        };
-        let last = inst
-            .spec
-            .authentications
-            .iter()
-            .map(|a| a.time)
-            .chain(inst.spec.initial_authentication.as_ref().map(|a| a.time))
-            .max();
-        let in_window = match last {
-            Some(t) => t < until && from.is_none_or(|f| t >= f),
-            None => from.is_none(),
-        };
-        let locked = || {
-            state
-                .cache
-                .lock_for(&[
-                    LockTarget::Bot(inst.spec.bot_name.clone()),
-                    LockTarget::BotInstance(inst.spec.instance_id.clone()),
-                ])
-                .is_some()
-        };
-        if in_window && !locked() {
-            out.push(format!("{}/{}", inst.spec.bot_name, inst.spec.instance_id));
+    let mut after = String::new();
+    loop {
+        let items = state
+            .store
+            .list_page(keys::BOT_INSTANCES, &after, PAGE)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let full = items.len() == PAGE;
+        if let Some(last) = items.last() {
+            after = last.key.clone();
+        }
+        for item in items {
+            let Ok(inst) = serde_json::from_slice::<sigil_types::BotInstance>(&item.value) else {
+                continue;
+            };
+            let last = inst
+                .spec
+                .authentications
+                .iter()
+                .map(|a| a.time)
+                .chain(inst.spec.initial_authentication.as_ref().map(|a| a.time))
+                .max();
+            let in_window = match last {
+                Some(t) => t < until && from.is_none_or(|f| t >= f),
+                None => from.is_none(),
+            };
+            let locked = || {
+                state
+                    .cache
+                    .lock_for(&[
+                        LockTarget::Bot(inst.spec.bot_name.clone()),
+                        LockTarget::BotInstance(inst.spec.instance_id.clone()),
+                    ])
+                    .is_some()
+            };
+            if in_window && !locked() {
+                count += 1;
+                if out.len() < SHOWN {
+                    out.push(format!("{}/{}", inst.spec.bot_name, inst.spec.instance_id));
+                }
+            }
+        }
+        if !full {
+            return Ok((count, out));
         }
     }
-    out.sort();
-    Ok(out)
 }
 
 /// The last failure of each automatic rotation's step, so a step that keeps failing

@@ -188,7 +188,7 @@ async fn new_instance(
     ops.push(Op::Create {
         key: keys::bot_instance(&id.bot, &instance_id),
         value: serde_json::to_vec(&inst).map_err(|e| Status::internal(e.to_string()))?,
-        expires: None,
+        expires: state.instance_expiry(cert.not_after),
     });
     let mut fields = serde_json::json!({
         "method": init.join_method, "bot": id.bot, "bot_instance": instance_id,
@@ -325,7 +325,7 @@ async fn rejoin(
     ops.push(Op::Update {
         key,
         value: serde_json::to_vec(&inst).map_err(|e| Status::internal(e.to_string()))?,
-        expires: None,
+        expires: state.instance_expiry(cert.not_after),
         expected_revision: Some(item.revision),
     });
     let mut fields = serde_json::json!({

@@ -258,7 +258,7 @@ pub async fn answer(
     let ops = vec![Op::Update {
         key,
         value: serde_json::to_vec(&inst).map_err(|e| Status::internal(e.to_string()))?,
-        expires: None,
+        expires: state.instance_expiry(cert.not_after),
         expected_revision: Some(item.revision),
     }];
     let mut fields = serde_json::json!({

@@ -48,7 +48,7 @@ pub async fn watch(
     let mut last: Option<SshHostState> = None;
     loop {
         changes.borrow_and_update();
-        let next = host_state(&state, &id, &labels);
+        let next = host_state(&state, &id, &labels).await;
         let stop = next.is_err();
         let changed = match (&next, &last) {
             (Ok(n), Some(l)) => !same_decisions(n, l),
@@ -68,6 +68,89 @@ pub async fn watch(
     }
 }
 
+/// Keys per page when walking bot instances in the store.
+const INSTANCE_PAGE: usize = 10_000;
+
+fn storage(e: sigil_store::StoreError) -> Status {
+    Status::unavailable(format!("storage: {e}"))
+}
+
+/// The instance ids of `bot`, page by page from the store's key index.
+async fn instances_of(state: &AuthState, bot: &str) -> Result<Vec<String>, Status> {
+    let prefix = crate::keys::bot_instances_of(bot);
+    let mut ids = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = state
+            .store
+            .list_keys(&prefix, &after, INSTANCE_PAGE)
+            .await
+            .map_err(storage)?;
+        let full = page.len() == INSTANCE_PAGE;
+        for key in page {
+            if let Some(id) = key.strip_prefix(&prefix) {
+                ids.push(id.to_string());
+            }
+            after = key;
+        }
+        if !full {
+            return Ok(ids);
+        }
+    }
+}
+
+/// The bot of each locked instance id that exists, as `(instance, bot)`. Ids
+/// are resolved once per server (an id never moves to another bot) with one
+/// walk over the instance keys for all the new ones together.
+async fn instance_owners(
+    state: &AuthState,
+    locked: &BTreeSet<String>,
+) -> Result<Vec<(String, String)>, Status> {
+    let missing: BTreeSet<&str> = locked
+        .iter()
+        .map(String::as_str)
+        .filter(|id| state.cache.instance_owner(id).is_none())
+        .collect();
+    if !missing.is_empty() {
+        let mut found: BTreeMap<String, String> = BTreeMap::new();
+        let mut after = String::new();
+        loop {
+            let page = state
+                .store
+                .list_keys(crate::keys::BOT_INSTANCES, &after, INSTANCE_PAGE)
+                .await
+                .map_err(storage)?;
+            let full = page.len() == INSTANCE_PAGE;
+            for key in page {
+                if let Some((bot, id)) = key
+                    .strip_prefix(crate::keys::BOT_INSTANCES)
+                    .and_then(|k| k.split_once('/'))
+                    && missing.contains(id)
+                {
+                    found.insert(id.to_string(), bot.to_string());
+                }
+                after = key;
+            }
+            if !full {
+                break;
+            }
+        }
+        for id in missing {
+            state
+                .cache
+                .remember_instance_owner(id, found.get(id).cloned());
+        }
+    }
+    state.cache.forget_instance_owners_except(locked);
+    Ok(locked
+        .iter()
+        .filter_map(|id| {
+            let bot = state.cache.instance_owner(id).flatten()?;
+            Some((id.clone(), bot))
+        })
+        .collect())
+}
+
 /// Equal apart from the KRL's generation time.
 fn same_decisions(a: &SshHostState, b: &SshHostState) -> bool {
     a.revoked_key_ids == b.revoked_key_ids
@@ -79,7 +162,7 @@ fn same_decisions(a: &SshHostState, b: &SshHostState) -> bool {
 
 /// The state for one host right now. Refused when the host's own bot is
 /// locked, removed, or holds no role that makes it an SSH host.
-pub fn host_state(
+pub async fn host_state(
     state: &AuthState,
     host: &ClientIdentity,
     labels: &BTreeMap<String, String>,
@@ -156,15 +239,20 @@ pub fn host_state(
         });
     }
     let mut revoked_key_ids = BTreeSet::new();
-    if !locked_instances.is_empty() || uids.values().any(|(_, locked)| *locked) {
-        state.cache.for_each_instance(|bot, instance| {
-            let Some((uid, bot_locked)) = uids.get(bot) else {
-                return;
-            };
-            if *bot_locked || locked_instances.contains(instance) {
-                revoked_key_ids.insert(user_key_id(bot, uid, instance));
-            }
-        });
+    // Every instance of a locked bot, read from the store by the bot's prefix.
+    for (bot, (uid, bot_locked)) in &uids {
+        if !*bot_locked {
+            continue;
+        }
+        for instance in instances_of(state, bot).await? {
+            revoked_key_ids.insert(user_key_id(bot, uid, &instance));
+        }
+    }
+    // A locked instance names its id only; its bot is looked up once.
+    for (instance, bot) in instance_owners(state, &locked_instances).await? {
+        if let Some((uid, _)) = uids.get(&bot) {
+            revoked_key_ids.insert(user_key_id(&bot, uid, &instance));
+        }
     }
     let cas = state.cas();
     let ssh_user_ca = cas.ssh_user_cas();

@@ -1,7 +1,7 @@
 //! `sigil bots add|ls|rm|update|instances ls`.
 
 use super::connect::connect;
-use super::resources::{ResourceKind, delete, list, print_list};
+use super::resources::{ResourceKind, delete, list, list_some, print_list};
 use super::{check_name_arg, flag_secs};
 use crate::cli::{BotsAddArgs, BotsCommand, BotsUpdateArgs, Format, GlobalArgs, InstancesCommand};
 use crate::output::{self, relative, unix_time};
@@ -22,8 +22,32 @@ pub async fn run(global: &GlobalArgs, cmd: &BotsCommand) -> anyhow::Result<()> {
         BotsCommand::Instances(InstancesCommand::Ls(args)) => {
             let mut client = connect(global).await?;
             let filter = args.bot.as_deref().unwrap_or("");
-            let items = list(&mut client, ResourceKind::BotInstance, filter).await?;
-            print_list(ResourceKind::BotInstance, &items, args.format.format)
+            if args.limit.is_none() && args.page_token.is_none() {
+                let items = list(&mut client, ResourceKind::BotInstance, filter).await?;
+                return print_list(ResourceKind::BotInstance, &items, args.format.format);
+            }
+            let (items, next) = list_some(
+                &mut client,
+                ResourceKind::BotInstance,
+                filter,
+                args.limit.unwrap_or(u32::MAX),
+                args.page_token.as_deref().unwrap_or(""),
+            )
+            .await?;
+            print_list(ResourceKind::BotInstance, &items, args.format.format)?;
+            if !next.is_empty() {
+                let bot = args
+                    .bot
+                    .as_deref()
+                    .map(|b| format!(" {b}"))
+                    .unwrap_or_default();
+                let limit = args
+                    .limit
+                    .map(|l| format!(" --limit {l}"))
+                    .unwrap_or_default();
+                eprintln!("more: sigil bots instances ls{bot}{limit} --page-token {next}");
+            }
+            Ok(())
         }
     }
 }

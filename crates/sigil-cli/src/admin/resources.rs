@@ -253,6 +253,36 @@ pub async fn list(
     }
 }
 
+/// Up to `limit` resources of `kind` from `page_token` on (`""`: the start),
+/// and the token that continues after them (`""`: nothing left).
+pub async fn list_some(
+    client: &mut AdminClient,
+    kind: ResourceKind,
+    filter: &str,
+    limit: u32,
+    page_token: &str,
+) -> anyhow::Result<(Vec<Value>, String)> {
+    let mut out = Vec::new();
+    let mut page_token = page_token.to_string();
+    while (out.len() as u64) < u64::from(limit) {
+        let resp = client
+            .list_resources(ListResourcesRequest {
+                kind: kind.as_str().to_string(),
+                filter: filter.to_string(),
+                limit: limit.saturating_sub(out.len() as u32),
+                page_token,
+            })
+            .await?
+            .into_inner();
+        out.extend(parse_json_docs(&resp.json)?);
+        page_token = resp.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    Ok((out, page_token))
+}
+
 /// Prints a list for `ls` verbs: a table, or a JSON array.
 pub fn print_list(kind: ResourceKind, items: &[Value], format: Format) -> anyhow::Result<()> {
     match format {
