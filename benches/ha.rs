@@ -13,15 +13,14 @@
 //! admin URL of a server to use instead of starting one)
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sigil_agent::client;
 use sigil_bench::{
-    Instance, admin_client, env, free_port, join, process_cpu_seconds, renew, run_workers,
-    sigil_binary,
+    Instance, Server, admin_client, env, free_port, join, process_cpu_seconds, renew, run_workers,
 };
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
 use sigil_proto::v1::*;
@@ -29,74 +28,6 @@ use tokio::sync::Mutex;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// One running `sigil auth start`.
-struct Server {
-    child: Child,
-    data: PathBuf,
-    addr: String,
-}
-
-impl Server {
-    fn start(dir: &Path, name: &str, store: Option<&str>, key: &Path) -> anyhow::Result<Server> {
-        let data = dir.join(name);
-        let port = free_port()?;
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let mut c = Command::new(sigil_binary()?);
-        c.args(["auth", "start", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--public-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--cluster-name", "bench.test", "--audit-key"])
-            .arg(key)
-            .env("SIGIL_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(url) = store {
-            c.args(["--store", url]);
-        }
-        Ok(Server {
-            child: c.spawn().context("starting sigil")?,
-            data,
-            addr: format!("127.0.0.1:{port}"),
-        })
-    }
-
-    /// Waits until the admin API answers; returns how long that took from `since`.
-    async fn ready(&self, since: Instant) -> anyhow::Result<Duration> {
-        let sock = self.data.join("admin.sock");
-        loop {
-            anyhow::ensure!(
-                since.elapsed() < Duration::from_secs(300),
-                "{} did not start",
-                self.addr
-            );
-            if sock.exists()
-                && let Ok(mut a) = admin_client(sock.clone()).await
-                && a.status(StatusRequest::default()).await.is_ok()
-            {
-                return Ok(since.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn cpu(&self) -> f64 {
-        process_cpu_seconds(self.child.id())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 /// CPU seconds of every process of the PostgreSQL server (postmaster and backends).
 fn postgres_cpu() -> f64 {

@@ -3,7 +3,8 @@
 //! CPU accounting.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sigil_pki::TlsKeyPair;
@@ -11,7 +12,7 @@ use sigil_proto::v1::admin_service_client::AdminServiceClient;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
 use sigil_proto::v1::join_client_message::Message as ClientMsg;
 use sigil_proto::v1::join_server_message::Message as ServerMsg;
-use sigil_proto::v1::{JoinClientMessage, JoinInit, RenewRequest};
+use sigil_proto::v1::{JoinClientMessage, JoinInit, RenewRequest, StatusRequest};
 use tokio::sync::Mutex;
 
 /// A joined bot instance's current credential.
@@ -178,4 +179,82 @@ pub async fn admin_client(
         }))
         .await?;
     Ok(AdminServiceClient::new(ch))
+}
+
+/// One running `sigil auth start`.
+pub struct Server {
+    pub child: Child,
+    pub data: PathBuf,
+    pub addr: String,
+}
+
+impl Server {
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        store: Option<&str>,
+        key: &Path,
+    ) -> anyhow::Result<Server> {
+        let data = dir.join(name);
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let mut c = Command::new(sigil_binary()?);
+        c.args(["auth", "start", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--public-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--cluster-name", "bench.test", "--audit-key"])
+            .arg(key)
+            .env("SIGIL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(url) = store {
+            c.args(["--store", url]);
+        }
+        Ok(Server {
+            child: c.spawn().context("starting sigil")?,
+            data,
+            addr: format!("127.0.0.1:{port}"),
+        })
+    }
+
+    /// [`Server::start`] with the audit key in `dir` (the same on every start).
+    pub fn start_on(dir: &Path, name: &str, store: Option<&str>) -> anyhow::Result<Server> {
+        Server::start(dir, name, store, &dir.join("audit-key.json"))
+    }
+
+    /// Waits until the admin API answers; returns how long that took from `since`.
+    pub async fn ready(&self, since: Instant) -> anyhow::Result<Duration> {
+        let sock = self.data.join("admin.sock");
+        loop {
+            anyhow::ensure!(
+                since.elapsed() < Duration::from_secs(300),
+                "{} did not start",
+                self.addr
+            );
+            if sock.exists()
+                && let Ok(mut a) = admin_client(sock.clone()).await
+                && a.status(StatusRequest::default()).await.is_ok()
+            {
+                return Ok(since.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn cpu(&self) -> f64 {
+        process_cpu_seconds(self.child.id())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
