@@ -4,6 +4,7 @@
 //! (instance creation, issuance, audit) is shared.
 
 mod bound_keypair;
+mod bound_keypair_retry;
 mod flow;
 mod github;
 mod gitlab;
