@@ -197,9 +197,16 @@ fn token_joins_and_renewals_survive_a_crash_at_every_point() {
         let c = credential(&agent);
         let instances = instances_of(&auth, &bot);
         assert_eq!(instances.len(), 1, "{point}: {instances:?}");
-        assert_eq!(instances[0]["metadata"]["name"], c["instance_id"], "{point}");
+        assert_eq!(
+            instances[0]["metadata"]["name"], c["instance_id"],
+            "{point}"
+        );
         // A crash after the credential was saved renews; otherwise generation 1.
-        let want = if *point == "join.after_credential" { 2 } else { 1 };
+        let want = if *point == "join.after_credential" {
+            2
+        } else {
+            1
+        };
         assert_eq!(c["generation"], want, "{point}");
         assert!(!agent.storage.join("next_key.pem").exists(), "{point}");
         assert_no_false_alarm(&auth, point);
@@ -219,7 +226,12 @@ fn token_joins_and_renewals_survive_a_crash_at_every_point() {
     // A real copy is still caught: the same storage on a second machine.
     let copy = AgentDirs::new();
     copy_dir(&agent.storage, &copy.storage);
-    let copy_cfg = config(&copy, &servers, &auth.pin, "{join_method: token, token: unused}");
+    let copy_cfg = config(
+        &copy,
+        &servers,
+        &auth.pin,
+        "{join_method: token, token: unused}",
+    );
     let o = run_agent(&cfg, None);
     assert!(o.status.success(), "{}", text(&o));
     let o = run_agent(&copy_cfg, None);
@@ -332,7 +344,12 @@ fn bound_keypair_key_rotation_survives_a_crash_at_every_point() {
         let name = format!("rot{n}");
         keypair_token(&auth, &name, ", rotate_after: \"2020-01-01T00:00:00Z\"");
         let agent = AgentDirs::new();
-        let cfg = config(&agent, &[auth.addr()], &auth.pin, &keypair_onboarding(&name));
+        let cfg = config(
+            &agent,
+            &[auth.addr()],
+            &auth.pin,
+            &keypair_onboarding(&name),
+        );
         crash_at(&cfg, point);
         recover(&cfg, point);
         assert_no_false_alarm(&auth, point);
@@ -352,7 +369,11 @@ fn bound_keypair_key_rotation_survives_a_crash_at_every_point() {
         lose_credential(&agent);
         recover(&cfg, point);
         assert_no_false_alarm(&auth, point);
-        assert_eq!(instances_of(&auth, &format!("{name}-bot")).len(), 2, "{point}");
+        assert_eq!(
+            instances_of(&auth, &format!("{name}-bot")).len(),
+            2,
+            "{point}"
+        );
     }
 }
 
@@ -483,7 +504,9 @@ fn a_bound_keypair_answer_lost_by_a_dying_server_is_answered_again_by_the_other(
         let c = credential(&agent);
         assert_eq!(c["generation"], 1);
         assert!(
-            retries[round].to_string().contains(c["instance_id"].as_str().expect("id")),
+            retries[round]
+                .to_string()
+                .contains(c["instance_id"].as_str().expect("id")),
             "{retries:?}"
         );
         assert_eq!(instances_of(&b, "lost-bot").len(), round + 1);

@@ -201,7 +201,10 @@ fn answer_challenge(
         tracing::info!("bound_keypair: the last join rotated the key; proving the new one");
         (serde_json::json!({"signature": next.sign(challenge)}), true)
     } else {
-        (serde_json::json!({"signature": current.sign(challenge)}), false)
+        (
+            serde_json::json!({"signature": current.sign(challenge)}),
+            false,
+        )
     };
     Ok((serde_json::to_vec(&answer)?, with_next))
 }
@@ -235,8 +238,7 @@ impl JoinProver for BoundKeypairProver {
 
     async fn answer(&self, ctx: &ProverContext, challenge: &[u8]) -> anyhow::Result<Vec<u8>> {
         let current = AgentKey::load(&file(ctx, KEY_FILE))?;
-        let (answer, with_next) =
-            answer_challenge(&current, &file(ctx, NEXT_KEY_FILE), challenge)?;
+        let (answer, with_next) = answer_challenge(&current, &file(ctx, NEXT_KEY_FILE), challenge)?;
         self.signed_with_next
             .store(with_next, std::sync::atomic::Ordering::SeqCst);
         Ok(answer)
@@ -287,8 +289,7 @@ mod tests {
         assert_eq!(key.openssh_public, again.openssh_public);
         assert!(key.openssh_public.starts_with("ssh-ed25519 "));
         let c1 = br#"{"nonce":"a"}"#;
-        let (a, with_next) =
-            answer_challenge(&again, &dir.path().join(NEXT_KEY_FILE), c1).unwrap();
+        let (a, with_next) = answer_challenge(&again, &dir.path().join(NEXT_KEY_FILE), c1).unwrap();
         assert!(!with_next);
         let a: serde_json::Value = serde_json::from_slice(&a).unwrap();
         assert!(verify(&key, c1, &a));
@@ -324,7 +325,11 @@ mod tests {
         let cur = serde_json::json!({"nonce": "z", "key": key.openssh_public}).to_string();
         let (a, with_next) = answer_challenge(&key, &next_path, cur.as_bytes()).unwrap();
         assert!(!with_next);
-        assert!(verify(&key, cur.as_bytes(), &serde_json::from_slice(&a).unwrap()));
+        assert!(verify(
+            &key,
+            cur.as_bytes(),
+            &serde_json::from_slice(&a).unwrap()
+        ));
         let (other, _) = AgentKey::generate().unwrap();
         let odd = serde_json::json!({"nonce": "w", "key": other.openssh_public}).to_string();
         assert!(answer_challenge(&key, &next_path, odd.as_bytes()).is_err());

@@ -41,9 +41,9 @@
 //! - a retry of the last exchange after its instance renewed: the next
 //!   exchange of that identity had started, so the holder of the answer is
 //!   alive and this is another machine with the same files;
-//! - the last exchange's state shown with another TLS key: a copy of the
-//!   storage made at rest (the agent clears its pending key once the answer
-//!   is saved), i.e. two machines.
+//! - the state the last exchange was shown, presented with another TLS key:
+//!   a copy of the storage made at rest (the agent clears its pending key
+//!   once the answer is saved), i.e. two machines.
 //!
 //! Attacks considered:
 //! - A thief with the bound key and an old join state but not the pending TLS
@@ -149,8 +149,8 @@ pub fn repeated<'a>(
 ) -> Option<&'a LastExchange> {
     let last = rec.last_exchange.as_ref()?;
     let issued = rec.join_state_sha256.as_deref().unwrap_or_default();
-    let state_ok =
-        same(&last.presented_state_sha256, presented_state_sha256) || same(issued, presented_state_sha256);
+    let state_ok = same(&last.presented_state_sha256, presented_state_sha256)
+        || same(issued, presented_state_sha256);
     let key_ok = last.presented_key == presented_key
         || rec.bound_public_key.as_deref() == Some(presented_key);
     (same(&last.tls_key_sha256, tls_key_sha256) && state_ok && key_ok).then_some(last)
@@ -204,14 +204,21 @@ pub async fn verify_retry(
         .map_err(|e| deny(format!("stored bound key: {e}"), &audit))?;
     // The key bound now, named in the challenge when the agent presented the
     // pre-rotation one (it holds the new key unconfirmed).
-    prove(conv, token, &state.cluster, &bound, false, bound.line != presented.line)
-        .await
-        .map_err(|mut d| {
-            if d.audit.is_null() {
-                d.audit = audit.clone();
-            }
-            d
-        })?;
+    prove(
+        conv,
+        token,
+        &state.cluster,
+        &bound,
+        false,
+        bound.line != presented.line,
+    )
+    .await
+    .map_err(|mut d| {
+        if d.audit.is_null() {
+            d.audit = audit.clone();
+        }
+        d
+    })?;
     audit["retry"] = true.into();
     audit["bot_instance"] = last.instance_id.clone().into();
     audit["sequence"] = rec.sequence.into();
@@ -350,8 +357,14 @@ mod tests {
     fn a_renewed_instance_means_a_copy_and_a_removed_one_a_plain_denial() {
         let l = last();
         assert_eq!(verdict(&l, Some(&inst(1, "t1"))), Verdict::Retry);
-        assert!(matches!(verdict(&l, Some(&inst(2, "t9"))), Verdict::Copy(_)));
-        assert!(matches!(verdict(&l, Some(&inst(1, "t9"))), Verdict::Copy(_)));
+        assert!(matches!(
+            verdict(&l, Some(&inst(2, "t9"))),
+            Verdict::Copy(_)
+        ));
+        assert!(matches!(
+            verdict(&l, Some(&inst(1, "t9"))),
+            Verdict::Copy(_)
+        ));
         assert!(matches!(verdict(&l, None), Verdict::Deny(_)));
         let mut token_inst = inst(1, "t1");
         token_inst.spec.join_method = "token".into();
@@ -397,10 +410,15 @@ mod tests {
         assert_eq!(expected_revision, Some(7));
         let back: KeyState = serde_json::from_slice(&value).unwrap();
         let l = back.last_exchange.unwrap();
-        assert_eq!((l.instance_id.as_str(), l.tls_key_sha256.as_str()), ("i-42", "t7"));
+        assert_eq!(
+            (l.instance_id.as_str(), l.tls_key_sha256.as_str()),
+            ("i-42", "t7")
+        );
         assert_eq!(l.bot_name, "b");
         // A record written before last_exchange existed still reads.
-        let old: KeyState = serde_json::from_str(r#"{"bound_public_key":null,"sequence":1,"recoveries":1}"#).unwrap();
+        let old: KeyState =
+            serde_json::from_str(r#"{"bound_public_key":null,"sequence":1,"recoveries":1}"#)
+                .unwrap();
         assert!(old.last_exchange.is_none());
     }
 }
