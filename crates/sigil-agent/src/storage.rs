@@ -227,4 +227,41 @@ mod tests {
         assert!(e.contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
+
+    #[test]
+    fn a_pending_key_that_is_the_current_one_is_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Storage::new(&t.path().join("storage"));
+        let pending = s.next_key().unwrap();
+        let cred = |k: &TlsKeyPair| StoredCredential {
+            cluster: "c".into(),
+            bot: "b".into(),
+            instance_id: "i".into(),
+            generation: 2,
+            roles: vec![],
+            cert_pem: String::new(),
+            key_pem: k.to_pkcs8_pem(),
+            ca_certs_pem: String::new(),
+            expires: time::OffsetDateTime::UNIX_EPOCH,
+            renewable: true,
+        };
+        // A pending key for another credential is the one to retry with.
+        let other = TlsKeyPair::generate().unwrap();
+        let k = s.next_key_after(&cred(&other)).unwrap();
+        assert_eq!(k.spki_der(), pending.spki_der());
+        // The credential was saved with it, the pending file not removed: a new key.
+        let k = s.next_key_after(&cred(&pending)).unwrap();
+        assert_ne!(k.spki_der(), pending.spki_der());
+        assert_eq!(s.pending_key().unwrap().unwrap().spki_der(), k.spki_der());
+    }
+
+    #[test]
+    fn a_refused_first_join_leaves_nothing_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Storage::new(&t.path().join("storage"));
+        s.keep_pending_key(&TlsKeyPair::generate().unwrap())
+            .unwrap();
+        s.forget_refused_key(true).unwrap();
+        assert!(!t.path().join("storage").exists());
+    }
 }
