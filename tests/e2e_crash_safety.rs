@@ -519,3 +519,30 @@ fn a_bound_keypair_answer_lost_by_a_dying_server_is_answered_again_by_the_other(
     recover(&cfg, "a later recovery");
     assert_no_false_alarm(&b, "the end");
 }
+
+#[test]
+fn a_lost_bound_keypair_answer_survives_a_jwt_ca_rotation() {
+    let auth = Auth::start();
+    keypair_token(&auth, "ca", "");
+    let agent = AgentDirs::new();
+    let cfg = config(&agent, &[auth.addr()], &auth.pin, &keypair_onboarding("ca"));
+    recover(&cfg, "the first join");
+    lose_credential(&agent);
+    // A recovery commits, its answer is lost; then the JWT CA that signed the
+    // join states is rotated out entirely before the agent comes back.
+    crash_at(&cfg, "join.after_answer");
+    for phase in ["init", "update_clients", "update_servers"] {
+        auth.ok(&["ca", "rotate", "--type", "jwt", "--phase", phase]);
+    }
+    auth.ok(&[
+        "ca", "rotate", "--type", "jwt", "--phase", "standby", "--force",
+    ]);
+    recover(&cfg, "join.after_answer, then a JWT CA rotation");
+    assert_eq!(auth.audit("bot.join.retry").len(), 1);
+    assert_eq!(instances_of(&auth, "ca-bot").len(), 2);
+    // The state answered again (signed by the old CA) is the current one.
+    lose_credential(&agent);
+    recover(&cfg, "a recovery after the rotation");
+    assert_eq!(instances_of(&auth, "ca-bot").len(), 3);
+    assert_no_false_alarm(&auth, "a JWT CA rotation");
+}
