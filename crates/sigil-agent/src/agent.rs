@@ -31,25 +31,25 @@ pub(crate) struct Agent {
     pub(crate) oneshot: bool,
     /// A first join's key (PKCS#8 PEM), the same for every attempt of this run, so
     /// a retry on another server after a lost answer presents the same key (and
-    /// persisted then, for a restart: storage.rs).
+    /// persisted before sending, for a restart: storage.rs).
     pub(crate) join_key: std::sync::Mutex<Option<String>>,
 }
 
 impl Agent {
-    /// The key of a first join: a persisted pending key if there is one, else one
-    /// kept in memory for this run (written only when a sent join fails without a
-    /// denial, `join`; so a refused join leaves nothing).
-    fn first_join_key(&self) -> anyhow::Result<TlsKeyPair> {
+    /// The key of a first join: a persisted pending key if there is one (and
+    /// `false`), else one kept in memory for this run and not persisted yet
+    /// (`true`; `join` persists it before sending, and forgets it if refused).
+    fn first_join_key(&self) -> anyhow::Result<(TlsKeyPair, bool)> {
         if let Some(k) = self.storage.pending_key()? {
-            return Ok(k);
+            return Ok((k, false));
         }
         let mut slot = self.join_key.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pem) = slot.as_ref() {
-            return Ok(TlsKeyPair::from_pkcs8_pem(pem)?);
+            return Ok((TlsKeyPair::from_pkcs8_pem(pem)?, true));
         }
         let k = TlsKeyPair::generate()?;
         *slot = Some(k.to_pkcs8_pem());
-        Ok(k)
+        Ok((k, true))
     }
 
     /// One round: join or renew, then refresh every output.
@@ -169,10 +169,11 @@ impl Agent {
         // after committing), the retry on another server presents it again, which
         // the server recognises (a re-proof: the persisted next key, storage.rs; a
         // spent token: the auth service's join/retry.rs).
-        let key = match cur {
-            Some(_) => self.storage.next_key()?,
+        let (key, fresh) = match cur {
+            Some(c) => (self.storage.next_key_after(c)?, false),
             None => self.first_join_key()?,
         };
+        let created_dir = fresh && !self.storage.exists()?;
         // A re-proof presents the instance's current certificate.
         let channel = match cur {
             Some(c) => self.channel(c)?,
@@ -205,6 +206,12 @@ impl Agent {
             .init(&ctx, &mut init)
             .await
             .with_context(|| format!("join method {}", init.join_method))?;
+        // Persisted before sending: the server may commit this join and the
+        // answer be lost (or this process killed); a restart retries with it.
+        if fresh {
+            self.storage.keep_pending_key(&key)?;
+        }
+        fault_point!(JoinBeforeSend);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.send(JoinClientMessage {
             message: Some(ClientMsg::Init(init)),
@@ -217,6 +224,9 @@ impl Agent {
                 .map_err(join_status)?
                 .into_inner();
             loop {
+                #[cfg(feature = "fault-injection")]
+                crate::fault::lose_answer(crate::fault::Point::JoinAfterSend, inbound.message())
+                    .await;
                 let msg = inbound.message().await.map_err(join_status)?;
                 match msg.and_then(|m| m.message) {
                     Some(ServerMsg::Challenge(c)) => {
@@ -229,6 +239,7 @@ impl Agent {
                         .await?;
                     }
                     Some(ServerMsg::Result(creds)) => {
+                        fault_point!(JoinAfterAnswer);
                         refusing(
                             &channel,
                             self.witness.observe(
@@ -238,8 +249,10 @@ impl Agent {
                             ),
                         )?;
                         prover.joined(&ctx, &creds)?;
+                        fault_point!(JoinAfterMethodState);
                         let cred = stored(creds, &key)?;
                         self.storage.save(&cred)?;
+                        fault_point!(JoinAfterCredential);
                         return Ok(cred);
                     }
                     None => {
@@ -251,14 +264,15 @@ impl Agent {
         .await;
         match answer {
             Err(e) => {
-                // Sent, not denied: the server may have committed it and the answer
-                // been lost (or not saved). Keep the key so a restarted agent
-                // retries with it.
-                if cur.is_none()
-                    && e.downcast_ref::<JoinDeniedError>().is_none()
-                    && let Err(k) = self.storage.keep_pending_key(&key)
+                // This join's own key, refused: nothing was committed for it, so
+                // nothing is left behind. (A key persisted by an earlier attempt
+                // stays: that attempt may have been committed, and a join refused
+                // now, e.g. while a lock holds, may be retried later.)
+                if fresh
+                    && e.downcast_ref::<JoinDeniedError>().is_some()
+                    && let Err(k) = self.storage.forget_refused_key(created_dir)
                 {
-                    tracing::warn!(error = %format!("{k:#}"), "could not keep the first join's key for a retry");
+                    tracing::warn!(error = %format!("{k:#}"), "could not remove the refused join's key");
                 }
                 Err(e)
             }
@@ -302,23 +316,32 @@ impl Agent {
 
     async fn renew(&self, cur: &StoredCredential) -> anyhow::Result<StoredCredential> {
         // Persist the next key before asking (crash safety, see storage.rs).
-        let next = self.storage.next_key()?;
+        let next = self.storage.next_key_after(cur)?;
         let channel = self.channel(cur)?;
         let mut client = AuthServiceClient::new(channel.clone());
         // Witness first: a server whose audit log went backwards (e.g. its database
         // was rolled back) must not be asked to renew, or it would act on old state.
         self.witnessed_ping(&mut client, &channel, Some(&cur.cluster))
             .await?;
+        let req = RenewRequest {
+            public_key_spki: next.spki_der(),
+            ttl_seconds: self.cfg.credential_ttl.as_secs(),
+            heartbeat: Some(self.heartbeat()),
+        };
+        fault_point!(RenewBeforeSend);
+        #[cfg(feature = "fault-injection")]
+        crate::fault::lose_answer(
+            crate::fault::Point::RenewAfterSend,
+            client.clone().renew(req.clone()),
+        )
+        .await;
         let creds = client
-            .renew(RenewRequest {
-                public_key_spki: next.spki_der(),
-                ttl_seconds: self.cfg.credential_ttl.as_secs(),
-                heartbeat: Some(self.heartbeat()),
-            })
+            .renew(req)
             .await
             .map_err(status_error)
             .context("renewing the agent's identity")?
             .into_inner();
+        fault_point!(RenewAfterAnswer);
         // Refused: the next key stays persisted, so the next attempt is a retry the
         // server recognises (renewal.rs), not a generation mismatch.
         refusing(
@@ -331,6 +354,7 @@ impl Agent {
         )?;
         let cred = stored(creds, &next)?;
         self.storage.save(&cred)?;
+        fault_point!(RenewAfterCredential);
         self.storage.clear_next_key()?;
         Ok(cred)
     }

@@ -1,6 +1,15 @@
 //! The Sigil agent: joins, keeps its own identity renewed (with a crash-safe
 //! generation counter), and writes credentials that ordinary tools use.
 
+/// Abort at a named fault point (fault.rs) when built with the
+/// `fault-injection` feature; expands to nothing otherwise.
+macro_rules! fault_point {
+    ($p:ident) => {
+        #[cfg(feature = "fault-injection")]
+        $crate::fault::hit($crate::fault::Point::$p);
+    };
+}
+
 mod agent;
 mod ca_watch;
 pub mod client;
@@ -8,6 +17,8 @@ mod config;
 mod destination;
 mod diag;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod fsutil;
 mod identity_file;
 mod join;

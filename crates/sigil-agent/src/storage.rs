@@ -5,10 +5,12 @@
 //! *before* it is requested: if the agent dies (or the server does) after the
 //! server issued but before the result was saved, the retry uses the same key
 //! and the server recognises it as a retry, not a stolen copy. A first join
-//! keeps its key in memory (a refused join leaves nothing behind) and writes it
-//! to `next_key.pem` only when its request went out and failed without a denial
-//! (the answer may be lost: a restarted agent retries with it); it uses a
-//! `next_key.pem` already there.
+//! writes its key to `next_key.pem` before sending too (the answer may be lost,
+//! or the agent killed, after the server committed: a restarted agent retries
+//! with it), and removes it again if that very join is refused (a refused join
+//! leaves nothing behind); it uses a `next_key.pem` already there. A pending key
+//! that is the current credential's own (the agent died after saving the
+//! credential, before removing it) is replaced, not reused.
 
 use std::path::{Path, PathBuf};
 
@@ -127,6 +129,39 @@ impl Storage {
         }
     }
 
+    /// The pending next key for renewing (or re-proving) `current`: a
+    /// persisted one unless it is `current`'s own key (left by a crash after
+    /// the credential was saved), else a new one, persisted.
+    pub fn next_key_after(&self, current: &StoredCredential) -> anyhow::Result<TlsKeyPair> {
+        let k = self.next_key()?;
+        let own = TlsKeyPair::from_pkcs8_pem(&current.key_pem)
+            .map(|c| c.spki_der() == k.spki_der())
+            .unwrap_or(false);
+        if !own {
+            return Ok(k);
+        }
+        let k = TlsKeyPair::generate()?;
+        self.dir()?
+            .write(NEXT_KEY, k.to_pkcs8_pem().as_bytes(), fsutil::SECRET)?;
+        Ok(k)
+    }
+
+    /// Whether the storage directory exists.
+    pub fn exists(&self) -> anyhow::Result<bool> {
+        Ok(self.existing()?.is_some())
+    }
+
+    /// A refused first join: remove the key it persisted, and the directory
+    /// if that join created it and it is empty now.
+    pub fn forget_refused_key(&self, created_dir: bool) -> anyhow::Result<()> {
+        self.clear_next_key()?;
+        if created_dir {
+            // Fails (and is meant to) if anything else is in it.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+        Ok(())
+    }
+
     /// The pending next key if one was persisted, creating nothing (a first join
     /// that is refused leaves no storage directory behind).
     pub fn pending_key(&self) -> anyhow::Result<Option<TlsKeyPair>> {
@@ -144,9 +179,9 @@ impl Storage {
         ))
     }
 
-    /// Persist a first join's key as the pending key (if none is), once its join
-    /// went out and failed for another reason than a denial: the server may have
-    /// committed it, and a restarted agent must retry with the same key.
+    /// Persist a first join's key as the pending key (if none is), before the
+    /// join is sent: the server may commit it and the answer be lost, and a
+    /// restarted agent must retry with the same key.
     pub fn keep_pending_key(&self, k: &TlsKeyPair) -> anyhow::Result<()> {
         let d = self.dir()?;
         if d.read(NEXT_KEY)?.is_none() {
@@ -191,5 +226,42 @@ mod tests {
         let e = format!("{:#}", s.next_key().unwrap_err());
         assert!(e.contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_pending_key_that_is_the_current_one_is_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Storage::new(&t.path().join("storage"));
+        let pending = s.next_key().unwrap();
+        let cred = |k: &TlsKeyPair| StoredCredential {
+            cluster: "c".into(),
+            bot: "b".into(),
+            instance_id: "i".into(),
+            generation: 2,
+            roles: vec![],
+            cert_pem: String::new(),
+            key_pem: k.to_pkcs8_pem(),
+            ca_certs_pem: String::new(),
+            expires: time::OffsetDateTime::UNIX_EPOCH,
+            renewable: true,
+        };
+        // A pending key for another credential is the one to retry with.
+        let other = TlsKeyPair::generate().unwrap();
+        let k = s.next_key_after(&cred(&other)).unwrap();
+        assert_eq!(k.spki_der(), pending.spki_der());
+        // The credential was saved with it, the pending file not removed: a new key.
+        let k = s.next_key_after(&cred(&pending)).unwrap();
+        assert_ne!(k.spki_der(), pending.spki_der());
+        assert_eq!(s.pending_key().unwrap().unwrap().spki_der(), k.spki_der());
+    }
+
+    #[test]
+    fn a_refused_first_join_leaves_nothing_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Storage::new(&t.path().join("storage"));
+        s.keep_pending_key(&TlsKeyPair::generate().unwrap())
+            .unwrap();
+        s.forget_refused_key(true).unwrap();
+        assert!(!t.path().join("storage").exists());
     }
 }

@@ -9,6 +9,15 @@
 //!   with the key it persisted before asking. Reissue `stored` to `K`.
 //! - anything else: someone renewed this identity from a copy. Refuse, lock
 //!   this instance (only this one) and audit it.
+//!
+//! Crash safety, agent side (sigil-agent `storage.rs`, exercised at every step
+//! by `tests/e2e_crash_safety.rs`): the next key is persisted before asking and
+//! removed only after the new credential is saved. A crash in between leaves a
+//! pending key equal to the current one; the agent replaces it rather than
+//! renewing to the same key again. A copy of the storage taken mid-renewal
+//! holds the same pending key, so both holders may get `stored` reissued to
+//! it; their next renewals use fresh keys and diverge, and the second is the
+//! mismatch above.
 
 use sigil_pki::{CertInfo, ClientIdentity};
 use sigil_proto::v1::{Credentials, RenewRequest};

@@ -11,6 +11,13 @@
 //! challenge is `{"signature": b64url}` where the Ed25519 signature covers
 //! `CHALLENGE_PREFIX || challenge`; to a rotation challenge
 //! (`"rotate": true`) `{"new_public_key","signature"}` signed by a new key.
+//!
+//! Crash safety: a rotation's new key is persisted (`bound_keypair.next.key`)
+//! before the answer is sent and kept until a join says whether it was bound:
+//! if the answer was lost, the retry's challenge names the new key (`"key"`)
+//! and the agent signs with it (server: `join/bound_keypair_retry.rs`). The
+//! new key replaces the old one once the join is answered, before the join
+//! state is saved; a crash between the two is a retry the server recognises.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +42,9 @@ const STATE_FILE: &str = "bound_keypair.state";
 pub struct BoundKeypairProver {
     token: String,
     registration_secret: Option<String>,
+    /// Whether this join's last proof was signed with the next key (a
+    /// rotation, or a retry after one): `joined` then makes it the key.
+    signed_with_next: std::sync::atomic::AtomicBool,
 }
 
 impl BoundKeypairProver {
@@ -51,6 +61,7 @@ impl BoundKeypairProver {
         Ok(BoundKeypairProver {
             token,
             registration_secret,
+            signed_with_next: Default::default(),
         })
     }
 }
@@ -157,34 +168,59 @@ fn stored_join_state(ctx: &ProverContext) -> anyhow::Result<String> {
     }
 }
 
-/// Answer a challenge payload with `current`, or — for a rotation
-/// challenge — with a new key first persisted at `next_path`.
+/// Answer a challenge payload with `current`; for a rotation challenge with a
+/// new key first persisted at `next_path`; for a challenge naming a key
+/// (`"key"`: a retry after a lost rotation answer) with the key of that name,
+/// `current` or the one at `next_path`. The answer, and whether the next key
+/// signed it.
 fn answer_challenge(
     current: &AgentKey,
     next_path: &Path,
     challenge: &[u8],
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<(Vec<u8>, bool)> {
     let v: serde_json::Value =
         serde_json::from_slice(challenge).context("bound_keypair: undecodable challenge")?;
-    let answer = if v.get("rotate").and_then(|r| r.as_bool()) == Some(true) {
+    let named = v.get("key").and_then(|k| k.as_str());
+    let (answer, with_next) = if v.get("rotate").and_then(|r| r.as_bool()) == Some(true) {
         let (next, text) = AgentKey::generate()?;
         // Persisted before answering: once the server binds it, the old key
         // is useless, so it must survive a crash here.
         write_atomic(next_path, text.as_bytes(), SECRET)?;
+        fault_point!(JoinAfterRotationKey);
         tracing::info!("bound_keypair: rotating the key as the token requires");
-        serde_json::json!({"new_public_key": next.openssh_public, "signature": next.sign(challenge)})
+        let a = serde_json::json!({"new_public_key": next.openssh_public, "signature": next.sign(challenge)});
+        (a, true)
+    } else if let Some(named) = named.filter(|n| !same_public(n, &current.openssh_public)) {
+        let next = match read_file(next_path)? {
+            Some(_) => AgentKey::load(next_path)?,
+            None => bail!("bound_keypair: the server asks for a key this agent does not hold"),
+        };
+        if !same_public(named, &next.openssh_public) {
+            bail!("bound_keypair: the server asks for a key this agent does not hold");
+        }
+        tracing::info!("bound_keypair: the last join rotated the key; proving the new one");
+        (serde_json::json!({"signature": next.sign(challenge)}), true)
     } else {
-        serde_json::json!({"signature": current.sign(challenge)})
+        (
+            serde_json::json!({"signature": current.sign(challenge)}),
+            false,
+        )
     };
-    Ok(serde_json::to_vec(&answer)?)
+    Ok((serde_json::to_vec(&answer)?, with_next))
+}
+
+/// Whether two OpenSSH public key lines name the same key (comments aside).
+fn same_public(a: &str, b: &str) -> bool {
+    let body = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    body(a) == body(b)
 }
 
 #[async_trait::async_trait]
 impl JoinProver for BoundKeypairProver {
     async fn init(&self, ctx: &ProverContext, init: &mut JoinInit) -> anyhow::Result<()> {
         let key = AgentKey::load_or_generate(&file(ctx, KEY_FILE))?;
-        // A next key left by an unfinished join was never bound.
-        storage(ctx)?.remove(NEXT_KEY_FILE)?;
+        // A next key left by an unfinished join is kept: if that join was
+        // committed, the server binds it now and asks for it (`answer`).
         let join_state = stored_join_state(ctx)?;
         let mut evidence = serde_json::json!({
             "public_key": key.openssh_public, "join_state": join_state,
@@ -202,13 +238,24 @@ impl JoinProver for BoundKeypairProver {
 
     async fn answer(&self, ctx: &ProverContext, challenge: &[u8]) -> anyhow::Result<Vec<u8>> {
         let current = AgentKey::load(&file(ctx, KEY_FILE))?;
-        answer_challenge(&current, &file(ctx, NEXT_KEY_FILE), challenge)
+        let (answer, with_next) = answer_challenge(&current, &file(ctx, NEXT_KEY_FILE), challenge)?;
+        self.signed_with_next
+            .store(with_next, std::sync::atomic::Ordering::SeqCst);
+        Ok(answer)
     }
 
     fn joined(&self, ctx: &ProverContext, creds: &Credentials) -> anyhow::Result<()> {
         let dir = storage(ctx)?;
-        if dir.contains(NEXT_KEY_FILE)? {
+        // The next key is bound only if this join's proof was signed with it;
+        // otherwise it is a leftover the server never bound.
+        if self
+            .signed_with_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
             dir.rename(NEXT_KEY_FILE, KEY_FILE)?;
+            fault_point!(JoinAfterBoundKey);
+        } else if dir.contains(NEXT_KEY_FILE)? {
+            dir.remove(NEXT_KEY_FILE)?;
         }
         if !creds.join_state.is_empty() {
             dir.write(STATE_FILE, creds.join_state.as_bytes(), SECRET)?;
@@ -242,10 +289,9 @@ mod tests {
         assert_eq!(key.openssh_public, again.openssh_public);
         assert!(key.openssh_public.starts_with("ssh-ed25519 "));
         let c1 = br#"{"nonce":"a"}"#;
-        let a: serde_json::Value = serde_json::from_slice(
-            &answer_challenge(&again, &dir.path().join(NEXT_KEY_FILE), c1).unwrap(),
-        )
-        .unwrap();
+        let (a, with_next) = answer_challenge(&again, &dir.path().join(NEXT_KEY_FILE), c1).unwrap();
+        assert!(!with_next);
+        let a: serde_json::Value = serde_json::from_slice(&a).unwrap();
         assert!(verify(&key, c1, &a));
         assert!(
             !verify(&key, br#"{"nonce":"b"}"#, &a),
@@ -260,12 +306,32 @@ mod tests {
         let key = AgentKey::load_or_generate(&dir.path().join(KEY_FILE)).unwrap();
         let next_path = dir.path().join(NEXT_KEY_FILE);
         let c = br#"{"rotate":true,"nonce":"x"}"#;
-        let a: serde_json::Value =
-            serde_json::from_slice(&answer_challenge(&key, &next_path, c).unwrap()).unwrap();
+        let (a, with_next) = answer_challenge(&key, &next_path, c).unwrap();
+        assert!(with_next);
+        let a: serde_json::Value = serde_json::from_slice(&a).unwrap();
         let next = AgentKey::load(&next_path).unwrap();
         assert_eq!(a["new_public_key"], next.openssh_public);
         assert_ne!(next.openssh_public, key.openssh_public);
         assert!(verify(&next, c, &a));
         assert!(!verify(&key, c, &a));
+
+        // The answer was lost: the retry's challenge names the new key.
+        let named = serde_json::json!({"nonce": "y", "key": next.openssh_public}).to_string();
+        let (a, with_next) = answer_challenge(&key, &next_path, named.as_bytes()).unwrap();
+        assert!(with_next);
+        let a: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert!(verify(&next, named.as_bytes(), &a));
+        // Naming the current key signs with it; a key the agent lacks is refused.
+        let cur = serde_json::json!({"nonce": "z", "key": key.openssh_public}).to_string();
+        let (a, with_next) = answer_challenge(&key, &next_path, cur.as_bytes()).unwrap();
+        assert!(!with_next);
+        assert!(verify(
+            &key,
+            cur.as_bytes(),
+            &serde_json::from_slice(&a).unwrap()
+        ));
+        let (other, _) = AgentKey::generate().unwrap();
+        let odd = serde_json::json!({"nonce": "w", "key": other.openssh_public}).to_string();
+        assert!(answer_challenge(&key, &next_path, odd.as_bytes()).is_err());
     }
 }

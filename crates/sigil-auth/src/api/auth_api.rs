@@ -405,11 +405,13 @@ impl Conversation for StreamConversation {
                 message: Some(ServerMsg::Challenge(JoinChallenge { payload })),
             }))
             .await
-            .map_err(|_| JoinDenied::new("agent went away during the challenge"))?;
+            .map_err(|_| JoinDenied::abandoned())?;
         match self.inbound.message().await {
             Ok(Some(JoinClientMessage {
                 message: Some(ClientMsg::ChallengeResponse(r)),
             })) => Ok(r.payload),
+            // The stream ended: the agent died or lost its connection.
+            Ok(None) | Err(_) => Err(JoinDenied::abandoned()),
             _ => Err(JoinDenied::new("expected a challenge response")),
         }
     }

@@ -27,8 +27,9 @@ pub const CA_CREATED: &str = "ca.created";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";
-/// A `token` join answered again for the same key after its first answer was
-/// lost (join/retry.rs): same instance, generation 1, a new certificate.
+/// A `token` or `bound_keypair` join answered again for the same key after its
+/// first answer was lost (join/retry.rs, join/bound_keypair_retry.rs): same
+/// instance, generation 1, a new certificate.
 /// Not a `bot.join`, so counting `bot.join` still counts instances made.
 pub const JOIN_RETRY: &str = "bot.join.retry";
 pub const RENEWAL: &str = "bot.renewal";

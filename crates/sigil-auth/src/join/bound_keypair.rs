@@ -15,6 +15,10 @@
 //! - join state: an ES256 JWT signed by the cluster's JWT CA with `typ`,
 //!   `token`, `seq`, `public_key_sha256`; `sub` is a reserved SPIFFE ID and
 //!   `iss` is absent, which no workload JWT-SVID ever is.
+//!
+//! A join whose answer was lost (a crash, a broken connection) is answered
+//! again rather than read as a copy: see `bound_keypair_retry.rs`, which also
+//! lists what still locks the token.
 
 use std::time::Duration;
 
@@ -24,13 +28,14 @@ use aws_lc_rs::signature::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sigil_proto::v1::JoinInit;
 use sigil_store::{Op, Txn};
 use sigil_types::{BoundKeypairJoin, JoinMethodKind, Lock, LockSpec, LockTarget, Metadata, Token};
 use ssh_key::public::{EcdsaPublicKey, KeyData};
 use time::OffsetDateTime;
 
+use super::bound_keypair_retry::{self as exchange, KeyState, LastExchange, PendingExchange};
 use super::{Conversation, JoinDenied, JoinMethod, Verified, load_token};
 use crate::audit;
 use crate::keys;
@@ -63,25 +68,6 @@ struct Answer {
     signature: String,
     #[serde(default)]
     new_public_key: Option<String>,
-}
-
-/// The server's record per token (`keys::bound_keypair_state`).
-#[derive(Serialize, Deserialize, Default, Clone, Debug)]
-struct KeyState {
-    bound_public_key: Option<String>,
-    sequence: u64,
-    recoveries: u32,
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    last_rotated_at: Option<OffsetDateTime>,
-    /// SHA-256 of the token's onboarding section when the key was bound: a
-    /// token re-created with another onboarding starts afresh.
-    #[serde(default)]
-    onboarding_sha256: String,
-    /// SHA-256 (hex) of the join state issued last. A presented state is checked
-    /// against it, not against the JWT CA's keys: those rotate, and a genuine state
-    /// signed before a rotation must not read as a copy and lock the token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    join_state_sha256: Option<String>,
 }
 
 /// A parsed OpenSSH public key of a supported type.
@@ -136,8 +122,14 @@ impl BoundKey {
     }
 }
 
-/// A fresh challenge payload.
-fn challenge_payload(token: &str, cluster: &str, rotate: bool) -> Result<Vec<u8>, JoinDenied> {
+/// A fresh challenge payload; `key` names the key to sign with (a retry after a
+/// rotation, whose agent holds the new key unconfirmed).
+fn challenge_payload(
+    token: &str,
+    cluster: &str,
+    rotate: bool,
+    key: Option<&str>,
+) -> Result<Vec<u8>, JoinDenied> {
     let mut nonce = [0u8; 32];
     aws_lc_rs::rand::fill(&mut nonce)
         .map_err(|_| JoinDenied::unavailable("no randomness for a challenge"))?;
@@ -147,6 +139,9 @@ fn challenge_payload(token: &str, cluster: &str, rotate: bool) -> Result<Vec<u8>
     });
     if rotate {
         v["rotate"] = serde_json::Value::Bool(true);
+    }
+    if let Some(k) = key {
+        v["key"] = k.into();
     }
     serde_json::to_vec(&v).map_err(|e| JoinDenied::new(format!("encoding a challenge: {e}")))
 }
@@ -253,7 +248,7 @@ fn describe_stale(state: &AuthState, token: &str, presented: &str, current: u64)
 
 /// The key pair was copied: lock the token so neither copy joins again
 /// until a person looks. Committed on its own (the join itself is denied).
-async fn lock_token(state: &AuthState, token: &str, why: &str) -> String {
+pub(super) async fn lock_token(state: &AuthState, token: &str, why: &str) -> String {
     let lock_id = uuid::Uuid::new_v4().to_string();
     let message = format!(
         "bound_keypair: {why}; the key pair of this token was used by two machines (copied?)"
@@ -307,16 +302,19 @@ fn onboarding_hash(spec: &BoundKeypairJoin) -> String {
     sigil_pki::sha256_hex(&bytes)
 }
 
-/// Ask the agent to sign a fresh challenge; returns the answer's new key
-/// (rotation) after checking the signature with `key` (or the new key).
-async fn prove(
+/// Ask the agent to sign a fresh challenge (naming `key` if `name_key`);
+/// returns the answer's new key (rotation) after checking the signature with
+/// `key` (or the new key).
+pub(super) async fn prove(
     conv: &mut dyn Conversation,
     token: &Token,
     cluster: &str,
     key: &BoundKey,
     rotate: bool,
+    name_key: bool,
 ) -> Result<Option<BoundKey>, JoinDenied> {
-    let payload = challenge_payload(&token.metadata.name, cluster, rotate)?;
+    let named = name_key.then_some(key.line.as_str());
+    let payload = challenge_payload(&token.metadata.name, cluster, rotate, named)?;
     let answer = conv.challenge(payload.clone()).await?;
     let (sig, new_key) = parse_answer(&answer, rotate).map_err(JoinDenied::new)?;
     let new_key = new_key
@@ -379,6 +377,14 @@ impl JoinMethod for BoundKeypairJoinMethod {
         if rec.onboarding_sha256 != onboarding {
             rec = KeyState::default();
         }
+        let tls_key = sigil_pki::sha256_hex(&init.public_key_spki);
+        let shown_state = sigil_pki::sha256_hex(ev.join_state.as_bytes());
+        if let Some(last) = exchange::repeated(&rec, &tls_key, &shown_state, &presented.line) {
+            let last = last.clone();
+            return exchange::verify_retry(state, conv, &token, &rec, last, &presented, audit)
+                .await;
+        }
+        let presented_key = presented.line.clone();
 
         // Binding: the key on record, else the initial key, else registration.
         let now = OffsetDateTime::now_utc();
@@ -427,7 +433,7 @@ impl JoinMethod for BoundKeypairJoinMethod {
             ));
         }
 
-        prove(conv, &token, &state.cluster, &bound, false)
+        prove(conv, &token, &state.cluster, &bound, false, false)
             .await
             .map_err(|d| with_fallback_audit(d, &audit))?;
 
@@ -472,7 +478,7 @@ impl JoinMethod for BoundKeypairJoinMethod {
             && now >= after
             && rec.last_rotated_at.is_none_or(|t| t < after)
         {
-            let new_key = prove(conv, &token, &state.cluster, &bound, true)
+            let new_key = prove(conv, &token, &state.cluster, &bound, true, false)
                 .await
                 .map_err(|d| with_fallback_audit(d, &audit))?;
             let Some(new_key) = new_key else {
@@ -492,129 +498,48 @@ impl JoinMethod for BoundKeypairJoinMethod {
         rec.onboarding_sha256 = onboarding;
         let join_state = sign_join_state(state, &name, rec.sequence, &bound)?;
         rec.join_state_sha256 = Some(sigil_pki::sha256_hex(join_state.as_bytes()));
-        let value = serde_json::to_vec(&rec)
-            .map_err(|e| JoinDenied::new(format!("encoding the bound_keypair state: {e}")))?;
-        let op = match revision {
-            None => Op::Create {
-                key,
-                value,
-                expires: None,
-            },
-            Some(r) => Op::Update {
-                key,
-                value,
-                expires: None,
-                expected_revision: Some(r),
-            },
-        };
         audit["bound_public_key_sha256"] = bound.sha256.clone().into();
         audit["sequence"] = rec.sequence.into();
         audit["recoveries"] = rec.recoveries.into();
         audit["registered"] = registered.into();
         audit["rotated"] = rotated.into();
-        let attributes = [
+        let attributes: std::collections::BTreeMap<String, String> = [
             ("public_key_sha256".to_string(), bound.sha256.clone()),
             ("recoveries".to_string(), rec.recoveries.to_string()),
         ]
         .into_iter()
         .collect();
+        // Written with the instance, in the same transaction (retry::record).
+        let pending = PendingExchange {
+            store_key: key,
+            revision,
+            last: LastExchange {
+                presented_state_sha256: shown_state,
+                presented_key,
+                tls_key_sha256: tls_key,
+                bot_name: String::new(),
+                bot_uid: String::new(),
+                instance_id: String::new(),
+                join_state: join_state.clone(),
+                attributes: attributes.clone(),
+                at: now,
+            },
+            rec,
+        };
         Ok(Verified {
             bot_name: token.spec.bot_name.clone(),
             bot_uid: token.spec.bot_uid.clone(),
             token_name: name,
-            consume: vec![op],
+            consume: vec![],
             attributes,
             renewable: true,
             audit,
             join_state,
-            // A lost answer here leaves the agent a stale join state; see
-            // retry.rs for why that is not retried the same way.
-            spend: super::retry::Spend::Nothing,
+            spend: super::retry::Spend::Exchange(Box::new(pending)),
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use aws_lc_rs::rand::SystemRandom;
-    use aws_lc_rs::signature::{
-        ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
-    };
-
-    fn ed25519_line(kp: &Ed25519KeyPair) -> String {
-        let pk = ssh_key::public::Ed25519PublicKey::try_from(kp.public_key().as_ref()).unwrap();
-        ssh_key::PublicKey::new(KeyData::Ed25519(pk), "me@host")
-            .to_openssh()
-            .unwrap()
-    }
-
-    fn signed(prefix: &[u8], payload: &[u8]) -> Vec<u8> {
-        let mut m = prefix.to_vec();
-        m.extend_from_slice(payload);
-        m
-    }
-
-    #[test]
-    fn ed25519_signature_over_the_challenge_verifies_and_replay_fails() {
-        let kp = Ed25519KeyPair::generate().unwrap();
-        let key = BoundKey::parse(&ed25519_line(&kp)).unwrap();
-        assert!(key.line.starts_with("ssh-ed25519 AAAA"));
-        assert!(!key.line.contains("me@host"), "comment is dropped");
-        let c1 = challenge_payload("t", "example.test", false).unwrap();
-        let c2 = challenge_payload("t", "example.test", false).unwrap();
-        assert_ne!(c1, c2, "every challenge has a fresh nonce");
-        let sig = kp.sign(&signed(CHALLENGE_PREFIX, &c1));
-        key.verify(&c1, sig.as_ref()).unwrap();
-        // A recorded answer does not verify for another nonce.
-        assert!(key.verify(&c2, sig.as_ref()).is_err());
-        // Without the domain-separation prefix it does not verify either.
-        let bare = kp.sign(&c1);
-        assert!(key.verify(&c1, bare.as_ref()).is_err());
-        // Another key's signature fails.
-        let other = Ed25519KeyPair::generate().unwrap();
-        let sig2 = other.sign(&signed(CHALLENGE_PREFIX, &c1));
-        assert!(key.verify(&c1, sig2.as_ref()).is_err());
-    }
-
-    #[test]
-    fn ecdsa_p256_der_signature_verifies() {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
-        let point = ssh_key::sec1::EncodedPoint::<ssh_key::sec1::consts::U32>::from_bytes(
-            kp.public_key().as_ref(),
-        )
-        .unwrap();
-        let line = ssh_key::PublicKey::new(KeyData::Ecdsa(EcdsaPublicKey::NistP256(point)), "")
-            .to_openssh()
-            .unwrap();
-        let key = BoundKey::parse(&line).unwrap();
-        let c = challenge_payload("t", "c", true).unwrap();
-        let sig = kp.sign(&rng, &signed(CHALLENGE_PREFIX, &c)).unwrap();
-        key.verify(&c, sig.as_ref()).unwrap();
-        let c2 = challenge_payload("t", "c", true).unwrap();
-        assert!(key.verify(&c2, sig.as_ref()).is_err());
-    }
-
-    #[test]
-    fn unsupported_and_malformed_keys_are_refused() {
-        assert!(BoundKey::parse("ssh-ed25519 notbase64!").is_err());
-        assert!(BoundKey::parse("").is_err());
-        // A syntactically valid RSA key line is refused as a type.
-        let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDC5q7U+a+kjYRpVwzSVwm7kNqUT7lvlNc0/sTGwfgFAxvWJNcBjitFis+pDTWpEFUYR0pk3iHqXBTgiq2MBWY4+t6HZVfV9XMAtzgtZ7XoMH7r2XpIqBExIBxBguvBV1l+Jn/mD9u9p055sxYvBdJdXy91EDBKtNIelFbpj6LZLQ==";
-        assert!(BoundKey::parse(rsa).is_err());
-    }
-
-    #[test]
-    fn answers_must_match_the_challenge_kind() {
-        let plain = br#"{"signature":"AAAA"}"#;
-        assert!(parse_answer(plain, false).is_ok());
-        assert!(parse_answer(plain, true).is_err());
-        let rot = br#"{"signature":"AAAA","new_public_key":"ssh-ed25519 AAAA"}"#;
-        assert!(parse_answer(rot, true).is_ok());
-        assert!(parse_answer(rot, false).is_err());
-        assert!(parse_answer(br#"{"signature":"!!"}"#, false).is_err());
-        assert!(parse_answer(b"not json", false).is_err());
-    }
-}
+#[path = "bound_keypair_tests.rs"]
+mod tests;

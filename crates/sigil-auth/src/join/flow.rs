@@ -64,6 +64,11 @@ pub async fn join(
     };
     let verified = match method.verify(state, init, conv).await {
         Ok(v) => v,
+        Err(d) if d.abandoned => {
+            metrics::counter!("sigil_joins_total", "result" => "abandoned").increment(1);
+            tracing::info!(method = %init.join_method, remote, "the agent went away mid-join");
+            return Err(Status::cancelled("the join was abandoned"));
+        }
         Err(d) if d.unavailable => {
             tracing::error!(reason = %d.reason, "join could not be checked");
             return Err(Status::unavailable(

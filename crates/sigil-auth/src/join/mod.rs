@@ -4,6 +4,7 @@
 //! (instance creation, issuance, audit) is shared.
 
 mod bound_keypair;
+mod bound_keypair_retry;
 mod flow;
 mod github;
 mod gitlab;
@@ -40,6 +41,9 @@ pub struct JoinDenied {
     pub unavailable: bool,
     /// Audit-safe fields: the claims that were checked, why no rule matched.
     pub audit: serde_json::Value,
+    /// The agent hung up mid-challenge (it crashed, or its connection broke):
+    /// nothing was refused and nobody hears an answer, so it is no denial.
+    pub abandoned: bool,
 }
 
 impl JoinDenied {
@@ -48,6 +52,15 @@ impl JoinDenied {
             reason: reason.into(),
             unavailable: false,
             audit: serde_json::Value::Null,
+            abandoned: false,
+        }
+    }
+
+    /// The agent went away during a challenge.
+    pub fn abandoned() -> Self {
+        JoinDenied {
+            abandoned: true,
+            ..JoinDenied::new("the agent went away during the challenge")
         }
     }
 
@@ -62,6 +75,7 @@ impl JoinDenied {
             reason: reason.into(),
             unavailable: true,
             audit: serde_json::Value::Null,
+            abandoned: false,
         }
     }
 }

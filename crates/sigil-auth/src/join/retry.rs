@@ -46,9 +46,11 @@
 //! The lookup is by the SHA-256 of the presented secret, like the token's own;
 //! the key fingerprints are compared in constant time (not secret, but cheap).
 //!
-//! `bound_keypair` is not retried this way: a lost answer leaves its agent a
-//! join state one sequence behind, which that method treats as a copied key
-//! pair and locks the token (fail closed), by design.
+//! `bound_keypair` joins are answered again the same way (`answer`, same
+//! instance, generation 1, `bot.join.retry`); which of its joins is a retry is
+//! decided by the record of the token's last exchange (`bound_keypair_retry.rs`,
+//! written by [`record`] in the join's transaction), and a join state older than
+//! that still locks the token.
 
 use std::time::Duration;
 
@@ -81,8 +83,12 @@ pub enum Spend {
         key: String,
         expires: OffsetDateTime,
     },
-    /// The token is spent: only a retry of that join may be answered.
+    /// The token is spent (or, for bound_keypair, this repeats the last
+    /// exchange): only a retry of that join may be answered.
     Retry(SpentToken),
+    /// `bound_keypair`: write the token's record with this join as its last
+    /// exchange, naming the new instance.
+    Exchange(Box<super::bound_keypair_retry::PendingExchange>),
 }
 
 /// The spent record, stored under `keys::spent_token`.
@@ -113,8 +119,12 @@ pub fn record(
     key_fp: &str,
     now: OffsetDateTime,
 ) -> Result<Option<Op>, Status> {
-    let Spend::Record { key, expires } = spend else {
-        return Ok(None);
+    let (key, expires) = match spend {
+        Spend::Record { key, expires } => (key, expires),
+        Spend::Exchange(p) => {
+            return super::bound_keypair_retry::record_op(p, id, key_fp).map(Some);
+        }
+        Spend::Nothing | Spend::Retry(_) => return Ok(None),
     };
     let rec = SpentToken {
         bot_name: id.bot.clone(),
@@ -162,10 +172,11 @@ pub async fn spent(state: &AuthState, init: &JoinInit, hint: &str) -> Result<Ver
     })
 }
 
-/// Why the join presenting `key_fp` is not a retry of the one `spent`
+/// Why the `method` join presenting `key_fp` is not a retry of the one `spent`
 /// records, given the instance as stored now; `Ok` if it is.
 pub fn check(
     spent: &SpentToken,
+    method: &str,
     key_fp: &str,
     inst: Option<&BotInstance>,
 ) -> Result<(), &'static str> {
@@ -180,7 +191,7 @@ pub fn check(
     };
     if inst.spec.bot_name != spent.bot_name
         || inst.spec.instance_id != spent.instance_id
-        || inst.spec.join_method != "token"
+        || inst.spec.join_method != method
     {
         return Err("the instance does not match the record");
     }
@@ -203,10 +214,17 @@ pub async fn answer(
     // (the audit log only; the client hears "join denied").
     let hint = keys::secret_hint(&init.token);
     let deny = |why: String| {
-        let reason = format!(
-            "token {hint} is unknown, used or expired (used by instance {}; not a retry of that join: {why})",
-            spent.instance_id
-        );
+        let reason = if init.join_method == "token" {
+            format!(
+                "token {hint} is unknown, used or expired (used by instance {}; not a retry of that join: {why})",
+                spent.instance_id
+            )
+        } else {
+            format!(
+                "{} token {:?}: not a retry of its last join (instance {}): {why}",
+                init.join_method, init.token, spent.instance_id
+            )
+        };
         denied(state, init, remote, reason, &verified.audit)
     };
     if !init.instance_id.is_empty() {
@@ -226,7 +244,7 @@ pub async fn answer(
         ),
         None => None,
     };
-    if let Err(why) = check(&spent, &key_fp, inst.as_ref()) {
+    if let Err(why) = check(&spent, &init.join_method, &key_fp, inst.as_ref()) {
         return Err(deny(why.to_string()).await);
     }
     let (Some(item), Some(mut inst)) = (item, inst) else {
@@ -321,22 +339,22 @@ mod tests {
 
     #[test]
     fn only_the_same_key_on_an_unrenewed_instance_is_a_retry() {
-        assert_eq!(check(&rec(), "k1", Some(&inst(1, "k1"))), Ok(()));
+        assert_eq!(check(&rec(), "token", "k1", Some(&inst(1, "k1"))), Ok(()));
         // A thief with the token but another key.
-        assert!(check(&rec(), "k2", Some(&inst(1, "k1"))).is_err());
+        assert!(check(&rec(), "token", "k2", Some(&inst(1, "k1"))).is_err());
         // The instance renewed: generation moved on, key rotated.
-        assert!(check(&rec(), "k1", Some(&inst(2, "k2"))).is_err());
-        assert!(check(&rec(), "k1", Some(&inst(2, "k1"))).is_err());
-        assert!(check(&rec(), "k1", Some(&inst(1, "k2"))).is_err());
+        assert!(check(&rec(), "token", "k1", Some(&inst(2, "k2"))).is_err());
+        assert!(check(&rec(), "token", "k1", Some(&inst(2, "k1"))).is_err());
+        assert!(check(&rec(), "token", "k1", Some(&inst(1, "k2"))).is_err());
         // Removed.
-        assert!(check(&rec(), "k1", None).is_err());
+        assert!(check(&rec(), "token", "k1", None).is_err());
         // Another bot's instance of the same id, or another method.
         let mut other = inst(1, "k1");
         other.spec.bot_name = "c".into();
-        assert!(check(&rec(), "k1", Some(&other)).is_err());
+        assert!(check(&rec(), "token", "k1", Some(&other)).is_err());
         let mut other = inst(1, "k1");
         other.spec.join_method = "bound_keypair".into();
-        assert!(check(&rec(), "k1", Some(&other)).is_err());
+        assert!(check(&rec(), "token", "k1", Some(&other)).is_err());
     }
 
     #[test]
