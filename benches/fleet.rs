@@ -30,11 +30,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sigil_agent::client;
-use sigil_bench::{Server, admin_client, cpu_seconds, env};
+use sigil_bench::{Server, admin_client, bench_role, cpu_seconds, env, join_with_key};
 use sigil_pki::TlsKeyPair;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
-use sigil_proto::v1::join_client_message::Message as ClientMsg;
-use sigil_proto::v1::join_server_message::Message as ServerMsg;
 use sigil_proto::v1::*;
 
 #[global_allocator]
@@ -139,18 +137,7 @@ async fn onboard(
 ) -> anyhow::Result<(String, Vec<Sim>)> {
     let sock = server.data.join("admin.sock");
     let mut admin = admin_client(sock.clone()).await?;
-    let role = serde_json::json!({"kind":"role","version":"v1","metadata":{"name":"fleet"},"spec":{"allow":{"logins":["fleet"]}}});
-    admin
-        .create_resource(CreateResourceRequest {
-            json: role.to_string(),
-            upsert: true,
-        })
-        .await?;
-    let pin = admin
-        .status(StatusRequest::default())
-        .await?
-        .into_inner()
-        .ca_pin;
+    let pin = bench_role(&mut admin, "fleet").await?;
     let first = admin
         .add_bot(AddBotRequest {
             name: "fleet".into(),
@@ -217,22 +204,8 @@ async fn onboard(
                 if i >= tokens.len() {
                     return anyhow::Ok(());
                 }
-                let init = JoinInit {
-                    join_method: "token".into(),
-                    token: tokens[i].clone(),
-                    public_key_spki: keys[i % keys.len()].clone(),
-                    ttl_seconds: 3600,
-                    ..Default::default()
-                };
-                let msgs = tokio_stream::iter(vec![JoinClientMessage {
-                    message: Some(ClientMsg::Init(init)),
-                }]);
-                let mut s = c.join(msgs).await.context("join")?.into_inner();
-                while let Some(m) = s.message().await? {
-                    if let Some(ServerMsg::Result(r)) = m.message {
-                        *certs[i].lock().unwrap_or_else(|p| p.into_inner()) = r.tls_cert_pem;
-                    }
-                }
+                let cert = join_with_key(&mut c, &tokens[i], keys[i % keys.len()].clone()).await?;
+                *certs[i].lock().unwrap_or_else(|p| p.into_inner()) = cert;
                 if (i + 1) % 100_000 == 0 {
                     println!("  joined {}", i + 1);
                 }

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sigil_agent::client;
 use sigil_bench::{
-    Instance, Server, admin_client, env, free_port, join, process_cpu_seconds, renew, run_workers,
+    Instance, Server, admin_client, bench_role, env, free_port, join, process_cpu_seconds, renew,
+    run_workers,
 };
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
 use sigil_proto::v1::*;
@@ -81,18 +82,7 @@ async fn cluster(dir: &Path, tag: &str, n: usize, store: Option<&str>) -> anyhow
         servers.push(s);
     }
     let mut admin = admin_client(servers[0].data.join("admin.sock")).await?;
-    let role = serde_json::json!({"kind":"role","version":"v1","metadata":{"name":"bench"},"spec":{"allow":{"logins":["bench"]}}});
-    admin
-        .create_resource(CreateResourceRequest {
-            json: role.to_string(),
-            upsert: true,
-        })
-        .await?;
-    let pin = admin
-        .status(StatusRequest::default())
-        .await?
-        .into_inner()
-        .ca_pin;
+    let pin = bench_role(&mut admin, "bench").await?;
     Ok(Cluster { servers, pin })
 }
 

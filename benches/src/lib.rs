@@ -143,10 +143,22 @@ pub async fn join(
     token: &str,
 ) -> anyhow::Result<Instance> {
     let key = TlsKeyPair::generate()?;
+    Ok(Instance {
+        cert_pem: join_with_key(c, token, key.spki_der()).await?,
+        key_pem: key.to_pkcs8_pem(),
+    })
+}
+
+/// A `token` join for the key with this SPKI; returns the certificate PEM.
+pub async fn join_with_key(
+    c: &mut AuthServiceClient<tonic::transport::Channel>,
+    token: &str,
+    public_key_spki: Vec<u8>,
+) -> anyhow::Result<String> {
     let init = JoinInit {
         join_method: "token".into(),
         token: token.into(),
-        public_key_spki: key.spki_der(),
+        public_key_spki,
         ttl_seconds: 3600,
         ..Default::default()
     };
@@ -156,13 +168,30 @@ pub async fn join(
     let mut s = c.join(msgs).await.context("join")?.into_inner();
     while let Some(m) = s.message().await? {
         if let Some(ServerMsg::Result(r)) = m.message {
-            return Ok(Instance {
-                cert_pem: r.tls_cert_pem,
-                key_pem: key.to_pkcs8_pem(),
-            });
+            return Ok(r.tls_cert_pem);
         }
     }
     anyhow::bail!("join ended without a result")
+}
+
+/// Creates role `name` (allowing login `name`) through the admin API; returns
+/// the cluster's CA pin, which agents and load generators dial with.
+pub async fn bench_role(
+    admin: &mut AdminServiceClient<tonic::transport::Channel>,
+    name: &str,
+) -> anyhow::Result<String> {
+    let role = serde_json::json!({"kind":"role","version":"v1","metadata":{"name":name},"spec":{"allow":{"logins":[name]}}});
+    admin
+        .create_resource(sigil_proto::v1::CreateResourceRequest {
+            json: role.to_string(),
+            upsert: true,
+        })
+        .await?;
+    Ok(admin
+        .status(StatusRequest::default())
+        .await?
+        .into_inner()
+        .ca_pin)
 }
 
 pub async fn admin_client(

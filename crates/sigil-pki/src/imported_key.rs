@@ -141,6 +141,7 @@ impl ImportedKey {
     }
 
     /// Uncompressed public point (65 bytes), e.g. for a token's CKA_EC_POINT.
+    #[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
     pub(crate) fn public_point(&self) -> &[u8] {
         self.kp.public_key().as_ref()
     }

@@ -276,6 +276,35 @@ fn stored_row(row: &PgRow) -> Result<StoredRow> {
     })
 }
 
+impl PostgresStore {
+    /// `columns` of at most `limit` live rows under `prefix` after `start_after`,
+    /// in key order: a range on the COLLATE "C" primary key, an index range scan.
+    async fn page_rows(
+        &self,
+        columns: &'static str,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<PgRow>> {
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT {columns} FROM kv WHERE key >= $1 AND key > $2 AND {} {} ORDER BY key LIMIT $3",
+            live_now!(),
+            if upper.is_some() { "AND key < $4" } else { "" }
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(prefix)
+            .bind(start_after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        if let Some(upper) = upper {
+            q = q.bind(upper);
+        }
+        q.fetch_all(&self.pool)
+            .await
+            .map_err(|e| backend(&format!("listing {prefix}*"), e))
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn get(&self, key: &str) -> Result<Option<Item>> {
@@ -291,27 +320,17 @@ impl Store for PostgresStore {
     }
 
     async fn list_page(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<Item>> {
-        // A range on the COLLATE "C" primary key: an index range scan.
-        let err = |e| backend(&format!("listing {prefix}*"), e);
-        let upper = prefix_upper_bound(prefix);
-        let sql = format!(
-            "SELECT key, value, revision, expires_ns FROM kv \
-             WHERE key >= $1 AND key > $2 AND {} {} ORDER BY key LIMIT $3",
-            live_now!(),
-            if upper.is_some() { "AND key < $4" } else { "" }
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(prefix)
-            .bind(start_after)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        if let Some(upper) = upper {
-            q = q.bind(upper);
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(err)?;
-        rows.iter()
-            .map(item_from_row)
-            .filter(|i| i.as_ref().map_or(true, |i| i.key.starts_with(prefix)))
-            .collect()
+        self.page_rows(
+            "key, value, revision, expires_ns",
+            prefix,
+            start_after,
+            limit,
+        )
+        .await?
+        .iter()
+        .map(item_from_row)
+        .filter(|i| i.as_ref().map_or(true, |i| i.key.starts_with(prefix)))
+        .collect()
     }
 
     async fn list_keys(
@@ -320,24 +339,17 @@ impl Store for PostgresStore {
         start_after: &str,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let upper = prefix_upper_bound(prefix);
-        let sql = format!(
-            "SELECT key FROM kv WHERE key >= $1 AND key > $2 AND {} {} ORDER BY key LIMIT $3",
-            live_now!(),
-            if upper.is_some() { "AND key < $4" } else { "" }
-        );
-        let mut q = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(prefix)
-            .bind(start_after)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        if let Some(upper) = upper {
-            q = q.bind(upper);
+        let rows = self.page_rows("key", prefix, start_after, limit).await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = row
+                .try_get(0)
+                .map_err(|e| backend(&format!("listing keys {prefix}*"), e))?;
+            if key.starts_with(prefix) {
+                keys.push(key);
+            }
         }
-        let keys: Vec<String> = q
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| backend(&format!("listing keys {prefix}*"), e))?;
-        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+        Ok(keys)
     }
 
     async fn count(&self, prefix: &str) -> Result<u64> {

@@ -239,6 +239,39 @@ fn stored_row(row: &SqliteRow) -> Result<StoredRow> {
     })
 }
 
+impl SqliteStore {
+    /// `columns` of at most `limit` live rows under `prefix` after `start_after`,
+    /// in key order: one range scan of the key index.
+    async fn page_rows(
+        &self,
+        columns: &'static str,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
+        let upper = prefix_upper_bound(prefix);
+        // Only constant fragments are concatenated; every value is bound.
+        let sql = format!(
+            "SELECT {columns} FROM kv \
+             WHERE key >= ?1 AND key > ?2 {} AND (expires_ns IS NULL OR expires_ns > ?3) \
+             ORDER BY key LIMIT ?4",
+            if upper.is_some() { "AND key < ?5" } else { "" }
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(prefix)
+            .bind(start_after)
+            .bind(now_ns())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        if let Some(upper) = upper {
+            // An upper bound keeps the scan inside the prefix's index range.
+            q = q.bind(upper);
+        }
+        q.fetch_all(&self.read)
+            .await
+            .map_err(|e| backend(&format!("listing {prefix}*"), e))
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn get(&self, key: &str) -> Result<Option<Item>> {
@@ -255,25 +288,14 @@ impl Store for SqliteStore {
     }
 
     async fn list_page(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<Item>> {
-        let err = |e| backend(&format!("listing {prefix}*"), e);
-        let upper = prefix_upper_bound(prefix);
-        // Only constant fragments are concatenated; every value is bound.
-        let sql = format!(
-            "SELECT key, value, revision, expires_ns FROM kv \
-             WHERE key >= ?1 AND key > ?2 {} AND (expires_ns IS NULL OR expires_ns > ?3) \
-             ORDER BY key LIMIT ?4",
-            if upper.is_some() { "AND key < ?5" } else { "" }
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(prefix)
-            .bind(start_after)
-            .bind(now_ns())
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        if let Some(upper) = upper {
-            // An upper bound keeps the scan inside the prefix's index range.
-            q = q.bind(upper);
-        }
-        let rows = q.fetch_all(&self.read).await.map_err(err)?;
+        let rows = self
+            .page_rows(
+                "key, value, revision, expires_ns",
+                prefix,
+                start_after,
+                limit,
+            )
+            .await?;
         let mut items = Vec::with_capacity(rows.len());
         for row in &rows {
             let item = item_from_row(row)?;
@@ -290,25 +312,17 @@ impl Store for SqliteStore {
         start_after: &str,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let upper = prefix_upper_bound(prefix);
-        let sql = format!(
-            "SELECT key FROM kv WHERE key >= ?1 AND key > ?2 {} \
-             AND (expires_ns IS NULL OR expires_ns > ?3) ORDER BY key LIMIT ?4",
-            if upper.is_some() { "AND key < ?5" } else { "" }
-        );
-        let mut q = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(prefix)
-            .bind(start_after)
-            .bind(now_ns())
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        if let Some(upper) = upper {
-            q = q.bind(upper);
+        let rows = self.page_rows("key", prefix, start_after, limit).await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = row
+                .try_get(0)
+                .map_err(|e| backend(&format!("listing keys {prefix}*"), e))?;
+            if key.starts_with(prefix) {
+                keys.push(key);
+            }
         }
-        let keys: Vec<String> = q
-            .fetch_all(&self.read)
-            .await
-            .map_err(|e| backend(&format!("listing keys {prefix}*"), e))?;
-        Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+        Ok(keys)
     }
 
     async fn count(&self, prefix: &str) -> Result<u64> {
