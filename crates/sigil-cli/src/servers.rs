@@ -32,6 +32,7 @@ pub fn auth_config(
         store_url: store_url(args.store.as_deref(), "SIGIL_STORE")?,
         new_audit_key: args.new_audit_key,
         ca_keys: args.ca_keys.source(|k| std::env::var(k).ok())?,
+        spiffe_bundle_endpoint_listen: args.spiffe_bundle_endpoint_listen,
     })
 }
 

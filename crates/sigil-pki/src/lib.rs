@@ -26,6 +26,7 @@ mod db_cert;
 mod der;
 mod encrypted_keys;
 mod error;
+pub mod federated_bundle;
 mod identity;
 mod imported_key;
 mod jwk;
@@ -70,6 +71,7 @@ pub use kube_cert::{MAX_KUBERNETES_GROUPS, check_kubernetes_name};
 #[cfg(feature = "pkcs11")]
 pub use pkcs11_keys::Pkcs11KeyManager;
 pub use software_keys::SoftwareKeyManager;
+pub use federated_bundle::{ForeignBundle, parse_spiffe_bundle, parse_trust_bundle};
 pub use spiffe_bundle::spiffe_bundle_document;
 pub use ssh_ca::{ACCEPTED_SSH_KEYS, IssuedSshCert, SshCa, SshUserPermissions, check_ssh_key};
 pub use x509_ca::{ACCEPTED_KEYS, IssuedCert, X509Ca, check_spki};

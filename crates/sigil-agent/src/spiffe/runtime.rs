@@ -3,7 +3,7 @@
 //! one workload share one issuance, re-issued at half-life and when policy
 //! changes, plus the trust state (bundle, CRL, locks) the auth service pushes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,34 @@ pub struct TrustView {
     pub policy_revision: u64,
     /// Whether the auth service's state stream has been heard from yet.
     pub state_seen: bool,
+    /// Bundles of federated (foreign) trust domains, by trust domain name.
+    pub federated: BTreeMap<String, FederatedView>,
+}
+
+/// One federated trust domain's bundle, in the Workload API's encodings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FederatedView {
+    /// DER CA certificates, concatenated.
+    pub bundle_der: Vec<u8>,
+    pub jwks: serde_json::Value,
+    pub jwks_bytes: Vec<u8>,
+}
+
+/// The federated bundles a [`TrustBundle`] carries.
+fn federated_views(b: &TrustBundle) -> BTreeMap<String, FederatedView> {
+    b.federated
+        .iter()
+        .map(|(td, f)| {
+            (
+                td.clone(),
+                FederatedView {
+                    bundle_der: f.x509_authorities.concat(),
+                    jwks: serde_json::from_str(&f.jwt_jwks_json).unwrap_or_default(),
+                    jwks_bytes: f.jwt_jwks_json.as_bytes().to_vec(),
+                },
+            )
+        })
+        .collect()
 }
 
 impl TrustView {
@@ -75,6 +103,8 @@ pub struct X509Item {
     pub serial_hex: String,
     pub key_pkcs8_der: Arc<Zeroizing<Vec<u8>>>,
     pub expires: OffsetDateTime,
+    /// Foreign trust domains whose bundles go with this SVID.
+    pub federates_with: Vec<String>,
 }
 
 impl X509Item {
@@ -355,6 +385,7 @@ impl Runtime {
                     serial_hex: s.serial_hex,
                     key_pkcs8_der: key_der.clone()?,
                     expires: OffsetDateTime::from_unix_timestamp(s.expires_unix).ok()?,
+                    federates_with: s.federates_with,
                 })
             })
             .collect();
@@ -422,11 +453,22 @@ impl Runtime {
     }
 
     fn apply_bundle(&self, b: &TrustBundle) {
+        // Federated bundles come complete with every message, whatever its
+        // sequence (that counts the own domain's changes only).
+        let federated = federated_views(b);
         self.trust.send_if_modified(|cur| {
-            if b.sequence <= cur.sequence && !cur.authorities.is_empty() {
-                return false;
+            let own_changed = !(b.sequence <= cur.sequence && !cur.authorities.is_empty());
+            if !own_changed {
+                if cur.federated == federated {
+                    return false;
+                }
+                let mut next = TrustView::clone(cur);
+                next.federated = federated.clone();
+                *cur = Arc::new(next);
+                return true;
             }
             let mut next = TrustView::clone(cur);
+            next.federated = federated.clone();
             next.sequence = b.sequence;
             next.authorities = b.x509_authorities.clone();
             next.bundle_der = b.x509_authorities.concat();
