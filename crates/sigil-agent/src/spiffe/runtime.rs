@@ -365,7 +365,7 @@ impl Runtime {
             }
         };
         if let Some(b) = &resp.bundle {
-            self.apply_bundle(b);
+            self.apply_bundle(b, false);
         }
         for d in &resp.denials {
             tracing::debug!(identity = %d.name, reason = %d.reason, "workload identity not issued");
@@ -452,11 +452,15 @@ impl Runtime {
         });
     }
 
-    fn apply_bundle(&self, b: &TrustBundle) {
-        // Federated bundles come complete with every message, whatever its
-        // sequence (that counts the own domain's changes only).
-        let federated = federated_views(b);
+    /// `from_stream`: `b` came on the state stream. Federated bundles are taken
+    /// from there only: they come complete with every message, in the order the
+    /// auth service published them, whereas an issuance's answer may have been
+    /// computed before a federation was removed and arrive after the stream
+    /// said so (and the stream would not repeat itself).
+    fn apply_bundle(&self, b: &TrustBundle, from_stream: bool) {
+        let from_message = from_stream.then(|| federated_views(b));
         self.trust.send_if_modified(|cur| {
+            let federated = from_message.clone().unwrap_or_else(|| cur.federated.clone());
             let own_changed = !(b.sequence <= cur.sequence && !cur.authorities.is_empty());
             if !own_changed {
                 if cur.federated == federated {
@@ -488,7 +492,7 @@ impl Runtime {
 
     fn apply_state(&self, s: &WorkloadState) {
         if let Some(b) = &s.bundle {
-            self.apply_bundle(b);
+            self.apply_bundle(b, true);
         }
         let locked = s.locked.then(|| {
             if s.lock_message.is_empty() {

@@ -1,0 +1,532 @@
+//! End to end: SPIFFE federation between two Sigil clusters on loopback,
+//! both ways — A fetches B's bundle over `https_web` (B's public listener),
+//! B fetches A's over `https_spiffe` (A's SVID-authenticated bundle endpoint,
+//! bootstrapped with A's spiffe CA). Workloads verify the other domain's
+//! X.509-SVIDs and JWT-SVIDs with nothing but their own Workload API's
+//! bundles (the Rust `spiffe` crate, py-spiffe, openssl for mTLS); removing
+//! a federation removes the bundle; bad endpoints never replace a good bundle.
+
+mod common;
+
+use common::https::{FixtureRequest, FixtureResponse, HttpsFixture};
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// One cluster: auth service (with the https_spiffe bundle endpoint) and an
+/// agent serving the Workload API.
+struct Cluster {
+    td: String,
+    auth: Auth,
+    bundle_port: u16,
+    dir: tempfile::TempDir,
+    agent: Option<Child>,
+}
+
+impl Cluster {
+    fn start(td: &str, peer: &str, extra: &[&str]) -> Cluster {
+        let bundle_port = free_port();
+        let listen = format!("127.0.0.1:{bundle_port}");
+        let mut args = vec![
+            "--cluster-name",
+            td,
+            "--spiffe-bundle-endpoint-listen",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        let auth = Auth::start_with(&args);
+        Cluster {
+            td: td.to_string(),
+            auth,
+            bundle_port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            agent: None,
+        }
+        .with_workload(peer)
+    }
+
+    fn with_workload(mut self, peer: &str) -> Cluster {
+        self.auth.create(
+            "role.yaml",
+            "kind: role\nversion: v1\nmetadata: {name: fed-role}\nspec:\n  allow:\n    logins: [svc]\n    workload_identity_labels: {env: [fed]}\n  options: {max_ttl: 2h}\n",
+        );
+        self.auth.create(
+            "app.yaml",
+            &format!(
+                "kind: workload_identity\nversion: v1\nmetadata: {{name: app, labels: {{env: fed}}}}\nspec:\n  spiffe:\n    id: /app\n    federates_with: [{peer}]\n"
+            ),
+        );
+        let out = self.auth.ok(&[
+            "bots", "add", "fed-bot", "--roles", "fed-role", "--format", "json",
+        ]);
+        let token = serde_json::from_str::<serde_json::Value>(&out).expect("json")["token"]
+            .as_str()
+            .expect("token")
+            .to_string();
+        let cfg = format!(
+            "version: v1
+auth_server: {addr}
+ca_pins: [{pin}]
+onboarding: {{join_method: token, token: {token}}}
+storage: {{type: directory, path: {storage}}}
+outputs:
+  - type: workload-identity-x509
+    selector: {{name: app}}
+    destination: {{type: directory, path: {x509}}}
+services:
+  - type: workload-api
+    listen: unix://{sock}
+    selector: {{labels: {{env: fed}}}}
+",
+            addr = self.auth.addr(),
+            pin = self.auth.pin,
+            storage = self.dir.path().join("storage").display(),
+            x509 = self.dir.path().join("x509").display(),
+            sock = self.sock().display(),
+        );
+        let cfg_path = self.dir.path().join("agent.yaml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
+        self.agent = Some(
+            Command::new(sigil_bin())
+                .args(["agent", "start", "--config"])
+                .arg(&cfg_path)
+                .env("SIGIL_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start agent"),
+        );
+        let (sock, svid) = (self.sock(), self.dir.path().join("x509/svid.pem"));
+        wait_until(
+            "the Workload API socket and outputs",
+            Duration::from_secs(60),
+            || sock.exists() && svid.exists(),
+        );
+        self
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("run/workload.sock")
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The Rust `spiffe` crate client on this cluster's Workload API.
+    fn client(&self, args: &[&str]) -> Output {
+        Command::new(client_bin())
+            .arg("--socket")
+            .arg(self.sock())
+            .args(args)
+            .output()
+            .expect("run spiffe_client")
+    }
+
+    fn client_json(&self, args: &[&str]) -> serde_json::Value {
+        let o = self.client(args);
+        assert!(
+            o.status.success(),
+            "spiffe_client {args:?} on {}: {}\nagent log:\n{}\nauth log:\n{}",
+            self.td,
+            text(&o),
+            self.agent_log(),
+            self.auth.log()
+        );
+        serde_json::from_str(stdout(&o).trim()).expect("json line")
+    }
+
+    /// Trust domains of the Workload API's X.509 and JWT bundles.
+    fn bundle_domains(&self) -> (Vec<String>, Vec<String>) {
+        let v = self.client_json(&["bundles"]);
+        let list = |k: &str| -> Vec<String> {
+            v[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect()
+        };
+        (list("x509"), list("jwt"))
+    }
+
+    fn has_bundle(&self, td: &str) -> bool {
+        let id = td.to_string();
+        let (x, j) = self.bundle_domains();
+        x.contains(&id) && j.contains(&id)
+    }
+
+    /// PEM SVID, key and all bundles from the Workload API, in `dir`.
+    fn pem(&self, dir: &Path) -> serde_json::Value {
+        std::fs::create_dir_all(dir).unwrap();
+        self.client_json(&["pem", dir.to_str().unwrap()])
+    }
+
+    fn spiffe_ca_pem(&self) -> String {
+        self.auth.ok(&["ca", "export", "--type", "spiffe"])
+    }
+
+    fn federate(&self, name: &str, yaml: &str) {
+        self.auth.create(name, yaml);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+fn client_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    let debug = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = debug.join("examples/spiffe_client");
+    assert!(
+        bin.exists(),
+        "{} missing: cargo test builds examples",
+        bin.display()
+    );
+    bin
+}
+
+/// `trust_bundle: |` with `pem` indented as a YAML block.
+fn trust_bundle_yaml(pem: &str) -> String {
+    let body: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!("  trust_bundle: |\n{body}")
+}
+
+fn web_federation(td: &str, url: &str) -> String {
+    format!(
+        "kind: spiffe_federation\nversion: v1\nmetadata: {{name: {td}}}\nspec:\n  bundle_source:\n    https_web: {{bundle_endpoint_url: \"{url}\"}}\n"
+    )
+}
+
+fn spiffe_federation(td: &str, url: &str, id: &str, bootstrap_pem: &str) -> String {
+    format!(
+        "kind: spiffe_federation\nversion: v1\nmetadata: {{name: {td}}}\nspec:\n  bundle_source:\n    https_spiffe: {{bundle_endpoint_url: \"{url}\", endpoint_spiffe_id: \"{id}\"}}\n{}",
+        trust_bundle_yaml(bootstrap_pem)
+    )
+}
+
+/// A (a.test) and B (b.test) federated both ways: A → B over https_web, B → A over
+/// https_spiffe. A's outbound client also trusts `extra_ca` (a fixture's CA).
+fn federated_pair(extra_ca: Option<&Path>) -> (Cluster, Cluster) {
+    // B first: A's outbound client must trust B's TLS (host) CA for https_web.
+    let b = Cluster::start("b.test", "a.test", &[]);
+    let b_host_ca = b.dir.path().join("b-host-ca.pem");
+    let mut cas = b.auth.ok(&["ca", "export", "--type", "host"]);
+    if let Some(p) = extra_ca {
+        cas.push_str(&std::fs::read_to_string(p).unwrap());
+    }
+    std::fs::write(&b_host_ca, cas).unwrap();
+    let a = Cluster::start(
+        "a.test",
+        "b.test",
+        &["--outbound-ca-file", b_host_ca.to_str().unwrap()],
+    );
+    a.federate(
+        "fed-b.yaml",
+        &web_federation(
+            "b.test",
+            &format!(
+                "https://127.0.0.1:{}/.well-known/spiffe-bundle",
+                b.auth.public_port
+            ),
+        ),
+    );
+    b.federate(
+        "fed-a.yaml",
+        &spiffe_federation(
+            "a.test",
+            &format!("https://127.0.0.1:{}/", a.bundle_port),
+            "spiffe://a.test/spiffe/bundle-endpoint",
+            &a.spiffe_ca_pem(),
+        ),
+    );
+    wait_logged(&a, &b, "B's bundle in A's Workload API", || a.has_bundle("b.test"));
+    wait_logged(&a, &b, "A's bundle in B's Workload API", || b.has_bundle("a.test"));
+    (a, b)
+}
+
+/// Like `wait_until` (30 s), with both clusters' logs on failure.
+fn wait_logged(a: &Cluster, b: &Cluster, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "timed out waiting for {what}\nA bundles: {}\nB bundles: {}\nA auth:\n{}\nA agent:\n{}\nB auth:\n{}\nB agent:\n{}",
+        text(&a.client(&["bundles"])),
+        text(&b.client(&["bundles"])),
+        a.auth.log(),
+        a.agent_log(),
+        b.auth.log(),
+        b.agent_log()
+    );
+}
+
+#[test]
+fn two_clusters_verify_each_other_and_unfederate() {
+    let (a, b) = federated_pair(None);
+    let work = tempfile::tempdir().unwrap();
+
+    // Both sources were audited as bundle updates (B's: fetched over https_spiffe
+    // after the bootstrap bundle, with the same keys).
+    let ev = a.auth.audit("spiffe_federation.bundle_updated");
+    assert!(
+        ev.iter().any(|e| e["fields"]["trust_domain"] == "b.test"),
+        "{ev:?}"
+    );
+    let ev = b.auth.audit("spiffe_federation.bundle_updated");
+    assert!(
+        ev.iter().any(|e| e["fields"]["trust_domain"] == "a.test"),
+        "{ev:?}"
+    );
+
+    // FetchX509SVID: the identity federates with the peer, so its bundle comes
+    // with the SVID (federated_bundles), besides FetchX509Bundles.
+    let x = a.client_json(&["x509"]);
+    assert_eq!(x["spiffe_id"], "spiffe://a.test/app");
+    assert_eq!(
+        x["bundle_trust_domains"],
+        serde_json::json!(["a.test", "b.test"]),
+        "{x}"
+    );
+
+    // A workload of A verifies B's X.509-SVID and JWT-SVID with A's bundles only
+    // (the Rust spiffe crate).
+    let b_pem = work.path().join("b");
+    b.pem(&b_pem);
+    let v = a.client_json(&["verify-x509", b_pem.join("svid.pem").to_str().unwrap()]);
+    assert_eq!(v["verified"], "spiffe://b.test/app");
+    let b_token = stdout(&b.client(&["jwt", "aud-a"])).trim().to_string();
+    assert!(b_token.split('.').count() == 3, "{b_token}");
+    let v = a.client_json(&["validate", "aud-a", &b_token]);
+    assert_eq!(v["spiffe_id"], "spiffe://b.test/app");
+    // Without federation the same SVID does not verify: B verifying its own
+    // SVID works, C (nobody) is not involved; A's *own* SVID checked by B works too.
+    let a_pem = work.path().join("a");
+    a.pem(&a_pem);
+    let v = b.client_json(&["verify-x509", a_pem.join("svid.pem").to_str().unwrap()]);
+    assert_eq!(v["verified"], "spiffe://a.test/app");
+
+    // py-spiffe: the same with A's Workload API (ValidateJWTSVID on A's agent
+    // accepts B's token, checked with B's keys).
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pyspiffe_federation.py");
+    let o = Command::new("python3")
+        .arg(&script)
+        .arg(a.sock())
+        .arg(b_pem.join("svid.pem"))
+        .arg(&b_token)
+        .arg("aud-a")
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "py-spiffe: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!(v["x509_verified"], "spiffe://b.test/app", "{v}");
+    assert_eq!(v["jwt_remote"], "spiffe://b.test/app", "{v}");
+    assert_eq!(v["jwt_local"], "spiffe://b.test/app", "{v}");
+
+    // mTLS between a workload of A (client) and one of B (server), each with its
+    // own SVID and only its own Workload API's bundles (openssl both sides).
+    let (ok, why) = mtls(&b_pem, &a_pem);
+    assert!(ok, "mTLS A -> B failed:\n{why}");
+
+    // Removing the federation removes B's bundle from A's workloads within 2 s.
+    a.auth.ok(&["rm", "spiffe_federation", "b.test"]);
+    let removed = Instant::now();
+    wait_until(
+        "B's bundle to leave A's Workload API",
+        Duration::from_secs(2),
+        || !a.bundle_domains().0.contains(&"b.test".to_string()),
+    );
+    eprintln!("bundle removed after {:?}", removed.elapsed());
+    let (x, j) = a.bundle_domains();
+    assert_eq!(x, vec!["a.test".to_string()]);
+    assert_eq!(j, vec!["a.test".to_string()]);
+    // And B's SVIDs no longer verify in A.
+    let o = a.client(&["verify-x509", b_pem.join("svid.pem").to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    // Nor does mTLS: A's workload, with its bundles now, refuses B's server.
+    a.pem(&a_pem);
+    let (ok, why) = mtls(&b_pem, &a_pem);
+    assert!(!ok, "mTLS A -> B must fail without the federation:\n{why}");
+    let o = a.client(&["validate", "aud-a", &b_token]);
+    assert!(
+        !o.status.success(),
+        "{}\nbundles now: {:?}\nA auth:\n{}",
+        text(&o),
+        a.bundle_domains(),
+        a.auth.log()
+    );
+}
+
+/// One TLS 1.3 connection with client certificates: `openssl s_server` with the
+/// SVID, key and bundles in `server`, `openssl s_client` with those in `client`.
+/// Whether both sides verified the other, and both sides' output.
+fn mtls(server: &Path, client: &Path) -> (bool, String) {
+    let port = free_port();
+    let mut srv = Command::new("openssl")
+        .args(["s_server", "-accept", &port.to_string(), "-naccept", "1"])
+        .args(["-Verify", "1", "-verify_return_error", "-tls1_3"])
+        .arg("-cert")
+        .arg(server.join("svid.pem"))
+        .arg("-key")
+        .arg(server.join("key.pem"))
+        .arg("-CAfile")
+        .arg(server.join("bundle.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_server");
+    std::thread::sleep(Duration::from_millis(500));
+    let cli = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-verify_return_error", "-tls1_3"])
+        .arg("-cert")
+        .arg(client.join("svid.pem"))
+        .arg("-key")
+        .arg(client.join("key.pem"))
+        .arg("-CAfile")
+        .arg(client.join("bundle.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = srv.kill();
+    let srv = srv.wait_with_output().expect("s_server output");
+    let (c, s) = (text(&cli), text(&srv));
+    let ok = c.contains("Verify return code: 0 (ok)")
+        && s.contains("CIPHER is")
+        && !s.to_lowercase().contains("error");
+    (ok, format!("client:\n{c}\nserver:\n{s}"))
+}
+
+/// A CA certificate (DER) of another trust domain: SPIRE-style, with the
+/// domain's SPIFFE ID as URI SAN.
+fn foreign_ca_der(uri: Option<&str>) -> Vec<u8> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    if let Some(u) = uri {
+        p.subject_alt_names = vec![rcgen::SanType::URI(u.try_into().unwrap())];
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    p.self_signed(&key).unwrap().der().to_vec()
+}
+
+fn bundle_doc(ca_der: &[u8], member: Option<&str>) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut v = serde_json::json!({
+        "keys": [{"use": "x509-svid", "kty": "EC",
+                  "x5c": [base64::engine::general_purpose::STANDARD.encode(ca_der)]}],
+        "spiffe_sequence": 1, "spiffe_refresh_hint": 5,
+    });
+    if let Some(td) = member {
+        v["sigil_trust_domain"] = td.into();
+    }
+    v
+}
+
+#[test]
+fn bad_endpoints_never_replace_a_good_bundle() {
+    // Bad bundle endpoints, all behind a TLS server A trusts.
+    let spire_style = bundle_doc(&foreign_ca_der(Some("spiffe://c.test")), None);
+    let named_other = bundle_doc(&foreign_ca_der(None), Some("c.test"));
+    let fixture = HttpsFixture::start(std::sync::Arc::new(move |r: &FixtureRequest| {
+        match r.path.as_str() {
+            "/garbage" => FixtureResponse {
+                status: 200,
+                content_type: "text/html".into(),
+                body: b"<html>this is not a bundle</html>".to_vec(),
+            },
+            "/spire-style-c" => FixtureResponse::json(&spire_style),
+            "/named-c" => FixtureResponse::json(&named_other),
+            _ => FixtureResponse::status(404, "no"),
+        }
+    }));
+    let (a, b) = federated_pair(Some(&fixture.ca_pem));
+    let before = a.pem(&a.dir.path().join("before"));
+    assert!(
+        before["bundle_trust_domains"]
+            .to_string()
+            .contains("b.test")
+    );
+    let good = std::fs::read(a.dir.path().join("before/bundle.pem")).unwrap();
+    let updates = |c: &Cluster, td: &str| {
+        c.auth
+            .audit("spiffe_federation.bundle_updated")
+            .into_iter()
+            .filter(|e| e["fields"]["trust_domain"] == td)
+            .count()
+    };
+    let failures = |c: &Cluster, td: &str| -> Vec<String> {
+        c.auth
+            .audit("spiffe_federation.refresh_failed")
+            .into_iter()
+            .filter(|e| e["fields"]["trust_domain"] == td)
+            .map(|e| e["fields"]["error"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let a_updates = updates(&a, "b.test");
+    let b_updates = updates(&b, "a.test");
+
+    // An https_spiffe endpoint presenting the wrong SPIFFE ID: A's real bundle
+    // endpoint, but B expects another ID.
+    b.federate(
+        "fed-a.yaml",
+        &spiffe_federation(
+            "a.test",
+            &format!("https://127.0.0.1:{}/", a.bundle_port),
+            "spiffe://a.test/not-the-bundle-endpoint",
+            &a.spiffe_ca_pem(),
+        ),
+    );
+    wait_until("the wrong SPIFFE ID to be audited", Duration::from_secs(20), || {
+        failures(&b, "a.test").iter().any(|e| {
+            e.contains("spiffe://a.test/spiffe/bundle-endpoint")
+                && e.contains("not \"spiffe://a.test/not-the-bundle-endpoint\"")
+        })
+    });
+    assert!(b.has_bundle("a.test"), "B kept A's bundle");
+    assert_eq!(updates(&b, "a.test"), b_updates, "no bundle update");
+
+    // Garbage, a JSON document that is no bundle (B's JWKS), a 404, and bundles
+    // of another trust domain (by the CA's SPIFFE ID, by Sigil's member).
+    for (path, expect) in [
+        (format!("{}/garbage", fixture.url), "not a JSON document"),
+        (
+            format!("https://127.0.0.1:{}/jwks.json", b.auth.public_port),
+            "no x509-svid or jwt-svid key",
+        ),
+        (format!("{}/missing", fixture.url), "HTTP 404"),
+        (format!("{}/spire-style-c", fixture.url), "trust domain \"c.test\""),
+        (format!("{}/named-c", fixture.url), "for trust domain \"c.test\""),
+    ] {
+        a.federate("fed-b.yaml", &web_federation("b.test", &path));
+        wait_until(&format!("{path} to be audited"), Duration::from_secs(20), || {
+            failures(&a, "b.test")
+                .iter()
+                .any(|e| e.contains(&path) && e.contains(expect))
+        });
+        assert_eq!(updates(&a, "b.test"), a_updates, "{path}: no bundle update");
+    }
+
+    // Through all of it A's workloads keep exactly the good bundle.
+    let after = a.pem(&a.dir.path().join("after"));
+    assert_eq!(after["bundle_trust_domains"], before["bundle_trust_domains"]);
+    assert_eq!(
+        std::fs::read(a.dir.path().join("after/bundle.pem")).unwrap(),
+        good
+    );
+    assert!(b.has_bundle("a.test"));
+    assert!(a.has_bundle("b.test"));
+}
