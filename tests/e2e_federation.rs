@@ -167,8 +167,11 @@ services:
         self.auth.ok(&["ca", "export", "--type", "spiffe"])
     }
 
+    /// Create or replace a `spiffe_federation`.
     fn federate(&self, name: &str, yaml: &str) {
-        self.auth.create(name, yaml);
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, yaml).unwrap();
+        self.auth.ok(&["create", "--force", "-f", p.to_str().unwrap()]);
     }
 }
 
@@ -520,6 +523,7 @@ fn bad_endpoints_never_replace_a_good_bundle() {
         assert_eq!(updates(&a, "b.test"), a_updates, "{path}: no bundle update");
     }
 
+    eprintln!("refresh failures audited: {:#?}", failures(&a, "b.test"));
     // Through all of it A's workloads keep exactly the good bundle.
     let after = a.pem(&a.dir.path().join("after"));
     assert_eq!(after["bundle_trust_domains"], before["bundle_trust_domains"]);
@@ -529,4 +533,35 @@ fn bad_endpoints_never_replace_a_good_bundle() {
     );
     assert!(b.has_bundle("a.test"));
     assert!(a.has_bundle("b.test"));
+
+    // The bundle is kept in the store: a restarted auth service serves it while
+    // the peer's endpoint is down (a TLS/connection failure, audited).
+    let mut a = a;
+    let mut b = b;
+    a.federate(
+        "fed-b.yaml",
+        &web_federation(
+            "b.test",
+            &format!(
+                "https://127.0.0.1:{}/.well-known/spiffe-bundle",
+                b.auth.public_port
+            ),
+        ),
+    );
+    b.auth.stop();
+    a.auth.stop();
+    a.auth.spawn();
+    wait_until("the restarted service's fetch to fail", Duration::from_secs(20), || {
+        failures(&a, "b.test")
+            .iter()
+            .any(|e| e.contains("/.well-known/spiffe-bundle"))
+    });
+    assert_eq!(updates(&a, "b.test"), a_updates, "no bundle update");
+    let restarted = a.pem(&a.dir.path().join("restarted"));
+    assert_eq!(restarted["bundle_trust_domains"], before["bundle_trust_domains"]);
+    assert_eq!(
+        std::fs::read(a.dir.path().join("restarted/bundle.pem")).unwrap(),
+        good
+    );
+    b.auth.spawn();
 }

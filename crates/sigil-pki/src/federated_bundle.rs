@@ -11,7 +11,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
-use crate::{PkiError, Result};
+/// Why a foreign bundle was refused (names the member at fault; no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BundleError(pub String);
+
+type Result<T> = std::result::Result<T, BundleError>;
 
 /// Most keys a foreign bundle may hold.
 pub const MAX_BUNDLE_KEYS: usize = 64;
@@ -44,8 +49,8 @@ impl ForeignBundle {
     }
 }
 
-fn bad(msg: impl Into<String>) -> PkiError {
-    PkiError::InvalidCertificate(msg.into())
+fn bad(msg: impl Into<String>) -> BundleError {
+    BundleError(msg.into())
 }
 
 /// Parse an operator-supplied bootstrap bundle: PEM certificates, or a SPIFFE
