@@ -171,7 +171,8 @@ services:
     fn federate(&self, name: &str, yaml: &str) {
         let p = self.dir.path().join(name);
         std::fs::write(&p, yaml).unwrap();
-        self.auth.ok(&["create", "--force", "-f", p.to_str().unwrap()]);
+        self.auth
+            .ok(&["create", "--force", "-f", p.to_str().unwrap()]);
     }
 }
 
@@ -250,8 +251,12 @@ fn federated_pair(extra_ca: Option<&Path>) -> (Cluster, Cluster) {
             &a.spiffe_ca_pem(),
         ),
     );
-    wait_logged(&a, &b, "B's bundle in A's Workload API", || a.has_bundle("b.test"));
-    wait_logged(&a, &b, "A's bundle in B's Workload API", || b.has_bundle("a.test"));
+    wait_logged(&a, &b, "B's bundle in A's Workload API", || {
+        a.has_bundle("b.test")
+    });
+    wait_logged(&a, &b, "A's bundle in B's Workload API", || {
+        b.has_bundle("a.test")
+    });
     (a, b)
 }
 
@@ -476,7 +481,12 @@ fn bad_endpoints_never_replace_a_good_bundle() {
             .audit("spiffe_federation.refresh_failed")
             .into_iter()
             .filter(|e| e["fields"]["trust_domain"] == td)
-            .map(|e| e["fields"]["error"].as_str().unwrap_or_default().to_string())
+            .map(|e| {
+                e["fields"]["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect()
     };
     let a_updates = updates(&a, "b.test");
@@ -493,12 +503,16 @@ fn bad_endpoints_never_replace_a_good_bundle() {
             &a.spiffe_ca_pem(),
         ),
     );
-    wait_until("the wrong SPIFFE ID to be audited", Duration::from_secs(20), || {
-        failures(&b, "a.test").iter().any(|e| {
-            e.contains("spiffe://a.test/spiffe/bundle-endpoint")
-                && e.contains("not \"spiffe://a.test/not-the-bundle-endpoint\"")
-        })
-    });
+    wait_until(
+        "the wrong SPIFFE ID to be audited",
+        Duration::from_secs(20),
+        || {
+            failures(&b, "a.test").iter().any(|e| {
+                e.contains("spiffe://a.test/spiffe/bundle-endpoint")
+                    && e.contains("not \"spiffe://a.test/not-the-bundle-endpoint\"")
+            })
+        },
+    );
     assert!(b.has_bundle("a.test"), "B kept A's bundle");
     assert_eq!(updates(&b, "a.test"), b_updates, "no bundle update");
 
@@ -511,22 +525,35 @@ fn bad_endpoints_never_replace_a_good_bundle() {
             "no x509-svid or jwt-svid key",
         ),
         (format!("{}/missing", fixture.url), "HTTP 404"),
-        (format!("{}/spire-style-c", fixture.url), "trust domain \"c.test\""),
-        (format!("{}/named-c", fixture.url), "for trust domain \"c.test\""),
+        (
+            format!("{}/spire-style-c", fixture.url),
+            "trust domain \"c.test\"",
+        ),
+        (
+            format!("{}/named-c", fixture.url),
+            "for trust domain \"c.test\"",
+        ),
     ] {
         a.federate("fed-b.yaml", &web_federation("b.test", &path));
-        wait_until(&format!("{path} to be audited"), Duration::from_secs(20), || {
-            failures(&a, "b.test")
-                .iter()
-                .any(|e| e.contains(&path) && e.contains(expect))
-        });
+        wait_until(
+            &format!("{path} to be audited"),
+            Duration::from_secs(20),
+            || {
+                failures(&a, "b.test")
+                    .iter()
+                    .any(|e| e.contains(&path) && e.contains(expect))
+            },
+        );
         assert_eq!(updates(&a, "b.test"), a_updates, "{path}: no bundle update");
     }
 
     eprintln!("refresh failures audited: {:#?}", failures(&a, "b.test"));
     // Through all of it A's workloads keep exactly the good bundle.
     let after = a.pem(&a.dir.path().join("after"));
-    assert_eq!(after["bundle_trust_domains"], before["bundle_trust_domains"]);
+    assert_eq!(
+        after["bundle_trust_domains"],
+        before["bundle_trust_domains"]
+    );
     assert_eq!(
         std::fs::read(a.dir.path().join("after/bundle.pem")).unwrap(),
         good
@@ -551,14 +578,21 @@ fn bad_endpoints_never_replace_a_good_bundle() {
     b.auth.stop();
     a.auth.stop();
     a.auth.spawn();
-    wait_until("the restarted service's fetch to fail", Duration::from_secs(20), || {
-        failures(&a, "b.test")
-            .iter()
-            .any(|e| e.contains("/.well-known/spiffe-bundle"))
-    });
+    wait_until(
+        "the restarted service's fetch to fail",
+        Duration::from_secs(20),
+        || {
+            failures(&a, "b.test")
+                .iter()
+                .any(|e| e.contains("/.well-known/spiffe-bundle"))
+        },
+    );
     assert_eq!(updates(&a, "b.test"), a_updates, "no bundle update");
     let restarted = a.pem(&a.dir.path().join("restarted"));
-    assert_eq!(restarted["bundle_trust_domains"], before["bundle_trust_domains"]);
+    assert_eq!(
+        restarted["bundle_trust_domains"],
+        before["bundle_trust_domains"]
+    );
     assert_eq!(
         std::fs::read(a.dir.path().join("restarted/bundle.pem")).unwrap(),
         good

@@ -171,9 +171,11 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         .await
         .with_context(|| format!("binding --public-listen {}", cfg.public_listen))?;
     let bundle_listener = match cfg.spiffe_bundle_endpoint_listen {
-        Some(a) => Some(TcpListener::bind(a).await.with_context(|| {
-            format!("binding --spiffe-bundle-endpoint-listen {a}")
-        })?),
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding --spiffe-bundle-endpoint-listen {a}"))?,
+        ),
         None => None,
     };
     let listen = grpc_listener.local_addr()?;

@@ -194,12 +194,14 @@ async fn run(socket: &str, command: Command) -> Result<(), BoxError> {
                 .ok_or("the certificate has no URI SAN")?;
             let spiffe_id = spiffe::SpiffeId::new(&id)?;
             let bundles = client.fetch_x509_bundles().await?;
-            let bundle = bundles
-                .get(spiffe_id.trust_domain())
-                .ok_or_else(|| format!("no bundle for trust domain {}", spiffe_id.trust_domain()))?;
+            let bundle = bundles.get(spiffe_id.trust_domain()).ok_or_else(|| {
+                format!("no bundle for trust domain {}", spiffe_id.trust_domain())
+            })?;
             let mut roots = rustls::RootCertStore::empty();
             for a in bundle.authorities() {
-                roots.add(rustls::pki_types::CertificateDer::from(a.as_bytes().to_vec()))?;
+                roots.add(rustls::pki_types::CertificateDer::from(
+                    a.as_bytes().to_vec(),
+                ))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 std::sync::Arc::new(roots),

@@ -216,6 +216,7 @@ mod tests {
             store: None,
             new_audit_key: false,
             ca_keys: Default::default(),
+            spiffe_bundle_endpoint_listen: None,
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)

@@ -90,12 +90,12 @@ pub fn parse_spiffe_bundle(body: &[u8], trust_domain: &str) -> Result<ForeignBun
     let obj = doc
         .as_object()
         .ok_or_else(|| bad("not a JSON object (a SPIFFE bundle is a JWK Set)"))?;
-    if let Some(td) = obj.get(TRUST_DOMAIN_MEMBER) {
-        if td.as_str() != Some(trust_domain) {
-            return Err(bad(format!(
-                "the bundle is for trust domain {td}, not {trust_domain:?}"
-            )));
-        }
+    if let Some(td) = obj.get(TRUST_DOMAIN_MEMBER)
+        && td.as_str() != Some(trust_domain)
+    {
+        return Err(bad(format!(
+            "the bundle is for trust domain {td}, not {trust_domain:?}"
+        )));
     }
     let keys = obj
         .get("keys")
@@ -166,9 +166,7 @@ fn jwt_key(i: usize, jwk: &Map<String, Value>) -> Result<Value> {
         jwk.get("kty").and_then(Value::as_str),
         Some("EC" | "RSA" | "OKP")
     ) {
-        return Err(bad(format!(
-            "keys[{i}]: \"kty\" must be EC, RSA or OKP"
-        )));
+        return Err(bad(format!("keys[{i}]: \"kty\" must be EC, RSA or OKP")));
     }
     let mut out = jwk.clone();
     out.remove("use");
@@ -246,7 +244,13 @@ mod tests {
 
     #[test]
     fn refuses_garbage_and_wrong_domains() {
-        for garbage in [&b"<html>"[..], b"[]", b"{}", b"{\"keys\": []}", b"{\"keys\": [1]}"] {
+        for garbage in [
+            &b"<html>"[..],
+            b"[]",
+            b"{}",
+            b"{\"keys\": []}",
+            b"{\"keys\": [1]}",
+        ] {
             assert!(parse_spiffe_bundle(garbage, "b.test").is_err());
         }
         let cert = ca(Some("spiffe://c.test"));

@@ -56,6 +56,7 @@ pub use crl::RevokedSerial;
 pub use der::rsa_spki_der;
 pub use encrypted_keys::{EncryptedKeyManager, Kek};
 pub use error::{PkiError, Result};
+pub use federated_bundle::{ForeignBundle, parse_spiffe_bundle, parse_trust_bundle};
 pub use identity::{
     CertInfo, ClientIdentity, IDENTITY_EXTENSION_OID, LEGACY_IDENTITY_EXTENSION_OID, cert_info,
     pem_to_ders, read_client_identity, spki_pin_of_cert,
@@ -71,7 +72,6 @@ pub use kube_cert::{MAX_KUBERNETES_GROUPS, check_kubernetes_name};
 #[cfg(feature = "pkcs11")]
 pub use pkcs11_keys::Pkcs11KeyManager;
 pub use software_keys::SoftwareKeyManager;
-pub use federated_bundle::{ForeignBundle, parse_spiffe_bundle, parse_trust_bundle};
 pub use spiffe_bundle::spiffe_bundle_document;
 pub use ssh_ca::{ACCEPTED_SSH_KEYS, IssuedSshCert, SshCa, SshUserPermissions, check_ssh_key};
 pub use x509_ca::{ACCEPTED_KEYS, IssuedCert, X509Ca, check_spki};

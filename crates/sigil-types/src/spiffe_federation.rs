@@ -90,7 +90,10 @@ pub enum BundleProfile<'a> {
 impl SpiffeFederationSpec {
     /// The configured profile (validation guarantees exactly one).
     pub fn profile(&self) -> Option<BundleProfile<'_>> {
-        match (&self.bundle_source.https_web, &self.bundle_source.https_spiffe) {
+        match (
+            &self.bundle_source.https_web,
+            &self.bundle_source.https_spiffe,
+        ) {
             (Some(w), None) => Some(BundleProfile::Web {
                 url: &w.bundle_endpoint_url,
             }),
@@ -242,7 +245,10 @@ mod tests {
             base.replace("ID", "spiffe://other.example/bundle")
         );
         let e = parse(&wrong_td).unwrap_err();
-        assert!(e.contains("endpoint_spiffe_id") && e.contains("not in"), "{e}");
+        assert!(
+            e.contains("endpoint_spiffe_id") && e.contains("not in"),
+            "{e}"
+        );
         let no_bootstrap = base.replace("ID", "spiffe://partner.example/bundle");
         let e = parse(&no_bootstrap).unwrap_err();
         assert!(e.contains("spec.trust_bundle"), "{e}");

@@ -460,8 +460,10 @@ impl Runtime {
     fn apply_bundle(&self, b: &TrustBundle, from_stream: bool) {
         let from_message = from_stream.then(|| federated_views(b));
         self.trust.send_if_modified(|cur| {
-            let federated = from_message.clone().unwrap_or_else(|| cur.federated.clone());
-            let own_changed = !(b.sequence <= cur.sequence && !cur.authorities.is_empty());
+            let federated = from_message
+                .clone()
+                .unwrap_or_else(|| cur.federated.clone());
+            let own_changed = b.sequence > cur.sequence || cur.authorities.is_empty();
             if !own_changed {
                 if cur.federated == federated {
                     return false;

@@ -34,7 +34,12 @@ impl rustls::server::ResolvesServerCert for EndpointCert {
         &self,
         _hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -57,7 +62,11 @@ fn issue(state: &SharedState) -> anyhow::Result<rustls::sign::CertifiedKey> {
         .context("issuing the bundle endpoint's X.509-SVID")?;
     let mut chain = vec![CertificateDer::from(svid.der)];
     if ca.is_intermediate() {
-        chain.extend(ca.chain_ders().iter().map(|d| CertificateDer::from(d.clone())));
+        chain.extend(
+            ca.chain_ders()
+                .iter()
+                .map(|d| CertificateDer::from(d.clone())),
+        );
     }
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
     let signer = crate::tls::provider()

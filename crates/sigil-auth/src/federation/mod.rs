@@ -122,7 +122,8 @@ struct Followed {
 
 /// The refresh interval a bundle asks for, bounded.
 pub fn refresh_interval(hint: Option<Duration>) -> Duration {
-    hint.unwrap_or(DEFAULT_REFRESH).clamp(MIN_REFRESH, MAX_REFRESH)
+    hint.unwrap_or(DEFAULT_REFRESH)
+        .clamp(MIN_REFRESH, MAX_REFRESH)
 }
 
 /// Follow federations and their bundles until the process ends.
@@ -373,7 +374,9 @@ async fn forget_bundle(state: &SharedState, td: &str) {
         .await
     {
         Ok(_) | Err(StoreError::NotFound(_)) => {}
-        Err(e) => tracing::warn!(trust_domain = %td, error = %e, "deleting a federated bundle failed"),
+        Err(e) => {
+            tracing::warn!(trust_domain = %td, error = %e, "deleting a federated bundle failed")
+        }
     }
 }
 

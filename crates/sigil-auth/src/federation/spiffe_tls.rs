@@ -30,7 +30,10 @@ impl SpiffeServerVerifier {
             anchors.push(a.to_owned());
         }
         if anchors.is_empty() {
-            return Err("the last known bundle has no X.509 authority to authenticate the endpoint with".into());
+            return Err(
+                "the last known bundle has no X.509 authority to authenticate the endpoint with"
+                    .into(),
+            );
         }
         Ok(SpiffeServerVerifier {
             anchors,
