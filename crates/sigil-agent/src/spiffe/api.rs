@@ -115,7 +115,10 @@ pub fn x509_response(issued: &Issued, view: &TrustView) -> Result<X509svidRespon
         .iter()
         .flat_map(|s| s.federates_with.iter())
         .filter_map(|td| {
-            let f = view.federated.get(td)?;
+            let f = view
+                .federated
+                .get(td)
+                .filter(|f| !f.bundle_der.is_empty())?;
             Some((format!("spiffe://{td}"), f.bundle_der.clone()))
         })
         .collect();
@@ -130,7 +133,7 @@ fn crl_list(view: &TrustView) -> Vec<Vec<u8>> {
     view.crls.clone()
 }
 
-fn x509_bundles(view: &TrustView) -> Result<X509BundlesResponse, Status> {
+pub(crate) fn x509_bundles(view: &TrustView) -> Result<X509BundlesResponse, Status> {
     if view.bundle_der.is_empty() {
         return Err(Status::unavailable("no trust bundle yet"));
     }
@@ -147,7 +150,7 @@ fn x509_bundles(view: &TrustView) -> Result<X509BundlesResponse, Status> {
     })
 }
 
-fn jwt_bundles(view: &TrustView) -> Result<JwtBundlesResponse, Status> {
+pub(crate) fn jwt_bundles(view: &TrustView) -> Result<JwtBundlesResponse, Status> {
     if view.jwks_bytes.is_empty() {
         return Err(Status::unavailable("no JWT bundle yet"));
     }
@@ -291,7 +294,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
 }
 
 /// The trust domain of a JWT's unverified `sub` (a SPIFFE ID), if any.
-fn claimed_trust_domain(token: &str) -> Option<String> {
+pub(crate) fn claimed_trust_domain(token: &str) -> Option<String> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use super::federated::FederatedView;
+use super::federated::federated_views;
 use crate::client::AuthChannel as Channel;
 use sigil_pki::TlsKeyPair;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
@@ -57,32 +59,6 @@ pub struct TrustView {
     pub state_seen: bool,
     /// Bundles of federated (foreign) trust domains, by trust domain name.
     pub federated: BTreeMap<String, FederatedView>,
-}
-
-/// One federated trust domain's bundle, in the Workload API's encodings.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FederatedView {
-    /// DER CA certificates, concatenated.
-    pub bundle_der: Vec<u8>,
-    pub jwks: serde_json::Value,
-    pub jwks_bytes: Vec<u8>,
-}
-
-/// The federated bundles a [`TrustBundle`] carries.
-fn federated_views(b: &TrustBundle) -> BTreeMap<String, FederatedView> {
-    b.federated
-        .iter()
-        .map(|(td, f)| {
-            (
-                td.clone(),
-                FederatedView {
-                    bundle_der: f.x509_authorities.concat(),
-                    jwks: serde_json::from_str(&f.jwt_jwks_json).unwrap_or_default(),
-                    jwks_bytes: f.jwt_jwks_json.as_bytes().to_vec(),
-                },
-            )
-        })
-        .collect()
 }
 
 impl TrustView {
@@ -457,7 +433,7 @@ impl Runtime {
     /// auth service published them, whereas an issuance's answer may have been
     /// computed before a federation was removed and arrive after the stream
     /// said so (and the stream would not repeat itself).
-    fn apply_bundle(&self, b: &TrustBundle, from_stream: bool) {
+    pub(crate) fn apply_bundle(&self, b: &TrustBundle, from_stream: bool) {
         let from_message = from_stream.then(|| federated_views(b));
         self.trust.send_if_modified(|cur| {
             let federated = from_message
