@@ -599,3 +599,73 @@ fn bad_endpoints_never_replace_a_good_bundle() {
     );
     b.auth.spawn();
 }
+
+/// Federating makes every workload trust a foreign CA: only a caller whose roles
+/// name `spiffe_federation` (or `*`) may create, replace or remove one, and a bad
+/// bootstrap bundle or this cluster's own domain is refused with the field named.
+#[test]
+fn federation_needs_its_own_admin_verbs() {
+    let auth = Auth::start();
+    auth.create(
+        "roles.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: wi-admin}\nspec:\n  allow:\n    rules: [{resources: [workload_identity], verbs: ['*']}]\n---\nkind: role\nversion: v1\nmetadata: {name: fed-admin}\nspec:\n  allow:\n    rules: [{resources: [spiffe_federation], verbs: [create, update, read, list, delete]}]\n",
+    );
+    let identity = |bot: &str, role: &str| {
+        let out = auth.ok(&["bots", "add", bot, "--roles", role, "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let agent = AgentDirs::new();
+        let o = agent.oneshot(&auth, v["token"].as_str());
+        assert!(o.status.success(), "{}", text(&o));
+        agent
+    };
+    let wi = identity("wi-bot", "wi-admin");
+    let fed = identity("fed-bot", "fed-admin");
+    let file = auth.dir.path().join("fed.yaml");
+    std::fs::write(
+        &file,
+        web_federation("partner.example", "https://127.0.0.1:1/bundle"),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    let o = auth.remote(&wi.out.join("identity"), &["create", "-f", f]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("spiffe_federation"), "{}", text(&o));
+    let o = auth.remote(&fed.out.join("identity"), &["create", "-f", f]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = auth.remote(&fed.out.join("identity"), &["get", "spiffe_federations"]);
+    assert!(stdout(&o).contains("partner.example"), "{}", text(&o));
+    assert!(stdout(&o).contains("https_web"), "{}", text(&o));
+    let o = auth.remote(
+        &wi.out.join("identity"),
+        &["rm", "spiffe_federation", "partner.example"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = auth.remote(
+        &fed.out.join("identity"),
+        &["rm", "spiffe_federation", "partner.example"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Refused with the field named: a bootstrap bundle that is no bundle, and
+    // this cluster's own trust domain.
+    std::fs::write(
+        &file,
+        format!(
+            "{}  trust_bundle: \"not a bundle\"\n",
+            web_federation("partner.example", "https://127.0.0.1:1/bundle")
+        ),
+    )
+    .unwrap();
+    let o = auth.admin(&["create", "-f", f]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("spec.trust_bundle"), "{}", text(&o));
+    std::fs::write(
+        &file,
+        web_federation("example.test", "https://127.0.0.1:1/bundle"),
+    )
+    .unwrap();
+    let o = auth.admin(&["create", "-f", f]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("own trust domain"), "{}", text(&o));
+}
