@@ -6,6 +6,7 @@ pub mod kube_apiserver;
 pub mod oidc_issuer;
 pub mod postgres;
 pub mod rotation;
+pub mod spiffe_cluster;
 pub mod sshd;
 pub mod sts;
 
