@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sigil_pki::TlsKeyPair;
+use sigil_proto::deadline::{Deadlines, ReadDeadline};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -22,6 +23,13 @@ use crate::state::SharedState;
 pub const ENDPOINT_ID_PATH: &str = "/spiffe/bundle-endpoint";
 /// Lifetime of the endpoint's SVID; renewed at half of it.
 const SVID_TTL: Duration = Duration::from_secs(3600);
+/// As on the public listener: the ClientHello's record header within the
+/// handshake timeout, then never silent for the idle timeout.
+const DEADLINES: Deadlines = Deadlines {
+    first: crate::public_http::TLS_HANDSHAKE_TIMEOUT,
+    first_bytes: 5,
+    idle: crate::public_http::IDLE_TIMEOUT,
+};
 
 /// The endpoint's SVID, replaced in place on renewal and CA rotation.
 #[derive(Debug)]
@@ -127,6 +135,7 @@ pub async fn serve_bundle_endpoint(
         };
         let (acceptor, app, http) = (acceptor.clone(), app.clone(), http.clone());
         tokio::spawn(async move {
+            let tcp = ReadDeadline::new(tcp, DEADLINES);
             let Ok(Ok(tls)) = tokio::time::timeout(
                 crate::public_http::TLS_HANDSHAKE_TIMEOUT,
                 acceptor.accept(tcp),

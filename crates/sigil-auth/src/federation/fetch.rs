@@ -55,7 +55,7 @@ fn spiffe_client(verifier: SpiffeServerVerifier) -> Result<reqwest::Client, Stri
         .timeout(outbound::TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
         .user_agent(concat!("sigil-auth/", env!("CARGO_PKG_VERSION")))
-        .tls_backend_preconfigured(verifier.client_config())
+        .tls_backend_preconfigured(verifier.client_config()?)
         .build()
         .map_err(|e| format!("building the https_spiffe client: {e}"))
 }

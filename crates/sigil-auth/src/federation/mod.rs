@@ -191,6 +191,9 @@ async fn follow(state: &SharedState) -> anyhow::Result<()> {
                 Ok(WatchEvent::Delete { key, .. }) => {
                     if let Some(td) = key.strip_prefix(keys::SPIFFE_FEDERATIONS) {
                         feds.remove(td);
+                        // Forgotten at once: a federation created again before the
+                        // record's deletion comes back starts from its own bootstrap.
+                        bundles.remove(td);
                         forget_bundle(state, td).await;
                     } else if let Some(td) = key.strip_prefix(keys::FEDERATED_BUNDLES) {
                         bundles.remove(td);

@@ -43,20 +43,15 @@ impl SpiffeServerVerifier {
     }
 
     /// A rustls client configuration using this verifier.
-    pub fn client_config(self) -> rustls::ClientConfig {
+    pub fn client_config(self) -> Result<rustls::ClientConfig, String> {
         let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
-            .unwrap_or_else(|_| {
-                // The provider supports the defaults; keep a usable fallback anyway.
-                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                    .with_protocol_versions(&[&rustls::version::TLS13])
-                    .expect("TLS 1.3 with aws-lc-rs")
-            })
+            .map_err(|e| format!("TLS client configuration: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(self))
             .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        cfg
+        Ok(cfg)
     }
 }
 
