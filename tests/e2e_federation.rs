@@ -193,6 +193,23 @@ fn two_clusters_verify_each_other_and_unfederate() {
         a.bundle_domains(),
         a.auth.log()
     );
+
+    // Federating again brings it back (fetched afresh), and B's SVID verifies.
+    a.federate(
+        "fed-b.yaml",
+        &web_federation(
+            "b.test",
+            &format!(
+                "https://127.0.0.1:{}/.well-known/spiffe-bundle",
+                b.auth.public_port
+            ),
+        ),
+    );
+    wait_logged(&a, &b, "B's bundle back in A's Workload API", || {
+        a.has_bundle("b.test")
+    });
+    let v = a.client_json(&["verify-x509", b_pem.join("svid.pem").to_str().unwrap()]);
+    assert_eq!(v["verified"], "spiffe://b.test/app");
 }
 
 /// A CA certificate (DER) of another trust domain: SPIRE-style, with the
