@@ -462,3 +462,67 @@ fn federation_needs_its_own_admin_verbs() {
     assert!(!o.status.success());
     assert!(text(&o).contains("own trust domain"), "{}", text(&o));
 }
+
+/// Two auth servers of A on one PostgreSQL store: only A1 can reach B's
+/// endpoint (A2 does not trust B's TLS CA), yet the agent on A2 gets B's
+/// bundle — the fetched bundle is stored once and every server serves it.
+#[test]
+fn ha_servers_share_the_fetched_bundle() {
+    let url = common::postgres::fresh_db();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("audit-key.json");
+    let key = key.to_str().unwrap();
+    let b = Cluster::start("b.test", "a.test", &[]);
+    let b_host_ca = b.dir.path().join("b-host-ca.pem");
+    std::fs::write(&b_host_ca, b.auth.ok(&["ca", "export", "--type", "host"])).unwrap();
+    let shared = [
+        "--cluster-name",
+        "a.test",
+        "--store",
+        &url,
+        "--audit-key",
+        key,
+    ];
+    let mut first = shared.to_vec();
+    first.extend(["--outbound-ca-file", b_host_ca.to_str().unwrap()]);
+    let a1 = Auth::start_with(&first);
+    let a2 = Cluster::on(Auth::start_with(&shared), "a.test", "b.test");
+    let p = a1.dir.path().join("fed-b.yaml");
+    std::fs::write(
+        &p,
+        web_federation(
+            "b.test",
+            &format!(
+                "https://127.0.0.1:{}/.well-known/spiffe-bundle",
+                b.auth.public_port
+            ),
+        ),
+    )
+    .unwrap();
+    a1.ok(&["create", "-f", p.to_str().unwrap()]);
+    wait_until(
+        "B's bundle in the Workload API of A2's agent",
+        Duration::from_secs(30),
+        || a2.has_bundle("b.test"),
+    );
+    let b_pem = b.dir.path().join("pem");
+    b.pem(&b_pem);
+    let v = a2.client_json(&["verify-x509", b_pem.join("svid.pem").to_str().unwrap()]);
+    assert_eq!(v["verified"], "spiffe://b.test/app");
+    // A2's own fetch fails (and is audited); it did not write anything.
+    wait_until(
+        "A2's failed fetch to be audited",
+        Duration::from_secs(20),
+        || {
+            a1.audit("spiffe_federation.refresh_failed")
+                .iter()
+                .any(|e| e["fields"]["trust_domain"] == "b.test")
+        },
+    );
+    let updates: Vec<_> = a1
+        .audit("spiffe_federation.bundle_updated")
+        .into_iter()
+        .filter(|e| e["fields"]["trust_domain"] == "b.test")
+        .collect();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+}

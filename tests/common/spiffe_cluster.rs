@@ -41,6 +41,18 @@ impl Cluster {
         .with_workload(peer)
     }
 
+    /// A cluster around an auth service already running (`td` its trust domain).
+    pub fn on(auth: Auth, td: &str, peer: &str) -> Cluster {
+        Cluster {
+            td: td.to_string(),
+            auth,
+            bundle_port: 0,
+            dir: tempfile::tempdir().expect("tempdir"),
+            agent: None,
+        }
+        .with_workload(peer)
+    }
+
     pub fn with_workload(mut self, peer: &str) -> Cluster {
         self.auth.create(
             "role.yaml",
