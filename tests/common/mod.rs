@@ -6,6 +6,7 @@ pub mod kube_apiserver;
 pub mod oidc_issuer;
 pub mod postgres;
 pub mod rotation;
+pub mod spiffe_cluster;
 pub mod sshd;
 pub mod sts;
 
@@ -129,7 +130,11 @@ impl Auth {
                 "--public-listen",
                 &format!("127.0.0.1:{}", self.public_port),
             ])
-            .args(["--cluster-name", "example.test"])
+            .args(if self.extra_args.iter().any(|a| a == "--cluster-name") {
+                &[][..]
+            } else {
+                &["--cluster-name", "example.test"][..]
+            })
             .args(&self.extra_args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env("SIGIL_LOG", "info")

@@ -14,6 +14,11 @@
 //!   certified by the host CA for that address, as the auth service itself is,
 //!   so the caller must hold it in `ssh_host_principals`.
 //!
+//! A `spiffe_federation` makes every workload of the cluster trust a foreign CA;
+//! it grants no role permission, so it needs no check here beyond the admin
+//! verb itself (`create`/`update` on `spiffe_federation`, which only roles that
+//! name the kind, or `*`, hold).
+//!
 //! A caller whose roles allow the `escalate` verb on the kind (admin-equivalent,
 //! and part of `*`) may grant beyond what it holds; the local admin socket may
 //! do anything. The pure comparison lives in `sigil_types::RoleSet::uncovered`.

@@ -44,6 +44,19 @@ pub const DATABASES: &str = "/databases/";
 /// what a lock puts on the database's CRL. Expires with the certificate.
 pub const DB_CERTS: &str = "/db_certs/";
 
+/// `spiffe_federation` resources, by foreign trust domain.
+pub const SPIFFE_FEDERATIONS: &str = "/spiffe_federations/";
+/// The current bundle of each federated trust domain, written by the fetcher
+/// (federation/) so that every server and every restart serves the same one.
+pub const FEDERATED_BUNDLES: &str = "/spiffe_federation_bundles/";
+
+pub fn spiffe_federation(trust_domain: &str) -> String {
+    format!("{SPIFFE_FEDERATIONS}{trust_domain}")
+}
+pub fn federated_bundle(trust_domain: &str) -> String {
+    format!("{FEDERATED_BUNDLES}{trust_domain}")
+}
+
 pub fn database(name: &str) -> String {
     format!("{DATABASES}{name}")
 }
@@ -104,6 +117,7 @@ pub fn for_kind(kind: &str, name: &str) -> Option<String> {
         "workload_identity_x509_revocation" => revocation(name),
         "kubernetes_cluster" => kubernetes_cluster(name),
         "database" => database(name),
+        "spiffe_federation" => spiffe_federation(name),
         "bot_instance" => {
             // bot_instance names are "<bot>/<id>" or just "<id>" (looked up by scan).
             let (b, id) = name.split_once('/')?;

@@ -13,6 +13,7 @@ mod cache;
 mod cluster;
 mod db_access;
 mod escalation;
+mod federation;
 mod issuance;
 mod join;
 mod key_exchange;
@@ -78,6 +79,8 @@ pub struct AuthConfig {
     /// How long a bot instance's record is kept after its last credential
     /// expired; then it is removed (its history stays in the audit log).
     pub instance_retention: Duration,
+    /// The `https_spiffe` bundle endpoint's listen address (federation/endpoint.rs).
+    pub spiffe_bundle_endpoint_listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -99,6 +102,10 @@ impl std::fmt::Debug for AuthConfig {
             .field("new_audit_key", &self.new_audit_key)
             .field("ca_keys", &self.ca_keys)
             .field("instance_retention", &self.instance_retention)
+            .field(
+                "spiffe_bundle_endpoint_listen",
+                &self.spiffe_bundle_endpoint_listen,
+            )
             .finish()
     }
 }
@@ -192,6 +199,14 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     let public_listener = TcpListener::bind(cfg.public_listen)
         .await
         .with_context(|| format!("binding --public-listen {}", cfg.public_listen))?;
+    let bundle_listener = match cfg.spiffe_bundle_endpoint_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding --spiffe-bundle-endpoint-listen {a}"))?,
+        ),
+        None => None,
+    };
     let listen = grpc_listener.local_addr()?;
     let public = public_listener.local_addr()?;
     let sock_path = cfg.data_dir.join(ADMIN_SOCKET);
@@ -302,6 +317,15 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
         stop.clone(),
     ));
     let trust_follower = tokio::spawn(follow_trust(state.clone()));
+    let federation = tokio::spawn(federation::run(state.clone()));
+    let bundle_endpoint = bundle_listener.map(|l| {
+        let (state, stop) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = federation::serve_bundle_endpoint(l, state, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "the https_spiffe bundle endpoint stopped");
+            }
+        })
+    });
     let ca_follower = tokio::spawn(ca_rotation::follow(state.clone()));
     let janitor = {
         let store = store.clone();
@@ -331,6 +355,10 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     tracing::info!("shutting down");
     janitor.abort();
     trust_follower.abort();
+    federation.abort();
+    if let Some(b) = bundle_endpoint {
+        b.abort();
+    }
     ca_follower.abort();
     let _ = grpc.await;
     let _ = admin.await;

@@ -119,7 +119,7 @@ fn json(body: String) -> Json {
 }
 
 async fn spiffe_bundle(State(h): State<Http>) -> Json {
-    json(h.state.trust.current().spiffe_bundle_json.clone())
+    json(crate::federation::own_bundle_document(&h.state))
 }
 
 async fn jwks(State(h): State<Http>) -> Json {

@@ -3,12 +3,12 @@
 //! built from them (SPIFFE bundle, JWKS). Rebuilt when revocations change and
 //! re-signed well before the CRL's nextUpdate, so a CRL never goes stale.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sigil_pki::RevokedSerial;
-use sigil_proto::v1::TrustBundle;
+use sigil_proto::v1::{FederatedBundle, TrustBundle};
 use sigil_types::WorkloadIdentityX509Revocation;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -39,10 +39,16 @@ pub struct TrustSnapshot {
 }
 
 /// The current [`TrustSnapshot`], replaced atomically; followers are told.
+/// Federated (foreign) bundles are kept beside it: they change on their own
+/// schedule (federation/), and followers are told of those changes too.
 pub struct Trust {
     current: RwLock<Arc<TrustSnapshot>>,
+    federated: RwLock<Arc<FederatedBundles>>,
     changed: watch::Sender<u64>,
 }
+
+/// Federated bundles by foreign trust domain.
+pub type FederatedBundles = BTreeMap<String, FederatedBundle>;
 
 impl Trust {
     /// Build the first snapshot.
@@ -53,6 +59,7 @@ impl Trust {
         Ok(Trust {
             changed: watch::channel(snap.sequence).0,
             current: RwLock::new(Arc::new(snap)),
+            federated: RwLock::default(),
         })
     }
 
@@ -61,6 +68,27 @@ impl Trust {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The federated bundles now.
+    pub fn federated(&self) -> Arc<FederatedBundles> {
+        self.federated
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the federated bundles; followers are told when they changed.
+    pub fn set_federated(&self, bundles: FederatedBundles) -> bool {
+        {
+            let mut cur = self.federated.write().unwrap_or_else(|p| p.into_inner());
+            if **cur == bundles {
+                return false;
+            }
+            *cur = Arc::new(bundles);
+        }
+        self.changed.send_modify(|_| {});
+        true
     }
 
     /// Follow rebuilds (the value is the new sequence).
@@ -118,6 +146,7 @@ impl Trust {
             crl_ders: s.crl_ders.clone(),
             sequence: s.sequence,
             revoked_serials: s.revoked.iter().cloned().collect(),
+            federated: self.federated().as_ref().clone().into_iter().collect(),
         }
     }
 }

@@ -10,6 +10,8 @@
 //! spiffe_client --socket /abs/path.sock jwt AUD
 //! spiffe_client --socket /abs/path.sock validate AUD TOKEN
 //! spiffe_client --socket /abs/path.sock bundles
+//! spiffe_client --socket /abs/path.sock pem DIR          (svid.pem, key.pem, bundle.pem)
+//! spiffe_client --socket /abs/path.sock verify-x509 FILE (a peer's PEM SVID chain)
 //! ```
 //!
 //! Exit codes: 0 ok, 3 permission denied, 4 unreachable/unavailable,
@@ -27,7 +29,7 @@ use spiffe::{JwtSvid, WorkloadApiClient, WorkloadApiError, X509Svid};
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 const USAGE: &str = "usage: spiffe_client --socket /abs/path.sock \
-     (x509 | watch N | jwt AUD | validate AUD TOKEN | bundles)";
+     (x509 | watch N | jwt AUD | validate AUD TOKEN | bundles | pem DIR | verify-x509 FILE)";
 
 const EXIT_OTHER: u8 = 1;
 const EXIT_PERMISSION_DENIED: u8 = 3;
@@ -40,6 +42,8 @@ enum Command {
     Jwt(String),
     Validate(String, String),
     Bundles,
+    Pem(String),
+    VerifyX509(String),
 }
 
 fn parse_args() -> Result<(String, Command), String> {
@@ -63,6 +67,8 @@ fn parse_args() -> Result<(String, Command), String> {
         ["jwt", aud] => Command::Jwt((*aud).to_owned()),
         ["validate", aud, token] => Command::Validate((*aud).to_owned(), (*token).to_owned()),
         ["bundles"] => Command::Bundles,
+        ["pem", dir] => Command::Pem((*dir).to_owned()),
+        ["verify-x509", file] => Command::VerifyX509((*file).to_owned()),
         _ => return Err("unknown or incomplete command".to_owned()),
     };
     Ok((socket, command))
@@ -139,8 +145,94 @@ async fn run(socket: &str, command: Command) -> Result<(), BoxError> {
             });
             println!("{line}");
         }
+        Command::Pem(dir) => {
+            // The SVID, its key and every bundle of the X.509 context (own and
+            // federated), as PEM files an outside TLS program can use.
+            let ctx = client.fetch_x509_context().await?;
+            let svid = ctx.default_svid().ok_or(WorkloadApiError::EmptyResponse)?;
+            let dir = std::path::Path::new(&dir);
+            let chain: String = svid
+                .cert_chain()
+                .iter()
+                .map(|c| pem_block("CERTIFICATE", c.as_bytes()))
+                .collect();
+            std::fs::write(dir.join("svid.pem"), chain)?;
+            std::fs::write(
+                dir.join("key.pem"),
+                pem_block("PRIVATE KEY", svid.private_key().as_bytes()),
+            )?;
+            let mut bundle = String::new();
+            for (_, b) in ctx.bundle_set().iter() {
+                for a in b.authorities() {
+                    bundle.push_str(&pem_block("CERTIFICATE", a.as_bytes()));
+                }
+            }
+            std::fs::write(dir.join("bundle.pem"), bundle)?;
+            let tds = sorted(ctx.bundle_set().iter().map(|(td, _)| td.to_string()));
+            println!(
+                "{}",
+                json!({"spiffe_id": svid.spiffe_id().to_string(), "bundle_trust_domains": tds})
+            );
+        }
+        Command::VerifyX509(file) => {
+            // Verify a peer's X.509-SVID with nothing but this Workload API's
+            // bundle for the peer's trust domain (rustls/webpki path building).
+            let pem_text = std::fs::read(&file)?;
+            let certs: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(&pem_text)
+                .map(|p| p.map(|p| p.contents))
+                .collect::<Result<_, _>>()?;
+            let leaf = certs.first().ok_or("no certificate in the file")?;
+            let (_, cert) = x509_parser::parse_x509_certificate(leaf)?;
+            let id = cert
+                .subject_alternative_name()?
+                .and_then(|san| {
+                    san.value.general_names.iter().find_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                        _ => None,
+                    })
+                })
+                .ok_or("the certificate has no URI SAN")?;
+            let spiffe_id = spiffe::SpiffeId::new(&id)?;
+            let bundles = client.fetch_x509_bundles().await?;
+            let bundle = bundles.get(spiffe_id.trust_domain()).ok_or_else(|| {
+                format!("no bundle for trust domain {}", spiffe_id.trust_domain())
+            })?;
+            let mut roots = rustls::RootCertStore::empty();
+            for a in bundle.authorities() {
+                roots.add(rustls::pki_types::CertificateDer::from(
+                    a.as_bytes().to_vec(),
+                ))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            )
+            .build()?;
+            let intermediates: Vec<rustls::pki_types::CertificateDer<'static>> = certs[1..]
+                .iter()
+                .map(|c| rustls::pki_types::CertificateDer::from(c.clone()))
+                .collect();
+            verifier.verify_client_cert(
+                &rustls::pki_types::CertificateDer::from(leaf.clone()),
+                &intermediates,
+                rustls::pki_types::UnixTime::now(),
+            )?;
+            println!("{}", json!({"verified": spiffe_id.to_string()}));
+        }
     }
     Ok(())
+}
+
+fn pem_block(tag: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {tag}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {tag}-----\n"));
+    out
 }
 
 fn code_of(code: GrpcStatusCode) -> (u8, &'static str) {

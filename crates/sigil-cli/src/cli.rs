@@ -208,6 +208,11 @@ pub struct AuthStartArgs {
     /// their audit-witness.json is removed. Audited as `audit.key_replaced`.
     #[arg(long)]
     pub new_audit_key: bool,
+    /// Also serve the SPIFFE bundle in the `https_spiffe` profile on ADDR:PORT:
+    /// TLS with the X.509-SVID spiffe://<cluster>/spiffe/bundle-endpoint, for
+    /// peers (another Sigil, SPIRE) federating with this trust domain.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub spiffe_bundle_endpoint_listen: Option<SocketAddr>,
     /// Where the CA private keys live (default: in the database).
     #[command(flatten)]
     pub ca_keys: crate::ca_keys::CaKeyArgs,

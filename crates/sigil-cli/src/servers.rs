@@ -33,6 +33,7 @@ pub fn auth_config(
         new_audit_key: args.new_audit_key,
         ca_keys: args.ca_keys.source(|k| std::env::var(k).ok())?,
         instance_retention: parse_flag_duration("instance-retention", &args.instance_retention)?,
+        spiffe_bundle_endpoint_listen: args.spiffe_bundle_endpoint_listen,
     })
 }
 
@@ -217,6 +218,7 @@ mod tests {
             new_audit_key: false,
             ca_keys: Default::default(),
             instance_retention: "7d".into(),
+            spiffe_bundle_endpoint_listen: None,
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)

@@ -26,6 +26,7 @@ mod db_cert;
 mod der;
 mod encrypted_keys;
 mod error;
+pub mod federated_bundle;
 mod identity;
 mod imported_key;
 mod jwk;
@@ -55,6 +56,7 @@ pub use crl::RevokedSerial;
 pub use der::rsa_spki_der;
 pub use encrypted_keys::{EncryptedKeyManager, Kek};
 pub use error::{PkiError, Result};
+pub use federated_bundle::{ForeignBundle, parse_spiffe_bundle, parse_trust_bundle};
 pub use identity::{
     CertInfo, ClientIdentity, IDENTITY_EXTENSION_OID, LEGACY_IDENTITY_EXTENSION_OID, cert_info,
     pem_to_ders, read_client_identity, spki_pin_of_cert,

@@ -18,6 +18,7 @@ pub mod resource;
 pub mod revocation;
 pub mod role;
 pub mod spiffe;
+pub mod spiffe_federation;
 pub mod text;
 pub mod token;
 pub mod workload_identity;
@@ -56,6 +57,7 @@ pub use role::{
     validate_host_principal, validate_login,
 };
 pub use spiffe::{SpiffeId, SpiffeIdError, validate_path_segment, validate_trust_domain};
+pub use spiffe_federation::{BundleProfile, SpiffeFederation, SpiffeFederationSpec};
 pub use token::{
     AllowRule, BoundKeypairJoin, BoundKeypairOnboarding, BoundKeypairRecovery, GithubJoin,
     GitlabJoin, IamJoin, JoinAttributes, JoinMethodKind, JoinRuleDecision, KubernetesJoin,

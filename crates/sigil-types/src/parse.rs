@@ -253,6 +253,10 @@ fn parse_doc(doc: &Doc<'_>, source: &str) -> Result<AnyResource, ParseError> {
         k if k == crate::database::DatabaseSpec::KIND => {
             typed::<crate::database::DatabaseSpec>(doc, source).map(AnyResource::Database)
         }
+        k if k == crate::spiffe_federation::SpiffeFederationSpec::KIND => {
+            typed::<crate::spiffe_federation::SpiffeFederationSpec>(doc, source)
+                .map(AnyResource::SpiffeFederation)
+        }
         other => Err(doc.error(
             source,
             locate_field(doc.text, "kind"),

@@ -289,6 +289,7 @@ pub const KNOWN_KINDS: &[&str] = &[
     WorkloadIdentityX509RevocationSpec::KIND,
     KubernetesClusterSpec::KIND,
     crate::database::DatabaseSpec::KIND,
+    crate::spiffe_federation::SpiffeFederationSpec::KIND,
 ];
 
 /// Any resource, for code that handles several kinds (`sigil create -f`).
@@ -313,6 +314,8 @@ pub enum AnyResource {
     KubernetesCluster(KubernetesCluster),
     /// A database.
     Database(Database),
+    /// A federation with a foreign SPIFFE trust domain.
+    SpiffeFederation(crate::spiffe_federation::SpiffeFederation),
 }
 
 impl AnyResource {
@@ -330,6 +333,9 @@ impl AnyResource {
             }
             AnyResource::KubernetesCluster(_) => KubernetesClusterSpec::KIND,
             AnyResource::Database(_) => crate::database::DatabaseSpec::KIND,
+            AnyResource::SpiffeFederation(_) => {
+                crate::spiffe_federation::SpiffeFederationSpec::KIND
+            }
         }
     }
 
@@ -350,6 +356,7 @@ impl AnyResource {
             AnyResource::WorkloadIdentityX509Revocation(r) => &r.metadata,
             AnyResource::KubernetesCluster(r) => &r.metadata,
             AnyResource::Database(r) => &r.metadata,
+            AnyResource::SpiffeFederation(r) => &r.metadata,
         }
     }
 
@@ -365,6 +372,7 @@ impl AnyResource {
             AnyResource::WorkloadIdentityX509Revocation(r) => r.validate(),
             AnyResource::KubernetesCluster(r) => r.validate(),
             AnyResource::Database(r) => r.validate(),
+            AnyResource::SpiffeFederation(r) => r.validate(),
         }
     }
 
@@ -393,7 +401,8 @@ any_from!(
     WorkloadIdentity(WorkloadIdentity),
     WorkloadIdentityX509Revocation(WorkloadIdentityX509Revocation),
     KubernetesCluster(KubernetesCluster),
-    Database(Database)
+    Database(Database),
+    SpiffeFederation(crate::spiffe_federation::SpiffeFederation)
 );
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ pub const RULE_RESOURCES: &[&str] = &[
     "cert_authority",
     "kubernetes_cluster",
     "database",
+    "spiffe_federation",
 ];
 
 /// Body of a `role`.

@@ -81,6 +81,10 @@ pub struct SpiffeTemplate {
     /// JWT-SVID options.
     #[serde(default)]
     pub jwt: JwtSvidOptions,
+    /// Foreign trust domains (`spiffe_federation` names) whose bundles are
+    /// delivered with this SVID (the Workload API's `federated_bundles`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federates_with: Vec<String>,
 }
 
 /// X.509-SVID options.
@@ -463,6 +467,11 @@ impl Kind for WorkloadIdentitySpec {
     fn validate(res: &Resource<Self>) -> Result<(), ValidationError> {
         validate_envelope(res)?;
         res.spec.validate_spiffe()?;
+        for (i, td) in res.spec.spiffe.federates_with.iter().enumerate() {
+            crate::spiffe::validate_trust_domain(td).map_err(|e| {
+                ValidationError::new(format!("spec.spiffe.federates_with[{i}]"), e.to_string())
+            })?;
+        }
         res.spec.validate_rules()
     }
 }

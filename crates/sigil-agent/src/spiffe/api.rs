@@ -108,10 +108,24 @@ pub fn x509_response(issued: &Issued, view: &TrustView) -> Result<X509svidRespon
             "no X.509-SVID for this workload (its identities are locked)",
         ));
     }
+    // The bundles of the domains the SVIDs' identities federate with (and
+    // that are federated now: a removed federation's bundle goes at once).
+    let federated_bundles = issued
+        .x509
+        .iter()
+        .flat_map(|s| s.federates_with.iter())
+        .filter_map(|td| {
+            let f = view
+                .federated
+                .get(td)
+                .filter(|f| !f.bundle_der.is_empty())?;
+            Some((format!("spiffe://{td}"), f.bundle_der.clone()))
+        })
+        .collect();
     Ok(X509svidResponse {
         svids,
         crl: crl_list(view),
-        federated_bundles: Default::default(),
+        federated_bundles,
     })
 }
 
@@ -119,23 +133,35 @@ fn crl_list(view: &TrustView) -> Vec<Vec<u8>> {
     view.crls.clone()
 }
 
-fn x509_bundles(view: &TrustView) -> Result<X509BundlesResponse, Status> {
+pub(crate) fn x509_bundles(view: &TrustView) -> Result<X509BundlesResponse, Status> {
     if view.bundle_der.is_empty() {
         return Err(Status::unavailable("no trust bundle yet"));
     }
+    let mut bundles: std::collections::HashMap<String, Vec<u8>> =
+        [(view.trust_domain_id(), view.bundle_der.clone())].into();
+    for (td, f) in &view.federated {
+        if !f.bundle_der.is_empty() {
+            bundles.insert(format!("spiffe://{td}"), f.bundle_der.clone());
+        }
+    }
     Ok(X509BundlesResponse {
         crl: crl_list(view),
-        bundles: [(view.trust_domain_id(), view.bundle_der.clone())].into(),
+        bundles,
     })
 }
 
-fn jwt_bundles(view: &TrustView) -> Result<JwtBundlesResponse, Status> {
+pub(crate) fn jwt_bundles(view: &TrustView) -> Result<JwtBundlesResponse, Status> {
     if view.jwks_bytes.is_empty() {
         return Err(Status::unavailable("no JWT bundle yet"));
     }
-    Ok(JwtBundlesResponse {
-        bundles: [(view.trust_domain_id(), view.jwks_bytes.clone())].into(),
-    })
+    let mut bundles: std::collections::HashMap<String, Vec<u8>> =
+        [(view.trust_domain_id(), view.jwks_bytes.clone())].into();
+    for (td, f) in &view.federated {
+        if f.jwks["keys"].as_array().is_some_and(|k| !k.is_empty()) {
+            bundles.insert(format!("spiffe://{td}"), f.jwks_bytes.clone());
+        }
+    }
+    Ok(JwtBundlesResponse { bundles })
 }
 
 /// Wait (briefly) for the first bundle when the agent has just started.
@@ -245,13 +271,38 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         let view = trust_ready(&self.rt).await;
-        let v = sigil_pki::verify_jwt_svid(&r.svid, &view.jwks, &view.trust_domain, &r.audience)
+        // A token of a federated domain is checked with that domain's keys
+        // (its claimed domain only picks the key set; the signature decides).
+        let (td, jwks) = match claimed_trust_domain(&r.svid) {
+            Some(td) if td != view.trust_domain => match view.federated.get(&td) {
+                Some(f) => (td, &f.jwks),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid JWT-SVID: trust domain {td:?} is neither this one nor federated"
+                    )));
+                }
+            },
+            _ => (view.trust_domain.clone(), &view.jwks),
+        };
+        let v = sigil_pki::verify_jwt_svid(&r.svid, jwks, &td, &r.audience)
             .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: v.spiffe_id,
             claims: Some(json_to_struct(v.claims)),
         }))
     }
+}
+
+/// The trust domain of a JWT's unverified `sub` (a SPIFFE ID), if any.
+pub(crate) fn claimed_trust_domain(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let id = sigil_types::SpiffeId::parse(claims.get("sub")?.as_str()?).ok()?;
+    Some(id.trust_domain().to_string())
 }
 
 /// JSON object → `google.protobuf.Struct`.

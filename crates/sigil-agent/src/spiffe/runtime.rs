@@ -3,10 +3,12 @@
 //! one workload share one issuance, re-issued at half-life and when policy
 //! changes, plus the trust state (bundle, CRL, locks) the auth service pushes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use super::federated::FederatedView;
+use super::federated::federated_views;
 use crate::client::AuthChannel as Channel;
 use sigil_pki::TlsKeyPair;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
@@ -55,6 +57,8 @@ pub struct TrustView {
     pub policy_revision: u64,
     /// Whether the auth service's state stream has been heard from yet.
     pub state_seen: bool,
+    /// Bundles of federated (foreign) trust domains, by trust domain name.
+    pub federated: BTreeMap<String, FederatedView>,
 }
 
 impl TrustView {
@@ -75,6 +79,8 @@ pub struct X509Item {
     pub serial_hex: String,
     pub key_pkcs8_der: Arc<Zeroizing<Vec<u8>>>,
     pub expires: OffsetDateTime,
+    /// Foreign trust domains whose bundles go with this SVID.
+    pub federates_with: Vec<String>,
 }
 
 impl X509Item {
@@ -335,7 +341,7 @@ impl Runtime {
             }
         };
         if let Some(b) = &resp.bundle {
-            self.apply_bundle(b);
+            self.apply_bundle(b, false);
         }
         for d in &resp.denials {
             tracing::debug!(identity = %d.name, reason = %d.reason, "workload identity not issued");
@@ -355,6 +361,7 @@ impl Runtime {
                     serial_hex: s.serial_hex,
                     key_pkcs8_der: key_der.clone()?,
                     expires: OffsetDateTime::from_unix_timestamp(s.expires_unix).ok()?,
+                    federates_with: s.federates_with,
                 })
             })
             .collect();
@@ -421,12 +428,29 @@ impl Runtime {
         });
     }
 
-    fn apply_bundle(&self, b: &TrustBundle) {
+    /// `from_stream`: `b` came on the state stream. Federated bundles are taken
+    /// from there only: they come complete with every message, in the order the
+    /// auth service published them, whereas an issuance's answer may have been
+    /// computed before a federation was removed and arrive after the stream
+    /// said so (and the stream would not repeat itself).
+    pub(crate) fn apply_bundle(&self, b: &TrustBundle, from_stream: bool) {
+        let from_message = from_stream.then(|| federated_views(b));
         self.trust.send_if_modified(|cur| {
-            if b.sequence <= cur.sequence && !cur.authorities.is_empty() {
-                return false;
+            let federated = from_message
+                .clone()
+                .unwrap_or_else(|| cur.federated.clone());
+            let own_changed = b.sequence > cur.sequence || cur.authorities.is_empty();
+            if !own_changed {
+                if cur.federated == federated {
+                    return false;
+                }
+                let mut next = TrustView::clone(cur);
+                next.federated = federated.clone();
+                *cur = Arc::new(next);
+                return true;
             }
             let mut next = TrustView::clone(cur);
+            next.federated = federated.clone();
             next.sequence = b.sequence;
             next.authorities = b.x509_authorities.clone();
             next.bundle_der = b.x509_authorities.concat();
@@ -446,7 +470,7 @@ impl Runtime {
 
     fn apply_state(&self, s: &WorkloadState) {
         if let Some(b) = &s.bundle {
-            self.apply_bundle(b);
+            self.apply_bundle(b, true);
         }
         let locked = s.locked.then(|| {
             if s.lock_message.is_empty() {

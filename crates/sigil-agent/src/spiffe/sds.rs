@@ -2,7 +2,9 @@
 //! Workload API socket. Secret names: `default` (the workload's first
 //! X.509-SVID), a SPIFFE ID or workload identity name (that SVID), and
 //! `ROOTCA` or the trust domain's SPIFFE ID (the bundle, with the CRL while
-//! revocations exist). Responses are pushed again on every rotation, bundle
+//! revocations exist); a federated trust domain's SPIFFE ID (that domain's
+//! bundle) and `ALL` (this domain's and every federated bundle, for mTLS
+//! with peers of federated domains). Responses are pushed again on every rotation, bundle
 //! or CRL change. Envoy sends no `workload.spiffe.io` header, so SDS calls are
 //! attested without it.
 
@@ -39,6 +41,9 @@ impl SdsService {
         SdsService { api }
     }
 }
+
+/// Names the trust bundle and every federated one together.
+const ALL_BUNDLES: &str = "ALL";
 
 fn pem_source(label: &str, ders: &[&[u8]]) -> DataSource {
     let text: String = ders.iter().map(|d| super::pem_lf(label, d)).collect();
@@ -78,6 +83,28 @@ pub fn secrets(names: &[String], issued: &Issued, view: &TrustView) -> Result<Ve
             secret::Type::ValidationContext(CertificateValidationContext {
                 trusted_ca: Some(pem_source("CERTIFICATE", &ders)),
                 crl,
+            })
+        } else if let Some(f) = name
+            .strip_prefix("spiffe://")
+            .and_then(|td| view.federated.get(td))
+        {
+            // A federated domain's bundle, by its trust domain ID (as SPIRE names them).
+            let ders: Vec<&[u8]> = f.authorities.iter().map(|a| a.as_slice()).collect();
+            secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(pem_source("CERTIFICATE", &ders)),
+                crl: None,
+            })
+        } else if name == ALL_BUNDLES {
+            // This domain's bundle and every federated one (SPIRE's `ALL`).
+            let ders: Vec<&[u8]> = view
+                .authorities
+                .iter()
+                .chain(view.federated.values().flat_map(|f| f.authorities.iter()))
+                .map(|a| a.as_slice())
+                .collect();
+            secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(pem_source("CERTIFICATE", &ders)),
+                crl: None,
             })
         } else {
             let svid = if name == DEFAULT {

@@ -205,6 +205,7 @@ pub async fn issue(
                 serial_hex: cert.serial_hex,
                 expires_unix: cert.not_after.unix_timestamp(),
                 chain_der: svid_chain(&state.cas().spiffe.signer),
+                federates_with: wi.spec.spiffe.federates_with.clone(),
             });
         }
         if !req.jwt_audiences.is_empty() {

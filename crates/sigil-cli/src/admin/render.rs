@@ -20,7 +20,30 @@ pub fn kind_table(kind: ResourceKind, items: &[Value]) -> String {
         ResourceKind::WorkloadIdentityX509Revocation => revocations_table(items),
         ResourceKind::KubernetesCluster => kubernetes_clusters_table(items),
         ResourceKind::Database => databases_table(items),
+        ResourceKind::SpiffeFederation => federations_table(items),
     }
+}
+
+/// TRUST DOMAIN, PROFILE, BUNDLE ENDPOINT.
+pub fn federations_table(items: &[Value]) -> String {
+    let rows = items
+        .iter()
+        .map(|v| {
+            let (profile, url) = if v.pointer("/spec/bundle_source/https_spiffe").is_some() {
+                (
+                    "https_spiffe",
+                    str_at(v, "/spec/bundle_source/https_spiffe/bundle_endpoint_url"),
+                )
+            } else {
+                (
+                    "https_web",
+                    str_at(v, "/spec/bundle_source/https_web/bundle_endpoint_url"),
+                )
+            };
+            vec![str_at(v, "/metadata/name"), profile.to_string(), url]
+        })
+        .collect();
+    table(&["TRUST DOMAIN", "PROFILE", "BUNDLE ENDPOINT"], rows)
 }
 
 /// NAME, PROTOCOL, URI, LABELS.

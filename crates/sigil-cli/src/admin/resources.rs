@@ -32,11 +32,13 @@ pub enum ResourceKind {
     KubernetesCluster,
     /// `database`
     Database,
+    /// `spiffe_federation` (named by the foreign trust domain)
+    SpiffeFederation,
 }
 
 impl ResourceKind {
     /// Every kind, in help order.
-    pub const ALL: [ResourceKind; 9] = [
+    pub const ALL: [ResourceKind; 10] = [
         ResourceKind::Role,
         ResourceKind::Bot,
         ResourceKind::Token,
@@ -46,6 +48,7 @@ impl ResourceKind {
         ResourceKind::WorkloadIdentityX509Revocation,
         ResourceKind::KubernetesCluster,
         ResourceKind::Database,
+        ResourceKind::SpiffeFederation,
     ];
 
     /// The singular API name (`ResourceRef.kind`).
@@ -60,6 +63,7 @@ impl ResourceKind {
             ResourceKind::WorkloadIdentityX509Revocation => "workload_identity_x509_revocation",
             ResourceKind::KubernetesCluster => "kubernetes_cluster",
             ResourceKind::Database => "database",
+            ResourceKind::SpiffeFederation => "spiffe_federation",
         }
     }
 

@@ -124,6 +124,7 @@ fn issued(crl: &[u8], jwt: bool) -> IssueWorkloadIdentitiesResponse {
             serial_hex: "01a2ff".into(),
             expires_unix: 1_714_564_800,
             chain_der: vec![],
+            federates_with: vec![],
         }],
         jwt_svids: if jwt {
             vec![JwtSvid {
@@ -150,6 +151,7 @@ fn issued(crl: &[u8], jwt: bool) -> IssueWorkloadIdentitiesResponse {
                 // The old CA's too, during a rotation.
                 vec![crl.to_vec(), vec![0x30, 1, 7]]
             },
+            federated: Default::default(),
         }),
     }
 }
