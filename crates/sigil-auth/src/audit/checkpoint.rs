@@ -376,7 +376,12 @@ impl Checkpoints {
 
     /// Start-up verification, then batched signing until `stop`.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        self.startup_check().await;
+        // The start-up check reads the whole log (seconds per million events):
+        // a shutdown meanwhile abandons it (nothing is written until it ends).
+        tokio::select! {
+            _ = self.startup_check() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
         let mut last_signed = Instant::now();
         let mut signed_seq = -1;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
