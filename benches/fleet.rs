@@ -188,15 +188,18 @@ async fn onboard(
         Arc::new((0..count).map(|_| Default::default()).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    let chans: Vec<_> = (0..2)
-        .map(|_| {
+    let dial = {
+        let (pin, addr) = (pin.clone(), server.addr.clone());
+        move || -> anyhow::Result<AuthServiceClient<tonic::transport::Channel>> {
             let tls = client::tls_config(std::slice::from_ref(&pin), None)?;
-            client::channel(&server.addr, tls)
-        })
-        .collect::<anyhow::Result<_>>()?;
-    for w in 0..conc {
+            Ok(AuthServiceClient::new(client::channel(&addr, tls)?))
+        }
+    };
+    let retried = Arc::new(AtomicUsize::new(0));
+    for _ in 0..conc {
         let (next, tokens, certs) = (next.clone(), tokens.clone(), certs.clone());
-        let mut c = AuthServiceClient::new(chans[w % chans.len()].clone());
+        let (dial, retried) = (dial.clone(), retried.clone());
+        let mut c = dial()?;
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.1.clone()).collect();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -204,7 +207,22 @@ async fn onboard(
                 if i >= tokens.len() {
                     return anyhow::Ok(());
                 }
-                let cert = join_with_key(&mut c, &tokens[i], keys[i % keys.len()].clone()).await?;
+                // A lost answer (a broken connection, an overloaded server) is
+                // retried on a new connection with the same token and key, as
+                // an agent does.
+                let mut attempt = 0;
+                let cert = loop {
+                    match join_with_key(&mut c, &tokens[i], keys[i % keys.len()].clone()).await {
+                        Ok(cert) => break cert,
+                        Err(e) if attempt < 3 => {
+                            attempt += 1;
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("  join {i}: {e:#}; retrying on a new connection");
+                            c = dial()?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 *certs[i].lock().unwrap_or_else(|p| p.into_inner()) = cert;
                 if (i + 1) % 100_000 == 0 {
                     println!("  joined {}", i + 1);
@@ -217,8 +235,9 @@ async fn onboard(
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "joins: {count} in {secs:.1} s ({:.0}/s)",
-        count as f64 / secs
+        "joins: {count} in {secs:.1} s ({:.0}/s), {} retried",
+        count as f64 / secs,
+        retried.load(Ordering::Relaxed)
     );
     let certs = Arc::try_unwrap(certs)
         .map_err(|_| anyhow::anyhow!("join tasks still hold the certificates"))?;
