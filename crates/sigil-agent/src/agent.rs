@@ -173,7 +173,12 @@ impl Agent {
             Some(c) => (self.storage.next_key_after(c)?, false),
             None => self.first_join_key()?,
         };
-        let created_dir = fresh && !self.storage.exists()?;
+        // What a refused first join removes again: the directories it creates.
+        let created_top = if fresh {
+            self.storage.first_missing_ancestor()
+        } else {
+            None
+        };
         // A re-proof presents the instance's current certificate.
         let channel = match cur {
             Some(c) => self.channel(c)?,
@@ -270,7 +275,7 @@ impl Agent {
                 // now, e.g. while a lock holds, may be retried later.)
                 if fresh
                     && e.downcast_ref::<JoinDeniedError>().is_some()
-                    && let Err(k) = self.storage.forget_refused_key(created_dir)
+                    && let Err(k) = self.storage.forget_refused_key(created_top.as_deref())
                 {
                     tracing::warn!(error = %format!("{k:#}"), "could not remove the refused join's key");
                 }

@@ -151,13 +151,32 @@ impl Storage {
         Ok(self.existing()?.is_some())
     }
 
-    /// A refused first join: remove the key it persisted, and the directory
-    /// if that join created it and it is empty now.
-    pub fn forget_refused_key(&self, created_dir: bool) -> anyhow::Result<()> {
+    /// The outermost of the storage directory and its ancestors that does not
+    /// exist yet (`None` when the directory exists): what a first write creates.
+    pub fn first_missing_ancestor(&self) -> Option<std::path::PathBuf> {
+        let mut top = None;
+        for p in self.dir.ancestors() {
+            if p.as_os_str().is_empty() || p.symlink_metadata().is_ok() {
+                break;
+            }
+            top = Some(p.to_path_buf());
+        }
+        top
+    }
+
+    /// A refused first join: remove the key it persisted, and the directories
+    /// that join created (the storage directory up to `created_top`, as found
+    /// by [`Storage::first_missing_ancestor`] before it) where they are empty now.
+    pub fn forget_refused_key(&self, created_top: Option<&Path>) -> anyhow::Result<()> {
         self.clear_next_key()?;
-        if created_dir {
+        let Some(top) = created_top else {
+            return Ok(());
+        };
+        for p in self.dir.ancestors() {
             // Fails (and is meant to) if anything else is in it.
-            let _ = std::fs::remove_dir(&self.dir);
+            if std::fs::remove_dir(p).is_err() || p == top {
+                break;
+            }
         }
         Ok(())
     }
@@ -258,10 +277,13 @@ mod tests {
     #[test]
     fn a_refused_first_join_leaves_nothing_behind() {
         let t = tempfile::tempdir().unwrap();
-        let s = Storage::new(&t.path().join("storage"));
+        let s = Storage::new(&t.path().join("var/lib/storage"));
+        let top = s.first_missing_ancestor();
+        assert_eq!(top.as_deref(), Some(t.path().join("var").as_path()));
         s.keep_pending_key(&TlsKeyPair::generate().unwrap())
             .unwrap();
-        s.forget_refused_key(true).unwrap();
-        assert!(!t.path().join("storage").exists());
+        s.forget_refused_key(top.as_deref()).unwrap();
+        assert!(!t.path().join("var").exists());
+        assert!(t.path().exists(), "what existed before stays");
     }
 }
