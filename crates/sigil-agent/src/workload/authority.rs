@@ -7,7 +7,8 @@
 //! HTTP/2 server and rewrites such a value to `localhost`.
 //!
 //! Client-to-server bytes are parsed as HTTP/2 frames. Every header block
-//! (HEADERS plus CONTINUATION) is HPACK-decoded with a decoder that follows the
+//! (HEADERS plus CONTINUATION) is HPACK-decoded (our own decoder, `decoder`
+//! and `huffman`: cheap per string) following the
 //! client's dynamic table, and re-encoded without the dynamic table, so the
 //! server's decoder never needs state we did not forward; that is why every
 //! block is re-encoded, not only bad ones. HEADERS padding is stripped and the
@@ -16,10 +17,14 @@
 //! A malformed client stream becomes a read error, so the server closes the
 //! connection.
 
+mod decoder;
 mod frame;
 mod hpack;
+mod huffman;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod decoder_tests;
 
 use std::io;
 use std::pin::Pin;
