@@ -113,7 +113,14 @@ impl Decoder {
                     _ => (6, true, false),
                 };
                 let name_index = integer(block, &mut pos, prefix)?;
-                self.decode_literal(block, &mut pos, name_index, indexing, never_indexed, &mut emit)?;
+                self.decode_literal(
+                    block,
+                    &mut pos,
+                    name_index,
+                    indexing,
+                    never_indexed,
+                    &mut emit,
+                )?;
                 fields_seen = true;
             }
         }
@@ -231,9 +238,7 @@ fn integer(block: &[u8], pos: &mut usize, n: u8) -> io::Result<usize> {
 /// A string literal (§5.2) starting at `block[*pos]`, decoded into `out`
 /// (cleared first).
 fn string(block: &[u8], pos: &mut usize, out: &mut Vec<u8>) -> io::Result<()> {
-    let huffman = block
-        .get(*pos)
-        .is_some_and(|b| b & 0x80 != 0);
+    let huffman = block.get(*pos).is_some_and(|b| b & 0x80 != 0);
     let len = integer(block, pos, 7)?;
     let end = pos
         .checked_add(len)

@@ -131,7 +131,10 @@ fn rfc7541_c6_responses_with_huffman_and_eviction() {
     assert_eq!(d.table_size(), 222);
     let second = decode(&mut d, &hex("4883640effc1c0bf")).expect("C.6.2");
     assert_eq!(second[0], fields(&[(":status", "307")])[0]);
-    assert_eq!(second[3], fields(&[("location", "https://www.example.com")])[0]);
+    assert_eq!(
+        second[3],
+        fields(&[("location", "https://www.example.com")])[0]
+    );
     assert_eq!(d.table_size(), 222);
     let third = decode(
         &mut d,
@@ -175,7 +178,10 @@ fn huffman_padding_and_eos_are_checked() {
     assert_eq!(huffman_decode(&[0x1f, 0xff]), Err(HuffmanError::BadPadding));
     assert_eq!(huffman_decode(&[0xff]), Err(HuffmanError::BadPadding));
     // EOS (30 ones) inside a string.
-    assert_eq!(huffman_decode(&[0xff, 0xff, 0xff, 0xff]), Err(HuffmanError::Eos));
+    assert_eq!(
+        huffman_decode(&[0xff, 0xff, 0xff, 0xff]),
+        Err(HuffmanError::Eos)
+    );
     // A code cut short that is not a prefix of EOS: 0xfe is 1111111 then 0.
     assert_eq!(huffman_decode(&[0xfe]), Err(HuffmanError::BadPadding));
 }
@@ -192,11 +198,20 @@ fn malformed_blocks_are_protocol_errors() {
         ("name index 0 without a name", vec![0x40]),
         ("literal name index past the tables", vec![0x7e, 0x00]),
         ("string past the block", vec![0x00, 0x05, b'a', b'b']),
-        ("string length overflows", vec![0x00, 0x7f, 0xff, 0xff, 0xff, 0x7f]),
+        (
+            "string length overflows",
+            vec![0x00, 0x7f, 0xff, 0xff, 0xff, 0x7f],
+        ),
         ("value missing", vec![0x00, 0x01, b'a']),
         ("Huffman padding", vec![0x00, 0x81, 0x18, 0x00]),
-        ("Huffman EOS", vec![0x00, 0x84, 0xff, 0xff, 0xff, 0xff, 0x00]),
-        ("Huffman too much padding", vec![0x00, 0x82, 0x1f, 0xff, 0x00]),
+        (
+            "Huffman EOS",
+            vec![0x00, 0x84, 0xff, 0xff, 0xff, 0xff, 0x00],
+        ),
+        (
+            "Huffman too much padding",
+            vec![0x00, 0x82, 0x1f, 0xff, 0x00],
+        ),
         // 001 11111 + 4969 = 5000 > 4096.
         ("table size above the allowed", vec![0x3f, 0xe9, 0x26]),
         ("table size update after a field", vec![0x82, 0x20]),
@@ -234,7 +249,9 @@ fn random_input_agrees_with_another_decoder_or_fails_cleanly() {
     let seeds = [
         hex("828684418cf1e3c2e5f23a6ba0ab90f4ff"),
         hex("828684be5886a8eb10649cbf"),
-        hex("488264025885aec3771a4b6196d07abe941054d444a8200595040b8166e082a62d1bff6e919d29ad171863c78f0b97c8e9ae82ae43d3"),
+        hex(
+            "488264025885aec3771a4b6196d07abe941054d444a8200595040b8166e082a62d1bff6e919d29ad171863c78f0b97c8e9ae82ae43d3",
+        ),
         hex("828785bf400a637573746f6d2d6b65790c637573746f6d2d76616c7565"),
     ];
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
