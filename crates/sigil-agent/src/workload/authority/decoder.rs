@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::io;
 
-use super::hpack::invalid;
+use super::hpack::{invalid, release_if_large};
 use super::huffman;
 
 /// Per-entry overhead in the table size (RFC 7541 §4.1).
@@ -124,6 +124,8 @@ impl Decoder {
                 fields_seen = true;
             }
         }
+        release_if_large(&mut self.name_buf);
+        release_if_large(&mut self.value_buf);
         Ok(())
     }
 

@@ -87,8 +87,11 @@ impl HeaderRewriter {
             return Err(invalid("CONTINUATION without HEADERS"));
         };
         self.reencode()?;
-        self.block.clear();
         write_header_block(out, open.stream, open.end_stream, &self.encoded);
+        // A connection that once sent a large block does not keep its buffers.
+        release_if_large(&mut self.block);
+        release_if_large(&mut self.encoded);
+        self.block.clear();
         Ok(())
     }
 
@@ -112,6 +115,16 @@ impl HeaderRewriter {
             encode_field(encoded, name_index, f.name, value, f.never_indexed);
             Ok(())
         })
+    }
+}
+
+/// Scratch buffers up to this size are kept between header blocks.
+const SPARE_CAPACITY: usize = 4 * 1024;
+
+/// Drop `buf`'s allocation when it grew past [`SPARE_CAPACITY`].
+pub(super) fn release_if_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > SPARE_CAPACITY {
+        *buf = Vec::new();
     }
 }
 
