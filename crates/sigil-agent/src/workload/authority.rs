@@ -7,8 +7,9 @@
 //! HTTP/2 server and rewrites such a value to `localhost`.
 //!
 //! Client-to-server bytes are parsed as HTTP/2 frames. Every header block
-//! (HEADERS plus CONTINUATION) is HPACK-decoded with a decoder that follows the
-//! client's dynamic table, and re-encoded without the dynamic table, so the
+//! (HEADERS plus CONTINUATION) is HPACK-decoded with our own decoder
+//! (`decoder`, `huffman`: table-driven, nothing built per string) that follows
+//! the client's dynamic table, and re-encoded without the dynamic table, so the
 //! server's decoder never needs state we did not forward; that is why every
 //! block is re-encoded, not only bad ones. HEADERS padding is stripped and the
 //! deprecated PRIORITY fields are dropped (RFC 9113 §5.3.2; `h2` ignores them).
@@ -16,8 +17,12 @@
 //! A malformed client stream becomes a read error, so the server closes the
 //! connection.
 
+mod decoder;
+#[cfg(test)]
+mod decoder_tests;
 mod frame;
 mod hpack;
+mod huffman;
 #[cfg(test)]
 mod tests;
 

@@ -8,7 +8,8 @@
 //!    `pidfd_open(pid)` at attestation time;
 //! 2. reads /proc;
 //! 3. confirms: the process started no later than the accept (so a pidfd
-//!    opened late cannot name a newcomer), its effective uid/gid still equal
+//!    opened late cannot name a newcomer; not needed with SO_PEERPIDFD), its
+//!    effective uid/gid still equal
 //!    the SO_PEERCRED ones, and the pidfd is not yet readable (readable means
 //!    exited). A live pinned process keeps its pid, so everything read in
 //!    step 2 described it.
@@ -238,10 +239,16 @@ impl Pinned {
     /// process was pinned describes it, as long as it is alive at the end.
     pub fn confirm(&self, files: &ProcFiles<'_>) -> Result<(), AttestError> {
         let peer = files.peer();
-        let stat = files.read("stat")?;
-        let started = start_ticks(&stat).ok_or(AttestError::Malformed("stat"))?;
-        if started > peer.accepted_at_boot_ticks {
-            return Err(AttestError::ProcessGone);
+        if !peer.has_pidfd() {
+            // A pidfd from pidfd_open(pid) may name a newcomer that took the
+            // pid after the peer exited. SO_PEERPIDFD's names the connecting
+            // process itself (and its pid was checked in `Pinned::new`), so
+            // there the check would only cost a /proc read per call.
+            let stat = files.read("stat")?;
+            let started = start_ticks(&stat).ok_or(AttestError::Malformed("stat"))?;
+            if started > peer.accepted_at_boot_ticks {
+                return Err(AttestError::ProcessGone);
+            }
         }
         // SO_PEERCRED reports effective ids, so those are what must match.
         let status = files.read("status")?;
@@ -293,7 +300,21 @@ impl<'a> ProcFiles<'a> {
 
 /// Read /proc/PID/<file>; a vanished process is [`AttestError::ProcessGone`].
 pub(super) fn read_proc(pid: i32, file: &'static str) -> Result<String, AttestError> {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(proc_io(file))
+    let mut f = std::fs::File::open(format!("/proc/{pid}/{file}")).map_err(proc_io(file))?;
+    // Plain reads until EOF: `read_to_string` on a `File` first asks for its
+    // size and position (two more syscalls), which /proc files do not have.
+    let mut chunk = [0u8; 4096];
+    let mut bytes = Vec::new();
+    loop {
+        match io::Read::read(&mut f, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(proc_io(file)(e)),
+        }
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| AttestError::io(file, io::Error::new(io::ErrorKind::InvalidData, e)))
 }
 
 /// The value after `key` on its line of a /proc "Key:\tvalue" file.

@@ -1,16 +1,14 @@
 //! Decode the client's header blocks and re-encode them statelessly.
 //!
-//! HPACK comes from `loona-hpack`: its decoder keeps the dynamic table,
-//! applies size updates and decodes Huffman strings. The output side needs no
-//! library: literals without indexing (RFC 7541 §6.2.2) with static-table
-//! names and raw (non-Huffman) strings, which any decoder reads without state.
+//! Decoding is our own [`Decoder`] (dynamic table, size updates, a
+//! table-driven Huffman decoder). The output side needs no table: literals
+//! without indexing (RFC 7541 §6.2.2), or never indexed when the client sent
+//! them so (§6.2.3), with static-table names and raw (non-Huffman) strings,
+//! which any decoder reads without state.
 
-use std::borrow::Cow;
 use std::io;
 
-use loona_hpack::Decoder;
-use loona_hpack::encoder::encode_integer_into;
-
+use super::decoder::{Decoder, Field};
 use super::frame::{
     CONTINUATION, END_HEADERS, END_STREAM, FrameHeader, HEADERS, PADDED, PRIORITY,
     write_header_block,
@@ -36,7 +34,7 @@ struct OpenBlock {
 /// Per-connection header block state: the client's HPACK context and any
 /// block still waiting for CONTINUATION frames.
 pub(super) struct HeaderRewriter {
-    decoder: Decoder<'static>,
+    decoder: Decoder,
     open: Option<OpenBlock>,
     block: Vec<u8>,
     encoded: Vec<u8>,
@@ -48,13 +46,10 @@ impl HeaderRewriter {
     /// The server never sees those size updates (we drop the dynamic table),
     /// so the limit has to be enforced here.
     pub fn new(max_table_size: usize) -> Self {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(max_table_size);
-        // The table starts at the protocol default; the client announces any
-        // other size with a size update, which the decoder then applies.
-        decoder.set_max_table_size(max_table_size.min(4096));
         HeaderRewriter {
-            decoder,
+            // The table starts at the protocol default; the client announces
+            // any other size with a size update, which the decoder applies.
+            decoder: Decoder::new(max_table_size),
             open: None,
             block: Vec::new(),
             encoded: Vec::new(),
@@ -92,8 +87,11 @@ impl HeaderRewriter {
             return Err(invalid("CONTINUATION without HEADERS"));
         };
         self.reencode()?;
-        self.block.clear();
         write_header_block(out, open.stream, open.end_stream, &self.encoded);
+        // A connection that once sent a large block does not keep its buffers.
+        release_if_large(&mut self.block);
+        release_if_large(&mut self.encoded);
+        self.block.clear();
         Ok(())
     }
 
@@ -102,27 +100,31 @@ impl HeaderRewriter {
         let encoded = &mut self.encoded;
         encoded.clear();
         let mut list_size = 0usize;
-        let mut too_large = false;
-        self.decoder
-            .decode_with_cb(&self.block, |name, value| {
-                list_size = list_size.saturating_add(name.len() + value.len() + 32);
-                if list_size > MAX_HEADER_LIST {
-                    // Keep decoding so the table stays right; the block is refused below.
-                    too_large = true;
-                    return;
-                }
-                let value = if &*name == b":authority" {
-                    fix_authority(value)
-                } else {
-                    value
-                };
-                encode_field(encoded, &name, &value);
-            })
-            .map_err(|e| invalid(&format!("HPACK decoding failed: {e}")))?;
-        if too_large {
-            return Err(invalid("header list too large"));
-        }
-        Ok(())
+        self.decoder.decode(&self.block, |f: Field<'_>| {
+            list_size = list_size.saturating_add(f.name.len() + f.value.len() + 32);
+            if list_size > MAX_HEADER_LIST {
+                // The connection is closed, so the table need not stay in step.
+                return Err(invalid("header list too large"));
+            }
+            let value = if f.name == b":authority" {
+                fix_authority(f.value)
+            } else {
+                f.value
+            };
+            let name_index = f.static_name.or_else(|| static_name_index(f.name));
+            encode_field(encoded, name_index, f.name, value, f.never_indexed);
+            Ok(())
+        })
+    }
+}
+
+/// Scratch buffers up to this size are kept between header blocks.
+const SPARE_CAPACITY: usize = 4 * 1024;
+
+/// Drop `buf`'s allocation when it grew past [`SPARE_CAPACITY`].
+pub(super) fn release_if_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > SPARE_CAPACITY {
+        *buf = Vec::new();
     }
 }
 
@@ -151,24 +153,29 @@ fn headers_fragment(flags: u8, payload: &[u8]) -> io::Result<&[u8]> {
 }
 
 /// An `:authority` that `http` (and so `h2`) would refuse becomes `localhost`.
-fn fix_authority(value: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
-    if http::uri::Authority::try_from(&*value).is_ok() {
+fn fix_authority(value: &[u8]) -> &[u8] {
+    if http::uri::Authority::try_from(value).is_ok() {
         value
     } else {
-        Cow::Borrowed(REPLACEMENT_AUTHORITY)
+        REPLACEMENT_AUTHORITY
     }
 }
 
-/// Literal header field without indexing (RFC 7541 §6.2.2): a static-table
-/// name index when there is one, else a literal name; raw string value.
-fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    // Writes into a Vec cannot fail, so the io::Results are ignored.
-    match static_name_index(name) {
-        Some(i) => {
-            let _ = encode_integer_into(i, 4, 0x00, out);
-        }
+/// Literal header field without indexing (RFC 7541 §6.2.2), or never
+/// indexed (§6.2.3): a static-table name index when there is one, else a
+/// literal name; raw string value.
+fn encode_field(
+    out: &mut Vec<u8>,
+    name_index: Option<usize>,
+    name: &[u8],
+    value: &[u8],
+    never_indexed: bool,
+) {
+    let flags = if never_indexed { 0x10 } else { 0x00 };
+    match name_index {
+        Some(i) => encode_integer(out, i, 4, flags),
         None => {
-            out.push(0x00);
+            out.push(flags);
             encode_string(out, name);
         }
     }
@@ -177,8 +184,25 @@ fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// A string literal without Huffman coding (RFC 7541 §5.2, H = 0).
 fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
-    let _ = encode_integer_into(s.len(), 7, 0x00, out);
+    encode_integer(out, s.len(), 7, 0x00);
     out.extend_from_slice(s);
+}
+
+/// An integer with an `n`-bit prefix (RFC 7541 §5.1); `flags` fills the
+/// bits above the prefix in the first octet.
+fn encode_integer(out: &mut Vec<u8>, mut value: usize, n: u8, flags: u8) {
+    let mask = (1usize << n) - 1;
+    if value < mask {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | mask as u8);
+    value -= mask;
+    while value >= 0x80 {
+        out.push(0x80 | (value & 0x7f) as u8);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 /// First index of `name` in the HPACK static table (RFC 7541 Appendix A).
@@ -248,73 +272,39 @@ pub(super) fn invalid(what: &str) -> io::Error {
 
 #[cfg(test)]
 mod tests {
+    use super::super::decoder::STATIC_TABLE;
     use super::*;
 
     #[test]
     fn static_name_indices_match_the_table() {
-        // Decode each re-encoded field with a fresh decoder: a wrong index
-        // would come back as a different name.
-        let names = [
-            ":authority",
-            ":method",
-            ":path",
-            ":scheme",
-            ":status",
-            "accept-charset",
-            "accept-encoding",
-            "accept-language",
-            "accept-ranges",
-            "accept",
-            "access-control-allow-origin",
-            "age",
-            "allow",
-            "authorization",
-            "cache-control",
-            "content-disposition",
-            "content-encoding",
-            "content-language",
-            "content-length",
-            "content-location",
-            "content-range",
-            "content-type",
-            "cookie",
-            "date",
-            "etag",
-            "expect",
-            "expires",
-            "from",
-            "host",
-            "if-match",
-            "if-modified-since",
-            "if-none-match",
-            "if-range",
-            "if-unmodified-since",
-            "last-modified",
-            "link",
-            "location",
-            "max-forwards",
-            "proxy-authenticate",
-            "proxy-authorization",
-            "range",
-            "referer",
-            "refresh",
-            "retry-after",
-            "server",
-            "set-cookie",
-            "strict-transport-security",
-            "transfer-encoding",
-            "user-agent",
-            "vary",
-            "via",
-            "www-authenticate",
-            "grpc-timeout",
-        ];
+        // Decode each re-encoded field with another implementation: a wrong
+        // index would come back as a different name.
+        let names = STATIC_TABLE
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(["grpc-timeout"]);
         for name in names {
-            let mut block = Vec::new();
-            encode_field(&mut block, name.as_bytes(), b"v");
-            let decoded = Decoder::new().decode(&block).expect("decodes");
-            assert_eq!(decoded, vec![(name.as_bytes().to_vec(), b"v".to_vec())]);
+            for never_indexed in [false, true] {
+                let mut block = Vec::new();
+                let index = static_name_index(name.as_bytes());
+                encode_field(&mut block, index, name.as_bytes(), b"v", never_indexed);
+                let decoded = loona_hpack::Decoder::new().decode(&block).expect("decodes");
+                assert_eq!(decoded, vec![(name.as_bytes().to_vec(), b"v".to_vec())]);
+            }
         }
+    }
+
+    #[test]
+    fn long_integers_and_strings_are_encoded_as_rfc_7541_says() {
+        // C.1.2: 1337 with a 5-bit prefix.
+        let mut out = Vec::new();
+        encode_integer(&mut out, 1337, 5, 0);
+        assert_eq!(out, [0x1f, 0x9a, 0x0a]);
+        let mut block = Vec::new();
+        let value = vec![b'x'; 300];
+        encode_field(&mut block, None, b"x-long", &value, false);
+        let decoded = loona_hpack::Decoder::new().decode(&block).expect("decodes");
+        assert_eq!(decoded, vec![(b"x-long".to_vec(), value)]);
     }
 
     #[test]
@@ -327,8 +317,8 @@ mod tests {
             ("localhost:443", "localhost:443"),
             ("spire.example", "spire.example"),
         ] {
-            let got = fix_authority(Cow::Borrowed(input.as_bytes()));
-            assert_eq!(&*got, want.as_bytes(), "{input:?}");
+            let got = fix_authority(input.as_bytes());
+            assert_eq!(got, want.as_bytes(), "{input:?}");
         }
     }
 
