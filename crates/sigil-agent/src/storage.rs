@@ -146,11 +146,6 @@ impl Storage {
         Ok(k)
     }
 
-    /// Whether the storage directory exists.
-    pub fn exists(&self) -> anyhow::Result<bool> {
-        Ok(self.existing()?.is_some())
-    }
-
     /// The outermost of the storage directory and its ancestors that does not
     /// exist yet (`None` when the directory exists): what a first write creates.
     pub fn first_missing_ancestor(&self) -> Option<std::path::PathBuf> {
