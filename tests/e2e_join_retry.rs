@@ -285,7 +285,97 @@ fn a_server_killed_while_the_agent_renews_loses_no_generation() {
     assert_eq!(b.audit("bot.join").len(), 1);
     // A renewal answered again after a lost answer is audited again, so
     // there may be more renewal events than generations, never fewer.
-    assert!(b.audit("bot.renewal").len() as u64 >= generation - 1);
+    let renewals = b.audit("bot.renewal");
+    let steps: Vec<String> = renewals
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{}",
+                e["fields"]["generation"],
+                if e["fields"]["retry"] == true {
+                    "r"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    assert!(
+        renewals.len() as u64 >= generation - 1,
+        "renewals audited {steps:?} for generation {generation}\n{}",
+        log()
+    );
+    assert!(b.audit("bot.generation_mismatch").is_empty(), "{}", log());
+    assert!(b.audit("bot.credential_superseded").is_empty(), "{}", log());
+    let locks: serde_json::Value =
+        serde_json::from_str(&b.ok(&["locks", "ls", "--format", "json"])).expect("json");
+    assert_eq!(locks.as_array().map(Vec::len), Some(0), "{locks}");
+}
+
+/// An output that cannot be written fails every cycle after its renewal
+/// committed. The agent's background calls (here the CA rotation stream)
+/// must still switch to each renewed credential: when they reconnect to
+/// another server they must not present one two generations old, which the
+/// server takes for a stolen copy and locks the instance.
+#[test]
+fn an_output_failing_while_the_agent_fails_over_locks_nothing() {
+    let url = fresh_db();
+    let keydir = tempfile::tempdir().expect("tempdir");
+    let audit_key = keydir.path().join("audit-key.json");
+    let mut a = server(&url, &audit_key);
+    let b = server(&url, &audit_key);
+    let token = a.bot("blocked", &["s"]);
+    let agent = AgentDirs::new();
+    let cfg = config(
+        &agent,
+        &[a.addr(), b.addr()],
+        &a.pin,
+        &token,
+        "renewal_interval: 1s\n",
+    );
+    let log_path = agent.dir.path().join("agent.log");
+    let mut child = Command::new(sigil_bin())
+        .args(["agent", "start", "--config"])
+        .arg(&cfg)
+        .env("SIGIL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("agent");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until("the first output", Duration::from_secs(30), || {
+        agent.out.join("tls.crt").exists()
+    });
+    // The output directory becomes a file: every output write fails from
+    // now on, while renewals go on committing.
+    std::fs::remove_dir_all(&agent.out).expect("remove the output directory");
+    std::fs::write(&agent.out, b"not a directory").expect("block the output");
+    let blocked_at = agent.generation();
+    wait_until(
+        "renewals while the output fails",
+        Duration::from_secs(30),
+        || agent.generation() >= blocked_at + 3,
+    );
+    assert!(log().contains("renewal failed"), "{}", log());
+    a.kill();
+    let killed_at = agent.generation();
+    wait_until(
+        "renewals through B after A was killed",
+        Duration::from_secs(60),
+        || agent.generation() >= killed_at + 3,
+    );
+    std::fs::remove_file(&agent.out).expect("unblock the output");
+    wait_until("the output written again", Duration::from_secs(30), || {
+        agent.out.join("tls.crt").exists()
+    });
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the agent exited:\n{}",
+        log()
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().expect("wait");
+
     assert!(b.audit("bot.generation_mismatch").is_empty(), "{}", log());
     assert!(b.audit("bot.credential_superseded").is_empty(), "{}", log());
     let locks: serde_json::Value =

@@ -53,7 +53,14 @@ impl Agent {
     }
 
     /// One round: join or renew, then refresh every output.
-    pub(crate) async fn cycle(&self) -> anyhow::Result<StoredCredential> {
+    /// `renewed` sees the new credential as soon as it is saved, before the
+    /// outputs are written: tasks that talk to the auth service must switch
+    /// to it then, or an output failing (a server dying mid-cycle) leaves
+    /// them presenting a superseded credential, which the server refuses.
+    pub(crate) async fn cycle(
+        &self,
+        renewed: impl FnOnce(&StoredCredential) -> anyhow::Result<()>,
+    ) -> anyhow::Result<StoredCredential> {
         // A server that failed the call is marked down (client/failover.rs):
         // try the others at once. Repeating is safe: a renewal's next key is
         // persisted first, so the other server sees a retry (storage.rs).
@@ -71,6 +78,7 @@ impl Agent {
                 r => break r?,
             }
         };
+        renewed(&cred)?;
         if !self.outputs.is_empty() {
             let client = self.client(&cred)?;
             for o in &self.outputs {

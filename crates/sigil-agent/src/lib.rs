@@ -141,7 +141,16 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut failures: u32 = 0;
     loop {
-        let wait = match agent.cycle().await {
+        // One-shot runs need the client for SVID outputs only; a
+        // long-running agent always follows CA rotations with it.
+        let switch_client = |cred: &storage::StoredCredential| -> anyhow::Result<()> {
+            if !oneshot || !svid_outputs.is_empty() {
+                client_tx.send_replace(Some(agent.client(cred)?));
+                issuer_tx.send_replace(issuer_pin(&cred.cert_pem));
+            }
+            Ok(())
+        };
+        let wait = match agent.cycle(switch_client).await {
             Ok(cred) => {
                 failures = 0;
                 ready.succeeded(cred.expires);
@@ -151,12 +160,6 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                 // Once started, the workload tasks hold no outputs or sockets
                 // here: without `workload.is_some()` they kept the first
                 // credential, which the server refuses once renewed twice.
-                // One-shot runs need the client for SVID outputs only; a
-                // long-running agent always follows CA rotations with it.
-                if !oneshot || !svid_outputs.is_empty() {
-                    client_tx.send_replace(Some(agent.client(&cred)?));
-                    issuer_tx.send_replace(issuer_pin(&cred.cert_pem));
-                }
                 if oneshot {
                     if !svid_outputs.is_empty() {
                         let rt = spiffe::Runtime::new(cred.cluster.clone(), client_rx.clone());
