@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         let mut warm_lat = Vec::new();
         let mut warm_cpu = Vec::new();
         let mut ping_rates = Vec::new();
+        let mut ping_cpu = Vec::new();
         for round in 0..rounds {
             let mut clients = Vec::with_capacity(insts.len());
             for chunk in insts.chunks(256) {
@@ -138,6 +139,7 @@ fn main() -> anyhow::Result<()> {
             // connections, same concurrency — the transport's own ceiling.
             let pings = Arc::new(std::sync::Mutex::new(clients.clone()));
             let t = Instant::now();
+            let ping_srv0 = process_cpu_seconds(server_pid);
             let n = run_workers(concurrency, {
                 let pings = pings.clone();
                 move || {
@@ -155,6 +157,7 @@ fn main() -> anyhow::Result<()> {
             .await?
             .len();
             ping_rates.push(n as f64 / t.elapsed().as_secs_f64());
+            ping_cpu.push((process_cpu_seconds(server_pid) - ping_srv0) / n as f64 * 1e6);
             let work: Vec<(Arc<Mutex<Instance>>, tonic::transport::Channel)> =
                 insts.iter().cloned().zip(clients).collect();
             let queue = Arc::new(std::sync::Mutex::new(work));
@@ -227,13 +230,33 @@ fn main() -> anyhow::Result<()> {
 
         let v = admin.verify_audit(VerifyAuditRequest::default()).await?.into_inner();
         anyhow::ensure!(v.intact, "audit chain broken after the run");
-        Ok::<_, anyhow::Error>((warm, warm_lat, warm_cpu, ping_rates, fresh, fresh_lat, v.count))
+        Ok::<_, anyhow::Error>((warm, warm_lat, warm_cpu, ping_rates, ping_cpu, fresh, fresh_lat, v.count))
     });
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(server_pid as i32, libc::SIGTERM) };
     let _ = server.wait();
-    let (mut warm, mut warm_lat, mut warm_cpu, mut ping_rates, fresh, mut fresh_lat, audit_events) =
-        report?;
+    let (
+        mut warm,
+        mut warm_lat,
+        mut warm_cpu,
+        mut ping_rates,
+        mut ping_cpu,
+        fresh,
+        mut fresh_lat,
+        audit_events,
+    ) = report?;
+    ping_cpu.sort_by(f64::total_cmp);
+    // The anchor runs after our server stopped, on the same quiet-as-it-gets cores.
+    let anchor = match env("CFSSL_SECS", 10) {
+        0 => None,
+        _ if !sigil_bench::cfssl::available() => {
+            eprintln!(
+                "cfssl anchor skipped: install cfssl, wrk and openssl (Debian: golang-cfssl wrk)"
+            );
+            None
+        }
+        secs => Some(sigil_bench::cfssl::run(secs as u64)?),
+    };
     ping_rates.sort_by(f64::total_cmp);
     warm_cpu.sort_by(|a, b| a.0.total_cmp(&b.0));
 
@@ -262,7 +285,13 @@ fn main() -> anyhow::Result<()> {
         .get(ping_rates.len() / 2)
         .copied()
         .unwrap_or_default();
-    println!("baseline, empty RPC (Ping) on the same warm mTLS connections: median {ping:.0}/s");
+    let ping_us = ping_cpu
+        .get(ping_cpu.len() / 2)
+        .copied()
+        .unwrap_or(f64::NAN);
+    println!(
+        "baseline, empty RPC (Ping) on the same warm mTLS connections: median {ping:.0}/s; auth service CPU per Ping {ping_us:.0} us (the transport's floor)"
+    );
     println!(
         "renewal, warm mTLS connections: median {warm_median:.0}/s over {} rounds (min {:.0}, max {:.0}); p50 {:.2} ms, p99 {:.2} ms; {:.0}% of the empty-RPC rate; raw 2-thread signing is {:.0}x the renewal rate",
         warm.len(),
@@ -284,6 +313,23 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("audit chain intact: {audit_events} events");
+    if let Some(a) = anchor {
+        println!(
+            "anchor, cfssl over plain HTTP (same run): {:.0} signs/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} us of CPU per signature",
+            a.signs_per_sec, a.p50_ms, a.p99_ms, a.cpu_us_per_sign
+        );
+        if let Some((srv, _)) = warm_cpu.get(warm_cpu.len() / 2) {
+            println!(
+                "ratio, auth CPU per warm renewal / cfssl CPU per signature: {:.2} (target <= 0.35); transport floor alone: {:.2}",
+                srv / a.cpu_us_per_sign,
+                ping_us / a.cpu_us_per_sign
+            );
+        }
+        println!(
+            "ratio, fresh-connection renewals/s / cfssl signatures/s: {:.2} (target >= 0.4)",
+            fresh / a.signs_per_sec
+        );
+    }
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 //! knobs from the environment, the `sigil` binary under test, free ports and
 //! CPU accounting.
 
+pub mod cfssl;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
