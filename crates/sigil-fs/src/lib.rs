@@ -112,8 +112,39 @@ impl SafeDir {
         mode: u32,
         owner: FileOwner,
     ) -> anyhow::Result<()> {
+        self.remove_stale_temps(name);
         let tmp = format!(".{name}.{}.tmp", sys::random_hex()?);
         self.write_via(name, &tmp, data, mode, owner)
+    }
+
+    /// Remove the temp files of `name` that a writer killed mid-write left
+    /// behind (`.NAME.<16 hex>.tmp`, a regular file of this user's): they may
+    /// hold key material. Best effort; anything else is not ours to remove.
+    fn remove_stale_temps(&self, name: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return;
+        };
+        let prefix = format!(".{name}.");
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(random) = file
+                .to_str()
+                .and_then(|f| f.strip_prefix(&prefix))
+                .and_then(|r| r.strip_suffix(".tmp"))
+            else {
+                continue;
+            };
+            if random.len() != 16 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            // Through the directory's descriptor, and only a regular file of ours.
+            let Ok(st) = sys::lstatat(self.fd.as_fd(), &file) else {
+                continue;
+            };
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_uid == sys::geteuid() {
+                let _ = sys::unlinkat(self.fd.as_fd(), &file, 0);
+            }
+        }
     }
 
     /// [`SafeDir::write_as`] through the temp name `tmp`.

@@ -64,6 +64,27 @@ fn a_symlink_at_the_final_name_is_replaced_not_followed() {
 }
 
 #[test]
+fn temp_files_left_by_a_killed_writer_are_removed_by_the_next_write() {
+    let t = tempfile::tempdir().unwrap();
+    let d = SafeDir::create(&t.path().join("out"), "test", DirKind::Shared).unwrap();
+    let out = t.path().join("out");
+    let victim = t.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    fs::write(out.join(".tls.key.0123456789abcdef.tmp"), b"old key").unwrap();
+    // Not this writer's pattern, another artifact's, or not a regular file: kept.
+    fs::write(out.join(".tls.key.x.tmp"), b"someone's").unwrap();
+    fs::write(out.join(".tls.crt.0123456789abcdef.tmp"), b"other artifact").unwrap();
+    symlink(&victim, out.join(".tls.key.fedcba9876543210.tmp")).unwrap();
+    d.write("tls.key", b"secret", SECRET).unwrap();
+    assert!(!out.join(".tls.key.0123456789abcdef.tmp").exists());
+    assert!(out.join(".tls.key.x.tmp").exists());
+    assert!(out.join(".tls.crt.0123456789abcdef.tmp").exists());
+    assert!(fs::symlink_metadata(out.join(".tls.key.fedcba9876543210.tmp")).is_ok());
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(fs::read(out.join("tls.key")).unwrap(), b"secret");
+}
+
+#[test]
 fn a_pre_created_temp_name_is_neither_followed_nor_removed() {
     let t = tempfile::tempdir().unwrap();
     let victim = t.path().join("victim");
