@@ -1,0 +1,493 @@
+//! Client certificates presented to the auth service's gRPC API: forged,
+//! out of their validity window, from the wrong CA, shaped wrong, tampered
+//! with, or real but of the wrong kind or generation. A certificate the
+//! handshake refuses never reaches the API; one that passes it is refused
+//! by the API with its reason, audited, and nothing is issued.
+
+use crate::common::*;
+use crate::harness::*;
+use sigil_proto::v1::IssueIdentityRequest;
+use std::sync::Arc;
+use tonic::Code;
+
+static AUTH: Slot = Slot::new(None);
+static OTHER: Slot = Slot::new(None);
+
+fn auth() -> Arc<Auth> {
+    shared(&AUTH, Auth::start)
+}
+
+/// Every certificate issued to `bot` (audited), and its instances' generations.
+fn issued(auth: &Auth, bot: &str) -> (usize, Vec<u64>) {
+    (events_for(auth, "cert.issued", bot), generations(auth, bot))
+}
+
+/// Joins `bot`, then checks a renewal presenting `forged(cred)` is refused at
+/// the handshake and nothing new was issued to the bot.
+fn handshake_refuses(bot: &str, alert: &str, forged: impl FnOnce(&Auth, &Pem) -> Pem) {
+    let auth = auth();
+    let (_agent, cred) = joined(&auth, bot);
+    let before = issued(&auth, bot);
+    let bad = forged(&auth, &cred);
+    refused_at_handshake(&auth, &bad, renew(&auth, Some(&bad)), alert);
+    assert_eq!(issued(&auth, bot), before, "something was issued");
+    // Control: the genuine certificate passes the same handshake.
+    assert!(handshake_alert(&auth, &cred).starts_with("accepted"));
+}
+
+/// attack: certificates | renewal with no client certificate | Unauthenticated "needs a client certificate"
+#[test]
+fn renewal_without_a_client_certificate() {
+    let auth = auth();
+    refused(renew(&auth, None), Code::Unauthenticated, "needs a client certificate");
+}
+
+/// attack: certificates | forged: the bot's exact identity signed by the attacker's own CA of the same cluster name | TLS handshake refused (unknown issuer)
+#[test]
+fn forged_identity_from_an_attacker_ca() {
+    handshake_refuses("cert-forged", "UnexpectedEof", |_, cred| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let ca = p.self_signed(&key).unwrap();
+        forge_leaf((ca.der(), &key), &identity_of(&cred.cert), Forge::default())
+    });
+}
+
+/// attack: certificates | another CA with the real client CA's exact subject (same name, other key) | TLS handshake refused (signature)
+#[test]
+fn lookalike_ca_with_the_real_ca_name() {
+    handshake_refuses("cert-lookalike", "UnexpectedEof", |auth, cred| {
+        let (ca, key) = lookalike_ca(&client_ca(auth).cert_der);
+        forge_leaf((&ca, &key), &identity_of(&cred.cert), Forge::default())
+    });
+}
+
+/// attack: certificates | self-signed leaf carrying the bot's identity extension | TLS handshake refused
+#[test]
+fn self_signed_leaf_with_the_identity() {
+    handshake_refuses("cert-selfsigned", "UnexpectedEof", |_, cred| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let id = serde_json::to_vec(&identity_of(&cred.cert)).unwrap();
+        let mut v = vec![0x0c, 0x82, (id.len() >> 8) as u8, id.len() as u8];
+        v.extend_from_slice(&id);
+        let oid: Vec<u64> = sigil_pki::IDENTITY_EXTENSION_OID
+            .split('.')
+            .map(|a| a.parse().unwrap())
+            .collect();
+        p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&oid, v)];
+        let c = p.self_signed(&key).unwrap();
+        Pem {
+            cert: c.pem(),
+            key: key.serialize_pem(),
+        }
+    });
+}
+
+/// attack: certificates | expired certificate signed by the real client CA | TLS handshake refused (expired)
+#[test]
+fn expired_certificate_from_the_real_ca() {
+    handshake_refuses("cert-expired", "UnexpectedEof", |auth, cred| {
+        let ca = client_ca(auth);
+        let now = time::OffsetDateTime::now_utc();
+        let f = Forge {
+            not_before: Some(now - time::Duration::hours(2)),
+            not_after: Some(now - time::Duration::minutes(10)),
+            ..Default::default()
+        };
+        forge_leaf((&ca.cert_der, &ca.key), &identity_of(&cred.cert), f)
+    });
+}
+
+/// attack: certificates | not-yet-valid certificate signed by the real client CA | TLS handshake refused (not valid yet)
+#[test]
+fn not_yet_valid_certificate_from_the_real_ca() {
+    handshake_refuses("cert-future", "UnexpectedEof", |auth, cred| {
+        let ca = client_ca(auth);
+        let now = time::OffsetDateTime::now_utc();
+        let f = Forge {
+            not_before: Some(now + time::Duration::hours(1)),
+            not_after: Some(now + time::Duration::hours(2)),
+            ..Default::default()
+        };
+        forge_leaf((&ca.cert_der, &ca.key), &identity_of(&cred.cert), f)
+    });
+}
+
+/// attack: certificates | leaf with CA=true signed by the real client CA | TLS handshake refused (CA used as end entity)
+#[test]
+fn ca_true_leaf_from_the_real_ca() {
+    handshake_refuses("cert-catrue", "UnexpectedEof", |auth, cred| {
+        let ca = client_ca(auth);
+        let f = Forge {
+            is_ca: true,
+            ..Default::default()
+        };
+        forge_leaf((&ca.cert_der, &ca.key), &identity_of(&cred.cert), f)
+    });
+}
+
+/// attack: certificates | leaf whose only EKU is serverAuth (clientAuth missing) from the real client CA | TLS handshake refused (EKU)
+#[test]
+fn server_auth_only_eku_from_the_real_ca() {
+    handshake_refuses("cert-eku", "UnexpectedEof", |auth, cred| {
+        let ca = client_ca(auth);
+        let f = Forge {
+            ekus: Some(vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]),
+            ..Default::default()
+        };
+        forge_leaf((&ca.cert_der, &ca.key), &identity_of(&cred.cert), f)
+    });
+}
+
+/// attack: certificates | leaf with codeSigning and emailProtection EKUs but no clientAuth | TLS handshake refused (EKU)
+#[test]
+fn unrelated_ekus_without_client_auth() {
+    handshake_refuses("cert-eku2", "UnexpectedEof", |auth, cred| {
+        let ca = client_ca(auth);
+        let f = Forge {
+            ekus: Some(vec![
+                rcgen::ExtendedKeyUsagePurpose::CodeSigning,
+                rcgen::ExtendedKeyUsagePurpose::EmailProtection,
+            ]),
+            ..Default::default()
+        };
+        forge_leaf((&ca.cert_der, &ca.key), &identity_of(&cred.cert), f)
+    });
+}
+
+/// Flips `from` to `to` (same length) inside the DER of `cred`'s leaf.
+fn tampered(cred: &Pem, from: &str, to: &str) -> Pem {
+    assert_eq!(from.len(), to.len());
+    let mut der = sigil_pki::pem_to_ders(&cred.cert, "CERTIFICATE").unwrap()[0].clone();
+    let at = der
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap_or_else(|| panic!("{from:?} not in the certificate"));
+    der[at..at + to.len()].copy_from_slice(to.as_bytes());
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let lines: Vec<String> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    Pem {
+        cert: format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        ),
+        key: cred.key.clone(),
+    }
+}
+
+/// attack: certificates | real certificate with its SAN URI edited to name another bot | TLS handshake refused (bad signature)
+#[test]
+fn tampered_san_uri() {
+    handshake_refuses("cert-san-a", "UnexpectedEof", |_, cred| {
+        tampered(cred, "/bot/cert-san-a/", "/bot/cert-san-b/")
+    });
+}
+
+/// attack: certificates | real certificate with the generation in its identity extension raised | TLS handshake refused (bad signature)
+#[test]
+fn tampered_identity_generation() {
+    handshake_refuses("cert-gen", "UnexpectedEof", |_, cred| {
+        tampered(cred, "\"generation\":1", "\"generation\":9")
+    });
+}
+
+/// attack: certificates | real certificate with a role name in its identity extension swapped | TLS handshake refused (bad signature)
+#[test]
+fn tampered_identity_roles() {
+    handshake_refuses("cert-role", "UnexpectedEof", |_, cred| {
+        tampered(cred, "cert-role-role", "cert-rolx-role")
+    });
+}
+
+/// An intermediate signed by the real client CA (whose pathlen 0 forbids
+/// one) and a leaf under it.
+fn under_intermediate(auth: &Auth, cred: &Pem) -> (Pem, String) {
+    let ca = client_ca(auth);
+    let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &ca.key).unwrap();
+    let int_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ip = rcgen::CertificateParams::new(vec![]).unwrap();
+    ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    let int = ip.signed_by(&int_key, &issuer).unwrap();
+    let leaf = forge_leaf((int.der(), &int_key), &identity_of(&cred.cert), Forge::default());
+    (leaf, int.pem())
+}
+
+/// attack: certificates | truncated chain: a leaf under an intermediate of the real client CA, sent without the intermediate | TLS handshake refused (unknown issuer)
+#[test]
+fn truncated_chain_without_its_intermediate() {
+    handshake_refuses("cert-truncated", "UnexpectedEof", |auth, cred| under_intermediate(auth, cred).0);
+}
+
+/// attack: certificates | a leaf under an intermediate of the real client CA, chain complete (the CA's pathlen 0 forbids intermediates) | Unauthenticated "CA is no longer trusted": only the cluster's own client CA may sign identities
+#[test]
+fn intermediate_below_the_client_ca() {
+    let auth = auth();
+    let (_agent, cred) = joined(&auth, "cert-pathlen");
+    let before = issued(&auth, "cert-pathlen");
+    let (leaf, int) = under_intermediate(&auth, &cred);
+    let bad = Pem {
+        cert: format!("{}{}", leaf.cert, int),
+        key: leaf.key,
+    };
+    let denied = events_for(&auth, "bot.renewal.denied", "cert-pathlen");
+    refused(renew(&auth, Some(&bad)), Code::Unauthenticated, "CA is no longer trusted");
+    assert_eq!(issued(&auth, "cert-pathlen"), before);
+    assert_eq!(events_for(&auth, "bot.renewal.denied", "cert-pathlen"), denied);
+}
+
+/// attack: certificates | leaf signed by an intermediate the attacker made under nothing the cluster trusts (chain without its root) | TLS handshake refused (unknown issuer)
+#[test]
+fn chain_through_an_untrusted_intermediate() {
+    handshake_refuses("cert-chain", "UnexpectedEof", |_, cred| {
+        let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut rp = rcgen::CertificateParams::new(vec![]).unwrap();
+        rp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = rp.self_signed(&root_key).unwrap();
+        let root_issuer = rcgen::Issuer::from_ca_cert_der(root.der(), &root_key).unwrap();
+        let int_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ip = rcgen::CertificateParams::new(vec![]).unwrap();
+        ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let int = ip.signed_by(&int_key, &root_issuer).unwrap();
+        let leaf = forge_leaf((int.der(), &int_key), &identity_of(&cred.cert), Forge::default());
+        Pem {
+            cert: format!("{}{}", leaf.cert, int.pem()),
+            key: leaf.key,
+        }
+    });
+}
+
+/// attack: certificates | a real certificate of another cluster with the same cluster name | TLS handshake refused (unknown issuer)
+#[test]
+fn certificate_of_another_cluster_with_the_same_name() {
+    let other = shared(&OTHER, Auth::start);
+    let (_a, foreign) = joined(&other, "cert-foreign");
+    assert_eq!(identity_of(&foreign.cert).cluster, "example.test");
+    let auth = auth();
+    let (_b, _) = joined(&auth, "cert-foreign");
+    let before = issued(&auth, "cert-foreign");
+    refused_at_handshake(&auth, &foreign, renew(&auth, Some(&foreign)), "UnexpectedEof");
+    assert_eq!(issued(&auth, "cert-foreign"), before);
+}
+
+/// attack: certificates | the auth service's own TLS server certificate and key presented as a client certificate | TLS handshake refused (host CA is not the client CA)
+#[test]
+fn host_certificate_presented_as_a_client_certificate() {
+    let auth = auth();
+    // Someone who took a server's certificate and key: sign one with the
+    // host CA as the service does (serverAuth+clientAuth EKU).
+    let db = auth.data.join("sigil.db");
+    let o = run(
+        "sqlite3",
+        &[
+            db.to_str().unwrap(),
+            "SELECT CAST(value AS TEXT) FROM kv WHERE key = '/cas/host'",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(v["key"]["material"].as_str().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::try_from(der.as_slice()).unwrap();
+    let ca_der = sigil_pki::pem_to_ders(v["cert_pem"].as_str().unwrap(), "CERTIFICATE").unwrap()
+        [0]
+    .clone();
+    let (_agent, cred) = joined(&auth, "cert-hostca");
+    let before = issued(&auth, "cert-hostca");
+    let f = Forge {
+        ekus: Some(vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ]),
+        ..Default::default()
+    };
+    let bad = forge_leaf((&ca_der, &key), &identity_of(&cred.cert), f);
+    refused_at_handshake(&auth, &bad, renew(&auth, Some(&bad)), "UnexpectedEof");
+    assert_eq!(issued(&auth, "cert-hostca"), before);
+}
+
+/// The certificate and key of an agent's `identity` output file.
+fn identity_output(agent: &AgentDirs) -> Pem {
+    let f: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(agent.out.join("identity")).expect("identity output"),
+    )
+    .expect("identity json");
+    Pem {
+        cert: f["tls_cert_pem"].as_str().expect("cert").to_string(),
+        key: f["tls_key_pem"].as_str().expect("key").to_string(),
+    }
+}
+
+/// attack: certificates | a valid `identity` output certificate used to renew | PermissionDenied "not renewable", audited
+#[test]
+fn identity_output_certificate_used_to_renew() {
+    let auth = auth();
+    let (agent, _) = joined(&auth, "cert-output");
+    let before = issued(&auth, "cert-output");
+    let out = identity_output(&agent);
+    assert!(!identity_of(&out.cert).renewable);
+    refused(renew(&auth, Some(&out)), Code::PermissionDenied, "not renewable");
+    assert_eq!(issued(&auth, "cert-output"), before);
+}
+
+/// attack: certificates | a valid `identity` output certificate used to mint another identity | PermissionDenied, nothing issued
+#[test]
+fn identity_output_certificate_used_to_mint_identities() {
+    let auth = auth();
+    let (agent, _) = joined(&auth, "cert-mint");
+    let before = issued(&auth, "cert-mint");
+    let out = identity_output(&agent);
+    let r = rt().block_on(async {
+        auth_client(&auth, Some(&out))
+            .issue_identity(IssueIdentityRequest {
+                tls_public_key_spki: sigil_pki::TlsKeyPair::generate().unwrap().spki_der(),
+                ssh_public_key: String::new(),
+                ttl_seconds: 600,
+            })
+            .await
+    });
+    refused(r, Code::PermissionDenied, "cannot request further credentials");
+    assert_eq!(issued(&auth, "cert-mint"), before);
+}
+
+/// attack: certificates | a renewed certificate's predecessor replayed to renew | PermissionDenied "generation mismatch", instance locked, audited
+#[test]
+fn predecessor_replayed_after_renewal() {
+    let auth = auth();
+    let (agent, old) = joined(&auth, "cert-replay");
+    let o = agent.oneshot(&auth, None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(agent.generation(), 2);
+    let before = events_for(&auth, "cert.issued", "cert-replay");
+    refused(
+        renew(&auth, Some(&old)),
+        Code::PermissionDenied,
+        "generation mismatch",
+    );
+    assert_eq!(events_for(&auth, "cert.issued", "cert-replay"), before);
+    assert_eq!(events_for(&auth, "bot.generation_mismatch", "cert-replay"), 1);
+    assert_eq!(generations(&auth, "cert-replay"), vec![2]);
+    // The current holder is locked out too: the copy is contained.
+    let cur = stored_credential(&agent);
+    refused(renew(&auth, Some(&cur)), Code::PermissionDenied, "lock");
+}
+
+/// attack: certificates | certificate of a bot removed after it joined | PermissionDenied "renewal denied", audited, nothing issued
+#[test]
+fn certificate_of_a_removed_bot() {
+    let auth = auth();
+    let (_agent, cred) = joined(&auth, "cert-removed");
+    auth.ok(&["bots", "rm", "cert-removed"]);
+    let before = events_for(&auth, "cert.issued", "cert-removed");
+    let denied = events_for(&auth, "bot.renewal.denied", "cert-removed");
+    refused(renew(&auth, Some(&cred)), Code::PermissionDenied, "renewal denied");
+    assert_eq!(events_for(&auth, "cert.issued", "cert-removed"), before);
+    assert_eq!(events_for(&auth, "bot.renewal.denied", "cert-removed"), denied + 1);
+}
+
+/// attack: certificates | certificate of a locked bot | PermissionDenied "locked", nothing issued
+#[test]
+fn certificate_of_a_locked_bot() {
+    let auth = auth();
+    let (_agent, cred) = joined(&auth, "cert-locked");
+    auth.ok(&["locks", "add", "--bot", "cert-locked", "--message", "incident"]);
+    let before = issued(&auth, "cert-locked");
+    refused(renew(&auth, Some(&cred)), Code::PermissionDenied, "locked");
+    assert_eq!(issued(&auth, "cert-locked"), before);
+}
+
+/// attack: certificates | certificate of an instance removed by an admin | PermissionDenied "removed", nothing issued
+#[test]
+fn certificate_of_a_removed_instance() {
+    let auth = auth();
+    let (_agent, cred) = joined(&auth, "cert-noinst");
+    let id = identity_of(&cred.cert).instance_id;
+    auth.ok(&["rm", &format!("bot_instance/{id}")]);
+    let before = events_for(&auth, "cert.issued", "cert-noinst");
+    refused(renew(&auth, Some(&cred)), Code::PermissionDenied, "removed");
+    assert_eq!(events_for(&auth, "cert.issued", "cert-noinst"), before);
+    assert!(generations(&auth, "cert-noinst").is_empty());
+}
+
+/// attack: certificates | renewal asking to certify a 1024-bit RSA key | InvalidArgument, generation unchanged
+#[test]
+fn renewal_to_a_weak_rsa_key() {
+    let auth = auth();
+    let (_agent, cred) = joined(&auth, "cert-weak");
+    let before = issued(&auth, "cert-weak");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let der = dir.path().join("k.der");
+    assert!(
+        run(
+            "openssl",
+            &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", key.to_str().unwrap()]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        run(
+            "openssl",
+            &["pkey", "-pubout", "-outform", "DER", "-in", key.to_str().unwrap(), "-out", der.to_str().unwrap()]
+        )
+        .status
+        .success()
+    );
+    let spki = std::fs::read(der).unwrap();
+    let r = rt().block_on(async {
+        auth_client(&auth, Some(&cred))
+            .renew(sigil_proto::v1::RenewRequest {
+                public_key_spki: spki,
+                ttl_seconds: 600,
+                ..Default::default()
+            })
+            .await
+    });
+    refused(r, Code::InvalidArgument, "");
+    assert_eq!(issued(&auth, "cert-weak"), before);
+}
+
+/// attack: certificates | renewal asking to certify bytes that are no public key | InvalidArgument, generation unchanged
+#[test]
+fn renewal_to_a_garbage_public_key() {
+    let auth = auth();
+    let (_agent, cred) = joined(&auth, "cert-garbage");
+    let before = issued(&auth, "cert-garbage");
+    let r = rt().block_on(async {
+        auth_client(&auth, Some(&cred))
+            .renew(sigil_proto::v1::RenewRequest {
+                public_key_spki: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+                ttl_seconds: 600,
+                ..Default::default()
+            })
+            .await
+    });
+    refused(r, Code::InvalidArgument, "");
+    assert_eq!(issued(&auth, "cert-garbage"), before);
+}
+
+/// attack: certificates | Renew called on the owner-only admin socket (no bot identity) | Unimplemented: the socket serves no AuthService
+#[test]
+fn renewal_over_the_admin_socket() {
+    let auth = auth();
+    let r = rt().block_on(async {
+        let ch = sigil_cli::admin::connect::local_channel(&auth.data).await.unwrap();
+        sigil_proto::v1::auth_service_client::AuthServiceClient::new(ch)
+            .renew(sigil_proto::v1::RenewRequest {
+                public_key_spki: sigil_pki::TlsKeyPair::generate().unwrap().spki_der(),
+                ttl_seconds: 600,
+                ..Default::default()
+            })
+            .await
+    });
+    refused(r, Code::Unimplemented, "");
+}

@@ -1,0 +1,19 @@
+//! The adversarial suite (issue 15): one test per named attack, grouped by
+//! surface, each asserting the exact refusal and that nothing was issued or
+//! changed. Every case carries a `/// attack: SURFACE | ATTACK | REFUSAL`
+//! line; `registry::readme_lists_every_case` keeps README.md's table equal
+//! to those lines. Real `sigil` processes throughout (tests/common).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod harness;
+
+mod admin;
+mod audit;
+mod certificates;
+mod id_tokens;
+mod public_https;
+mod registry;
+mod resources;
+mod tokens;
