@@ -417,7 +417,7 @@ fn certificate_of_a_removed_instance() {
     assert!(generations(&auth, "cert-noinst").is_empty());
 }
 
-/// attack: certificates | renewal asking to certify a 1024-bit RSA key | InvalidArgument, generation unchanged
+/// attack: certificates | renewal asking to certify a 1024-bit RSA key | InvalidArgument "an RSA key of 1024 bits", nothing issued
 #[test]
 fn renewal_to_a_weak_rsa_key() {
     let auth = auth();
@@ -452,11 +452,11 @@ fn renewal_to_a_weak_rsa_key() {
             })
             .await
     });
-    refused(r, Code::InvalidArgument, "");
+    refused(r, Code::InvalidArgument, "an RSA key of 1024 bits");
     assert_eq!(issued(&auth, "cert-weak"), before);
 }
 
-/// attack: certificates | renewal asking to certify bytes that are no public key | InvalidArgument, generation unchanged
+/// attack: certificates | renewal asking to certify bytes that are no public key | InvalidArgument "not a DER SubjectPublicKeyInfo", nothing issued
 #[test]
 fn renewal_to_a_garbage_public_key() {
     let auth = auth();
@@ -471,7 +471,7 @@ fn renewal_to_a_garbage_public_key() {
             })
             .await
     });
-    refused(r, Code::InvalidArgument, "");
+    refused(r, Code::InvalidArgument, "not a DER SubjectPublicKeyInfo");
     assert_eq!(issued(&auth, "cert-garbage"), before);
 }
 
