@@ -1,1 +1,310 @@
-//! (cases follow)
+//! ID tokens presented to the `oidc` join method (the local OIDC issuer of
+//! tests/common signs the good ones): unsigned, algorithm confusion, key-id
+//! confusion, wrong issuer or audience, out of their time window, oversized,
+//! nested, tampered. Each is "join denied" with the reason audited in
+//! `bot.join.denied`, and no instance is created.
+
+use crate::common::oidc_issuer::*;
+use crate::common::*;
+use crate::harness::*;
+use crate::tokens::join_denied;
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sigil_proto::v1::JoinInit;
+use std::sync::{Arc, Mutex, OnceLock};
+use tonic::Code;
+
+static AUTH: Slot = Slot::new(None);
+static ISSUER: OnceLock<OidcIssuer> = OnceLock::new();
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+fn issuer() -> &'static OidcIssuer {
+    ISSUER.get_or_init(OidcIssuer::start)
+}
+
+/// The shared service with token `adv-oidc` (issuer `/oidc`, sub `svc-*`) for
+/// bot `oidc-bot`; one case at a time.
+fn setup() -> (Arc<Auth>, std::sync::MutexGuard<'static, ()>) {
+    let g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let auth = shared(&AUTH, || {
+        let a = Auth::start_with(&["--outbound-ca-file", &issuer().ca_pem()]);
+        a.bot("oidc-bot", &["ubuntu"]);
+        a.create(
+            "adv-oidc.yaml",
+            &format!(
+                "kind: token\nversion: v1\nmetadata: {{name: adv-oidc}}\nspec:\n  bot_name: oidc-bot\n  join_method: oidc\n  oidc: {{issuer: \"{}\", allow: [{{sub: \"svc-*\"}}]}}\n",
+                issuer().issuer(OIDC)
+            ),
+        );
+        a
+    });
+    (auth, g)
+}
+
+fn init(jwt: &str) -> JoinInit {
+    JoinInit {
+        join_method: "oidc".into(),
+        token: "adv-oidc".into(),
+        evidence: jwt.as_bytes().to_vec(),
+        ..token_init("")
+    }
+}
+
+/// The ID token `jwt` must be denied with `reason` audited; no new instance.
+#[track_caller]
+fn denies(jwt: &str, reason: &str) {
+    let (auth, _g) = setup();
+    let before = generations(&auth, "oidc-bot").len();
+    let ev = join_denied(&auth, reason, || join_raw(&auth, None, init(jwt), vec![]));
+    assert_eq!(generations(&auth, "oidc-bot").len(), before, "an instance was created");
+    assert!(
+        jwt.len() < 20 || !ev.to_string().contains(jwt),
+        "the token is in the audit log"
+    );
+}
+
+fn good_claims(extra: Value) -> Value {
+    let mut c = json!({"sub": "svc-build"});
+    for (k, v) in extra.as_object().expect("object") {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// Signs `claims` (completed like the issuer's) under `header` with a key the
+/// issuer never published.
+fn rogue(header: Value, claims: Value) -> String {
+    let mut c = json!({
+        "iss": issuer().issuer(OIDC), "aud": CLUSTER,
+        "iat": now(), "nbf": now() - 5, "exp": now() + 600,
+    });
+    for (k, v) in claims.as_object().expect("object") {
+        c[k] = v.clone();
+    }
+    sign_rogue(&header, &c)
+}
+
+/// A JWS of `payload` under `header` (kid, jku, cty taken from it), ES256
+/// with a fresh attacker key.
+fn sign_rogue<T: serde::Serialize>(header: &Value, payload: &T) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    let field = |k: &str| header[k].as_str().map(str::to_string);
+    h.kid = field("kid");
+    h.jku = field("jku");
+    h.cty = field("cty");
+    let k = jsonwebtoken::EncodingKey::from_ec_der(&key.serialize_der());
+    jsonwebtoken::encode(&h, payload, &k).expect("sign")
+}
+
+/// A good token with its payload replaced by `claims` (signature kept).
+fn with_payload(jwt: &str, claims: &Value) -> String {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    format!("{}.{}.{}", parts[0], B64.encode(claims.to_string()), parts[2])
+}
+
+/// Control, not a case: a good ID token joins, so each refusal below is the attack's.
+#[test]
+fn a_good_id_token_joins() {
+    let (auth, _g) = setup();
+    let jwt = issuer().mint(OIDC, good_claims(json!({})));
+    let c = join_raw(&auth, None, init(&jwt), vec![]).expect("good token joins");
+    assert_eq!(c.bot_name, "oidc-bot");
+}
+
+/// attack: ID tokens | alg `none`, no signature | PermissionDenied "join denied"; audited "alg none refused"
+#[test]
+fn alg_none() {
+    denies(&issuer().mint_alg_none(OIDC, good_claims(json!({}))), "alg none refused");
+}
+
+/// attack: ID tokens | HS256 keyed with the issuer's public key (algorithm confusion) | "join denied"; audited "alg HS256 refused (HMAC is not a signature)"
+#[test]
+fn hs256_keyed_with_the_public_key() {
+    denies(&issuer().mint_hs256_public_key(OIDC, good_claims(json!({}))), "alg HS256 refused");
+}
+
+/// attack: ID tokens | signed by a key the issuer never published (unknown kid) | "join denied"; audited "unknown kid \"rogue-key\""
+#[test]
+fn unknown_kid() {
+    denies(&issuer().mint_unpublished(OIDC, good_claims(json!({}))), "unknown kid \"rogue-key\"");
+}
+
+/// attack: ID tokens | kid confusion: the published kid in the header, signed by the attacker's key | "join denied"; audited "signature does not verify"
+#[test]
+fn kid_confusion() {
+    let h = json!({"alg": "ES256", "typ": "JWT", "kid": issuer().current_kid()});
+    denies(&rogue(h, good_claims(json!({}))), "signature does not verify");
+}
+
+/// attack: ID tokens | `jku` header pointing at the attacker's own JWKS | "join denied"; audited "unknown kid \"attacker\""
+#[test]
+fn jku_header_to_an_attacker_jwks() {
+    let h = json!({"alg": "ES256", "typ": "JWT", "kid": "attacker", "jku": "https://127.0.0.1:1/jwks"});
+    denies(&rogue(h, good_claims(json!({}))), "unknown kid \"attacker\"");
+}
+
+/// attack: ID tokens | payload edited after signing (sub changed) | "join denied"; audited "signature does not verify"
+#[test]
+fn payload_edited_after_signing() {
+    let jwt = issuer().mint(OIDC, good_claims(json!({"sub": "intern"})));
+    let mut c: Value = serde_json::from_slice(
+        &B64.decode(jwt.split('.').nth(1).expect("payload")).expect("b64"),
+    )
+    .expect("claims");
+    c["sub"] = json!("svc-admin");
+    denies(&with_payload(&jwt, &c), "signature does not verify");
+}
+
+/// attack: ID tokens | signature stripped from an ES256 token | "join denied"; audited "signature does not verify"
+#[test]
+fn signature_stripped() {
+    let jwt = issuer().mint(OIDC, good_claims(json!({})));
+    let (head, _) = jwt.rsplit_once('.').expect("three parts");
+    denies(&format!("{head}."), "signature does not verify");
+}
+
+/// attack: ID tokens | wrong `iss` (another issuer path of the same host) | "join denied"; audited "issuer X is not Y"
+#[test]
+fn wrong_issuer() {
+    denies(&issuer().mint(GITLAB, good_claims(json!({}))), "\" is not \"");
+}
+
+/// attack: ID tokens | `aud` a string naming another cluster | "join denied"; audited "does not contain \"example.test\""
+#[test]
+fn wrong_audience_string() {
+    denies(&issuer().mint(OIDC, good_claims(json!({"aud": "other.test"}))), "does not contain \"example.test\"");
+}
+
+/// attack: ID tokens | `aud` a list without this cluster | "join denied"; audited "does not contain \"example.test\""
+#[test]
+fn audience_list_without_this_cluster() {
+    let c = good_claims(json!({"aud": ["other.test", "third.test"]}));
+    denies(&issuer().mint(OIDC, c), "does not contain \"example.test\"");
+}
+
+/// attack: ID tokens | `aud` a number instead of a string or list | "join denied"; audited "token has no aud"
+#[test]
+fn audience_of_the_wrong_type() {
+    denies(&issuer().mint(OIDC, good_claims(json!({"aud": 42}))), "token has no aud");
+}
+
+/// attack: ID tokens | `exp` 61 s ago plus a margin (just past the 60 s leeway) | "join denied"; audited "expired at"
+#[test]
+fn expired_past_the_leeway() {
+    let c = good_claims(json!({"iat": now() - 900, "nbf": now() - 900, "exp": now() - 75}));
+    denies(&issuer().mint(OIDC, c), "expired at");
+}
+
+/// attack: ID tokens | `nbf` 75 s ahead (past the 60 s leeway) | "join denied"; audited "not valid before"
+#[test]
+fn not_yet_valid_past_the_leeway() {
+    denies(&issuer().mint(OIDC, good_claims(json!({"nbf": now() + 75}))), "not valid before");
+}
+
+/// attack: ID tokens | `iat` an hour in the future | "join denied"; audited "issued in the future"
+#[test]
+fn issued_in_the_future() {
+    denies(&issuer().mint(OIDC, good_claims(json!({"iat": now() + 3600}))), "issued in the future");
+}
+
+/// attack: ID tokens | `exp` null (no usable expiry) | "join denied"; audited "exp is not a number"
+#[test]
+fn exp_null() {
+    denies(&issuer().mint(OIDC, good_claims(json!({"exp": null}))), "exp is not a number");
+}
+
+/// attack: ID tokens | a 100 KB token | "join denied"; audited "more than 16384" (bytes)
+#[test]
+fn hundred_kilobyte_token() {
+    let c = good_claims(json!({"pad": "x".repeat(100 * 1024)}));
+    denies(&issuer().mint(OIDC, c), "more than 16384");
+}
+
+/// attack: ID tokens | nested JWS: the issuer's valid token as the payload of an outer JWS (`cty: JWT`, published kid) signed by the attacker | "join denied"; audited "signature does not verify" (never unwrapped)
+#[test]
+fn nested_jws() {
+    let inner = issuer().mint(OIDC, good_claims(json!({})));
+    let h = json!({"alg": "ES256", "typ": "JWT", "cty": "JWT", "kid": issuer().current_kid()});
+    denies(&sign_rogue(&h, &inner), "signature does not verify");
+}
+
+/// attack: ID tokens | claims that match no allow rule (`sub: attacker`) | "join denied"; audited "no allow rule"
+#[test]
+fn claims_matching_no_rule() {
+    denies(&issuer().mint(OIDC, json!({"sub": "attacker"})), "no allow rule");
+}
+
+/// attack: ID tokens | `sub` an array holding a matching value (type confusion) | "join denied"; audited "token rejected"
+#[test]
+fn sub_as_an_array() {
+    denies(&issuer().mint(OIDC, json!({"sub": ["svc-build"]})), "token rejected");
+}
+
+/// attack: ID tokens | evidence that is not a JWT at all | "join denied"; audited "not a compact JWS"
+#[test]
+fn garbage_evidence() {
+    denies("this is not a token", "not a compact JWS");
+}
+
+/// attack: ID tokens | no evidence | "join denied"; audited "no ID token presented"
+#[test]
+fn empty_evidence() {
+    denies("", "no ID token presented");
+}
+
+/// attack: ID tokens | the oidc method naming a token that does not exist | "join denied"; audited "does not exist"
+#[test]
+fn oidc_naming_a_missing_token() {
+    let (auth, _g) = setup();
+    let jwt = issuer().mint(OIDC, good_claims(json!({})));
+    let i = JoinInit {
+        token: "no-such-token".into(),
+        ..init(&jwt)
+    };
+    join_denied(&auth, "does not exist", || join_raw(&auth, None, i, vec![]));
+}
+
+/// attack: ID tokens | a token resource whose issuer is plain `http://` (discovery over HTTP) | InvalidArgument "must be an https:// URL"; not stored
+#[test]
+fn discovery_on_plain_http() {
+    let (auth, _g) = setup();
+    let r = rt().block_on(async {
+        admin_socket(&auth)
+            .await
+            .create_resource(sigil_proto::v1::CreateResourceRequest {
+                json: r#"{"kind":"token","version":"v1","metadata":{"name":"plain-http"},"spec":{"bot_name":"oidc-bot","join_method":"oidc","oidc":{"issuer":"http://127.0.0.1:1/oidc","allow":[{"sub":"*"}]}}}"#.into(),
+                upsert: false,
+            })
+            .await
+    });
+    refused(r, Code::InvalidArgument, "must be an https:// URL");
+    assert!(!auth.ok(&["get", "tokens", "-o", "json"]).contains("plain-http"));
+}
+
+/// attack: certificates | a delegated-join (oidc) certificate used to renew | PermissionDenied "delegated join method: renew by joining again"
+#[test]
+fn delegated_join_certificate_used_to_renew() {
+    let (auth, _g) = setup();
+    let jwt = issuer().mint(OIDC, good_claims(json!({})));
+    let key = sigil_pki::TlsKeyPair::generate().expect("key");
+    let i = JoinInit {
+        public_key_spki: key.spki_der(),
+        ..init(&jwt)
+    };
+    let c = join_raw(&auth, None, i, vec![]).expect("join");
+    let cred = Pem {
+        cert: c.tls_cert_pem,
+        key: key.to_pkcs8_pem(),
+    };
+    assert!(identity_of(&cred.cert).delegated);
+    let before = events_for(&auth, "cert.issued", "oidc-bot");
+    refused(
+        renew(&auth, Some(&cred)),
+        Code::PermissionDenied,
+        "delegated join method: renew by joining again",
+    );
+    assert_eq!(events_for(&auth, "cert.issued", "oidc-bot"), before);
+}

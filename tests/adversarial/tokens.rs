@@ -31,17 +31,24 @@ pub fn join_denied<T: std::fmt::Debug>(
     let before = auth.audit("bot.join.denied").len();
     let joins = auth.audit("bot.join").len();
     refused(attempt(), Code::PermissionDenied, "join denied");
-    let events = auth.audit("bot.join.denied");
-    let new: Vec<_> = events[before.min(events.len())..].to_vec();
-    let ev = new
-        .iter()
-        .find(|e| {
-            e["fields"]["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains(reason))
-        })
-        .unwrap_or_else(|| panic!("no new bot.join.denied with {reason:?}: {new:?}"))
-        .clone();
+    // A denial identical to a recent one is written when its aggregation
+    // window (10 s) ends, as one row with a count: wait for it.
+    let mut found = None;
+    let mut new = Vec::new();
+    wait_until("the denial's audit event", std::time::Duration::from_secs(20), || {
+        let events = auth.audit("bot.join.denied");
+        new = events[before.min(events.len())..].to_vec();
+        found = new
+            .iter()
+            .find(|e| {
+                e["fields"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(reason))
+            })
+            .cloned();
+        found.is_some()
+    });
+    let ev = found.unwrap_or_else(|| panic!("no new bot.join.denied with {reason:?}: {new:?}"));
     assert_eq!(auth.audit("bot.join").len(), joins, "a join was recorded");
     ev
 }
