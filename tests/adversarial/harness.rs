@@ -16,9 +16,17 @@ use tonic::transport::Channel;
 pub type Slot = Mutex<Option<Arc<Auth>>>;
 
 static SLOTS: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
+/// Processes a module keeps running for all its cases (an agent), killed at exit.
+static CHILDREN: Mutex<Vec<std::process::Child>> = Mutex::new(Vec::new());
 static AT_EXIT: Once = Once::new();
 
 extern "C" fn stop_shared() {
+    if let Ok(mut kids) = CHILDREN.lock() {
+        for mut c in kids.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
     let slots = SLOTS.lock().map(|s| s.clone()).unwrap_or_default();
     for slot in slots {
         // Every test thread is done: this is the last reference.
@@ -28,10 +36,23 @@ extern "C" fn stop_shared() {
     }
 }
 
-pub fn shared(slot: &'static Slot, start: impl FnOnce() -> Auth) -> Arc<Auth> {
+fn register_exit() {
     AT_EXIT.call_once(|| unsafe {
         libc::atexit(stop_shared);
     });
+}
+
+/// Keeps `child` running until the test binary exits.
+pub fn keep_child(child: std::process::Child) {
+    register_exit();
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(child);
+}
+
+pub fn shared(slot: &'static Slot, start: impl FnOnce() -> Auth) -> Arc<Auth> {
+    register_exit();
     let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(a) = s.as_ref() {
         return a.clone();

@@ -16,4 +16,5 @@ mod id_tokens;
 mod public_https;
 mod registry;
 mod resources;
+mod spiffe;
 mod tokens;
