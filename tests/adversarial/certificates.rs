@@ -489,5 +489,6 @@ fn renewal_over_the_admin_socket() {
             })
             .await
     });
-    refused(r, Code::Unimplemented, "");
+    let e = r.expect_err("ACCEPTED a renewal on the admin socket");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
 }

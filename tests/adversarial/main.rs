@@ -12,6 +12,7 @@ mod harness;
 mod admin;
 mod audit;
 mod certificates;
+mod challenges;
 mod id_tokens;
 mod public_https;
 mod registry;

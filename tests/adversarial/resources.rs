@@ -125,14 +125,14 @@ fn thousands_of_documents() {
     refuses(doc, Code::InvalidArgument, "documents");
 }
 
-/// attack: resources | a 10 MB document on the wire | OutOfRange (transport message limit)
+/// attack: resources | a 10 MB document on the wire | OutOfRange "decoded message length too large" (transport limit)
 #[test]
 fn ten_megabyte_document() {
     let mut big = String::from("kind: role\nversion: v1\nmetadata: {name: big}\nspec:\n  allow:\n    logins:\n");
     while big.len() < 10 << 20 {
         big.push_str("    - ubuntu\n");
     }
-    refuses(big, Code::OutOfRange, "");
+    refuses(big, Code::OutOfRange, "decoded message length too large");
 }
 
 /// attack: resources | a document just over 1 MiB (under the transport limit) | InvalidArgument "1048576 bytes"
@@ -258,10 +258,10 @@ fn unknown_field() {
     refuses(doc.into(), Code::InvalidArgument, "unknown field");
 }
 
-/// attack: resources | a top-level YAML list instead of a resource | InvalidArgument
+/// attack: resources | a top-level YAML list instead of a resource | InvalidArgument "expected a resource: a mapping with kind, version, metadata and spec"
 #[test]
 fn top_level_list() {
-    refuses("- kind: role\n- kind: bot\n".into(), Code::InvalidArgument, "");
+    refuses("- kind: role\n- kind: bot\n".into(), Code::InvalidArgument, "expected a resource: a mapping with kind");
 }
 
 /// attack: resources | a TTL past any date the clock can hold (`max_ttl: 99999999999h`) | InvalidArgument "max_ttl"

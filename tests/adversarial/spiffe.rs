@@ -118,7 +118,7 @@ fn template_unknown_namespace() {
     create_refused(wid("/svc/{{ evil.x }}"), "spiffe.id");
 }
 
-/// attack: SPIFFE | a federation with an upper-case trust domain name | InvalidArgument
+/// attack: SPIFFE | a federation with an upper-case trust domain name | InvalidArgument "invalid trust domain"
 #[test]
 fn federation_uppercase_trust_domain() {
     let auth = auth();
@@ -132,7 +132,7 @@ fn federation_uppercase_trust_domain() {
             })
             .await
     });
-    refused(r, Code::InvalidArgument, "");
+    refused(r, Code::InvalidArgument, "invalid trust domain in \"EVIL.TEST\"");
 }
 
 /// Issues `by-user` with `workload.unix.user = user` on the admin API.
