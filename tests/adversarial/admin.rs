@@ -99,9 +99,11 @@ fn escalation_refused<T: std::fmt::Debug>(
     let (before, denied) = (get_json(auth, unchanged), denied_count(auth));
     refused(attack(), Code::PermissionDenied, says);
     assert_eq!(get_json(auth, unchanged), before, "{unchanged} changed");
-    wait_until("the admin.denied event", std::time::Duration::from_secs(15), || {
-        denied_count(auth) > denied
-    });
+    wait_until(
+        "the admin.denied event",
+        std::time::Duration::from_secs(15),
+        || denied_count(auth) > denied,
+    );
 }
 
 fn create(json: &str) -> CreateResourceRequest {
@@ -175,60 +177,80 @@ fn bot_grants_a_peer_superadmin() {
 #[test]
 fn token_for_a_more_privileged_bot() {
     let (auth, _g) = auth();
-    escalation_refused(&auth, "tokens", "may not mint a join token for bot \"root-bot\": it would grant what the caller does not hold", || {
-        as_bot(&auth, "editor", async |c| {
-            c.add_token(AddTokenRequest {
-                bot: "root-bot".into(),
-                ..Default::default()
+    escalation_refused(
+        &auth,
+        "tokens",
+        "may not mint a join token for bot \"root-bot\": it would grant what the caller does not hold",
+        || {
+            as_bot(&auth, "editor", async |c| {
+                c.add_token(AddTokenRequest {
+                    bot: "root-bot".into(),
+                    ..Default::default()
+                })
+                .await
             })
-            .await
-        })
-    });
+        },
+    );
 }
 
 /// attack: admin | a token minter writes a `kind: token` resource for the superadmin bot | PermissionDenied "would grant what the caller does not hold"; no token; admin.denied
 #[test]
 fn token_resource_for_a_more_privileged_bot() {
     let (auth, _g) = auth();
-    escalation_refused(&auth, "tokens", "would grant what the caller does not hold", || {
-        as_bot(&auth, "editor", async |c| {
-            c.create_resource(CreateResourceRequest {
+    escalation_refused(
+        &auth,
+        "tokens",
+        "would grant what the caller does not hold",
+        || {
+            as_bot(&auth, "editor", async |c| {
+                c.create_resource(CreateResourceRequest {
                 upsert: false,
                 ..create(
                     r#"{"kind":"token","version":"v1","metadata":{"name":"0123456789abcdef0123456789abcdef"},"spec":{"bot_name":"root-bot","join_method":"token"}}"#,
                 )
             })
             .await
-        })
-    });
+            })
+        },
+    );
 }
 
 /// attack: admin | a role editor widens its own role to `*` on `*` | PermissionDenied "would grant what the caller does not hold (rule * on *"; role unchanged; admin.denied
 #[test]
 fn role_editor_widens_its_own_role() {
     let (auth, _g) = auth();
-    escalation_refused(&auth, "role/role-editor", "it would grant what the caller does not hold (rule * on *", || {
-        as_bot(&auth, "roler", async |c| {
-            c.create_resource(create(
+    escalation_refused(
+        &auth,
+        "role/role-editor",
+        "it would grant what the caller does not hold (rule * on *",
+        || {
+            as_bot(&auth, "roler", async |c| {
+                c.create_resource(create(
                 r#"{"kind":"role","version":"v1","metadata":{"name":"role-editor"},"spec":{"allow":{"rules":[{"resources":["*"],"verbs":["*"]}]}}}"#,
             ))
             .await
-        })
-    });
+            })
+        },
+    );
 }
 
 /// attack: admin | a role editor lifts the deny rule that binds it | PermissionDenied "lifting deny rule delete on role"; the deny stays; admin.denied
 #[test]
 fn role_editor_lifts_its_deny() {
     let (auth, _g) = auth();
-    escalation_refused(&auth, "role/no-role-delete", "lifting deny rule delete on role", || {
-        as_bot(&auth, "roler", async |c| {
-            c.create_resource(create(
+    escalation_refused(
+        &auth,
+        "role/no-role-delete",
+        "lifting deny rule delete on role",
+        || {
+            as_bot(&auth, "roler", async |c| {
+                c.create_resource(create(
                 r#"{"kind":"role","version":"v1","metadata":{"name":"no-role-delete"},"spec":{}}"#,
             ))
             .await
-        })
-    });
+            })
+        },
+    );
 }
 
 /// attack: admin | a role editor creates a role granting the `escalate` verb | PermissionDenied "would grant ... (rule escalate on role)"; no role; admin.denied
@@ -263,14 +285,19 @@ fn role_editor_grants_root_logins() {
 #[test]
 fn role_editor_raises_its_max_ttl() {
     let (auth, _g) = auth();
-    escalation_refused(&auth, "role/role-editor", "above the caller's own 12h", || {
-        as_bot(&auth, "roler", async |c| {
-            c.create_resource(create(
+    escalation_refused(
+        &auth,
+        "role/role-editor",
+        "above the caller's own 12h",
+        || {
+            as_bot(&auth, "roler", async |c| {
+                c.create_resource(create(
                 r#"{"kind":"role","version":"v1","metadata":{"name":"role-editor"},"spec":{"allow":{"rules":[{"resources":["role"],"verbs":["create","update","read","list"]}]},"options":{"max_ttl":"1000h"}}}"#,
             ))
             .await
-        })
-    });
+            })
+        },
+    );
 }
 
 /// attack: admin | a role editor deletes a role while a deny forbids it | PermissionDenied "may not delete role"; role kept; admin.denied
@@ -377,7 +404,14 @@ fn login_only_bot_calls_the_admin_api() {
 fn locked_bot_calls_the_admin_api() {
     let (auth, _g) = auth();
     admin_bot(&auth, "adm-locked", "reader");
-    auth.ok(&["locks", "add", "--bot", "adm-locked", "--message", "incident"]);
+    auth.ok(&[
+        "locks",
+        "add",
+        "--bot",
+        "adm-locked",
+        "--message",
+        "incident",
+    ]);
     let r = as_bot(&auth, "adm-locked", async |c| {
         c.get_resource(ResourceRef {
             kind: "role".into(),
@@ -393,16 +427,27 @@ fn locked_bot_calls_the_admin_api() {
 fn caller_whose_admin_role_was_taken_away() {
     let (auth, _g) = auth();
     admin_bot(&auth, "adm-demoted", "reader");
-    auth.ok(&["bots", "update", "adm-demoted", "--set-roles", "logins-only"]);
-    escalation_refused(&auth, "roles", "may not list role: no role rule allows it", || {
-        as_bot(&auth, "adm-demoted", async |c| {
-            c.list_resources(ListResourcesRequest {
-                kind: "role".into(),
-                ..Default::default()
+    auth.ok(&[
+        "bots",
+        "update",
+        "adm-demoted",
+        "--set-roles",
+        "logins-only",
+    ]);
+    escalation_refused(
+        &auth,
+        "roles",
+        "may not list role: no role rule allows it",
+        || {
+            as_bot(&auth, "adm-demoted", async |c| {
+                c.list_resources(ListResourcesRequest {
+                    kind: "role".into(),
+                    ..Default::default()
+                })
+                .await
             })
-            .await
-        })
-    });
+        },
+    );
 }
 
 /// attack: admin | an identity output used after its bot was removed | PermissionDenied "bot was removed: access revoked"
@@ -428,9 +473,19 @@ fn cli_bot_grants_itself_superadmin() {
     let before = get_json(&auth, "bot/editor");
     let o = auth.remote(
         std::path::Path::new(&idf(&auth, "editor")),
-        &["bots", "update", "editor", "--set-roles", "bot-editor,superadmin"],
+        &[
+            "bots",
+            "update",
+            "editor",
+            "--set-roles",
+            "bot-editor,superadmin",
+        ],
     );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("does not hold"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not hold"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(get_json(&auth, "bot/editor"), before);
 }

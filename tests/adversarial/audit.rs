@@ -37,7 +37,11 @@ fn verify_fails(auth: &mut Auth, extra: &[&str], says: &[&str]) {
     let mut args = vec!["audit", "verify"];
     args.extend_from_slice(extra);
     let o = auth.admin(&args);
-    assert!(!o.status.success(), "ACCEPTED: verify passed:\n{}", text(&o));
+    assert!(
+        !o.status.success(),
+        "ACCEPTED: verify passed:\n{}",
+        text(&o)
+    );
     let t = text(&o);
     for s in says {
         assert!(t.contains(s), "{s:?} missing in:\n{t}");
@@ -58,12 +62,17 @@ fn edited_row() {
     let seq = evidence_seq(&auth);
     sql(
         &auth,
-        &format!("UPDATE audit SET fields = replace(fields, 'evidence', 'innocent') WHERE seq = {seq}"),
+        &format!(
+            "UPDATE audit SET fields = replace(fields, 'evidence', 'innocent') WHERE seq = {seq}"
+        ),
     );
     verify_fails(
         &mut auth,
         &[],
-        &[&format!("BROKEN at seq {seq}"), "hash does not match the record's content"],
+        &[
+            &format!("BROKEN at seq {seq}"),
+            "hash does not match the record's content",
+        ],
     );
 }
 
@@ -88,7 +97,11 @@ fn reordered_rows() {
             "UPDATE audit SET seq = -1 WHERE seq = {seq}; UPDATE audit SET seq = {seq} WHERE seq = {next}; UPDATE audit SET seq = {next} WHERE seq = -1"
         ),
     );
-    verify_fails(&mut auth, &[], &["BROKEN", "prev_hash does not match the hash of record"]);
+    verify_fails(
+        &mut auth,
+        &[],
+        &["BROKEN", "prev_hash does not match the hash of record"],
+    );
 }
 
 /// attack: audit | the newest events deleted (truncated tail), checked against a head recorded before | `audit verify --head` fails: BROKEN, "events N..=M were deleted"
@@ -104,8 +117,15 @@ fn truncated_tail_against_a_recorded_head() {
 #[test]
 fn truncated_start_of_the_chain() {
     let (mut auth, _) = seeded();
-    sql(&auth, "DELETE FROM audit WHERE seq = (SELECT min(seq) FROM audit)");
-    verify_fails(&mut auth, &[], &["BROKEN at seq 2", "records 1..=1 are missing"]);
+    sql(
+        &auth,
+        "DELETE FROM audit WHERE seq = (SELECT min(seq) FROM audit)",
+    );
+    verify_fails(
+        &mut auth,
+        &[],
+        &["BROKEN at seq 2", "records 1..=1 are missing"],
+    );
 }
 
 /// attack: audit | a forged event appended with a made-up hash | `audit verify` fails: BROKEN, "hash does not match the record's content"
@@ -116,7 +136,11 @@ fn forged_row_appended() {
         &auth,
         "INSERT INTO audit (seq, time, type, fields, prev_hash, hash) SELECT max(seq) + 1, '2026-01-01T00:00:00.000000000Z', 'lock.deleted', '{}', hash, 'ab' || substr(hash, 3) FROM audit WHERE seq = (SELECT max(seq) FROM audit)",
     );
-    verify_fails(&mut auth, &[], &["BROKEN", "hash does not match the record's content"]);
+    verify_fails(
+        &mut auth,
+        &[],
+        &["BROKEN", "hash does not match the record's content"],
+    );
 }
 
 /// attack: audit | one event's type changed (a bot join made to read as a restart) | `audit verify` fails: "BROKEN at seq N", "hash does not match"
@@ -128,7 +152,11 @@ fn event_type_changed() {
         &auth,
         &format!("UPDATE audit SET type = 'auth.started' WHERE seq = {seq}"),
     );
-    verify_fails(&mut auth, &[], &[&format!("BROKEN at seq {seq}"), "hash does not match"]);
+    verify_fails(
+        &mut auth,
+        &[],
+        &[&format!("BROKEN at seq {seq}"), "hash does not match"],
+    );
 }
 
 /// attack: audit | one event's time moved back a day | `audit verify` fails: "BROKEN at seq N", "hash does not match"
@@ -140,7 +168,11 @@ fn event_time_changed() {
         &auth,
         &format!("UPDATE audit SET time = '2020-01-01T00:00:00.000000000Z' WHERE seq = {seq}"),
     );
-    verify_fails(&mut auth, &[], &[&format!("BROKEN at seq {seq}"), "hash does not match"]);
+    verify_fails(
+        &mut auth,
+        &[],
+        &[&format!("BROKEN at seq {seq}"), "hash does not match"],
+    );
 }
 
 /// attack: audit | every event deleted | `audit verify` fails: BROKEN, "signed checkpoint ... were deleted"
@@ -148,5 +180,46 @@ fn event_time_changed() {
 fn every_row_deleted() {
     let (mut auth, _) = seeded();
     sql(&auth, "DELETE FROM audit");
-    verify_fails(&mut auth, &[], &["BROKEN", "signed checkpoint", "were deleted"]);
+    verify_fails(
+        &mut auth,
+        &[],
+        &["BROKEN", "signed checkpoint", "were deleted"],
+    );
+}
+
+/// Recomputes the whole hash chain as sigil-store does, after replacing
+/// `old` by `new` in event `seq`: a forgery consistent within the database.
+const RECHAIN: &str = r#"
+import hashlib, json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1]); seq_edit = int(sys.argv[2])
+prev = "0" * 64
+for seq, t, typ, fields in db.execute("SELECT seq, time, type, fields FROM audit ORDER BY seq").fetchall():
+    if seq == seq_edit:
+        fields = fields.replace(sys.argv[3], sys.argv[4])
+    body = ('{"fields":' + fields + ',"seq":' + str(seq) + ',"time":' + json.dumps(t) + ',"type":' + json.dumps(typ) + '}')
+    h = hashlib.sha256((prev + "\n" + body).encode()).hexdigest()
+    db.execute("UPDATE audit SET fields=?, prev_hash=?, hash=? WHERE seq=?", (fields, prev, h, seq))
+    prev = h
+db.commit()
+"#;
+
+/// attack: audit | one event edited and the whole hash chain recomputed to match | `audit verify` fails: BROKEN, "rewritten" (the signed checkpoints disagree)
+#[test]
+fn edited_row_with_the_chain_recomputed() {
+    let (mut auth, _) = seeded();
+    let seq = evidence_seq(&auth);
+    let db = auth.data.join("sigil.db");
+    let o = run(
+        "python3",
+        &[
+            "-c",
+            RECHAIN,
+            db.to_str().expect("utf8"),
+            &seq,
+            "evidence",
+            "innocent",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    verify_fails(&mut auth, &[], &["BROKEN", "rewritten"]);
 }

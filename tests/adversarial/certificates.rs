@@ -39,7 +39,11 @@ fn handshake_refuses(bot: &str, alert: &str, forged: impl FnOnce(&Auth, &Pem) ->
 #[test]
 fn renewal_without_a_client_certificate() {
     let auth = auth();
-    refused(renew(&auth, None), Code::Unauthenticated, "needs a client certificate");
+    refused(
+        renew(&auth, None),
+        Code::Unauthenticated,
+        "needs a client certificate",
+    );
 }
 
 /// attack: certificates | forged: the bot's exact identity signed by the attacker's own CA of the same cluster name | TLS handshake refused (unknown issuer)
@@ -216,14 +220,20 @@ fn under_intermediate(auth: &Auth, cred: &Pem) -> (Pem, String) {
     let mut ip = rcgen::CertificateParams::new(vec![]).unwrap();
     ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     let int = ip.signed_by(&int_key, &issuer).unwrap();
-    let leaf = forge_leaf((int.der(), &int_key), &identity_of(&cred.cert), Forge::default());
+    let leaf = forge_leaf(
+        (int.der(), &int_key),
+        &identity_of(&cred.cert),
+        Forge::default(),
+    );
     (leaf, int.pem())
 }
 
 /// attack: certificates | truncated chain: a leaf under an intermediate of the real client CA, sent without the intermediate | TLS handshake refused (unknown issuer)
 #[test]
 fn truncated_chain_without_its_intermediate() {
-    handshake_refuses("cert-truncated", "UnexpectedEof", |auth, cred| under_intermediate(auth, cred).0);
+    handshake_refuses("cert-truncated", "UnexpectedEof", |auth, cred| {
+        under_intermediate(auth, cred).0
+    });
 }
 
 /// attack: certificates | a leaf under an intermediate of the real client CA, chain complete (the CA's pathlen 0 forbids intermediates) | Unauthenticated "CA is no longer trusted": only the cluster's own client CA may sign identities
@@ -238,9 +248,16 @@ fn intermediate_below_the_client_ca() {
         key: leaf.key,
     };
     let denied = events_for(&auth, "bot.renewal.denied", "cert-pathlen");
-    refused(renew(&auth, Some(&bad)), Code::Unauthenticated, "CA is no longer trusted");
+    refused(
+        renew(&auth, Some(&bad)),
+        Code::Unauthenticated,
+        "CA is no longer trusted",
+    );
     assert_eq!(issued(&auth, "cert-pathlen"), before);
-    assert_eq!(events_for(&auth, "bot.renewal.denied", "cert-pathlen"), denied);
+    assert_eq!(
+        events_for(&auth, "bot.renewal.denied", "cert-pathlen"),
+        denied
+    );
 }
 
 /// attack: certificates | leaf signed by an intermediate the attacker made under nothing the cluster trusts (chain without its root) | TLS handshake refused (unknown issuer)
@@ -256,7 +273,11 @@ fn chain_through_an_untrusted_intermediate() {
         let mut ip = rcgen::CertificateParams::new(vec![]).unwrap();
         ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
         let int = ip.signed_by(&int_key, &root_issuer).unwrap();
-        let leaf = forge_leaf((int.der(), &int_key), &identity_of(&cred.cert), Forge::default());
+        let leaf = forge_leaf(
+            (int.der(), &int_key),
+            &identity_of(&cred.cert),
+            Forge::default(),
+        );
         Pem {
             cert: format!("{}{}", leaf.cert, int.pem()),
             key: leaf.key,
@@ -273,7 +294,12 @@ fn certificate_of_another_cluster_with_the_same_name() {
     let auth = auth();
     let (_b, _) = joined(&auth, "cert-foreign");
     let before = issued(&auth, "cert-foreign");
-    refused_at_handshake(&auth, &foreign, renew(&auth, Some(&foreign)), "UnexpectedEof");
+    refused_at_handshake(
+        &auth,
+        &foreign,
+        renew(&auth, Some(&foreign)),
+        "UnexpectedEof",
+    );
     assert_eq!(issued(&auth, "cert-foreign"), before);
 }
 
@@ -297,9 +323,8 @@ fn host_certificate_presented_as_a_client_certificate() {
         .decode(v["key"]["material"].as_str().unwrap())
         .unwrap();
     let key = rcgen::KeyPair::try_from(der.as_slice()).unwrap();
-    let ca_der = sigil_pki::pem_to_ders(v["cert_pem"].as_str().unwrap(), "CERTIFICATE").unwrap()
-        [0]
-    .clone();
+    let ca_der =
+        sigil_pki::pem_to_ders(v["cert_pem"].as_str().unwrap(), "CERTIFICATE").unwrap()[0].clone();
     let (_agent, cred) = joined(&auth, "cert-hostca");
     let before = issued(&auth, "cert-hostca");
     let f = Forge {
@@ -334,7 +359,11 @@ fn identity_output_certificate_used_to_renew() {
     let before = issued(&auth, "cert-output");
     let out = identity_output(&agent);
     assert!(!identity_of(&out.cert).renewable);
-    refused(renew(&auth, Some(&out)), Code::PermissionDenied, "not renewable");
+    refused(
+        renew(&auth, Some(&out)),
+        Code::PermissionDenied,
+        "not renewable",
+    );
     assert_eq!(issued(&auth, "cert-output"), before);
 }
 
@@ -354,7 +383,11 @@ fn identity_output_certificate_used_to_mint_identities() {
             })
             .await
     });
-    refused(r, Code::PermissionDenied, "cannot request further credentials");
+    refused(
+        r,
+        Code::PermissionDenied,
+        "cannot request further credentials",
+    );
     assert_eq!(issued(&auth, "cert-mint"), before);
 }
 
@@ -373,7 +406,10 @@ fn predecessor_replayed_after_renewal() {
         "generation mismatch",
     );
     assert_eq!(events_for(&auth, "cert.issued", "cert-replay"), before);
-    assert_eq!(events_for(&auth, "bot.generation_mismatch", "cert-replay"), 1);
+    assert_eq!(
+        events_for(&auth, "bot.generation_mismatch", "cert-replay"),
+        1
+    );
     assert_eq!(generations(&auth, "cert-replay"), vec![2]);
     // The current holder is locked out too: the copy is contained.
     let cur = stored_credential(&agent);
@@ -388,9 +424,16 @@ fn certificate_of_a_removed_bot() {
     auth.ok(&["bots", "rm", "cert-removed"]);
     let before = events_for(&auth, "cert.issued", "cert-removed");
     let denied = events_for(&auth, "bot.renewal.denied", "cert-removed");
-    refused(renew(&auth, Some(&cred)), Code::PermissionDenied, "renewal denied");
+    refused(
+        renew(&auth, Some(&cred)),
+        Code::PermissionDenied,
+        "renewal denied",
+    );
     assert_eq!(events_for(&auth, "cert.issued", "cert-removed"), before);
-    assert_eq!(events_for(&auth, "bot.renewal.denied", "cert-removed"), denied + 1);
+    assert_eq!(
+        events_for(&auth, "bot.renewal.denied", "cert-removed"),
+        denied + 1
+    );
 }
 
 /// attack: certificates | certificate of a locked bot | PermissionDenied "locked", nothing issued
@@ -398,7 +441,14 @@ fn certificate_of_a_removed_bot() {
 fn certificate_of_a_locked_bot() {
     let auth = auth();
     let (_agent, cred) = joined(&auth, "cert-locked");
-    auth.ok(&["locks", "add", "--bot", "cert-locked", "--message", "incident"]);
+    auth.ok(&[
+        "locks",
+        "add",
+        "--bot",
+        "cert-locked",
+        "--message",
+        "incident",
+    ]);
     let before = issued(&auth, "cert-locked");
     refused(renew(&auth, Some(&cred)), Code::PermissionDenied, "locked");
     assert_eq!(issued(&auth, "cert-locked"), before);
@@ -429,7 +479,15 @@ fn renewal_to_a_weak_rsa_key() {
     assert!(
         run(
             "openssl",
-            &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", key.to_str().unwrap()]
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:1024",
+                "-out",
+                key.to_str().unwrap()
+            ]
         )
         .status
         .success()
@@ -437,7 +495,16 @@ fn renewal_to_a_weak_rsa_key() {
     assert!(
         run(
             "openssl",
-            &["pkey", "-pubout", "-outform", "DER", "-in", key.to_str().unwrap(), "-out", der.to_str().unwrap()]
+            &[
+                "pkey",
+                "-pubout",
+                "-outform",
+                "DER",
+                "-in",
+                key.to_str().unwrap(),
+                "-out",
+                der.to_str().unwrap()
+            ]
         )
         .status
         .success()
@@ -480,7 +547,9 @@ fn renewal_to_a_garbage_public_key() {
 fn renewal_over_the_admin_socket() {
     let auth = auth();
     let r = rt().block_on(async {
-        let ch = sigil_cli::admin::connect::local_channel(&auth.data).await.unwrap();
+        let ch = sigil_cli::admin::connect::local_channel(&auth.data)
+            .await
+            .unwrap();
         sigil_proto::v1::auth_service_client::AuthServiceClient::new(ch)
             .renew(sigil_proto::v1::RenewRequest {
                 public_key_spki: sigil_pki::TlsKeyPair::generate().unwrap().spki_der(),

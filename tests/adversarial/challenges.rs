@@ -193,7 +193,10 @@ fn challenge_signed_by_another_key() {
     let other = ssh_key();
     bound_token(&auth, "bk-other", &k);
     join_denied(&auth, "signature", || {
-        join_interactive(&auth, init("bk-other", &k.line), |c| Some(answer(&other.key, c))).0
+        join_interactive(&auth, init("bk-other", &k.line), |c| {
+            Some(answer(&other.key, c))
+        })
+        .0
     });
     assert!(generations(&auth, "bk-other-bot").is_empty());
 }
@@ -234,7 +237,9 @@ fn forged_join_state() {
     let (auth, _g) = auth();
     let k = ssh_key();
     bound_token(&auth, "bk-state", &k);
-    let (r, _) = join_interactive(&auth, init("bk-state", &k.line), |c| Some(answer(&k.key, c)));
+    let (r, _) = join_interactive(&auth, init("bk-state", &k.line), |c| {
+        Some(answer(&k.key, c))
+    });
     r.expect("the first join");
     let forged = format!(
         "{}.{}.{}",

@@ -59,10 +59,7 @@ pub fn shared(slot: &'static Slot, start: impl FnOnce() -> Auth) -> Arc<Auth> {
     }
     let a = Arc::new(start());
     *s = Some(a.clone());
-    SLOTS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(slot);
+    SLOTS.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
     a
 }
 
@@ -347,8 +344,8 @@ pub fn forge_leaf(
         .map(|a| a.parse().expect("arc"))
         .collect();
     p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&oid, value)];
-    let issuer = rcgen::Issuer::from_ca_cert_der(&issuer.0.to_vec().into(), issuer.1)
-        .expect("issuer");
+    let issuer =
+        rcgen::Issuer::from_ca_cert_der(&issuer.0.to_vec().into(), issuer.1).expect("issuer");
     let cert = p.signed_by(&key, &issuer).expect("sign");
     Pem {
         cert: cert.pem(),

@@ -58,7 +58,11 @@ fn denies(jwt: &str, reason: &str) {
     let (auth, _g) = setup();
     let before = generations(&auth, "oidc-bot").len();
     let ev = join_denied(&auth, reason, || join_raw(&auth, None, init(jwt), vec![]));
-    assert_eq!(generations(&auth, "oidc-bot").len(), before, "an instance was created");
+    assert_eq!(
+        generations(&auth, "oidc-bot").len(),
+        before,
+        "an instance was created"
+    );
     assert!(
         jwt.len() < 20 || !ev.to_string().contains(jwt),
         "the token is in the audit log"
@@ -102,7 +106,12 @@ fn sign_rogue<T: serde::Serialize>(header: &Value, payload: &T) -> String {
 /// A good token with its payload replaced by `claims` (signature kept).
 fn with_payload(jwt: &str, claims: &Value) -> String {
     let parts: Vec<&str> = jwt.split('.').collect();
-    format!("{}.{}.{}", parts[0], B64.encode(claims.to_string()), parts[2])
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        B64.encode(claims.to_string()),
+        parts[2]
+    )
 }
 
 /// Control, not a case: a good ID token joins, so each refusal below is the attack's.
@@ -117,33 +126,49 @@ fn a_good_id_token_joins() {
 /// attack: ID tokens | alg `none`, no signature | PermissionDenied "join denied"; audited "alg none refused"
 #[test]
 fn alg_none() {
-    denies(&issuer().mint_alg_none(OIDC, good_claims(json!({}))), "alg none refused");
+    denies(
+        &issuer().mint_alg_none(OIDC, good_claims(json!({}))),
+        "alg none refused",
+    );
 }
 
 /// attack: ID tokens | HS256 keyed with the issuer's public key (algorithm confusion) | "join denied"; audited "alg HS256 refused (HMAC is not a signature)"
 #[test]
 fn hs256_keyed_with_the_public_key() {
-    denies(&issuer().mint_hs256_public_key(OIDC, good_claims(json!({}))), "alg HS256 refused");
+    denies(
+        &issuer().mint_hs256_public_key(OIDC, good_claims(json!({}))),
+        "alg HS256 refused",
+    );
 }
 
 /// attack: ID tokens | signed by a key the issuer never published (unknown kid) | "join denied"; audited "unknown kid \"rogue-key\""
 #[test]
 fn unknown_kid() {
-    denies(&issuer().mint_unpublished(OIDC, good_claims(json!({}))), "unknown kid \"rogue-key\"");
+    denies(
+        &issuer().mint_unpublished(OIDC, good_claims(json!({}))),
+        "unknown kid \"rogue-key\"",
+    );
 }
 
 /// attack: ID tokens | kid confusion: the published kid in the header, signed by the attacker's key | "join denied"; audited "signature does not verify"
 #[test]
 fn kid_confusion() {
     let h = json!({"alg": "ES256", "typ": "JWT", "kid": issuer().current_kid()});
-    denies(&rogue(h, good_claims(json!({}))), "signature does not verify");
+    denies(
+        &rogue(h, good_claims(json!({}))),
+        "signature does not verify",
+    );
 }
 
 /// attack: ID tokens | `jku` header pointing at the attacker's own JWKS | "join denied"; audited "unknown kid \"attacker\""
 #[test]
 fn jku_header_to_an_attacker_jwks() {
-    let h = json!({"alg": "ES256", "typ": "JWT", "kid": "attacker", "jku": "https://127.0.0.1:1/jwks"});
-    denies(&rogue(h, good_claims(json!({}))), "unknown kid \"attacker\"");
+    let h =
+        json!({"alg": "ES256", "typ": "JWT", "kid": "attacker", "jku": "https://127.0.0.1:1/jwks"});
+    denies(
+        &rogue(h, good_claims(json!({}))),
+        "unknown kid \"attacker\"",
+    );
 }
 
 /// attack: ID tokens | payload edited after signing (sub changed) | "join denied"; audited "signature does not verify"
@@ -151,7 +176,8 @@ fn jku_header_to_an_attacker_jwks() {
 fn payload_edited_after_signing() {
     let jwt = issuer().mint(OIDC, good_claims(json!({"sub": "intern"})));
     let mut c: Value = serde_json::from_slice(
-        &B64.decode(jwt.split('.').nth(1).expect("payload")).expect("b64"),
+        &B64.decode(jwt.split('.').nth(1).expect("payload"))
+            .expect("b64"),
     )
     .expect("claims");
     c["sub"] = json!("svc-admin");
@@ -169,13 +195,19 @@ fn signature_stripped() {
 /// attack: ID tokens | wrong `iss` (another issuer path of the same host) | "join denied"; audited "issuer X is not Y"
 #[test]
 fn wrong_issuer() {
-    denies(&issuer().mint(GITLAB, good_claims(json!({}))), "\" is not \"");
+    denies(
+        &issuer().mint(GITLAB, good_claims(json!({}))),
+        "\" is not \"",
+    );
 }
 
 /// attack: ID tokens | `aud` a string naming another cluster | "join denied"; audited "does not contain \"example.test\""
 #[test]
 fn wrong_audience_string() {
-    denies(&issuer().mint(OIDC, good_claims(json!({"aud": "other.test"}))), "does not contain \"example.test\"");
+    denies(
+        &issuer().mint(OIDC, good_claims(json!({"aud": "other.test"}))),
+        "does not contain \"example.test\"",
+    );
 }
 
 /// attack: ID tokens | `aud` a list without this cluster | "join denied"; audited "does not contain \"example.test\""
@@ -188,7 +220,10 @@ fn audience_list_without_this_cluster() {
 /// attack: ID tokens | `aud` a number instead of a string or list | "join denied"; audited "token has no aud"
 #[test]
 fn audience_of_the_wrong_type() {
-    denies(&issuer().mint(OIDC, good_claims(json!({"aud": 42}))), "token has no aud");
+    denies(
+        &issuer().mint(OIDC, good_claims(json!({"aud": 42}))),
+        "token has no aud",
+    );
 }
 
 /// attack: ID tokens | `exp` 61 s ago plus a margin (just past the 60 s leeway) | "join denied"; audited "expired at"
@@ -201,19 +236,28 @@ fn expired_past_the_leeway() {
 /// attack: ID tokens | `nbf` 75 s ahead (past the 60 s leeway) | "join denied"; audited "not valid before"
 #[test]
 fn not_yet_valid_past_the_leeway() {
-    denies(&issuer().mint(OIDC, good_claims(json!({"nbf": now() + 75}))), "not valid before");
+    denies(
+        &issuer().mint(OIDC, good_claims(json!({"nbf": now() + 75}))),
+        "not valid before",
+    );
 }
 
 /// attack: ID tokens | `iat` an hour in the future | "join denied"; audited "issued in the future"
 #[test]
 fn issued_in_the_future() {
-    denies(&issuer().mint(OIDC, good_claims(json!({"iat": now() + 3600}))), "issued in the future");
+    denies(
+        &issuer().mint(OIDC, good_claims(json!({"iat": now() + 3600}))),
+        "issued in the future",
+    );
 }
 
 /// attack: ID tokens | `exp` null (no usable expiry) | "join denied"; audited "exp is not a number"
 #[test]
 fn exp_null() {
-    denies(&issuer().mint(OIDC, good_claims(json!({"exp": null}))), "exp is not a number");
+    denies(
+        &issuer().mint(OIDC, good_claims(json!({"exp": null}))),
+        "exp is not a number",
+    );
 }
 
 /// attack: ID tokens | a 100 KB token | "join denied"; audited "more than 16384" (bytes)
@@ -234,13 +278,19 @@ fn nested_jws() {
 /// attack: ID tokens | claims that match no allow rule (`sub: attacker`) | "join denied"; audited "no allow rule"
 #[test]
 fn claims_matching_no_rule() {
-    denies(&issuer().mint(OIDC, json!({"sub": "attacker"})), "no allow rule");
+    denies(
+        &issuer().mint(OIDC, json!({"sub": "attacker"})),
+        "no allow rule",
+    );
 }
 
 /// attack: ID tokens | `sub` an array holding a matching value (type confusion) | "join denied"; audited "token rejected"
 #[test]
 fn sub_as_an_array() {
-    denies(&issuer().mint(OIDC, json!({"sub": ["svc-build"]})), "token rejected");
+    denies(
+        &issuer().mint(OIDC, json!({"sub": ["svc-build"]})),
+        "token rejected",
+    );
 }
 
 /// attack: ID tokens | evidence that is not a JWT at all | "join denied"; audited "not a compact JWS"
@@ -281,7 +331,11 @@ fn discovery_on_plain_http() {
             .await
     });
     refused(r, Code::InvalidArgument, "must be an https:// URL");
-    assert!(!auth.ok(&["get", "tokens", "-o", "json"]).contains("plain-http"));
+    assert!(
+        !auth
+            .ok(&["get", "tokens", "-o", "json"])
+            .contains("plain-http")
+    );
 }
 
 /// attack: certificates | a delegated-join (oidc) certificate used to renew | PermissionDenied "delegated join method: renew by joining again"

@@ -14,6 +14,7 @@ mod audit;
 mod certificates;
 mod challenges;
 mod id_tokens;
+mod outputs;
 mod public_https;
 mod registry;
 mod resources;

@@ -16,8 +16,8 @@ fn auth() -> Arc<Auth> {
 
 /// A TLS connection to the public listener speaking HTTP/1.1.
 fn connect(auth: &Auth) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-    let mut cfg = sigil_agent::client::tls_config(std::slice::from_ref(&auth.pin), None)
-        .expect("tls config");
+    let mut cfg =
+        sigil_agent::client::tls_config(std::slice::from_ref(&auth.pin), None).expect("tls config");
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client");
@@ -55,7 +55,10 @@ fn status_of(response: &str) -> u16 {
 
 /// The listener still answers a plain health check.
 fn still_serves(auth: &Auth) {
-    let r = exchange(auth, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = exchange(
+        auth,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status_of(&r), 200, "{r}");
 }
 
@@ -64,7 +67,8 @@ fn still_serves(auth: &Auth) {
 fn slow_headers() {
     let auth = auth();
     let mut s = connect(&auth);
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").expect("send");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("send");
     s.flush().expect("flush");
     let start = Instant::now();
     let mut buf = [0u8; 1024];
@@ -184,7 +188,8 @@ fn plaintext_http_to_the_tls_port() {
     let auth = auth();
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", auth.public_port)).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut out = Vec::new();
     let _ = tcp.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out);
@@ -196,7 +201,10 @@ fn plaintext_http_to_the_tls_port() {
 #[test]
 fn nul_in_the_path() {
     let auth = auth();
-    let r = exchange(&auth, b"GET /healthz\x00.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = exchange(
+        &auth,
+        b"GET /healthz\x00.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status_of(&r), 400, "{r}");
     still_serves(&auth);
 }

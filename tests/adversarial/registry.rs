@@ -32,7 +32,13 @@ fn cases() -> Vec<[String; 4]> {
                 continue;
             };
             let parts: Vec<String> = entry.split('|').map(|s| s.trim().to_string()).collect();
-            assert_eq!(parts.len(), 3, "{}:{}: SURFACE | ATTACK | REFUSAL", f.display(), i + 1);
+            assert_eq!(
+                parts.len(),
+                3,
+                "{}:{}: SURFACE | ATTACK | REFUSAL",
+                f.display(),
+                i + 1
+            );
             // The test it documents: the next `fn` within a few lines, under #[test].
             let rest = &lines[i + 1..lines.len().min(i + 6)];
             assert!(
@@ -54,7 +60,8 @@ fn cases() -> Vec<[String; 4]> {
 }
 
 fn table(cases: &[[String; 4]]) -> String {
-    let mut t = String::from("| # | surface | attack | expected refusal | test |\n|---|---|---|---|---|\n");
+    let mut t =
+        String::from("| # | surface | attack | expected refusal | test |\n|---|---|---|---|---|\n");
     for (i, [s, a, r, n]) in cases.iter().enumerate() {
         t.push_str(&format!("| {} | {s} | {a} | {r} | `{n}` |\n", i + 1));
     }
@@ -78,7 +85,8 @@ fn readme_lists_every_case() {
     let want = format!("\n{}", table(&cases));
     if current != want {
         if std::env::var_os("SIGIL_REGEN_ADVERSARIAL").is_some() {
-            std::fs::write(&readme, format!("{head}{BEGIN}{want}{END}{tail}")).expect("write README");
+            std::fs::write(&readme, format!("{head}{BEGIN}{want}{END}{tail}"))
+                .expect("write README");
             return;
         }
         panic!(

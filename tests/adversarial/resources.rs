@@ -38,7 +38,10 @@ fn names(auth: &Auth, kind: &str) -> Vec<String> {
             .iter()
             .map(|j| {
                 let v: serde_json::Value = serde_json::from_str(j).expect("json");
-                v["metadata"]["name"].as_str().unwrap_or_default().to_string()
+                v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
             })
             .collect()
     })
@@ -79,9 +82,20 @@ fn bot(name_json: &str) -> String {
 
 fn laughs() -> String {
     let mut s = String::from("kind: role\nversion: v1\nmetadata: {name: lol}\nspec:\n");
-    s.push_str("  a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
-    for (n, p) in [("b", "a"), ("c", "b"), ("d", "c"), ("e", "d"), ("f", "e"), ("g", "f")] {
-        s.push_str(&format!("  {n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"));
+    s.push_str(
+        "  a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (n, p) in [
+        ("b", "a"),
+        ("c", "b"),
+        ("d", "c"),
+        ("e", "d"),
+        ("f", "e"),
+        ("g", "f"),
+    ] {
+        s.push_str(&format!(
+            "  {n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+        ));
     }
     s
 }
@@ -114,7 +128,9 @@ fn deep_json_nesting() {
 /// attack: resources | 1 000 nested YAML block mappings | InvalidArgument "nesting"
 #[test]
 fn deep_block_nesting() {
-    let doc: String = (0..1_000).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+    let doc: String = (0..1_000)
+        .map(|i| format!("{}k:\n", " ".repeat(i)))
+        .collect();
     refuses(doc, Code::InvalidArgument, "nesting");
 }
 
@@ -128,7 +144,9 @@ fn thousands_of_documents() {
 /// attack: resources | a 10 MB document on the wire | OutOfRange "decoded message length too large" (transport limit)
 #[test]
 fn ten_megabyte_document() {
-    let mut big = String::from("kind: role\nversion: v1\nmetadata: {name: big}\nspec:\n  allow:\n    logins:\n");
+    let mut big = String::from(
+        "kind: role\nversion: v1\nmetadata: {name: big}\nspec:\n  allow:\n    logins:\n",
+    );
     while big.len() < 10 << 20 {
         big.push_str("    - ubuntu\n");
     }
@@ -138,7 +156,9 @@ fn ten_megabyte_document() {
 /// attack: resources | a document just over 1 MiB (under the transport limit) | InvalidArgument "1048576 bytes"
 #[test]
 fn just_over_one_mebibyte() {
-    let mut big = String::from("kind: role\nversion: v1\nmetadata: {name: big}\nspec:\n  allow:\n    logins:\n");
+    let mut big = String::from(
+        "kind: role\nversion: v1\nmetadata: {name: big}\nspec:\n  allow:\n    logins:\n",
+    );
     while big.len() <= (1 << 20) + 100 {
         big.push_str("    - ubuntu\n");
     }
@@ -149,7 +169,9 @@ fn just_over_one_mebibyte() {
 #[test]
 fn ten_megabyte_file_via_the_cli() {
     let auth = auth();
-    let mut big = String::from("kind: role\nversion: v1\nmetadata: {name: big}\nspec:\n  allow:\n    logins:\n");
+    let mut big = String::from(
+        "kind: role\nversion: v1\nmetadata: {name: big}\nspec:\n  allow:\n    logins:\n",
+    );
     while big.len() < 10 << 20 {
         big.push_str("    - ubuntu\n");
     }
@@ -158,7 +180,10 @@ fn ten_megabyte_file_via_the_cli() {
     let o = auth.admin(&["create", "-f", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("big-cli.yaml") && err.contains("limit"), "{err}");
+    assert!(
+        err.contains("big-cli.yaml") && err.contains("limit"),
+        "{err}"
+    );
     assert!(!names(&auth, "role").contains(&"big".to_string()));
 }
 
@@ -197,31 +222,51 @@ fn name_path_traversal() {
 /// attack: resources | role name with a NUL byte | InvalidArgument "metadata.name"
 #[test]
 fn name_with_nul() {
-    refuses(role("\"x\\u0000y\""), Code::InvalidArgument, "metadata.name");
+    refuses(
+        role("\"x\\u0000y\""),
+        Code::InvalidArgument,
+        "metadata.name",
+    );
 }
 
 /// attack: resources | bot name with a Cyrillic homoglyph (`аdmin`) | InvalidArgument "metadata.name"
 #[test]
 fn name_with_a_homoglyph() {
-    refuses(bot("\"\u{0430}dmin\""), Code::InvalidArgument, "metadata.name");
+    refuses(
+        bot("\"\u{0430}dmin\""),
+        Code::InvalidArgument,
+        "metadata.name",
+    );
 }
 
 /// attack: resources | role name with a right-to-left override | InvalidArgument "metadata.name"
 #[test]
 fn name_with_bidi_override() {
-    refuses(role("\"x\\u202egnp\""), Code::InvalidArgument, "metadata.name");
+    refuses(
+        role("\"x\\u202egnp\""),
+        Code::InvalidArgument,
+        "metadata.name",
+    );
 }
 
 /// attack: resources | role name with a terminal escape sequence | InvalidArgument "metadata.name"
 #[test]
 fn name_with_terminal_escape() {
-    refuses(role("\"x\\u001b[2J\""), Code::InvalidArgument, "metadata.name");
+    refuses(
+        role("\"x\\u001b[2J\""),
+        Code::InvalidArgument,
+        "metadata.name",
+    );
 }
 
 /// attack: resources | role name of 10 000 characters | InvalidArgument "metadata.name"
 #[test]
 fn very_long_name() {
-    refuses(role(&format!("\"{}\"", "a".repeat(10_000))), Code::InvalidArgument, "metadata.name");
+    refuses(
+        role(&format!("\"{}\"", "a".repeat(10_000))),
+        Code::InvalidArgument,
+        "metadata.name",
+    );
 }
 
 /// attack: resources | empty name | InvalidArgument "metadata.name"
@@ -261,7 +306,11 @@ fn unknown_field() {
 /// attack: resources | a top-level YAML list instead of a resource | InvalidArgument "expected a resource: a mapping with kind, version, metadata and spec"
 #[test]
 fn top_level_list() {
-    refuses("- kind: role\n- kind: bot\n".into(), Code::InvalidArgument, "expected a resource: a mapping with kind");
+    refuses(
+        "- kind: role\n- kind: bot\n".into(),
+        Code::InvalidArgument,
+        "expected a resource: a mapping with kind",
+    );
 }
 
 /// attack: resources | a TTL past any date the clock can hold (`max_ttl: 99999999999h`) | InvalidArgument "max_ttl"
@@ -275,5 +324,9 @@ fn overflowing_ttl() {
 #[test]
 fn bot_with_a_missing_role() {
     let doc = r#"{"kind":"bot","version":"v1","metadata":{"name":"ghost"},"spec":{"roles":["no-such-role"]}}"#;
-    refuses(doc.into(), Code::FailedPrecondition, "role \"no-such-role\" does not exist");
+    refuses(
+        doc.into(),
+        Code::FailedPrecondition,
+        "role \"no-such-role\" does not exist",
+    );
 }

@@ -109,7 +109,10 @@ fn id_uppercase_trust_domain() {
 /// attack: SPIFFE | an over-long path (3 000 bytes) | InvalidArgument "spiffe.id"
 #[test]
 fn id_over_long() {
-    create_refused(wid(&format!("/{}", "a/".repeat(1500).trim_end_matches('/'))), "spiffe.id");
+    create_refused(
+        wid(&format!("/{}", "a/".repeat(1500).trim_end_matches('/'))),
+        "spiffe.id",
+    );
 }
 
 /// attack: SPIFFE | a template naming an attribute namespace that does not exist (`{{ evil.x }}`) | InvalidArgument "spiffe.id"
@@ -132,7 +135,11 @@ fn federation_uppercase_trust_domain() {
             })
             .await
     });
-    refused(r, Code::InvalidArgument, "invalid trust domain in \"EVIL.TEST\"");
+    refused(
+        r,
+        Code::InvalidArgument,
+        "invalid trust domain in \"EVIL.TEST\"",
+    );
 }
 
 /// Issues `by-user` with `workload.unix.user = user` on the admin API.
@@ -162,7 +169,10 @@ fn template_refuses(user: &str, says: &str) {
     let auth = auth();
     let issued = auth.audit("workload_identity.issued").len();
     let r = issue_by_user(&auth, user).expect("an answer");
-    assert!(r.x509_svids.is_empty() && r.jwt_svids.is_empty(), "ACCEPTED: {r:?}");
+    assert!(
+        r.x509_svids.is_empty() && r.jwt_svids.is_empty(),
+        "ACCEPTED: {r:?}"
+    );
     assert_eq!(r.denials.len(), 1, "{r:?}");
     assert!(r.denials[0].reason.contains(says), "{says:?} not in {r:?}");
     assert_eq!(auth.audit("workload_identity.issued").len(), issued);
@@ -191,7 +201,10 @@ fn template_attribute_is_dot_dot() {
 /// attack: SPIFFE | template attribute percent-encoding a slash (`a%2Fadmin`) | denied: "character '%' is not allowed in a SPIFFE ID path"; no SVID
 #[test]
 fn template_attribute_percent_encoded() {
-    template_refuses("a%2Fadmin", "character '%' is not allowed in a SPIFFE ID path");
+    template_refuses(
+        "a%2Fadmin",
+        "character '%' is not allowed in a SPIFFE ID path",
+    );
 }
 
 /// attack: SPIFFE | template attribute empty (an empty segment) | denied: "an empty value would leave an empty path segment"; no SVID
@@ -270,7 +283,10 @@ async fn fetch_first(
             .insert("workload.spiffe.io", h.parse().expect("ascii"));
     }
     let mut s = c.fetch_x509svid(req).await?.into_inner();
-    let first = s.message().await?.ok_or_else(|| tonic::Status::internal("no message"))?;
+    let first = s
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::internal("no message"))?;
     Ok(first.svids.len())
 }
 
@@ -280,7 +296,11 @@ fn workload_api_without_the_header() {
     let sock = socket();
     rt().block_on(async {
         let mut c = workload_client(sock).await;
-        refused(fetch_first(&mut c, None).await, Code::InvalidArgument, "workload.spiffe.io");
+        refused(
+            fetch_first(&mut c, None).await,
+            Code::InvalidArgument,
+            "workload.spiffe.io",
+        );
         assert!(fetch_first(&mut c, Some("true")).await.expect("control") > 0);
     });
 }
@@ -291,7 +311,11 @@ fn workload_api_header_not_true() {
     let sock = socket();
     rt().block_on(async {
         let mut c = workload_client(sock).await;
-        refused(fetch_first(&mut c, Some("yes")).await, Code::InvalidArgument, "workload.spiffe.io");
+        refused(
+            fetch_first(&mut c, Some("yes")).await,
+            Code::InvalidArgument,
+            "workload.spiffe.io",
+        );
     });
 }
 
@@ -322,10 +346,13 @@ fn workload_api_stream_flood() {
             streams.push(h.await.expect("task"));
         }
         let mut fresh = workload_client(sock).await;
-        let n = tokio::time::timeout(Duration::from_secs(20), fetch_first(&mut fresh, Some("true")))
-            .await
-            .expect("a fresh client is answered while the flood is held")
-            .expect("SVID");
+        let n = tokio::time::timeout(
+            Duration::from_secs(20),
+            fetch_first(&mut fresh, Some("true")),
+        )
+        .await
+        .expect("a fresh client is answered while the flood is held")
+        .expect("SVID");
         assert_eq!(n, want);
         drop(streams);
     });

@@ -35,19 +35,23 @@ pub fn join_denied<T: std::fmt::Debug>(
     // window (10 s) ends, as one row with a count: wait for it.
     let mut found = None;
     let mut new = Vec::new();
-    wait_until("the denial's audit event", std::time::Duration::from_secs(20), || {
-        let events = auth.audit("bot.join.denied");
-        new = events[before.min(events.len())..].to_vec();
-        found = new
-            .iter()
-            .find(|e| {
-                e["fields"]["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains(reason))
-            })
-            .cloned();
-        found.is_some()
-    });
+    wait_until(
+        "the denial's audit event",
+        std::time::Duration::from_secs(20),
+        || {
+            let events = auth.audit("bot.join.denied");
+            new = events[before.min(events.len())..].to_vec();
+            found = new
+                .iter()
+                .find(|e| {
+                    e["fields"]["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains(reason))
+                })
+                .cloned();
+            found.is_some()
+        },
+    );
     let ev = found.unwrap_or_else(|| panic!("no new bot.join.denied with {reason:?}: {new:?}"));
     assert_eq!(auth.audit("bot.join").len(), joins, "a join was recorded");
     ev
@@ -89,7 +93,9 @@ fn expired_token() {
     let (auth, _g) = auth();
     let t = bot_token(&auth, "tok-expired", &["--token-ttl", "1s"]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    join_denied(&auth, "is unknown, used or expired", || join_raw(&auth, None, token_init(&t), vec![]));
+    join_denied(&auth, "is unknown, used or expired", || {
+        join_raw(&auth, None, token_init(&t), vec![])
+    });
     assert_eq!(instances_of(&auth, "tok-expired"), 0);
 }
 
@@ -127,7 +133,9 @@ fn token_of_a_removed_bot() {
     let (auth, _g) = auth();
     let t = bot_token(&auth, "tok-removed", &[]);
     auth.ok(&["bots", "rm", "tok-removed"]);
-    join_denied(&auth, "is unknown, used or expired", || join_raw(&auth, None, token_init(&t), vec![]));
+    join_denied(&auth, "is unknown, used or expired", || {
+        join_raw(&auth, None, token_init(&t), vec![])
+    });
     assert_eq!(instances_of(&auth, "tok-removed"), 0);
 }
 
@@ -136,8 +144,17 @@ fn token_of_a_removed_bot() {
 fn token_of_a_locked_bot() {
     let (auth, _g) = auth();
     let t = bot_token(&auth, "tok-locked", &[]);
-    auth.ok(&["locks", "add", "--bot", "tok-locked", "--message", "incident"]);
-    join_denied(&auth, "lock", || join_raw(&auth, None, token_init(&t), vec![]));
+    auth.ok(&[
+        "locks",
+        "add",
+        "--bot",
+        "tok-locked",
+        "--message",
+        "incident",
+    ]);
+    join_denied(&auth, "lock", || {
+        join_raw(&auth, None, token_init(&t), vec![])
+    });
     assert_eq!(instances_of(&auth, "tok-locked"), 0);
 }
 
@@ -166,7 +183,9 @@ fn one_megabyte_token() {
 #[test]
 fn empty_token() {
     let (auth, _g) = auth();
-    join_denied(&auth, "no token", || join_raw(&auth, None, token_init(""), vec![]));
+    join_denied(&auth, "no token", || {
+        join_raw(&auth, None, token_init(""), vec![])
+    });
 }
 
 /// attack: tokens | a token with a NUL byte appended | PermissionDenied "join denied"; token still usable by its holder
@@ -196,7 +215,9 @@ fn token_with_its_case_changed() {
         })
         .collect();
     assert_ne!(flipped, t);
-    join_denied(&auth, "is unknown, used or expired", || join_raw(&auth, None, token_init(&flipped), vec![]));
+    join_denied(&auth, "is unknown, used or expired", || {
+        join_raw(&auth, None, token_init(&flipped), vec![])
+    });
     join_raw(&auth, None, token_init(&t), vec![]).expect("the real token still joins");
 }
 
@@ -206,7 +227,9 @@ fn unknown_join_method() {
     let (auth, _g) = auth();
     let mut init = token_init("whatever");
     init.join_method = "root".into();
-    join_denied(&auth, "unknown join method", || join_raw(&auth, None, init, vec![]));
+    join_denied(&auth, "unknown join method", || {
+        join_raw(&auth, None, init, vec![])
+    });
 }
 
 /// attack: tokens | a secret token sent under a delegated method (oidc) | PermissionDenied "join denied"; the secret never in the audit
@@ -220,7 +243,10 @@ fn secret_token_sent_with_another_method() {
     let ev = join_denied(&auth, "is for join method token, not oidc", || {
         join_raw(&auth, None, init, vec![])
     });
-    assert!(!ev.to_string().contains(&t), "the secret is in the audit: {ev}");
+    assert!(
+        !ev.to_string().contains(&t),
+        "the secret is in the audit: {ev}"
+    );
     join_raw(&auth, None, token_init(&t), vec![]).expect("the token still joins");
 }
 
@@ -261,7 +287,15 @@ fn join_with_a_weak_key() {
     let der = dir.path().join("k.der");
     let k = key.to_str().unwrap();
     let d = der.to_str().unwrap();
-    let rsa = ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", k];
+    let rsa = [
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+        "-out",
+        k,
+    ];
     assert!(run("openssl", &rsa).status.success());
     let pubout = ["pkey", "-pubout", "-outform", "DER", "-in", k, "-out", d];
     assert!(run("openssl", &pubout).status.success());
@@ -269,7 +303,11 @@ fn join_with_a_weak_key() {
         public_key_spki: std::fs::read(der).unwrap(),
         ..token_init(&t)
     };
-    refused(join_raw(&auth, None, init, vec![]), Code::InvalidArgument, "an RSA key of 1024 bits");
+    refused(
+        join_raw(&auth, None, init, vec![]),
+        Code::InvalidArgument,
+        "an RSA key of 1024 bits",
+    );
     assert_eq!(instances_of(&auth, "tok-weak"), 0);
     join_raw(&auth, None, token_init(&t), vec![]).expect("the token still joins");
 }
@@ -283,7 +321,11 @@ fn join_with_a_garbage_key() {
         public_key_spki: b"not a key".to_vec(),
         ..token_init(&t)
     };
-    refused(join_raw(&auth, None, init, vec![]), Code::InvalidArgument, "not a DER SubjectPublicKeyInfo");
+    refused(
+        join_raw(&auth, None, init, vec![]),
+        Code::InvalidArgument,
+        "not a DER SubjectPublicKeyInfo",
+    );
     assert_eq!(instances_of(&auth, "tok-garbage"), 0);
     join_raw(&auth, None, token_init(&t), vec![]).expect("the token still joins");
 }
@@ -300,9 +342,11 @@ fn token_join_naming_another_instance() {
         instance_id: creds.instance_id.clone(),
         ..token_init(&t)
     };
-    join_denied(&auth, "re-proof without the instance's client certificate", || {
-        join_raw(&auth, None, init, vec![])
-    });
+    join_denied(
+        &auth,
+        "re-proof without the instance's client certificate",
+        || join_raw(&auth, None, init, vec![]),
+    );
     assert_eq!(generations(&auth, "tok-victim"), gens);
 }
 
@@ -319,8 +363,10 @@ fn join_naming_another_instance_with_own_certificate() {
         instance_id: creds.instance_id.clone(),
         ..token_init(&t)
     };
-    join_denied(&auth, "the client certificate is for another bot instance", || {
-        join_raw(&auth, Some(&own), init, vec![])
-    });
+    join_denied(
+        &auth,
+        "the client certificate is for another bot instance",
+        || join_raw(&auth, Some(&own), init, vec![]),
+    );
     assert_eq!(generations(&auth, "tok-victim2"), gens);
 }
