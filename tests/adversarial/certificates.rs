@@ -13,8 +13,13 @@ use tonic::Code;
 static AUTH: Slot = Slot::new(None);
 static OTHER: Slot = Slot::new(None);
 
+/// The handshake's reasons are logged at debug level.
+fn start() -> Auth {
+    Auth::start_with_env(&[], &[("SIGIL_LOG", "info,sigil_auth=debug")])
+}
+
 fn auth() -> Arc<Auth> {
-    shared(&AUTH, Auth::start)
+    shared(&AUTH, start)
 }
 
 /// Every certificate issued to `bot` (audited), and its instances' generations.
@@ -32,7 +37,7 @@ fn handshake_refuses(bot: &str, alert: &str, forged: impl FnOnce(&Auth, &Pem) ->
     refused_at_handshake(&auth, &bad, renew(&auth, Some(&bad)), alert);
     assert_eq!(issued(&auth, bot), before, "something was issued");
     // Control: the genuine certificate passes the same handshake.
-    assert!(handshake_alert(&auth, &cred).starts_with("accepted"));
+    assert!(handshake_alert(&auth, &cred).0.starts_with("accepted"));
 }
 
 /// attack: certificates | renewal with no client certificate | Unauthenticated "needs a client certificate"
@@ -46,10 +51,10 @@ fn renewal_without_a_client_certificate() {
     );
 }
 
-/// attack: certificates | forged: the bot's exact identity signed by the attacker's own CA of the same cluster name | TLS handshake refused (unknown issuer)
+/// attack: certificates | forged: the bot's exact identity signed by the attacker's own CA of the same cluster name | TLS handshake refused ("UnknownIssuer")
 #[test]
 fn forged_identity_from_an_attacker_ca() {
-    handshake_refuses("cert-forged", "UnexpectedEof", |_, cred| {
+    handshake_refuses("cert-forged", "UnknownIssuer", |_, cred| {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
@@ -58,19 +63,19 @@ fn forged_identity_from_an_attacker_ca() {
     });
 }
 
-/// attack: certificates | another CA with the real client CA's exact subject (same name, other key) | TLS handshake refused (signature)
+/// attack: certificates | another CA with the real client CA's exact subject (same name, other key) | TLS handshake refused ("UnknownIssuer": its signature does not verify)
 #[test]
 fn lookalike_ca_with_the_real_ca_name() {
-    handshake_refuses("cert-lookalike", "UnexpectedEof", |auth, cred| {
+    handshake_refuses("cert-lookalike", "UnknownIssuer", |auth, cred| {
         let (ca, key) = lookalike_ca(&client_ca(auth).cert_der);
         forge_leaf((&ca, &key), &identity_of(&cred.cert), Forge::default())
     });
 }
 
-/// attack: certificates | self-signed leaf carrying the bot's identity extension | TLS handshake refused
+/// attack: certificates | self-signed leaf carrying the bot's identity extension | TLS handshake refused ("UnknownIssuer")
 #[test]
 fn self_signed_leaf_with_the_identity() {
-    handshake_refuses("cert-selfsigned", "UnexpectedEof", |_, cred| {
+    handshake_refuses("cert-selfsigned", "UnknownIssuer", |_, cred| {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
@@ -90,10 +95,10 @@ fn self_signed_leaf_with_the_identity() {
     });
 }
 
-/// attack: certificates | expired certificate signed by the real client CA | TLS handshake refused (expired)
+/// attack: certificates | expired certificate signed by the real client CA | TLS handshake refused ("certificate expired")
 #[test]
 fn expired_certificate_from_the_real_ca() {
-    handshake_refuses("cert-expired", "UnexpectedEof", |auth, cred| {
+    handshake_refuses("cert-expired", "certificate expired", |auth, cred| {
         let ca = client_ca(auth);
         let now = time::OffsetDateTime::now_utc();
         let f = Forge {
@@ -105,10 +110,10 @@ fn expired_certificate_from_the_real_ca() {
     });
 }
 
-/// attack: certificates | not-yet-valid certificate signed by the real client CA | TLS handshake refused (not valid yet)
+/// attack: certificates | not-yet-valid certificate signed by the real client CA | TLS handshake refused ("certificate not valid yet")
 #[test]
 fn not_yet_valid_certificate_from_the_real_ca() {
-    handshake_refuses("cert-future", "UnexpectedEof", |auth, cred| {
+    handshake_refuses("cert-future", "certificate not valid yet", |auth, cred| {
         let ca = client_ca(auth);
         let now = time::OffsetDateTime::now_utc();
         let f = Forge {
@@ -120,10 +125,10 @@ fn not_yet_valid_certificate_from_the_real_ca() {
     });
 }
 
-/// attack: certificates | leaf with CA=true signed by the real client CA | TLS handshake refused (CA used as end entity)
+/// attack: certificates | leaf with CA=true signed by the real client CA | TLS handshake refused ("CaUsedAsEndEntity")
 #[test]
 fn ca_true_leaf_from_the_real_ca() {
-    handshake_refuses("cert-catrue", "UnexpectedEof", |auth, cred| {
+    handshake_refuses("cert-catrue", "CaUsedAsEndEntity", |auth, cred| {
         let ca = client_ca(auth);
         let f = Forge {
             is_ca: true,
@@ -133,33 +138,41 @@ fn ca_true_leaf_from_the_real_ca() {
     });
 }
 
-/// attack: certificates | leaf whose only EKU is serverAuth (clientAuth missing) from the real client CA | TLS handshake refused (EKU)
+/// attack: certificates | leaf whose only EKU is serverAuth (clientAuth missing) from the real client CA | TLS handshake refused ("does not allow extended key usage for client authentication")
 #[test]
 fn server_auth_only_eku_from_the_real_ca() {
-    handshake_refuses("cert-eku", "UnexpectedEof", |auth, cred| {
-        let ca = client_ca(auth);
-        let f = Forge {
-            ekus: Some(vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]),
-            ..Default::default()
-        };
-        forge_leaf((&ca.cert_der, &ca.key), &identity_of(&cred.cert), f)
-    });
+    handshake_refuses(
+        "cert-eku",
+        "does not allow extended key usage for client authentication",
+        |auth, cred| {
+            let ca = client_ca(auth);
+            let f = Forge {
+                ekus: Some(vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]),
+                ..Default::default()
+            };
+            forge_leaf((&ca.cert_der, &ca.key), &identity_of(&cred.cert), f)
+        },
+    );
 }
 
-/// attack: certificates | leaf with codeSigning and emailProtection EKUs but no clientAuth | TLS handshake refused (EKU)
+/// attack: certificates | leaf with codeSigning and emailProtection EKUs but no clientAuth | TLS handshake refused ("does not allow extended key usage for client authentication")
 #[test]
 fn unrelated_ekus_without_client_auth() {
-    handshake_refuses("cert-eku2", "UnexpectedEof", |auth, cred| {
-        let ca = client_ca(auth);
-        let f = Forge {
-            ekus: Some(vec![
-                rcgen::ExtendedKeyUsagePurpose::CodeSigning,
-                rcgen::ExtendedKeyUsagePurpose::EmailProtection,
-            ]),
-            ..Default::default()
-        };
-        forge_leaf((&ca.cert_der, &ca.key), &identity_of(&cred.cert), f)
-    });
+    handshake_refuses(
+        "cert-eku2",
+        "does not allow extended key usage for client authentication",
+        |auth, cred| {
+            let ca = client_ca(auth);
+            let f = Forge {
+                ekus: Some(vec![
+                    rcgen::ExtendedKeyUsagePurpose::CodeSigning,
+                    rcgen::ExtendedKeyUsagePurpose::EmailProtection,
+                ]),
+                ..Default::default()
+            };
+            forge_leaf((&ca.cert_der, &ca.key), &identity_of(&cred.cert), f)
+        },
+    );
 }
 
 /// Flips `from` to `to` (same length) inside the DER of `cred`'s leaf.
@@ -187,26 +200,26 @@ fn tampered(cred: &Pem, from: &str, to: &str) -> Pem {
     }
 }
 
-/// attack: certificates | real certificate with its SAN URI edited to name another bot | TLS handshake refused (bad signature)
+/// attack: certificates | real certificate with its SAN URI edited to name another bot | TLS handshake refused ("BadSignature")
 #[test]
 fn tampered_san_uri() {
-    handshake_refuses("cert-san-a", "UnexpectedEof", |_, cred| {
+    handshake_refuses("cert-san-a", "BadSignature", |_, cred| {
         tampered(cred, "/bot/cert-san-a/", "/bot/cert-san-b/")
     });
 }
 
-/// attack: certificates | real certificate with the generation in its identity extension raised | TLS handshake refused (bad signature)
+/// attack: certificates | real certificate with the generation in its identity extension raised | TLS handshake refused ("BadSignature")
 #[test]
 fn tampered_identity_generation() {
-    handshake_refuses("cert-gen", "UnexpectedEof", |_, cred| {
+    handshake_refuses("cert-gen", "BadSignature", |_, cred| {
         tampered(cred, "\"generation\":1", "\"generation\":9")
     });
 }
 
-/// attack: certificates | real certificate with a role name in its identity extension swapped | TLS handshake refused (bad signature)
+/// attack: certificates | real certificate with a role name in its identity extension swapped | TLS handshake refused ("BadSignature")
 #[test]
 fn tampered_identity_roles() {
-    handshake_refuses("cert-role", "UnexpectedEof", |_, cred| {
+    handshake_refuses("cert-role", "BadSignature", |_, cred| {
         tampered(cred, "cert-role-role", "cert-rolx-role")
     });
 }
@@ -228,10 +241,10 @@ fn under_intermediate(auth: &Auth, cred: &Pem) -> (Pem, String) {
     (leaf, int.pem())
 }
 
-/// attack: certificates | truncated chain: a leaf under an intermediate of the real client CA, sent without the intermediate | TLS handshake refused (unknown issuer)
+/// attack: certificates | truncated chain: a leaf under an intermediate of the real client CA, sent without the intermediate | TLS handshake refused ("UnknownIssuer")
 #[test]
 fn truncated_chain_without_its_intermediate() {
-    handshake_refuses("cert-truncated", "UnexpectedEof", |auth, cred| {
+    handshake_refuses("cert-truncated", "UnknownIssuer", |auth, cred| {
         under_intermediate(auth, cred).0
     });
 }
@@ -260,10 +273,10 @@ fn intermediate_below_the_client_ca() {
     );
 }
 
-/// attack: certificates | leaf signed by an intermediate the attacker made under nothing the cluster trusts (chain without its root) | TLS handshake refused (unknown issuer)
+/// attack: certificates | leaf signed by an intermediate the attacker made under nothing the cluster trusts (chain without its root) | TLS handshake refused ("UnknownIssuer")
 #[test]
 fn chain_through_an_untrusted_intermediate() {
-    handshake_refuses("cert-chain", "UnexpectedEof", |_, cred| {
+    handshake_refuses("cert-chain", "UnknownIssuer", |_, cred| {
         let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut rp = rcgen::CertificateParams::new(vec![]).unwrap();
         rp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -285,10 +298,10 @@ fn chain_through_an_untrusted_intermediate() {
     });
 }
 
-/// attack: certificates | a real certificate of another cluster with the same cluster name | TLS handshake refused (unknown issuer)
+/// attack: certificates | a real certificate of another cluster with the same cluster name | TLS handshake refused ("UnknownIssuer")
 #[test]
 fn certificate_of_another_cluster_with_the_same_name() {
-    let other = shared(&OTHER, Auth::start);
+    let other = shared(&OTHER, start);
     let (_a, foreign) = joined(&other, "cert-foreign");
     assert_eq!(identity_of(&foreign.cert).cluster, "example.test");
     let auth = auth();
@@ -298,12 +311,12 @@ fn certificate_of_another_cluster_with_the_same_name() {
         &auth,
         &foreign,
         renew(&auth, Some(&foreign)),
-        "UnexpectedEof",
+        "UnknownIssuer",
     );
     assert_eq!(issued(&auth, "cert-foreign"), before);
 }
 
-/// attack: certificates | the auth service's own TLS server certificate and key presented as a client certificate | TLS handshake refused (host CA is not the client CA)
+/// attack: certificates | a certificate signed by the host CA (serverAuth+clientAuth EKU, as servers get) carrying the bot's identity | TLS handshake refused ("UnknownIssuer": the host CA is not the client CA)
 #[test]
 fn host_certificate_presented_as_a_client_certificate() {
     let auth = auth();
@@ -335,7 +348,7 @@ fn host_certificate_presented_as_a_client_certificate() {
         ..Default::default()
     };
     let bad = forge_leaf((&ca_der, &key), &identity_of(&cred.cert), f);
-    refused_at_handshake(&auth, &bad, renew(&auth, Some(&bad)), "UnexpectedEof");
+    refused_at_handshake(&auth, &bad, renew(&auth, Some(&bad)), "UnknownIssuer");
     assert_eq!(issued(&auth, "cert-hostca"), before);
 }
 

@@ -42,7 +42,7 @@ fn ssh_key() -> SshKey {
     let mut blob = Vec::new();
     string(&mut blob, b"ecdsa-sha2-nistp256");
     string(&mut blob, b"nistp256");
-    string(&mut blob, &rcgen::PublicKeyData::der_bytes(&key).to_vec());
+    string(&mut blob, rcgen::PublicKeyData::der_bytes(&key));
     let line = format!(
         "ecdsa-sha2-nistp256 {}",
         base64::engine::general_purpose::STANDARD.encode(blob)

@@ -175,15 +175,17 @@ pub fn refused<T: std::fmt::Debug>(
 }
 
 /// A certificate the TLS handshake must refuse: the call never reaches the
-/// service (the client sees only a transport error), and a bare TLS 1.3
-/// connection presenting it is closed by the server (`alert`: the server
-/// sends no alert, so `UnexpectedEof`; its debug log has the reason).
+/// service (the client sees only a transport error; the server sends no
+/// alert, it closes the connection), and the service's debug log gives the
+/// verifier's reason for a bare TLS connection presenting it: `reason`
+/// (e.g. `UnknownIssuer`, `Expired`, `BadSignature`). The service must run
+/// with `SIGIL_LOG=info,sigil_auth=debug`.
 #[track_caller]
 pub fn refused_at_handshake<T: std::fmt::Debug>(
     auth: &Auth,
     cert: &Pem,
     r: Result<T, tonic::Status>,
-    alert: &str,
+    reason: &str,
 ) {
     let e = match r {
         Ok(v) => panic!("ACCEPTED a certificate the handshake must refuse: {v:?}"),
@@ -191,13 +193,35 @@ pub fn refused_at_handshake<T: std::fmt::Debug>(
     };
     assert_eq!(e.code(), tonic::Code::Unknown, "{e:?}");
     assert_eq!(e.message(), "transport error", "{e:?}");
-    let got = handshake_alert(auth, cert);
-    assert!(got.contains(alert), "alert {alert:?} expected, got {got}");
+    let (got, port) = handshake_alert(auth, cert);
+    assert!(
+        got.contains("UnexpectedEof"),
+        "closed without an alert expected, got {got}"
+    );
+    let needle = format!("remote=127.0.0.1:{port}");
+    let mut line = String::new();
+    wait_until(
+        "the handshake failure in the log",
+        std::time::Duration::from_secs(10),
+        || {
+            line = auth
+                .log()
+                .lines()
+                .find(|l| l.contains("TLS handshake failed") && l.contains(&needle))
+                .unwrap_or_default()
+                .to_string();
+            !line.is_empty()
+        },
+    );
+    assert!(
+        line.contains(reason),
+        "{reason:?} not in the service's reason: {line}"
+    );
 }
 
 /// What a TLS connection presenting `cert` gets once the server has looked
-/// at it: the error (with the server's alert), or "accepted".
-pub fn handshake_alert(auth: &Auth, cert: &Pem) -> String {
+/// at it: the error, or "accepted"; and the connection's local port.
+pub fn handshake_alert(auth: &Auth, cert: &Pem) -> (String, u16) {
     use std::io::{Read, Write};
     let c = sigil_agent::client::ClientCert {
         cert_pem: &cert.cert,
@@ -208,16 +232,17 @@ pub fn handshake_alert(auth: &Auth, cert: &Pem) -> String {
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client");
     let tcp = std::net::TcpStream::connect(("127.0.0.1", auth.port)).expect("connect");
+    let port = tcp.local_addr().expect("local addr").port();
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .expect("timeout");
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     if let Err(e) = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") {
-        return format!("{e:?}");
+        return (format!("{e:?}"), port);
     }
     let mut buf = [0u8; 64];
     match tls.read(&mut buf) {
-        Ok(n) => format!("accepted ({n} bytes)"),
-        Err(e) => format!("{e:?}"),
+        Ok(n) => (format!("accepted ({n} bytes)"), port),
+        Err(e) => (format!("{e:?}"), port),
     }
 }
 
