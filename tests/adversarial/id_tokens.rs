@@ -4,6 +4,7 @@
 //! nested, tampered. Each is "join denied" with the reason audited in
 //! `bot.join.denied`, and no instance is created.
 
+use crate::common::https::{FixtureRequest, FixtureResponse, HttpsFixture};
 use crate::common::oidc_issuer::*;
 use crate::common::*;
 use crate::harness::*;
@@ -361,4 +362,77 @@ fn delegated_join_certificate_used_to_renew() {
         "delegated join method: renew by joining again",
     );
     assert_eq!(events_for(&auth, "cert.issued", "oidc-bot"), before);
+}
+
+/// An issuer at `/dup` whose JWKS lists two different keys under one kid
+/// `dup`; returns it, its URL and the two keys (first listed first).
+fn duplicate_kid_issuer() -> (HttpsFixture, String, [rcgen::KeyPair; 2]) {
+    let keys =
+        [0, 1].map(|_| rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap());
+    let jwks: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            let raw = k.public_key_raw();
+            json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "dup",
+                   "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65])})
+        })
+        .collect();
+    let base: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let b = base.clone();
+    let fixture = HttpsFixture::start(Arc::new(move |req: &FixtureRequest| {
+        let url = b.get().cloned().unwrap_or_default();
+        match req.path.as_str() {
+            "/dup/.well-known/openid-configuration" => FixtureResponse::json(&json!({
+                "issuer": format!("{url}/dup"), "jwks_uri": format!("{url}/dup/jwks"),
+                "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["ES256"],
+            })),
+            "/dup/jwks" => FixtureResponse::json(&json!({ "keys": jwks })),
+            _ => FixtureResponse::status(404, "not found"),
+        }
+    }));
+    base.set(fixture.url.clone()).expect("once");
+    let url = format!("{}/dup", fixture.url);
+    (fixture, url, keys)
+}
+
+/// attack: ID tokens | an issuer whose JWKS lists two different keys under one kid, token signed by the second | "join denied"; audited "kid \"dup\" names several keys" (either key refused)
+#[test]
+fn jwks_with_duplicate_kids() {
+    let (fixture, url, keys) = duplicate_kid_issuer();
+    let auth = Auth::start_with(&["--outbound-ca-file", fixture.ca_pem.to_str().unwrap()]);
+    auth.bot("dup-bot", &["ubuntu"]);
+    auth.create(
+        "dup.yaml",
+        &format!(
+            "kind: token\nversion: v1\nmetadata: {{name: dup}}\nspec:\n  bot_name: dup-bot\n  join_method: oidc\n  oidc: {{issuer: \"{url}\", allow: [{{sub: \"svc-*\"}}]}}\n"
+        ),
+    );
+    let sign = |k: &rcgen::KeyPair| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("dup".into());
+        let c = json!({"iss": url, "aud": CLUSTER, "sub": "svc-build",
+                       "iat": now(), "nbf": now() - 5, "exp": now() + 600});
+        jsonwebtoken::encode(
+            &h,
+            &c,
+            &jsonwebtoken::EncodingKey::from_ec_der(&k.serialize_der()),
+        )
+        .unwrap()
+    };
+    let first = sign(&keys[0]);
+    let second = sign(&keys[1]);
+    let i = |jwt: &str| JoinInit {
+        token: "dup".into(),
+        ..init(jwt)
+    };
+    join_denied(&auth, "kid \"dup\" names several keys", || {
+        join_raw(&auth, None, i(&second), vec![])
+    });
+    refused(
+        join_raw(&auth, None, i(&first), vec![]),
+        Code::PermissionDenied,
+        "join denied",
+    );
+    assert!(generations(&auth, "dup-bot").is_empty());
 }
