@@ -152,7 +152,7 @@ fn stream_stops_mid_challenge() {
     r.expect("the honest join after the abandoned one");
 }
 
-/// attack: tokens | a challenge answered by signing another nonce | PermissionDenied "join denied"; audited; no instance
+/// attack: tokens | a challenge answered by signing another nonce | PermissionDenied "join denied"; audited "signature"; no instance
 #[test]
 fn challenge_answered_for_another_nonce() {
     let (auth, _g) = auth();
@@ -169,7 +169,7 @@ fn challenge_answered_for_another_nonce() {
     assert!(generations(&auth, "bk-nonce-bot").is_empty());
 }
 
-/// attack: tokens | a challenge answered with a signature from an earlier join's challenge (replay) | PermissionDenied "join denied"; audited; no new instance
+/// attack: tokens | a challenge answered with a signature from an earlier join's challenge (replay) | PermissionDenied "join denied"; audited "signature"; no new instance
 #[test]
 fn challenge_answer_replayed() {
     let (auth, _g) = auth();
@@ -185,7 +185,7 @@ fn challenge_answer_replayed() {
     assert!(generations(&auth, "bk-replay-bot").is_empty());
 }
 
-/// attack: tokens | a challenge signed by a key other than the one presented | PermissionDenied "join denied"; audited; no instance
+/// attack: tokens | a challenge signed by a key other than the one presented | PermissionDenied "join denied"; audited "signature"; no instance
 #[test]
 fn challenge_signed_by_another_key() {
     let (auth, _g) = auth();

@@ -75,7 +75,7 @@ fn bot_token(auth: &Auth, bot: &str, extra: &[&str]) -> String {
     v["token"].as_str().expect("token").to_string()
 }
 
-/// attack: tokens | a join token reused after a successful join | PermissionDenied "join denied"; audited; one instance
+/// attack: tokens | a join token reused after a successful join | PermissionDenied "join denied"; audited "used by instance …"; one instance
 #[test]
 fn token_reused_after_a_join() {
     let (auth, _g) = auth();
@@ -87,7 +87,7 @@ fn token_reused_after_a_join() {
     assert_eq!(instances_of(&auth, "tok-reuse"), 1);
 }
 
-/// attack: tokens | an expired join token | PermissionDenied "join denied"; audited "expired"; no instance
+/// attack: tokens | an expired join token | PermissionDenied "join denied"; audited "is unknown, used or expired"; no instance
 #[test]
 fn expired_token() {
     let (auth, _g) = auth();
@@ -127,7 +127,7 @@ fn token_raced_across_connections() {
     assert_eq!(instances_of(&auth, "tok-race"), 1);
 }
 
-/// attack: tokens | the token of a bot removed before it was used | PermissionDenied "join denied"; no instance
+/// attack: tokens | the token of a bot removed before it was used | PermissionDenied "join denied"; audited "is unknown, used or expired"; no instance
 #[test]
 fn token_of_a_removed_bot() {
     let (auth, _g) = auth();
@@ -139,7 +139,7 @@ fn token_of_a_removed_bot() {
     assert_eq!(instances_of(&auth, "tok-removed"), 0);
 }
 
-/// attack: tokens | the token of a locked bot | PermissionDenied "locked"; no instance
+/// attack: tokens | the token of a locked bot | PermissionDenied "join denied"; audited "locked: bot=…"; no instance
 #[test]
 fn token_of_a_locked_bot() {
     let (auth, _g) = auth();
@@ -152,13 +152,13 @@ fn token_of_a_locked_bot() {
         "--message",
         "incident",
     ]);
-    join_denied(&auth, "lock", || {
+    join_denied(&auth, "locked: bot=tok-locked", || {
         join_raw(&auth, None, token_init(&t), vec![])
     });
     assert_eq!(instances_of(&auth, "tok-locked"), 0);
 }
 
-/// attack: tokens | a garbage token | PermissionDenied "join denied"; audited "does not exist"
+/// attack: tokens | a garbage token | PermissionDenied "join denied"; audited "is unknown, used or expired"
 #[test]
 fn garbage_token() {
     let (auth, _g) = auth();
@@ -179,16 +179,16 @@ fn one_megabyte_token() {
     assert_eq!(auth.instances().len(), before);
 }
 
-/// attack: tokens | an empty token | PermissionDenied "join denied"; audited "no token"
+/// attack: tokens | an empty token | PermissionDenied "join denied"; audited "no token presented"
 #[test]
 fn empty_token() {
     let (auth, _g) = auth();
-    join_denied(&auth, "no token", || {
+    join_denied(&auth, "no token presented", || {
         join_raw(&auth, None, token_init(""), vec![])
     });
 }
 
-/// attack: tokens | a token with a NUL byte appended | PermissionDenied "join denied"; token still usable by its holder
+/// attack: tokens | a token with a NUL byte appended | PermissionDenied "join denied"; audited "is unknown, used or expired"; the token still joins
 #[test]
 fn token_with_a_nul_byte() {
     let (auth, _g) = auth();
@@ -199,7 +199,7 @@ fn token_with_a_nul_byte() {
     join_raw(&auth, None, token_init(&t), vec![]).expect("the real token still joins");
 }
 
-/// attack: tokens | a token with its case changed | PermissionDenied "join denied"; token still usable by its holder
+/// attack: tokens | a token with its case changed | PermissionDenied "join denied"; audited "is unknown, used or expired"; the token still joins
 #[test]
 fn token_with_its_case_changed() {
     let (auth, _g) = auth();
@@ -232,7 +232,7 @@ fn unknown_join_method() {
     });
 }
 
-/// attack: tokens | a secret token sent under a delegated method (oidc) | PermissionDenied "join denied"; the secret never in the audit
+/// attack: tokens | a secret token sent under a delegated method (oidc) | PermissionDenied "join denied"; audited "is for join method token, not oidc", the secret never in the audit
 #[test]
 fn secret_token_sent_with_another_method() {
     let (auth, _g) = auth();
