@@ -175,6 +175,73 @@ fn unrelated_ekus_without_client_auth() {
     );
 }
 
+/// Joins `bot`, then renews with a leaf the real client CA signed, shaped
+/// by `f` and carrying `id(identity)`: it passes the handshake, so the API
+/// must refuse it with `code` and `says`; nothing is issued.
+fn api_refuses(
+    bot: &str,
+    f: Forge,
+    id: impl FnOnce(sigil_pki::ClientIdentity) -> sigil_pki::ClientIdentity,
+    code: Code,
+    says: &str,
+) {
+    let auth = auth();
+    let (_agent, cred) = joined(&auth, bot);
+    let before = issued(&auth, bot);
+    let ca = client_ca(&auth);
+    let bad = forge_leaf((&ca.cert_der, &ca.key), &id(identity_of(&cred.cert)), f);
+    assert!(handshake_alert(&auth, &bad).0.starts_with("accepted"));
+    refused(renew(&auth, Some(&bad)), code, says);
+    assert_eq!(issued(&auth, bot), before, "something was issued");
+}
+
+/// attack: certificates | a leaf from the real client CA without Sigil's identity extension | Unauthenticated "not a Sigil identity"
+#[test]
+fn leaf_without_the_identity_extension() {
+    let f = Forge {
+        identity_extensions: Some(0),
+        ..Default::default()
+    };
+    api_refuses(
+        "cert-noext",
+        f,
+        |i| i,
+        Code::Unauthenticated,
+        "not a Sigil identity",
+    );
+}
+
+/// attack: certificates | a leaf from the real client CA with the identity extension twice (two identities to disagree) | Unauthenticated "not a Sigil identity"
+#[test]
+fn leaf_with_two_identity_extensions() {
+    let f = Forge {
+        identity_extensions: Some(2),
+        ..Default::default()
+    };
+    api_refuses(
+        "cert-twoext",
+        f,
+        |i| i,
+        Code::Unauthenticated,
+        "not a Sigil identity",
+    );
+}
+
+/// attack: certificates | a leaf from the real client CA whose identity names another cluster | Unauthenticated "the identity belongs to another cluster"
+#[test]
+fn identity_naming_another_cluster() {
+    api_refuses(
+        "cert-othercl",
+        Forge::default(),
+        |i| sigil_pki::ClientIdentity {
+            cluster: "other.test".into(),
+            ..i
+        },
+        Code::Unauthenticated,
+        "the identity belongs to another cluster",
+    );
+}
+
 /// Flips `from` to `to` (same length) inside the DER of `cred`'s leaf.
 fn tampered(cred: &Pem, from: &str, to: &str) -> Pem {
     assert_eq!(from.len(), to.len());

@@ -204,8 +204,10 @@ pub fn refused_at_handshake<T: std::fmt::Debug>(
         "the handshake failure in the log",
         std::time::Duration::from_secs(10),
         || {
-            line = auth
-                .log()
+            // Whole lines only: the service may be writing this one still.
+            let log = auth.log();
+            let whole = log.rsplit_once('\n').map_or("", |(done, _)| done);
+            line = whole
                 .lines()
                 .find(|l| l.contains("TLS handshake failed") && l.contains(&needle))
                 .unwrap_or_default()
@@ -333,6 +335,8 @@ pub struct Forge {
     pub not_after: Option<time::OffsetDateTime>,
     pub is_ca: bool,
     pub ekus: Option<Vec<rcgen::ExtendedKeyUsagePurpose>>,
+    /// How many identity extensions (default one).
+    pub identity_extensions: Option<usize>,
 }
 
 /// A leaf carrying `id` in Sigil's extension, signed by `issuer` (cert DER,
@@ -368,7 +372,9 @@ pub fn forge_leaf(
         .split('.')
         .map(|a| a.parse().expect("arc"))
         .collect();
-    p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&oid, value)];
+    p.custom_extensions = (0..f.identity_extensions.unwrap_or(1))
+        .map(|_| rcgen::CustomExtension::from_oid_content(&oid, value.clone()))
+        .collect();
     let issuer =
         rcgen::Issuer::from_ca_cert_der(&issuer.0.to_vec().into(), issuer.1).expect("issuer");
     let cert = p.signed_by(&key, &issuer).expect("sign");
