@@ -220,3 +220,27 @@ fn content_length_and_transfer_encoding() {
     assert_eq!(status_of(&r), 405, "{r}");
     assert_eq!(r.matches("HTTP/1.1 ").count(), 1, "{r}");
 }
+
+/// attack: public HTTPS | an admin gRPC method called on the public listener (`POST /sigil.v1.AdminService/CreateResource`) | 404 Not Found: the public listener serves no gRPC
+#[test]
+fn admin_grpc_on_the_public_listener() {
+    let auth = auth();
+    let r = exchange(
+        &auth,
+        b"POST /sigil.v1.AdminService/CreateResource HTTP/1.1\r\nHost: x\r\nContent-Type: application/grpc\r\nContent-Length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0",
+    );
+    assert_eq!(status_of(&r), 404, "{r}");
+}
+
+/// attack: public HTTPS | a 100 KB request path | 414 URI Too Long; the listener keeps serving
+#[test]
+fn very_long_uri() {
+    let auth = auth();
+    let req = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let r = exchange(&auth, req.as_bytes());
+    assert_eq!(status_of(&r), 414, "{}", r.lines().next().unwrap_or(""));
+    still_serves(&auth);
+}
