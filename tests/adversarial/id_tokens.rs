@@ -436,3 +436,56 @@ fn jwks_with_duplicate_kids() {
     );
     assert!(generations(&auth, "dup-bot").is_empty());
 }
+
+/// attack: ID tokens | issuer mix-up: the discovery document at the configured issuer names another issuer | "join denied"; audited "discovery document of … names issuer … accounts.evil.example"
+#[test]
+fn discovery_naming_another_issuer() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = key.public_key_raw();
+    let jwk = json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "k1",
+                     "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65])});
+    let base: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let b = base.clone();
+    let fixture = HttpsFixture::start(Arc::new(move |req: &FixtureRequest| {
+        let url = b.get().cloned().unwrap_or_default();
+        match req.path.as_str() {
+            "/mix/.well-known/openid-configuration" => FixtureResponse::json(&json!({
+                "issuer": "https://accounts.evil.example", "jwks_uri": format!("{url}/mix/jwks"),
+                "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["ES256"],
+            })),
+            "/mix/jwks" => FixtureResponse::json(&json!({ "keys": [jwk] })),
+            _ => FixtureResponse::status(404, "not found"),
+        }
+    }));
+    base.set(fixture.url.clone()).expect("once");
+    let url = format!("{}/mix", fixture.url);
+    let auth = Auth::start_with(&["--outbound-ca-file", fixture.ca_pem.to_str().unwrap()]);
+    auth.bot("mix-bot", &["ubuntu"]);
+    auth.create(
+        "mix.yaml",
+        &format!(
+            "kind: token\nversion: v1\nmetadata: {{name: mix}}\nspec:\n  bot_name: mix-bot\n  join_method: oidc\n  oidc: {{issuer: \"{url}\", allow: [{{sub: \"svc-*\"}}]}}\n"
+        ),
+    );
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some("k1".into());
+    let c = json!({"iss": url, "aud": CLUSTER, "sub": "svc-build",
+                   "iat": now(), "nbf": now() - 5, "exp": now() + 600});
+    let jwt = jsonwebtoken::encode(
+        &h,
+        &c,
+        &jsonwebtoken::EncodingKey::from_ec_der(&key.serialize_der()),
+    )
+    .unwrap();
+    let i = JoinInit {
+        token: "mix".into(),
+        ..init(&jwt)
+    };
+    join_denied(
+        &auth,
+        "names issuer Some(\"https://accounts.evil.example\")",
+        || join_raw(&auth, None, i, vec![]),
+    );
+    assert!(generations(&auth, "mix-bot").is_empty());
+}

@@ -35,23 +35,22 @@ pub fn join_denied<T: std::fmt::Debug>(
     // window (10 s) ends, as one row with a count: wait for it.
     let mut found = None;
     let mut new = Vec::new();
-    wait_until(
-        "the denial's audit event",
-        std::time::Duration::from_secs(20),
-        || {
-            let events = auth.audit("bot.join.denied");
-            new = events[before.min(events.len())..].to_vec();
-            found = new
-                .iter()
-                .find(|e| {
-                    e["fields"]["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.contains(reason))
-                })
-                .cloned();
-            found.is_some()
-        },
-    );
+    let start = std::time::Instant::now();
+    while found.is_none() && start.elapsed() < std::time::Duration::from_secs(20) {
+        let events = auth.audit("bot.join.denied");
+        new = events[before.min(events.len())..].to_vec();
+        found = new
+            .iter()
+            .find(|e| {
+                e["fields"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(reason))
+            })
+            .cloned();
+        if found.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
     let ev = found.unwrap_or_else(|| panic!("no new bot.join.denied with {reason:?}: {new:?}"));
     assert_eq!(auth.audit("bot.join").len(), joins, "a join was recorded");
     ev
