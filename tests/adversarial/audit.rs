@@ -223,3 +223,20 @@ fn edited_row_with_the_chain_recomputed() {
     assert!(o.status.success(), "{}", text(&o));
     verify_fails(&mut auth, &[], &["BROKEN", "rewritten"]);
 }
+
+/// attack: audit | the newest events deleted together with every signed checkpoint in the database | `audit verify` fails: BROKEN, "audit-head.json" (the head kept outside the database)
+#[test]
+fn tail_and_checkpoints_deleted() {
+    let (mut auth, head) = seeded();
+    let (seq, _) = head.split_once(':').expect("SEQ:HASH");
+    sql(&auth, &format!("DELETE FROM audit WHERE seq >= {seq} - 1"));
+    sql(
+        &auth,
+        "DELETE FROM kv WHERE key LIKE '/audit_checkpoints/%'",
+    );
+    verify_fails(
+        &mut auth,
+        &[],
+        &["BROKEN", "(audit-head.json, seq", "were deleted"],
+    );
+}
