@@ -357,3 +357,83 @@ fn workload_api_stream_flood() {
         drop(streams);
     });
 }
+
+/// Receives one file descriptor sent with SCM_RIGHTS on `sock`.
+fn receive_fd(sock: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut data = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut space = [0u8; 64];
+    // SAFETY: msghdr is plain data; every pointer in it outlives recvmsg.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = space.len() as _;
+    // SAFETY: a valid socket and a msghdr set up above.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel filled the control buffer; walk it with its macros.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!c.is_null(), "no file descriptor received");
+        assert_eq!((*c).cmsg_type, libc::SCM_RIGHTS);
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// A process connects to the Workload API socket, hands the connection to
+/// this one and exits: calls on that connection come from a pid whose
+/// process is gone (and could be reused by anyone).
+const HAND_OVER: &str = "import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+socket.send_fds(socket.socket(fileno=int(sys.argv[2])), [b'x'], [s.fileno()])
+";
+
+/// attack: SPIFFE | spoofed peer: the process that connected to the Workload API exits (its pid free for reuse) and another uses the connection | PermissionDenied "the peer process exited or its pid was reused"; no SVID
+#[test]
+fn workload_api_connection_of_an_exited_process() {
+    use std::os::fd::AsRawFd;
+    let sock = socket();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    // The child inherits its end.
+    // SAFETY: clearing FD_CLOEXEC on a descriptor we own.
+    unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) };
+    let o = std::process::Command::new("python3")
+        .args(["-c", HAND_OVER])
+        .arg(&sock)
+        .arg(theirs.as_raw_fd().to_string())
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", text(&o));
+    drop(theirs);
+    let conn = std::os::unix::net::UnixStream::from(receive_fd(&ours));
+    conn.set_nonblocking(true).expect("nonblocking");
+    rt().block_on(async {
+        let conn = std::sync::Mutex::new(Some(conn));
+        let ch = tonic::transport::Endpoint::try_from("http://localhost")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let c = conn.lock().unwrap().take();
+                async move {
+                    let c = c.ok_or_else(|| std::io::Error::other("one connection only"))?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::from_std(c)?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connect");
+        let mut c = SpiffeWorkloadApiClient::new(ch);
+        refused(
+            fetch_first(&mut c, Some("true")).await,
+            Code::PermissionDenied,
+            "the peer process exited or its pid was reused",
+        );
+    });
+}
