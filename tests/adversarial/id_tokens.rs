@@ -489,3 +489,106 @@ fn discovery_naming_another_issuer() {
     );
     assert!(generations(&auth, "mix-bot").is_empty());
 }
+
+/// A one-purpose HTTPS server on 127.0.0.1 answering every request with a
+/// 302 to `location`; returns its URL, its CA (PEM) and the requests seen.
+fn redirecting_server(location: String) -> (String, String, Arc<Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let cfg = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key)
+            .expect("server config"),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().expect("addr").port()
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let conn = rustls::ServerConnection::new(cfg.clone()).expect("conn");
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 8192];
+            let Ok(n) = tls.read(&mut buf) else { continue };
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            s.lock()
+                .expect("seen")
+                .push(req.lines().next().unwrap_or("").to_string());
+            let _ = write!(
+                tls,
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = tls.flush();
+        }
+    });
+    (url, ca_cert.pem(), seen)
+}
+
+/// attack: ID tokens | the configured issuer's discovery redirects (302) to another host serving a valid issuer | Unavailable "cannot check joins right now" (logged "OIDC discovery failed: … HTTP 302 Found"); the other host never asked
+#[test]
+fn issuer_redirecting_to_another_host() {
+    let target = issuer();
+    let discovery = format!("{}/.well-known/openid-configuration", target.issuer(OIDC));
+    let (url, ca, seen) = redirecting_server(discovery);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cas = dir.path().join("cas.pem");
+    let target_ca = std::fs::read_to_string(target.ca_pem()).expect("target ca");
+    std::fs::write(&cas, format!("{ca}{target_ca}")).expect("write cas");
+    let auth = Auth::start_with(&["--outbound-ca-file", cas.to_str().expect("utf8")]);
+    auth.bot("redir-bot", &["ubuntu"]);
+    auth.create(
+        "redir.yaml",
+        &format!(
+            "kind: token\nversion: v1\nmetadata: {{name: redir}}\nspec:\n  bot_name: redir-bot\n  join_method: oidc\n  oidc: {{issuer: \"{url}/oidc\", allow: [{{sub: \"svc-*\"}}]}}\n"
+        ),
+    );
+    let asked_before = target
+        .fixture
+        .requests_to("/oidc/.well-known/openid-configuration")
+        .len();
+    // Signed by the target's real key, as if the target were the issuer.
+    let jwt = target.mint(OIDC, good_claims(json!({"iss": format!("{url}/oidc")})));
+    let i = JoinInit {
+        token: "redir".into(),
+        ..init(&jwt)
+    };
+    refused(
+        join_raw(&auth, None, i, vec![]),
+        Code::Unavailable,
+        "cannot check joins right now",
+    );
+    let log = auth.log();
+    assert!(
+        log.lines().any(|l| l.contains("join could not be checked")
+            && l.contains("OIDC discovery failed")
+            && l.contains("HTTP 302 Found")),
+        "{log}"
+    );
+    assert!(
+        !seen.lock().expect("seen").is_empty(),
+        "the redirecting issuer was not asked"
+    );
+    assert_eq!(
+        target
+            .fixture
+            .requests_to("/oidc/.well-known/openid-configuration")
+            .len(),
+        asked_before,
+        "the redirect was followed"
+    );
+    assert!(generations(&auth, "redir-bot").is_empty());
+}
