@@ -13,6 +13,7 @@ mod admin;
 mod audit;
 mod certificates;
 mod challenges;
+mod credentials;
 mod id_tokens;
 mod outputs;
 mod public_https;
