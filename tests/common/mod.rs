@@ -136,8 +136,9 @@ impl Auth {
                 &["--cluster-name", "example.test"][..]
             })
             .args(&self.extra_args)
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            // Before `envs`, so a test may ask for more (e.g. debug) logging.
             .env("SIGIL_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
