@@ -46,6 +46,19 @@ use witness::Witness;
 
 /// Run the agent. With `oneshot`, obtain credentials once and return.
 pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
+    run_with(cfg, oneshot, None).await
+}
+
+/// The agent's current client to the auth service (its renewed identity).
+pub type SharedClient = tokio::sync::watch::Sender<Option<AuthServiceClient<client::AuthChannel>>>;
+
+/// [`run`], also publishing the agent's current client to `share` on every
+/// renewal: `sigil proxy` calls the auth service as the agent it runs.
+pub async fn run_with(
+    cfg: AgentConfig,
+    oneshot: bool,
+    share: Option<SharedClient>,
+) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Everything local is checked before the first network call.
     fsutil::check_writable(&cfg.storage, "storage")?;
@@ -112,6 +125,17 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let mut ssh_tasks = Vec::new();
     let (client_tx, client_rx) = tokio::sync::watch::channel(None);
+    let _share_task = share.map(|share| {
+        let mut rx = client_rx.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                share.send_replace(rx.borrow_and_update().clone());
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }))
+    });
     // The SPKI pin of the CA that signed the agent's certificate (ca_watch.rs).
     let (issuer_tx, issuer_rx) = tokio::sync::watch::channel(String::new());
     let renew_now = std::sync::Arc::new(tokio::sync::Notify::new());

@@ -1,0 +1,417 @@
+//! The HTTPS listener: one task per connection, each request authorised and
+//! forwarded; a connection (and its WebSocket tunnels) is closed when its
+//! caller stops being allowed (a lock: within the push, well under 1 s).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sigil_proto::v1::AppRequestRecord;
+use sigil_types::{App, IdentityFields, JWT_ASSERTION_HEADER};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::access::{Access, Decision};
+use crate::audit::Auditor;
+use crate::config::ProxyConfig;
+use crate::tls::ServerIdentity;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What every connection shares.
+pub struct Ctx {
+    pub cfg: ProxyConfig,
+    pub access: Arc<Access>,
+    pub audit: Arc<Auditor>,
+    pub upstream: Client<HttpConnector, Incoming>,
+}
+
+/// One client connection.
+struct Conn {
+    cert: Arc<[u8]>,
+    sni: Option<String>,
+    /// Apps requested on this connection: re-checked on every change.
+    apps: Mutex<BTreeSet<String>>,
+    kill: watch::Receiver<bool>,
+}
+
+/// The upstream client, with the configured connect timeout.
+pub fn upstream_client(cfg: &ProxyConfig) -> Client<HttpConnector, Incoming> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(cfg.timeouts.upstream_connect.0));
+    http.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(http)
+}
+
+/// Accept connections until the listener fails.
+pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, id: ServerIdentity) -> anyhow::Result<()> {
+    let mut snaps = ctx.access.subscribe();
+    let mut ca_pem = String::new();
+    let mut acceptor: Option<tokio_rustls::TlsAcceptor> = None;
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        // Rebuild the TLS config when the client CAs change (a rotation).
+        let snap = snaps.borrow_and_update().clone();
+        if snap.client_ca_pem != ca_pem || acceptor.is_none() {
+            match id.config(&snap.client_ca_pem) {
+                Ok(c) => {
+                    acceptor = Some(tokio_rustls::TlsAcceptor::from(c));
+                    ca_pem = snap.client_ca_pem.clone();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), %peer, "refusing a connection: no TLS config yet");
+                    continue;
+                }
+            }
+        }
+        let Some(acc) = acceptor.clone() else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            if let Err(e) = connection(ctx, tcp, acc).await {
+                tracing::debug!(%peer, error = %format!("{e:#}"), "connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(
+    ctx: Arc<Ctx>,
+    tcp: tokio::net::TcpStream,
+    acc: tokio_rustls::TlsAcceptor,
+) -> anyhow::Result<()> {
+    let tls = tokio::time::timeout(ctx.cfg.timeouts.client_header.0, acc.accept(tcp)).await??;
+    let (_, session) = tls.get_ref();
+    let cert: Arc<[u8]> = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| Arc::from(c.as_ref()))
+        .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
+    let sni = session.server_name().map(str::to_ascii_lowercase);
+    let (kill_tx, kill_rx) = watch::channel(false);
+    let conn = Arc::new(Conn {
+        cert,
+        sni,
+        apps: Mutex::default(),
+        kill: kill_rx.clone(),
+    });
+    let watcher = tokio::spawn(recheck(ctx.clone(), conn.clone(), kill_tx));
+    let svc = {
+        let ctx = ctx.clone();
+        let conn = conn.clone();
+        hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(ctx, conn, req).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.cfg.timeouts.client_header.0)
+        .max_buf_size(ctx.cfg.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(ctx.cfg.max_header_bytes).unwrap_or(u32::MAX));
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    let mut kill = kill_rx;
+    let result = tokio::select! {
+        r = served => r.map_err(|e| anyhow::anyhow!("{e}")),
+        _ = kill.wait_for(|k| *k) => Ok(()),
+    };
+    watcher.abort();
+    result
+}
+
+/// On every change pushed by the auth service, re-decide each app this
+/// connection used; the first refusal closes it (and its tunnels).
+async fn recheck(ctx: Arc<Ctx>, conn: Arc<Conn>, kill: watch::Sender<bool>) {
+    let mut snaps = ctx.access.subscribe();
+    loop {
+        if snaps.changed().await.is_err() {
+            return;
+        }
+        let apps: Vec<String> = conn
+            .apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let snap = ctx.access.snapshot();
+        for name in apps {
+            let app = snap.apps.values().find(|a| a.metadata.name == name).cloned();
+            let allowed = match app {
+                Some(app) => matches!(
+                    ctx.access.decide(&conn.cert, &app).await,
+                    Ok(Decision::Allow(_))
+                ),
+                // No longer served: nothing stays open to it.
+                None => false,
+            };
+            if !allowed {
+                tracing::info!(app = %name, "closing a connection whose caller is no longer allowed");
+                let _ = kill.send(true);
+                return;
+            }
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let mut rec = AppRequestRecord {
+        method,
+        path,
+        ..Default::default()
+    };
+    let resp = route(&ctx, &conn, req, &mut rec).await;
+    rec.status = u32::from(resp.status().as_u16());
+    rec.latency_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    ctx.audit.record(rec);
+    resp
+}
+
+async fn route(
+    ctx: &Ctx,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+    rec: &mut AppRequestRecord,
+) -> Response<Body> {
+    // Request smuggling: a body framed two ways is refused outright.
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        rec.reason = "Content-Length and Transfer-Encoding together".into();
+        return plain(StatusCode::BAD_REQUEST, "bad request\n");
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| crate::access::strip_port(h).to_string())
+        })
+        .or_else(|| conn.sni.clone())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    // Host must name the app the TLS session was opened for.
+    if let Some(sni) = &conn.sni
+        && *sni != host
+    {
+        return plain(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n");
+    }
+    let Some(app) = ctx.access.app_for(&host) else {
+        return plain(StatusCode::NOT_FOUND, "no such app\n");
+    };
+    rec.app = app.metadata.name.clone();
+    conn.apps
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(app.metadata.name.clone());
+    let allowed = match ctx.access.decide(&conn.cert, &app).await {
+        Ok(Decision::Allow(a)) => a,
+        Ok(Decision::Deny {
+            bot,
+            instance,
+            reason,
+        }) => {
+            rec.bot = bot;
+            rec.instance = instance;
+            rec.reason = reason;
+            return plain(StatusCode::FORBIDDEN, "access denied\n");
+        }
+        Err(e) => {
+            // Fail closed: no decision, no access.
+            tracing::warn!(error = %format!("{e:#}"), "authorization unavailable");
+            rec.reason = "authorization unavailable".into();
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "authorization unavailable\n");
+        }
+    };
+    rec.bot = allowed.bot.clone();
+    rec.instance = allowed.instance.clone();
+    let jwt = match ctx.access.jwt(&conn.cert, &app).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "signing the app JWT failed");
+            rec.reason = format!("{e:#}");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "identity unavailable\n");
+        }
+    };
+    let upstream = match app.spec.upstream() {
+        Ok(u) if !u.tls => u,
+        _ => {
+            tracing::warn!(app = %app.metadata.name, "https upstreams are not supported yet");
+            return plain(StatusCode::BAD_GATEWAY, "bad gateway\n");
+        }
+    };
+    let who = IdentityFields {
+        name: allowed.bot.clone(),
+        instance: allowed.instance.clone(),
+        roles: allowed.roles.clone(),
+    };
+    let is_upgrade = wants_upgrade(req.headers());
+    let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let out = match forward_request(req, &app, &upstream, &who, &jwt, &host, is_upgrade) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "building the upstream request");
+            return plain(StatusCode::BAD_REQUEST, "bad request\n");
+        }
+    };
+    let sent = tokio::time::timeout(
+        ctx.cfg.timeouts.upstream_response.0,
+        ctx.upstream.request(out),
+    )
+    .await;
+    let mut resp = match sent {
+        Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+        Ok(Err(e)) => {
+            tracing::warn!(app = %app.metadata.name, error = %e, "upstream failed");
+            return plain(StatusCode::BAD_GATEWAY, "bad gateway\n");
+        }
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let kill = conn.kill.clone();
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, kill));
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, http_body_util::Empty::new().map_err(|n| match n {}).boxed());
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    resp.map(|b| b.boxed())
+}
+
+/// A WebSocket (or other upgraded) tunnel, closed with the connection's kill switch.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    mut kill: watch::Receiver<bool>,
+) {
+    let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
+        return;
+    };
+    let mut c = TokioIo::new(c);
+    let mut u = TokioIo::new(u);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+        _ = kill.wait_for(|k| *k) => {}
+    }
+}
+
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+/// Remove hop-by-hop headers (RFC 9110 7.6.1), and those `Connection` names;
+/// with `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ] {
+        h.remove(n);
+    }
+    h.remove(header::CONNECTION);
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn forward_request(
+    req: Request<Incoming>,
+    app: &App,
+    upstream: &sigil_types::Upstream,
+    who: &IdentityFields,
+    jwt: &str,
+    host: &str,
+    upgrade: bool,
+) -> anyhow::Result<Request<Incoming>> {
+    let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let authority = if upstream.host.contains(':') {
+        format!("[{}]:{}", upstream.host, upstream.port)
+    } else {
+        format!("{}:{}", upstream.host, upstream.port)
+    };
+    parts.uri = format!("http://{authority}{}{pq}", upstream.base_path).parse()?;
+    parts.version = http::Version::HTTP_11;
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h, upgrade);
+    // A client's own assertion is never passed on (any case, any count).
+    h.remove(JWT_ASSERTION_HEADER);
+    h.insert(header::HOST, HeaderValue::from_str(&authority)?);
+    h.insert("x-forwarded-host", HeaderValue::from_str(host)?);
+    h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    for (name, template) in &app.spec.rewrite_headers {
+        let v = sigil_types::app::render_template(template, who)
+            .map_err(|e| anyhow::anyhow!("rewrite_headers.{name}: {e}"))?;
+        h.insert(HeaderName::from_bytes(name.as_bytes())?, HeaderValue::from_str(&v)?);
+    }
+    h.insert(JWT_ASSERTION_HEADER, HeaderValue::from_str(jwt)?);
+    Ok(Request::from_parts(parts, body))
+}
