@@ -41,7 +41,9 @@ struct Conn {
     sni: Option<String>,
     /// Apps requested on this connection: re-checked on every change.
     apps: Mutex<BTreeSet<String>>,
-    kill: watch::Receiver<bool>,
+    /// Set when the caller is no longer allowed: the connection and every
+    /// tunnel opened on it close. The re-check lives while any of them does.
+    kill: watch::Sender<bool>,
 }
 
 /// The upstream client, with the configured connect timeout.
@@ -102,14 +104,15 @@ async fn connection(
         .map(|c| Arc::from(c.as_ref()))
         .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
     let sni = session.server_name().map(str::to_ascii_lowercase);
-    let (kill_tx, kill_rx) = watch::channel(false);
     let conn = Arc::new(Conn {
         cert,
         sni,
         apps: Mutex::default(),
-        kill: kill_rx.clone(),
+        kill: watch::channel(false).0,
     });
-    let watcher = tokio::spawn(recheck(ctx.clone(), conn.clone(), kill_tx));
+    // Subscribed before the re-check starts, which ends when nothing listens.
+    let mut kill = conn.kill.subscribe();
+    tokio::spawn(recheck(ctx.clone(), conn.clone()));
     let svc = {
         let ctx = ctx.clone();
         let conn = conn.clone();
@@ -130,22 +133,21 @@ async fn connection(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(ctx.cfg.max_header_bytes).unwrap_or(u32::MAX));
     let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-    let mut kill = kill_rx;
-    let result = tokio::select! {
+    tokio::select! {
         r = served => r.map_err(|e| anyhow::anyhow!("{e}")),
         _ = kill.wait_for(|k| *k) => Ok(()),
-    };
-    watcher.abort();
-    result
+    }
 }
 
 /// On every change pushed by the auth service, re-decide each app this
 /// connection used; the first refusal closes it (and its tunnels).
-async fn recheck(ctx: Arc<Ctx>, conn: Arc<Conn>, kill: watch::Sender<bool>) {
+async fn recheck(ctx: Arc<Ctx>, conn: Arc<Conn>) {
     let mut snaps = ctx.access.subscribe();
     loop {
-        if snaps.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = snaps.changed() => if r.is_err() { return },
+            // The connection and its tunnels are gone.
+            _ = conn.kill.closed() => return,
         }
         let apps: Vec<String> = conn
             .apps
@@ -167,7 +169,7 @@ async fn recheck(ctx: Arc<Ctx>, conn: Arc<Conn>, kill: watch::Sender<bool>) {
             };
             if !allowed {
                 tracing::info!(app = %name, "closing a connection whose caller is no longer allowed");
-                let _ = kill.send(true);
+                let _ = conn.kill.send(true);
                 return;
             }
         }
@@ -210,7 +212,9 @@ async fn route(
     mut req: Request<Incoming>,
     rec: &mut AppRequestRecord,
 ) -> Response<Body> {
-    // Request smuggling: a body framed two ways is refused outright.
+    // A body framed two ways. HTTP/1 never gets here (hyper reads it as
+    // chunked, drops Content-Length and closes after the response, RFC 9112
+    // 6.3), nor does HTTP/2 (no Transfer-Encoding); kept for any other path.
     if req.headers().contains_key(header::TRANSFER_ENCODING)
         && req.headers().contains_key(header::CONTENT_LENGTH)
     {
@@ -311,7 +315,7 @@ async fn route(
         && let Some(client_upgrade) = client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let kill = conn.kill.clone();
+        let kill = conn.kill.subscribe();
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, kill));
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, http_body_util::Empty::new().map_err(|n| match n {}).boxed());
@@ -326,13 +330,19 @@ async fn tunnel(
     upstream: hyper::upgrade::OnUpgrade,
     mut kill: watch::Receiver<bool>,
 ) {
-    let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
-        return;
+    let (c, u) = match (client.await, upstream.await) {
+        (Ok(c), Ok(u)) => (c, u),
+        (c, u) => {
+            tracing::warn!(client = ?c.err(), upstream = ?u.err(), "upgrade failed");
+            return;
+        }
     };
     let mut c = TokioIo::new(c);
     let mut u = TokioIo::new(u);
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+        r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+            tracing::debug!(result = ?r, "tunnel ended");
+        }
         _ = kill.wait_for(|k| *k) => {}
     }
 }

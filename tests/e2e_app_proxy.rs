@@ -1,0 +1,343 @@
+//! End to end: application access through `sigil proxy`. The real `sigil`
+//! auth service, the real proxy (joined as its own bot), a Python upstream
+//! that verifies the `Sigil-Jwt-Assertion` against the auth service's
+//! `/jwks.json`, and the real `curl` with an agent's `identity` output.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const HOST: &str = "grafana.example.test";
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Setup {
+    auth: Auth,
+    work: tempfile::TempDir,
+    port: u16,
+    _upstream: Kill,
+    _proxy: Kill,
+}
+
+impl Setup {
+    fn dir(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// A bot with `role`, joined once; the directory of its `identity` output.
+    fn client(&self, bot: &str, role: &str) -> PathBuf {
+        let out = self
+            .auth
+            .ok(&["bots", "add", bot, "--roles", role, "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("bots add json");
+        let token = v["token"].as_str().expect("token");
+        let dirs = self.dir(bot);
+        let o = Command::new(sigil_bin())
+            .args(["agent", "start", "--oneshot", "--auth-server", &self.auth.addr()])
+            .args(["--ca-pin", &self.auth.pin, "--token", token])
+            .arg("--storage")
+            .arg(dirs.join("storage"))
+            .arg("--output")
+            .arg(format!("identity:{}", dirs.join("out").display()))
+            .output()
+            .expect("run agent");
+        assert!(o.status.success(), "{}", text(&o));
+        dirs.join("out")
+    }
+
+    /// `curl` through the proxy with `ident`'s certificate; extra args first.
+    fn curl(&self, ident: Option<&Path>, extra: &[&str], urls: &[&str]) -> Output {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-m", "15", "--cacert"])
+            .arg(self.dir("proxy-tls.crt"))
+            .args([
+                "--resolve",
+                &format!("{HOST}:{}:127.0.0.1", self.port),
+                "--resolve",
+                &format!("unknown.example.test:{}:127.0.0.1", self.port),
+            ]);
+        if let Some(i) = ident {
+            c.arg("--cert").arg(i.join("tls.crt"));
+            c.arg("--key").arg(i.join("tls.key"));
+        }
+        c.args(extra);
+        for u in urls {
+            c.arg(u.replace("PORT", &self.port.to_string()));
+        }
+        c.output().expect("run curl")
+    }
+
+    /// (status, body) of one GET.
+    fn get(&self, ident: &Path, path: &str) -> (u16, String) {
+        let o = self.curl(
+            Some(ident),
+            &["-w", "\n%{http_code}"],
+            &[&format!("https://{HOST}:PORT{path}")],
+        );
+        let t = stdout(&o);
+        let (body, code) = t.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    fn py_client(&self, mode: &str, ident: &Path) -> Command {
+        let mut c = Command::new("python3");
+        c.arg(fixture("app_client.py"))
+            .arg(mode)
+            .arg(self.port.to_string())
+            .arg(self.dir("proxy-tls.crt"))
+            .arg(ident.join("tls.crt"))
+            .arg(ident.join("tls.key"));
+        c
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn start() -> Setup {
+    let auth = Auth::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let up_port = free_port();
+    let jwks = format!("https://127.0.0.1:{}/jwks.json", auth.public_port);
+    let upstream = Command::new("python3")
+        .arg(fixture("app_upstream.py"))
+        .arg(up_port.to_string())
+        .arg(&jwks)
+        .arg(format!("https://{HOST}"))
+        .stderr(std::fs::File::create(work.path().join("upstream.log")).expect("log"))
+        .spawn()
+        .expect("python3 (the test venv has PyJWT and cryptography)");
+    let upstream = Kill(upstream);
+    auth.create(
+        "roles.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: app-proxy}\nspec: {allow: {app_server_labels: {env: prod}}}\n\
+         ---\nkind: role\nversion: v1\nmetadata: {name: app-user}\nspec: {allow: {app_labels: {env: prod}}}\n\
+         ---\nkind: role\nversion: v1\nmetadata: {name: dev-user}\nspec: {allow: {app_labels: {env: dev}}}\n",
+    );
+    auth.create(
+        "app.yaml",
+        &format!(
+            "kind: app\nversion: v1\nmetadata: {{name: grafana, labels: {{env: prod}}}}\n\
+             spec:\n  upstream: http://127.0.0.1:{up_port}\n  public_addr: {HOST}\n\
+             \x20 rewrite_headers: {{X-Forwarded-User: \"{{{{ identity.name }}}}\"}}\n"
+        ),
+    );
+    assert!(auth.ok(&["get", "apps"]).contains(HOST));
+    // The proxy's server certificate (the operator's; any CA the clients trust).
+    let crt = work.path().join("proxy-tls.crt");
+    let key = work.path().join("proxy-tls.key");
+    let o = run(
+        "openssl",
+        &[
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-days", "1", "-subj", "/CN=proxy", "-addext",
+            "subjectAltName=DNS:grafana.example.test,DNS:unknown.example.test",
+            "-keyout", key.to_str().expect("utf8"), "-out", crt.to_str().expect("utf8"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = auth.ok(&["bots", "add", "proxy", "--roles", "app-proxy", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let token = v["token"].as_str().expect("token");
+    let agent_cfg = work.path().join("proxy-agent.yaml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "version: v1\nauth_server: {}\nca_pins: [{}]\n\
+             onboarding: {{join_method: token, token: {token}}}\n\
+             storage: {{type: directory, path: {}}}\ncredential_ttl: 1h\noutputs: []\n",
+            auth.addr(),
+            auth.pin,
+            work.path().join("proxy-storage").display()
+        ),
+    )
+    .expect("write agent config");
+    let port = free_port();
+    let cfg = work.path().join("proxy.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\ntls_cert_file: proxy-tls.crt\ntls_key_file: proxy-tls.key\n\
+             agent_config: proxy-agent.yaml\ntimeouts: {{upstream_response: 2s}}\n\
+             audit: {{allowed: all, flush_every: 200ms}}\n"
+        ),
+    )
+    .expect("write proxy config");
+    let proxy = Command::new(sigil_bin())
+        .args(["proxy", "start", "--config"])
+        .arg(&cfg)
+        .env("SIGIL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.path().join("proxy.log")).expect("log"))
+        .spawn()
+        .expect("start sigil proxy");
+    let s = Setup {
+        auth,
+        work,
+        port,
+        _upstream: upstream,
+        _proxy: Kill(proxy),
+    };
+    // Listening, with the client CAs from the auth service.
+    let probe = s.client("probe", "dev-user");
+    wait_until("the proxy", Duration::from_secs(30), || {
+        s.get(&probe, "/").0 == 403
+    });
+    s
+}
+
+fn proxy_log(s: &Setup) -> String {
+    std::fs::read_to_string(s.dir("proxy.log")).unwrap_or_default()
+}
+
+#[test]
+fn app_access_through_the_proxy() {
+    let s = start();
+    let ci = s.client("ci", "app-user");
+    let dev = s.client("dev", "dev-user");
+
+    // Allowed: the upstream verified the JWT against /jwks.json.
+    let (code, body) = s.get(&ci, "/dash?x=1");
+    assert_eq!(code, 200, "{body}\n{}", proxy_log(&s));
+    let v: serde_json::Value = serde_json::from_str(&body).expect("upstream json");
+    assert_eq!(v["claims"]["sigil_bot"], "ci");
+    assert_eq!(v["claims"]["app"], "grafana");
+    assert_eq!(v["claims"]["roles"], serde_json::json!(["app-user"]));
+    assert_eq!(v["claims"]["aud"], format!("https://{HOST}"));
+    assert_eq!(v["user"], "ci", "rewrite_headers");
+    assert_eq!(v["path"], "/dash?x=1");
+
+    // A client's own assertion is stripped: the upstream sees exactly one, valid.
+    let o = s.curl(
+        Some(&ci),
+        &["-H", "Sigil-Jwt-Assertion: forged", "-w", "\n%{http_code}"],
+        &[&format!("https://{HOST}:PORT/")],
+    );
+    assert!(stdout(&o).ends_with("\n200"), "{}", text(&o));
+
+    // Wrong labels: 403, the reason only in the audit log.
+    let (code, body) = s.get(&dev, "/");
+    assert_eq!(code, 403);
+    assert!(!body.contains("app_labels"), "{body}");
+
+    // Unknown app: 404.
+    let o = s.curl(
+        Some(&ci),
+        &["-o", "/dev/null", "-w", "%{http_code}"],
+        &["https://unknown.example.test:PORT/"],
+    );
+    assert_eq!(stdout(&o), "404", "{}", text(&o));
+
+    // No client certificate: refused at the handshake (no HTTP status at all).
+    let o = s.curl(None, &["-o", "/dev/null", "-w", "%{http_code}"], &[&format!("https://{HOST}:PORT/")]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(stdout(&o), "000");
+
+    // HTTP/2.
+    let o = s.curl(
+        Some(&ci),
+        &["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"],
+        &[&format!("https://{HOST}:PORT/")],
+    );
+    assert_eq!(stdout(&o), "2 200", "{}", text(&o));
+
+    // HTTP/1.1 keep-alive: two requests, one connection.
+    let o = s.curl(
+        Some(&ci),
+        &["--http1.1", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{num_connects} %{http_code}\n"],
+        &[&format!("https://{HOST}:PORT/a"), &format!("https://{HOST}:PORT/b")],
+    );
+    assert_eq!(stdout(&o), "1 200\n0 200\n", "{}", text(&o));
+
+    // Smuggling: ambiguous framing is refused (400); both Content-Length and
+    // Transfer-Encoding is read as chunked (RFC 9112 6.3) and the connection
+    // closed after one response, so the tail never becomes a request.
+    let o = s.py_client("smuggle", &ci).output().expect("python3");
+    assert_eq!(
+        stdout(&o),
+        "te_cl 1 HTTP/1.1 200 OK \ntwo_cl 1 HTTP/1.1 400 Bad Request \n\
+         te_not_chunked 1 HTTP/1.1 400 Bad Request \nte_http10 1 HTTP/1.1 400 Bad Request \n",
+        "{}",
+        text(&o)
+    );
+    // Oversized headers: 431.
+    let o = s.py_client("bigheader", &ci).output().expect("python3");
+    assert!(stdout(&o).contains(" 431"), "{}", text(&o));
+
+    // An upstream that hangs: 504 after the configured 2 s; others still served.
+    let t = Instant::now();
+    let (code, _) = s.get(&ci, "/hang");
+    assert_eq!(code, 504);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(s.get(&ci, "/").0, 200);
+
+    // Audit: allowed and denied requests, the denial with its reason.
+    wait_until("app.request events", Duration::from_secs(10), || {
+        let ev = s.auth.audit("app.request");
+        ev.iter().any(|e| e.to_string().contains("\"status\":403"))
+            && ev.iter().any(|e| e.to_string().contains("\"status\":200"))
+    });
+    let ev = s.auth.audit("app.request");
+    let denial = ev
+        .iter()
+        .find(|e| e.to_string().contains("\"status\":403") && e.to_string().contains("\"dev\""))
+        .unwrap_or_else(|| panic!("{ev:?}"));
+    assert!(denial.to_string().contains("app_labels"), "{denial}");
+
+    // Role removed: the next request is refused.
+    s.auth.ok(&["bots", "update", "ci", "--set-roles", "dev-user"]);
+    assert_eq!(s.get(&ci, "/").0, 403);
+    s.auth.ok(&["bots", "update", "ci", "--set-roles", "app-user"]);
+    assert_eq!(s.get(&ci, "/").0, 200);
+}
+
+/// Runs `mode` (hold or ws) on an open connection, locks `bot`, and returns
+/// the seconds the proxy took to close the connection after the lock.
+fn closed_after_lock(s: &Setup, ident: &Path, mode: &str, bot: &str, expect: &str) -> f64 {
+    let mut child = s
+        .py_client(mode, ident)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("utf8");
+    assert!(first.contains(expect), "{first}\n{}", proxy_log(s));
+    s.auth.ok(&["locks", "add", "--bot", bot, "--message", "e2e"]);
+    writeln!(child.stdin.as_mut().expect("stdin")).expect("go");
+    let secs: f64 = lines
+        .next()
+        .expect("a line")
+        .expect("utf8")
+        .parse()
+        .expect("seconds");
+    let _ = child.wait();
+    secs
+}
+
+#[test]
+fn a_lock_closes_open_connections_and_websockets() {
+    let s = start();
+    let held = s.client("held", "app-user");
+    let ws = s.client("wsbot", "app-user");
+    let secs = closed_after_lock(&s, &held, "hold", "held", "HTTP/1.1 200");
+    assert!(secs <= 1.0, "closed {secs}s after the lock\n{}", proxy_log(&s));
+    // And the locked caller gets nothing more.
+    assert_eq!(s.get(&held, "/").0, 403);
+
+    let secs = closed_after_lock(&s, &ws, "ws", "wsbot", "HTTP/1.1 101 Switching Protocols hello");
+    assert!(secs <= 1.0, "WebSocket closed {secs}s after the lock");
+}
