@@ -43,7 +43,13 @@ impl Setup {
         let token = v["token"].as_str().expect("token");
         let dirs = self.dir(bot);
         let o = Command::new(sigil_bin())
-            .args(["agent", "start", "--oneshot", "--auth-server", &self.auth.addr()])
+            .args([
+                "agent",
+                "start",
+                "--oneshot",
+                "--auth-server",
+                &self.auth.addr(),
+            ])
             .args(["--ca-pin", &self.auth.pin, "--token", token])
             .arg("--storage")
             .arg(dirs.join("storage"))
@@ -142,14 +148,35 @@ fn start() -> Setup {
     let o = run(
         "openssl",
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "1", "-subj", "/CN=proxy", "-addext",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=proxy",
+            "-addext",
             "subjectAltName=DNS:grafana.example.test,DNS:unknown.example.test",
-            "-keyout", key.to_str().expect("utf8"), "-out", crt.to_str().expect("utf8"),
+            "-keyout",
+            key.to_str().expect("utf8"),
+            "-out",
+            crt.to_str().expect("utf8"),
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let out = auth.ok(&["bots", "add", "proxy", "--roles", "app-proxy", "--format", "json"]);
+    let out = auth.ok(&[
+        "bots",
+        "add",
+        "proxy",
+        "--roles",
+        "app-proxy",
+        "--format",
+        "json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let token = v["token"].as_str().expect("token");
     let agent_cfg = work.path().join("proxy-agent.yaml");
@@ -242,14 +269,24 @@ fn app_access_through_the_proxy() {
     assert_eq!(stdout(&o), "404", "{}", text(&o));
 
     // No client certificate: refused at the handshake (no HTTP status at all).
-    let o = s.curl(None, &["-o", "/dev/null", "-w", "%{http_code}"], &[&format!("https://{HOST}:PORT/")]);
+    let o = s.curl(
+        None,
+        &["-o", "/dev/null", "-w", "%{http_code}"],
+        &[&format!("https://{HOST}:PORT/")],
+    );
     assert!(!o.status.success(), "{}", text(&o));
     assert_eq!(stdout(&o), "000");
 
     // HTTP/2.
     let o = s.curl(
         Some(&ci),
-        &["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"],
+        &[
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ],
         &[&format!("https://{HOST}:PORT/")],
     );
     assert_eq!(stdout(&o), "2 200", "{}", text(&o));
@@ -257,8 +294,19 @@ fn app_access_through_the_proxy() {
     // HTTP/1.1 keep-alive: two requests, one connection.
     let o = s.curl(
         Some(&ci),
-        &["--http1.1", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{num_connects} %{http_code}\n"],
-        &[&format!("https://{HOST}:PORT/a"), &format!("https://{HOST}:PORT/b")],
+        &[
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{num_connects} %{http_code}\n",
+        ],
+        &[
+            &format!("https://{HOST}:PORT/a"),
+            &format!("https://{HOST}:PORT/b"),
+        ],
     );
     assert_eq!(stdout(&o), "1 200\n0 200\n", "{}", text(&o));
 
@@ -298,9 +346,11 @@ fn app_access_through_the_proxy() {
     assert!(denial.to_string().contains("app_labels"), "{denial}");
 
     // Role removed: the next request is refused.
-    s.auth.ok(&["bots", "update", "ci", "--set-roles", "dev-user"]);
+    s.auth
+        .ok(&["bots", "update", "ci", "--set-roles", "dev-user"]);
     assert_eq!(s.get(&ci, "/").0, 403);
-    s.auth.ok(&["bots", "update", "ci", "--set-roles", "app-user"]);
+    s.auth
+        .ok(&["bots", "update", "ci", "--set-roles", "app-user"]);
     assert_eq!(s.get(&ci, "/").0, 200);
 }
 
@@ -316,7 +366,8 @@ fn closed_after_lock(s: &Setup, ident: &Path, mode: &str, bot: &str, expect: &st
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let first = lines.next().expect("a line").expect("utf8");
     assert!(first.contains(expect), "{first}\n{}", proxy_log(s));
-    s.auth.ok(&["locks", "add", "--bot", bot, "--message", "e2e"]);
+    s.auth
+        .ok(&["locks", "add", "--bot", bot, "--message", "e2e"]);
     writeln!(child.stdin.as_mut().expect("stdin")).expect("go");
     let secs: f64 = lines
         .next()
@@ -334,10 +385,20 @@ fn a_lock_closes_open_connections_and_websockets() {
     let held = s.client("held", "app-user");
     let ws = s.client("wsbot", "app-user");
     let secs = closed_after_lock(&s, &held, "hold", "held", "HTTP/1.1 200");
-    assert!(secs <= 1.0, "closed {secs}s after the lock\n{}", proxy_log(&s));
+    assert!(
+        secs <= 1.0,
+        "closed {secs}s after the lock\n{}",
+        proxy_log(&s)
+    );
     // And the locked caller gets nothing more.
     assert_eq!(s.get(&held, "/").0, 403);
 
-    let secs = closed_after_lock(&s, &ws, "ws", "wsbot", "HTTP/1.1 101 Switching Protocols hello");
+    let secs = closed_after_lock(
+        &s,
+        &ws,
+        "ws",
+        "wsbot",
+        "HTTP/1.1 101 Switching Protocols hello",
+    );
     assert!(secs <= 1.0, "WebSocket closed {secs}s after the lock");
 }

@@ -162,7 +162,10 @@ impl Access {
             }
         }
         let generation = self.snapshot().generation + 1;
-        self.decisions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.snapshot.send_replace(Arc::new(Snapshot {
             generation,
             live: true,
@@ -222,7 +225,11 @@ impl Access {
     /// The JWT for `cert` on `app`, signed anew near its expiry.
     pub async fn jwt(&self, cert: &Arc<[u8]>, app: &App) -> anyhow::Result<String> {
         let key: Key = (cert.clone(), app.metadata.name.clone());
-        if let Some((until, t)) = self.jwts.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        if let Some((until, t)) = self
+            .jwts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
             && Instant::now() < *until
         {
             return Ok(t.clone());

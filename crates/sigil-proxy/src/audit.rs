@@ -14,14 +14,19 @@ use crate::config::{AllowedAudit, AuditConfig};
 /// At most this many records wait for a flush; beyond, allowed ones are dropped
 /// (counted in `sigil_proxy_audit_dropped_total`), denials are kept.
 const MAX_PENDING: usize = 50_000;
+/// At most this many records in one report (the auth service takes 10,000).
+const MAX_BATCH: usize = 5_000;
+
+/// (app, bot, instance, status).
+type AggregateKey = (String, String, String, u32);
 
 /// The audit queue.
 pub struct Auditor {
     cfg: AuditConfig,
     seen: AtomicU64,
     pending: Mutex<Vec<AppRequestRecord>>,
-    /// (app, bot, instance, status) → (count, total latency).
-    aggregate: Mutex<HashMap<(String, String, String, u32), (u64, u64)>>,
+    /// → (count, total latency).
+    aggregate: Mutex<HashMap<AggregateKey, (u64, u64)>>,
 }
 
 impl Auditor {
@@ -41,7 +46,11 @@ impl Auditor {
             match self.cfg.allowed {
                 AllowedAudit::All => {}
                 AllowedAudit::Sample => {
-                    if self.seen.fetch_add(1, Ordering::Relaxed) % self.cfg.sample_every != 0 {
+                    if !self
+                        .seen
+                        .fetch_add(1, Ordering::Relaxed)
+                        .is_multiple_of(self.cfg.sample_every)
+                    {
                         return;
                     }
                 }
@@ -96,8 +105,7 @@ impl Auditor {
             let Some(mut c) = access.reporter_client() else {
                 continue;
             };
-            let batch: Vec<AppRequestRecord> =
-                carry.drain(..carry.len().min(sigil_max_batch())).collect();
+            let batch: Vec<AppRequestRecord> = carry.drain(..carry.len().min(MAX_BATCH)).collect();
             if let Err(e) = c
                 .report_app_requests(ReportAppRequestsRequest {
                     records: batch.clone(),
@@ -112,8 +120,4 @@ impl Auditor {
             }
         }
     }
-}
-
-fn sigil_max_batch() -> usize {
-    5_000
 }

@@ -134,7 +134,10 @@ impl ProxyConfig {
         }
         for (name, d) in [
             ("timeouts.upstream_connect", self.timeouts.upstream_connect),
-            ("timeouts.upstream_response", self.timeouts.upstream_response),
+            (
+                "timeouts.upstream_response",
+                self.timeouts.upstream_response,
+            ),
             ("timeouts.client_header", self.timeouts.client_header),
             ("audit.flush_every", self.audit.flush_every),
         ] {
@@ -160,7 +163,12 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let mut bad = ok.clone();
         bad.max_header_bytes = 10;
-        assert!(bad.check().unwrap_err().to_string().contains("max_header_bytes"));
+        assert!(
+            bad.check()
+                .unwrap_err()
+                .to_string()
+                .contains("max_header_bytes")
+        );
         let t: ProxyConfig =
             serde_norway::from_str(&format!("{base}timeouts: {{upstream_response: 2s}}\n"))
                 .unwrap();

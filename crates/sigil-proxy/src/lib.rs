@@ -7,6 +7,7 @@
 mod access;
 mod audit;
 pub mod config;
+mod headers;
 mod server;
 mod tls;
 

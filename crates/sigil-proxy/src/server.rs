@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -16,13 +16,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sigil_proto::v1::AppRequestRecord;
-use sigil_types::{App, IdentityFields, JWT_ASSERTION_HEADER};
+use sigil_types::IdentityFields;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access::{Access, Decision};
 use crate::audit::Auditor;
 use crate::config::ProxyConfig;
+use crate::headers::{forward_request, strip_hop_by_hop, wants_upgrade};
 use crate::tls::ServerIdentity;
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -158,7 +159,11 @@ async fn recheck(ctx: Arc<Ctx>, conn: Arc<Conn>) {
             .collect();
         let snap = ctx.access.snapshot();
         for name in apps {
-            let app = snap.apps.values().find(|a| a.metadata.name == name).cloned();
+            let app = snap
+                .apps
+                .values()
+                .find(|a| a.metadata.name == name)
+                .cloned();
             let allowed = match app {
                 Some(app) => matches!(
                     ctx.access.decide(&conn.cert, &app).await,
@@ -264,7 +269,10 @@ async fn route(
             // Fail closed: no decision, no access.
             tracing::warn!(error = %format!("{e:#}"), "authorization unavailable");
             rec.reason = "authorization unavailable".into();
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "authorization unavailable\n");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authorization unavailable\n",
+            );
         }
     };
     rec.bot = allowed.bot.clone();
@@ -318,7 +326,10 @@ async fn route(
         let kill = conn.kill.subscribe();
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, kill));
         let (parts, _) = resp.into_parts();
-        return Response::from_parts(parts, http_body_util::Empty::new().map_err(|n| match n {}).boxed());
+        return Response::from_parts(
+            parts,
+            http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
+        );
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     resp.map(|b| b.boxed())
@@ -345,83 +356,4 @@ async fn tunnel(
         }
         _ = kill.wait_for(|k| *k) => {}
     }
-}
-
-fn wants_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-        })
-}
-
-/// Remove hop-by-hop headers (RFC 9110 7.6.1), and those `Connection` names;
-/// with `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay.
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-    ] {
-        h.remove(n);
-    }
-    h.remove(header::CONNECTION);
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
-    }
-}
-
-fn forward_request(
-    req: Request<Incoming>,
-    app: &App,
-    upstream: &sigil_types::Upstream,
-    who: &IdentityFields,
-    jwt: &str,
-    host: &str,
-    upgrade: bool,
-) -> anyhow::Result<Request<Incoming>> {
-    let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let authority = if upstream.host.contains(':') {
-        format!("[{}]:{}", upstream.host, upstream.port)
-    } else {
-        format!("{}:{}", upstream.host, upstream.port)
-    };
-    parts.uri = format!("http://{authority}{}{pq}", upstream.base_path).parse()?;
-    parts.version = http::Version::HTTP_11;
-    let h = &mut parts.headers;
-    strip_hop_by_hop(h, upgrade);
-    // A client's own assertion is never passed on (any case, any count).
-    h.remove(JWT_ASSERTION_HEADER);
-    h.insert(header::HOST, HeaderValue::from_str(&authority)?);
-    h.insert("x-forwarded-host", HeaderValue::from_str(host)?);
-    h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    for (name, template) in &app.spec.rewrite_headers {
-        let v = sigil_types::app::render_template(template, who)
-            .map_err(|e| anyhow::anyhow!("rewrite_headers.{name}: {e}"))?;
-        h.insert(HeaderName::from_bytes(name.as_bytes())?, HeaderValue::from_str(&v)?);
-    }
-    h.insert(JWT_ASSERTION_HEADER, HeaderValue::from_str(jwt)?);
-    Ok(Request::from_parts(parts, body))
 }

@@ -24,14 +24,22 @@ impl ServerIdentity {
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("tls_cert_file: {} is not PEM", cert_file.display()))?;
         if chain.is_empty() {
-            bail!("tls_cert_file: {} holds no certificate", cert_file.display());
+            bail!(
+                "tls_cert_file: {} holds no certificate",
+                cert_file.display()
+            );
         }
         let key_pem = std::fs::read(key_file)
             .with_context(|| format!("tls_key_file: reading {}", key_file.display()))?;
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
             .ok()
             .flatten()
-            .with_context(|| format!("tls_key_file: {} holds no PEM private key", key_file.display()))?;
+            .with_context(|| {
+                format!(
+                    "tls_key_file: {} holds no PEM private key",
+                    key_file.display()
+                )
+            })?;
         Ok(ServerIdentity { chain, key })
     }
 

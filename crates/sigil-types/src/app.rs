@@ -273,7 +273,14 @@ mod tests {
             let e = app(bad, "grafana.example.test").validate().unwrap_err();
             assert_eq!(e.field, "spec.upstream", "{bad}");
         }
-        for bad in ["", "127.0.0.1", "*.example.test", "a b", "h:443", "x\u{202E}"] {
+        for bad in [
+            "",
+            "127.0.0.1",
+            "*.example.test",
+            "a b",
+            "h:443",
+            "x\u{202E}",
+        ] {
             let e = app("http://127.0.0.1:1", bad).validate().unwrap_err();
             assert_eq!(e.field, "spec.public_addr", "{bad}");
         }
@@ -297,7 +304,10 @@ mod tests {
             instance: "i1".into(),
             roles: vec!["a".into(), "b".into()],
         };
-        assert_eq!(render_template("r={{identity.roles}}", &who).unwrap(), "r=a,b");
+        assert_eq!(
+            render_template("r={{identity.roles}}", &who).unwrap(),
+            "r=a,b"
+        );
         for (name, t, why) in [
             ("X-U", "{{ identity.secret }}", "unknown field"),
             ("X-U", "{{ join.sub }}", "unknown field"),

@@ -49,9 +49,10 @@ pub use rbac::{
     glob_match, lifted_denies,
 };
 pub use resource::{
-    AnyResource, App, Bot, BotInstance, Database, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION,
-    Resource, Role, Token, ValidationError, WorkloadIdentity, WorkloadIdentityX509Revocation,
-    check_label_key, check_label_value, check_name, validate_envelope, validate_name,
+    AnyResource, App, Bot, BotInstance, Database, KNOWN_KINDS, Kind, Lock, Metadata,
+    RESOURCE_VERSION, Resource, Role, Token, ValidationError, WorkloadIdentity,
+    WorkloadIdentityX509Revocation, check_label_key, check_label_value, check_name,
+    validate_envelope, validate_name,
 };
 pub use revocation::{WorkloadIdentityX509RevocationSpec, normalize_serial_hex};
 pub use role::{

@@ -91,7 +91,10 @@ fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Sta
         refused: Some(why),
     };
     if caller.cluster != state.cluster {
-        return Ok(refuse(caller, "the identity belongs to another cluster".into()));
+        return Ok(refuse(
+            caller,
+            "the identity belongs to another cluster".into(),
+        ));
     }
     if info.not_after <= OffsetDateTime::now_utc() {
         return Ok(refuse(caller, "the client certificate has expired".into()));
@@ -102,7 +105,12 @@ fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Sta
     };
     // The certificate's roles and the current ones: a lock on either applies.
     let mut targets = authz::lock_targets(&caller);
-    targets.extend(auth.roles.iter().cloned().map(sigil_types::LockTarget::Role));
+    targets.extend(
+        auth.roles
+            .iter()
+            .cloned()
+            .map(sigil_types::LockTarget::Role),
+    );
     if let Some(lock) = state.cache.lock_for(&targets) {
         return Ok(refuse(caller, authz::locked(&lock).message().to_string()));
     }
