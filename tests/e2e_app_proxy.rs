@@ -36,6 +36,10 @@ impl Setup {
 
     /// A bot with `role`, joined once; the directory of its `identity` output.
     fn client(&self, bot: &str, role: &str) -> PathBuf {
+        self.client_with_ttl(bot, role, "1h")
+    }
+
+    fn client_with_ttl(&self, bot: &str, role: &str, ttl: &str) -> PathBuf {
         let out = self
             .auth
             .ok(&["bots", "add", bot, "--roles", role, "--format", "json"]);
@@ -55,6 +59,7 @@ impl Setup {
             .arg(dirs.join("storage"))
             .arg("--output")
             .arg(format!("identity:{}", dirs.join("out").display()))
+            .args(["--credential-ttl", ttl, "--renewal-interval", "30s"])
             .output()
             .expect("run agent");
         assert!(o.status.success(), "{}", text(&o));
@@ -401,4 +406,58 @@ fn a_lock_closes_open_connections_and_websockets() {
         "HTTP/1.1 101 Switching Protocols hello",
     );
     assert!(secs <= 1.0, "WebSocket closed {secs}s after the lock");
+}
+
+#[test]
+fn expired_or_foreign_client_certificates_are_refused_at_the_handshake() {
+    let s = start();
+    let short = s.client_with_ttl("short", "app-user", "1m");
+    assert_eq!(s.get(&short, "/").0, 200);
+    // Not signed by the cluster's client CA.
+    let foreign = s.dir("foreign");
+    std::fs::create_dir_all(&foreign).expect("mkdir");
+    let o = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=short",
+            "-keyout",
+            foreign.join("tls.key").to_str().expect("utf8"),
+            "-out",
+            foreign.join("tls.crt").to_str().expect("utf8"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let refused = |ident: &Path| {
+        let o = s.curl(
+            Some(ident),
+            &["-o", "/dev/null", "-w", "%{http_code}"],
+            &[&format!("https://{HOST}:PORT/")],
+        );
+        !o.status.success() && stdout(&o) == "000"
+    };
+    assert!(refused(&foreign));
+    // The same identity once its certificate has expired.
+    let not_after = run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-enddate",
+            "-in",
+            short.join("tls.crt").to_str().expect("utf8"),
+        ],
+    );
+    assert!(not_after.status.success());
+    std::thread::sleep(Duration::from_secs(62));
+    assert!(refused(&short), "{}", stdout(&not_after));
 }
