@@ -70,7 +70,7 @@ impl Setup {
     fn curl(&self, ident: Option<&Path>, extra: &[&str], urls: &[&str]) -> Output {
         let mut c = Command::new("curl");
         c.args(["-sS", "-m", "15", "--cacert"])
-            .arg(self.dir("proxy-tls.crt"))
+            .arg(self.dir("proxy-ca.crt"))
             .args([
                 "--resolve",
                 &format!("{HOST}:{}:127.0.0.1", self.port),
@@ -105,7 +105,7 @@ impl Setup {
         c.arg(fixture("app_client.py"))
             .arg(mode)
             .arg(self.port.to_string())
-            .arg(self.dir("proxy-tls.crt"))
+            .arg(self.dir("proxy-ca.crt"))
             .arg(ident.join("tls.crt"))
             .arg(ident.join("tls.key"));
         c
@@ -148,31 +148,61 @@ fn start() -> Setup {
     );
     assert!(auth.ok(&["get", "apps"]).contains(HOST));
     // The proxy's server certificate (the operator's; any CA the clients trust).
-    let crt = work.path().join("proxy-tls.crt");
-    let key = work.path().join("proxy-tls.key");
-    let o = run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
+    let w = |name: &str| work.path().join(name).display().to_string();
+    std::fs::write(
+        w("ext.cnf"),
+        "subjectAltName=DNS:grafana.example.test,DNS:unknown.example.test\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write ext.cnf");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let (ca_key, ca_crt, key, csr, crt, ext) = (
+        w("proxy-ca.key"),
+        w("proxy-ca.crt"),
+        w("proxy-tls.key"),
+        w("proxy.csr"),
+        w("proxy-tls.crt"),
+        w("ext.cnf"),
+    );
+    for args in [
+        [
+            &["req", "-x509", "-days", "1", "-subj", "/CN=proxy-ca"][..],
+            &ec,
+            &["-keyout", &ca_key, "-out", &ca_crt],
+        ]
+        .concat(),
+        [
+            &["req", "-subj", "/CN=proxy"][..],
+            &ec,
+            &["-keyout", &key, "-out", &csr],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
             "-days",
             "1",
-            "-subj",
-            "/CN=proxy",
-            "-addext",
-            "subjectAltName=DNS:grafana.example.test,DNS:unknown.example.test",
-            "-keyout",
-            key.to_str().expect("utf8"),
+            "-extfile",
+            &ext,
             "-out",
-            crt.to_str().expect("utf8"),
+            &crt,
         ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    ] {
+        let o = run("openssl", &args);
+        assert!(o.status.success(), "{}", text(&o));
+    }
     let out = auth.ok(&[
         "bots",
         "add",
@@ -460,4 +490,85 @@ fn expired_or_foreign_client_certificates_are_refused_at_the_handshake() {
     assert!(not_after.status.success());
     std::thread::sleep(Duration::from_secs(62));
     assert!(refused(&short), "{}", stdout(&not_after));
+}
+
+#[test]
+fn application_tunnel_lets_a_plain_http_client_through() {
+    let s = start();
+    let out = s.auth.ok(&[
+        "bots", "add", "tool", "--roles", "app-user", "--format", "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let token = v["token"].as_str().expect("token");
+    let tport = free_port();
+    let cfg = s.dir("tunnel-agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v1\nauth_server: {}\nca_pins: [{}]\n\
+             onboarding: {{join_method: token, token: {token}}}\n\
+             storage: {{type: directory, path: {}}}\ncredential_ttl: 1h\noutputs: []\n\
+             services:\n  - type: application-tunnel\n    listen: 127.0.0.1:{tport}\n\
+             \x20   app: {HOST}\n    proxy: 127.0.0.1:{}\n    proxy_ca_file: {}\n",
+            s.auth.addr(),
+            s.auth.pin,
+            s.dir("tunnel-storage").display(),
+            s.port,
+            s.dir("proxy-ca.crt").display(),
+        ),
+    )
+    .expect("write agent config");
+    let _agent = Kill(
+        Command::new(sigil_bin())
+            .args(["agent", "start", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(s.dir("tunnel-agent.log")).expect("log"))
+            .spawn()
+            .expect("start the tunnel agent"),
+    );
+    // A plain HTTP client (no TLS, no certificate): the tunnel adds the bot's identity.
+    let get = || {
+        let o = Command::new("curl")
+            .args(["-sS", "-m", "10", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{tport}/via-tunnel"))
+            .output()
+            .expect("curl");
+        let t = stdout(&o);
+        let (body, code) = t.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().to_string(), body.to_string())
+    };
+    let t = Instant::now();
+    while get().0 != "200" {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the tunnel: {:?}\n{}\n{}",
+            get(),
+            std::fs::read_to_string(s.dir("tunnel-agent.log")).unwrap_or_default(),
+            proxy_log(&s)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, body) = get();
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["claims"]["sigil_bot"], "tool");
+    assert_eq!(v["path"], "/via-tunnel");
+    // A lock on the bot reaches tunnelled requests too.
+    s.auth.ok(&["locks", "add", "--bot", "tool"]);
+    wait_until("the lock", Duration::from_secs(5), || get().0 == "403");
+    // Non-loopback listen addresses are refused at start, naming the field.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .expect("read")
+            .replace(&format!("127.0.0.1:{tport}"), "0.0.0.0:1"),
+    )
+    .expect("write");
+    let o = Command::new(sigil_bin())
+        .args(["agent", "start", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("agent");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("services[0].listen"), "{}", text(&o));
 }

@@ -11,6 +11,7 @@ macro_rules! fault_point {
 }
 
 mod agent;
+mod app_tunnel;
 mod ca_watch;
 pub mod client;
 mod config;
@@ -85,8 +86,17 @@ pub async fn run_with(
     }
     // Bind the Workload API sockets now: a bad path fails before any join.
     let mut sockets = Vec::new();
+    let mut tunnels = Vec::new();
     if !oneshot {
-        for s in &cfg.services {
+        for (i, s) in cfg.services.iter().enumerate() {
+            if s.kind == config::app_tunnel::KIND {
+                let t = config::app_tunnel::validate(i, s)?;
+                let listener = tokio::net::TcpListener::bind(t.listen)
+                    .await
+                    .with_context(|| format!("services[{i}].listen: binding {}", t.listen))?;
+                tunnels.push((listener, t));
+                continue;
+            }
             let path = s.socket_path()?;
             let listener = spiffe::server::bind(&path)?;
             sockets.push((s.clone(), path, listener));
@@ -199,6 +209,14 @@ pub async fn run_with(
                         issuer_rx.clone(),
                         renew_now.clone(),
                         ca_watch::max_jitter(agent.cfg.renewal_interval),
+                    ))));
+                }
+                for (listener, t) in std::mem::take(&mut tunnels) {
+                    tracing::info!(app = %t.app, listen = %t.listen, "application tunnel listening");
+                    ssh_tasks.push(AbortOnDrop(tokio::spawn(app_tunnel::serve(
+                        listener,
+                        t,
+                        Storage::new(&agent.cfg.storage),
                     ))));
                 }
                 for (dest, service, reload) in std::mem::take(&mut db_servers) {

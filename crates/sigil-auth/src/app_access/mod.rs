@@ -90,6 +90,20 @@ fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Sta
         roles: Vec::new(),
         refused: Some(why),
     };
+    // The proxy's handshake verified the chain; verified again here, so a
+    // proxy cannot name a caller with a certificate it made itself.
+    let trusted = state
+        .cas()
+        .client
+        .trusted
+        .iter()
+        .any(|ca| sigil_pki::issued_by(cert_der, ca.cert_der()));
+    if !trusted {
+        return Ok(refuse(
+            caller,
+            "the client certificate was not issued by a trusted client CA".into(),
+        ));
+    }
     if caller.cluster != state.cluster {
         return Ok(refuse(
             caller,

@@ -1,0 +1,62 @@
+//! `application-tunnel` services: checks of their fields.
+
+use std::net::SocketAddr;
+
+use anyhow::bail;
+
+use super::ServiceConfig;
+
+/// The service type.
+pub const KIND: &str = "application-tunnel";
+
+/// A checked tunnel.
+#[derive(Clone, Debug)]
+pub struct TunnelConfig {
+    /// Loopback address the tunnel listens on (plain HTTP).
+    pub listen: SocketAddr,
+    /// The app's `public_addr`: TLS server name and Host.
+    pub app: String,
+    /// `HOST:PORT` of `sigil proxy`.
+    pub proxy: String,
+    /// PEM CA(s) that signed the proxy's server certificate.
+    pub proxy_ca_file: std::path::PathBuf,
+}
+
+/// Checks service `i`, naming the field.
+pub fn validate(i: usize, s: &ServiceConfig) -> anyhow::Result<TunnelConfig> {
+    if s.selector.is_some() || s.attestors.is_some() {
+        bail!("services[{i}]: selector and attestors are for workload-api services");
+    }
+    let listen: SocketAddr = s.listen.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "services[{i}].listen: {:?} must be a loopback HOST:PORT, e.g. 127.0.0.1:8080",
+            s.listen
+        )
+    })?;
+    // No TLS on this side: anyone who can connect acts as the bot.
+    if !listen.ip().is_loopback() {
+        bail!(
+            "services[{i}].listen: {listen} is not a loopback address; the tunnel has no \
+             TLS and acts as the bot, so it listens on 127.0.0.1 or [::1] only"
+        );
+    }
+    let Some(app) = s.app.clone() else {
+        bail!("services[{i}].app: give the app's public_addr, e.g. grafana.example.test");
+    };
+    sigil_types::app::validate_public_addr(&app)
+        .map_err(|e| anyhow::anyhow!("services[{i}].app: {e}"))?;
+    let Some(proxy) = s.proxy.clone() else {
+        bail!("services[{i}].proxy: give the proxy's HOST:PORT");
+    };
+    sigil_types::split_host_port(&proxy)
+        .map_err(|e| anyhow::anyhow!("services[{i}].proxy: {e}"))?;
+    let Some(proxy_ca_file) = s.proxy_ca_file.clone() else {
+        bail!("services[{i}].proxy_ca_file: give the PEM CA that signed the proxy's certificate");
+    };
+    Ok(TunnelConfig {
+        listen,
+        app: app.to_ascii_lowercase(),
+        proxy,
+        proxy_ca_file,
+    })
+}
