@@ -60,3 +60,38 @@ pub fn validate(i: usize, s: &ServiceConfig) -> anyhow::Result<TunnelConfig> {
         proxy_ca_file,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(yaml: &str) -> ServiceConfig {
+        serde_norway::from_str(yaml).expect("service yaml")
+    }
+
+    #[test]
+    fn fields_are_checked_and_named() {
+        let base = "type: application-tunnel\nlisten: 127.0.0.1:8080\napp: Grafana.example.test\n\
+                    proxy: 127.0.0.1:3443\nproxy_ca_file: /ca.pem\n";
+        let t = validate(0, &svc(base)).expect("valid");
+        assert_eq!(t.app, "grafana.example.test");
+        assert!(validate(0, &svc(&base.replace("127.0.0.1:8080", "'[::1]:8080'"))).is_ok());
+        for (from, to, field) in [
+            ("127.0.0.1:8080", "0.0.0.0:8080", "services[0].listen"),
+            ("127.0.0.1:8080", "unix:///x.sock", "services[0].listen"),
+            (
+                "app: Grafana.example.test",
+                "app: 10.0.0.1",
+                "services[0].app",
+            ),
+            ("app: Grafana.example.test\n", "", "services[0].app"),
+            ("proxy: 127.0.0.1:3443", "proxy: nope", "services[0].proxy"),
+            ("proxy_ca_file: /ca.pem\n", "", "services[0].proxy_ca_file"),
+        ] {
+            let e = validate(0, &svc(&base.replace(from, to))).expect_err(to);
+            assert!(e.to_string().starts_with(field), "{to}: {e}");
+        }
+        let e = validate(0, &svc(&format!("{base}attestors: [unix]\n"))).expect_err("attestors");
+        assert!(e.to_string().contains("workload-api"), "{e}");
+    }
+}
