@@ -387,6 +387,16 @@ fn app_access_through_the_proxy() {
     s.auth
         .ok(&["bots", "update", "ci", "--set-roles", "app-user"]);
     assert_eq!(s.get(&ci, "/").0, 200);
+    // The JWT names the caller's current roles, not those of a cached one.
+    s.auth
+        .ok(&["bots", "update", "ci", "--set-roles", "app-user,dev-user"]);
+    let (code, body) = s.get(&ci, "/");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("upstream json");
+    assert_eq!(
+        v["claims"]["roles"],
+        serde_json::json!(["app-user", "dev-user"])
+    );
 }
 
 /// Runs `mode` (hold or ws) on an open connection, locks `bot`, and returns

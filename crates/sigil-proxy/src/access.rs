@@ -57,7 +57,7 @@ pub struct Access {
     client: watch::Receiver<Option<AuthServiceClient<AuthChannel>>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     decisions: Mutex<HashMap<Key, (u64, Decision)>>,
-    jwts: Mutex<HashMap<Key, (Instant, String)>>,
+    jwts: Mutex<HashMap<Key, (u64, Instant, String)>>,
 }
 
 impl Access {
@@ -137,10 +137,7 @@ impl Access {
     /// The stream is down: nothing cached stands, and nothing is cached
     /// until it is back (each request asks the auth service).
     fn invalidate(&self) {
-        self.decisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.clear_caches();
         self.snapshot.send_modify(|s| {
             *s = Arc::new(Snapshot {
                 generation: s.generation + 1,
@@ -149,6 +146,15 @@ impl Access {
                 client_ca_pem: s.client_ca_pem.clone(),
             });
         });
+    }
+
+    /// Decisions, and JWTs (they name the caller's roles), end with any change.
+    fn clear_caches(&self) {
+        self.decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.jwts.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn apply(&self, state: AppAccessState) {
@@ -162,10 +168,7 @@ impl Access {
             }
         }
         let generation = self.snapshot().generation + 1;
-        self.decisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.clear_caches();
         self.snapshot.send_replace(Arc::new(Snapshot {
             generation,
             live: true,
@@ -222,14 +225,18 @@ impl Access {
         Ok(d)
     }
 
-    /// The JWT for `cert` on `app`, signed anew near its expiry.
+    /// The JWT for `cert` on `app`, signed anew near its expiry and after
+    /// any change (it names the caller's roles).
     pub async fn jwt(&self, cert: &Arc<[u8]>, app: &App) -> anyhow::Result<String> {
+        let snap = self.snapshot();
+        let (generation, live) = (snap.generation, snap.live);
         let key: Key = (cert.clone(), app.metadata.name.clone());
-        if let Some((until, t)) = self
+        if let Some((g, until, t)) = self
             .jwts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
+            && *g == generation
             && Instant::now() < *until
         {
             return Ok(t.clone());
@@ -246,11 +253,13 @@ impl Access {
         let left = r.expires_unix - time::OffsetDateTime::now_utc().unix_timestamp();
         let left = Duration::from_secs(u64::try_from(left).unwrap_or(0));
         let until = Instant::now() + left.saturating_sub(JWT_REFRESH_BEFORE);
-        let mut map = self.jwts.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            map.clear();
+        if live {
+            let mut map = self.jwts.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 100_000 {
+                map.clear();
+            }
+            map.insert(key, (generation, until, r.token.clone()));
         }
-        map.insert(key, (until, r.token.clone()));
         Ok(r.token)
     }
 
