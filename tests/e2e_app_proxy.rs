@@ -147,6 +147,13 @@ fn start() -> Setup {
         ),
     );
     assert!(auth.ok(&["get", "apps"]).contains(HOST));
+    // Another app on the same name is refused, naming the field.
+    let dup = work_dup(&auth);
+    assert!(
+        !dup.status.success() && text(&dup).contains("spec.public_addr"),
+        "{}",
+        text(&dup)
+    );
     // The proxy's server certificate (the operator's; any CA the clients trust).
     let w = |name: &str| work.path().join(name).display().to_string();
     std::fs::write(
@@ -259,6 +266,17 @@ fn start() -> Setup {
         s.get(&probe, "/").0 == 403
     });
     s
+}
+
+fn work_dup(auth: &Auth) -> Output {
+    let p = auth.dir.path().join("dup.yaml");
+    std::fs::write(
+        &p,
+        "kind: app\nversion: v1\nmetadata: {name: other}\n\
+         spec: {upstream: \"http://127.0.0.1:1\", public_addr: GRAFANA.example.test}\n",
+    )
+    .expect("write");
+    auth.admin(&["create", "-f", p.to_str().expect("utf8")])
 }
 
 fn proxy_log(s: &Setup) -> String {

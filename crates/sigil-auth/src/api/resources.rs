@@ -192,7 +192,8 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
         AnyResource::Role(_)
         | AnyResource::WorkloadIdentityX509Revocation(_)
         | AnyResource::KubernetesCluster(_) => {}
-        AnyResource::Database(_) | AnyResource::App(_) => {}
+        AnyResource::Database(_) => {}
+        AnyResource::App(a) => crate::app_access::check_public_addr_free(state, a)?,
         AnyResource::SpiffeFederation(f) => {
             if f.metadata.name == state.cluster {
                 return Err(Status::invalid_argument(format!(

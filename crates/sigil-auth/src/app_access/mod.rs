@@ -41,6 +41,20 @@ pub const APP_REQUEST: &str = "app.request";
 /// Lifetime of an app JWT: short, the proxy re-signs near expiry.
 pub const APP_JWT_TTL: Duration = Duration::from_secs(5 * 60);
 
+/// Two apps on one `public_addr` would make a proxy's choice arbitrary.
+pub fn check_public_addr_free(state: &AuthState, app: &App) -> Result<(), Status> {
+    let addr = &app.spec.public_addr;
+    match state.cache.apps().into_iter().find(|o| {
+        o.metadata.name != app.metadata.name && o.spec.public_addr.eq_ignore_ascii_case(addr)
+    }) {
+        Some(other) => Err(Status::invalid_argument(format!(
+            "app {:?}: spec.public_addr {addr:?} is already app {:?}'s; each app needs its own name",
+            app.metadata.name, other.metadata.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The apps `proxy` may serve (its roles' `app_server_labels`), or why not.
 pub fn served_apps(state: &AuthState, proxy: &ClientIdentity) -> Result<Vec<App>, Status> {
     let auth =
