@@ -121,3 +121,60 @@ impl Auditor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(status: u32, reason: &str) -> AppRequestRecord {
+        AppRequestRecord {
+            app: "grafana".into(),
+            bot: "ci".into(),
+            status,
+            reason: reason.into(),
+            latency_micros: 10,
+            ..Default::default()
+        }
+    }
+
+    fn auditor(allowed: AllowedAudit, sample_every: u64) -> Arc<Auditor> {
+        Auditor::new(AuditConfig {
+            allowed,
+            sample_every,
+            ..AuditConfig::default()
+        })
+    }
+
+    #[test]
+    fn denials_always_allowed_sampled_or_aggregated() {
+        let a = auditor(AllowedAudit::Sample, 10);
+        for _ in 0..25 {
+            a.record(rec(200, ""));
+        }
+        a.record(rec(403, "no role's app_labels match"));
+        a.record(rec(503, "authorization unavailable"));
+        let got = a.take();
+        assert_eq!(got.iter().filter(|r| r.status == 200).count(), 3);
+        assert_eq!(got.iter().filter(|r| !r.reason.is_empty()).count(), 2);
+
+        let a = auditor(AllowedAudit::Aggregate, 1);
+        for _ in 0..5 {
+            a.record(rec(200, ""));
+        }
+        a.record(rec(404, ""));
+        a.record(rec(403, "denied"));
+        let mut got = a.take();
+        got.sort_by_key(|r| r.status);
+        let counts: Vec<(u32, u64)> = got.iter().map(|r| (r.status, r.count)).collect();
+        // The denial stays a single event with its reason; the rest are counted.
+        assert_eq!(counts, [(200, 5), (403, 0), (404, 1)]);
+        assert_eq!(got[1].reason, "denied");
+        assert!(a.take().is_empty());
+
+        let a = auditor(AllowedAudit::All, 100);
+        for _ in 0..3 {
+            a.record(rec(200, ""));
+        }
+        assert_eq!(a.take().len(), 3);
+    }
+}
