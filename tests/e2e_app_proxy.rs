@@ -464,6 +464,14 @@ fn a_lock_closes_open_connections_and_websockets() {
         "HTTP/1.1 101 Switching Protocols hello",
     );
     assert!(secs <= 1.0, "WebSocket closed {secs}s after the lock");
+
+    // A locked proxy serves nobody: it fails closed (503) without a decision.
+    let other = s.client("other", "app-user");
+    assert_eq!(s.get(&other, "/").0, 200);
+    s.auth.ok(&["locks", "add", "--bot", "proxy"]);
+    wait_until("the locked proxy to refuse", Duration::from_secs(5), || {
+        s.get(&other, "/").0 == 503
+    });
 }
 
 #[test]
