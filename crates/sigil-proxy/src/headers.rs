@@ -50,15 +50,34 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// What the proxy adds to a forwarded request.
+pub struct Forward<'a> {
+    /// The caller, for `rewrite_headers`.
+    pub who: &'a IdentityFields,
+    /// The signed assertion.
+    pub jwt: &'a str,
+    /// The Host the client asked for (`X-Forwarded-Host`).
+    pub host: &'a str,
+    /// The client's address (`X-Forwarded-For`, replacing any it sent).
+    pub client_ip: std::net::IpAddr,
+    /// Keep `Upgrade` (WebSocket).
+    pub upgrade: bool,
+}
+
+/// The request for the upstream.
 pub fn forward_request<B>(
     req: Request<B>,
     app: &App,
     upstream: &sigil_types::Upstream,
-    who: &IdentityFields,
-    jwt: &str,
-    host: &str,
-    upgrade: bool,
+    f: &Forward<'_>,
 ) -> anyhow::Result<Request<B>> {
+    let Forward {
+        who,
+        jwt,
+        host,
+        client_ip,
+        upgrade,
+    } = *f;
     let (mut parts, body) = req.into_parts();
     let pq = parts
         .uri
@@ -79,6 +98,10 @@ pub fn forward_request<B>(
     h.insert(header::HOST, HeaderValue::from_str(&authority)?);
     h.insert("x-forwarded-host", HeaderValue::from_str(host)?);
     h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    h.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&client_ip.to_string())?,
+    );
     for (name, template) in &app.spec.rewrite_headers {
         let v = sigil_types::app::render_template(template, who)
             .map_err(|e| anyhow::anyhow!("rewrite_headers.{name}: {e}"))?;
@@ -124,6 +147,7 @@ mod tests {
             .header("sigil-jwt-assertion", "forged2")
             .header("X-Forwarded-User", "mallory")
             .header("accept", "text/html")
+            .header("x-forwarded-for", "10.9.9.9")
             .body(())
             .unwrap();
         let who = IdentityFields {
@@ -131,8 +155,19 @@ mod tests {
             ..Default::default()
         };
         let up = app.spec.upstream().unwrap();
-        let out =
-            forward_request(req, &app, &up, &who, "JWT", "grafana.example.test", false).unwrap();
+        let out = forward_request(
+            req,
+            &app,
+            &up,
+            &Forward {
+                who: &who,
+                jwt: "JWT",
+                host: "grafana.example.test",
+                client_ip: "192.0.2.7".parse().unwrap(),
+                upgrade: false,
+            },
+        )
+        .unwrap();
         assert_eq!(out.uri().to_string(), "http://127.0.0.1:3000/base/d/x?q=1");
         let h = out.headers();
         assert_eq!(
@@ -145,6 +180,7 @@ mod tests {
         );
         assert_eq!(h.get("host").unwrap(), "127.0.0.1:3000");
         assert_eq!(h.get("accept").unwrap(), "text/html");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.7");
         for gone in ["connection", "x-secret", "keep-alive"] {
             assert!(!h.contains_key(gone), "{gone}");
         }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::access::{Access, Decision};
 use crate::audit::Auditor;
 use crate::config::ProxyConfig;
-use crate::headers::{forward_request, strip_hop_by_hop, wants_upgrade};
+use crate::headers::{Forward, forward_request, strip_hop_by_hop, wants_upgrade};
 use crate::tls::ServerIdentity;
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -40,6 +40,7 @@ pub struct Ctx {
 struct Conn {
     cert: Arc<[u8]>,
     sni: Option<String>,
+    peer: std::net::SocketAddr,
     /// Apps requested on this connection: re-checked on every change.
     apps: Mutex<BTreeSet<String>>,
     /// Set when the caller is no longer allowed: the connection and every
@@ -85,7 +86,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, id: ServerIdentity) -> 
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            if let Err(e) = connection(ctx, tcp, acc).await {
+            if let Err(e) = connection(ctx, tcp, peer, acc).await {
                 tracing::debug!(%peer, error = %format!("{e:#}"), "connection ended");
             }
         });
@@ -95,6 +96,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, id: ServerIdentity) -> 
 async fn connection(
     ctx: Arc<Ctx>,
     tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
     acc: tokio_rustls::TlsAcceptor,
 ) -> anyhow::Result<()> {
     let tls = tokio::time::timeout(ctx.cfg.timeouts.client_header.0, acc.accept(tcp)).await??;
@@ -108,6 +110,7 @@ async fn connection(
     let conn = Arc::new(Conn {
         cert,
         sni,
+        peer,
         apps: Mutex::default(),
         kill: watch::channel(false).0,
     });
@@ -299,7 +302,18 @@ async fn route(
     };
     let is_upgrade = wants_upgrade(req.headers());
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
-    let out = match forward_request(req, &app, &upstream, &who, &jwt, &host, is_upgrade) {
+    let out = match forward_request(
+        req,
+        &app,
+        &upstream,
+        &Forward {
+            who: &who,
+            jwt: &jwt,
+            host: &host,
+            client_ip: conn.peer.ip(),
+            upgrade: is_upgrade,
+        },
+    ) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "building the upstream request");
