@@ -249,6 +249,9 @@ fn a_role_editor_cannot_widen_roles_or_lift_denies() {
         // Database access and database servers it does not hold.
         "kind: role\nversion: v1\nmetadata: {name: sneaky}\nspec:\n  allow:\n    db_labels: {'*': '*'}\n    db_users: ['*']\n    db_names: ['*']\n",
         "kind: role\nversion: v1\nmetadata: {name: sneaky}\nspec:\n  allow:\n    db_server_labels: {env: prod}\n",
+        // App access, and serving apps as a proxy (it sees callers, signs their JWTs).
+        "kind: role\nversion: v1\nmetadata: {name: sneaky}\nspec:\n  allow:\n    app_labels: {'*': '*'}\n",
+        "kind: role\nversion: v1\nmetadata: {name: sneaky}\nspec:\n  allow:\n    app_server_labels: {env: prod}\n",
     ];
     for (i, doc) in attacks.iter().enumerate() {
         let f = write(&auth, &format!("attack{i}.yaml"), doc);

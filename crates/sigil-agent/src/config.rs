@@ -10,6 +10,7 @@ use sigil_types::{HumanDuration, WorkloadIdentitySelector};
 
 use crate::client::ServerAddr;
 
+pub mod app_tunnel;
 mod auth_server;
 mod database;
 pub mod destination;
@@ -39,7 +40,7 @@ pub struct AgentConfig {
 pub struct ServiceConfig {
     #[serde(rename = "type")]
     pub kind: String,
-    /// `unix:///path/to/socket`.
+    /// `unix:///path/to/socket`; an `application-tunnel`: a loopback `HOST:PORT`.
     pub listen: String,
     /// Which granted workload identities to serve (default: all the roles grant).
     #[serde(default)]
@@ -47,6 +48,15 @@ pub struct ServiceConfig {
     /// Workload attestors to run (default: all of unix, systemd, docker, podman).
     #[serde(default)]
     pub attestors: Option<Vec<String>>,
+    /// `application-tunnel`: the app's `public_addr`.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// `application-tunnel`: `HOST:PORT` of `sigil proxy`.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// `application-tunnel`: PEM CA of the proxy's server certificate.
+    #[serde(default)]
+    pub proxy_ca_file: Option<PathBuf>,
 }
 
 impl ServiceConfig {
@@ -67,7 +77,7 @@ impl ServiceConfig {
 }
 
 /// The service types this agent can run.
-pub const SERVICE_TYPES: [&str; 1] = ["workload-api"];
+pub const SERVICE_TYPES: [&str; 2] = ["workload-api", app_tunnel::KIND];
 /// Workload attestors a `workload-api` service can run.
 pub const ATTESTORS: [&str; 4] = ["unix", "systemd", "docker", "podman"];
 
@@ -430,6 +440,15 @@ impl AgentConfig {
                     "services[{i}].type: {:?} is not a known service type ({})",
                     s.kind,
                     SERVICE_TYPES.join(", ")
+                );
+            }
+            if s.kind == app_tunnel::KIND {
+                app_tunnel::validate(i, s)?;
+                continue;
+            }
+            if s.app.is_some() || s.proxy.is_some() || s.proxy_ca_file.is_some() {
+                bail!(
+                    "services[{i}]: app, proxy and proxy_ca_file are for application-tunnel services"
                 );
             }
             s.socket_path()

@@ -11,6 +11,7 @@ macro_rules! fault_point {
 }
 
 mod agent;
+mod app_tunnel;
 mod ca_watch;
 pub mod client;
 mod config;
@@ -46,6 +47,19 @@ use witness::Witness;
 
 /// Run the agent. With `oneshot`, obtain credentials once and return.
 pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
+    run_with(cfg, oneshot, None).await
+}
+
+/// The agent's current client to the auth service (its renewed identity).
+pub type SharedClient = tokio::sync::watch::Sender<Option<AuthServiceClient<client::AuthChannel>>>;
+
+/// [`run`], also publishing the agent's current client to `share` on every
+/// renewal: `sigil proxy` calls the auth service as the agent it runs.
+pub async fn run_with(
+    cfg: AgentConfig,
+    oneshot: bool,
+    share: Option<SharedClient>,
+) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Everything local is checked before the first network call.
     fsutil::check_writable(&cfg.storage, "storage")?;
@@ -72,8 +86,17 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
     }
     // Bind the Workload API sockets now: a bad path fails before any join.
     let mut sockets = Vec::new();
+    let mut tunnels = Vec::new();
     if !oneshot {
-        for s in &cfg.services {
+        for (i, s) in cfg.services.iter().enumerate() {
+            if s.kind == config::app_tunnel::KIND {
+                let t = config::app_tunnel::validate(i, s)?;
+                let listener = tokio::net::TcpListener::bind(t.listen)
+                    .await
+                    .with_context(|| format!("services[{i}].listen: binding {}", t.listen))?;
+                tunnels.push((listener, t));
+                continue;
+            }
             let path = s.socket_path()?;
             let listener = spiffe::server::bind(&path)?;
             sockets.push((s.clone(), path, listener));
@@ -112,6 +135,17 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let mut ssh_tasks = Vec::new();
     let (client_tx, client_rx) = tokio::sync::watch::channel(None);
+    let _share_task = share.map(|share| {
+        let mut rx = client_rx.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                share.send_replace(rx.borrow_and_update().clone());
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }))
+    });
     // The SPKI pin of the CA that signed the agent's certificate (ca_watch.rs).
     let (issuer_tx, issuer_rx) = tokio::sync::watch::channel(String::new());
     let renew_now = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -175,6 +209,14 @@ pub async fn run(cfg: AgentConfig, oneshot: bool) -> anyhow::Result<()> {
                         issuer_rx.clone(),
                         renew_now.clone(),
                         ca_watch::max_jitter(agent.cfg.renewal_interval),
+                    ))));
+                }
+                for (listener, t) in std::mem::take(&mut tunnels) {
+                    tracing::info!(app = %t.app, listen = %t.listen, "application tunnel listening");
+                    ssh_tasks.push(AbortOnDrop(tokio::spawn(app_tunnel::serve(
+                        listener,
+                        t,
+                        Storage::new(&agent.cfg.storage),
                     ))));
                 }
                 for (dest, service, reload) in std::mem::take(&mut db_servers) {

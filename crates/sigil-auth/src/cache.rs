@@ -23,13 +23,14 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::keys;
 
 /// The kinds loaded whole at start and kept whole.
-const LOADED: [&str; 6] = [
+const LOADED: [&str; 7] = [
     keys::ROLES,
     keys::BOTS,
     keys::LOCKS,
     keys::WORKLOAD_IDENTITIES,
     keys::REVOCATIONS,
     keys::DATABASES,
+    keys::APPS,
 ];
 
 /// How many bot instances the cache keeps (the most recently written). At
@@ -58,6 +59,7 @@ struct Snapshot {
     workload_identities: BTreeMap<String, WorkloadIdentity>,
     revocations: BTreeMap<String, WorkloadIdentityX509Revocation>,
     databases: BTreeMap<String, sigil_types::Database>,
+    apps: BTreeMap<String, sigil_types::App>,
 }
 
 /// What changed, for followers of [`Cache::subscribe`]. Each counter moves
@@ -260,6 +262,8 @@ impl Cache {
             s.revocations.remove(n);
         } else if let Some(n) = key.strip_prefix(keys::DATABASES) {
             s.databases.remove(n);
+        } else if let Some(n) = key.strip_prefix(keys::APPS) {
+            s.apps.remove(n);
         } else if let Some(n) = key.strip_prefix(keys::ROLES) {
             s.roles.remove(n);
         } else if let Some(n) = key.strip_prefix(keys::BOTS) {
@@ -308,6 +312,11 @@ impl Cache {
     }
     pub fn database(&self, name: &str) -> Option<sigil_types::Database> {
         self.read().databases.get(name).cloned()
+    }
+
+    /// Every app, by name.
+    pub fn apps(&self) -> Vec<sigil_types::App> {
+        self.read().apps.values().cloned().collect()
     }
 
     /// Every workload identity, by name.
@@ -423,6 +432,10 @@ fn insert(s: &mut Snapshot, item: &Item) {
     } else if let Some(n) = item.key.strip_prefix(keys::DATABASES) {
         serde_json::from_slice(&item.value).map(|d| {
             s.databases.insert(n.to_string(), d);
+        })
+    } else if let Some(n) = item.key.strip_prefix(keys::APPS) {
+        serde_json::from_slice(&item.value).map(|a| {
+            s.apps.insert(n.to_string(), a);
         })
     } else if let Some(n) = item.key.strip_prefix(keys::ROLES) {
         serde_json::from_slice(&item.value).map(|r| {

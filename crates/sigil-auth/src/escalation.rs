@@ -2,7 +2,9 @@
 //! a caller may only grant what its *current* roles already allow. Each
 //! change that can hand out permissions is checked here —
 //! - creating or editing a role: the new allow side (database grants too:
-//!   `db_labels`, `db_server_labels`, `db_users`, `db_names`) and
+//!   `db_labels`, `db_server_labels`, `db_users`, `db_names`; app grants:
+//!   `app_labels`, and `app_server_labels`, which makes a bot a `sigil proxy`
+//!   that sees callers and signs their JWTs) and
 //!   `ssh_*: true` options, and every deny (or `ssh_*: false`) it lifts;
 //! - giving a bot roles (create, update): each added role, and the denies of
 //!   each removed one (and its `ssh_*: false` options);

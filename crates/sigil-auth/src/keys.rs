@@ -40,6 +40,8 @@ pub const BOUND_KEYPAIR_STATES: &str = "/bound_keypair_states/";
 pub const SPENT_TOKENS: &str = "/spent_tokens/";
 pub const KUBERNETES_CLUSTERS: &str = "/kubernetes_clusters/";
 pub const DATABASES: &str = "/databases/";
+/// `app` resources (app_access), by name.
+pub const APPS: &str = "/apps/";
 /// One record per issued database client certificate, by serial (db_access):
 /// what a lock puts on the database's CRL. Expires with the certificate.
 pub const DB_CERTS: &str = "/db_certs/";
@@ -57,6 +59,9 @@ pub fn federated_bundle(trust_domain: &str) -> String {
     format!("{FEDERATED_BUNDLES}{trust_domain}")
 }
 
+pub fn app(name: &str) -> String {
+    format!("{APPS}{name}")
+}
 pub fn database(name: &str) -> String {
     format!("{DATABASES}{name}")
 }
@@ -117,6 +122,7 @@ pub fn for_kind(kind: &str, name: &str) -> Option<String> {
         "workload_identity_x509_revocation" => revocation(name),
         "kubernetes_cluster" => kubernetes_cluster(name),
         "database" => database(name),
+        "app" => app(name),
         "spiffe_federation" => spiffe_federation(name),
         "bot_instance" => {
             // bot_instance names are "<bot>/<id>" or just "<id>" (looked up by scan).

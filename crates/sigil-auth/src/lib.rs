@@ -6,6 +6,7 @@
 //! socket in the data dir.
 
 mod api;
+mod app_access;
 mod audit;
 mod authz;
 mod ca_rotation;

@@ -45,7 +45,10 @@ impl Cli {
     /// True for the long-running servers (`auth start`, `agent start`), which log at
     /// `info` by default; admin verbs log at `warn` so their output stays clean.
     pub fn is_server(&self) -> bool {
-        matches!(self.command, Command::Auth(_) | Command::Agent(_))
+        matches!(
+            self.command,
+            Command::Auth(_) | Command::Agent(_) | Command::Proxy(_)
+        )
     }
 
     pub fn is_agent(&self) -> bool {
@@ -84,6 +87,9 @@ pub enum Command {
     /// The agent.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// The application access proxy (mTLS, per-request RBAC, signed identity JWT).
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
     /// Create resources from a YAML or JSON file (one or several documents).
     Create(CreateArgs),
     /// Show resources: `sigil get roles`, `sigil get role/NAME -o yaml`.
@@ -221,6 +227,21 @@ pub struct AuthStartArgs {
     /// stay in the audit log.
     #[arg(long, value_name = "DURATION", default_value = "7d")]
     pub instance_retention: String,
+}
+
+/// `sigil proxy ...`
+#[derive(Subcommand, Debug)]
+pub enum ProxyCommand {
+    /// Run the proxy: join as its bot, serve the apps its roles allow.
+    Start(ProxyStartArgs),
+}
+
+/// `sigil proxy start --config proxy.yaml`.
+#[derive(Args, Debug, Clone)]
+pub struct ProxyStartArgs {
+    /// Proxy YAML configuration file (README "Application access").
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 /// `sigil agent ...`

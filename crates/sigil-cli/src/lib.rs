@@ -44,6 +44,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Auth(AuthCommand::Start(args)) => servers::auth_start(g, args).await,
         Command::Auth(AuthCommand::Migrate(args)) => servers::auth_migrate(args).await,
         Command::Agent(AgentCommand::Start(args)) => servers::agent_start(g, args).await,
+        Command::Proxy(crate::cli::ProxyCommand::Start(args)) => {
+            let cfg = sigil_proxy::ProxyConfig::load(&args.config)
+                .map_err(|e| crate::error::CliError::usage(format!("{e:#}")))?;
+            sigil_proxy::run(cfg).await
+        }
         Command::Create(args) => admin::resources::create(g, args).await,
         Command::Get(args) => admin::resources::get(g, args).await,
         Command::Rm(args) => admin::resources::rm(g, args).await,

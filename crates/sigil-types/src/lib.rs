@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub mod app;
 pub mod audit_checkpoint;
 pub mod bot;
 pub mod bot_instance;
@@ -23,6 +24,7 @@ pub mod text;
 pub mod token;
 pub mod workload_identity;
 
+pub use app::{AppSpec, IdentityFields, JWT_ASSERTION_HEADER, Upstream};
 pub use audit_checkpoint::{
     Checkpoint, CheckpointError, SignedCheckpoint, WitnessVerdict, parse_head, witness,
 };
@@ -47,9 +49,10 @@ pub use rbac::{
     glob_match, lifted_denies,
 };
 pub use resource::{
-    AnyResource, Bot, BotInstance, Database, KNOWN_KINDS, Kind, Lock, Metadata, RESOURCE_VERSION,
-    Resource, Role, Token, ValidationError, WorkloadIdentity, WorkloadIdentityX509Revocation,
-    check_label_key, check_label_value, check_name, validate_envelope, validate_name,
+    AnyResource, App, Bot, BotInstance, Database, KNOWN_KINDS, Kind, Lock, Metadata,
+    RESOURCE_VERSION, Resource, Role, Token, ValidationError, WorkloadIdentity,
+    WorkloadIdentityX509Revocation, check_label_key, check_label_value, check_name,
+    validate_envelope, validate_name,
 };
 pub use revocation::{WorkloadIdentityX509RevocationSpec, normalize_serial_hex};
 pub use role::{

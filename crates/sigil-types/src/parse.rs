@@ -257,6 +257,9 @@ fn parse_doc(doc: &Doc<'_>, source: &str) -> Result<AnyResource, ParseError> {
             typed::<crate::spiffe_federation::SpiffeFederationSpec>(doc, source)
                 .map(AnyResource::SpiffeFederation)
         }
+        k if k == crate::app::AppSpec::KIND => {
+            typed::<crate::app::AppSpec>(doc, source).map(AnyResource::App)
+        }
         other => Err(doc.error(
             source,
             locate_field(doc.text, "kind"),

@@ -21,6 +21,8 @@ pub enum LabelField {
     Node,
     /// `app_labels`.
     App,
+    /// `app_server_labels`.
+    AppServer,
     /// `workload_identity_labels`.
     WorkloadIdentity,
     /// `kubernetes_labels`.
@@ -36,6 +38,7 @@ impl LabelField {
         match self {
             LabelField::Node => "node_labels",
             LabelField::App => "app_labels",
+            LabelField::AppServer => "app_server_labels",
             LabelField::WorkloadIdentity => "workload_identity_labels",
             LabelField::Kubernetes => "kubernetes_labels",
             LabelField::Db => "db_labels",
@@ -47,6 +50,7 @@ impl LabelField {
         match self {
             LabelField::Node => &c.node_labels,
             LabelField::App => &c.app_labels,
+            LabelField::AppServer => &c.app_server_labels,
             LabelField::WorkloadIdentity => &c.workload_identity_labels,
             LabelField::Kubernetes => &c.kubernetes_labels,
             LabelField::Db => &c.db_labels,

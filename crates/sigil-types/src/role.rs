@@ -32,6 +32,7 @@ pub const RULE_RESOURCES: &[&str] = &[
     "kubernetes_cluster",
     "database",
     "spiffe_federation",
+    "app",
 ];
 
 /// Body of a `role`.
@@ -85,13 +86,23 @@ pub struct RoleConditions {
         deserialize_with = "de_label_map"
     )]
     pub db_server_labels: BTreeMap<String, Vec<String>>,
-    /// App label selector.
+    /// App label selector: which `app` resources a caller may reach
+    /// through `sigil proxy`.
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "de_label_map"
     )]
     pub app_labels: BTreeMap<String, Vec<String>>,
+    /// App label selector for a proxy: which `app` resources a bot holding
+    /// this role may serve as `sigil proxy` (it sees who calls them and signs
+    /// their identity JWTs).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_label_map"
+    )]
+    pub app_server_labels: BTreeMap<String, Vec<String>>,
     /// Workload identity label selector.
     #[serde(
         default,
@@ -289,6 +300,7 @@ fn validate_conditions(side: &str, c: &RoleConditions) -> Result<(), ValidationE
     for (name, map) in [
         ("node_labels", &c.node_labels),
         ("app_labels", &c.app_labels),
+        ("app_server_labels", &c.app_server_labels),
         ("workload_identity_labels", &c.workload_identity_labels),
         ("kubernetes_labels", &c.kubernetes_labels),
         ("db_labels", &c.db_labels),

@@ -337,6 +337,46 @@ impl AuthService for AuthApi {
         let cert = crate::kube_access::issue_cert(&self.state, &id, req.get_ref()).await;
         Ok(Response::new(cert?))
     }
+
+    type WatchAppAccessStream = ReceiverStream<Result<sigil_proto::v1::AppAccessState, Status>>;
+
+    async fn watch_app_access(
+        &self,
+        req: Request<sigil_proto::v1::WatchAppAccessRequest>,
+    ) -> Result<Response<Self::WatchAppAccessStream>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        // Refused at once (not as a stream item) when this bot may serve nothing.
+        crate::app_access::served_apps(&self.state, &id)?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(crate::app_access::watch(self.state.clone(), id, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn authorize_app(
+        &self,
+        req: Request<sigil_proto::v1::AuthorizeAppRequest>,
+    ) -> Result<Response<sigil_proto::v1::AuthorizeAppResponse>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        crate::app_access::authorize(&self.state, &id, req.get_ref()).map(Response::new)
+    }
+
+    async fn sign_app_jwt(
+        &self,
+        req: Request<sigil_proto::v1::AuthorizeAppRequest>,
+    ) -> Result<Response<sigil_proto::v1::AppJwt>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        crate::app_access::sign_jwt(&self.state, &id, req.get_ref()).map(Response::new)
+    }
+
+    async fn report_app_requests(
+        &self,
+        req: Request<sigil_proto::v1::ReportAppRequestsRequest>,
+    ) -> Result<Response<sigil_proto::v1::ReportAppRequestsResponse>, Status> {
+        let id = agent_identity(&self.state, &req).await?;
+        crate::app_access::report(&self.state, &id, req.get_ref())
+            .await
+            .map(Response::new)
+    }
 }
 
 /// The agent's own (renewable) identity behind a call that mints credentials.

@@ -58,6 +58,7 @@ fn redact(e: &StoreError) -> String {
         (keys::REVOCATIONS, "revocation of serial "),
         (keys::KUBERNETES_CLUSTERS, "kubernetes cluster "),
         (keys::DATABASES, "database "),
+        (keys::APPS, "app "),
         (keys::SPIFFE_FEDERATIONS, "spiffe federation "),
     ] {
         if s.contains(prefix) {
@@ -78,6 +79,7 @@ fn key_of(res: &AnyResource) -> String {
         AnyResource::WorkloadIdentityX509Revocation(r) => keys::revocation(&r.metadata.name),
         AnyResource::KubernetesCluster(k) => keys::kubernetes_cluster(&k.metadata.name),
         AnyResource::Database(d) => keys::database(&d.metadata.name),
+        AnyResource::App(a) => keys::app(&a.metadata.name),
         AnyResource::SpiffeFederation(f) => keys::spiffe_federation(&f.metadata.name),
     }
 }
@@ -191,6 +193,7 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
         | AnyResource::WorkloadIdentityX509Revocation(_)
         | AnyResource::KubernetesCluster(_) => {}
         AnyResource::Database(_) => {}
+        AnyResource::App(a) => crate::app_access::check_public_addr_free(state, a)?,
         AnyResource::SpiffeFederation(f) => {
             if f.metadata.name == state.cluster {
                 return Err(Status::invalid_argument(format!(
@@ -379,6 +382,7 @@ pub async fn list(
         "workload_identity_x509_revocation" => keys::REVOCATIONS.to_string(),
         "kubernetes_cluster" => keys::KUBERNETES_CLUSTERS.to_string(),
         "database" => keys::DATABASES.to_string(),
+        "app" => keys::APPS.to_string(),
         "spiffe_federation" => keys::SPIFFE_FEDERATIONS.to_string(),
         _ if filter.is_empty() => keys::BOT_INSTANCES.to_string(),
         _ => keys::bot_instances_of(filter),

@@ -21,6 +21,7 @@ pub fn kind_table(kind: ResourceKind, items: &[Value]) -> String {
         ResourceKind::KubernetesCluster => kubernetes_clusters_table(items),
         ResourceKind::Database => databases_table(items),
         ResourceKind::SpiffeFederation => federations_table(items),
+        ResourceKind::App => apps_table(items),
     }
 }
 
@@ -44,6 +45,22 @@ pub fn federations_table(items: &[Value]) -> String {
         })
         .collect();
     table(&["TRUST DOMAIN", "PROFILE", "BUNDLE ENDPOINT"], rows)
+}
+
+/// NAME, PUBLIC ADDR, UPSTREAM, LABELS.
+pub fn apps_table(items: &[Value]) -> String {
+    let rows = items
+        .iter()
+        .map(|v| {
+            vec![
+                str_at(v, "/metadata/name"),
+                str_at(v, "/spec/public_addr"),
+                str_at(v, "/spec/upstream"),
+                labels(v),
+            ]
+        })
+        .collect();
+    table(&["NAME", "PUBLIC ADDR", "UPSTREAM", "LABELS"], rows)
 }
 
 /// NAME, PROTOCOL, URI, LABELS.

@@ -34,11 +34,13 @@ pub enum ResourceKind {
     Database,
     /// `spiffe_federation` (named by the foreign trust domain)
     SpiffeFederation,
+    /// `app`
+    App,
 }
 
 impl ResourceKind {
     /// Every kind, in help order.
-    pub const ALL: [ResourceKind; 10] = [
+    pub const ALL: [ResourceKind; 11] = [
         ResourceKind::Role,
         ResourceKind::Bot,
         ResourceKind::Token,
@@ -49,6 +51,7 @@ impl ResourceKind {
         ResourceKind::KubernetesCluster,
         ResourceKind::Database,
         ResourceKind::SpiffeFederation,
+        ResourceKind::App,
     ];
 
     /// The singular API name (`ResourceRef.kind`).
@@ -64,6 +67,7 @@ impl ResourceKind {
             ResourceKind::KubernetesCluster => "kubernetes_cluster",
             ResourceKind::Database => "database",
             ResourceKind::SpiffeFederation => "spiffe_federation",
+            ResourceKind::App => "app",
         }
     }
 

@@ -36,6 +36,7 @@ impl RoleSet {
         for field in [
             LabelField::Node,
             LabelField::App,
+            LabelField::AppServer,
             LabelField::WorkloadIdentity,
             LabelField::Kubernetes,
             LabelField::Db,
@@ -251,6 +252,7 @@ pub fn lifted_denies(old: &RoleConditions, new: &RoleConditions) -> RoleConditio
         db_labels: minus_map(&old.db_labels, &new.db_labels),
         db_server_labels: minus_map(&old.db_server_labels, &new.db_server_labels),
         app_labels: minus_map(&old.app_labels, &new.app_labels),
+        app_server_labels: minus_map(&old.app_server_labels, &new.app_server_labels),
         workload_identity_labels: minus_map(
             &old.workload_identity_labels,
             &new.workload_identity_labels,
@@ -439,6 +441,41 @@ mod tests {
         };
         let plain = RoleSet::new(vec![role(|_| {})]);
         assert_eq!(plain.uncovered(&r), ["db_labels env=prod"]);
+    }
+
+    #[test]
+    fn escalation_app_labels_and_app_server_labels() {
+        let holder = role(|s| {
+            s.allow.app_labels = sel(&[("env", &["prod"])]);
+            s.deny.app_labels = sel(&[("tier", &["secret"])]);
+        });
+        let same = role(|s| {
+            s.allow.app_labels = sel(&[("env", &["prod"])]);
+            s.deny.app_labels = sel(&[("tier", &["secret"])]);
+        });
+        assert!(uncovered(std::slice::from_ref(&holder), &same).is_empty());
+        // Wider, or without the deny that binds the granter.
+        let wider = role(|s| s.allow.app_labels = sel(&[("env", &["*"])]));
+        assert_eq!(
+            uncovered(std::slice::from_ref(&holder), &wider),
+            [
+                "app_labels env=*",
+                "app_labels without the deny tier=[\"secret\"] that binds the granter"
+            ]
+        );
+        // Calling apps does not make one a proxy for them.
+        let server = role(|s| s.allow.app_server_labels = sel(&[("env", &["prod"])]));
+        assert_eq!(
+            uncovered(std::slice::from_ref(&holder), &server),
+            ["app_server_labels env=prod"]
+        );
+        // Lifting an app deny grants it.
+        let old = RoleConditions {
+            app_labels: sel(&[("tier", &["secret"])]),
+            ..Default::default()
+        };
+        let lifted = lifted_denies(&old, &RoleConditions::default());
+        assert_eq!(lifted.app_labels, old.app_labels);
     }
 
     #[test]

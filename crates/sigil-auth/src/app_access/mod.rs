@@ -1,0 +1,222 @@
+//! Application access through `sigil proxy`: the auth service's side.
+//!
+//! The proxy is a bot whose roles' `app_server_labels` match the apps it
+//! serves. It decides per request, but never from its own copy of policy:
+//! - [`watch`] (`WatchAppAccess`) streams the apps it may serve and the client
+//!   CAs, and a `generation` that moves on *every* cache change (roles, bots,
+//!   locks, apps, CAs). The proxy keys its cached decisions by generation, so
+//!   a removed role or a lock invalidates them as soon as the push arrives
+//!   (milliseconds), and it re-checks open connections then (lock cut-off).
+//! - [`authorize`] (`AuthorizeApp`) evaluates one caller against one app with
+//!   the same code issuance uses (`bot_authority`, `check_locks`), so lock and
+//!   role semantics cannot drift between a second evaluator and this one.
+//!   Chosen over streaming every bot's roles and every lock to the proxy: the
+//!   proxy learns nothing about callers that never call it, and there is one
+//!   lock matcher.
+//! - [`sign_jwt`] (`SignAppJwt`): the `Sigil-Jwt-Assertion` token, ES256 from
+//!   the `jwt` CA (verifiable at `/jwks.json`), after the same check.
+//! - [`report`] (`ReportAppRequests`): the proxy's `app.request` audit.
+
+mod report;
+mod watch;
+
+pub use report::report;
+pub use watch::watch;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sigil_pki::{ClientIdentity, JwtSvidClaims};
+use sigil_proto::v1::{AppJwt, AuthorizeAppRequest, AuthorizeAppResponse};
+use sigil_types::App;
+use time::OffsetDateTime;
+use tonic::Status;
+
+use crate::authz;
+use crate::issuance::bot_authority;
+use crate::state::AuthState;
+
+/// The audit event of a proxied request (and of a refused one).
+pub const APP_REQUEST: &str = "app.request";
+/// Lifetime of an app JWT: short, the proxy re-signs near expiry.
+pub const APP_JWT_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Two apps on one `public_addr` would make a proxy's choice arbitrary.
+pub fn check_public_addr_free(state: &AuthState, app: &App) -> Result<(), Status> {
+    let addr = &app.spec.public_addr;
+    match state.cache.apps().into_iter().find(|o| {
+        o.metadata.name != app.metadata.name && o.spec.public_addr.eq_ignore_ascii_case(addr)
+    }) {
+        Some(other) => Err(Status::invalid_argument(format!(
+            "app {:?}: spec.public_addr {addr:?} is already app {:?}'s; each app needs its own name",
+            app.metadata.name, other.metadata.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The apps `proxy` may serve (its roles' `app_server_labels`), or why not.
+pub fn served_apps(state: &AuthState, proxy: &ClientIdentity) -> Result<Vec<App>, Status> {
+    let auth =
+        bot_authority(state, &proxy.bot, &proxy.bot_uid).map_err(Status::permission_denied)?;
+    let holder = ClientIdentity {
+        roles: auth.roles.clone(),
+        ..proxy.clone()
+    };
+    crate::issuance::check_locks(state, &holder, &[])?;
+    Ok(state
+        .cache
+        .apps()
+        .into_iter()
+        .filter(|a| {
+            auth.role_set
+                .labels_match(sigil_types::LabelField::AppServer, &a.metadata.labels)
+        })
+        .collect())
+}
+
+/// The app named `name` if `proxy` may serve it.
+fn served_app(state: &AuthState, proxy: &ClientIdentity, name: &str) -> Result<App, Status> {
+    served_apps(state, proxy)?
+        .into_iter()
+        .find(|a| a.metadata.name == name)
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "bot {:?} may not serve app {name:?} (no app named so, or no role's \
+                 app_server_labels match its labels)",
+                proxy.bot
+            ))
+        })
+}
+
+/// The caller of a proxied request, from its certificate, with its current roles.
+struct Decision {
+    caller: ClientIdentity,
+    roles: Vec<String>,
+    refused: Option<String>,
+}
+
+fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Status> {
+    let (caller, info) = sigil_pki::read_client_identity(cert_der)
+        .map_err(|_| Status::invalid_argument("caller_cert_der: not a Sigil identity"))?;
+    let refuse = |caller: ClientIdentity, why: String| Decision {
+        caller,
+        roles: Vec::new(),
+        refused: Some(why),
+    };
+    // The proxy's handshake verified the chain; verified again here, so a
+    // proxy cannot name a caller with a certificate it made itself.
+    let trusted = state
+        .cas()
+        .client
+        .trusted
+        .iter()
+        .any(|ca| sigil_pki::issued_by(cert_der, ca.cert_der()));
+    if !trusted {
+        return Ok(refuse(
+            caller,
+            "the client certificate was not issued by a trusted client CA".into(),
+        ));
+    }
+    if caller.cluster != state.cluster {
+        return Ok(refuse(
+            caller,
+            "the identity belongs to another cluster".into(),
+        ));
+    }
+    if info.not_after <= OffsetDateTime::now_utc() {
+        return Ok(refuse(caller, "the client certificate has expired".into()));
+    }
+    let auth = match bot_authority(state, &caller.bot, &caller.bot_uid) {
+        Ok(a) => a,
+        Err(why) => return Ok(refuse(caller, why)),
+    };
+    // The certificate's roles and the current ones: a lock on either applies.
+    let mut targets = authz::lock_targets(&caller);
+    targets.extend(
+        auth.roles
+            .iter()
+            .cloned()
+            .map(sigil_types::LockTarget::Role),
+    );
+    if let Some(lock) = state.cache.lock_for(&targets) {
+        return Ok(refuse(caller, authz::locked(&lock).message().to_string()));
+    }
+    if !auth
+        .role_set
+        .labels_match(sigil_types::LabelField::App, &app.metadata.labels)
+    {
+        let why = format!(
+            "bot {:?} may not reach app {:?}: no role's app_labels match its labels (or a deny does)",
+            caller.bot, app.metadata.name
+        );
+        return Ok(refuse(caller, why));
+    }
+    Ok(Decision {
+        caller,
+        roles: auth.roles,
+        refused: None,
+    })
+}
+
+/// `AuthorizeApp`: the decision for one caller and app, right now.
+pub fn authorize(
+    state: &AuthState,
+    proxy: &ClientIdentity,
+    req: &AuthorizeAppRequest,
+) -> Result<AuthorizeAppResponse, Status> {
+    let app = served_app(state, proxy, &req.app)?;
+    let d = decide(state, &app, &req.caller_cert_der)?;
+    Ok(AuthorizeAppResponse {
+        allowed: d.refused.is_none(),
+        reason: d.refused.unwrap_or_default(),
+        bot: d.caller.bot,
+        instance: d.caller.instance_id,
+        roles: d.roles,
+    })
+}
+
+/// `SignAppJwt`: the identity assertion for an allowed caller.
+pub fn sign_jwt(
+    state: &AuthState,
+    proxy: &ClientIdentity,
+    req: &AuthorizeAppRequest,
+) -> Result<AppJwt, Status> {
+    let app = served_app(state, proxy, &req.app)?;
+    let d = decide(state, &app, &req.caller_cert_der)?;
+    if let Some(why) = d.refused {
+        return Err(Status::permission_denied(why));
+    }
+    if sigil_types::validate_path_segment(&d.caller.bot).is_err() {
+        return Err(Status::failed_precondition(format!(
+            "bot {:?}: its name cannot be a SPIFFE ID path segment, so no app JWT can name it",
+            d.caller.bot
+        )));
+    }
+    let mut extra = Map::new();
+    extra.insert("sigil_bot".into(), Value::from(d.caller.bot.clone()));
+    extra.insert(
+        "sigil_instance".into(),
+        Value::from(d.caller.instance_id.clone()),
+    );
+    extra.insert("roles".into(), Value::from(d.roles));
+    extra.insert("app".into(), Value::from(app.metadata.name.clone()));
+    let claims = JwtSvidClaims {
+        sub: format!("spiffe://{}/sigil/bot/{}", state.cluster, d.caller.bot),
+        aud: vec![format!("https://{}", app.spec.public_addr)],
+        iss: Some(state.jwt_issuer.clone()),
+        ttl: APP_JWT_TTL,
+        extra,
+    };
+    let jwt = state
+        .cas()
+        .jwt
+        .signer
+        .sign_jwt_svid(&claims)
+        .map_err(|e| Status::internal(format!("signing the app JWT: {e}")))?;
+    metrics::counter!("sigil_app_jwts_signed_total").increment(1);
+    Ok(AppJwt {
+        token: jwt.token,
+        expires_unix: jwt.expires.unix_timestamp(),
+    })
+}

@@ -1,0 +1,71 @@
+//! `ReportAppRequests`: the proxy's `app.request` audit events, recorded for
+//! the apps it may serve only (a proxy cannot write events about others).
+
+use sigil_pki::ClientIdentity;
+use sigil_proto::v1::{ReportAppRequestsRequest, ReportAppRequestsResponse};
+use sigil_store::Txn;
+use tonic::Status;
+
+use crate::audit;
+use crate::state::AuthState;
+
+/// At most this many records in one report.
+pub const MAX_RECORDS: usize = 10_000;
+
+fn shown(s: &str, max: usize) -> String {
+    sigil_types::text::escape_unsafe(&s.chars().take(max).collect::<String>()).into_owned()
+}
+
+/// Record a batch.
+pub async fn report(
+    state: &AuthState,
+    proxy: &ClientIdentity,
+    req: &ReportAppRequestsRequest,
+) -> Result<ReportAppRequestsResponse, Status> {
+    if req.records.len() > MAX_RECORDS {
+        return Err(Status::invalid_argument(format!(
+            "records: at most {MAX_RECORDS} in one report"
+        )));
+    }
+    let served: std::collections::BTreeSet<String> = super::served_apps(state, proxy)?
+        .into_iter()
+        .map(|a| a.metadata.name)
+        .collect();
+    let mut events = Vec::with_capacity(req.records.len());
+    for (i, r) in req.records.iter().enumerate() {
+        // An unknown app (404) is reported with an empty name.
+        if !r.app.is_empty() && !served.contains(&r.app) {
+            return Err(Status::permission_denied(format!(
+                "records[{i}]: bot {:?} does not serve app {:?}",
+                proxy.bot,
+                shown(&r.app, 64)
+            )));
+        }
+        let mut fields = serde_json::json!({
+            "app": r.app, "method": shown(&r.method, 16), "path": shown(&r.path, 256),
+            "status": r.status, "bot": shown(&r.bot, 253), "bot_instance": shown(&r.instance, 64),
+            "latency_micros": r.latency_micros, "proxy": proxy.bot,
+            "proxy_instance": proxy.instance_id,
+        });
+        if let Some(m) = fields.as_object_mut() {
+            if !r.reason.is_empty() {
+                m.insert("reason".into(), shown(&r.reason, 512).into());
+            }
+            if r.count > 1 {
+                m.insert("count".into(), r.count.into());
+            }
+        }
+        events.push(audit::event(super::APP_REQUEST, fields));
+    }
+    if !events.is_empty() {
+        state
+            .store
+            .commit(Txn {
+                ops: Vec::new(),
+                audit: events,
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("storage: {e}")))?;
+    }
+    Ok(ReportAppRequestsResponse {})
+}

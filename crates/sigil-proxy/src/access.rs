@@ -1,0 +1,281 @@
+//! What the proxy knows from the auth service, and its per-request decisions.
+//!
+//! `WatchAppAccess` gives the apps and client CAs and a `generation` that
+//! moves on every policy, lock or CA change. A decision from `AuthorizeApp`
+//! is reused only while the generation it was made under is current, so a
+//! removed role or a new lock takes effect with the push (milliseconds);
+//! a decision is never cached for a connection's life.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sigil_agent::client::AuthChannel;
+use sigil_proto::v1::auth_service_client::AuthServiceClient;
+use sigil_proto::v1::{AppAccessState, AuthorizeAppRequest, WatchAppAccessRequest};
+use sigil_types::App;
+use tokio::sync::watch;
+
+/// Re-sign an app JWT this long before it expires.
+const JWT_REFRESH_BEFORE: Duration = Duration::from_secs(60);
+
+/// A caller allowed to reach an app.
+#[derive(Clone, Debug)]
+pub struct Allowed {
+    pub bot: String,
+    pub instance: String,
+    pub roles: Vec<String>,
+}
+
+/// The decision for one request.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    Allow(Arc<Allowed>),
+    /// Refused; the reason is for the audit log only.
+    Deny {
+        bot: String,
+        instance: String,
+        reason: String,
+    },
+}
+
+/// The current apps, CAs and generation.
+#[derive(Default, Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    /// Whether the stream is up (changes are pushed): only then are decisions cached.
+    pub live: bool,
+    /// By lowercase `public_addr`.
+    pub apps: HashMap<String, Arc<App>>,
+    pub client_ca_pem: String,
+}
+
+type Key = (Arc<[u8]>, String);
+
+/// Shared by every connection.
+pub struct Access {
+    client: watch::Receiver<Option<AuthServiceClient<AuthChannel>>>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    decisions: Mutex<HashMap<Key, (u64, Decision)>>,
+    jwts: Mutex<HashMap<Key, (u64, Instant, String)>>,
+}
+
+impl Access {
+    pub fn new(client: watch::Receiver<Option<AuthServiceClient<AuthChannel>>>) -> Arc<Access> {
+        Arc::new(Access {
+            client,
+            snapshot: watch::channel(Arc::new(Snapshot::default())).0,
+            decisions: Mutex::default(),
+            jwts: Mutex::default(),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    /// The app answering for `host` (SNI or Host, port stripped).
+    pub fn app_for(&self, host: &str) -> Option<Arc<App>> {
+        let host = strip_port(host).to_ascii_lowercase();
+        self.snapshot().apps.get(&host).cloned()
+    }
+
+    fn auth_client(&self) -> anyhow::Result<AuthServiceClient<AuthChannel>> {
+        self.client
+            .borrow()
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the proxy has not joined yet"))
+    }
+
+    /// Follow `WatchAppAccess` for the proxy's life (reconnecting).
+    pub async fn follow(self: Arc<Self>) {
+        let mut client_rx = self.client.clone();
+        let mut failures: u32 = 0;
+        loop {
+            let Some(mut c) = client_rx.borrow_and_update().clone() else {
+                if client_rx.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            match c.watch_app_access(WatchAppAccessRequest {}).await {
+                Ok(s) => {
+                    failures = 0;
+                    let mut stream = s.into_inner();
+                    loop {
+                        tokio::select! {
+                            m = stream.message() => match m {
+                                Ok(Some(state)) => self.apply(state),
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::warn!(error = %e.message(), "app access stream ended");
+                                    break;
+                                }
+                            },
+                            // A renewed identity: reopen with it.
+                            r = client_rx.changed() => if r.is_err() { return } else { break },
+                        }
+                    }
+                    // Fail closed while reconnecting: nothing decided under the old stream stands.
+                    self.invalidate();
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e.message(), "app access refused; retrying");
+                    self.invalidate();
+                    let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// The stream is down: nothing cached stands, and nothing is cached
+    /// until it is back (each request asks the auth service).
+    fn invalidate(&self) {
+        self.clear_caches();
+        self.snapshot.send_modify(|s| {
+            *s = Arc::new(Snapshot {
+                generation: s.generation + 1,
+                live: false,
+                apps: s.apps.clone(),
+                client_ca_pem: s.client_ca_pem.clone(),
+            });
+        });
+    }
+
+    /// Decisions, and JWTs (they name the caller's roles), end with any change.
+    fn clear_caches(&self) {
+        self.decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.jwts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn apply(&self, state: AppAccessState) {
+        let mut apps = HashMap::new();
+        for j in &state.apps_json {
+            match serde_json::from_str::<App>(j) {
+                Ok(a) => {
+                    apps.insert(a.spec.public_addr.to_ascii_lowercase(), Arc::new(a));
+                }
+                Err(e) => tracing::error!(error = %e, "undecodable app from the auth service"),
+            }
+        }
+        let generation = self.snapshot().generation + 1;
+        self.clear_caches();
+        self.snapshot.send_replace(Arc::new(Snapshot {
+            generation,
+            live: true,
+            apps,
+            client_ca_pem: state.client_ca_pem,
+        }));
+    }
+
+    /// The decision for `cert` on `app` under the current generation.
+    pub async fn decide(&self, cert: &Arc<[u8]>, app: &App) -> anyhow::Result<Decision> {
+        let snap = self.snapshot();
+        let (generation, live) = (snap.generation, snap.live);
+        let key: Key = (cert.clone(), app.metadata.name.clone());
+        if let Some((g, d)) = self
+            .decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && *g == generation
+        {
+            return Ok(d.clone());
+        }
+        let r = self
+            .auth_client()?
+            .authorize_app(AuthorizeAppRequest {
+                app: app.metadata.name.clone(),
+                caller_cert_der: cert.to_vec(),
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("AuthorizeApp: {}", e.message()))?
+            .into_inner();
+        let d = if r.allowed {
+            Decision::Allow(Arc::new(Allowed {
+                bot: r.bot,
+                instance: r.instance,
+                roles: r.roles,
+            }))
+        } else {
+            Decision::Deny {
+                bot: r.bot,
+                instance: r.instance,
+                reason: r.reason,
+            }
+        };
+        // Only under the generation read before asking: a change during the
+        // call leaves this entry stale at once.
+        if live {
+            let mut map = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 100_000 {
+                map.clear();
+            }
+            map.insert(key, (generation, d.clone()));
+        }
+        Ok(d)
+    }
+
+    /// The JWT for `cert` on `app`, signed anew near its expiry and after
+    /// any change (it names the caller's roles).
+    pub async fn jwt(&self, cert: &Arc<[u8]>, app: &App) -> anyhow::Result<String> {
+        let snap = self.snapshot();
+        let (generation, live) = (snap.generation, snap.live);
+        let key: Key = (cert.clone(), app.metadata.name.clone());
+        if let Some((g, until, t)) = self
+            .jwts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && *g == generation
+            && Instant::now() < *until
+        {
+            return Ok(t.clone());
+        }
+        let r = self
+            .auth_client()?
+            .sign_app_jwt(AuthorizeAppRequest {
+                app: app.metadata.name.clone(),
+                caller_cert_der: cert.to_vec(),
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("SignAppJwt: {}", e.message()))?
+            .into_inner();
+        let left = r.expires_unix - time::OffsetDateTime::now_utc().unix_timestamp();
+        let left = Duration::from_secs(u64::try_from(left).unwrap_or(0));
+        let until = Instant::now() + left.saturating_sub(JWT_REFRESH_BEFORE);
+        if live {
+            let mut map = self.jwts.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 100_000 {
+                map.clear();
+            }
+            map.insert(key, (generation, until, r.token.clone()));
+        }
+        Ok(r.token)
+    }
+
+    /// The client for audit reports.
+    pub fn reporter_client(&self) -> Option<AuthServiceClient<AuthChannel>> {
+        self.client.borrow().clone()
+    }
+}
+
+/// `host:port` or `[v6]:port` → host.
+pub fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}

@@ -1,0 +1,180 @@
+//! Per-request audit (`app.request`): denials always, one event each;
+//! allowed requests all, sampled or aggregated (config `audit.allowed`), so
+//! a busy app cannot flood the log. Sent in batches to `ReportAppRequests`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sigil_proto::v1::{AppRequestRecord, ReportAppRequestsRequest};
+
+use crate::access::Access;
+use crate::config::{AllowedAudit, AuditConfig};
+
+/// At most this many records wait for a flush; beyond, allowed ones are dropped
+/// (counted in `sigil_proxy_audit_dropped_total`), denials are kept.
+const MAX_PENDING: usize = 50_000;
+/// At most this many records in one report (the auth service takes 10,000).
+const MAX_BATCH: usize = 5_000;
+
+/// (app, bot, instance, status).
+type AggregateKey = (String, String, String, u32);
+
+/// The audit queue.
+pub struct Auditor {
+    cfg: AuditConfig,
+    seen: AtomicU64,
+    pending: Mutex<Vec<AppRequestRecord>>,
+    /// → (count, total latency).
+    aggregate: Mutex<HashMap<AggregateKey, (u64, u64)>>,
+}
+
+impl Auditor {
+    pub fn new(cfg: AuditConfig) -> Arc<Auditor> {
+        Arc::new(Auditor {
+            cfg,
+            seen: AtomicU64::new(0),
+            pending: Mutex::default(),
+            aggregate: Mutex::default(),
+        })
+    }
+
+    /// Record one request; `r.reason` non-empty marks a denial.
+    pub fn record(&self, r: AppRequestRecord) {
+        let denied = !r.reason.is_empty() || r.status == 403;
+        if !denied {
+            match self.cfg.allowed {
+                AllowedAudit::All => {}
+                AllowedAudit::Sample => {
+                    if !self
+                        .seen
+                        .fetch_add(1, Ordering::Relaxed)
+                        .is_multiple_of(self.cfg.sample_every)
+                    {
+                        return;
+                    }
+                }
+                AllowedAudit::Aggregate => {
+                    let mut agg = self.aggregate.lock().unwrap_or_else(|p| p.into_inner());
+                    let e = agg
+                        .entry((r.app, r.bot, r.instance, r.status))
+                        .or_insert((0, 0));
+                    e.0 += 1;
+                    e.1 += r.latency_micros;
+                    return;
+                }
+            }
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if p.len() >= MAX_PENDING && !denied {
+            metrics::counter!("sigil_proxy_audit_dropped_total").increment(1);
+            return;
+        }
+        p.push(r);
+    }
+
+    fn take(&self) -> Vec<AppRequestRecord> {
+        let mut out = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let agg = std::mem::take(&mut *self.aggregate.lock().unwrap_or_else(|p| p.into_inner()));
+        for ((app, bot, instance, status), (count, total)) in agg {
+            out.push(AppRequestRecord {
+                app,
+                method: String::new(),
+                path: String::new(),
+                status,
+                bot,
+                instance,
+                latency_micros: total / count.max(1),
+                reason: String::new(),
+                count,
+            });
+        }
+        out
+    }
+
+    /// Send batches for the proxy's life; a failed batch is retried next time.
+    pub async fn flush_loop(self: Arc<Self>, access: Arc<Access>) {
+        let mut tick = tokio::time::interval(self.cfg.flush_every.0);
+        let mut carry: Vec<AppRequestRecord> = Vec::new();
+        loop {
+            tick.tick().await;
+            carry.extend(self.take());
+            if carry.is_empty() {
+                continue;
+            }
+            let Some(mut c) = access.reporter_client() else {
+                continue;
+            };
+            let batch: Vec<AppRequestRecord> = carry.drain(..carry.len().min(MAX_BATCH)).collect();
+            if let Err(e) = c
+                .report_app_requests(ReportAppRequestsRequest {
+                    records: batch.clone(),
+                })
+                .await
+            {
+                tracing::warn!(error = %e.message(), records = batch.len(), "audit report failed; retrying");
+                let mut keep = batch;
+                keep.append(&mut carry);
+                keep.truncate(MAX_PENDING);
+                carry = keep;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(status: u32, reason: &str) -> AppRequestRecord {
+        AppRequestRecord {
+            app: "grafana".into(),
+            bot: "ci".into(),
+            status,
+            reason: reason.into(),
+            latency_micros: 10,
+            ..Default::default()
+        }
+    }
+
+    fn auditor(allowed: AllowedAudit, sample_every: u64) -> Arc<Auditor> {
+        Auditor::new(AuditConfig {
+            allowed,
+            sample_every,
+            ..AuditConfig::default()
+        })
+    }
+
+    #[test]
+    fn denials_always_allowed_sampled_or_aggregated() {
+        let a = auditor(AllowedAudit::Sample, 10);
+        for _ in 0..25 {
+            a.record(rec(200, ""));
+        }
+        a.record(rec(403, "no role's app_labels match"));
+        a.record(rec(503, "authorization unavailable"));
+        let got = a.take();
+        assert_eq!(got.iter().filter(|r| r.status == 200).count(), 3);
+        assert_eq!(got.iter().filter(|r| !r.reason.is_empty()).count(), 2);
+
+        let a = auditor(AllowedAudit::Aggregate, 1);
+        for _ in 0..5 {
+            a.record(rec(200, ""));
+        }
+        a.record(rec(404, ""));
+        a.record(rec(403, "denied"));
+        let mut got = a.take();
+        got.sort_by_key(|r| r.status);
+        let counts: Vec<(u32, u64)> = got.iter().map(|r| (r.status, r.count)).collect();
+        // The denial stays a single event with its reason; the rest are counted.
+        assert_eq!(counts, [(200, 5), (403, 0), (404, 1)]);
+        assert_eq!(got[1].reason, "denied");
+        assert!(a.take().is_empty());
+
+        let a = auditor(AllowedAudit::All, 100);
+        for _ in 0..3 {
+            a.record(rec(200, ""));
+        }
+        assert_eq!(a.take().len(), 3);
+    }
+}

@@ -1,0 +1,373 @@
+//! The HTTPS listener: one task per connection, each request authorised and
+//! forwarded; a connection (and its WebSocket tunnels) is closed when its
+//! caller stops being allowed (a lock: within the push, well under 1 s).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sigil_proto::v1::AppRequestRecord;
+use sigil_types::IdentityFields;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::access::{Access, Decision};
+use crate::audit::Auditor;
+use crate::config::ProxyConfig;
+use crate::headers::{Forward, forward_request, strip_hop_by_hop, wants_upgrade};
+use crate::tls::ServerIdentity;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What every connection shares.
+pub struct Ctx {
+    pub cfg: ProxyConfig,
+    pub access: Arc<Access>,
+    pub audit: Arc<Auditor>,
+    pub upstream: Client<HttpConnector, Incoming>,
+}
+
+/// One client connection.
+struct Conn {
+    cert: Arc<[u8]>,
+    sni: Option<String>,
+    peer: std::net::SocketAddr,
+    /// Apps requested on this connection: re-checked on every change.
+    apps: Mutex<BTreeSet<String>>,
+    /// Set when the caller is no longer allowed: the connection and every
+    /// tunnel opened on it close. The re-check lives while any of them does.
+    kill: watch::Sender<bool>,
+}
+
+/// The upstream client, with the configured connect timeout.
+pub fn upstream_client(cfg: &ProxyConfig) -> Client<HttpConnector, Incoming> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(cfg.timeouts.upstream_connect.0));
+    http.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(http)
+}
+
+/// Accept connections until the listener fails.
+pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, id: ServerIdentity) -> anyhow::Result<()> {
+    let mut snaps = ctx.access.subscribe();
+    let mut ca_pem = String::new();
+    let mut acceptor: Option<tokio_rustls::TlsAcceptor> = None;
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        // Rebuild the TLS config when the client CAs change (a rotation).
+        let snap = snaps.borrow_and_update().clone();
+        if snap.client_ca_pem != ca_pem || acceptor.is_none() {
+            match id.config(&snap.client_ca_pem) {
+                Ok(c) => {
+                    acceptor = Some(tokio_rustls::TlsAcceptor::from(c));
+                    ca_pem = snap.client_ca_pem.clone();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), %peer, "refusing a connection: no TLS config yet");
+                    continue;
+                }
+            }
+        }
+        let Some(acc) = acceptor.clone() else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            if let Err(e) = connection(ctx, tcp, peer, acc).await {
+                tracing::debug!(%peer, error = %format!("{e:#}"), "connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(
+    ctx: Arc<Ctx>,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    acc: tokio_rustls::TlsAcceptor,
+) -> anyhow::Result<()> {
+    let tls = tokio::time::timeout(ctx.cfg.timeouts.client_header.0, acc.accept(tcp)).await??;
+    let (_, session) = tls.get_ref();
+    let cert: Arc<[u8]> = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| Arc::from(c.as_ref()))
+        .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
+    let sni = session.server_name().map(str::to_ascii_lowercase);
+    let conn = Arc::new(Conn {
+        cert,
+        sni,
+        peer,
+        apps: Mutex::default(),
+        kill: watch::channel(false).0,
+    });
+    // Subscribed before the re-check starts, which ends when nothing listens.
+    let mut kill = conn.kill.subscribe();
+    tokio::spawn(recheck(ctx.clone(), conn.clone()));
+    let svc = {
+        let ctx = ctx.clone();
+        let conn = conn.clone();
+        hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(ctx, conn, req).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.cfg.timeouts.client_header.0)
+        .max_buf_size(ctx.cfg.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(ctx.cfg.max_header_bytes).unwrap_or(u32::MAX));
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    tokio::select! {
+        r = served => r.map_err(|e| anyhow::anyhow!("{e}")),
+        _ = kill.wait_for(|k| *k) => Ok(()),
+    }
+}
+
+/// On every change pushed by the auth service, re-decide each app this
+/// connection used; the first refusal closes it (and its tunnels).
+async fn recheck(ctx: Arc<Ctx>, conn: Arc<Conn>) {
+    let mut snaps = ctx.access.subscribe();
+    loop {
+        tokio::select! {
+            r = snaps.changed() => if r.is_err() { return },
+            // The connection and its tunnels are gone.
+            _ = conn.kill.closed() => return,
+        }
+        let apps: Vec<String> = conn
+            .apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let snap = ctx.access.snapshot();
+        for name in apps {
+            let app = snap
+                .apps
+                .values()
+                .find(|a| a.metadata.name == name)
+                .cloned();
+            let allowed = match app {
+                Some(app) => matches!(
+                    ctx.access.decide(&conn.cert, &app).await,
+                    Ok(Decision::Allow(_))
+                ),
+                // No longer served: nothing stays open to it.
+                None => false,
+            };
+            if !allowed {
+                tracing::info!(app = %name, "closing a connection whose caller is no longer allowed");
+                let _ = conn.kill.send(true);
+                return;
+            }
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let mut rec = AppRequestRecord {
+        method,
+        path,
+        ..Default::default()
+    };
+    let resp = route(&ctx, &conn, req, &mut rec).await;
+    rec.status = u32::from(resp.status().as_u16());
+    rec.latency_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    ctx.audit.record(rec);
+    resp
+}
+
+async fn route(
+    ctx: &Ctx,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+    rec: &mut AppRequestRecord,
+) -> Response<Body> {
+    // A body framed two ways. HTTP/1 never gets here (hyper reads it as
+    // chunked, drops Content-Length and closes after the response, RFC 9112
+    // 6.3), nor does HTTP/2 (no Transfer-Encoding); kept for any other path.
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        rec.reason = "Content-Length and Transfer-Encoding together".into();
+        return plain(StatusCode::BAD_REQUEST, "bad request\n");
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| crate::access::strip_port(h).to_string())
+        })
+        .or_else(|| conn.sni.clone())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    // Host must name the app the TLS session was opened for.
+    if let Some(sni) = &conn.sni
+        && *sni != host
+    {
+        return plain(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n");
+    }
+    let Some(app) = ctx.access.app_for(&host) else {
+        return plain(StatusCode::NOT_FOUND, "no such app\n");
+    };
+    rec.app = app.metadata.name.clone();
+    conn.apps
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(app.metadata.name.clone());
+    let allowed = match ctx.access.decide(&conn.cert, &app).await {
+        Ok(Decision::Allow(a)) => a,
+        Ok(Decision::Deny {
+            bot,
+            instance,
+            reason,
+        }) => {
+            rec.bot = bot;
+            rec.instance = instance;
+            rec.reason = reason;
+            return plain(StatusCode::FORBIDDEN, "access denied\n");
+        }
+        Err(e) => {
+            // Fail closed: no decision, no access.
+            tracing::warn!(error = %format!("{e:#}"), "authorization unavailable");
+            rec.reason = "authorization unavailable".into();
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authorization unavailable\n",
+            );
+        }
+    };
+    rec.bot = allowed.bot.clone();
+    rec.instance = allowed.instance.clone();
+    let jwt = match ctx.access.jwt(&conn.cert, &app).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "signing the app JWT failed");
+            rec.reason = format!("{e:#}");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "identity unavailable\n");
+        }
+    };
+    let upstream = match app.spec.upstream() {
+        Ok(u) if !u.tls => u,
+        _ => {
+            tracing::warn!(app = %app.metadata.name, "https upstreams are not supported yet");
+            return plain(StatusCode::BAD_GATEWAY, "bad gateway\n");
+        }
+    };
+    let who = IdentityFields {
+        name: allowed.bot.clone(),
+        instance: allowed.instance.clone(),
+        roles: allowed.roles.clone(),
+    };
+    let is_upgrade = wants_upgrade(req.headers());
+    let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let out = match forward_request(
+        req,
+        &app,
+        &upstream,
+        &Forward {
+            who: &who,
+            jwt: &jwt,
+            host: &host,
+            client_ip: conn.peer.ip(),
+            upgrade: is_upgrade,
+        },
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "building the upstream request");
+            return plain(StatusCode::BAD_REQUEST, "bad request\n");
+        }
+    };
+    let sent = tokio::time::timeout(
+        ctx.cfg.timeouts.upstream_response.0,
+        ctx.upstream.request(out),
+    )
+    .await;
+    let mut resp = match sent {
+        Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+        Ok(Err(e)) => {
+            tracing::warn!(app = %app.metadata.name, error = %e, "upstream failed");
+            return plain(StatusCode::BAD_GATEWAY, "bad gateway\n");
+        }
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let kill = conn.kill.subscribe();
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, kill));
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(
+            parts,
+            http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
+        );
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    resp.map(|b| b.boxed())
+}
+
+/// A WebSocket (or other upgraded) tunnel, closed with the connection's kill switch.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    mut kill: watch::Receiver<bool>,
+) {
+    let (c, u) = match (client.await, upstream.await) {
+        (Ok(c), Ok(u)) => (c, u),
+        (c, u) => {
+            tracing::warn!(client = ?c.err(), upstream = ?u.err(), "upgrade failed");
+            return;
+        }
+    };
+    let mut c = TokioIo::new(c);
+    let mut u = TokioIo::new(u);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+            tracing::debug!(result = ?r, "tunnel ended");
+        }
+        _ = kill.wait_for(|k| *k) => {}
+    }
+}
