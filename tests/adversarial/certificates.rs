@@ -315,7 +315,7 @@ fn truncated_chain_without_its_intermediate() {
     });
 }
 
-/// attack: certificates | a leaf under an intermediate of the real client CA, chain complete (the CA's pathlen 0 forbids intermediates) | Unauthenticated "CA is no longer trusted": only the cluster's own client CA may sign identities
+/// attack: certificates | a leaf under an intermediate of the real client CA, chain complete (the CA's pathlen 0 forbids intermediates) | Unauthenticated "not signed by a client CA this cluster trusts now": only the cluster's own client CA may sign identities
 #[test]
 fn intermediate_below_the_client_ca() {
     let auth = auth();
@@ -330,7 +330,7 @@ fn intermediate_below_the_client_ca() {
     refused(
         renew(&auth, Some(&bad)),
         Code::Unauthenticated,
-        "CA is no longer trusted",
+        "not signed by a client CA this cluster trusts now",
     );
     assert_eq!(issued(&auth, "cert-pathlen"), before);
     assert_eq!(

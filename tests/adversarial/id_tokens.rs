@@ -484,7 +484,7 @@ fn discovery_naming_another_issuer() {
     };
     join_denied(
         &auth,
-        "names issuer Some(\"https://accounts.evil.example\")",
+        "names issuer \"https://accounts.evil.example\"",
         || join_raw(&auth, None, i, vec![]),
     );
     assert!(generations(&auth, "mix-bot").is_empty());

@@ -61,7 +61,7 @@ pub fn caller<T>(state: &AuthState, req: &Request<T>) -> Result<Caller, Status> 
     }
     if !issuer_trusted(state, p) {
         return Err(Status::unauthenticated(
-            "the client certificate's CA is no longer trusted (it was rotated out): rejoin with a new token",
+            "the client certificate was not signed by a client CA this cluster trusts now (it was rotated out, or the certificate is not a Sigil identity): rejoin with a new token",
         ));
     }
     state.view_current()?;

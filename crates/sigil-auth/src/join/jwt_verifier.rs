@@ -441,9 +441,14 @@ async fn fetch_keys(outbound: &Outbound, issuer: &str) -> Result<Vec<Value>, Joi
         .map_err(|e| JoinDenied::unavailable(format!("OIDC discovery failed: {e}")))?;
     match doc.get("issuer").and_then(Value::as_str) {
         Some(i) if i == issuer => {}
-        other => {
+        Some(other) => {
             return Err(JoinDenied::new(format!(
                 "discovery document of {issuer} names issuer {other:?}"
+            )));
+        }
+        None => {
+            return Err(JoinDenied::new(format!(
+                "discovery document of {issuer} names no issuer"
             )));
         }
     }
