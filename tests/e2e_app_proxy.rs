@@ -313,6 +313,34 @@ fn app_access_through_the_proxy() {
     assert_eq!(code, 403);
     assert!(!body.contains("app_labels"), "{body}");
 
+    // Only WebSocket upgrades pass: h2c would be a raw HTTP/2 connection to
+    // the upstream, past per-request decisions and audit. TRACE would echo
+    // the JWT back; CONNECT would open a tunnel.
+    let o = s.curl(
+        Some(&ci),
+        &[
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: h2c",
+            "-H",
+            "HTTP2-Settings: AAMAAABkAAQAAP__",
+        ],
+        &[&format!("https://{HOST}:PORT/")],
+    );
+    assert_eq!(stdout(&o), "400", "{}", text(&o));
+    let o = s.curl(
+        Some(&ci),
+        &["-X", "TRACE", "-o", "/dev/null", "-w", "%{http_code}"],
+        &[&format!("https://{HOST}:PORT/")],
+    );
+    assert_eq!(stdout(&o), "405", "{}", text(&o));
+
     // Unknown app: 404.
     let o = s.curl(
         Some(&ci),
@@ -543,7 +571,7 @@ fn application_tunnel_lets_a_plain_http_client_through() {
         format!(
             "version: v1\nauth_server: {}\nca_pins: [{}]\n\
              onboarding: {{join_method: token, token: {token}}}\n\
-             storage: {{type: directory, path: {}}}\ncredential_ttl: 1h\noutputs: []\n\
+             storage: {{type: directory, path: {}}}\ncredential_ttl: 1h\nrenewal_interval: 1s\noutputs: []\n\
              services:\n  - type: application-tunnel\n    listen: 127.0.0.1:{tport}\n\
              \x20   app: {HOST}\n    proxy: 127.0.0.1:{}\n    proxy_ca_file: {}\n",
             s.auth.addr(),
@@ -589,6 +617,86 @@ fn application_tunnel_lets_a_plain_http_client_through() {
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["claims"]["sigil_bot"], "tool");
     assert_eq!(v["path"], "/via-tunnel");
+    // Not addressed to the tunnel: a rebound DNS name, or a cross-site page.
+    for header in ["Host: evil.example", "Origin: http://evil.example"] {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "-m",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                header,
+            ])
+            .arg(format!("http://127.0.0.1:{tport}/"))
+            .output()
+            .expect("curl");
+        assert_eq!(stdout(&o), "403", "{header}: {}", text(&o));
+    }
+    // One local keep-alive connection across several renewals of the agent:
+    // the proxy refuses a superseded agent credential, so the tunnel
+    // reconnects with each new one and every request still goes through.
+    let o = Command::new("python3")
+        .args([
+            "-c",
+            "import http.client,sys,time\n\
+             c=http.client.HTTPConnection('127.0.0.1',int(sys.argv[1]),timeout=10)\n\
+             for i in range(5):\n\
+             \x20 c.request('GET','/keep-alive');r=c.getresponse();r.read();print(r.status,flush=True);time.sleep(1.2)\n",
+        ])
+        .arg(tport.to_string())
+        .output()
+        .expect("python3");
+    assert_eq!(
+        stdout(&o).split_whitespace().collect::<Vec<_>>(),
+        ["200"; 5],
+        "{}\n{}",
+        text(&o),
+        proxy_log(&s)
+    );
+    // The proxy refuses an agent credential a renewal superseded (a copy
+    // left behind), as every other call does — within its 5 s decision reuse.
+    let stored = || -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(s.dir("tunnel-storage").join("credential.json"))
+                .expect("credential.json"),
+        )
+        .expect("json")
+    };
+    let old = stored();
+    let old_dir = s.dir("superseded");
+    std::fs::create_dir_all(&old_dir).expect("mkdir");
+    std::fs::write(
+        old_dir.join("tls.crt"),
+        old["cert_pem"].as_str().expect("cert"),
+    )
+    .expect("write");
+    std::fs::write(
+        old_dir.join("tls.key"),
+        old["key_pem"].as_str().expect("key"),
+    )
+    .expect("write");
+    wait_until("a renewal", Duration::from_secs(10), || {
+        stored()["generation"].as_u64() > old["generation"].as_u64()
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let (code, body) = s.get(&old_dir, "/");
+    assert_eq!(code, 403, "{body}");
+    // Reported in the proxy's next audit flush.
+    wait_until(
+        "the superseded denial audited",
+        Duration::from_secs(15),
+        || {
+            s.auth.audit("app.request").iter().any(|e| {
+                e["fields"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("superseded by a renewal"))
+            })
+        },
+    );
     // A lock on the bot reaches tunnelled requests too.
     s.auth.ok(&["locks", "add", "--bot", "tool"]);
     wait_until("the lock", Duration::from_secs(5), || get().0 == "403");

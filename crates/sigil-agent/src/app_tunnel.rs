@@ -1,7 +1,13 @@
 //! `application-tunnel`: plain HTTP on a loopback port, forwarded to
 //! `sigil proxy` over mTLS with the agent's own (current) identity, so a tool
 //! that cannot do mTLS can reach an app. Each local connection gets its own
-//! proxy connection, made with the credential stored at that moment.
+//! proxy connection, made with the credential stored at that moment and made
+//! again when a renewal replaced it (the proxy refuses a superseded one).
+//!
+//! Only requests addressed to the tunnel itself are forwarded: a `Host` other
+//! than a loopback name or the app's (DNS rebinding) or a cross-site browser
+//! request (a page making a browser on this host call the app as the bot) is
+//! refused with 403.
 
 use std::sync::Arc;
 
@@ -19,19 +25,29 @@ pub async fn serve(listener: TcpListener, cfg: TunnelConfig, storage: Storage) {
     let cfg = Arc::new(cfg);
     let storage = Arc::new(storage);
     loop {
-        let Ok((local, _)) = listener.accept().await else {
-            continue;
+        let local = match listener.accept().await {
+            Ok((local, _)) => local,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(app = %cfg.app, error = %e, "application tunnel: accepting failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let (cfg, storage) = (cfg.clone(), storage.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(local, &cfg, &storage).await {
-                tracing::warn!(app = %cfg.app, error = %format!("{e:#}"), "application tunnel connection failed");
+            let app = cfg.app.clone();
+            if let Err(e) = connection(local, cfg, storage).await {
+                tracing::warn!(%app, error = %format!("{e:#}"), "application tunnel connection failed");
             }
         });
     }
 }
 
-fn tls_config(cfg: &TunnelConfig, storage: &Storage) -> anyhow::Result<rustls::ClientConfig> {
+fn tls_config(
+    cfg: &TunnelConfig,
+    storage: &Storage,
+) -> anyhow::Result<(rustls::ClientConfig, String)> {
     let cred = storage
         .load()?
         .context("the agent has no credential yet (not joined)")?;
@@ -49,14 +65,22 @@ fn tls_config(cfg: &TunnelConfig, storage: &Storage) -> anyhow::Result<rustls::C
         .flatten()
         .context("the agent's key")?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?)
+        .with_client_auth_cert(chain, key)?;
+    Ok((config, cred.cert_pem))
 }
 
-async fn connection(local: TcpStream, cfg: &TunnelConfig, storage: &Storage) -> anyhow::Result<()> {
-    let tls = tls_config(cfg, storage)?;
+/// The proxy connection of one local connection, and the certificate it
+/// was made with.
+struct Upstream {
+    cert_pem: String,
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+}
+
+async fn connect(cfg: &TunnelConfig, storage: &Storage) -> anyhow::Result<Upstream> {
+    let (tls, cert_pem) = tls_config(cfg, storage)?;
     let name = rustls_pki_types::ServerName::try_from(cfg.app.clone())?;
     let tcp = TcpStream::connect(&cfg.proxy)
         .await
@@ -68,18 +92,144 @@ async fn connection(local: TcpStream, cfg: &TunnelConfig, storage: &Storage) -> 
         .context("TLS to the proxy")?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
     tokio::spawn(conn);
-    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    Ok(Upstream { cert_pem, sender })
+}
+
+/// Whether a local request is meant for this tunnel (see the module comment).
+fn addressed_here(h: &http::HeaderMap, app: &str) -> bool {
+    let value = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+    let host = value("host").unwrap_or_default();
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => host,
+    };
+    let local = |n: &str| n.eq_ignore_ascii_case("localhost") || n == "127.0.0.1" || n == "[::1]";
+    if !(local(name) || name.eq_ignore_ascii_case(app)) {
+        return false;
+    }
+    if value("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+        return false;
+    }
+    // A browser names the page's origin: only the tunnel's own is accepted.
+    match value("origin") {
+        None => true,
+        Some(o) => o
+            .strip_prefix("http://")
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(host)),
+    }
+}
+
+async fn connection(
+    local: TcpStream,
+    cfg: Arc<TunnelConfig>,
+    storage: Arc<Storage>,
+) -> anyhow::Result<()> {
+    let first = connect(&cfg, &storage).await?;
+    let upstream = Arc::new(tokio::sync::Mutex::new(first));
     let host = HeaderValue::from_str(&cfg.app)?;
     let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-        let sender = sender.clone();
-        let host = host.clone();
+        let (upstream, host, cfg, storage) =
+            (upstream.clone(), host.clone(), cfg.clone(), storage.clone());
         async move {
+            if !addressed_here(req.headers(), &cfg.app) {
+                tracing::warn!(app = %cfg.app, "application tunnel: refused a request not addressed to it (Host, Origin or Sec-Fetch-Site)");
+                return Ok(refused());
+            }
             req.headers_mut().insert(HOST, host);
-            sender.lock().await.send_request(req).await
+            let mut up = upstream.lock().await;
+            // Renewed since: reconnect with the current credential.
+            let current = storage.load().ok().flatten().map(|c| c.cert_pem);
+            if current.is_some_and(|c| c != up.cert_pem) || up.sender.is_closed() {
+                match connect(&cfg, &storage).await {
+                    Ok(next) => *up = next,
+                    Err(e) => {
+                        tracing::warn!(app = %cfg.app, error = %format!("{e:#}"), "application tunnel: reconnecting failed");
+                        return Ok(unavailable());
+                    }
+                }
+            }
+            up.sender
+                .send_request(req)
+                .await
+                .map(|r| r.map(Either::Left))
         }
     });
     hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30))
         .serve_connection(TokioIo::new(local), svc)
         .await?;
     Ok(())
+}
+
+type Either = http_body_util::Either<Incoming, http_body_util::Full<hyper::body::Bytes>>;
+
+fn refused() -> http::Response<Either> {
+    short(
+        http::StatusCode::FORBIDDEN,
+        "not addressed to this tunnel\n",
+    )
+}
+
+fn unavailable() -> http::Response<Either> {
+    short(
+        http::StatusCode::BAD_GATEWAY,
+        "the proxy cannot be reached\n",
+    )
+}
+
+fn short(status: http::StatusCode, text: &'static str) -> http::Response<Either> {
+    let mut r = http::Response::new(Either::Right(http_body_util::Full::new(
+        hyper::body::Bytes::from_static(text.as_bytes()),
+    )));
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addressed_here;
+    use http::HeaderMap;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_requests_addressed_to_the_tunnel_pass() {
+        let app = "grafana.example.test";
+        for ok in [
+            &[("host", "127.0.0.1:8080")][..],
+            &[("host", "localhost:8080")],
+            &[("host", "[::1]:8080")],
+            &[("host", "grafana.example.test")],
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+            ],
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        ] {
+            assert!(addressed_here(&headers(ok), app), "{ok:?}");
+        }
+        for bad in [
+            &[][..],
+            &[("host", "evil.example:8080")],
+            &[("host", "127.0.0.1.evil.example")],
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://evil.example"),
+            ],
+            &[("host", "127.0.0.1:8080"), ("origin", "null")],
+            &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")],
+        ] {
+            assert!(!addressed_here(&headers(bad), app), "{bad:?}");
+        }
+    }
 }

@@ -19,6 +19,11 @@ use tokio::sync::watch;
 /// Re-sign an app JWT this long before it expires.
 const JWT_REFRESH_BEFORE: Duration = Duration::from_secs(60);
 
+/// How long a decision is reused without a change pushed. Pushes cover
+/// roles, bots, locks and CAs; what they do not (a bot instance removed, an
+/// agent credential superseded by a renewal) takes effect within this.
+const DECISION_MAX_AGE: Duration = Duration::from_secs(5);
+
 /// A caller allowed to reach an app.
 #[derive(Clone, Debug)]
 pub struct Allowed {
@@ -56,7 +61,7 @@ type Key = (Arc<[u8]>, String);
 pub struct Access {
     client: watch::Receiver<Option<AuthServiceClient<AuthChannel>>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
-    decisions: Mutex<HashMap<Key, (u64, Decision)>>,
+    decisions: Mutex<HashMap<Key, (u64, Instant, Decision)>>,
     jwts: Mutex<HashMap<Key, (u64, Instant, String)>>,
 }
 
@@ -182,12 +187,13 @@ impl Access {
         let snap = self.snapshot();
         let (generation, live) = (snap.generation, snap.live);
         let key: Key = (cert.clone(), app.metadata.name.clone());
-        if let Some((g, d)) = self
+        if let Some((g, at, d)) = self
             .decisions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             && *g == generation
+            && at.elapsed() < DECISION_MAX_AGE
         {
             return Ok(d.clone());
         }
@@ -220,7 +226,7 @@ impl Access {
             if map.len() > 100_000 {
                 map.clear();
             }
-            map.insert(key, (generation, d.clone()));
+            map.insert(key, (generation, Instant::now(), d.clone()));
         }
         Ok(d)
     }

@@ -112,6 +112,15 @@ impl Auditor {
                 })
                 .await
             {
+                // Refused as such: retrying the same batch cannot succeed, and
+                // would hold back every later record.
+                if matches!(
+                    e.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                ) {
+                    tracing::error!(error = %e.message(), records = batch.len(), "audit report refused; dropping this batch");
+                    continue;
+                }
                 tracing::warn!(error = %e.message(), records = batch.len(), "audit report failed; retrying");
                 let mut keep = batch;
                 keep.append(&mut carry);

@@ -6,7 +6,7 @@ use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use sigil_types::{App, IdentityFields, JWT_ASSERTION_HEADER};
 
-/// Whether a request asks for a protocol upgrade (WebSocket).
+/// Whether a request asks for a protocol upgrade.
 pub fn wants_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION).iter().any(|v| {
@@ -16,6 +16,34 @@ pub fn wants_upgrade(h: &HeaderMap) -> bool {
             })
         })
 }
+
+/// Whether `Upgrade` asks for WebSocket and nothing else: the only upgrade
+/// passed through. Any other (`h2c` above all) would hand the caller a raw
+/// connection to the upstream, past per-request decisions, audit and header
+/// rewriting.
+pub fn is_websocket(h: &HeaderMap) -> bool {
+    let mut values = h.get_all(header::UPGRADE).iter();
+    matches!(
+        (values.next(), values.next()),
+        (Some(v), None) if v.to_str().is_ok_and(|s| s.trim().eq_ignore_ascii_case("websocket"))
+    )
+}
+
+/// Client-supplied forwarding headers: the proxy sets its own `X-Forwarded-*`,
+/// and none of these may reach the upstream as if the proxy had vouched for them.
+pub const CLIENT_FORWARDING_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+];
 
 /// Remove hop-by-hop headers (RFC 9110 7.6.1), and those `Connection` names;
 /// with `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay.
@@ -39,6 +67,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         "te",
         "trailer",
         "transfer-encoding",
+        // Only meaningful to an h2c upgrade, which is never passed through.
+        "http2-settings",
     ] {
         h.remove(n);
     }
@@ -62,6 +92,14 @@ pub struct Forward<'a> {
     pub client_ip: std::net::IpAddr,
     /// Keep `Upgrade` (WebSocket).
     pub upgrade: bool,
+}
+
+/// Whether a URL path has a `.` or `..` segment, also percent-encoded.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let s = seg.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    })
 }
 
 /// The request for the upstream.
@@ -89,12 +127,22 @@ pub fn forward_request<B>(
     } else {
         format!("{}:{}", upstream.host, upstream.port)
     };
+    // Under a base path, a dot segment (plain or percent-encoded) would climb
+    // out of it on the upstream.
+    if !upstream.base_path.is_empty() && has_dot_segment(parts.uri.path()) {
+        anyhow::bail!("a path with `.` or `..` segments under the app's base path");
+    }
     parts.uri = format!("http://{authority}{}{pq}", upstream.base_path).parse()?;
     parts.version = http::Version::HTTP_11;
     let h = &mut parts.headers;
     strip_hop_by_hop(h, upgrade);
-    // A client's own assertion is never passed on (any case, any count).
+    // A client's own assertion is never passed on (any case, any count), nor
+    // forwarding headers it wrote itself (an upstream trusting
+    // X-Forwarded-User from its proxy would take them for the proxy's word).
     h.remove(JWT_ASSERTION_HEADER);
+    for n in CLIENT_FORWARDING_HEADERS {
+        h.remove(*n);
+    }
     h.insert(header::HOST, HeaderValue::from_str(&authority)?);
     h.insert("x-forwarded-host", HeaderValue::from_str(host)?);
     h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
@@ -183,6 +231,60 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.7");
         for gone in ["connection", "x-secret", "keep-alive"] {
             assert!(!h.contains_key(gone), "{gone}");
+        }
+    }
+
+    #[test]
+    fn only_websocket_upgrades_and_no_client_forwarding_headers_or_dot_segments() {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("WebSocket"));
+        assert!(is_websocket(&h));
+        for other in ["h2c", "websocket, h2c", "tls/1.2"] {
+            h.insert("upgrade", HeaderValue::from_static(other));
+            assert!(!is_websocket(&h), "{other}");
+        }
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.append("upgrade", HeaderValue::from_static("h2c"));
+        assert!(!is_websocket(&h), "two Upgrade headers");
+
+        let app = app();
+        let who = IdentityFields::default();
+        let mut up = app.spec.upstream().unwrap();
+        let forward = |uri: &str, up: &sigil_types::Upstream| {
+            let req = Request::builder()
+                .uri(uri)
+                .header("forwarded", "for=10.0.0.1;host=admin")
+                .header("x-real-ip", "10.0.0.1")
+                .header("x-forwarded-groups", "admins")
+                .header("http2-settings", "AAMAAABkAAQAAP__")
+                .body(())
+                .unwrap();
+            forward_request(
+                req,
+                &app,
+                up,
+                &Forward {
+                    who: &who,
+                    jwt: "JWT",
+                    host: "grafana.example.test",
+                    client_ip: "192.0.2.7".parse().unwrap(),
+                    upgrade: false,
+                },
+            )
+        };
+        let out = forward("/b", &up).unwrap();
+        for gone in [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-groups",
+            "http2-settings",
+        ] {
+            assert!(!out.headers().contains_key(gone), "{gone}");
+        }
+        up.base_path = "/tenant".into();
+        assert!(forward("/x/y", &up).is_ok());
+        for climb in ["/../admin", "/a/%2e%2e/admin", "/a/%2E./admin", "/./x"] {
+            assert!(forward(climb, &up).is_err(), "{climb}");
         }
     }
 

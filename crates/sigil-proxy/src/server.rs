@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::access::{Access, Decision};
 use crate::audit::Auditor;
 use crate::config::ProxyConfig;
-use crate::headers::{Forward, forward_request, strip_hop_by_hop, wants_upgrade};
+use crate::headers::{Forward, forward_request, is_websocket, strip_hop_by_hop, wants_upgrade};
 use crate::tls::ServerIdentity;
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -43,10 +43,17 @@ struct Conn {
     peer: std::net::SocketAddr,
     /// Apps requested on this connection: re-checked on every change.
     apps: Mutex<BTreeSet<String>>,
+    /// Whether any request arrived: a connection that sends none within the
+    /// header timeout is closed (a handshake alone proves nothing current —
+    /// the caller may be locked — and must not hold a slot).
+    used: std::sync::atomic::AtomicBool,
     /// Set when the caller is no longer allowed: the connection and every
     /// tunnel opened on it close. The re-check lives while any of them does.
     kill: watch::Sender<bool>,
 }
+
+/// Open client connections at most; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 10_000;
 
 /// The upstream client, with the configured connect timeout.
 pub fn upstream_client(cfg: &ProxyConfig) -> Client<HttpConnector, Incoming> {
@@ -64,8 +71,20 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, id: ServerIdentity) -> 
     let mut snaps = ctx.access.subscribe();
     let mut ca_pem = String::new();
     let mut acceptor: Option<tokio_rustls::TlsAcceptor> = None;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (tcp, peer) = listener.accept().await?;
+        // At the cap, stop accepting (the kernel's backlog queues) rather than
+        // run out of descriptors.
+        let slot = slots.clone().acquire_owned().await?;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE, ECONNABORTED…: transient; back off, keep serving.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         // Rebuild the TLS config when the client CAs change (a rotation).
         let snap = snaps.borrow_and_update().clone();
         if snap.client_ca_pem != ca_pem || acceptor.is_none() {
@@ -85,6 +104,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, id: ServerIdentity) -> 
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = tcp.set_nodelay(true);
             if let Err(e) = connection(ctx, tcp, peer, acc).await {
                 tracing::debug!(%peer, error = %format!("{e:#}"), "connection ended");
@@ -112,8 +132,18 @@ async fn connection(
         sni,
         peer,
         apps: Mutex::default(),
+        used: std::sync::atomic::AtomicBool::new(false),
         kill: watch::channel(false).0,
     });
+    {
+        let (conn, idle) = (conn.clone(), ctx.cfg.timeouts.client_header.0);
+        tokio::spawn(async move {
+            tokio::time::sleep(idle).await;
+            if !conn.used.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = conn.kill.send(true);
+            }
+        });
+    }
     // Subscribed before the re-check starts, which ends when nothing listens.
     let mut kill = conn.kill.subscribe();
     tokio::spawn(recheck(ctx.clone(), conn.clone()));
@@ -126,7 +156,14 @@ async fn connection(
             async move { Ok::<_, std::convert::Infallible>(handle(ctx, conn, req).await) }
         })
     };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The protocol is the one ALPN chose: no sniffing of the first bytes,
+    // which has no timeout of its own.
+    let mut builder = if session.alpn_protocol() == Some(b"h2".as_slice()) {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -135,7 +172,10 @@ async fn connection(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(ctx.cfg.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(ctx.cfg.max_header_bytes).unwrap_or(u32::MAX))
+        // A peer that stops answering pings is gone; its streams are freed.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
     tokio::select! {
         r = served => r.map_err(|e| anyhow::anyhow!("{e}")),
@@ -198,10 +238,15 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
+/// How much of a request's path the audit record keeps.
+const MAX_AUDITED_PATH: usize = 256;
+
 async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
+    conn.used.store(true, std::sync::atomic::Ordering::Relaxed);
     let method = req.method().to_string();
-    let path = req.uri().path().to_string();
+    // Bounded: a path is up to the header limit, and every denial is kept.
+    let path: String = req.uri().path().chars().take(MAX_AUDITED_PATH).collect();
     let mut rec = AppRequestRecord {
         method,
         path,
@@ -220,6 +265,12 @@ async fn route(
     mut req: Request<Incoming>,
     rec: &mut AppRequestRecord,
 ) -> Response<Body> {
+    // TRACE would echo the request, the JWT assertion included, back to the
+    // caller; CONNECT would open a raw tunnel past per-request decisions.
+    if req.method() == http::Method::TRACE || req.method() == http::Method::CONNECT {
+        rec.reason = format!("method {} is not proxied", req.method());
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
     // A body framed two ways. HTTP/1 never gets here (hyper reads it as
     // chunked, drops Content-Length and closes after the response, RFC 9112
     // 6.3), nor does HTTP/2 (no Transfer-Encoding); kept for any other path.
@@ -301,6 +352,13 @@ async fn route(
         roles: allowed.roles.clone(),
     };
     let is_upgrade = wants_upgrade(req.headers());
+    if is_upgrade && !is_websocket(req.headers()) {
+        rec.reason = "an upgrade to something other than WebSocket".into();
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "only WebSocket upgrades are passed through\n",
+        );
+    }
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let out = match forward_request(
         req,
@@ -333,6 +391,10 @@ async fn route(
         }
         Ok(Ok(r)) => r,
     };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !is_websocket(resp.headers()) {
+        tracing::warn!(app = %app.metadata.name, "the upstream switched to something other than WebSocket");
+        return plain(StatusCode::BAD_GATEWAY, "bad gateway\n");
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {

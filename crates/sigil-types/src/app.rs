@@ -36,6 +36,12 @@ const RESERVED_HEADERS: &[&str] = &[
     "te",
     "trailer",
     "upgrade",
+    "http2-settings",
+    // Set by the proxy itself from what it saw.
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
 ];
 
 /// Body of an `app`.

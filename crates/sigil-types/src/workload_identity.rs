@@ -224,8 +224,19 @@ fn check_ttl(field: &str, ttl: Option<HumanDuration>) -> Result<(), ValidationEr
     }
 }
 
+/// The SPIFFE ID path prefix of Sigil's own identities, never a workload's.
+pub const RESERVED_PATH: &str = "/sigil/";
+
 impl WorkloadIdentitySpec {
     fn validate_spiffe(&self) -> Result<(), ValidationError> {
+        if self.spiffe.id == RESERVED_PATH.trim_end_matches('/')
+            || self.spiffe.id.starts_with(RESERVED_PATH)
+        {
+            return Err(ValidationError::new(
+                "spec.spiffe.id",
+                format!("paths under {RESERVED_PATH} are reserved for Sigil's own identities"),
+            ));
+        }
         let s = &self.spiffe;
         let field = "spec.spiffe.id";
         if s.id.is_empty() {
@@ -376,6 +387,15 @@ impl WorkloadIdentitySpec {
         }
         let spiffe_id = SpiffeId::new(trust_domain, &path)
             .map_err(|e| invalid("spiffe.id", &path, e.to_string()))?;
+        // `/sigil/…` names Sigil's own identities (the app proxy's JWTs say
+        // `spiffe://DOMAIN/sigil/bot/NAME`): no workload may be issued one.
+        if path == RESERVED_PATH.trim_end_matches('/') || path.starts_with(RESERVED_PATH) {
+            return Err(invalid(
+                "spiffe.id",
+                &path,
+                format!("paths under {RESERVED_PATH} are reserved for Sigil's own identities"),
+            ));
+        }
         let mut dns_sans = Vec::with_capacity(s.x509.dns_sans.len());
         for (i, san) in s.x509.dns_sans.iter().enumerate() {
             let name = template::render(&template::parse(san)?, attrs, template::check_dns_value)?;

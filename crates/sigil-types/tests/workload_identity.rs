@@ -231,6 +231,34 @@ fn renders_identity() {
 }
 
 #[test]
+fn sigil_paths_are_reserved() {
+    // Literally, refused at validation, naming the field.
+    let err = parse_resources(
+        &WI.replace("/svc/payments/{{ workload.unix.uid }}", "/sigil/bot/admin"),
+        "wi.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("spec.spiffe.id") && err.contains("reserved"),
+        "{err}"
+    );
+    // Rendered from attributes: refused when rendered.
+    let spec = spec_of(&WI.replace(
+        "/svc/payments/{{ workload.unix.uid }}",
+        "/{{ workload.unix.uid }}/bot/admin",
+    ));
+    let err = spec
+        .render("example.test", &attrs(&[("workload.unix.uid", "sigil")]))
+        .unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+    assert!(
+        spec.render("example.test", &attrs(&[("workload.unix.uid", "sigils")]))
+            .is_ok()
+    );
+}
+
+#[test]
 fn renders_templated_dns_sans() {
     let text = WI.replace(
         "[payments.internal]",

@@ -357,7 +357,9 @@ impl AuthService for AuthApi {
         req: Request<sigil_proto::v1::AuthorizeAppRequest>,
     ) -> Result<Response<sigil_proto::v1::AuthorizeAppResponse>, Status> {
         let id = agent_identity(&self.state, &req).await?;
-        crate::app_access::authorize(&self.state, &id, req.get_ref()).map(Response::new)
+        crate::app_access::authorize(&self.state, &id, req.get_ref())
+            .await
+            .map(Response::new)
     }
 
     async fn sign_app_jwt(
@@ -365,7 +367,9 @@ impl AuthService for AuthApi {
         req: Request<sigil_proto::v1::AuthorizeAppRequest>,
     ) -> Result<Response<sigil_proto::v1::AppJwt>, Status> {
         let id = agent_identity(&self.state, &req).await?;
-        crate::app_access::sign_jwt(&self.state, &id, req.get_ref()).map(Response::new)
+        crate::app_access::sign_jwt(&self.state, &id, req.get_ref())
+            .await
+            .map(Response::new)
     }
 
     async fn report_app_requests(

@@ -38,6 +38,8 @@ use crate::state::AuthState;
 
 /// The audit event of a proxied request (and of a refused one).
 pub const APP_REQUEST: &str = "app.request";
+/// Records a proxy reported about apps it does not serve, skipped.
+pub const APP_REPORT_SKIPPED: &str = "app.report_skipped";
 /// Lifetime of an app JWT: short, the proxy re-signs near expiry.
 pub const APP_JWT_TTL: Duration = Duration::from_secs(5 * 60);
 
@@ -96,7 +98,7 @@ struct Decision {
     refused: Option<String>,
 }
 
-fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Status> {
+async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Status> {
     let (caller, info) = sigil_pki::read_client_identity(cert_der)
         .map_err(|_| Status::invalid_argument("caller_cert_der: not a Sigil identity"))?;
     let refuse = |caller: ClientIdentity, why: String| Decision {
@@ -131,6 +133,9 @@ fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Sta
         Ok(a) => a,
         Err(why) => return Ok(refuse(caller, why)),
     };
+    if let Some(why) = not_current(state, &caller).await? {
+        return Ok(refuse(caller, why));
+    }
     // The certificate's roles and the current ones: a lock on either applies.
     let mut targets = authz::lock_targets(&caller);
     targets.extend(
@@ -159,14 +164,47 @@ fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Sta
     })
 }
 
+/// Why the caller's certificate is no longer current, if it is not: its bot
+/// instance was removed, or (an agent's own identity) a renewal superseded
+/// it — what every other call refuses too (authz::check_current). Unlike
+/// there, a stale generation is only refused here, never taken for a
+/// stolen copy: the renewal protocol is where theft is judged, and a proxy
+/// connection may simply have outlived its holder's renewal.
+async fn not_current(state: &AuthState, caller: &ClientIdentity) -> Result<Option<String>, Status> {
+    let key = crate::keys::bot_instance(&caller.bot, &caller.instance_id);
+    let item = match state.cache.instance_item(&key) {
+        Some(i) => Some(i),
+        None => state
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| Status::unavailable(format!("storage: {e}")))?,
+    };
+    let Some(item) = item else {
+        return Ok(Some("this bot instance was removed".into()));
+    };
+    if !caller.is_agent_identity() {
+        return Ok(None);
+    }
+    let inst: sigil_types::BotInstance = serde_json::from_slice(&item.value)
+        .map_err(|e| Status::internal(format!("undecodable bot instance: {e}")))?;
+    if inst.spec.generation != caller.generation {
+        return Ok(Some(format!(
+            "this agent credential (generation {}) was superseded by a renewal (now {}): reconnect with the current one",
+            caller.generation, inst.spec.generation
+        )));
+    }
+    Ok(None)
+}
+
 /// `AuthorizeApp`: the decision for one caller and app, right now.
-pub fn authorize(
+pub async fn authorize(
     state: &AuthState,
     proxy: &ClientIdentity,
     req: &AuthorizeAppRequest,
 ) -> Result<AuthorizeAppResponse, Status> {
     let app = served_app(state, proxy, &req.app)?;
-    let d = decide(state, &app, &req.caller_cert_der)?;
+    let d = decide(state, &app, &req.caller_cert_der).await?;
     Ok(AuthorizeAppResponse {
         allowed: d.refused.is_none(),
         reason: d.refused.unwrap_or_default(),
@@ -177,13 +215,13 @@ pub fn authorize(
 }
 
 /// `SignAppJwt`: the identity assertion for an allowed caller.
-pub fn sign_jwt(
+pub async fn sign_jwt(
     state: &AuthState,
     proxy: &ClientIdentity,
     req: &AuthorizeAppRequest,
 ) -> Result<AppJwt, Status> {
     let app = served_app(state, proxy, &req.app)?;
-    let d = decide(state, &app, &req.caller_cert_der)?;
+    let d = decide(state, &app, &req.caller_cert_der).await?;
     if let Some(why) = d.refused {
         return Err(Status::permission_denied(why));
     }

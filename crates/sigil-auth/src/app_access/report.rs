@@ -32,14 +32,16 @@ pub async fn report(
         .map(|a| a.metadata.name)
         .collect();
     let mut events = Vec::with_capacity(req.records.len());
-    for (i, r) in req.records.iter().enumerate() {
+    // Records about apps this proxy does not serve (any longer: an app
+    // deleted or relabelled while it had traffic) are not written as if they
+    // were, and do not fail the batch, which the proxy would retry for ever;
+    // how many were skipped is audited.
+    let mut skipped = 0u64;
+    for r in &req.records {
         // An unknown app (404) is reported with an empty name.
         if !r.app.is_empty() && !served.contains(&r.app) {
-            return Err(Status::permission_denied(format!(
-                "records[{i}]: bot {:?} does not serve app {:?}",
-                proxy.bot,
-                shown(&r.app, 64)
-            )));
+            skipped += 1;
+            continue;
         }
         let mut fields = serde_json::json!({
             "app": r.app, "method": shown(&r.method, 16), "path": shown(&r.path, 256),
@@ -56,6 +58,16 @@ pub async fn report(
             }
         }
         events.push(audit::event(super::APP_REQUEST, fields));
+    }
+    if skipped > 0 {
+        events.push(audit::event(
+            super::APP_REPORT_SKIPPED,
+            serde_json::json!({
+                "proxy": proxy.bot, "proxy_instance": proxy.instance_id,
+                "skipped_records": skipped,
+                "reason": "records about apps this proxy does not serve",
+            }),
+        ));
     }
     if !events.is_empty() {
         state
