@@ -299,6 +299,14 @@ fn app_access_through_the_proxy() {
     assert_eq!(v["claims"]["aud"], format!("https://{HOST}"));
     assert_eq!(v["user"], "ci", "rewrite_headers");
     assert_eq!(v["path"], "/dash?x=1");
+    // The signing is on record, naming the proxy that asked.
+    let signed = s.auth.audit("app.jwt_signed");
+    assert!(
+        signed
+            .iter()
+            .any(|e| e["fields"]["bot"] == "ci" && e["fields"]["proxy"] == "proxy"),
+        "{signed:?}"
+    );
 
     // A client's own assertion is stripped: the upstream sees exactly one, valid.
     let o = s.curl(

@@ -208,10 +208,18 @@ async fn recheck(ctx: Arc<Ctx>, conn: Arc<Conn>) {
                 .find(|a| a.metadata.name == name)
                 .cloned();
             let allowed = match app {
-                Some(app) => matches!(
-                    ctx.access.decide(&conn.cert, &app).await,
-                    Ok(Decision::Allow(_))
-                ),
+                Some(app) => match ctx.access.decide(&conn.cert, &app).await {
+                    Ok(Decision::Allow(_)) => true,
+                    Ok(Decision::Deny { .. }) => false,
+                    // No answer (the stream reconnecting after the auth
+                    // service restarted or the proxy renewed): not a denial.
+                    // Every new request still needs an answer, and the next
+                    // push re-checks this connection.
+                    Err(e) => {
+                        tracing::debug!(app = %name, error = %format!("{e:#}"), "re-check without an answer; the connection stays");
+                        true
+                    }
+                },
                 // No longer served: nothing stays open to it.
                 None => false,
             };

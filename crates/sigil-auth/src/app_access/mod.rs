@@ -38,6 +38,8 @@ use crate::state::AuthState;
 
 /// The audit event of a proxied request (and of a refused one).
 pub const APP_REQUEST: &str = "app.request";
+/// An app JWT signed at a proxy's request.
+pub const APP_JWT_SIGNED: &str = "app.jwt_signed";
 /// Records a proxy reported about apps it does not serve, skipped.
 pub const APP_REPORT_SKIPPED: &str = "app.report_skipped";
 /// Lifetime of an app JWT: short, the proxy re-signs near expiry.
@@ -253,6 +255,24 @@ pub async fn sign_jwt(
         .sign_jwt_svid(&claims)
         .map_err(|e| Status::internal(format!("signing the app JWT: {e}")))?;
     metrics::counter!("sigil_app_jwts_signed_total").increment(1);
+    // Every assertion a proxy had signed is on record, with the proxy that
+    // asked: a proxy can name any caller whose certificate it saw.
+    let ev = crate::audit::event(
+        APP_JWT_SIGNED,
+        serde_json::json!({
+            "app": app.metadata.name, "bot": d.caller.bot, "bot_instance": d.caller.instance_id,
+            "proxy": proxy.bot, "proxy_instance": proxy.instance_id,
+            "expires": jwt.expires.unix_timestamp(),
+        }),
+    );
+    state
+        .store
+        .commit(sigil_store::Txn {
+            ops: Vec::new(),
+            audit: vec![ev],
+        })
+        .await
+        .map_err(|e| Status::unavailable(format!("storage: {e}")))?;
     Ok(AppJwt {
         token: jwt.token,
         expires_unix: jwt.expires.unix_timestamp(),
