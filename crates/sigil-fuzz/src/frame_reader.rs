@@ -72,11 +72,18 @@ pub fn frame_reader(data: &[u8]) {
     stream.extend_from_slice(rest);
     let (out, result) = run(&stream, usize::from(chunk) + 1);
     let (whole_out, whole_result) = run(&stream, stream.len().max(1));
-    assert_eq!(result.is_ok(), whole_result.is_ok(), "chunking changed the verdict");
+    assert_eq!(
+        result.is_ok(),
+        whole_result.is_ok(),
+        "chunking changed the verdict"
+    );
     if let (Ok(()), Ok(())) = (&result, &whole_result) {
         assert_eq!(out, whole_out, "chunking changed the output");
         let (again, again_result) = run(&out, out.len().max(1));
-        assert!(again_result.is_ok(), "rewritten stream refused: {again_result:?}");
+        assert!(
+            again_result.is_ok(),
+            "rewritten stream refused: {again_result:?}"
+        );
         assert_eq!(again, out, "rewriting is not idempotent");
     }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 
 use sigil_pki::{Krl, KrlCertSection};
 
-const CA_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF5vzeiOihV9KdIKR25Su0xiKZL7PrxrodtkalaLyi96 fuzz-ca";
+const CA_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF5vzeiOihV9KdIKR25Su0xiKZL7PrxrodtkalaLyi96 fuzz-ca";
 
 /// Input: byte 0 picks "any CA" (even) or a fixed CA key (odd); up to the
 /// first `\n`, eight bytes of a base serial then one byte per further serial
@@ -65,14 +66,21 @@ pub fn krl(data: &[u8]) {
             return;
         }
     };
-    assert!(!must_fail, "a KRL with serial 0, an empty key ID or NUL was written");
+    assert!(
+        !must_fail,
+        "a KRL with serial 0, an empty key ID or NUL was written"
+    );
     let (got_serials, got_ids, ca_blob) = decode(&bytes).expect("our KRL decodes");
     let want_serials: BTreeSet<u64> = serials.into_iter().collect();
     let want_ids: BTreeSet<String> = key_ids.into_iter().collect();
     assert_eq!(got_serials, want_serials, "serials round trip");
     assert_eq!(got_ids, want_ids, "key IDs round trip");
     let nothing = want_serials.is_empty() && want_ids.is_empty();
-    assert_eq!(ca_blob.is_none(), nothing, "a cert section iff something is revoked");
+    assert_eq!(
+        ca_blob.is_none(),
+        nothing,
+        "a cert section iff something is revoked"
+    );
     if let Some(blob) = ca_blob {
         assert_eq!(blob.is_empty(), flags & 1 == 0, "CA key blob");
     }

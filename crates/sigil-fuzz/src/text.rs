@@ -16,7 +16,10 @@ pub fn spiffe_id(data: &[u8]) {
         return;
     };
     let printed = id.to_string();
-    assert_eq!(printed, text, "an accepted SPIFFE ID prints as it was written");
+    assert_eq!(
+        printed, text,
+        "an accepted SPIFFE ID prints as it was written"
+    );
     let again = SpiffeId::parse(&printed).expect("a printed SPIFFE ID re-parses");
     assert_eq!(again, id);
     let built = SpiffeId::new(id.trust_domain(), id.path()).expect("parts of an ID rebuild it");
