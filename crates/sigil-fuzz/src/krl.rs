@@ -120,7 +120,8 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
     let mut r = Reader(bytes);
     (r.take(8)? == b"SSHKRL\n\0").then_some(())?;
     (r.u32()? == 1).then_some(())?;
-    (r.u64()?, r.u64()?);
+    r.u64()?; // version
+    r.u64()?; // generated date
     (r.u64()? == 0).then_some(())?;
     r.string()?.is_empty().then_some(())?;
     (r.string()? == b"fuzz").then_some(())?;

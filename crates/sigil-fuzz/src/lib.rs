@@ -17,9 +17,12 @@ pub use jwt::jwt;
 pub use krl::krl;
 pub use text::{agent_config, hpack, resources, spiffe_id, template_render};
 
+/// A target body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz/fuzz_targets/<name>.rs` and
 /// `fuzz/corpus/<name>/` directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("spiffe_id", spiffe_id),
     ("template_render", template_render),
     ("resources", resources),
