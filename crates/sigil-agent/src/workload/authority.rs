@@ -21,6 +21,8 @@ mod decoder;
 #[cfg(test)]
 mod decoder_tests;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hpack;
 mod huffman;
 #[cfg(test)]
