@@ -139,16 +139,7 @@ pub async fn check_current(
         }
         None => return Err(revoked("this credential's bot was removed")),
     }
-    let key = crate::keys::bot_instance(&id.bot, &id.instance_id);
-    let item = match state.cache.instance_item(&key) {
-        Some(i) => Some(i),
-        None => state
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| Status::unavailable(format!("storage: {e}")))?,
-    };
-    let Some(item) = item else {
+    let Some(item) = instance_item(state, id).await? else {
         return Err(revoked(
             "this bot instance was removed; rejoin with a new token",
         ));
@@ -174,6 +165,22 @@ pub async fn check_current(
         ));
     }
     Err(crate::renewal::generation_mismatch(state, id, &inst, remote).await)
+}
+
+/// The stored record of `id`'s bot instance (the cache first, then the store).
+pub async fn instance_item(
+    state: &AuthState,
+    id: &ClientIdentity,
+) -> Result<Option<sigil_store::Item>, Status> {
+    let key = crate::keys::bot_instance(&id.bot, &id.instance_id);
+    match state.cache.instance_item(&key) {
+        Some(i) => Ok(Some(i)),
+        None => state
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| Status::unavailable(format!("storage: {e}"))),
+    }
 }
 
 async fn superseded(state: &AuthState, id: &ClientIdentity, stored: u64, remote: &str) {

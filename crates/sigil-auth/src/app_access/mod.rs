@@ -173,16 +173,7 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
 /// stolen copy: the renewal protocol is where theft is judged, and a proxy
 /// connection may simply have outlived its holder's renewal.
 async fn not_current(state: &AuthState, caller: &ClientIdentity) -> Result<Option<String>, Status> {
-    let key = crate::keys::bot_instance(&caller.bot, &caller.instance_id);
-    let item = match state.cache.instance_item(&key) {
-        Some(i) => Some(i),
-        None => state
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| Status::unavailable(format!("storage: {e}")))?,
-    };
-    let Some(item) = item else {
+    let Some(item) = authz::instance_item(state, caller).await? else {
         return Ok(Some("this bot instance was removed".into()));
     };
     if !caller.is_agent_identity() {
