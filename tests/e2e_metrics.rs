@@ -187,7 +187,8 @@ fn auth_metrics_start_at_zero_and_follow_joins() {
         "--message",
         "metrics",
     ]);
-    wait_until("gauges after the join", Duration::from_secs(30), || {
+    // Locks refresh every 15 s, instance counts every minute.
+    wait_until("gauges after the join", Duration::from_secs(90), || {
         let m = Scrape::get(&url);
         m.value("sigil_locks", "sigil_locks", &[("target", "bot")]) == 1.0
             && m.value(
