@@ -17,8 +17,11 @@ use crate::{PkiError, Result};
 
 /// How long a generated CA is valid.
 const CA_VALIDITY: time::Duration = time::Duration::days(3650);
-/// Back-dating of notBefore so that peers with slightly slow clocks accept new certs.
-const CLOCK_SKEW: time::Duration = time::Duration::seconds(60);
+/// Back-dating of notBefore so that peers whose clocks are up to 5 minutes
+/// behind the issuer's accept new certs (an agent verifying the auth
+/// service's fresh TLS certificate, a workload's peer checking an SVID);
+/// tests/e2e_clock_skew.rs runs an agent 5 minutes behind.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
 
 // OID contents (no tag/length) of what leaves carry.
 pub(crate) const OID_ORG: &[u8] = &[0x55, 0x04, 0x0a];
