@@ -25,7 +25,11 @@ pub fn x509(data: &[u8]) {
 fn presented_certificate(data: &[u8]) {
     let info = sigil_pki::cert_info(data);
     let pin = sigil_pki::spki_pin_of_cert(data);
-    assert_eq!(info.is_ok(), pin.is_ok(), "cert_info and spki_pin_of_cert disagree");
+    assert_eq!(
+        info.is_ok(),
+        pin.is_ok(),
+        "cert_info and spki_pin_of_cert disagree"
+    );
     if let (Ok(info), Ok(pin)) = (&info, &pin) {
         assert_eq!(*pin, format!("sha256:{}", info.spki_sha256_hex));
         assert!(
@@ -80,7 +84,10 @@ fn submitted_spki(data: &[u8]) {
         assert!(sigil_pki::issued_by(&cert.der, ca.cert_der()));
         let (read, info) = sigil_pki::read_client_identity(&cert.der).expect("its identity reads");
         assert_eq!(read, id);
-        assert_eq!(info.issuer_spki_pin.as_deref(), Some(ca.spki_pin().as_str()));
+        assert_eq!(
+            info.issuer_spki_pin.as_deref(),
+            Some(ca.spki_pin().as_str())
+        );
         assert_eq!(info.serial_hex, cert.serial_hex);
     });
 }
