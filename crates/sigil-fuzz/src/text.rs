@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use sigil_agent::workload::authority::fuzzing::{hpack_decode_blocks, hpack_decode_each};
+use sigil_agent::workload::authority::fuzzing::{
+    HeaderList, hpack_decode_blocks, hpack_decode_each,
+};
 use sigil_types::{SpiffeId, WorkloadIdentitySpec, parse_resources};
 
 /// SPIFFE ID parse: an accepted ID prints to the text it was parsed from and
@@ -154,8 +156,8 @@ fn hpack_differential(blocks: &[&[u8]], max_table: usize) {
 /// - one ending the block: valid HPACK (nothing requires a field after it),
 ///   which we accept; loona-hpack refuses it (`SizeUpdateAtEnd`).
 fn hpack_divergence_accepted(
-    ours: &std::io::Result<Vec<(Vec<u8>, Vec<u8>)>>,
-    theirs: &Result<Vec<(Vec<u8>, Vec<u8>)>, loona_hpack::decoder::DecoderError>,
+    ours: &std::io::Result<HeaderList>,
+    theirs: &Result<HeaderList, loona_hpack::decoder::DecoderError>,
 ) -> bool {
     match (ours, theirs) {
         (Err(e), Ok(_)) => e.to_string() == "HPACK table size update after a header field",

@@ -27,13 +27,13 @@ pub fn hpack_decode_blocks(
     Ok(fields)
 }
 
+/// One header block's decoded `(name, value)` pairs.
+pub type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Like [`hpack_decode_blocks`], but one result per block, ending with the
 /// first error (the table is undefined after one): for comparing against
 /// another decoder block by block.
-pub fn hpack_decode_each(
-    blocks: &[&[u8]],
-    max_table: usize,
-) -> Vec<io::Result<Vec<(Vec<u8>, Vec<u8>)>>> {
+pub fn hpack_decode_each(blocks: &[&[u8]], max_table: usize) -> Vec<io::Result<HeaderList>> {
     let mut decoder = Decoder::new(max_table);
     let mut results = Vec::new();
     for block in blocks {
