@@ -43,6 +43,7 @@ mod software_keys;
 mod spiffe_bundle;
 mod ssh_ca;
 mod svid;
+mod spki_strict;
 mod x509_ca;
 mod x509_chain;
 pub use x509_chain::issued_by;

@@ -515,6 +515,12 @@ pub fn check_spki(spki: &[u8]) -> Result<()> {
             "trailing bytes after SubjectPublicKeyInfo".into(),
         ));
     }
+    if let Some(why) = crate::spki_strict::layout_problem(spki) {
+        return Err(PkiError::InvalidPublicKey(format!(
+            "not a DER SubjectPublicKeyInfo: {why}"
+        )));
+    }
+    let key = &parsed.subject_public_key.data;
     let alg = parsed.algorithm.algorithm.as_bytes();
     const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
@@ -531,7 +537,14 @@ pub fn check_spki(spki: &[u8]) -> Result<()> {
         )))
     };
     if alg == ED25519 {
-        return Ok(());
+        // RFC 8410: no parameters, 32 key bytes.
+        return if parsed.algorithm.parameters.is_none()
+            && crate::spki_strict::ed25519_key_ok(key)
+        {
+            Ok(())
+        } else {
+            refuse("a malformed Ed25519 key".into())
+        };
     }
     if alg == EC {
         let curve = parsed
@@ -540,7 +553,13 @@ pub fn check_spki(spki: &[u8]) -> Result<()> {
             .as_ref()
             .and_then(|p| p.as_oid().ok());
         return match curve {
-            Some(c) if CURVES.contains(&c.as_bytes()) => Ok(()),
+            Some(c) if CURVES.contains(&c.as_bytes()) => {
+                if crate::spki_strict::ec_point_ok(c.as_bytes(), key) {
+                    Ok(())
+                } else {
+                    refuse("an ECDSA key that is not a point on its curve".into())
+                }
+            }
             _ => refuse("an ECDSA key on an unnamed or unsupported curve".into()),
         };
     }
