@@ -244,7 +244,11 @@ fn renewal_to_a_malformed_ed25519_key() {
             })
             .await
     });
-    refused(r, Code::InvalidArgument, "bytes after the key inside the SEQUENCE");
+    refused(
+        r,
+        Code::InvalidArgument,
+        "bytes after the key inside the SEQUENCE",
+    );
     assert_eq!(issued(&auth, "cert-short-ed"), before);
 }
 

@@ -68,8 +68,12 @@ mod tests {
     #[test]
     fn real_keys_pass_and_a_point_off_the_curve_does_not() {
         // `openssl pkey -pubout -outform DER` of an Ed25519 and a P-256 key.
-        let ed = hex("302a300506032b657003210039f17450fb1da36c899b82fcff4a0a30988216a21ed3e4e58b26d4cd0a241546");
-        let p256 = hex("3059301306072a8648ce3d020106082a8648ce3d030107034200048fa5f310189189b9eab2a06e2f8bd8553a142ded6d9af30e82c3285834d5d87df95a52d18de93165ef3b3359640e0c6880cca845b8f292965f215947eebf820f");
+        let ed = hex(
+            "302a300506032b657003210039f17450fb1da36c899b82fcff4a0a30988216a21ed3e4e58b26d4cd0a241546",
+        );
+        let p256 = hex(
+            "3059301306072a8648ce3d020106082a8648ce3d030107034200048fa5f310189189b9eab2a06e2f8bd8553a142ded6d9af30e82c3285834d5d87df95a52d18de93165ef3b3359640e0c6880cca845b8f292965f215947eebf820f",
+        );
         assert_eq!(layout_problem(&ed), None);
         assert_eq!(layout_problem(&p256), None);
         assert!(ed25519_key_ok(&ed[12..]));

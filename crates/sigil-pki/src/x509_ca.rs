@@ -538,9 +538,7 @@ pub fn check_spki(spki: &[u8]) -> Result<()> {
     };
     if alg == ED25519 {
         // RFC 8410: no parameters, 32 key bytes.
-        return if parsed.algorithm.parameters.is_none()
-            && crate::spki_strict::ed25519_key_ok(key)
-        {
+        return if parsed.algorithm.parameters.is_none() && crate::spki_strict::ed25519_key_ok(key) {
             Ok(())
         } else {
             refuse("a malformed Ed25519 key".into())
