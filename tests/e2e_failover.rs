@@ -279,7 +279,10 @@ fn a_killed_server_is_replaced_without_losing_the_identity() {
     assert!(instances[0]["spec"]["generation"].as_u64() > Some(generation));
     assert_eq!(auth.audit("bot.join").len(), 1);
     assert!(auth.audit("bot.generation_mismatch").is_empty());
-    assert_ne!(std::fs::read(agent.out.join("tls.crt")).expect("crt"), crt);
+    // The renewal is saved to storage before the outputs are written.
+    wait_until("the output rewritten", Duration::from_secs(30), || {
+        std::fs::read(agent.out.join("tls.crt")).is_ok_and(|c| c != crt)
+    });
     // The CLI with the agent's identity file reaches the new server too.
     let o = remote(&agent.out.join("identity"), None);
     assert!(o.status.success(), "{}", text(&o));
