@@ -29,6 +29,7 @@ mod ssh_access;
 mod state;
 mod tls;
 mod trust;
+mod web;
 mod workload;
 
 use std::net::SocketAddr;

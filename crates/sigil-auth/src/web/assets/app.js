@@ -1,0 +1,319 @@
+// The Sigil console: renders /web/api/... answers with DOM calls only (never
+// markup from data), and sends every change with the session's CSRF token.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) {
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : String(c));
+  }
+  return e;
+}
+
+function csrfToken() {
+  const m = document.cookie.match(/(?:^|;\s*)__Host-sigil_csrf=([^;]+)/);
+  return m ? m[1] : "";
+}
+
+async function api(path, options) {
+  const opts = Object.assign({ credentials: "same-origin", headers: {} }, options || {});
+  if (opts.method && opts.method !== "GET") {
+    opts.headers["X-Sigil-CSRF"] = csrfToken();
+    if (opts.body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(opts.body);
+    }
+  }
+  const resp = await fetch(path, opts);
+  if (resp.status === 401) {
+    window.location.replace("/web/login");
+    throw new Error("not logged in");
+  }
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error(body.error || resp.statusText);
+  return body;
+}
+
+function when(unix) {
+  if (unix === null || unix === undefined) return "—";
+  return new Date(unix * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+}
+
+function ago(unix) {
+  if (!unix) return "—";
+  const s = Math.round(Date.now() / 1000 - unix);
+  if (s < 90) return s + " s ago";
+  if (s < 5400) return Math.round(s / 60) + " min ago";
+  return Math.round(s / 3600) + " h ago";
+}
+
+function badge(kind) {
+  return el("span", { class: "badge " + kind }, kind);
+}
+
+function table(headers, rows, label) {
+  const thead = el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", { scope: "col" }, h))));
+  const tbody = el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c) => el("td", {}, c)))));
+  return el("table", { "aria-label": label }, thead, tbody);
+}
+
+function say(text, isError) {
+  $("message").textContent = text || "";
+  $("message").className = isError ? "error" : "";
+}
+
+/// A confirmation dialog; resolves to true on Confirm. `fields` are label
+/// elements shown inside it (their inputs stay readable after closing).
+function confirmDialog(title, text, okLabel, fields) {
+  const d = $("confirm");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = okLabel;
+  $("confirm-fields").replaceChildren(...(fields || []));
+  return new Promise((resolve) => {
+    d.addEventListener("close", () => resolve(d.returnValue === "ok"), { once: true });
+    d.returnValue = "";
+    d.showModal();
+  });
+}
+
+function field(labelText, input) {
+  return el("label", {}, labelText, input);
+}
+
+// ---- pages ----
+
+async function fleet(view) {
+  $("title").textContent = "Fleet";
+  const data = await api("/web/api/bots");
+  const rows = data.bots.map((b) => [
+    el("a", { href: "/web/fleet/" + encodeURIComponent(b.name) }, b.name),
+    b.roles.join(", ") || "—",
+    b.instances === null ? "—" : String(b.instances),
+    b.locked ? badge("locked") : "",
+  ]);
+  view.replaceChildren(
+    rows.length ? table(["Bot", "Roles", "Instances", ""], rows, "Bots") : el("p", {}, "No bots yet."),
+  );
+}
+
+async function lockInstance(inst) {
+  const message = el("input", { type: "text", id: "lock-message", value: "locked from the web console" });
+  const ttl = el("input", { type: "number", id: "lock-ttl", min: "0", value: "60" });
+  const ok = await confirmDialog(
+    "Lock this instance?",
+    "Instance " + inst.instance_id + " of bot " + inst.bot +
+      " will be refused every renewal and call until the lock is removed or expires.",
+    "Lock instance",
+    [field("Message", message), field("Lifetime in minutes (0: until removed)", ttl)],
+  );
+  if (!ok) return;
+  try {
+    await api("/web/api/locks", {
+      method: "POST",
+      body: {
+        target_kind: "bot_instance",
+        target_value: inst.instance_id,
+        ttl_seconds: Math.max(0, parseInt(ttl.value || "0", 10)) * 60,
+        message: message.value,
+      },
+    });
+    say("Locked instance " + inst.instance_id + ".");
+  } catch (e) {
+    say("Locking failed: " + e.message, true);
+  }
+  await route();
+}
+
+async function instances(view, bot, pageToken) {
+  $("title").textContent = "Bot " + bot;
+  const q = new URLSearchParams({ bot: bot, limit: "50" });
+  if (pageToken) q.set("page_token", pageToken);
+  const data = await api("/web/api/instances?" + q.toString());
+  const rows = data.instances.map((i) => {
+    const hb = i.last_heartbeat;
+    const auth = i.last_authentication;
+    const attrs = Object.entries(i.join_attributes || {}).map(([k, v]) => k + "=" + v).join(", ");
+    return [
+      el("span", { class: "mono" }, i.instance_id),
+      i.join_method + (attrs ? " (" + attrs + ")" : ""),
+      String(i.generation),
+      auth ? ago(auth.time) + " from " + auth.remote_addr : "—",
+      hb ? ago(hb.time) + " — " + hb.hostname + ", " + hb.os + ", v" + hb.version + ", up " +
+        Math.round(hb.uptime_seconds / 60) + " min" : "—",
+      when(i.credential_expires),
+      badge(i.health),
+      i.health === "locked" ? "" :
+        el("button", { type: "button", class: "danger", "data-instance": i.instance_id,
+          "aria-label": "Lock instance " + i.instance_id, onclick: () => lockInstance(i) }, "Lock"),
+    ];
+  });
+  const parts = [
+    el("p", {}, el("a", { href: "/web/fleet" }, "← all bots")),
+    rows.length
+      ? table(["Instance", "Join method", "Generation", "Last authentication", "Last heartbeat",
+        "Credential expires", "Health", ""], rows, "Instances of " + bot)
+      : el("p", {}, "No instances."),
+  ];
+  if (data.next_page_token) {
+    parts.push(el("button", { type: "button", id: "next-page",
+      onclick: () => instances(view, bot, data.next_page_token) }, "Next page"));
+  }
+  view.replaceChildren(...parts);
+}
+
+async function removeLock(lock) {
+  const ok = await confirmDialog("Remove this lock?",
+    "Lock " + lock.metadata.name + " on " + targetText(lock) + " will stop refusing its target.",
+    "Remove lock");
+  if (!ok) return;
+  try {
+    await api("/web/api/locks/" + encodeURIComponent(lock.metadata.name), { method: "DELETE" });
+    say("Removed lock " + lock.metadata.name + ".");
+  } catch (e) {
+    say("Removing failed: " + e.message, true);
+  }
+  await route();
+}
+
+function targetText(lock) {
+  const t = lock.spec.target || {};
+  const k = Object.keys(t)[0] || "?";
+  return k + " " + t[k];
+}
+
+async function locks(view) {
+  $("title").textContent = "Locks";
+  const data = await api("/web/api/locks");
+  const rows = data.locks.map((l) => [
+    el("span", { class: "mono" }, l.metadata.name),
+    targetText(l),
+    l.spec.message || "—",
+    l.spec.created_by || "—",
+    l.metadata.expires ? l.metadata.expires : "never",
+    el("button", { type: "button", "aria-label": "Remove lock " + l.metadata.name,
+      onclick: () => removeLock(l) }, "Remove"),
+  ]);
+  const kind = el("select", { id: "new-lock-kind" },
+    ...["bot", "bot_instance", "role", "token", "spiffe_id", "login", "db_user"]
+      .map((k) => el("option", { value: k }, k)));
+  const value = el("input", { type: "text", id: "new-lock-value", required: "required" });
+  const ttl = el("input", { type: "number", id: "new-lock-ttl", min: "0", value: "60" });
+  const message = el("input", { type: "text", id: "new-lock-message" });
+  const form = el("form", { class: "inline", "aria-label": "Add a lock" },
+    field("Target kind", kind), field("Target", value),
+    field("Lifetime in minutes (0: until removed)", ttl), field("Message", message),
+    el("button", { type: "submit", id: "new-lock-add", class: "danger" }, "Add lock…"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const ok = await confirmDialog("Add this lock?",
+      "Everything matching " + kind.value + " " + value.value + " will be refused at once.", "Add lock");
+    if (!ok) return;
+    try {
+      await api("/web/api/locks", { method: "POST", body: {
+        target_kind: kind.value, target_value: value.value,
+        ttl_seconds: Math.max(0, parseInt(ttl.value || "0", 10)) * 60, message: message.value } });
+      say("Lock added.");
+    } catch (e) {
+      say("Adding failed: " + e.message, true);
+      return;
+    }
+    await route();
+  });
+  view.replaceChildren(
+    el("h2", {}, "Add a lock"), form,
+    el("h2", {}, "Locks in force"),
+    rows.length ? table(["Lock", "Target", "Message", "By", "Expires", ""], rows, "Locks")
+      : el("p", {}, "No locks."),
+  );
+}
+
+function summary(fields) {
+  return Object.entries(fields || {})
+    .map(([k, v]) => k + "=" + (typeof v === "string" ? v : JSON.stringify(v)))
+    .join(", ");
+}
+
+async function audit(view) {
+  $("title").textContent = "Audit log";
+  const params = new URLSearchParams(window.location.search);
+  const type = el("input", { type: "text", id: "audit-type", name: "type", value: params.get("type") || "",
+    placeholder: "e.g. lock.created" });
+  const bot = el("input", { type: "text", id: "audit-bot", name: "bot", value: params.get("bot") || "" });
+  const since = el("input", { type: "datetime-local", id: "audit-since" });
+  const sinceHidden = el("input", { type: "hidden", name: "since", value: params.get("since") || "" });
+  if (params.get("since")) {
+    since.value = new Date(parseInt(params.get("since"), 10) * 1000).toISOString().slice(0, 16);
+  }
+  const form = el("form", { class: "inline", method: "get", action: "/web/audit", "aria-label": "Filter" },
+    field("Event type", type), field("Bot", bot), field("Since (UTC)", since), sinceHidden,
+    el("button", { type: "submit", id: "audit-filter" }, "Filter"));
+  form.addEventListener("submit", () => {
+    sinceHidden.value = since.value ? String(Math.floor(Date.parse(since.value + "Z") / 1000)) : "";
+  });
+  const verifyBox = el("div", { class: "status-box", id: "audit-verify", role: "status" }, "Verifying the chain…");
+  view.replaceChildren(form, verifyBox, el("p", { class: "muted" }, "Loading events…"));
+  const q = new URLSearchParams();
+  for (const k of ["type", "bot", "since"]) if (params.get(k)) q.set(k, params.get(k));
+  const data = await api("/web/api/audit?" + q.toString());
+  const rows = data.events.map((e) => [String(e.seq), e.time, e.event_type,
+    el("span", { class: "mono" }, summary(e.fields))]);
+  view.replaceChildren(form, verifyBox,
+    rows.length ? table(["Seq", "Time", "Type", "Details"], rows, "Audit events")
+      : el("p", {}, "No matching events."));
+  try {
+    const v = await api("/web/api/audit/verify");
+    verifyBox.replaceChildren(
+      v.intact ? badge("intact") : badge("broken"), " ",
+      v.intact ? "Chain intact: " + v.count + " events, " + v.checkpoints_checked + " checkpoints checked. Head hash "
+        : "Chain BROKEN at seq " + v.bad_seq + ": " + v.reason + ". Head hash ",
+      el("code", { id: "audit-head" }, v.head_hash));
+  } catch (e) {
+    verifyBox.replaceChildren(el("span", { class: "error" }, "Verification failed: " + e.message));
+  }
+}
+
+async function route() {
+  const path = window.location.pathname.replace(/\/+$/, "");
+  const view = $("view");
+  for (const a of document.querySelectorAll("header nav a")) {
+    if (path.startsWith(a.getAttribute("href"))) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  try {
+    if (path === "/web" || path === "/web/fleet") await fleet(view);
+    else if (path.startsWith("/web/fleet/")) await instances(view, decodeURIComponent(path.slice(11)));
+    else if (path === "/web/locks") await locks(view);
+    else if (path === "/web/audit") await audit(view);
+    else $("title").textContent = "Not found";
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+async function start() {
+  $("logout").addEventListener("click", async () => {
+    try {
+      await api("/web/api/logout", { method: "POST" });
+    } finally {
+      window.location.replace("/web/login");
+    }
+  });
+  try {
+    const s = await api("/web/api/session");
+    $("who").textContent = s.actor + " @ " + s.cluster;
+  } catch (e) {
+    return;
+  }
+  await route();
+}
+
+start();
