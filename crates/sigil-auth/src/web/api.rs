@@ -208,22 +208,64 @@ pub async fn instances(web: Web, uri: Uri) -> Response {
         }
     };
     let token = q.get("page_token").map(String::as_str).unwrap_or_default();
-    let (page, next) = match resources::list(&web.state, "bot_instance", bot, limit, token).await {
+    let (page, next) = match instance_page(&web.state, bot, limit, token).await {
         Ok(p) => p,
-        Err(e) => return status_response(e),
+        Err(r) => return r,
     };
     let now = OffsetDateTime::now_utc();
     let items: Vec<Value> = page
         .iter()
-        .filter_map(|j| serde_json::from_str::<sigil_types::BotInstance>(j).ok())
-        .map(|i| instance_summary(&web.state, &i, now))
+        .filter_map(|item| {
+            let i = serde_json::from_slice::<sigil_types::BotInstance>(&item.value).ok()?;
+            Some(instance_summary(&web.state, &i, item.expires, now))
+        })
         .collect();
     ok(json!({ "instances": items, "next_page_token": next }))
+}
+
+/// One page of instance records, as the admin API pages them (one index
+/// range scan from the key in `page_token`, hex), but with the store's
+/// expiry of each record, which says when its credential ends.
+async fn instance_page(
+    state: &crate::state::AuthState,
+    bot: &str,
+    limit: usize,
+    page_token: &str,
+) -> Result<(Vec<sigil_store::Item>, String)> {
+    let prefix = if bot.is_empty() {
+        keys::BOT_INSTANCES.to_string()
+    } else {
+        keys::bot_instances_of(bot)
+    };
+    let after = match page_token {
+        "" => String::new(),
+        t => hex::decode(t)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|k| k.starts_with(&prefix))
+            .ok_or_else(|| bad("page_token is not one this list returned"))?,
+    };
+    let mut items = state
+        .store
+        .list_page(&prefix, &after, limit + 1)
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, &format!("storage: {e}")))?;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items
+            .last()
+            .map(|i| hex::encode(i.key.as_bytes()))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((items, next))
 }
 
 fn instance_summary(
     state: &crate::state::AuthState,
     i: &sigil_types::BotInstance,
+    record_expires: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> Value {
     let s = &i.spec;
@@ -237,7 +279,7 @@ fn instance_summary(
     let locked = state.cache.lock_for(&targets).is_some();
     // The record is kept `instance_retention` past its newest credential.
     let retention = time::Duration::try_from(state.instance_retention).unwrap_or_default();
-    let not_after = i.metadata.expires.map(|e| e - retention);
+    let not_after = record_expires.map(|e| e - retention);
     let last_auth = s.latest_authentication();
     let health = sigil_types::instance_health::instance_health(
         now,

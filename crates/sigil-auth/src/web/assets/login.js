@@ -1,7 +1,7 @@
 // Spends the login link's secret (in the URL fragment, which browsers never
 // send to a server) and moves on to the console.
 "use strict";
-(async function () {
+async function attempt() {
   const status = document.getElementById("status");
   const secret = window.location.hash.slice(1);
   // The fragment leaves the address bar and history at once.
@@ -10,6 +10,8 @@
     status.textContent = "You are not logged in.";
     return;
   }
+  status.textContent = "Logging in…";
+  status.className = "";
   try {
     const resp = await fetch("/web/api/login", {
       method: "POST",
@@ -28,4 +30,7 @@
     status.textContent = "Login failed: " + e;
     status.className = "error";
   }
-})();
+}
+// A link opened in a tab already on this page changes only the fragment.
+window.addEventListener("hashchange", attempt);
+attempt();
