@@ -90,3 +90,177 @@ fn console_in_headless_chromium() {
     let all = auth.ok(&["audit", "ls", "--format", "json"]);
     assert!(!all.contains(secret));
 }
+
+/// `curl` against the public listener: (HTTP status, body, response headers).
+fn curl(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: Option<&str>,
+) -> (u16, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let head = dir.path().join("headers");
+    let mut c = Command::new("curl");
+    c.args([
+        "-sk",
+        "-m",
+        "10",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        "-D",
+    ])
+    .arg(&head);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "--data", b]);
+    }
+    let o = c.arg(format!("{base}{path}")).output().expect("curl");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    let headers = std::fs::read_to_string(&head).unwrap_or_default();
+    (code.trim().parse().unwrap_or(0), body.to_string(), headers)
+}
+
+/// The value of cookie `name` set by a response.
+fn set_cookie(headers: &str, name: &str) -> String {
+    headers
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .find_map(|(_, v)| v.trim().strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("no {name} cookie in:\n{headers}"))
+        .to_string()
+}
+
+#[test]
+fn a_bot_session_has_exactly_its_roles_rights() {
+    let auth = Auth::start();
+    auth.create(
+        "viewer.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: fleet-viewer}\nspec:\n  allow:\n    rules: [{resources: [bot, bot_instance], verbs: [list, read]}]\n",
+    );
+    auth.create(
+        "plain.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: plain}\nspec: {allow: {logins: [ops]}}\n",
+    );
+    let join = |bot: &str, role: &str| {
+        let out = auth.ok(&["bots", "add", bot, "--roles", role, "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let agent = AgentDirs::new();
+        let o = agent.oneshot(&auth, v["token"].as_str());
+        assert!(o.status.success(), "{}", text(&o));
+        agent
+    };
+    let viewer = join("viewer", "fleet-viewer");
+    let nobody = join("nobody", "plain");
+
+    // A bot that may list nothing gets no session.
+    let o = auth.remote(&nobody.out.join("identity"), &["admin", "login"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+
+    let o = auth.remote(&viewer.out.join("identity"), &["admin", "login"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let link = stdout(&o).lines().next().expect("link").trim().to_string();
+    let secret = link.rsplit('#').next().expect("secret").to_string();
+    let base = format!("https://127.0.0.1:{}", auth.public_port);
+    let origin = format!("Origin: {base}");
+    let login = format!(r#"{{"secret":"{secret}"}}"#);
+
+    // A login from another origin is refused (and spends nothing).
+    let (code, _, _) = curl(
+        &base,
+        "POST",
+        "/web/api/login",
+        &["Origin: https://evil.example".into()],
+        Some(&login),
+    );
+    assert_eq!(code, 403);
+    let (code, body, headers) = curl(
+        &base,
+        "POST",
+        "/web/api/login",
+        &[origin.clone()],
+        Some(&login),
+    );
+    assert_eq!(code, 200, "{body}");
+    let session = set_cookie(&headers, "__Host-sigil_session");
+    let csrf = set_cookie(&headers, "__Host-sigil_csrf");
+    let cookie = format!("Cookie: __Host-sigil_session={session}; __Host-sigil_csrf={csrf}");
+    for h in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(headers.contains(h), "{h} missing:\n{headers}");
+    }
+    // Strict headers on every response.
+    for h in [
+        "content-security-policy: default-src 'self'; frame-ancestors 'none'",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+        "cache-control: no-store",
+    ] {
+        assert!(
+            headers.to_lowercase().contains(h),
+            "{h} missing:\n{headers}"
+        );
+    }
+    // The link worked once.
+    let (code, _, _) = curl(
+        &base,
+        "POST",
+        "/web/api/login",
+        &[origin.clone()],
+        Some(&login),
+    );
+    assert_eq!(code, 403);
+
+    let get = |path: &str| curl(&base, "GET", path, &[cookie.clone()], None);
+    let (code, body, _) = get("/web/api/session");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""actor":"bot:viewer""#), "{body}");
+    let (code, body, _) = get("/web/api/bots");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""name":"viewer""#), "{body}");
+    let (code, body, _) = get("/web/api/instances?bot=viewer");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""health":"renewing""#), "{body}");
+    // What the role does not grant, the console refuses, as the admin API does.
+    for path in ["/web/api/locks", "/web/api/audit", "/web/api/audit/verify"] {
+        let (code, body, _) = get(path);
+        assert_eq!(code, 403, "{path}: {body}");
+    }
+    let lock = r#"{"target_kind":"bot","target_value":"nobody"}"#;
+    let (code, body, _) = curl(
+        &base,
+        "POST",
+        "/web/api/locks",
+        &[
+            cookie.clone(),
+            origin.clone(),
+            format!("X-Sigil-CSRF: {csrf}"),
+        ],
+        Some(lock),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("may not create lock"), "{body}");
+    wait_until(
+        "the audited refusal",
+        std::time::Duration::from_secs(5),
+        || {
+            auth.audit("admin.denied")
+                .iter()
+                .any(|e| e["fields"]["via"] == "web" && e["fields"]["by"] == "bot:viewer")
+        },
+    );
+
+    // A lock on the session's bot cuts the session off at once.
+    auth.ok(&["locks", "add", "--bot", "viewer", "--message", "incident 7"]);
+    let (code, body, _) = get("/web/api/bots");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("incident 7"), "{body}");
+}
