@@ -187,7 +187,7 @@ fn a_bot_session_has_exactly_its_roles_rights() {
         &base,
         "POST",
         "/web/api/login",
-        &[origin.clone()],
+        std::slice::from_ref(&origin),
         Some(&login),
     );
     assert_eq!(code, 200, "{body}");
@@ -214,12 +214,12 @@ fn a_bot_session_has_exactly_its_roles_rights() {
         &base,
         "POST",
         "/web/api/login",
-        &[origin.clone()],
+        std::slice::from_ref(&origin),
         Some(&login),
     );
     assert_eq!(code, 403);
 
-    let get = |path: &str| curl(&base, "GET", path, &[cookie.clone()], None);
+    let get = |path: &str| curl(&base, "GET", path, std::slice::from_ref(&cookie), None);
     let (code, body, _) = get("/web/api/session");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(r#""actor":"bot:viewer""#), "{body}");

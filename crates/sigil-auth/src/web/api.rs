@@ -345,16 +345,16 @@ pub async fn add_lock(web: Web, body: Body) -> Response {
                 Err(e) => status_response(e),
             }
         }
-        Err(r) => r,
+        Err(why) => bad(why),
     }
 }
 
 /// The lock a request body describes, checked as `sigil locks add` checks it.
-fn new_lock(web: &Web, v: &Value) -> Result<Lock> {
+fn new_lock(web: &Web, v: &Value) -> std::result::Result<Lock, String> {
     let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
     let (kind, value) = (field("target_kind"), field("target_value").trim());
     if value.is_empty() {
-        return Err(bad("target_value: say what to lock"));
+        return Err("target_value: say what to lock".into());
     }
     let value = if kind == "token" {
         // Locks never hold a token's secret: its hash form.
@@ -363,20 +363,20 @@ fn new_lock(web: &Web, v: &Value) -> Result<Lock> {
         value.to_string()
     };
     let target = LockTarget::from_parts(kind, value).ok_or_else(|| {
-        bad(format!(
+        format!(
             "target_kind {kind:?}: use one of {}",
             sigil_types::lock::LOCK_TARGET_KINDS.join(", ")
-        ))
+        )
     })?;
     target
         .check()
-        .map_err(|e| bad(format!("target_value: {}", e.message)))?;
+        .map_err(|e| format!("target_value: {}", e.message))?;
     let ttl = match v.get("ttl_seconds") {
         None | Some(Value::Null) => 0,
         Some(t) => t
             .as_u64()
             .filter(|t| *t <= MAX_LOCK_TTL_SECS)
-            .ok_or_else(|| bad("ttl_seconds: a whole number of seconds, at most 10 years"))?,
+            .ok_or("ttl_seconds: a whole number of seconds, at most 10 years")?,
     };
     let now = OffsetDateTime::now_utc();
     let expires = (ttl > 0).then(|| now + time::Duration::seconds(ttl as i64));
