@@ -37,12 +37,12 @@ fn ok(v: Value) -> Response {
     axum::Json(v).into_response()
 }
 
-fn bad(msg: impl std::fmt::Display) -> Response {
+pub(super) fn bad(msg: impl std::fmt::Display) -> Response {
     error(StatusCode::BAD_REQUEST, &msg.to_string())
 }
 
 /// The query string's parameters (percent-decoded; `+` is a space).
-fn query(req_uri: &axum::http::Uri) -> HashMap<String, String> {
+pub(super) fn query(req_uri: &axum::http::Uri) -> HashMap<String, String> {
     fn decode(s: &str) -> String {
         let b = s.as_bytes();
         let mut out = Vec::with_capacity(b.len());
@@ -78,7 +78,7 @@ fn query(req_uri: &axum::http::Uri) -> HashMap<String, String> {
         .collect()
 }
 
-async fn body_json(body: Body) -> Result<Value> {
+pub(super) async fn body_json(body: Body) -> Result<Value> {
     let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| bad(format!("the request body is over {MAX_BODY} bytes")))?;
@@ -431,12 +431,13 @@ pub async fn audit(web: Web, uri: Uri) -> Response {
         Some(_) => return bad("limit: give 1 to 1000"),
     };
     let bot = get("bot").map(str::to_string);
+    let head_seq = match web.state.store.audit_head().await {
+        Ok((seq, _)) => seq,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("storage: {e}")),
+    };
     let after_seq = match since {
         Some(_) => None,
-        None => match web.state.store.audit_head().await {
-            Ok((seq, _)) => Some((seq - AUDIT_SCAN as i64).max(0)),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("storage: {e}")),
-        },
+        None => Some((head_seq - AUDIT_SCAN as i64).max(0)),
     };
     let records = match web
         .state
@@ -452,20 +453,15 @@ pub async fn audit(web: Web, uri: Uri) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("storage: {e}")),
     };
-    let by_bot = |f: &Value| match &bot {
-        None => true,
-        Some(b) => {
-            f.get("bot").and_then(Value::as_str) == Some(b)
-                || f.get("by").and_then(Value::as_str) == Some(&format!("bot:{b}"))
-        }
-    };
+    let by_bot = |f: &Value| super::tail::matches_bot(f, bot.as_deref());
     let events: Vec<&sigil_store::AuditRecord> = records
         .iter()
         .rev()
         .filter(|r| by_bot(&r.fields))
         .take(limit)
         .collect();
-    ok(json!({ "events": events }))
+    // The live tail continues from the head as of this answer.
+    ok(json!({ "events": events, "head_seq": head_seq }))
 }
 
 /// `GET /web/api/audit/verify`: the chain's state and head hash.

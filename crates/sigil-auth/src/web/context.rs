@@ -26,6 +26,11 @@ impl Web {
     /// The admin API's authorisation, with its refusals audited the same way.
     pub async fn authorize(&self, kind: &str, verb: &str) -> Result<(), Response> {
         let result = authz::authorize_admin(&self.state, &self.caller, kind, verb);
+        self.audited(result).await
+    }
+
+    /// Pass `result` through, auditing a permission refusal with its reason.
+    pub async fn audited(&self, result: Result<(), Status>) -> Result<(), Response> {
         if let Err(e) = &result
             && e.code() == tonic::Code::PermissionDenied
         {

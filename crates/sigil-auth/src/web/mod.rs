@@ -9,8 +9,11 @@
 //! strict Content-Security-Policy and is never cached.
 
 mod api;
+mod cas;
 mod context;
 pub mod session;
+mod tail;
+mod tokens;
 
 use std::net::SocketAddr;
 
@@ -43,6 +46,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/web/fleet/{bot}", get(page))
         .route("/web/locks", get(page))
         .route("/web/audit", get(page))
+        .route("/web/tokens", get(page))
+        .route("/web/cas", get(page))
         .route("/web/login", get(|| async { html(LOGIN_HTML) }))
         .route(
             "/web/static/login.js",
@@ -65,6 +70,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/web/api/locks/{name}", delete(api::remove_lock))
         .route("/web/api/audit", get(api::audit))
         .route("/web/api/audit/verify", get(api::verify_audit))
+        .route("/web/api/audit/tail", get(tail::tail))
+        .route("/web/api/cas", get(cas::cas))
+        .route("/web/api/tokens", get(tokens::list).post(tokens::create))
+        .route("/web/api/tokens/{name}", delete(tokens::remove))
         .route("/web/api/{*rest}", get(api_not_found).post(api_not_found))
         .route("/web/{*rest}", get(page_not_found))
         .layer(middleware::from_fn(strict_headers))

@@ -320,6 +320,13 @@ pub async fn find(state: &AuthState, id: &str) -> Option<Session> {
     Some(Session { key, record })
 }
 
+/// Whether the session still exists (not logged out, ended or idle past its
+/// timeout), read afresh from the store: what a long-lived stream re-checks.
+pub async fn alive(state: &AuthState, s: &Session) -> bool {
+    let now = unix(OffsetDateTime::now_utc());
+    matches!(state.store.get(&s.key).await, Ok(Some(_))) && now < s.record.ends_unix
+}
+
 /// Whether `token` (from the request's header) is the session's CSRF token.
 pub fn csrf_matches(s: &Session, token: &str) -> bool {
     well_formed(token) && same_hash(&s.record.csrf_sha256, &sha256(token))

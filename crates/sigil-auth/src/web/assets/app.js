@@ -266,9 +266,14 @@ async function audit(view) {
   const data = await api("/web/api/audit?" + q.toString());
   const rows = data.events.map((e) => [String(e.seq), e.time, e.event_type,
     el("span", { class: "mono" }, summary(e.fields))]);
-  view.replaceChildren(form, verifyBox,
-    rows.length ? table(["Seq", "Time", "Type", "Details"], rows, "Audit events")
-      : el("p", {}, "No matching events."));
+  const events = table(["Seq", "Time", "Type", "Details"], rows, "Audit events");
+  const live = el("input", { type: "checkbox", id: "audit-live" });
+  live.addEventListener("change", () => {
+    if (tailSource) { tailSource.close(); tailSource = null; }
+    if (live.checked) startTail(events.tBodies[0], params, data.head_seq);
+  });
+  const liveLabel = el("label", { class: "checkbox" }, el("span", {}, live, " Live tail (new events appear at the top)"));
+  view.replaceChildren(form, verifyBox, liveLabel, events);
   try {
     const v = await api("/web/api/audit/verify");
     verifyBox.replaceChildren(
@@ -279,6 +284,89 @@ async function audit(view) {
   } catch (e) {
     verifyBox.replaceChildren(el("span", { class: "error" }, "Verification failed: " + e.message));
   }
+}
+
+async function tokens(view) {
+  $("title").textContent = "Join tokens";
+  const data = await api("/web/api/tokens");
+  const rows = data.tokens.map((t) => [
+    el("span", { class: "mono" }, t.metadata.name),
+    t.spec.bot_name || "—",
+    t.spec.join_method || "token",
+    t.metadata.expires || "never",
+    el("button", { type: "button", "aria-label": "Delete token " + t.metadata.name,
+      onclick: () => removeToken(t) }, "Delete"),
+  ]);
+  const bot = el("input", { type: "text", id: "new-token-bot", required: "required" });
+  const ttl = el("input", { type: "number", id: "new-token-ttl", min: "1", max: "10080", value: "15" });
+  const form = el("form", { class: "inline", "aria-label": "Create a join token" },
+    field("Bot", bot), field("Lifetime in minutes", ttl),
+    el("button", { type: "submit", id: "new-token-add" }, "Create token"));
+  const secretBox = el("div", { id: "new-token-secret" });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const t = await api("/web/api/tokens", { method: "POST",
+        body: { bot: bot.value, ttl_seconds: Math.max(1, parseInt(ttl.value || "15", 10)) * 60 } });
+      const code = el("code", { id: "new-token-value" }, t.token);
+      const copy = el("button", { type: "button", id: "new-token-copy", onclick: async () => {
+        try { await navigator.clipboard.writeText(t.token); copy.textContent = "Copied"; }
+        catch (e) { copy.textContent = "Copy failed: select the text"; }
+      } }, "Copy");
+      secretBox.replaceChildren(el("div", { class: "status-box", role: "status" },
+        "Token for bot " + t.bot + " (shown only now; expires " + when(t.expires_unix) + "): ", code, " ", copy,
+        el("p", { class: "muted" }, "Join with: sigil agent start --auth-server " + t.auth_server +
+          " --ca-pin " + t.ca_pin + " --token …")));
+    } catch (e) {
+      say("Creating failed: " + e.message, true);
+    }
+  });
+  view.replaceChildren(el("h2", {}, "Create a token"), form, secretBox, el("h2", {}, "Tokens"),
+    rows.length ? table(["Token (hash form for secrets)", "Bot", "Join method", "Expires", ""], rows, "Tokens")
+      : el("p", {}, "No tokens."));
+}
+
+async function removeToken(t) {
+  const ok = await confirmDialog("Delete this token?",
+    "Token " + t.metadata.name + " of bot " + t.spec.bot_name + " will no longer admit anyone.", "Delete token");
+  if (!ok) return;
+  try {
+    await api("/web/api/tokens/" + encodeURIComponent(t.metadata.name), { method: "DELETE" });
+    say("Deleted the token.");
+  } catch (e) {
+    say("Deleting failed: " + e.message, true);
+  }
+  await route();
+}
+
+async function cas(view) {
+  $("title").textContent = "Certificate authorities";
+  const data = await api("/web/api/cas");
+  const rows = data.cas.map((c) => [
+    c.purpose,
+    c.key_algorithm + (c.key_manager && c.key_manager !== "software" ? " (" + c.key_manager + ")" : ""),
+    el("span", { class: "mono" }, c.fingerprint),
+    c.not_after ? when(c.not_after) : "never (SSH)",
+    c.phase + (c.rotation_mode ? " (" + c.rotation_mode + ")" : "") +
+      (c.next_phase ? ", next " + c.next_phase + " at " + when(c.next_phase_unix) : ""),
+  ]);
+  view.replaceChildren(
+    el("p", {}, "CA pin for agents: ", el("code", { id: "ca-pin" }, data.ca_pin)),
+    table(["Purpose", "Key", "Fingerprint", "Expires", "Rotation phase"], rows, "CAs"));
+}
+
+let tailSource = null;
+
+function startTail(tbody, params, after) {
+  const q = new URLSearchParams();
+  for (const k of ["type", "bot"]) if (params.get(k)) q.set(k, params.get(k));
+  q.set("after", String(after));
+  tailSource = new EventSource("/web/api/audit/tail?" + q.toString());
+  tailSource.onmessage = (m) => {
+    const e = JSON.parse(m.data);
+    tbody.prepend(el("tr", { class: "new" }, el("td", {}, String(e.seq)), el("td", {}, e.time),
+      el("td", {}, e.event_type), el("td", {}, el("span", { class: "mono" }, summary(e.fields)))));
+  };
 }
 
 async function route() {
@@ -293,6 +381,8 @@ async function route() {
     else if (path.startsWith("/web/fleet/")) await instances(view, decodeURIComponent(path.slice(11)));
     else if (path === "/web/locks") await locks(view);
     else if (path === "/web/audit") await audit(view);
+    else if (path === "/web/tokens") await tokens(view);
+    else if (path === "/web/cas") await cas(view);
     else $("title").textContent = "Not found";
   } catch (e) {
     say(e.message, true);
