@@ -29,6 +29,11 @@ fn console_in_headless_chromium() {
         .expect("instance id")
         .to_string();
 
+    auth.create(
+        "wi.yaml",
+        "kind: workload_identity\nversion: v1\nmetadata: {name: payments}\nspec:\n  spiffe:\n    id: /svc/payments/{{ workload.unix.uid }}\n  rules:\n    allow:\n      - conditions: [{attribute: workload.unix.uid, eq: \"1000\"}]\n",
+    );
+
     let login = auth.ok(&["admin", "login"]);
     let link = login.lines().next().expect("a link").trim().to_string();
     let base = format!("https://127.0.0.1:{}", auth.public_port);

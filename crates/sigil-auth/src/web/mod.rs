@@ -14,6 +14,7 @@ mod context;
 pub mod session;
 mod tail;
 mod tokens;
+mod workload;
 
 use std::net::SocketAddr;
 
@@ -48,6 +49,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/web/audit", get(page))
         .route("/web/tokens", get(page))
         .route("/web/cas", get(page))
+        .route("/web/workload-identities", get(page))
         .route("/web/login", get(|| async { html(LOGIN_HTML) }))
         .route(
             "/web/static/login.js",
@@ -74,6 +76,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/web/api/cas", get(cas::cas))
         .route("/web/api/tokens", get(tokens::list).post(tokens::create))
         .route("/web/api/tokens/{name}", delete(tokens::remove))
+        .route("/web/api/workload-identities", get(workload::list))
+        .route("/web/api/workload-identities/test", post(workload::test))
         .route("/web/api/{*rest}", get(api_not_found).post(api_not_found))
         .route("/web/{*rest}", get(page_not_found))
         .layer(middleware::from_fn(strict_headers))

@@ -355,6 +355,49 @@ async function cas(view) {
     table(["Purpose", "Key", "Fingerprint", "Expires", "Rotation phase"], rows, "CAs"));
 }
 
+async function workloadIdentities(view) {
+  $("title").textContent = "Workload identities";
+  const data = await api("/web/api/workload-identities");
+  const items = data.workload_identities;
+  const rows = items.map((w) => [
+    w.metadata.name,
+    el("code", {}, (w.spec.spiffe || {}).id || "—"),
+    el("pre", { class: "mono" }, JSON.stringify(w.spec.rules || {}, null, 1)),
+    summary(w.metadata.labels || {}) || "—",
+  ]);
+  const name = el("select", { id: "wi-test-name" },
+    ...items.map((w) => el("option", { value: w.metadata.name }, w.metadata.name)));
+  const attrs = el("textarea", { id: "wi-test-attrs", rows: "4", cols: "50",
+    placeholder: "workload.unix.uid=1000" });
+  const result = el("div", { id: "wi-test-result", role: "status" });
+  const form = el("form", { class: "inline", "aria-label": "Test a workload identity" },
+    field("Workload identity", name), field("Attributes (one KEY=VALUE a line)", attrs),
+    el("button", { type: "submit", id: "wi-test-run" }, "Test"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const attributes = {};
+    for (const line of attrs.value.split("\n")) {
+      const i = line.indexOf("=");
+      if (i > 0) attributes[line.slice(0, i).trim()] = line.slice(i + 1).trim();
+    }
+    try {
+      const r = await api("/web/api/workload-identities/test", { method: "POST",
+        body: { name: name.value, attributes: attributes } });
+      result.replaceChildren(el("div", { class: "status-box" },
+        badge(r.allowed ? "allowed" : "denied"), " ",
+        r.allowed ? "SPIFFE ID " : "", r.allowed ? el("code", {}, r.spiffe_id) : "",
+        r.dns_sans && r.dns_sans.length ? ", DNS SANs " + r.dns_sans.join(", ") : "",
+        el("p", {}, r.template_error || r.explanation)));
+    } catch (e) {
+      result.replaceChildren(el("p", { class: "error" }, "Test failed: " + e.message));
+    }
+  });
+  view.replaceChildren(
+    rows.length ? table(["Name", "SPIFFE ID template", "Rules", "Labels"], rows, "Workload identities")
+      : el("p", {}, "No workload identities."),
+    el("h2", {}, "Rule tester"), items.length ? form : el("p", {}, "Create one to test it."), result);
+}
+
 let tailSource = null;
 
 function startTail(tbody, params, after) {
@@ -383,6 +426,7 @@ async function route() {
     else if (path === "/web/audit") await audit(view);
     else if (path === "/web/tokens") await tokens(view);
     else if (path === "/web/cas") await cas(view);
+    else if (path === "/web/workload-identities") await workloadIdentities(view);
     else $("title").textContent = "Not found";
   } catch (e) {
     say(e.message, true);
