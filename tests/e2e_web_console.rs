@@ -269,3 +269,133 @@ fn a_bot_session_has_exactly_its_roles_rights() {
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("incident 7"), "{body}");
 }
+
+#[test]
+fn a_login_link_works_once_even_under_a_race() {
+    let auth = Auth::start();
+    let link = auth.ok(&["admin", "login"]);
+    let secret = link
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit('#').next())
+        .expect("secret")
+        .trim()
+        .to_string();
+    let base = format!("https://127.0.0.1:{}", auth.public_port);
+    let login = format!(r#"{{"secret":"{secret}"}}"#);
+    let origin = format!("Origin: {base}");
+    // Eight browsers spend the same link at once: exactly one gets a session.
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    curl(
+                        &base,
+                        "POST",
+                        "/web/api/login",
+                        std::slice::from_ref(&origin),
+                        Some(&login),
+                    )
+                    .0
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 403).count(), 7, "{codes:?}");
+    assert_eq!(auth.audit("web.login").len(), 1);
+    // A made-up secret of the right shape opens nothing either.
+    let fake = format!(r#"{{"secret":"{}"}}"#, "A".repeat(43));
+    let (code, body, _) = curl(&base, "POST", "/web/api/login", &[origin], Some(&fake));
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("unknown"), "a refusal says why: {body}");
+}
+
+/// Two auth servers on one PostgreSQL store: a link is spent once across
+/// both, and a session opened on one is honoured, and ended, on the other.
+#[test]
+fn sessions_are_shared_by_the_servers_of_a_cluster() {
+    let url = common::postgres::fresh_db();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("audit-key.json");
+    let server =
+        || Auth::start_with(&["--store", &url, "--audit-key", key.to_str().expect("utf8")]);
+    let (a, b) = (server(), server());
+    let link = a.ok(&["admin", "login"]);
+    let secret = link
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit('#').next())
+        .expect("secret")
+        .trim()
+        .to_string();
+    let login = format!(r#"{{"secret":"{secret}"}}"#);
+    let base = |s: &Auth| format!("https://127.0.0.1:{}", s.public_port);
+    let (base_a, base_b) = (base(&a), base(&b));
+    let results: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (base, login) = (if i % 2 == 0 { &base_a } else { &base_b }, &login);
+                s.spawn(move || {
+                    let origin = format!("Origin: {base}");
+                    let (code, _, headers) =
+                        curl(base, "POST", "/web/api/login", &[origin], Some(login));
+                    (code, headers)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let won: Vec<&(u16, String)> = results.iter().filter(|(c, _)| *c == 200).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    let session = set_cookie(&won[0].1, "__Host-sigil_session");
+    let csrf = set_cookie(&won[0].1, "__Host-sigil_csrf");
+    let cookie = format!("Cookie: __Host-sigil_session={session}; __Host-sigil_csrf={csrf}");
+
+    // Either server knows the session.
+    for base in [&base_a, &base_b] {
+        let (code, body, _) = curl(
+            base,
+            "GET",
+            "/web/api/session",
+            std::slice::from_ref(&cookie),
+            None,
+        );
+        assert_eq!(code, 200, "{base}: {body}");
+    }
+    // Logging out on B ends it on A too.
+    let (code, body, _) = curl(
+        &base_b,
+        "POST",
+        "/web/api/logout",
+        &[
+            cookie.clone(),
+            format!("Origin: {base_b}"),
+            format!("X-Sigil-CSRF: {csrf}"),
+        ],
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    for base in [&base_a, &base_b] {
+        let (code, body, _) = curl(
+            base,
+            "GET",
+            "/web/api/session",
+            std::slice::from_ref(&cookie),
+            None,
+        );
+        assert_eq!(code, 401, "{base}: {body}");
+    }
+}
