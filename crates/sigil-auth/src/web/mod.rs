@@ -11,6 +11,7 @@
 mod api;
 mod cas;
 mod context;
+mod overview;
 pub mod session;
 mod tail;
 mod tokens;
@@ -49,6 +50,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/web/audit", get(page))
         .route("/web/tokens", get(page))
         .route("/web/cas", get(page))
+        .route("/web/overview", get(page))
         .route("/web/workload-identities", get(page))
         .route("/web/login", get(|| async { html(LOGIN_HTML) }))
         .route(
@@ -74,6 +76,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/web/api/audit/verify", get(api::verify_audit))
         .route("/web/api/audit/tail", get(tail::tail))
         .route("/web/api/cas", get(cas::cas))
+        .route("/web/api/overview", get(overview::overview))
         .route("/web/api/tokens", get(tokens::list).post(tokens::create))
         .route("/web/api/tokens/{name}", delete(tokens::remove))
         .route("/web/api/workload-identities", get(workload::list))

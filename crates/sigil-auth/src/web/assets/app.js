@@ -398,6 +398,57 @@ async function workloadIdentities(view) {
     el("h2", {}, "Rule tester"), items.length ? form : el("p", {}, "Create one to test it."), result);
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, ...children) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+/// A bar chart of per-minute counts (oldest first), with a text alternative.
+function barChart(id, title, values, colour) {
+  const w = 600, h = 120, bw = w / values.length;
+  const peak = Math.max(0, ...values);
+  const max = Math.max(1, peak);
+  const total = values.reduce((a, b) => a + b, 0);
+  const chart = svg("svg", { id: id, viewBox: "0 0 " + w + " " + (h + 20), width: w, height: h + 20,
+    role: "img", "aria-label": title + ": " + total + " in the last hour, at most " + peak + " a minute" });
+  chart.append(svg("title", {}, title));
+  values.forEach((v, i) => {
+    const bh = (v / max) * h;
+    chart.append(svg("rect", { x: i * bw + 1, y: h - bh, width: Math.max(1, bw - 2), height: bh, fill: colour },
+      svg("title", {}, (60 - i) + " min ago: " + v)));
+  });
+  chart.append(svg("line", { x1: 0, y1: h, x2: w, y2: h, stroke: "#4a5260" }));
+  chart.append(svg("text", { x: 0, y: h + 16, fill: "#1b1f24", "font-size": 12 }, "60 min ago"));
+  chart.append(svg("text", { x: w, y: h + 16, fill: "#1b1f24", "font-size": 12, "text-anchor": "end" }, "now"));
+  return el("figure", {}, chart, el("figcaption", {}, title + ": " + total + " in the last hour (peak " + peak + "/min)"));
+}
+
+async function overview(view) {
+  $("title").textContent = "Overview";
+  const o = await api("/web/api/overview");
+  const facts = [
+    ["Cluster", o.cluster + " (version " + o.version + ", up " + Math.round(o.uptime_seconds / 60) + " min)"],
+    ["Bots", String(o.bots)],
+    ["Bot instances", o.bot_instances === null ? "—" : String(o.bot_instances)],
+    ["Join tokens", o.tokens === null ? "—" : String(o.tokens)],
+    ["Locks in force", String(o.locks)],
+    ["Audit log", o.audit_integrity],
+    ["CA expiring first", o.first_ca_expiry ? o.first_ca_expiry.purpose + ", " + when(o.first_ca_expiry.not_after) : "—"],
+  ];
+  const parts = [table(["Item", "Now"], facts, "Cluster facts")];
+  if (o.per_minute) {
+    const note = o.per_minute.lower_bound ? " (at least: the hour holds more events than are read)" : "";
+    parts.push(el("h2", {}, "Last hour" + note),
+      barChart("chart-renewals", "Renewals per minute", o.per_minute.renewals, "#0b57a4"),
+      barChart("chart-denials", "Denials per minute", o.per_minute.denials, "#a4161a"));
+  }
+  view.replaceChildren(...parts);
+}
+
 let tailSource = null;
 
 function startTail(tbody, params, after) {
@@ -426,6 +477,7 @@ async function route() {
     else if (path === "/web/audit") await audit(view);
     else if (path === "/web/tokens") await tokens(view);
     else if (path === "/web/cas") await cas(view);
+    else if (path === "/web/overview") await overview(view);
     else if (path === "/web/workload-identities") await workloadIdentities(view);
     else $("title").textContent = "Not found";
   } catch (e) {
