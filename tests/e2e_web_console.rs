@@ -399,3 +399,53 @@ fn sessions_are_shared_by_the_servers_of_a_cluster() {
         assert_eq!(code, 401, "{base}: {body}");
     }
 }
+
+/// The console with the fleet of the scale issue: a bot of 1,000,000
+/// instances (`SIGIL_SCALE_INSTANCES` to change) lists them page by page
+/// from the store's index, and Chromium renders the fleet page, the first
+/// page of instances and the next in under a second each.
+#[test]
+fn a_million_instances_render_in_under_a_second() {
+    let n: u64 = std::env::var("SIGIL_SCALE_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut auth = Auth::start();
+    let token = auth.bot("scale-bot", &["ops"]);
+    let agent = AgentDirs::new();
+    let o = agent.oneshot(&auth, Some(&token));
+    assert!(o.status.success(), "{}", text(&o));
+    auth.stop();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+    let o = Command::new("python3")
+        .arg(format!("{fixtures}/seed_instances.py"))
+        .arg(auth.data.join("sigil.db"))
+        .args(["scale-bot", &n.to_string()])
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", text(&o));
+    auth.spawn();
+    let status: serde_json::Value =
+        serde_json::from_str(&auth.ok(&["status", "--format", "json"])).expect("status");
+    assert_eq!(status["bot_instances"], n + 1);
+
+    let link = auth.ok(&["admin", "login"]);
+    let o = Command::new("python3")
+        .arg(format!("{fixtures}/web_console.py"))
+        .env("MODE", "scale")
+        .env("BASE", format!("https://127.0.0.1:{}", auth.public_port))
+        .env("LINK", link.lines().next().expect("link").trim())
+        .env("BOT", "scale-bot")
+        .env(
+            "SHOTS",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/web-console-screenshots"),
+        )
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success() && stdout(&o).contains("[web_console] OK"),
+        "{}",
+        text(&o)
+    );
+    println!("{}", stdout(&o));
+}
