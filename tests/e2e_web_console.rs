@@ -34,6 +34,19 @@ fn console_in_headless_chromium() {
         "kind: workload_identity\nversion: v1\nmetadata: {name: payments}\nspec:\n  spiffe:\n    id: /svc/payments/{{ workload.unix.uid }}\n  rules:\n    allow:\n      - conditions: [{attribute: workload.unix.uid, eq: \"1000\"}]\n",
     );
 
+    auth.ok(&[
+        "tokens",
+        "add",
+        "--bot",
+        "web-bot",
+        "--join-method",
+        "github",
+        "--name",
+        "gh-ci",
+        "--allow",
+        "repository=acme/*",
+    ]);
+
     let login = auth.ok(&["admin", "login"]);
     let link = login.lines().next().expect("a link").trim().to_string();
     let base = format!("https://127.0.0.1:{}", auth.public_port);

@@ -79,6 +79,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/web/api/overview", get(overview::overview))
         .route("/web/api/tokens", get(tokens::list).post(tokens::create))
         .route("/web/api/tokens/{name}", delete(tokens::remove))
+        .route("/web/api/token-test", post(tokens::test))
         .route("/web/api/workload-identities", get(workload::list))
         .route("/web/api/workload-identities/test", post(workload::test))
         .route("/web/api/{*rest}", get(api_not_found).post(api_not_found))

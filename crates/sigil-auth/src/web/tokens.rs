@@ -100,3 +100,46 @@ pub async fn remove(web: Web, Path(name): Path<String>) -> Response {
         Err(e) => status_response(e),
     }
 }
+
+/// `POST /web/api/token-test {"name", "claims": {..}}`: whether these claims
+/// pass the token's allow rules, and why each entry does or does not match
+/// (`token read`; a POST only to carry the claims, it changes nothing).
+pub async fn test(web: Web, body: Body) -> Response {
+    if let Err(r) = web.authorize("token", "read").await {
+        return r;
+    }
+    let v = match body_json(body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let name = v.get("name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty() || name.len() > 256 {
+        return bad("name: the token's name");
+    }
+    let Some(claims) = v.get("claims").filter(|c| c.is_object()) else {
+        return bad("claims: a JSON object of the identity token's claims");
+    };
+    let json = match resources::get(&web.state, "token", name).await {
+        Ok(j) => j,
+        Err(e) => return status_response(e),
+    };
+    let token: sigil_types::Token = match serde_json::from_str(&json) {
+        Ok(t) => t,
+        Err(e) => return bad(format!("token {name:?}: {e}")),
+    };
+    let attrs = match token.spec.attributes_from_claims(claims) {
+        Ok(a) => a,
+        Err(e) => return bad(format!("claims: {e}")),
+    };
+    let d = token.spec.evaluate(&attrs);
+    axum::Json(json!({
+        "token": token.metadata.name,
+        "join_method": token.spec.join_method.as_str(),
+        "bot": token.spec.bot_name,
+        "allowed": d.is_allowed(),
+        "matched_rule": d.matched_rule,
+        "explanation": d.explanation,
+        "attributes": attrs,
+    }))
+    .into_response()
+}

@@ -321,9 +321,38 @@ async function tokens(view) {
       say("Creating failed: " + e.message, true);
     }
   });
+  const methodTokens = data.tokens.filter((t) => t.spec.join_method && t.spec.join_method !== "token");
+  const testName = el("select", { id: "token-test-name" },
+    ...methodTokens.map((t) => el("option", { value: t.metadata.name }, t.metadata.name + " (" + t.spec.join_method + ")")));
+  const claims = el("textarea", { id: "token-test-claims", rows: "4", cols: "50",
+    placeholder: '{"repository": "acme/api"}' });
+  const testResult = el("div", { id: "token-test-result", role: "status" });
+  const testForm = el("form", { class: "inline", "aria-label": "Test a token's join rules" },
+    field("Token", testName), field("Claims (JSON)", claims),
+    el("button", { type: "submit", id: "token-test-run" }, "Test"));
+  testForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    let parsed;
+    try { parsed = JSON.parse(claims.value); } catch (e) {
+      testResult.replaceChildren(el("p", { class: "error" }, "The claims are not JSON: " + e.message));
+      return;
+    }
+    try {
+      const r = await api("/web/api/token-test", { method: "POST", body: { name: testName.value, claims: parsed } });
+      testResult.replaceChildren(el("div", { class: "status-box" },
+        badge(r.allowed ? "allowed" : "denied"), " ",
+        r.allowed ? "would join as bot " + r.bot : "no allow rule matches",
+        el("ul", {}, ...r.explanation.map((l) => el("li", {}, l)))));
+    } catch (e) {
+      testResult.replaceChildren(el("p", { class: "error" }, "Test failed: " + e.message));
+    }
+  });
   view.replaceChildren(el("h2", {}, "Create a token"), form, secretBox, el("h2", {}, "Tokens"),
     rows.length ? table(["Token (hash form for secrets)", "Bot", "Join method", "Expires", ""], rows, "Tokens")
-      : el("p", {}, "No tokens."));
+      : el("p", {}, "No tokens."),
+    el("h2", {}, "Join-rule tester"),
+    methodTokens.length ? testForm : el("p", {}, "No tokens of a method with rules (github, oidc, …)."),
+    testResult);
 }
 
 async function removeToken(t) {
