@@ -2,13 +2,13 @@
 //! `/readyz` (it holds a valid credential and its last renewal worked) and
 //! `/metrics` (Prometheus).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use time::OffsetDateTime;
 
 #[derive(Default)]
@@ -50,15 +50,12 @@ impl Readiness {
     }
 }
 
-fn recorder() -> Option<PrometheusHandle> {
-    static H: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    H.get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
-        .clone()
-}
-
 /// Bind now (so a bad address fails at start) and serve in the background.
 pub async fn start(addr: &str, ready: Readiness) -> anyhow::Result<std::net::SocketAddr> {
-    let metrics = recorder();
+    let metrics = crate::telemetry::install();
+    if let Some(h) = metrics.clone() {
+        crate::telemetry::spawn_upkeep(h);
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("diag_addr {addr}: cannot listen: {e}"))?;

@@ -27,6 +27,7 @@ mod output;
 mod spiffe;
 pub mod ssh_host;
 mod storage;
+mod telemetry;
 mod witness;
 pub mod workload;
 
@@ -184,7 +185,10 @@ pub async fn run_with(
             }
             Ok(())
         };
-        let wait = match agent.cycle(switch_client).await {
+        let started = std::time::Instant::now();
+        let cycled = agent.cycle(switch_client).await;
+        telemetry::renewal_observed(started, &cycled);
+        let wait = match cycled {
             Ok(cred) => {
                 failures = 0;
                 ready.succeeded(cred.expires);

@@ -27,6 +27,7 @@ mod public_http;
 mod renewal;
 mod ssh_access;
 mod state;
+mod telemetry;
 mod tls;
 mod trust;
 mod web;
@@ -156,7 +157,7 @@ pub async fn run(cfg: AuthConfig) -> anyhow::Result<()> {
 /// Run until `stop` turns true.
 pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let metrics = public_http::install_metrics();
+    let metrics = telemetry::install();
     // Held until `serve` returns (the process's lifetime for `sigil auth start`).
     let _lock = prepare_data_dir(&cfg.data_dir)?;
     let store = open_store(&cfg).await?;
@@ -275,6 +276,9 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     println!(
         "sigil auth service ready: cluster={cluster} listen={listen} public={public} ca_pin={ca_pin} audit_key={audit_public_key}"
     );
+    if let Some(handle) = metrics.clone() {
+        telemetry::spawn(handle, state.clone());
+    }
     // Start-up verification, then batched checkpoint signing.
     let checkpointer = tokio::spawn(checkpoints.clone().run(stop.clone()));
     let denial_flusher = {

@@ -2,7 +2,7 @@
 //! metrics, the SPIFFE bundle endpoint (`https_web` profile) and OIDC
 //! discovery + JWKS, so cloud providers can trust JWT-SVIDs by federation.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,20 +11,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use sigil_proto::deadline::{Deadlines, ReadDeadline};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::state::SharedState;
-
-/// Install the Prometheus recorder once per process.
-pub fn install_metrics() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
-        .clone()
-}
 
 /// A TLS handshake must finish within this time of accepting.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -107,12 +107,14 @@ pub async fn renew(
         };
         new_id.logins = auth.logins_for(&new_id);
         issuance::check_locks(state, &new_id, &[])?;
-        let cert = state
-            .cas()
-            .client
-            .signer
-            .issue_client(&req.public_key_spki, &new_id, ttl)
-            .map_err(issuance::pki_error)?;
+        let cert = crate::telemetry::issue("x509", || {
+            state
+                .cas()
+                .client
+                .signer
+                .issue_client(&req.public_key_spki, &new_id, ttl)
+        })
+        .map_err(issuance::pki_error)?;
         let now = OffsetDateTime::now_utc();
         inst.spec.generation = next;
         inst.spec.current_key_sha256 = key_fp.clone();

@@ -10,6 +10,7 @@
 
 mod audit;
 pub mod conformance;
+pub mod metrics;
 mod postgres;
 mod sqlite;
 mod store;

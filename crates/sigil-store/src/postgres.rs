@@ -370,11 +370,38 @@ impl Store for PostgresStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn count_expiring_before(
+        &self,
+        prefix: &str,
+        before: time::OffsetDateTime,
+    ) -> Result<u64> {
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT COUNT(*) FROM kv WHERE key >= $1 AND {} AND expires_ns < $2 {}",
+            live_now!(),
+            if upper.is_some() { "AND key < $3" } else { "" }
+        );
+        let mut q = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(prefix)
+            .bind(crate::sqlite::to_ns(before));
+        if let Some(upper) = upper {
+            q = q.bind(upper);
+        }
+        let n: i64 = q
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| backend(&format!("counting {prefix}* by expiry"), e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn commit(&self, txn: Txn) -> Result<Vec<i64>> {
         if txn.ops.is_empty() && txn.audit.is_empty() {
             return Ok(Vec::new());
         }
-        self.send(|reply| Request::Commit { txn, reply }).await
+        let started = std::time::Instant::now();
+        let r = self.send(|reply| Request::Commit { txn, reply }).await;
+        crate::metrics::commit_observed("postgres", started, &r);
+        r
     }
 
     async fn audit_query(&self, q: AuditQuery) -> Result<Vec<AuditRecord>> {
@@ -450,6 +477,10 @@ impl Store for PostgresStore {
 
     fn health(&self) -> std::result::Result<(), String> {
         self.feed.health()
+    }
+
+    fn feed_lag(&self) -> Option<Duration> {
+        Some(self.feed.since_last_read())
     }
 }
 

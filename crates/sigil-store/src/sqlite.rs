@@ -345,11 +345,33 @@ impl Store for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn count_expiring_before(&self, prefix: &str, before: OffsetDateTime) -> Result<u64> {
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT COUNT(*) FROM kv WHERE key >= ?1 {} \
+             AND expires_ns > ?2 AND expires_ns < ?4",
+            if upper.is_some() { "AND key < ?3" } else { "" }
+        );
+        let mut q = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(prefix)
+            .bind(now_ns());
+        // ?3 is bound even when the statement does not name it, so ?4 keeps its place.
+        q = q.bind(upper.unwrap_or_default()).bind(to_ns(before));
+        let n: i64 = q
+            .fetch_one(&self.read)
+            .await
+            .map_err(|e| backend(&format!("counting {prefix}* by expiry"), e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn commit(&self, txn: Txn) -> Result<Vec<i64>> {
         if txn.ops.is_empty() && txn.audit.is_empty() {
             return Ok(Vec::new());
         }
-        self.send(|reply| Request::Commit { txn, reply }).await
+        let started = std::time::Instant::now();
+        let r = self.send(|reply| Request::Commit { txn, reply }).await;
+        crate::metrics::commit_observed("sqlite", started, &r);
+        r
     }
 
     async fn audit_query(&self, q: AuditQuery) -> Result<Vec<AuditRecord>> {

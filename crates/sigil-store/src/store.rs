@@ -300,6 +300,16 @@ pub trait Store: Send + Sync + 'static {
     /// values are read).
     async fn count(&self, prefix: &str) -> Result<u64>;
 
+    /// How many live items under `prefix` expire before `before` (items without
+    /// an expiry are not counted): an index range scan like [`Store::count`].
+    async fn count_expiring_before(&self, prefix: &str, before: OffsetDateTime) -> Result<u64>;
+
+    /// How long since this server last read a shared store's change feed
+    /// (`None` for a store without one).
+    fn feed_lag(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Atomic: every op applies and every audit event is appended, or nothing changes
     /// (the error of the first failing op is returned).
     /// Returns the new revision of each op in order; for a delete, its place in the

@@ -57,7 +57,7 @@ impl LockTarget {
     }
 
     /// The target kind as serialized, e.g. `bot_instance`.
-    pub fn kind_str(&self) -> &str {
+    pub fn kind_str(&self) -> &'static str {
         match self {
             LockTarget::Bot(_) => "bot",
             LockTarget::BotInstance(_) => "bot_instance",

@@ -4,6 +4,7 @@
 //! `workload-identity-jwt` outputs ([`outputs`]).
 
 pub mod api;
+mod call_metrics;
 mod federated;
 mod follow;
 pub mod outputs;

@@ -143,6 +143,7 @@ pub async fn serve(path: PathBuf, listener: UnixListener, api: WorkloadApi) -> a
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE))
+        .layer(super::call_metrics::CallMetricsLayer)
         .add_service(SpiffeWorkloadApiServer::new(api))
         .add_service(SecretDiscoveryServiceServer::new(sds))
         .serve_with_incoming(incoming)

@@ -26,6 +26,7 @@ use crate::issuance::{self, bot_authority, effective_ttl};
 use crate::join::{self, Conversation, JoinDenied};
 use crate::renewal;
 use crate::state::SharedState;
+use crate::telemetry;
 use crate::workload;
 
 pub struct AuthApi {
@@ -71,6 +72,7 @@ impl AuthService for AuthApi {
         tokio::spawn(async move {
             // A join that stalls (a silent client, an unanswered challenge)
             // must not hold server resources forever.
+            let started = std::time::Instant::now();
             let outcome = tokio::time::timeout(JOIN_TIMEOUT, async {
                 let init = match inbound.message().await {
                     Ok(Some(JoinClientMessage {
@@ -90,6 +92,7 @@ impl AuthService for AuthApi {
             })
             .await
             .unwrap_or_else(|_| Err(Status::deadline_exceeded("the join took too long")));
+            telemetry::observe(telemetry::JOIN_DURATION, started, &outcome);
             let msg = outcome.map(|creds| JoinServerMessage {
                 message: Some(ServerMsg::Result(creds)),
             });
@@ -99,19 +102,10 @@ impl AuthService for AuthApi {
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<Credentials>, Status> {
-        let remote = authz::remote_addr(&req);
-        let caller = match authz::caller(&self.state, &req) {
-            Ok(Caller::Bot(b)) => b,
-            Ok(Caller::LocalAdmin) => {
-                return Err(Status::permission_denied("the admin socket cannot renew"));
-            }
-            Err(e) => {
-                audit_refusal(&self.state, &req, &e).await;
-                return Err(e);
-            }
-        };
-        let creds = renewal::renew(&self.state, &caller, req.get_ref(), &remote).await?;
-        Ok(Response::new(creds))
+        let started = std::time::Instant::now();
+        let r = self.renew_timed(req).await;
+        telemetry::observe(telemetry::RENEWAL_DURATION, started, &r);
+        r
     }
 
     async fn issue_identity(
@@ -134,11 +128,12 @@ impl AuthService for AuthApi {
         let logins = out_id.logins.clone();
         issuance::check_locks(&self.state, &out_id, &[])?;
         let cas = self.state.cas();
-        let tls = cas
-            .client
-            .signer
-            .issue_client(&r.tls_public_key_spki, &out_id, ttl)
-            .map_err(issuance::pki_error)?;
+        let tls = crate::telemetry::issue("x509", || {
+            cas.client
+                .signer
+                .issue_client(&r.tls_public_key_spki, &out_id, ttl)
+        })
+        .map_err(issuance::pki_error)?;
         let mut events = vec![issuance::x509_issued_event(&out_id, &tls, ttl, "client")];
         let mut ssh_cert = String::new();
         // No logins, no SSH certificate (one without principals would be
@@ -149,11 +144,16 @@ impl AuthService for AuthApi {
             ssh_permissions.filter(|_| !r.ssh_public_key.is_empty() && !logins.is_empty())
         {
             let key_id = crate::ssh_access::user_key_id(&id.bot, &id.bot_uid, &id.instance_id);
-            let c = cas
-                .ssh_user
-                .signer
-                .issue_user_cert(&r.ssh_public_key, &key_id, &logins, ttl, &permissions)
-                .map_err(issuance::pki_error)?;
+            let c = crate::telemetry::issue("ssh", || {
+                cas.ssh_user.signer.issue_user_cert(
+                    &r.ssh_public_key,
+                    &key_id,
+                    &logins,
+                    ttl,
+                    &permissions,
+                )
+            })
+            .map_err(issuance::pki_error)?;
             events.push(audit::event(
                 audit::CERT_ISSUED,
                 serde_json::json!({
@@ -458,5 +458,26 @@ impl Conversation for StreamConversation {
             Ok(None) | Err(_) => Err(JoinDenied::abandoned()),
             _ => Err(JoinDenied::new("expected a challenge response")),
         }
+    }
+}
+
+impl AuthApi {
+    async fn renew_timed(
+        &self,
+        req: Request<RenewRequest>,
+    ) -> Result<Response<Credentials>, Status> {
+        let remote = authz::remote_addr(&req);
+        let caller = match authz::caller(&self.state, &req) {
+            Ok(Caller::Bot(b)) => b,
+            Ok(Caller::LocalAdmin) => {
+                return Err(Status::permission_denied("the admin socket cannot renew"));
+            }
+            Err(e) => {
+                audit_refusal(&self.state, &req, &e).await;
+                return Err(e);
+            }
+        };
+        let creds = renewal::renew(&self.state, &caller, req.get_ref(), &remote).await?;
+        Ok(Response::new(creds))
     }
 }

@@ -131,17 +131,16 @@ async fn issue_client(
     issuance::check_locks(state, &holder, &[LockTarget::DbUser(req.username.clone())])?;
     let ttl = effective_ttl(req.ttl_seconds, auth.max_ttl);
     let cas = state.cas();
-    let cert = cas
-        .db_client
-        .signer
-        .issue_db_client(
+    let cert = crate::telemetry::issue("database", || {
+        cas.db_client.signer.issue_db_client(
             &req.tls_public_key_spki,
             &req.username,
             &id.bot,
             &id.instance_id,
             ttl,
         )
-        .map_err(issuance::pki_error)?;
+    })
+    .map_err(issuance::pki_error)?;
     let record = DbCertRecord {
         serial: cert.serial_hex.clone(),
         bot: id.bot.clone(),
@@ -279,11 +278,12 @@ async fn issue_server(
     let cas = state.cas();
     let cn = format!("db:{}", db.metadata.name);
     let cn: String = cn.chars().take(64).collect();
-    let cert = cas
-        .host
-        .signer
-        .issue_server(&req.tls_public_key_spki, &cn, &dns, &ips, ttl)
-        .map_err(issuance::pki_error)?;
+    let cert = crate::telemetry::issue("database_server", || {
+        cas.host
+            .signer
+            .issue_server(&req.tls_public_key_spki, &cn, &dns, &ips, ttl)
+    })
+    .map_err(issuance::pki_error)?;
     let event = audit::event(
         audit::CERT_ISSUED,
         serde_json::json!({

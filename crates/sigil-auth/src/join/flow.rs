@@ -142,12 +142,14 @@ pub(super) fn certify(
         return Ok(Err(e.message().to_string()));
     }
     let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
-    let cert = state
-        .cas()
-        .client
-        .signer
-        .issue_client(&init.public_key_spki, id, ttl)
-        .map_err(issuance::pki_error)?;
+    let cert = crate::telemetry::issue("x509", || {
+        state
+            .cas()
+            .client
+            .signer
+            .issue_client(&init.public_key_spki, id, ttl)
+    })
+    .map_err(issuance::pki_error)?;
     Ok(Ok((cert, ttl)))
 }
 
@@ -302,12 +304,14 @@ async fn rejoin(
         return Err(deny(e.message()).await);
     }
     let ttl = effective_ttl(init.ttl_seconds, auth.max_ttl);
-    let cert = state
-        .cas()
-        .client
-        .signer
-        .issue_client(&init.public_key_spki, &id, ttl)
-        .map_err(issuance::pki_error)?;
+    let cert = crate::telemetry::issue("x509", || {
+        state
+            .cas()
+            .client
+            .signer
+            .issue_client(&init.public_key_spki, &id, ttl)
+    })
+    .map_err(issuance::pki_error)?;
     let now = OffsetDateTime::now_utc();
     inst.spec.generation = next;
     inst.spec.current_key_sha256 = key_fp.clone();

@@ -103,10 +103,8 @@ async fn issue(
     })?;
     let ttl = effective_ttl(req.ttl_seconds, auth.max_ttl);
     let cas = state.cas();
-    let cert = cas
-        .kubernetes
-        .signer
-        .issue_kubernetes_client(
+    let cert = crate::telemetry::issue("kubernetes", || {
+        cas.kubernetes.signer.issue_kubernetes_client(
             &req.public_key_spki,
             &user,
             &access.groups,
@@ -114,7 +112,8 @@ async fn issue(
             &id.instance_id,
             ttl,
         )
-        .map_err(issuance::pki_error)?;
+    })
+    .map_err(issuance::pki_error)?;
     let event = audit::event(
         audit::CERT_ISSUED,
         serde_json::json!({

@@ -94,11 +94,12 @@ async fn issue(
     let ttl = effective_ttl(req.ttl_seconds, auth.max_ttl);
     let key_id = format!("host:{}:{}", id.bot, id.instance_id);
     let cas = state.cas();
-    let cert = cas
-        .ssh_host
-        .signer
-        .issue_host_cert(&req.ssh_public_key, &key_id, &req.principals, ttl)
-        .map_err(issuance::pki_error)?;
+    let cert = crate::telemetry::issue("ssh_host", || {
+        cas.ssh_host
+            .signer
+            .issue_host_cert(&req.ssh_public_key, &key_id, &req.principals, ttl)
+    })
+    .map_err(issuance::pki_error)?;
     let event = audit::event(
         audit::CERT_ISSUED,
         serde_json::json!({

@@ -184,12 +184,15 @@ pub async fn issue(
                 DEFAULT_X509_TTL,
                 req.max_ttl,
             );
-            let cert = state
-                .cas()
-                .spiffe
-                .signer
-                .issue_x509_svid(req.x509_spki, &spiffe_id, &rendered.dns_sans, ttl)
-                .map_err(crate::issuance::pki_error)?;
+            let cert = crate::telemetry::issue("x509_svid", || {
+                state.cas().spiffe.signer.issue_x509_svid(
+                    req.x509_spki,
+                    &spiffe_id,
+                    &rendered.dns_sans,
+                    ttl,
+                )
+            })
+            .map_err(crate::issuance::pki_error)?;
             let mut ev = audit_base.clone();
             extend(
                 &mut ev,

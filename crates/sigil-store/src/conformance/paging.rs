@@ -39,6 +39,8 @@ pub async fn list_pages_and_count(store: &Arc<dyn Store>) {
         0
     );
 
+    count_by_expiry(store, &s).await;
+
     let page = |after: String| {
         let prefix = prefix.clone();
         async move {
@@ -169,4 +171,45 @@ pub async fn purge_in_batches(store: &Arc<dyn Store>) {
     assert_eq!(left.len(), 1, "only the live item remains");
     // Expired items are invisible anyway; the raw row count shows the purge.
     assert_eq!(store.count(&s).await.unwrap_or_else(|e| panic!("{e}")), 1);
+}
+
+/// `count_expiring_before` counts live items under the prefix whose expiry is
+/// before the bound: not the expired, not those without an expiry, not those
+/// expiring later, not those under another prefix.
+async fn count_by_expiry(store: &Arc<dyn Store>, s: &str) {
+    let now = OffsetDateTime::now_utc();
+    let soon = now + time::Duration::hours(1);
+    let later = now + time::Duration::days(30);
+    store
+        .commit(ops(vec![
+            put(&format!("{s}e/soon1"), b"v", Some(soon)),
+            put(&format!("{s}e/soon2"), b"v", Some(soon)),
+            put(&format!("{s}e/later"), b"v", Some(later)),
+            put(&format!("{s}e/never"), b"v", None),
+            put(
+                &format!("{s}e/gone"),
+                b"v",
+                Some(now - time::Duration::seconds(1)),
+            ),
+            put(&format!("{s}f/soon"), b"v", Some(soon)),
+        ]))
+        .await
+        .unwrap_or_else(|e| panic!("seeding expiry count: {e}"));
+    let count = |before: OffsetDateTime| async move {
+        store
+            .count_expiring_before(&format!("{s}e/"), before)
+            .await
+            .unwrap_or_else(|e| panic!("count_expiring_before: {e}"))
+    };
+    assert_eq!(count(now + time::Duration::days(1)).await, 2);
+    assert_eq!(count(now + time::Duration::days(60)).await, 3);
+    assert_eq!(count(now).await, 0);
+    // The whole scope: the other prefix's item counts too.
+    assert_eq!(
+        store
+            .count_expiring_before(s, now + time::Duration::days(1))
+            .await
+            .unwrap_or_else(|e| panic!("count_expiring_before: {e}")),
+        3
+    );
 }

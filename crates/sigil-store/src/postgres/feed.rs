@@ -50,6 +50,7 @@ struct State {
     fingerprint: Option<(String, String)>,
     listening: bool,
     last_read: Option<Instant>,
+    started: Instant,
     problem: Option<String>,
 }
 
@@ -61,6 +62,7 @@ impl Feed {
                 fingerprint: None,
                 listening: false,
                 last_read: None,
+                started: Instant::now(),
                 problem: None,
             }),
             wake: Notify::new(),
@@ -79,6 +81,12 @@ impl Feed {
     /// `Ok` while the feed was read successfully within the last few seconds. Without
     /// its listener the feed is still polled every second, so only a failing read makes
     /// this server's view stale.
+    /// Time since the feed was last read (since start if never).
+    pub(super) fn since_last_read(&self) -> Duration {
+        let s = self.lock();
+        s.last_read.unwrap_or(s.started).elapsed()
+    }
+
     pub(super) fn health(&self) -> std::result::Result<(), String> {
         let s = self.lock();
         if let Some(p) = &s.problem
