@@ -9,11 +9,21 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Mutex;
 
 use common::*;
 
+/// The tests of this file run one at a time: the scale test times Chromium,
+/// which the others' browsers and servers would slow on a small machine.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn console_in_headless_chromium() {
+    let _one = one_at_a_time();
     let auth = Auth::start();
     let token = auth.bot("web-bot", &["deploy"]);
     let agent = AgentDirs::new();
@@ -160,6 +170,7 @@ fn set_cookie(headers: &str, name: &str) -> String {
 
 #[test]
 fn a_bot_session_has_exactly_its_roles_rights() {
+    let _one = one_at_a_time();
     let auth = Auth::start();
     auth.create(
         "viewer.yaml",
@@ -285,6 +296,7 @@ fn a_bot_session_has_exactly_its_roles_rights() {
 
 #[test]
 fn a_login_link_works_once_even_under_a_race() {
+    let _one = one_at_a_time();
     let auth = Auth::start();
     let link = auth.ok(&["admin", "login"]);
     let secret = link
@@ -332,6 +344,7 @@ fn a_login_link_works_once_even_under_a_race() {
 /// both, and a session opened on one is honoured, and ended, on the other.
 #[test]
 fn sessions_are_shared_by_the_servers_of_a_cluster() {
+    let _one = one_at_a_time();
     let url = common::postgres::fresh_db();
     let keys = tempfile::tempdir().expect("tempdir");
     let key = keys.path().join("audit-key.json");
@@ -419,6 +432,7 @@ fn sessions_are_shared_by_the_servers_of_a_cluster() {
 /// page of instances and the next in under a second each.
 #[test]
 fn a_million_instances_render_in_under_a_second() {
+    let _one = one_at_a_time();
     let n: u64 = std::env::var("SIGIL_SCALE_INSTANCES")
         .ok()
         .and_then(|v| v.parse().ok())
