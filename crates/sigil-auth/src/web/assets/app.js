@@ -205,11 +205,23 @@ async function locks(view) {
   const kind = el("select", { id: "new-lock-kind" },
     ...["bot", "bot_instance", "role", "token", "spiffe_id", "login", "db_user"]
       .map((k) => el("option", { value: k }, k)));
-  const value = el("input", { type: "text", id: "new-lock-value", required: "required" });
+  // The target picker: the bots and roles there are, for the kinds named so
+  // (left empty when this session may not list bots).
+  const bots = await api("/web/api/bots").then((b) => b.bots, () => []);
+  const suggestions = el("datalist", { id: "new-lock-suggestions" });
+  const suggest = () => {
+    const names = kind.value === "bot" ? bots.map((b) => b.name)
+      : kind.value === "role" ? [...new Set(bots.flatMap((b) => b.roles))].sort() : [];
+    suggestions.replaceChildren(...names.map((n) => el("option", { value: n })));
+  };
+  kind.addEventListener("change", suggest);
+  suggest();
+  const value = el("input", { type: "text", id: "new-lock-value", required: "required",
+    list: "new-lock-suggestions", autocomplete: "off" });
   const ttl = el("input", { type: "number", id: "new-lock-ttl", min: "0", value: "60" });
   const message = el("input", { type: "text", id: "new-lock-message" });
   const form = el("form", { class: "inline", "aria-label": "Add a lock" },
-    field("Target kind", kind), field("Target", value),
+    field("Target kind", kind), field("Target", value), suggestions,
     field("Lifetime in minutes (0: until removed)", ttl), field("Message", message),
     el("button", { type: "submit", id: "new-lock-add", class: "danger" }, "Add lock…"));
   form.addEventListener("submit", async (ev) => {
