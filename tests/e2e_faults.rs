@@ -431,3 +431,116 @@ fn an_agent_killed_at_random_moments_of_its_renewal_loop_never_loses_its_identit
     let locks = auth.ok(&["locks", "ls", "--format", "json"]);
     assert_eq!(locks.trim(), "[]", "{locks}");
 }
+
+/// `chattr +i` on a path until dropped: immutable even to root (a mode of
+/// 0500 is not), and on ext4 even through descriptors already open for
+/// writing, so SQLite's open WAL file is really cut off.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Immutable {
+        let o = run("chattr", &["+i", path.to_str().expect("utf-8 path")]);
+        assert!(
+            o.status.success(),
+            "chattr +i (needs root and ext4/xfs): {}",
+            text(&o)
+        );
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = run("chattr", &["-i", self.0.to_str().unwrap_or_default()]);
+    }
+}
+
+#[test]
+fn an_auth_database_directory_made_unwritable_mid_run_refuses_renewals_then_recovers() {
+    let auth = Auth::start();
+    let token = auth.bot("ro-db", &["s"]);
+    let agent_dirs = AgentDirs::new();
+    let mut agent = RunningAgent::start(
+        &auth,
+        &token,
+        &agent_dirs.storage,
+        &agent_dirs.out,
+        agent_dirs.dir.path().join("agent.log"),
+    );
+    wait_until("the first renewals", Duration::from_secs(30), || {
+        agent_dirs.storage.join("credential.json").exists()
+            && generation(&agent_dirs.storage) >= 2
+            && agent.ready() == 200
+    });
+
+    // The directory alone: nothing can be created, renamed or removed in it.
+    // SQLite's WAL is already open and keeps taking commits, so renewals go
+    // on; what fails is replacing audit-head.json, loudly, every second.
+    let dir = Immutable::set(&auth.data);
+    let g = generation(&agent_dirs.storage);
+    wait_until(
+        "renewals to go on with the directory immutable",
+        Duration::from_secs(30),
+        || generation(&agent_dirs.storage) >= g + 2,
+    );
+    wait_until(
+        "the failed audit checkpoint in the log",
+        Duration::from_secs(30),
+        || auth.log().contains("signing an audit checkpoint failed"),
+    );
+
+    // The WAL file too: commits fail. Renewals are refused with the reason,
+    // the service stays up and reports unready, the agent keeps its files.
+    let wal = Immutable::set(&auth.data.join("sigil.db-wal"));
+    wait_until("the agent reports unready", Duration::from_secs(30), || {
+        agent.ready() == 503
+    });
+    let (code, body) = readyz(&auth);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("database writes failed"), "{body}");
+    let stalled = generation(&agent_dirs.storage);
+    let cert = std::fs::read(agent_dirs.out.join("tls.crt")).expect("cert");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.alive(), "the agent exited:\n{}", agent.log());
+    assert!(auth.admin(&["status"]).status.success(), "{}", auth.log());
+    assert_eq!(generation(&agent_dirs.storage), stalled);
+    assert_eq!(
+        std::fs::read(agent_dirs.out.join("tls.crt")).expect("cert"),
+        cert
+    );
+    assert_output_whole(&agent_dirs.out);
+    assert!(
+        agent.log().contains("nothing was committed"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        auth.log().contains("sqlite write batch failed"),
+        "{}",
+        auth.log()
+    );
+
+    drop(wal);
+    drop(dir);
+    wait_until(
+        "recovery once the directory is writable",
+        Duration::from_secs(30),
+        || {
+            agent.ready() == 200
+                && generation(&agent_dirs.storage) >= stalled + 2
+                && readyz(&auth).0 == 200
+        },
+    );
+    drop(agent);
+    // Every committed renewal is in the instance record and the audit log,
+    // and the chain verifies against the checkpoints signed before and after.
+    let generation_now = generation(&agent_dirs.storage);
+    let inst = auth.instances();
+    assert_eq!(inst[0]["spec"]["generation"], generation_now, "{inst:?}");
+    assert!(auth.audit("bot.renewal").len() as u64 >= generation_now - 1);
+    let v = auth.admin(&["audit", "verify"]);
+    assert!(v.status.success(), "{}", text(&v));
+    assert!(auth.audit("bot.generation_mismatch").is_empty());
+    let locks = auth.ok(&["locks", "ls", "--format", "json"]);
+    assert_eq!(locks.trim(), "[]", "{locks}");
+}

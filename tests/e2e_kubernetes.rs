@@ -250,8 +250,9 @@ fn kubectl_authenticates_with_the_kubeconfig_and_a_lock_stops_renewal() {
         .remove(0);
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
     let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    // notBefore is backdated 5 minutes for clock skew.
     assert!(
-        life <= 31 * 60,
+        life <= 35 * 60,
         "lifetime {life}s exceeds the role's max_ttl of 30m"
     );
     let issued = rig.auth.audit("cert.issued");

@@ -224,6 +224,34 @@ fn renewal_to_a_garbage_public_key() {
     assert_eq!(issued(&auth, "cert-garbage"), before);
 }
 
+/// attack: certificates | renewal asking to certify an Ed25519 SPKI with a 4-byte key and junk inside its SEQUENCE (found by fuzzing) | InvalidArgument "bytes after the key inside the SEQUENCE", nothing issued
+#[test]
+fn renewal_to_a_malformed_ed25519_key() {
+    let auth = auth();
+    let (_agent, cred) = joined(&auth, "cert-short-ed");
+    let before = issued(&auth, "cert-short-ed");
+    let spki = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/x509/crash-c946a30ed9432c1778951ee3d987b95cde4ea7dd"),
+    )
+    .expect("the fuzz regression input");
+    let r = rt().block_on(async {
+        auth_client(&auth, Some(&cred))
+            .renew(sigil_proto::v1::RenewRequest {
+                public_key_spki: spki,
+                ttl_seconds: 600,
+                ..Default::default()
+            })
+            .await
+    });
+    refused(
+        r,
+        Code::InvalidArgument,
+        "bytes after the key inside the SEQUENCE",
+    );
+    assert_eq!(issued(&auth, "cert-short-ed"), before);
+}
+
 /// attack: certificates | Renew called on the owner-only admin socket (no bot identity) | Unimplemented: the socket serves no AuthService
 #[test]
 fn renewal_over_the_admin_socket() {

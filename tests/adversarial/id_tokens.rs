@@ -538,7 +538,7 @@ fn redirecting_server(location: String) -> (String, String, Arc<Mutex<Vec<String
     (url, ca_cert.pem(), seen)
 }
 
-/// attack: ID tokens | the configured issuer's discovery redirects (302) to another host serving a valid issuer | Unavailable "cannot check joins right now" (logged "OIDC discovery failed: … HTTP 302 Found"); the other host never asked
+/// attack: ID tokens | the configured issuer's discovery redirects (302) to another host serving a valid issuer | Unavailable "cannot check joins right now"; bot.join.unchecked (reason "OIDC discovery failed: … HTTP 302 Found"); the other host never asked
 #[test]
 fn issuer_redirecting_to_another_host() {
     let target = issuer();
@@ -591,4 +591,14 @@ fn issuer_redirecting_to_another_host() {
         "the redirect was followed"
     );
     assert!(generations(&auth, "redir-bot").is_empty());
+    let audited = auth.audit("bot.join.unchecked");
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    let f = &audited[0]["fields"];
+    assert_eq!(f["method"], "oidc", "{f}");
+    let reason = f["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("OIDC discovery failed") && reason.contains("HTTP 302 Found"),
+        "{f}"
+    );
+    assert!(auth.audit("bot.join.denied").is_empty());
 }

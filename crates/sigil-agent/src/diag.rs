@@ -54,7 +54,7 @@ impl Readiness {
 pub async fn start(addr: &str, ready: Readiness) -> anyhow::Result<std::net::SocketAddr> {
     let metrics = crate::telemetry::install();
     if let Some(h) = metrics.clone() {
-        crate::telemetry::spawn_upkeep(h);
+        sigil_proto::telemetry::spawn_upkeep(h);
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await

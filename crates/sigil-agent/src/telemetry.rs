@@ -1,14 +1,13 @@
 //! The agent's Prometheus figures (`/metrics` on `diag_addr`).
 //!
-//! As on the auth service, every series exists from start at zero, latencies
-//! are fixed-bucket histograms, and samples are drained every few seconds
-//! whether or not anyone scrapes.
+//! As on the auth service, every series exists from start at zero
+//! (`sigil_proto::telemetry` installs the recorder).
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const RENEWAL_DURATION: &str = "sigil_agent_renewal_duration_seconds";
 pub const WORKLOAD_API_DURATION: &str = "sigil_agent_workload_api_call_duration_seconds";
@@ -19,7 +18,6 @@ const BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
 ];
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 const COUNTERS: &[(&str, &str)] = &[
     (
@@ -72,29 +70,11 @@ pub const WORKLOAD_API_METHODS: &[(&str, &str)] = &[
 /// Install the recorder once per process and register every series at zero.
 pub fn install() -> Option<PrometheusHandle> {
     static H: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    H.get_or_init(|| {
-        let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
-            .ok()?
-            .install_recorder()
-            .ok()?;
-        register();
-        Some(handle)
-    })
-    .clone()
+    H.get_or_init(|| sigil_proto::telemetry::install(BUCKETS, "agent", register))
+        .clone()
 }
 
 fn register() {
-    describe_gauge!(
-        "sigil_build_info",
-        "Always 1; the labels name the running build"
-    );
-    metrics::gauge!(
-        "sigil_build_info",
-        "version" => env!("CARGO_PKG_VERSION"),
-        "component" => "agent",
-    )
-    .set(1.0);
     describe_counter!(
         "sigil_agent_renewals_total",
         Unit::Count,
@@ -134,17 +114,6 @@ fn register() {
         let _ = metrics::histogram!(WORKLOAD_API_DURATION, "method" => *m);
         metrics::counter!(WORKLOAD_API_CALLS, "method" => *m, "code" => "ok").absolute(0);
     }
-}
-
-/// Drains histogram samples until the process ends.
-pub fn spawn_upkeep(handle: PrometheusHandle) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(UPKEEP_EVERY);
-        loop {
-            tick.tick().await;
-            handle.run_upkeep();
-        }
-    });
 }
 
 /// Records one renewal cycle.

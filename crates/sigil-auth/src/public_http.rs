@@ -146,6 +146,9 @@ async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
     if let Err(why) = h.state.store.health() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {why}\n"));
     }
+    if let Err(why) = h.state.store.writable() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {why}\n"));
+    }
     // The cluster moved to CAs this server could not load: it would sign with old ones.
     // The reason (store or HSM details) goes to the log, not to anonymous callers.
     if h.state.cas_stale().is_some() {

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::keys;
 use crate::state::SharedState;
@@ -26,9 +26,6 @@ const BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Drained into the histograms this often, so samples never pile up between
-/// scrapes (the recorder keeps raw samples until an upkeep).
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// Gauges from memory (locks, CAs, feed lag) are refreshed this often.
 const GAUGES_EVERY: Duration = Duration::from_secs(15);
 /// Instance counts are index scans (≈ 0.3 s of CPU each at 1,000,000
@@ -100,15 +97,7 @@ const ISSUE_KINDS: &[&str] = &[
 pub fn install() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
-                .ok()?
-                .install_recorder()
-                .ok()?;
-            register();
-            Some(handle)
-        })
+        .get_or_init(|| sigil_proto::telemetry::install(BUCKETS, "auth", register))
         .clone()
 }
 
@@ -160,16 +149,6 @@ fn register() {
     }
     sigil_store::metrics::register();
     describe_gauge!(
-        "sigil_build_info",
-        "Always 1; the labels name the running build"
-    );
-    metrics::gauge!(
-        "sigil_build_info",
-        "version" => env!("CARGO_PKG_VERSION"),
-        "component" => "auth",
-    )
-    .set(1.0);
-    describe_gauge!(
         "sigil_bot_instances",
         "Bot instance records stored, by state (current: credential unexpired; expired: kept until the retention period ends)"
     );
@@ -200,23 +179,12 @@ fn register() {
         metrics::gauge!("sigil_bot_instances", "state" => s).set(0.0);
     }
     metrics::gauge!("sigil_bots").set(0.0);
-    for t in LOCK_TARGETS {
+    for t in sigil_types::LOCK_TARGET_KINDS {
         metrics::gauge!("sigil_locks", "target" => *t).set(0.0);
     }
     metrics::gauge!("sigil_change_feed_lag_seconds").set(0.0);
     metrics::gauge!("sigil_audit_checkpoint_seq").set(0.0);
 }
-
-/// Lock target kinds, as `sigil locks add` names them.
-const LOCK_TARGETS: &[&str] = &[
-    "bot",
-    "bot_instance",
-    "role",
-    "token",
-    "spiffe_id",
-    "login",
-    "db_user",
-];
 
 /// Records `started.elapsed()` in histogram `name` labelled `result`.
 pub fn observe<T, E>(name: &'static str, started: Instant, r: &Result<T, E>) {
@@ -236,13 +204,7 @@ pub fn issue<T>(kind: &'static str, f: impl FnOnce() -> T) -> T {
 /// Drains histogram samples and refreshes the store-derived gauges, until
 /// the process ends.
 pub fn spawn(handle: PrometheusHandle, state: SharedState) {
-    tokio::spawn(async move {
-        let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
-        loop {
-            upkeep.tick().await;
-            handle.run_upkeep();
-        }
-    });
+    sigil_proto::telemetry::spawn_upkeep(handle);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(GAUGES_EVERY);
         for round in 0u32.. {
@@ -259,7 +221,10 @@ fn refresh_gauges(state: &SharedState) {
     let now = time::OffsetDateTime::now_utc();
     metrics::gauge!("sigil_bots").set(state.cache.bots().len() as f64);
     let mut by_target: std::collections::BTreeMap<&'static str, u64> =
-        LOCK_TARGETS.iter().map(|t| (*t, 0)).collect();
+        sigil_types::LOCK_TARGET_KINDS
+            .iter()
+            .map(|t| (*t, 0))
+            .collect();
     for lock in state.cache.locks() {
         *by_target.entry(lock.spec.target.kind_str()).or_default() += 1;
     }

@@ -11,11 +11,13 @@ mod frame_reader;
 mod jwt;
 mod krl;
 mod text;
+mod x509;
 
 pub use frame_reader::frame_reader;
 pub use jwt::jwt;
 pub use krl::krl;
 pub use text::{agent_config, hpack, resources, spiffe_id, template_render};
+pub use x509::x509;
 
 /// A target body.
 pub type Target = fn(&[u8]);
@@ -31,4 +33,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hpack", hpack),
     ("krl", krl),
     ("frame_reader", frame_reader),
+    ("x509", x509),
 ];

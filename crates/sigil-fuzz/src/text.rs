@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use sigil_agent::workload::authority::fuzzing::hpack_decode_blocks;
+use sigil_agent::workload::authority::fuzzing::{
+    HeaderList, hpack_decode_blocks, hpack_decode_each,
+};
 use sigil_types::{SpiffeId, WorkloadIdentitySpec, parse_resources};
 
 /// SPIFFE ID parse: an accepted ID prints to the text it was parsed from and
@@ -96,7 +98,9 @@ pub fn agent_config(data: &[u8]) {
 
 /// The agent's HPACK decoder. Input: byte 0 picks the allowed table size,
 /// then blocks, each led by a one-byte length, decoded with one decoder so
-/// the dynamic table carries over. Decoding is deterministic.
+/// the dynamic table carries over. Decoding is deterministic, and agrees with
+/// an independent decoder (`loona-hpack`) block by block: the same header
+/// list, or both refuse, except for [`hpack_divergence_accepted`]'s cases.
 pub fn hpack(data: &[u8]) {
     let Some((&size, mut rest)) = data.split_first() else {
         return;
@@ -118,5 +122,79 @@ pub fn hpack(data: &[u8]) {
             assert_eq!(a.to_string(), b.to_string());
         }
         (a, b) => panic!("HPACK decoding differs between runs: {a:?} vs {b:?}"),
+    }
+    hpack_differential(&blocks, max_table);
+}
+
+/// Ours against `loona-hpack`, configured alike (allowed size `max_table`,
+/// starting table `min(max_table, 4096)`), block after block until either
+/// refuses or they part in an accepted way (their tables may differ after).
+fn hpack_differential(blocks: &[&[u8]], max_table: usize) {
+    let ours = hpack_decode_each(blocks, max_table);
+    let mut theirs = loona_hpack::Decoder::new();
+    theirs.set_max_allowed_table_size(max_table);
+    theirs.set_max_table_size(max_table.min(4096));
+    for (i, (block, ours)) in blocks.iter().zip(ours).enumerate() {
+        match (ours, theirs.decode(block)) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "block {i} {block:02x?}: header lists differ"),
+            (Err(_), Err(_)) => return,
+            (ours, theirs) => {
+                assert!(
+                    hpack_divergence_accepted(&ours, &theirs),
+                    "block {i} {block:02x?}: ours {ours:?}, loona-hpack {theirs:?}"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Where the two decoders may part, both on the dynamic table size update
+/// (RFC 7541 §4.2, §6.3):
+/// - one after a header field in the same block: a decoding error per §4.2,
+///   which we return; loona-hpack applies it;
+/// - one ending the block: valid HPACK (nothing requires a field after it),
+///   which we accept; loona-hpack refuses it (`SizeUpdateAtEnd`).
+fn hpack_divergence_accepted(
+    ours: &std::io::Result<HeaderList>,
+    theirs: &Result<HeaderList, loona_hpack::decoder::DecoderError>,
+) -> bool {
+    match (ours, theirs) {
+        (Err(e), Ok(_)) => e.to_string() == "HPACK table size update after a header field",
+        (Ok(_), Err(loona_hpack::decoder::DecoderError::SizeUpdateAtEnd)) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_documented_hpack_divergences_pass() {
+        use loona_hpack::decoder::DecoderError;
+        type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+        fn fields<E>() -> Result<Fields, E> {
+            Ok(vec![(b":method".to_vec(), b"GET".to_vec())])
+        }
+        let after_field = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "HPACK table size update after a header field",
+        );
+        assert!(hpack_divergence_accepted(&Err(after_field), &fields()));
+        assert!(hpack_divergence_accepted(
+            &fields(),
+            &Err(DecoderError::SizeUpdateAtEnd)
+        ));
+        let other = std::io::Error::new(std::io::ErrorKind::InvalidData, "HPACK index 0");
+        assert!(!hpack_divergence_accepted(&Err(other), &fields()));
+        assert!(!hpack_divergence_accepted(
+            &fields(),
+            &Err(DecoderError::HeaderIndexOutOfBounds)
+        ));
+        // Both cases, end to end: a size update after `:method GET`, and a
+        // block that is only a size update.
+        hpack(&[64, 3, 0x82, 0x20, 0x82]);
+        hpack(&[64, 1, 0x20, 1, 0x82]);
     }
 }

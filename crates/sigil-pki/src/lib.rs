@@ -41,6 +41,7 @@ mod name_constraints;
 mod pkcs11_keys;
 mod software_keys;
 mod spiffe_bundle;
+mod spki_strict;
 mod ssh_ca;
 mod svid;
 mod x509_ca;

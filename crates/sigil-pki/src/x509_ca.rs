@@ -17,8 +17,11 @@ use crate::{PkiError, Result};
 
 /// How long a generated CA is valid.
 const CA_VALIDITY: time::Duration = time::Duration::days(3650);
-/// Back-dating of notBefore so that peers with slightly slow clocks accept new certs.
-const CLOCK_SKEW: time::Duration = time::Duration::seconds(60);
+/// Back-dating of notBefore so that peers whose clocks are up to 5 minutes
+/// behind the issuer's accept new certs (an agent verifying the auth
+/// service's fresh TLS certificate, a workload's peer checking an SVID);
+/// tests/e2e_clock_skew.rs runs an agent 5 minutes behind.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
 
 // OID contents (no tag/length) of what leaves carry.
 pub(crate) const OID_ORG: &[u8] = &[0x55, 0x04, 0x0a];
@@ -512,6 +515,12 @@ pub fn check_spki(spki: &[u8]) -> Result<()> {
             "trailing bytes after SubjectPublicKeyInfo".into(),
         ));
     }
+    if let Some(why) = crate::spki_strict::layout_problem(spki) {
+        return Err(PkiError::InvalidPublicKey(format!(
+            "not a DER SubjectPublicKeyInfo: {why}"
+        )));
+    }
+    let key = &parsed.subject_public_key.data;
     let alg = parsed.algorithm.algorithm.as_bytes();
     const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
@@ -528,7 +537,12 @@ pub fn check_spki(spki: &[u8]) -> Result<()> {
         )))
     };
     if alg == ED25519 {
-        return Ok(());
+        // RFC 8410: no parameters, 32 key bytes.
+        return if parsed.algorithm.parameters.is_none() && crate::spki_strict::ed25519_key_ok(key) {
+            Ok(())
+        } else {
+            refuse("a malformed Ed25519 key".into())
+        };
     }
     if alg == EC {
         let curve = parsed
@@ -537,7 +551,13 @@ pub fn check_spki(spki: &[u8]) -> Result<()> {
             .as_ref()
             .and_then(|p| p.as_oid().ok());
         return match curve {
-            Some(c) if CURVES.contains(&c.as_bytes()) => Ok(()),
+            Some(c) if CURVES.contains(&c.as_bytes()) => {
+                if crate::spki_strict::ec_point_ok(c.as_bytes(), key) {
+                    Ok(())
+                } else {
+                    refuse("an ECDSA key that is not a point on its curve".into())
+                }
+            }
             _ => refuse("an ECDSA key on an unnamed or unsupported curve".into()),
         };
     }

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod deadline;
+pub mod telemetry;
 
 /// The auth and admin API.
 pub mod v1 {

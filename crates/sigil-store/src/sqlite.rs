@@ -2,6 +2,7 @@
 //! of read connections (WAL lets readers run alongside the writer).
 
 mod ops;
+mod write_health;
 mod writer;
 
 use std::path::Path;
@@ -22,6 +23,7 @@ use crate::audit::{ChainCheck, StoredRow, format_time, parse_time};
 use crate::store::{AuditQuery, AuditRecord, AuditVerification, Item, Store, Txn, WatchEvent};
 use crate::{GENESIS_HASH, Result, StoreError};
 
+use write_health::WriteHealth;
 use writer::{Request, Writer};
 
 /// Schema migrations, embedded at compile time.
@@ -47,6 +49,7 @@ pub struct SqliteStore {
     read: SqlitePool,
     watch: broadcast::Sender<WatchEvent>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
+    writes: std::sync::Arc<WriteHealth>,
 }
 
 impl SqliteStore {
@@ -80,7 +83,8 @@ impl SqliteStore {
             .map_err(|e| backend(&format!("opening readers for {}", path.display()), e))?;
 
         let (watch, _) = broadcast::channel(WATCH_CAPACITY);
-        let writer = Writer::load(conn, watch.clone()).await?;
+        let writes = std::sync::Arc::new(WriteHealth::default());
+        let writer = Writer::load(conn, watch.clone(), writes.clone()).await?;
         let (requests, rx) = mpsc::channel(QUEUE_DEPTH);
         let task = tokio::spawn(writer.run(rx));
         Ok(SqliteStore {
@@ -88,6 +92,7 @@ impl SqliteStore {
             read,
             watch,
             writer_task: Mutex::new(Some(task)),
+            writes,
         })
     }
 
@@ -443,6 +448,10 @@ impl Store for SqliteStore {
 
     async fn purge_expired(&self) -> Result<usize> {
         self.send(|reply| Request::Purge { reply }).await
+    }
+
+    fn writable(&self) -> std::result::Result<(), String> {
+        self.writes.check()
     }
 }
 

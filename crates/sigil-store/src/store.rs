@@ -340,4 +340,11 @@ pub trait Store: Send + Sync + 'static {
     fn health(&self) -> std::result::Result<(), String> {
         Ok(())
     }
+
+    /// `Err(why)` while recent writes have failed (an unwritable database directory or
+    /// file, a full disk) and none has succeeded since: the service reports unready
+    /// (`/readyz`) but keeps answering, refusing only what must be written.
+    fn writable(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }

@@ -43,7 +43,7 @@ pub use duration::{
     parse_duration,
 };
 pub use kubernetes_cluster::{KubernetesCluster, KubernetesClusterSpec};
-pub use lock::{LockSpec, LockTarget};
+pub use lock::{LOCK_TARGET_KINDS, LockSpec, LockTarget};
 pub use parse::{ParseError, parse_resources};
 pub use rbac::{
     DatabaseGrant, HostLogins, KubernetesAccess, LabelField, RoleSet, RoleSpecRef, SshPermissions,

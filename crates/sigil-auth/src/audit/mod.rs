@@ -27,6 +27,10 @@ pub const CA_CREATED: &str = "ca.created";
 pub const AUTH_STARTED: &str = "auth.started";
 pub const JOIN_SUCCESS: &str = "bot.join";
 pub const JOIN_DENIED: &str = "bot.join.denied";
+/// A join the service could not check (an ID-token issuer unreachable or its
+/// discovery redirected elsewhere, ...): the agent heard `Unavailable`, nothing
+/// was issued, and the reason is here for whoever investigates.
+pub const JOIN_UNCHECKED: &str = "bot.join.unchecked";
 /// A `token` or `bound_keypair` join answered again for the same key after its
 /// first answer was lost (join/retry.rs, join/bound_keypair_retry.rs): same
 /// instance, generation 1, a new certificate.

@@ -43,6 +43,29 @@ pub(super) async fn denied(
     Status::permission_denied(JOIN_DENIED)
 }
 
+/// Audit and count a join that could not be checked (the caller hears
+/// `Unavailable` and may retry); a retrying agent's repeats are aggregated
+/// like denials.
+async fn unchecked(
+    state: &AuthState,
+    init: &JoinInit,
+    remote: &str,
+    reason: &str,
+    extra: &serde_json::Value,
+) {
+    metrics::counter!("sigil_joins_total", "result" => "unavailable").increment(1);
+    tracing::error!(method = %init.join_method, remote, reason = %reason, "join could not be checked");
+    let mut fields = serde_json::json!({
+        "method": init.join_method, "remote_addr": remote, "reason": reason,
+    });
+    if !init.instance_id.is_empty() {
+        fields["bot_instance"] = serde_json::Value::String(init.instance_id.clone());
+    }
+    merge(&mut fields, extra);
+    let ev = audit::event(audit::JOIN_UNCHECKED, fields);
+    state.denials.record(state.store.as_ref(), ev).await;
+}
+
 pub(super) fn merge(fields: &mut serde_json::Value, extra: &serde_json::Value) {
     if let (Some(f), Some(extra)) = (fields.as_object_mut(), extra.as_object()) {
         f.extend(extra.clone());
@@ -70,7 +93,7 @@ pub async fn join(
             return Err(Status::cancelled("the join was abandoned"));
         }
         Err(d) if d.unavailable => {
-            tracing::error!(reason = %d.reason, "join could not be checked");
+            unchecked(state, init, remote, &d.reason, &d.audit).await;
             return Err(Status::unavailable(
                 "the auth service cannot check joins right now; retry",
             ));

@@ -37,7 +37,8 @@ use crate::state::AuthState;
 pub struct JoinDenied {
     pub reason: String,
     /// The evidence could not be checked (storage, an unreachable issuer):
-    /// the client hears "unavailable" and retries, nothing is audited as a denial.
+    /// the client hears "unavailable" and retries; audited as
+    /// `bot.join.unchecked`, not as a denial.
     pub unavailable: bool,
     /// Audit-safe fields: the claims that were checked, why no rule matched.
     pub audit: serde_json::Value,

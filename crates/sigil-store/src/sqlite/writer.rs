@@ -106,12 +106,15 @@ pub(super) struct Writer {
     op_sql: OpSql,
     /// SQL of the multi-row audit INSERT for each size in `CHUNKS`.
     audit_sql: Vec<(usize, String)>,
+    /// What `Store::health` reports: the last batch failed (see `write_health`).
+    writes: std::sync::Arc<super::WriteHealth>,
 }
 
 impl Writer {
     pub(super) async fn load(
         conn: SqliteConnection,
         watch: broadcast::Sender<WatchEvent>,
+        writes: std::sync::Arc<super::WriteHealth>,
     ) -> Result<Writer> {
         let audit_sql = CHUNKS
             .iter()
@@ -132,6 +135,7 @@ impl Writer {
             stale: true,
             op_sql: OpSql::new(),
             audit_sql,
+            writes,
         };
         w.reload().await?;
         Ok(w)
@@ -186,6 +190,7 @@ impl Writer {
     async fn process(&mut self, batch: &mut Vec<Request>) {
         match self.apply_batch(batch).await {
             Ok(applied) => {
+                self.writes.succeeded();
                 self.revision = applied.revision;
                 self.seq = applied.seq;
                 self.head = applied.head;
@@ -214,6 +219,7 @@ impl Writer {
             }
             Err(err) => {
                 tracing::error!(error = %err, txns = batch.len(), "sqlite write batch failed; rolled back");
+                self.writes.failed();
                 // Fails harmlessly if SQLite already rolled back on its own.
                 let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
                 self.stale = true;

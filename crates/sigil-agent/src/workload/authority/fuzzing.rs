@@ -26,3 +26,27 @@ pub fn hpack_decode_blocks(
     }
     Ok(fields)
 }
+
+/// One header block's decoded `(name, value)` pairs.
+pub type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Like [`hpack_decode_blocks`], but one result per block, ending with the
+/// first error (the table is undefined after one): for comparing against
+/// another decoder block by block.
+pub fn hpack_decode_each(blocks: &[&[u8]], max_table: usize) -> Vec<io::Result<HeaderList>> {
+    let mut decoder = Decoder::new(max_table);
+    let mut results = Vec::new();
+    for block in blocks {
+        let mut fields = Vec::new();
+        let r = decoder.decode(block, |f| {
+            fields.push((f.name.to_vec(), f.value.to_vec()));
+            Ok(())
+        });
+        let failed = r.is_err();
+        results.push(r.map(|()| fields));
+        if failed {
+            break;
+        }
+    }
+    results
+}
