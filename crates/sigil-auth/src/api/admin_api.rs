@@ -627,7 +627,9 @@ impl AdminService for AdminApi {
             authz::authorize_any(&self.state, &caller, "list"),
         )
         .await?;
-        let (url, expires_unix) = crate::web::session::create_login(&self.state, &caller).await?;
+        let ca_pin = authz::peer(&req).and_then(|p| p.client_ca_pin.as_deref());
+        let (url, expires_unix) =
+            crate::web::session::create_login(&self.state, &caller, ca_pin).await?;
         Ok(Response::new(CreateWebLoginResponse { url, expires_unix }))
     }
 }

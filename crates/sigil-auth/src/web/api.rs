@@ -110,6 +110,13 @@ pub async fn login(State(state): State<SharedState>, req: Request) -> Response {
             .to_string(),
         Err(r) => return r,
     };
+    // A browser logging in leaves the session it had: it never goes on
+    // acting for someone without noticing (and a forced login ends it).
+    if let Some(old) = context::session_of(&state, &parts.headers).await
+        && let Err(e) = session::end(&state, &old, &remote).await
+    {
+        return context::unavailable("ending the previous session", &e.message());
+    }
     let Ok(s) = session::redeem(&state, &secret, &remote).await else {
         return error(
             StatusCode::FORBIDDEN,
@@ -130,9 +137,18 @@ pub async fn login(State(state): State<SharedState>, req: Request) -> Response {
 }
 
 /// `POST /web/api/logout`: delete the session record, clear the cookies.
-pub async fn logout(web: Web) -> Response {
-    if let Err(e) = session::end(&web.state, &web.session, &web.remote).await {
-        return status_response(e);
+/// Needs the session, its CSRF token and this origin, but not a caller that
+/// may still act: a locked or removed principal can always log out.
+pub async fn logout(State(state): State<SharedState>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let remote = context::remote_of(&parts);
+    if let Some(s) = context::session_of(&state, &parts.headers).await {
+        if let Err(r) = context::check_change(&state, &parts, &s, &remote).await {
+            return r;
+        }
+        if let Err(e) = session::end(&state, &s, &remote).await {
+            return context::unavailable("logging out", &e.message());
+        }
     }
     let mut resp = ok(json!({"ok": true}));
     let h = resp.headers_mut();
@@ -169,7 +185,7 @@ pub async fn bots(web: Web) -> Response {
         let instances = if counts {
             match web.state.store.count(&keys::bot_instances_of(name)).await {
                 Ok(n) => Value::from(n),
-                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("storage: {e}")),
+                Err(e) => return context::unavailable("counting instances", &e),
             }
         } else {
             Value::Null
@@ -249,7 +265,7 @@ async fn instance_page(
         .store
         .list_page(&prefix, &after, limit + 1)
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, &format!("storage: {e}")))?;
+        .map_err(|e| context::unavailable("listing instances", &e))?;
     let next = if items.len() > limit {
         items.truncate(limit);
         items
@@ -335,7 +351,15 @@ pub async fn add_lock(web: Web, body: Body) -> Response {
     match new_lock(&web, &v) {
         Ok(lock) => {
             let actor = web.actor();
-            match resources::create(&web.state, AnyResource::Lock(lock), false, &actor).await {
+            match resources::create_from(
+                &web.state,
+                AnyResource::Lock(lock),
+                false,
+                &actor,
+                Some(&web.origin()),
+            )
+            .await
+            {
                 Ok(json) => (
                     StatusCode::CREATED,
                     [(header::CONTENT_TYPE, "application/json")],
@@ -403,7 +427,8 @@ pub async fn remove_lock(web: Web, Path(name): Path<String>) -> Response {
     if let Err(e) = sigil_types::check_name("lock", &name) {
         return bad(format!("lock name: {e}"));
     }
-    match resources::delete(&web.state, "lock", &name, &web.actor()).await {
+    match resources::delete_from(&web.state, "lock", &name, &web.actor(), Some(&web.origin())).await
+    {
         Ok(()) => ok(json!({"ok": true})),
         Err(e) => status_response(e),
     }
@@ -433,7 +458,7 @@ pub async fn audit(web: Web, uri: Uri) -> Response {
     let bot = get("bot").map(str::to_string);
     let head_seq = match web.state.store.audit_head().await {
         Ok((seq, _)) => seq,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("storage: {e}")),
+        Err(e) => return context::unavailable("reading the audit head", &e),
     };
     let after_seq = match since {
         Some(_) => None,
@@ -451,7 +476,7 @@ pub async fn audit(web: Web, uri: Uri) -> Response {
         .await
     {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("storage: {e}")),
+        Err(e) => return context::unavailable("reading the audit log", &e),
     };
     let by_bot = |f: &Value| super::tail::matches_bot(f, bot.as_deref());
     let events: Vec<&sigil_store::AuditRecord> = records
@@ -483,10 +508,7 @@ pub async fn verify_audit(web: Web) -> Response {
                 "audit_public_key": cps.public_key().to_string(),
             }))
         }
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("verifying the audit log: {e:#}"),
-        ),
+        Err(e) => context::unavailable("verifying the audit log", &format!("{e:#}")),
     }
 }
 

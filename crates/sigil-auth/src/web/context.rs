@@ -52,6 +52,14 @@ impl Web {
     pub fn actor(&self) -> String {
         authz::actor(&self.caller)
     }
+
+    /// For the audit events of the changes this call makes.
+    pub fn origin(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("via".into(), "web".into());
+        m.insert("remote_addr".into(), self.remote.clone().into());
+        m
+    }
 }
 
 impl FromRequestParts<SharedState> for Web {
@@ -69,28 +77,13 @@ impl FromRequestParts<SharedState> for Web {
             ));
         };
         if !matches!(parts.method, Method::GET | Method::HEAD) {
-            let csrf = parts
-                .headers
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            let why = match same_origin(parts) {
-                Err(why) => Some(why),
-                Ok(()) if csrf.is_empty() => Some("no CSRF token"),
-                Ok(()) if !session::csrf_matches(&session, csrf) => Some("wrong CSRF token"),
-                Ok(()) => None,
-            };
-            if let Some(why) = why {
-                refuse_csrf(state, &session.actor(), why, &remote, parts.uri.path()).await;
-                return Err(error(
-                    StatusCode::FORBIDDEN,
-                    "refused: the request is cross-site or lacks this session's CSRF token",
-                ));
-            }
+            check_change(state, parts, &session, &remote).await?;
         }
         let caller = session::caller(state, &session, &remote)
             .await
             .map_err(status_response)?;
+        // Only a request the principal may make keeps the session alive.
+        session::touch(state, &session).await;
         Ok(Web {
             state: state.clone(),
             session,
@@ -98,6 +91,47 @@ impl FromRequestParts<SharedState> for Web {
             remote,
         })
     }
+}
+
+/// A change must carry the session's CSRF token and come from this origin;
+/// a refusal is audited.
+pub async fn check_change(
+    state: &SharedState,
+    parts: &Parts,
+    session: &Session,
+    remote: &str,
+) -> Result<(), Response> {
+    let csrf = parts
+        .headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let why = match same_origin(parts) {
+        Err(why) => Some(why),
+        Ok(()) if csrf.is_empty() => Some("no CSRF token"),
+        Ok(()) if !session::csrf_matches(session, csrf) => Some("wrong CSRF token"),
+        Ok(()) => None,
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => {
+            refuse_csrf(state, &session.actor(), why, remote, parts.uri.path()).await;
+            Err(error(
+                StatusCode::FORBIDDEN,
+                "refused: the request is cross-site or lacks this session's CSRF token",
+            ))
+        }
+    }
+}
+
+/// Storage (or key store) trouble: the details go to the server's log, the
+/// browser gets a message that leaks nothing of the backend.
+pub fn unavailable(what: &str, e: &dyn std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "web console: {what}");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("{what} failed: the service is unavailable; the server's log has the details"),
+    )
 }
 
 /// Audits a refused cross-site or token-less change.
@@ -178,6 +212,14 @@ pub fn status_response(s: Status) -> Response {
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    if code.is_server_error() {
+        // Storage or key store text stays in the server's log.
+        tracing::warn!(error = %s.message(), "web console: a call failed");
+        return error(
+            code,
+            "the service could not complete the request; the server's log has the details",
+        );
+    }
     error(code, s.message())
 }
 

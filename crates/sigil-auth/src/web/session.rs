@@ -54,6 +54,10 @@ pub struct Principal {
     /// The session ends when the certificate it came from does.
     #[serde(default)]
     cert_not_after: i64,
+    /// SPKI pin of the client CA that verified the certificate at login: the
+    /// session ends when a rotation drops that CA, as the connection would.
+    #[serde(default)]
+    client_ca_pin: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -84,6 +88,7 @@ impl SessionRecord {
 /// A live session found from a request's cookie.
 pub struct Session {
     key: String,
+    revision: i64,
     pub record: SessionRecord,
 }
 
@@ -95,19 +100,21 @@ impl Session {
 }
 
 impl Principal {
-    fn of(caller: &Caller) -> Principal {
+    fn of(caller: &Caller, client_ca_pin: Option<&str>) -> Principal {
         match caller {
             Caller::LocalAdmin => Principal {
                 identity: None,
                 cert_serial: String::new(),
                 cert_not_before: 0,
                 cert_not_after: i64::MAX,
+                client_ca_pin: None,
             },
             Caller::Bot(b) => Principal {
                 identity: Some(b.0.clone()),
                 cert_serial: b.1.serial_hex.clone(),
                 cert_not_before: b.1.not_before.unix_timestamp(),
                 cert_not_after: b.1.not_after.unix_timestamp(),
+                client_ca_pin: client_ca_pin.map(str::to_string),
             },
         }
     }
@@ -157,10 +164,29 @@ fn store_err(e: StoreError) -> Status {
     Status::unavailable(format!("storage: {e}"))
 }
 
-/// A login link for `caller`: `(url, expires_unix)`. The secret is in the
-/// URL's fragment, which browsers never send, so no server log holds it.
-pub async fn create_login(state: &AuthState, caller: &Caller) -> Result<(String, i64), Status> {
-    let principal = Principal::of(caller);
+/// The refusal of a login link for an agent's own identity.
+pub const AGENT_IDENTITY_REFUSED: &str = "a web console session cannot use an agent's own identity (renewals supersede it, and an outdated copy in use looks like a stolen credential): log in with an identity output's certificate (`--identity` FILE written by an `identity` output) or on the admin socket (`--data-dir`)";
+
+/// A login link for `caller`, whose certificate `client_ca_pin` (the SPKI pin
+/// of the client CA that verified it at the handshake) vouched for:
+/// `(url, expires_unix)`. The secret is in the URL's fragment, which browsers
+/// never send, so no server log holds it.
+pub async fn create_login(
+    state: &AuthState,
+    caller: &Caller,
+    client_ca_pin: Option<&str>,
+) -> Result<(String, i64), Status> {
+    if let Caller::Bot(b) = caller {
+        if b.0.is_agent_identity() {
+            return Err(Status::failed_precondition(AGENT_IDENTITY_REFUSED));
+        }
+        if client_ca_pin.is_none() {
+            return Err(Status::unauthenticated(
+                "the client certificate's issuing CA is unknown: log in again",
+            ));
+        }
+    }
+    let principal = Principal::of(caller, client_ca_pin);
     let now = unix(OffsetDateTime::now_utc());
     let expires = (now + LOGIN_TTL.as_secs() as i64).min(principal.cert_not_after);
     if expires <= now {
@@ -284,47 +310,73 @@ fn idle_end(r: &SessionRecord, now: i64) -> i64 {
     (now + IDLE_TIMEOUT.as_secs() as i64).min(r.ends_unix)
 }
 
-/// The live session a cookie names, its idle clock moved on; `None` for no,
-/// a malformed, an unknown or an ended session.
+/// The live session a cookie names; `None` for no, a malformed, an unknown
+/// or an ended session. Its idle clock is not moved: [`touch`] does that once
+/// the principal has passed its checks, so refused requests keep nothing alive.
 pub async fn find(state: &AuthState, id: &str) -> Option<Session> {
     if !well_formed(id) {
         return None;
     }
     let key = format!("{SESSIONS}{}", sha256(id));
     let item = state.store.get(&key).await.ok()??;
-    let mut record: SessionRecord = serde_json::from_slice(&item.value).ok()?;
-    let now = unix(OffsetDateTime::now_utc());
-    // The store hides expired records; checked here too, so a store with a
-    // late purge or a skewed clock cannot stretch a session.
-    if now >= record.ends_unix || now >= record.last_seen_unix + IDLE_TIMEOUT.as_secs() as i64 {
+    let record: SessionRecord = serde_json::from_slice(&item.value).ok()?;
+    if !live(&record, unix(OffsetDateTime::now_utc())) {
         return None;
     }
-    if now - record.last_seen_unix >= TOUCH_EVERY.as_secs() as i64 {
-        record.last_seen_unix = now;
-        let op = Op::Update {
-            key: key.clone(),
-            value: serde_json::to_vec(&record).ok()?,
-            expires: at(idle_end(&record, now)),
-            expected_revision: Some(item.revision),
-        };
-        // A concurrent request moved it already, or logout removed it:
-        // either way this request goes on with what it read.
-        let _ = state
-            .store
-            .commit(Txn {
-                ops: vec![op],
-                audit: vec![],
-            })
-            .await;
+    Some(Session {
+        key,
+        revision: item.revision,
+        record,
+    })
+}
+
+/// Whether a session record is within its absolute end and idle timeout at
+/// `now`. The store hides expired records; checked here too, so a store with
+/// a late purge or a skewed clock cannot stretch a session.
+fn live(r: &SessionRecord, now: i64) -> bool {
+    now < r.ends_unix && now < r.last_seen_unix + IDLE_TIMEOUT.as_secs() as i64
+}
+
+/// Move the session's idle clock (at most every [`TOUCH_EVERY`]): called
+/// only for a request whose principal passed its checks.
+pub async fn touch(state: &AuthState, s: &Session) {
+    let now = unix(OffsetDateTime::now_utc());
+    if now - s.record.last_seen_unix < TOUCH_EVERY.as_secs() as i64 {
+        return;
     }
-    Some(Session { key, record })
+    let mut record = s.record.clone();
+    record.last_seen_unix = now;
+    let Ok(value) = serde_json::to_vec(&record) else {
+        return;
+    };
+    let op = Op::Update {
+        key: s.key.clone(),
+        value,
+        expires: at(idle_end(&record, now)),
+        expected_revision: Some(s.revision),
+    };
+    // A concurrent request moved it already, or logout removed it: either
+    // way this request goes on with what it read.
+    let _ = state
+        .store
+        .commit(Txn {
+            ops: vec![op],
+            audit: vec![],
+        })
+        .await;
 }
 
 /// Whether the session still exists (not logged out, ended or idle past its
 /// timeout), read afresh from the store: what a long-lived stream re-checks.
+/// It does not move the idle clock: an open stream alone keeps no session alive.
 pub async fn alive(state: &AuthState, s: &Session) -> bool {
     let now = unix(OffsetDateTime::now_utc());
-    matches!(state.store.get(&s.key).await, Ok(Some(_))) && now < s.record.ends_unix
+    match state.store.get(&s.key).await {
+        Ok(Some(item)) => {
+            serde_json::from_slice::<SessionRecord>(&item.value).is_ok_and(|r| live(&r, now))
+        }
+        _ => false,
+    }
 }
 
 /// Whether `token` (from the request's header) is the session's CSRF token.
@@ -361,6 +413,11 @@ async fn caller_of(state: &AuthState, p: &Principal, remote: &str) -> Result<Cal
     let Some(ident) = &p.identity else {
         return Ok(Caller::LocalAdmin);
     };
+    // Never an agent's own identity: its generation check would, after two
+    // renewals, lock the instance as stolen (login refuses it already).
+    if ident.is_agent_identity() {
+        return Err(Status::permission_denied(AGENT_IDENTITY_REFUSED));
+    }
     let (Some(not_before), Some(not_after)) = (at(p.cert_not_before), at(p.cert_not_after)) else {
         return Err(Status::unauthenticated(
             "the session's certificate dates are invalid",
@@ -374,6 +431,17 @@ async fn caller_of(state: &AuthState, p: &Principal, remote: &str) -> Result<Cal
     if not_after <= OffsetDateTime::now_utc() {
         return Err(Status::unauthenticated(
             "the certificate this session came from has expired: log in again",
+        ));
+    }
+    // As `authz::caller` checks the connection's issuer: a rotation that
+    // drops the client CA ends the sessions its certificates opened.
+    if !p
+        .client_ca_pin
+        .as_deref()
+        .is_some_and(|pin| authz::client_ca_trusted(state, pin))
+    {
+        return Err(Status::unauthenticated(
+            "the certificate this session came from was signed by a client CA this cluster no longer trusts: log in again with a fresh identity",
         ));
     }
     state.view_current()?;
@@ -419,7 +487,7 @@ mod tests {
     #[test]
     fn idle_end_never_passes_the_absolute_end() {
         let r = SessionRecord {
-            principal: Principal::of(&Caller::LocalAdmin),
+            principal: Principal::of(&Caller::LocalAdmin, None),
             csrf_sha256: String::new(),
             created_unix: 0,
             ends_unix: 1000,

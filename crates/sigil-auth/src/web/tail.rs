@@ -52,12 +52,7 @@ pub async fn tail(web: Web, uri: Uri, headers: HeaderMap) -> Response {
         Some(_) => return bad("after: an audit seq"),
         None => match web.state.store.audit_head().await {
             Ok((seq, _)) => seq,
-            Err(e) => {
-                return super::context::error(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("storage: {e}"),
-                );
-            }
+            Err(e) => return super::context::unavailable("reading the audit head", &e),
         },
     };
     let start = Tail {
@@ -75,9 +70,16 @@ pub async fn tail(web: Web, uri: Uri, headers: HeaderMap) -> Response {
             }
             tokio::time::sleep(POLL).await;
             let state = &t.web.state;
-            if !session::alive(state, &t.web.session).await
-                || authz::authorize_admin(state, &t.web.caller, "audit", "list").is_err()
-            {
+            // The principal is checked afresh, as for any request: a lock on
+            // its bot, instance or role, its removal, a rotated-out client CA
+            // or a lost `audit list` ends the stream.
+            if !session::alive(state, &t.web.session).await {
+                return None;
+            }
+            let Ok(caller) = session::caller(state, &t.web.session, &t.web.remote).await else {
+                return None;
+            };
+            if authz::authorize_admin(state, &caller, "audit", "list").is_err() {
                 return None;
             }
             let records = state

@@ -71,7 +71,15 @@ pub async fn create(web: Web, body: Body) -> Response {
     };
     let secret = token.metadata.name.clone();
     let expires = token.metadata.expires.map(|e| e.unix_timestamp());
-    match resources::create(&web.state, AnyResource::Token(token), false, &web.actor()).await {
+    match resources::create_from(
+        &web.state,
+        AnyResource::Token(token),
+        false,
+        &web.actor(),
+        Some(&web.origin()),
+    )
+    .await
+    {
         Ok(_) => (
             StatusCode::CREATED,
             axum::Json(json!({
@@ -95,7 +103,15 @@ pub async fn remove(web: Web, Path(name): Path<String>) -> Response {
     if name.is_empty() || name.len() > 256 {
         return bad("token name: 1 to 256 characters");
     }
-    match resources::delete(&web.state, "token", &name, &web.actor()).await {
+    match resources::delete_from(
+        &web.state,
+        "token",
+        &name,
+        &web.actor(),
+        Some(&web.origin()),
+    )
+    .await
+    {
         Ok(()) => axum::Json(json!({"ok": true})).into_response(),
         Err(e) => status_response(e),
     }
