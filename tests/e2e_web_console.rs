@@ -109,6 +109,10 @@ fn console_in_headless_chromium() {
     let locks = auth.audit("lock.created");
     assert!(
         locks.iter().any(|e| e["fields"]["by"] == "local-admin"
+            && e["fields"]["via"] == "web"
+            && e["fields"]["remote_addr"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:"))
             && e["fields"]["target"] == format!("bot_instance={instance}")),
         "{locks:?}"
     );
@@ -174,7 +178,7 @@ fn a_bot_session_has_exactly_its_roles_rights() {
     let auth = Auth::start();
     auth.create(
         "viewer.yaml",
-        "kind: role\nversion: v1\nmetadata: {name: fleet-viewer}\nspec:\n  allow:\n    rules: [{resources: [bot, bot_instance], verbs: [list, read]}]\n",
+        "kind: role\nversion: v1\nmetadata: {name: fleet-viewer}\nspec:\n  allow:\n    rules: [{resources: [bot, bot_instance], verbs: [list, read]}, {resources: [audit], verbs: [list]}]\n",
     );
     auth.create(
         "plain.yaml",
@@ -194,6 +198,15 @@ fn a_bot_session_has_exactly_its_roles_rights() {
     // A bot that may list nothing gets no session.
     let o = auth.remote(&nobody.out.join("identity"), &["admin", "login"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    // Nor does an agent's own identity: renewals supersede it, and a session
+    // holding an old generation would look like a stolen credential.
+    let refused = agent_login(&auth, &viewer).expect_err("a login link for an agent identity");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("identity output"), "{refused:?}");
 
     let o = auth.remote(&viewer.out.join("identity"), &["admin", "login"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -232,6 +245,9 @@ fn a_bot_session_has_exactly_its_roles_rights() {
         "x-content-type-options: nosniff",
         "referrer-policy: no-referrer",
         "cache-control: no-store",
+        "strict-transport-security: max-age=31536000",
+        "cross-origin-opener-policy: same-origin",
+        "cross-origin-resource-policy: same-origin",
     ] {
         assert!(
             headers.to_lowercase().contains(h),
@@ -259,7 +275,7 @@ fn a_bot_session_has_exactly_its_roles_rights() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(r#""health":"renewing""#), "{body}");
     // What the role does not grant, the console refuses, as the admin API does.
-    for path in ["/web/api/locks", "/web/api/audit", "/web/api/audit/verify"] {
+    for path in ["/web/api/locks", "/web/api/audit/verify"] {
         let (code, body, _) = get(path);
         assert_eq!(code, 403, "{path}: {body}");
     }
@@ -287,11 +303,71 @@ fn a_bot_session_has_exactly_its_roles_rights() {
         },
     );
 
+    // A live tail of the audit log, open when the lock comes.
+    let started = std::time::Instant::now();
+    let tail = Command::new("curl")
+        .args(["-skN", "-m", "40", "-o", "/dev/null", "-H", &cookie])
+        .arg(format!("{base}/web/api/audit/tail"))
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+
     // A lock on the session's bot cuts the session off at once.
     auth.ok(&["locks", "add", "--bot", "viewer", "--message", "incident 7"]);
     let (code, body, _) = get("/web/api/bots");
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("incident 7"), "{body}");
+    // The tail ends too, at its next poll (curl exits 0 on a stream the
+    // server closed, 28 when its own 40 s limit cut it).
+    let o = tail.wait_with_output().expect("curl");
+    assert_eq!(o.status.code(), Some(0), "the tail outlived the lock");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    // A locked principal can still log out: the session record goes, the
+    // cookies are cleared (not only after the lock is lifted).
+    let change = |path: &str| {
+        curl(
+            &base,
+            "POST",
+            path,
+            &[
+                cookie.clone(),
+                origin.clone(),
+                format!("X-Sigil-CSRF: {csrf}"),
+            ],
+            Some("{}"),
+        )
+    };
+    let (code, body, headers) = change("/web/api/logout");
+    assert_eq!(code, 200, "{body}");
+    assert!(headers.contains("__Host-sigil_session=;"), "{headers}");
+    assert!(headers.contains("Max-Age=0"), "{headers}");
+    // No session any more (401), not a locked one (403).
+    let (code, body, _) = get("/web/api/session");
+    assert_eq!(code, 401, "the logged-out session still answers: {body}");
+}
+
+/// `CreateWebLogin` presenting the agent's own (renewable) identity, from
+/// its stored credential.
+fn agent_login(auth: &Auth, agent: &AgentDirs) -> Result<String, tonic::Status> {
+    let cred: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(agent.storage.join("credential.json")).expect("credential"),
+    )
+    .expect("credential json");
+    let cert = sigil_agent::client::ClientCert {
+        cert_pem: cred["cert_pem"].as_str().expect("cert_pem"),
+        key_pem: cred["key_pem"].as_str().expect("key_pem"),
+    };
+    let tls = sigil_agent::client::tls_config(std::slice::from_ref(&auth.pin), Some(cert))
+        .expect("tls config");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let channel = sigil_agent::client::channel(&auth.addr(), tls).expect("channel");
+        let mut c = sigil_proto::v1::admin_service_client::AdminServiceClient::new(channel);
+        c.create_web_login(sigil_proto::v1::CreateWebLoginRequest {})
+            .await
+            .map(|r| r.into_inner().url)
+    })
 }
 
 #[test]
