@@ -553,3 +553,72 @@ fn a_million_instances_render_in_under_a_second() {
     );
     println!("{}", stdout(&o));
 }
+
+/// A session opened with a certificate of a client CA that a rotation later
+/// drops ends with it, as the certificate's own connections do.
+#[test]
+fn a_session_ends_when_its_client_ca_is_rotated_out() {
+    let _one = one_at_a_time();
+    let auth = Auth::start();
+    auth.create(
+        "viewer.yaml",
+        "kind: role\nversion: v1\nmetadata: {name: fleet-viewer}\nspec:\n  allow:\n    rules: [{resources: [bot], verbs: [list]}]\n",
+    );
+    let out = auth.ok(&[
+        "bots",
+        "add",
+        "viewer",
+        "--roles",
+        "fleet-viewer",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let agent = AgentDirs::new();
+    let o = agent.oneshot(&auth, v["token"].as_str());
+    assert!(o.status.success(), "{}", text(&o));
+    let o = auth.remote(&agent.out.join("identity"), &["admin", "login"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let link = stdout(&o).lines().next().expect("link").trim().to_string();
+    let secret = link.rsplit('#').next().expect("secret").to_string();
+    let base = format!("https://127.0.0.1:{}", auth.public_port);
+    let (code, body, headers) = curl(
+        &base,
+        "POST",
+        "/web/api/login",
+        &[format!("Origin: {base}")],
+        Some(&format!(r#"{{"secret":"{secret}"}}"#)),
+    );
+    assert_eq!(code, 200, "{body}");
+    let cookie = format!(
+        "Cookie: __Host-sigil_session={}",
+        set_cookie(&headers, "__Host-sigil_session")
+    );
+    let get = || {
+        curl(
+            &base,
+            "GET",
+            "/web/api/bots",
+            std::slice::from_ref(&cookie),
+            None,
+        )
+    };
+    assert_eq!(get().0, 200);
+    // Mid-rotation both client CAs are trusted: the session goes on.
+    for phase in ["init", "update_clients", "update_servers"] {
+        auth.ok(&["ca", "rotate", "--type", "client", "--phase", phase]);
+    }
+    assert_eq!(get().0, 200);
+    // The agent did not renew, so standby needs --force; then the old CA is gone.
+    auth.ok(&[
+        "ca", "rotate", "--type", "client", "--phase", "standby", "--force",
+    ]);
+    wait_until(
+        "the session to end with its client CA",
+        std::time::Duration::from_secs(10),
+        || {
+            let (code, body, _) = get();
+            code == 401 && body.contains("no longer trusts")
+        },
+    );
+}
