@@ -496,4 +496,34 @@ mod tests {
         assert_eq!(idle_end(&r, 0), 1000.min(IDLE_TIMEOUT.as_secs() as i64));
         assert_eq!(idle_end(&r, 999), 1000);
     }
+
+    #[test]
+    fn a_session_is_live_only_within_its_end_and_idle_timeout() {
+        let idle = IDLE_TIMEOUT.as_secs() as i64;
+        let r = SessionRecord {
+            principal: Principal::of(&Caller::LocalAdmin, None),
+            csrf_sha256: String::new(),
+            created_unix: 0,
+            ends_unix: 10 * idle,
+            last_seen_unix: 100,
+        };
+        assert!(live(&r, 100));
+        assert!(live(&r, 100 + idle - 1));
+        assert!(!live(&r, 100 + idle), "idle past the timeout");
+        let ending = SessionRecord {
+            last_seen_unix: 10 * idle - 5,
+            ..r.clone()
+        };
+        assert!(!live(&ending, 10 * idle), "past the absolute end");
+    }
+
+    #[test]
+    fn a_principal_keeps_its_client_ca_and_old_records_have_none() {
+        let p = Principal::of(&Caller::LocalAdmin, Some("pin"));
+        assert_eq!(p.client_ca_pin, None, "the local admin has no certificate");
+        // A session stored before the pin was kept decodes without one, and
+        // `caller_of` refuses a bot principal without one (fail closed).
+        let old: Principal = serde_json::from_str(r#"{"identity":null}"#).unwrap();
+        assert_eq!(old.client_ca_pin, None);
+    }
 }
