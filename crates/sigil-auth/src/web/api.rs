@@ -328,12 +328,13 @@ pub async fn locks(web: Web) -> Response {
         return r;
     }
     match resources::list(&web.state, "lock", "", 0, "").await {
-        Ok((page, _)) => {
+        Ok((page, next)) => {
             let items: Vec<Value> = page
                 .iter()
                 .filter_map(|j| serde_json::from_str(j).ok())
                 .collect();
-            ok(json!({ "locks": items }))
+            // One page (the admin API's largest); the page says when there are more.
+            ok(json!({ "locks": items, "more": !next.is_empty() }))
         }
         Err(e) => status_response(e),
     }

@@ -70,9 +70,34 @@ pub async fn overview(web: Web) -> Response {
     .into_response()
 }
 
+/// How long the per-minute figures are reused: each computation reads up
+/// to [`MAX_EVENTS`] audit rows, which a page reloaded often must not repeat.
+const RATES_FOR: Duration = Duration::from_secs(10);
+
+/// The figures last computed, and when (the same for every principal that
+/// may read the audit log).
+static RATES: std::sync::Mutex<Option<(std::time::Instant, Value)>> = std::sync::Mutex::new(None);
+
+/// [`compute_per_minute`], reused for [`RATES_FOR`].
+async fn per_minute(web: &Web) -> Value {
+    if let Ok(guard) = RATES.lock()
+        && let Some((at, v)) = guard.as_ref()
+        && at.elapsed() < RATES_FOR
+    {
+        return v.clone();
+    }
+    let v = compute_per_minute(web).await;
+    if !v.is_null()
+        && let Ok(mut guard) = RATES.lock()
+    {
+        *guard = Some((std::time::Instant::now(), v.clone()));
+    }
+    v
+}
+
 /// Renewals and denials in each of the last 60 minutes (oldest first); an
 /// aggregated flood of denials counts as its `count`.
-async fn per_minute(web: &Web) -> Value {
+async fn compute_per_minute(web: &Web) -> Value {
     let now = OffsetDateTime::now_utc();
     let since = now - WINDOW;
     let Ok(events) = web

@@ -93,6 +93,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The session's store key (the SHA-256 of its id, never the id).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// A name for the session's principal in audit events.
     pub fn actor(&self) -> String {
         self.record.principal.actor()
@@ -217,6 +222,29 @@ pub async fn create_login(
     Ok((format!("{}/web/login#{secret}", state.jwt_issuer), expires))
 }
 
+/// Most live sessions one principal may hold: a leaked CLI identity or a
+/// script cannot fill the store with sessions.
+pub const SESSIONS_PER_PRINCIPAL: usize = 20;
+
+/// Whether `principal` holds [`SESSIONS_PER_PRINCIPAL`] live sessions already.
+async fn at_session_cap(
+    state: &AuthState,
+    principal: &Principal,
+    now: i64,
+) -> Result<bool, String> {
+    let actor = principal.actor();
+    let live_of_actor = state
+        .store
+        .list(SESSIONS)
+        .await
+        .map_err(|e| format!("storage: {e}"))?
+        .iter()
+        .filter_map(|i| serde_json::from_slice::<SessionRecord>(&i.value).ok())
+        .filter(|r| live(r, now) && r.principal.actor() == actor)
+        .count();
+    Ok(live_of_actor >= SESSIONS_PER_PRINCIPAL)
+}
+
 /// A new session's secrets, for the cookies: `(session id, CSRF token)`.
 pub struct NewSession {
     pub id: String,
@@ -265,6 +293,12 @@ async fn redeem_inner(state: &AuthState, secret: &str, remote: &str) -> Result<N
         caller_of(state, p, remote)
             .await
             .map_err(|e| e.message().to_string())?;
+    }
+    if at_session_cap(state, p, now).await? {
+        return Err(format!(
+            "{} holds {SESSIONS_PER_PRINCIPAL} live sessions already (log out of one)",
+            p.actor()
+        ));
     }
     let id = new_secret().map_err(|e| e.message().to_string())?;
     let csrf = new_secret().map_err(|e| e.message().to_string())?;

@@ -23,7 +23,43 @@ const POLL: Duration = Duration::from_secs(1);
 /// Events read per poll.
 const BATCH: usize = 200;
 
+/// Most live tails one session may hold open on one server.
+const TAILS_PER_SESSION: usize = 4;
+
+/// Open tails per session (by its store key), on this server.
+static OPEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// One open tail, counted until the stream is dropped.
+struct Slot(String);
+
+impl Slot {
+    fn take(key: &str) -> Option<Slot> {
+        let mut open = OPEN.lock().ok()?;
+        let n = open.entry(key.to_string()).or_default();
+        if *n >= TAILS_PER_SESSION {
+            return None;
+        }
+        *n += 1;
+        Some(Slot(key.to_string()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = OPEN.lock()
+            && let Some(n) = open.get_mut(&self.0)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
+
 struct Tail {
+    _slot: Slot,
     web: Web,
     after: i64,
     event_type: Option<String>,
@@ -55,7 +91,14 @@ pub async fn tail(web: Web, uri: Uri, headers: HeaderMap) -> Response {
             Err(e) => return super::context::unavailable("reading the audit head", &e),
         },
     };
+    let Some(slot) = Slot::take(web.session.key()) else {
+        return super::context::error(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            &format!("this session has {TAILS_PER_SESSION} live tails open already: close one"),
+        );
+    };
     let start = Tail {
+        _slot: slot,
         event_type: get("type"),
         bot: get("bot"),
         web,
@@ -116,5 +159,23 @@ pub fn matches_bot(fields: &Value, bot: Option<&str>) -> bool {
             fields.get("bot").and_then(Value::as_str) == Some(b)
                 || fields.get("by").and_then(Value::as_str) == Some(&format!("bot:{b}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_holds_at_most_its_share_of_tails() {
+        let key = "test-session-key-for-the-tail-cap";
+        let held: Vec<Slot> = (0..TAILS_PER_SESSION)
+            .map(|_| Slot::take(key).expect("a slot"))
+            .collect();
+        assert!(Slot::take(key).is_none(), "one tail too many");
+        assert!(Slot::take("another-session").is_some());
+        drop(held);
+        assert!(Slot::take(key).is_some(), "closed tails free their slots");
+        assert!(!OPEN.lock().unwrap().contains_key(key));
     }
 }

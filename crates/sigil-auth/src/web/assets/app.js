@@ -245,6 +245,8 @@ async function locks(view) {
     el("h2", {}, "Locks in force"),
     rows.length ? table(["Lock", "Target", "Message", "By", "Expires", ""], rows, "Locks")
       : el("p", {}, "No locks."),
+    data.more ? el("p", { class: "hint" }, "Only the first " + rows.length +
+      " locks are shown; `sigil locks ls` lists them all.") : "",
   );
 }
 
