@@ -55,7 +55,14 @@ pub async fn overview(web: Web) -> Response {
     } else {
         Value::Null
     };
+    // The fleet's make-up needs the instance list right; it is a bounded sample.
+    let fleet = if crate::authz::authorize_admin(s, &web.caller, "bot_instance", "list").is_ok() {
+        fleet_sample(s).await
+    } else {
+        Value::Null
+    };
     axum::Json(json!({
+        "fleet": fleet,
         "cluster": s.cluster,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
@@ -68,6 +75,51 @@ pub async fn overview(web: Web) -> Response {
         "per_minute": rates,
     }))
     .into_response()
+}
+
+/// Most instance records the fleet figures read (one index range scan).
+const FLEET_SAMPLE: usize = 2000;
+/// A credential ending within this long counts as expiring soon.
+const EXPIRING_WITHIN: Duration = Duration::from_secs(24 * 3600);
+
+/// Instances by join method, and how many credentials end within
+/// [`EXPIRING_WITHIN`], over the first [`FLEET_SAMPLE`] instance records
+/// (`sampled`: the fleet holds more, so the figures cover only those).
+async fn fleet_sample(s: &crate::state::AuthState) -> Value {
+    let Ok(items) = s
+        .store
+        .list_page(keys::BOT_INSTANCES, "", FLEET_SAMPLE + 1)
+        .await
+    else {
+        return Value::Null;
+    };
+    let sampled = items.len() > FLEET_SAMPLE;
+    let now = OffsetDateTime::now_utc();
+    let soon = now + EXPIRING_WITHIN;
+    // The record is kept `instance_retention` past its newest credential.
+    let retention = time::Duration::try_from(s.instance_retention).unwrap_or_default();
+    let mut by_method = std::collections::BTreeMap::<String, u64>::new();
+    let mut expiring = 0u64;
+    let mut read = 0u64;
+    for item in items.iter().take(FLEET_SAMPLE) {
+        let Ok(i) = serde_json::from_slice::<sigil_types::BotInstance>(&item.value) else {
+            continue;
+        };
+        read += 1;
+        *by_method.entry(i.spec.join_method.clone()).or_default() += 1;
+        if let Some(end) = item.expires.map(|e| e - retention)
+            && end > now
+            && end <= soon
+        {
+            expiring += 1;
+        }
+    }
+    json!({
+        "by_join_method": by_method,
+        "expiring_within_24h": expiring,
+        "instances_read": read,
+        "sampled": sampled,
+    })
 }
 
 /// How long the per-minute figures are reused: each computation reads up

@@ -482,6 +482,12 @@ async function overview(view) {
     ["Audit log", o.audit_integrity],
     ["CA expiring first", o.first_ca_expiry ? o.first_ca_expiry.purpose + ", " + when(o.first_ca_expiry.not_after) : "—"],
   ];
+  if (o.fleet) {
+    const sample = o.fleet.sampled ? " (sample: the first " + o.fleet.instances_read + " instances)" : "";
+    const methods = Object.entries(o.fleet.by_join_method).map(([m, n]) => m + ": " + n).join(", ");
+    facts.push(["Instances by join method" + sample, methods || "—"],
+      ["Credentials expiring within 24 h" + sample, String(o.fleet.expiring_within_24h)]);
+  }
   const parts = [table(["Item", "Now"], facts, "Cluster facts")];
   if (o.per_minute) {
     const note = o.per_minute.lower_bound ? " (at least: the hour holds more events than are read)" : "";
