@@ -217,14 +217,14 @@ fn a_bot_session_has_exactly_its_roles_rights() {
     let login = format!(r#"{{"secret":"{secret}"}}"#);
 
     // A login from another origin is refused (and spends nothing).
-    let (code, _, _) = curl(
+    let (code, body, _) = curl(
         &base,
         "POST",
         "/web/api/login",
         &["Origin: https://evil.example".into()],
         Some(&login),
     );
-    assert_eq!(code, 403);
+    assert_eq!(code, 403, "{body}\n{}", auth.log());
     let (code, body, headers) = curl(
         &base,
         "POST",
