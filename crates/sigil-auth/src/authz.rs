@@ -78,12 +78,17 @@ pub fn issuer_trusted(state: &AuthState, peer: &PeerInfo) -> bool {
     let Some(pin) = &peer.client_ca_pin else {
         return false;
     };
+    client_ca_trusted(state, pin)
+}
+
+/// Whether `pin` (a client CA's SPKI pin) is one the cluster trusts now.
+pub fn client_ca_trusted(state: &AuthState, pin: &str) -> bool {
     state
         .cas()
         .client
         .trusted
         .iter()
-        .any(|ca| ca.spki_pin() == *pin)
+        .any(|ca| ca.spki_pin() == pin)
 }
 
 /// Every lock target an identity falls under.

@@ -30,6 +30,7 @@ mod state;
 mod telemetry;
 mod tls;
 mod trust;
+mod web;
 mod workload;
 
 use std::net::SocketAddr;

@@ -60,7 +60,11 @@ pub async fn serve(
             get(openid_configuration),
         )
         .route("/jwks.json", get(jwks))
-        .with_state(Http { state, metrics });
+        .with_state(Http {
+            state: state.clone(),
+            metrics,
+        })
+        .merge(crate::web::router(state));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     http.http1()
@@ -72,7 +76,7 @@ pub async fn serve(
         .keep_alive_timeout(H2_KEEPALIVE)
         .max_concurrent_streams(64);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
@@ -80,7 +84,10 @@ pub async fn serve(
             _ = crate::wait(stop.clone()) => return,
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        // The peer's address, for the web console's audit events.
+        let app = app
+            .clone()
+            .layer(axum::Extension(crate::web::RemoteAddr(remote)));
         let http = http.clone();
         let key_exchanges = key_exchanges.clone();
         tokio::spawn(async move {

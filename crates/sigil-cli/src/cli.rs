@@ -125,6 +125,9 @@ pub enum Command {
     /// Databases: `sigil db ls` lists those the caller may reach.
     #[command(subcommand)]
     Db(crate::admin::db::DbCommand),
+    /// The web console: `sigil admin login` prints a single-use link to it.
+    #[command(subcommand)]
+    Admin(crate::admin::web_login::AdminCommand),
 }
 
 /// Output format of most admin verbs.

@@ -62,5 +62,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ssh(cmd) => ssh::run(cmd),
         Command::Kube(cmd) => admin::kube::run(g, cmd).await,
         Command::Db(cmd) => admin::db::run(g, cmd).await,
+        Command::Admin(cmd) => admin::web_login::run(g, cmd).await,
     }
 }

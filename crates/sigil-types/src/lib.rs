@@ -10,6 +10,7 @@ pub mod bot_instance;
 pub mod ca_rotation;
 pub mod database;
 pub mod duration;
+pub mod instance_health;
 pub mod kubernetes_cluster;
 pub mod limits;
 pub mod lock;

@@ -613,4 +613,23 @@ impl AdminService for AdminApi {
         let resp = crate::kube_access::list_access(&self.state, &caller).await?;
         Ok(Response::new(resp))
     }
+
+    async fn create_web_login(
+        &self,
+        req: Request<CreateWebLoginRequest>,
+    ) -> Result<Response<CreateWebLoginResponse>, Status> {
+        // A session is only ever as strong as the caller (every console call is
+        // authorised like this API's); one that may list nothing has no use for it.
+        let caller = authz::current_caller(&self.state, &req).await?;
+        self.audited(
+            &req,
+            &caller,
+            authz::authorize_any(&self.state, &caller, "list"),
+        )
+        .await?;
+        let ca_pin = authz::peer(&req).and_then(|p| p.client_ca_pin.as_deref());
+        let (url, expires_unix) =
+            crate::web::session::create_login(&self.state, &caller, ca_pin).await?;
+        Ok(Response::new(CreateWebLoginResponse { url, expires_unix }))
+    }
 }

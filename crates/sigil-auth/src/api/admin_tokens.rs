@@ -97,7 +97,7 @@ pub(super) fn method_token(r: &AddTokenRequest) -> Result<(Token, String), Statu
 }
 
 /// A fresh single-use join token: 128 random bits, hex.
-pub(super) fn new_token(bot: &str, ttl: Duration) -> Result<Token, Status> {
+pub(crate) fn new_token(bot: &str, ttl: Duration) -> Result<Token, Status> {
     let mut raw = [0u8; 16];
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| Status::internal("no randomness"))?;
     let expires = expiry(OffsetDateTime::now_utc(), ttl.as_secs())?;

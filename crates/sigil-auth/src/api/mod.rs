@@ -1,6 +1,6 @@
 //! gRPC service implementations.
 pub mod admin_api;
-mod admin_tokens;
+pub(crate) mod admin_tokens;
 pub mod auth_api;
 mod ca_export;
 pub mod ca_rotate;

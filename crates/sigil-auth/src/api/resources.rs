@@ -263,7 +263,32 @@ pub async fn create(
     upsert: bool,
     actor: &str,
 ) -> Result<String, Status> {
+    create_from(state, res, upsert, actor, None).await
+}
+
+/// Where a change came from, added to its audit event's fields (the web
+/// console's `{"via": "web", "remote_addr": ...}`).
+pub type Origin<'a> = Option<&'a serde_json::Map<String, serde_json::Value>>;
+
+fn with_origin(mut ev: sigil_store::NewAuditEvent, origin: Origin) -> sigil_store::NewAuditEvent {
+    if let (Some(o), Some(fields)) = (origin, ev.fields.as_object_mut()) {
+        for (k, v) in o {
+            fields.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    ev
+}
+
+/// [`create`], its audit event saying where the change came from.
+pub async fn create_from(
+    state: &AuthState,
+    res: AnyResource,
+    upsert: bool,
+    actor: &str,
+    origin: Origin<'_>,
+) -> Result<String, Status> {
     let (op, ev) = create_ops(state, res, upsert, actor)?;
+    let ev = with_origin(ev, origin);
     let json = match &op {
         Op::Put { value, .. } | Op::Create { value, .. } => {
             String::from_utf8_lossy(value).into_owned()
@@ -430,6 +455,17 @@ pub async fn list(
 }
 
 pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> Result<(), Status> {
+    delete_from(state, kind, name, actor, None).await
+}
+
+/// [`delete`], its audit event saying where the change came from.
+pub async fn delete_from(
+    state: &AuthState,
+    kind: &str,
+    name: &str,
+    actor: &str,
+    origin: Origin<'_>,
+) -> Result<(), Status> {
     let item = find(state, kind, name).await?;
     let mut ops = vec![Op::Delete {
         key: item.key.clone(),
@@ -482,6 +518,7 @@ pub async fn delete(state: &AuthState, kind: &str, name: &str, actor: &str) -> R
         event_type,
         serde_json::json!({"kind": kind, "name": shown, "by": actor}),
     );
+    let ev = with_origin(ev, origin);
     // Every delete (a bot's tokens too) is enforced at once.
     commit_and_apply(
         state,

@@ -13,6 +13,7 @@ pub mod render;
 pub mod resources;
 pub mod status;
 pub mod tokens;
+pub mod web_login;
 pub mod workload_identity;
 
 use crate::error::CliError;
