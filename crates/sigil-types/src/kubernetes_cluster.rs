@@ -150,7 +150,9 @@ pub fn validate_ca_pem(pem_text: &str) -> Result<usize, String> {
             b.split_once("-----END ")
                 .map_or(usize::MAX / 2, |(body, _)| body.lines().count() + 1)
         })
-        .sum();
+        // Saturating: unterminated blocks must not overflow (found by fuzzing;
+        // fuzz/regressions/resources).
+        .fold(0, usize::saturating_add);
     if outside > inside {
         return Err("has text outside the PEM blocks: give only CERTIFICATE blocks".into());
     }
