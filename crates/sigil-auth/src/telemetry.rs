@@ -268,13 +268,8 @@ fn ca_expiries(state: &SharedState) -> Vec<(&'static str, time::OffsetDateTime)>
         .stored
         .iter()
         .filter_map(|c| {
-            let pem = c.cert_pem.as_deref()?;
-            let der = sigil_pki::pem_to_ders(pem, "CERTIFICATE")
-                .ok()?
-                .into_iter()
-                .next()?;
-            let info = sigil_pki::cert_info(&der).ok()?;
-            Some((c.purpose.as_str(), info.not_after))
+            let (_, not_after) = crate::api::ca_export::fingerprint_and_expiry(c);
+            Some((c.purpose.as_str(), not_after?))
         })
         .collect()
 }

@@ -467,25 +467,8 @@ impl AdminService for AdminApi {
             .stored
             .iter()
             .map(|c| {
-                let der = c
-                    .cert_pem
-                    .as_deref()
-                    .and_then(|pem| sigil_pki::pem_to_ders(pem, "CERTIFICATE").ok())
-                    .and_then(|d| d.into_iter().next());
-                let (fingerprint, not_after_unix) = match (der, &c.ssh_public_key) {
-                    (Some(d), _) => (
-                        sigil_pki::spki_pin_of_cert(&d).unwrap_or_default(),
-                        sigil_pki::cert_info(&d)
-                            .map(|i| i.not_after.unix_timestamp())
-                            .unwrap_or_default(),
-                    ),
-                    // SSH CAs do not expire; fingerprint over the public key line.
-                    (None, Some(ssh)) => (
-                        format!("sha256:{}", sigil_pki::sha256_hex(ssh.as_bytes())),
-                        0,
-                    ),
-                    _ => (String::new(), 0),
-                };
+                let (fingerprint, not_after) = ca_export::fingerprint_and_expiry(c);
+                let not_after_unix = not_after.map_or(0, |t| t.unix_timestamp());
                 CaStatus {
                     purpose: c.purpose.as_str().to_string(),
                     fingerprint,

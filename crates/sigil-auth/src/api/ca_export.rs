@@ -10,6 +10,28 @@ use tonic::Status;
 use crate::state::AuthState;
 
 /// The CA purposes, comma-separated, for error messages.
+/// A CA's fingerprint (the SPKI pin of an X.509 CA; SHA-256 over the key line
+/// of an SSH CA) and, for an X.509 CA, when its certificate expires (SSH CAs
+/// do not expire).
+pub fn fingerprint_and_expiry(c: &StoredCa) -> (String, Option<time::OffsetDateTime>) {
+    let der = c
+        .cert_pem
+        .as_deref()
+        .and_then(|pem| sigil_pki::pem_to_ders(pem, "CERTIFICATE").ok())
+        .and_then(|d| d.into_iter().next());
+    match (der, &c.ssh_public_key) {
+        (Some(d), _) => (
+            sigil_pki::spki_pin_of_cert(&d).unwrap_or_default(),
+            sigil_pki::cert_info(&d).ok().map(|i| i.not_after),
+        ),
+        (None, Some(ssh)) => (
+            format!("sha256:{}", sigil_pki::sha256_hex(ssh.as_bytes())),
+            None,
+        ),
+        _ => (String::new(), None),
+    }
+}
+
 pub fn purpose_names() -> String {
     CaPurpose::ALL
         .iter()

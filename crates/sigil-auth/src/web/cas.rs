@@ -19,25 +19,8 @@ pub async fn cas(web: Web) -> Response {
         .stored
         .iter()
         .map(|c| {
-            let der = c
-                .cert_pem
-                .as_deref()
-                .and_then(|pem| sigil_pki::pem_to_ders(pem, "CERTIFICATE").ok())
-                .and_then(|d| d.into_iter().next());
-            let (fingerprint, not_after) = match (der, &c.ssh_public_key) {
-                (Some(d), _) => (
-                    sigil_pki::spki_pin_of_cert(&d).unwrap_or_default(),
-                    sigil_pki::cert_info(&d)
-                        .map(|i| Value::from(i.not_after.unix_timestamp()))
-                        .unwrap_or(Value::Null),
-                ),
-                // SSH CAs do not expire; the fingerprint is over the key line.
-                (None, Some(ssh)) => (
-                    format!("sha256:{}", sigil_pki::sha256_hex(ssh.as_bytes())),
-                    Value::Null,
-                ),
-                _ => (String::new(), Value::Null),
-            };
+            let (fingerprint, not_after) = crate::api::ca_export::fingerprint_and_expiry(c);
+            let not_after = not_after.map_or(Value::Null, |t| Value::from(t.unix_timestamp()));
             let purpose = c.purpose.as_str();
             let rotation = rotations.iter().find(|r| r.purpose == purpose);
             json!({
