@@ -64,8 +64,7 @@ fn tls_config(
         .ok()
         .flatten()
         .context("the agent's key")?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(crate::client::provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
@@ -91,7 +90,9 @@ async fn connect(cfg: &TunnelConfig, storage: &Storage) -> anyhow::Result<Upstre
         .await
         .context("TLS to the proxy")?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
-    tokio::spawn(conn);
+    // With upgrades: a WebSocket takes the connection over (the next local
+    // request then finds it closed and dials anew).
+    tokio::spawn(conn.with_upgrades());
     Ok(Upstream { cert_pem, sender })
 }
 
@@ -136,6 +137,10 @@ async fn connection(
                 return Ok(refused());
             }
             req.headers_mut().insert(HOST, host);
+            let local_upgrade = req
+                .headers()
+                .contains_key(http::header::UPGRADE)
+                .then(|| hyper::upgrade::on(&mut req));
             let mut up = upstream.lock().await;
             // Renewed since: reconnect with the current credential.
             let current = storage.load().ok().flatten().map(|c| c.cert_pem);
@@ -148,18 +153,37 @@ async fn connection(
                     }
                 }
             }
-            up.sender
-                .send_request(req)
-                .await
-                .map(|r| r.map(Either::Left))
+            let mut resp = up.sender.send_request(req).await?;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                && let Some(local) = local_upgrade
+            {
+                tokio::spawn(splice(local, hyper::upgrade::on(&mut resp)));
+            }
+            Ok::<_, hyper::Error>(resp.map(Either::Left))
         }
     });
     hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(30))
         .serve_connection(TokioIo::new(local), svc)
+        .with_upgrades()
         .await?;
     Ok(())
+}
+
+/// An upgraded (WebSocket) local connection joined to the proxy's; it ends
+/// when either side closes (the proxy closes it on a lock).
+async fn splice(local: hyper::upgrade::OnUpgrade, proxy: hyper::upgrade::OnUpgrade) {
+    match (local.await, proxy.await) {
+        (Ok(l), Ok(p)) => {
+            let (mut l, mut p) = (TokioIo::new(l), TokioIo::new(p));
+            let r = tokio::io::copy_bidirectional(&mut l, &mut p).await;
+            tracing::debug!(result = ?r, "application tunnel: upgraded connection ended");
+        }
+        (l, p) => {
+            tracing::warn!(local = ?l.err(), proxy = ?p.err(), "application tunnel: upgrade failed");
+        }
+    }
 }
 
 type Either = http_body_util::Either<Incoming, http_body_util::Full<hyper::body::Bytes>>;

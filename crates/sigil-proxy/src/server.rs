@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,12 +33,18 @@ pub struct Ctx {
     pub cfg: ProxyConfig,
     pub access: Arc<Access>,
     pub audit: Arc<Auditor>,
-    pub upstream: Client<HttpConnector, Incoming>,
+    pub upstream: Client<HttpConnector, UpstreamBody>,
 }
+
+/// A request body on its way upstream: cut at `max_body_bytes`.
+pub type UpstreamBody = Limited<Incoming>;
 
 /// One client connection.
 struct Conn {
     cert: Arc<[u8]>,
+    /// (bot, instance) the certificate names, for the audit of requests
+    /// refused before any decision.
+    named: (String, String),
     sni: Option<String>,
     peer: std::net::SocketAddr,
     /// Apps requested on this connection: re-checked on every change.
@@ -56,7 +62,7 @@ struct Conn {
 const MAX_CONNECTIONS: usize = 10_000;
 
 /// The upstream client, with the configured connect timeout.
-pub fn upstream_client(cfg: &ProxyConfig) -> Client<HttpConnector, Incoming> {
+pub fn upstream_client(cfg: &ProxyConfig) -> Client<HttpConnector, UpstreamBody> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(cfg.timeouts.upstream_connect.0));
     http.set_nodelay(true);
@@ -128,6 +134,7 @@ async fn connection(
         .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
     let sni = session.server_name().map(str::to_ascii_lowercase);
     let conn = Arc::new(Conn {
+        named: crate::caller::named_in(&cert),
         cert,
         sni,
         peer,
@@ -301,13 +308,23 @@ async fn route(
         .or_else(|| conn.sni.clone())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    // Host must name the app the TLS session was opened for.
-    if let Some(sni) = &conn.sni
-        && *sni != host
-    {
+    // Host must name the app the TLS session was opened for; a session
+    // without SNI (a client dialling an IP address) is for no app.
+    let misdirected = match &conn.sni {
+        None => Some("the TLS session named no server (no SNI)".to_string()),
+        Some(sni) if *sni != host => {
+            Some(format!("Host {host:?} is not the TLS server name {sni:?}"))
+        }
+        Some(_) => None,
+    };
+    if let Some(why) = misdirected {
+        (rec.bot, rec.instance) = conn.named.clone();
+        rec.reason = why;
         return plain(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n");
     }
     let Some(app) = ctx.access.app_for(&host) else {
+        (rec.bot, rec.instance) = conn.named.clone();
+        rec.reason = format!("no app answers for {host:?}");
         return plain(StatusCode::NOT_FOUND, "no such app\n");
     };
     rec.app = app.metadata.name.clone();
@@ -367,7 +384,16 @@ async fn route(
             "only WebSocket upgrades are passed through\n",
         );
     }
+    let max_body = ctx.cfg.max_body_bytes;
+    if let Some(len) = content_length(req.headers())
+        && len > max_body
+    {
+        rec.reason = format!("a request body of {len} bytes (max_body_bytes: {max_body})");
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    // A body without a length (chunked) is cut where it passes the limit.
+    let req = req.map(|b| Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX)));
     let out = match forward_request(
         req,
         &app,
@@ -393,6 +419,10 @@ async fn route(
     .await;
     let mut resp = match sent {
         Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+        Ok(Err(e)) if body_over_limit(&e) => {
+            rec.reason = format!("a chunked request body over max_body_bytes ({max_body})");
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
         Ok(Err(e)) => {
             tracing::warn!(app = %app.metadata.name, error = %e, "upstream failed");
             return plain(StatusCode::BAD_GATEWAY, "bad gateway\n");
@@ -417,6 +447,24 @@ async fn route(
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     resp.map(|b| b.boxed())
+}
+
+/// The request's Content-Length, if it has one (hyper already refused a
+/// malformed or duplicated one).
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Whether forwarding failed because the request body passed the limit.
+fn body_over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A WebSocket (or other upgraded) tunnel, closed with the connection's kill switch.

@@ -17,6 +17,7 @@
 //!   the `jwt` CA (verifiable at `/jwks.json`), after the same check.
 //! - [`report`] (`ReportAppRequests`): the proxy's `app.request` audit.
 
+mod caller;
 mod report;
 mod watch;
 
@@ -98,37 +99,28 @@ struct Decision {
     caller: ClientIdentity,
     roles: Vec<String>,
     refused: Option<String>,
+    /// The caller presented this X.509-SVID.
+    spiffe_id: Option<String>,
 }
 
 async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Status> {
-    let (caller, info) = sigil_pki::read_client_identity(cert_der)
-        .map_err(|_| Status::invalid_argument("caller_cert_der: not a Sigil identity"))?;
     let refuse = |caller: ClientIdentity, why: String| Decision {
         caller,
         roles: Vec::new(),
         refused: Some(why),
+        spiffe_id: None,
     };
-    // The proxy's handshake verified the chain; verified again here, so a
-    // proxy cannot name a caller with a certificate it made itself.
-    let trusted = state
-        .cas()
-        .client
-        .trusted
-        .iter()
-        .any(|ca| sigil_pki::issued_by(cert_der, ca.cert_der()));
-    if !trusted {
-        return Ok(refuse(
-            caller,
-            "the client certificate was not issued by a trusted client CA".into(),
-        ));
-    }
+    let (caller, not_after, spiffe_id) = match caller::identify(state, cert_der)? {
+        Ok(c) => (c.id, c.not_after, c.spiffe_id),
+        Err((caller, why)) => return Ok(refuse(caller, why)),
+    };
     if caller.cluster != state.cluster {
         return Ok(refuse(
             caller,
             "the identity belongs to another cluster".into(),
         ));
     }
-    if info.not_after <= OffsetDateTime::now_utc() {
+    if not_after <= OffsetDateTime::now_utc() {
         return Ok(refuse(caller, "the client certificate has expired".into()));
     }
     let auth = match bot_authority(state, &caller.bot, &caller.bot_uid) {
@@ -146,6 +138,8 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
             .cloned()
             .map(sigil_types::LockTarget::Role),
     );
+    // An SVID caller: a lock on its SPIFFE ID cuts it off too.
+    targets.extend(spiffe_id.clone().map(sigil_types::LockTarget::SpiffeId));
     if let Some(lock) = state.cache.lock_for(&targets) {
         return Ok(refuse(caller, authz::locked(&lock).message().to_string()));
     }
@@ -163,6 +157,7 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
         caller,
         roles: auth.roles,
         refused: None,
+        spiffe_id,
     })
 }
 
@@ -232,6 +227,10 @@ pub async fn sign_jwt(
     );
     extra.insert("roles".into(), Value::from(d.roles));
     extra.insert("app".into(), Value::from(app.metadata.name.clone()));
+    if let Some(id) = &d.spiffe_id {
+        // The workload identity the caller presented, next to its holder.
+        extra.insert("spiffe_id".into(), Value::from(id.clone()));
+    }
     let claims = JwtSvidClaims {
         sub: format!("spiffe://{}/sigil/bot/{}", state.cluster, d.caller.bot),
         aud: vec![format!("https://{}", app.spec.public_addr)],

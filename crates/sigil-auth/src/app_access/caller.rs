@@ -1,0 +1,90 @@
+//! Who a proxied request's caller is, from the certificate the proxy saw
+//! on the connection: a Sigil identity (issued by the client CA) or an
+//! X.509-SVID (issued by the SPIFFE CA), which is authorised as the bot
+//! instance it was issued to (its holder, recorded in the SVID).
+
+use sigil_pki::ClientIdentity;
+use time::OffsetDateTime;
+use tonic::Status;
+
+use crate::state::AuthState;
+
+/// The caller, before any policy.
+pub(super) struct Caller {
+    /// For an SVID: its holder's bot and instance (no roles: the current
+    /// ones are looked up, as for every caller).
+    pub id: ClientIdentity,
+    pub not_after: OffsetDateTime,
+    /// Set when the caller presented an X.509-SVID.
+    pub spiffe_id: Option<String>,
+}
+
+/// The caller of `cert_der`, or why it is refused (with what is known of it).
+pub(super) fn identify(
+    state: &AuthState,
+    cert_der: &[u8],
+) -> Result<Result<Caller, (ClientIdentity, String)>, Status> {
+    let cas = state.cas();
+    // The proxy's handshake verified the chain; verified again here, so a
+    // proxy cannot name a caller with a certificate it made itself.
+    let by = |set: &[std::sync::Arc<sigil_pki::X509Ca>]| {
+        set.iter()
+            .any(|ca| sigil_pki::issued_by(cert_der, ca.cert_der()))
+    };
+    if by(&cas.spiffe.trusted) {
+        let f = sigil_pki::read_x509_svid(cert_der)
+            .map_err(|_| Status::invalid_argument("caller_cert_der: not an X.509-SVID"))?;
+        let Some(h) = f.holder else {
+            return Ok(Err((
+                unnamed(state),
+                format!(
+                    "the X.509-SVID {} names no bot instance (issued by an admin, or before SVIDs recorded their holder): use the agent's SVID or identity output",
+                    f.spiffe_id
+                ),
+            )));
+        };
+        let id = ClientIdentity {
+            bot: h.bot,
+            bot_uid: h.bot_uid,
+            instance_id: h.instance_id,
+            ..unnamed(state)
+        };
+        return Ok(Ok(Caller {
+            id,
+            not_after: f.info.not_after,
+            spiffe_id: Some(f.spiffe_id),
+        }));
+    }
+    let (id, info) = sigil_pki::read_client_identity(cert_der)
+        .map_err(|_| Status::invalid_argument("caller_cert_der: not a Sigil identity"))?;
+    if !by(&cas.client.trusted) {
+        return Ok(Err((
+            id,
+            "the client certificate was not issued by a trusted client CA".into(),
+        )));
+    }
+    Ok(Ok(Caller {
+        id,
+        not_after: info.not_after,
+        spiffe_id: None,
+    }))
+}
+
+/// An identity naming nobody yet, in this cluster: not renewable and not
+/// delegated, so only its instance's existence is checked, never a
+/// renewal generation (an SVID has none).
+fn unnamed(state: &AuthState) -> ClientIdentity {
+    ClientIdentity {
+        cluster: state.cluster.clone(),
+        bot: String::new(),
+        bot_uid: String::new(),
+        instance_id: String::new(),
+        roles: Vec::new(),
+        generation: 0,
+        renewable: false,
+        join_method: String::new(),
+        logins: Vec::new(),
+        delegated: false,
+        join_attributes: Default::default(),
+    }
+}
