@@ -1,8 +1,9 @@
 //! End to end: X.509-SVID callers through `sigil proxy`. The SVID an agent's
 //! `workload-identity-x509` output wrote is presented by `curl` (and the
 //! Python client for an open connection); it is authorised by the current
-//! roles and locks of the bot it was issued to, and a lock on its SPIFFE ID
-//! cuts it off, open connections included.
+//! roles and locks of the bot it was issued to *and* the app's
+//! `allowed_spiffe_ids`; a lock on its SPIFFE ID cuts it off, open
+//! connections included, and a revoked SVID is refused.
 
 mod common;
 
@@ -65,6 +66,32 @@ fn link_as_identity(dir: &Path) {
     std::os::unix::fs::symlink(dir.join("svid.key"), dir.join("tls.key")).expect("link");
 }
 
+/// Replaces the app with one accepting `ids` as SVID callers.
+fn allow_spiffe_ids(s: &Setup, ids: &[&str]) {
+    let out = s.auth.ok(&["get", "app/grafana", "-o", "json"]);
+    let mut app: serde_json::Value = serde_json::from_str(&out).expect("app json");
+    app["spec"]["allowed_spiffe_ids"] = serde_json::json!(ids);
+    let p = s.dir("app.json");
+    std::fs::write(&p, app.to_string()).expect("write app");
+    s.auth
+        .ok(&["create", "--force", "-f", p.to_str().expect("utf8")]);
+}
+
+/// The SVID's serial, as `openssl` prints it.
+fn serial(svid: &Path) -> String {
+    let o = run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-serial",
+            "-in",
+            svid.join("svid.pem").to_str().expect("utf8"),
+        ],
+    );
+    stdout(&o).trim().trim_start_matches("serial=").to_string()
+}
+
 fn jwt_claims(s: &Setup, svid: &Path) -> serde_json::Value {
     let (code, body) = s.get(svid, "/svid");
     assert_eq!(code, 200, "{body}\n{}", proxy_log(s));
@@ -78,6 +105,7 @@ fn x509_svid_callers_are_authorised_by_their_bot() {
     s.auth.create("svid.yaml", POLICY);
     let web = svid_client(&s, "web", "svid-user");
     let dev = svid_client(&s, "webdev", "svid-dev");
+    let other = svid_client(&s, "web2", "svid-user");
     // What was presented is an SVID, not an identity certificate.
     let san = stdout(&run(
         "openssl",
@@ -92,8 +120,25 @@ fn x509_svid_callers_are_authorised_by_their_bot() {
     ));
     assert!(san.contains(&format!("URI:{SPIFFE_ID}")), "{san}");
 
-    // Allowed by its bot's roles; the JWT names the bot and the SVID.
+    // The bot's roles allow the app, but the app accepts no SVID yet.
+    assert_eq!(s.get(&web, "/").0, 403);
+    wait_until(
+        "the SVID's refusal audited with the reason",
+        Duration::from_secs(10),
+        || {
+            s.auth.audit("app.request").iter().any(|e| {
+                e["fields"]["spiffe_id"] == SPIFFE_ID
+                    && e["fields"]["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("allowed_spiffe_ids"))
+            })
+        },
+    );
+    allow_spiffe_ids(&s, &[SPIFFE_ID]);
+
+    // Allowed by both; the JWT's subject is the workload, its holder named.
     let c = jwt_claims(&s, &web);
+    assert_eq!(c["sub"], SPIFFE_ID);
     assert_eq!(c["sigil_bot"], "web");
     assert_eq!(c["spiffe_id"], SPIFFE_ID);
     assert_eq!(c["roles"], serde_json::json!(["svid-user"]));
@@ -118,6 +163,20 @@ fn x509_svid_callers_are_authorised_by_their_bot() {
     assert_eq!(s.get(&web, "/").0, 403);
     s.auth
         .ok(&["bots", "update", "web", "--set-roles", "svid-user"]);
+    assert_eq!(s.get(&web, "/").0, 200);
+
+    // A revoked SVID is refused (the other holder's is not).
+    assert_eq!(s.get(&other, "/").0, 200);
+    s.auth.ok(&[
+        "workload-identity",
+        "revocations",
+        "add",
+        "--serial",
+        &serial(&other),
+        "--reason",
+        "leaked",
+    ]);
+    assert_eq!(s.get(&other, "/").0, 403, "{}", proxy_log(&s));
     assert_eq!(s.get(&web, "/").0, 200);
 
     // A lock on the SPIFFE ID closes an open connection within 1 s, and

@@ -53,6 +53,8 @@ struct Conn {
     /// header timeout is closed (a handshake alone proves nothing current —
     /// the caller may be locked — and must not hold a slot).
     used: std::sync::atomic::AtomicBool,
+    /// Requests answered 404 or 421 so far.
+    misdirected: std::sync::atomic::AtomicU32,
     /// Set when the caller is no longer allowed: the connection and every
     /// tunnel opened on it close. The re-check lives while any of them does.
     kill: watch::Sender<bool>,
@@ -140,6 +142,7 @@ async fn connection(
         peer,
         apps: Mutex::default(),
         used: std::sync::atomic::AtomicBool::new(false),
+        misdirected: std::sync::atomic::AtomicU32::new(0),
         kill: watch::channel(false).0,
     });
     {
@@ -218,6 +221,12 @@ async fn recheck(ctx: Arc<Ctx>, conn: Arc<Conn>) {
                 Some(app) => match ctx.access.decide(&conn.cert, &app).await {
                     Ok(Decision::Allow(_)) => true,
                     Ok(Decision::Deny { .. }) => false,
+                    // Refused as an error (a certificate no CA vouches for
+                    // any more, say): closed like a denial.
+                    Err(e) if crate::access::is_refusal(&e) => {
+                        tracing::info!(app = %name, error = %format!("{e:#}"), "re-check refused");
+                        false
+                    }
                     // No answer (the stream reconnecting after the auth
                     // service restarted or the proxy renewed): not a denial.
                     // Every new request still needs an answer, and the next
@@ -270,9 +279,24 @@ async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Respo
     let resp = route(&ctx, &conn, req, &mut rec).await;
     rec.status = u32::from(resp.status().as_u16());
     rec.latency_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    // A caller sending requests for no app (or the wrong one) has nothing
+    // to gain from this connection: after a few, it is closed.
+    if crate::audit::is_misdirected(rec.status)
+        && conn
+            .misdirected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+            >= MAX_MISDIRECTED_PER_CONN
+    {
+        tracing::info!(peer = %conn.peer, "closing a connection after {MAX_MISDIRECTED_PER_CONN} misdirected requests");
+        let _ = conn.kill.send(true);
+    }
     ctx.audit.record(rec);
     resp
 }
+
+/// Requests for no app (404) or the wrong one (421) a connection may make.
+const MAX_MISDIRECTED_PER_CONN: u32 = 20;
 
 async fn route(
     ctx: &Ctx,
@@ -337,11 +361,17 @@ async fn route(
         Ok(Decision::Deny {
             bot,
             instance,
+            spiffe_id,
             reason,
         }) => {
             rec.bot = bot;
             rec.instance = instance;
+            rec.spiffe_id = spiffe_id;
             rec.reason = reason;
+            return plain(StatusCode::FORBIDDEN, "access denied\n");
+        }
+        Err(e) if crate::access::is_refusal(&e) => {
+            rec.reason = format!("{e:#}");
             return plain(StatusCode::FORBIDDEN, "access denied\n");
         }
         Err(e) => {
@@ -356,6 +386,7 @@ async fn route(
     };
     rec.bot = allowed.bot.clone();
     rec.instance = allowed.instance.clone();
+    rec.spiffe_id = allowed.spiffe_id.clone();
     let jwt = match ctx.access.jwt(&conn.cert, &app).await {
         Ok(t) => t,
         Err(e) => {
@@ -375,6 +406,7 @@ async fn route(
         name: allowed.bot.clone(),
         instance: allowed.instance.clone(),
         roles: allowed.roles.clone(),
+        spiffe_id: allowed.spiffe_id.clone(),
     };
     let is_upgrade = wants_upgrade(req.headers());
     if is_upgrade && !is_websocket(req.headers()) {

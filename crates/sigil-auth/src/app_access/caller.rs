@@ -15,8 +15,15 @@ pub(super) struct Caller {
     /// ones are looked up, as for every caller).
     pub id: ClientIdentity,
     pub not_after: OffsetDateTime,
-    /// Set when the caller presented an X.509-SVID.
-    pub spiffe_id: Option<String>,
+    /// Set when the caller presented an X.509-SVID: its SPIFFE ID and serial.
+    pub svid: Option<Svid>,
+}
+
+/// The X.509-SVID a caller presented.
+pub(super) struct Svid {
+    pub spiffe_id: String,
+    /// As the certificate has it (hex, leading zeros stripped).
+    pub serial_hex: String,
 }
 
 /// The caller of `cert_der`, or why it is refused (with what is known of it).
@@ -52,22 +59,47 @@ pub(super) fn identify(
         return Ok(Ok(Caller {
             id,
             not_after: f.info.not_after,
-            spiffe_id: Some(f.spiffe_id),
+            svid: Some(Svid {
+                spiffe_id: f.spiffe_id,
+                serial_hex: f.info.serial_hex,
+            }),
         }));
+    }
+    if !by(&cas.client.trusted) {
+        // A refusal, not an error: the proxy keeps a connection on errors
+        // (no answer) but must close it when, say, a rotation dropped the CA
+        // of the caller's SVID or identity.
+        let named = sigil_pki::read_client_identity(cert_der)
+            .map(|(id, _)| id)
+            .or_else(|_| sigil_pki::read_x509_svid(cert_der).map(|f| holder_of(state, &f)))
+            .map_err(|_| {
+                Status::invalid_argument("caller_cert_der: not a Sigil identity or X.509-SVID")
+            })?;
+        return Ok(Err((
+            named,
+            "the client certificate was not issued by a trusted client or SPIFFE CA".into(),
+        )));
     }
     let (id, info) = sigil_pki::read_client_identity(cert_der)
         .map_err(|_| Status::invalid_argument("caller_cert_der: not a Sigil identity"))?;
-    if !by(&cas.client.trusted) {
-        return Ok(Err((
-            id,
-            "the client certificate was not issued by a trusted client CA".into(),
-        )));
-    }
     Ok(Ok(Caller {
         id,
         not_after: info.not_after,
-        spiffe_id: None,
+        svid: None,
     }))
+}
+
+/// The holder an (untrusted) SVID names, for the audit only.
+fn holder_of(state: &AuthState, f: &sigil_pki::SvidFacts) -> ClientIdentity {
+    match &f.holder {
+        Some(h) => ClientIdentity {
+            bot: h.bot.clone(),
+            bot_uid: h.bot_uid.clone(),
+            instance_id: h.instance_id.clone(),
+            ..unnamed(state)
+        },
+        None => unnamed(state),
+    }
 }
 
 /// An identity naming nobody yet, in this cluster: not renewable and not

@@ -19,6 +19,7 @@
 
 mod caller;
 mod report;
+mod svid;
 mod watch;
 
 pub use report::report;
@@ -45,6 +46,14 @@ pub const APP_JWT_SIGNED: &str = "app.jwt_signed";
 pub const APP_REPORT_SKIPPED: &str = "app.report_skipped";
 /// Lifetime of an app JWT: short, the proxy re-signs near expiry.
 pub const APP_JWT_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Checks an app against the cluster before it is written: its
+/// `allowed_spiffe_ids` are this trust domain's, its `public_addr` is free.
+pub fn check_app(state: &AuthState, app: &App) -> Result<(), Status> {
+    svid::check_trust_domain(app, &state.cluster)
+        .map_err(|e| Status::invalid_argument(format!("app {:?}: {e}", app.metadata.name)))?;
+    check_public_addr_free(state, app)
+}
 
 /// Two apps on one `public_addr` would make a proxy's choice arbitrary.
 pub fn check_public_addr_free(state: &AuthState, app: &App) -> Result<(), Status> {
@@ -99,7 +108,7 @@ struct Decision {
     caller: ClientIdentity,
     roles: Vec<String>,
     refused: Option<String>,
-    /// The caller presented this X.509-SVID.
+    /// The caller presented an X.509-SVID for this SPIFFE ID.
     spiffe_id: Option<String>,
 }
 
@@ -110,10 +119,11 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
         refused: Some(why),
         spiffe_id: None,
     };
-    let (caller, not_after, spiffe_id) = match caller::identify(state, cert_der)? {
-        Ok(c) => (c.id, c.not_after, c.spiffe_id),
+    let (caller, not_after, svid) = match caller::identify(state, cert_der)? {
+        Ok(c) => (c.id, c.not_after, c.svid),
         Err((caller, why)) => return Ok(refuse(caller, why)),
     };
+    let spiffe_id = svid.as_ref().map(|s| s.spiffe_id.clone());
     if caller.cluster != state.cluster {
         return Ok(refuse(
             caller,
@@ -138,8 +148,16 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
             .cloned()
             .map(sigil_types::LockTarget::Role),
     );
-    // An SVID caller: a lock on its SPIFFE ID cuts it off too.
-    targets.extend(spiffe_id.clone().map(sigil_types::LockTarget::SpiffeId));
+    // An SVID caller: a lock on its SPIFFE ID cuts it off too, and one on
+    // a login its holder's roles give (its SVID carries none).
+    if let Some(id) = &spiffe_id {
+        targets.push(sigil_types::LockTarget::SpiffeId(id.clone()));
+        targets.extend(
+            auth.logins_for(&caller)
+                .into_iter()
+                .map(sigil_types::LockTarget::Login),
+        );
+    }
     if let Some(lock) = state.cache.lock_for(&targets) {
         return Ok(refuse(caller, authz::locked(&lock).message().to_string()));
     }
@@ -152,6 +170,24 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
             caller.bot, app.metadata.name
         );
         return Ok(refuse(caller, why));
+    }
+    // Both the bot's roles (above) and, for an SVID, the app's
+    // allowed_spiffe_ids, its revocation and its grant.
+    if let Some(s) = &svid {
+        let granted = crate::workload::granted_identities(state, &auth.role_set);
+        if let Some(why) = svid::refusal(
+            app,
+            &state.cluster,
+            &s.spiffe_id,
+            &s.serial_hex,
+            |serial| state.cache.is_revoked(serial),
+            &granted,
+        ) {
+            return Ok(Decision {
+                spiffe_id,
+                ..refuse(caller, why)
+            });
+        }
     }
     Ok(Decision {
         caller,
@@ -199,6 +235,7 @@ pub async fn authorize(
         bot: d.caller.bot,
         instance: d.caller.instance_id,
         roles: d.roles,
+        spiffe_id: d.spiffe_id.unwrap_or_default(),
     })
 }
 
@@ -231,8 +268,13 @@ pub async fn sign_jwt(
         // The workload identity the caller presented, next to its holder.
         extra.insert("spiffe_id".into(), Value::from(id.clone()));
     }
+    // An SVID caller is its workload, with `sigil_bot` naming the holder.
+    let sub = match &d.spiffe_id {
+        Some(id) => id.clone(),
+        None => format!("spiffe://{}/sigil/bot/{}", state.cluster, d.caller.bot),
+    };
     let claims = JwtSvidClaims {
-        sub: format!("spiffe://{}/sigil/bot/{}", state.cluster, d.caller.bot),
+        sub,
         aud: vec![format!("https://{}", app.spec.public_addr)],
         iss: Some(state.jwt_issuer.clone()),
         ttl: APP_JWT_TTL,
@@ -253,6 +295,7 @@ pub async fn sign_jwt(
             "app": app.metadata.name, "bot": d.caller.bot, "bot_instance": d.caller.instance_id,
             "proxy": proxy.bot, "proxy_instance": proxy.instance_id,
             "expires": jwt.expires.unix_timestamp(),
+            "spiffe_id": d.spiffe_id,
         }),
     );
     state
