@@ -85,6 +85,24 @@ pub async fn connect(t: &Target) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
     Ok(send)
 }
 
+/// The TLS version, cipher suite and key-exchange group a handshake with
+/// `t` negotiates (what the figures were measured with).
+pub async fn negotiated(t: &Target) -> anyhow::Result<String> {
+    let cfg = t.tls.clone().context("not a TLS target")?;
+    let tcp = TcpStream::connect(t.addr).await?;
+    let name = rustls_pki_types::ServerName::try_from(t.host.clone())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await?;
+    let c = tls.get_ref().1;
+    Ok(format!(
+        "{:?}, {:?}, group {:?}",
+        c.protocol_version(),
+        c.negotiated_cipher_suite().map(|s| s.suite()),
+        c.negotiated_key_exchange_group().map(|g| g.name())
+    ))
+}
+
 /// One GET /: its status, the body read to the end.
 pub async fn get(send: &mut SendRequest<Empty<Bytes>>, host: &str) -> anyhow::Result<u16> {
     send.ready().await?;

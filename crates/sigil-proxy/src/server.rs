@@ -370,10 +370,6 @@ async fn route(
             rec.reason = reason;
             return plain(StatusCode::FORBIDDEN, "access denied\n");
         }
-        Err(e) if crate::access::is_refusal(&e) => {
-            rec.reason = format!("{e:#}");
-            return plain(StatusCode::FORBIDDEN, "access denied\n");
-        }
         Err(e) => {
             // Fail closed: no decision, no access.
             tracing::warn!(error = %format!("{e:#}"), "authorization unavailable");

@@ -89,6 +89,27 @@ pub(super) fn identify(
     }))
 }
 
+/// An SVID caller with its holder instance's join method and verified join
+/// attributes (from its newest join, not a renewal), so role login templates
+/// render as for the holder's own identity (login locks apply).
+pub(super) fn with_join_facts(
+    mut caller: ClientIdentity,
+    inst: &sigil_types::BotInstance,
+) -> ClientIdentity {
+    let joined = inst
+        .spec
+        .authentications
+        .iter()
+        .find(|a| !a.method.ends_with("+renewal"))
+        .or(inst.spec.initial_authentication.as_ref());
+    caller.join_method = inst.spec.join_method.clone();
+    if let Some(a) = joined {
+        caller.join_method = a.method.clone();
+        caller.join_attributes = a.attributes.clone();
+    }
+    caller
+}
+
 /// The holder an (untrusted) SVID names, for the audit only.
 fn holder_of(state: &AuthState, f: &sigil_pki::SvidFacts) -> ClientIdentity {
     match &f.holder {
@@ -118,5 +139,50 @@ fn unnamed(state: &AuthState) -> ClientIdentity {
         logins: Vec::new(),
         delegated: false,
         join_attributes: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sigil_types::{Authentication, BotInstanceSpec, Metadata, Resource};
+
+    fn authn(method: &str, repo: &str) -> Authentication {
+        Authentication {
+            time: OffsetDateTime::UNIX_EPOCH,
+            method: method.into(),
+            remote_addr: String::new(),
+            public_key_sha256: String::new(),
+            generation: 1,
+            attributes: [("repository".to_string(), repo.to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn an_svid_caller_takes_its_holders_newest_join_facts() {
+        let mut spec = BotInstanceSpec {
+            join_method: "github".into(),
+            ..Default::default()
+        };
+        spec.push_authentication(authn("github", "org/old"), 10);
+        spec.push_authentication(authn("github", "org/new"), 10);
+        spec.push_authentication(authn("github+renewal", ""), 10);
+        let inst = Resource::new(Metadata::named("i1"), spec);
+        let svid_caller = ClientIdentity {
+            cluster: "example.test".into(),
+            bot: "ci".into(),
+            bot_uid: String::new(),
+            instance_id: "i1".into(),
+            roles: Vec::new(),
+            generation: 0,
+            renewable: false,
+            join_method: String::new(),
+            logins: Vec::new(),
+            delegated: false,
+            join_attributes: Default::default(),
+        };
+        let c = with_join_facts(svid_caller, &inst);
+        assert_eq!(c.join_method, "github");
+        assert_eq!(c.join_attributes["repository"], "org/new");
     }
 }

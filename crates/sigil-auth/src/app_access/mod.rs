@@ -137,9 +137,17 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
         Ok(a) => a,
         Err(why) => return Ok(refuse(caller, why)),
     };
-    if let Some(why) = not_current(state, &caller).await? {
+    let Some(inst) = current_instance(state, &caller).await? else {
+        return Ok(refuse(caller, "this bot instance was removed".into()));
+    };
+    if let Some(why) = superseded(&caller, &inst) {
         return Ok(refuse(caller, why));
     }
+    // An SVID carries no join facts: its holder's, for login templates.
+    let caller = match &svid {
+        Some(_) => caller::with_join_facts(caller, &inst),
+        None => caller,
+    };
     // The certificate's roles and the current ones: a lock on either applies.
     let mut targets = authz::lock_targets(&caller);
     targets.extend(
@@ -197,28 +205,33 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
     })
 }
 
-/// Why the caller's certificate is no longer current, if it is not: its bot
-/// instance was removed, or (an agent's own identity) a renewal superseded
-/// it — what every other call refuses too (authz::check_current). Unlike
-/// there, a stale generation is only refused here, never taken for a
-/// stolen copy: the renewal protocol is where theft is judged, and a proxy
-/// connection may simply have outlived its holder's renewal.
-async fn not_current(state: &AuthState, caller: &ClientIdentity) -> Result<Option<String>, Status> {
+/// The caller's bot instance record, if it still exists.
+async fn current_instance(
+    state: &AuthState,
+    caller: &ClientIdentity,
+) -> Result<Option<sigil_types::BotInstance>, Status> {
     let Some(item) = authz::instance_item(state, caller).await? else {
-        return Ok(Some("this bot instance was removed".into()));
-    };
-    if !caller.is_agent_identity() {
         return Ok(None);
+    };
+    serde_json::from_slice(&item.value)
+        .map(Some)
+        .map_err(|e| Status::internal(format!("undecodable bot instance: {e}")))
+}
+
+/// Why the caller's certificate is no longer current, if (an agent's own
+/// identity) a renewal superseded it — what every other call refuses too
+/// (authz::check_current). Unlike there, a stale generation is only refused
+/// here, never taken for a stolen copy: the renewal protocol is where theft
+/// is judged, and a proxy connection may simply have outlived its holder's
+/// renewal.
+fn superseded(caller: &ClientIdentity, inst: &sigil_types::BotInstance) -> Option<String> {
+    if !caller.is_agent_identity() || inst.spec.generation == caller.generation {
+        return None;
     }
-    let inst: sigil_types::BotInstance = serde_json::from_slice(&item.value)
-        .map_err(|e| Status::internal(format!("undecodable bot instance: {e}")))?;
-    if inst.spec.generation != caller.generation {
-        return Ok(Some(format!(
-            "this agent credential (generation {}) was superseded by a renewal (now {}): reconnect with the current one",
-            caller.generation, inst.spec.generation
-        )));
-    }
-    Ok(None)
+    Some(format!(
+        "this agent credential (generation {}) was superseded by a renewal (now {}): reconnect with the current one",
+        caller.generation, inst.spec.generation
+    ))
 }
 
 /// `AuthorizeApp`: the decision for one caller and app, right now.
