@@ -298,6 +298,17 @@ impl Access {
     }
 }
 
+/// `host:port` or `[v6]:port` → host.
+pub fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,16 +333,5 @@ mod tests {
         assert!(!is_refusal(&anyhow::anyhow!(
             "the proxy has not joined yet"
         )));
-    }
-}
-
-/// `host:port` or `[v6]:port` → host.
-pub fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
     }
 }

@@ -25,6 +25,9 @@ const MAX_MISDIRECTED_KEYS: usize = 10_000;
 /// (app, bot, instance, SPIFFE ID, status).
 type AggregateKey = (String, String, String, String, u32);
 
+/// (bot, status) of a 404/421 → (count, total latency, the first one).
+type Misdirected = HashMap<(String, u32), (u64, u64, AppRequestRecord)>;
+
 /// Whether a status is a request for no app (404) or the wrong one (421):
 /// aggregated, since any caller (a locked one too) can send them at will.
 pub fn is_misdirected(status: u32) -> bool {
@@ -38,8 +41,7 @@ pub struct Auditor {
     pending: Mutex<Vec<AppRequestRecord>>,
     /// → (count, total latency).
     aggregate: Mutex<HashMap<AggregateKey, (u64, u64)>>,
-    /// 404/421 by (bot, status) → (count, total latency, the first one).
-    misdirected: Mutex<HashMap<(String, u32), (u64, u64, AppRequestRecord)>>,
+    misdirected: Mutex<Misdirected>,
 }
 
 impl Auditor {

@@ -124,6 +124,11 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
         Err((caller, why)) => return Ok(refuse(caller, why)),
     };
     let spiffe_id = svid.as_ref().map(|s| s.spiffe_id.clone());
+    // Every refusal from here names the SVID too (audit).
+    let refuse = |caller, why| Decision {
+        spiffe_id: spiffe_id.clone(),
+        ..refuse(caller, why)
+    };
     if caller.cluster != state.cluster {
         return Ok(refuse(
             caller,
@@ -191,10 +196,7 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
             |serial| state.cache.is_revoked(serial),
             &granted,
         ) {
-            return Ok(Decision {
-                spiffe_id,
-                ..refuse(caller, why)
-            });
+            return Ok(refuse(caller, why));
         }
     }
     Ok(Decision {
