@@ -410,9 +410,10 @@ fn application_tunnel_lets_a_plain_http_client_through() {
             .expect("curl");
         assert_eq!(stdout(&o), "403", "{header}: {}", text(&o));
     }
-    // One local keep-alive connection across several renewals of the agent:
-    // the proxy refuses a superseded agent credential, so the tunnel
-    // reconnects with each new one and every request still goes through.
+    // One local keep-alive connection across several renewals of the agent
+    // (every second here): the tunnel presents a certificate of its own,
+    // which no renewal supersedes, so every request goes through — none is
+    // refused for racing a renewal.
     let o = Command::new("python3")
         .args([
             "-c",
@@ -488,6 +489,12 @@ fn application_tunnel_lets_a_plain_http_client_through() {
         "{}",
         proxy_log(&s)
     );
+    // Still open after several renewals of the agent and past the proxy's
+    // 5 s decision reuse: renewing does not cut a tunnelled WebSocket.
+    std::thread::sleep(Duration::from_secs(7));
+    writeln!(ws.stdin.as_mut().expect("stdin"), "echo").expect("echo");
+    let again = lines.next().expect("a line").expect("utf8");
+    assert_eq!(again, "again", "{}", proxy_log(&s));
     s.auth.ok(&["locks", "add", "--bot", "tool"]);
     writeln!(ws.stdin.as_mut().expect("stdin")).expect("go");
     let secs: f64 = lines
