@@ -5,283 +5,12 @@
 
 mod common;
 
+use common::app_proxy::*;
 use common::*;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const HOST: &str = "grafana.example.test";
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Setup {
-    auth: Auth,
-    work: tempfile::TempDir,
-    port: u16,
-    _upstream: Kill,
-    _proxy: Kill,
-}
-
-impl Setup {
-    fn dir(&self, name: &str) -> PathBuf {
-        self.work.path().join(name)
-    }
-
-    /// A bot with `role`, joined once; the directory of its `identity` output.
-    fn client(&self, bot: &str, role: &str) -> PathBuf {
-        self.client_with_ttl(bot, role, "1h")
-    }
-
-    fn client_with_ttl(&self, bot: &str, role: &str, ttl: &str) -> PathBuf {
-        let out = self
-            .auth
-            .ok(&["bots", "add", bot, "--roles", role, "--format", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("bots add json");
-        let token = v["token"].as_str().expect("token");
-        let dirs = self.dir(bot);
-        let o = Command::new(sigil_bin())
-            .args([
-                "agent",
-                "start",
-                "--oneshot",
-                "--auth-server",
-                &self.auth.addr(),
-            ])
-            .args(["--ca-pin", &self.auth.pin, "--token", token])
-            .arg("--storage")
-            .arg(dirs.join("storage"))
-            .arg("--output")
-            .arg(format!("identity:{}", dirs.join("out").display()))
-            .args(["--credential-ttl", ttl, "--renewal-interval", "30s"])
-            .output()
-            .expect("run agent");
-        assert!(o.status.success(), "{}", text(&o));
-        dirs.join("out")
-    }
-
-    /// `curl` through the proxy with `ident`'s certificate; extra args first.
-    fn curl(&self, ident: Option<&Path>, extra: &[&str], urls: &[&str]) -> Output {
-        let mut c = Command::new("curl");
-        c.args(["-sS", "-m", "15", "--cacert"])
-            .arg(self.dir("proxy-ca.crt"))
-            .args([
-                "--resolve",
-                &format!("{HOST}:{}:127.0.0.1", self.port),
-                "--resolve",
-                &format!("unknown.example.test:{}:127.0.0.1", self.port),
-            ]);
-        if let Some(i) = ident {
-            c.arg("--cert").arg(i.join("tls.crt"));
-            c.arg("--key").arg(i.join("tls.key"));
-        }
-        c.args(extra);
-        for u in urls {
-            c.arg(u.replace("PORT", &self.port.to_string()));
-        }
-        c.output().expect("run curl")
-    }
-
-    /// (status, body) of one GET.
-    fn get(&self, ident: &Path, path: &str) -> (u16, String) {
-        let o = self.curl(
-            Some(ident),
-            &["-w", "\n%{http_code}"],
-            &[&format!("https://{HOST}:PORT{path}")],
-        );
-        let t = stdout(&o);
-        let (body, code) = t.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
-    }
-
-    fn py_client(&self, mode: &str, ident: &Path) -> Command {
-        let mut c = Command::new("python3");
-        c.arg(fixture("app_client.py"))
-            .arg(mode)
-            .arg(self.port.to_string())
-            .arg(self.dir("proxy-ca.crt"))
-            .arg(ident.join("tls.crt"))
-            .arg(ident.join("tls.key"));
-        c
-    }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-fn start() -> Setup {
-    let auth = Auth::start();
-    let work = tempfile::tempdir().expect("tempdir");
-    let up_port = free_port();
-    let jwks = format!("https://127.0.0.1:{}/jwks.json", auth.public_port);
-    let upstream = Command::new("python3")
-        .arg(fixture("app_upstream.py"))
-        .arg(up_port.to_string())
-        .arg(&jwks)
-        .arg(format!("https://{HOST}"))
-        .stderr(std::fs::File::create(work.path().join("upstream.log")).expect("log"))
-        .spawn()
-        .expect("python3 (the test venv has PyJWT and cryptography)");
-    let upstream = Kill(upstream);
-    auth.create(
-        "roles.yaml",
-        "kind: role\nversion: v1\nmetadata: {name: app-proxy}\nspec: {allow: {app_server_labels: {env: prod}}}\n\
-         ---\nkind: role\nversion: v1\nmetadata: {name: app-user}\nspec: {allow: {app_labels: {env: prod}}}\n\
-         ---\nkind: role\nversion: v1\nmetadata: {name: dev-user}\nspec: {allow: {app_labels: {env: dev}}}\n",
-    );
-    auth.create(
-        "app.yaml",
-        &format!(
-            "kind: app\nversion: v1\nmetadata: {{name: grafana, labels: {{env: prod}}}}\n\
-             spec:\n  upstream: http://127.0.0.1:{up_port}\n  public_addr: {HOST}\n\
-             \x20 rewrite_headers: {{X-Forwarded-User: \"{{{{ identity.name }}}}\"}}\n"
-        ),
-    );
-    assert!(auth.ok(&["get", "apps"]).contains(HOST));
-    // Another app on the same name is refused, naming the field.
-    let dup = work_dup(&auth);
-    assert!(
-        !dup.status.success() && text(&dup).contains("spec.public_addr"),
-        "{}",
-        text(&dup)
-    );
-    // The proxy's server certificate (the operator's; any CA the clients trust).
-    let w = |name: &str| work.path().join(name).display().to_string();
-    std::fs::write(
-        w("ext.cnf"),
-        "subjectAltName=DNS:grafana.example.test,DNS:unknown.example.test\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("write ext.cnf");
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let (ca_key, ca_crt, key, csr, crt, ext) = (
-        w("proxy-ca.key"),
-        w("proxy-ca.crt"),
-        w("proxy-tls.key"),
-        w("proxy.csr"),
-        w("proxy-tls.crt"),
-        w("ext.cnf"),
-    );
-    for args in [
-        [
-            &["req", "-x509", "-days", "1", "-subj", "/CN=proxy-ca"][..],
-            &ec,
-            &["-keyout", &ca_key, "-out", &ca_crt],
-        ]
-        .concat(),
-        [
-            &["req", "-subj", "/CN=proxy"][..],
-            &ec,
-            &["-keyout", &key, "-out", &csr],
-        ]
-        .concat(),
-        vec![
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &ext,
-            "-out",
-            &crt,
-        ],
-    ] {
-        let o = run("openssl", &args);
-        assert!(o.status.success(), "{}", text(&o));
-    }
-    let out = auth.ok(&[
-        "bots",
-        "add",
-        "proxy",
-        "--roles",
-        "app-proxy",
-        "--format",
-        "json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-    let token = v["token"].as_str().expect("token");
-    let agent_cfg = work.path().join("proxy-agent.yaml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            "version: v1\nauth_server: {}\nca_pins: [{}]\n\
-             onboarding: {{join_method: token, token: {token}}}\n\
-             storage: {{type: directory, path: {}}}\ncredential_ttl: 1h\noutputs: []\n",
-            auth.addr(),
-            auth.pin,
-            work.path().join("proxy-storage").display()
-        ),
-    )
-    .expect("write agent config");
-    let port = free_port();
-    let cfg = work.path().join("proxy.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: 127.0.0.1:{port}\ntls_cert_file: proxy-tls.crt\ntls_key_file: proxy-tls.key\n\
-             agent_config: proxy-agent.yaml\ntimeouts: {{upstream_response: 2s}}\n\
-             audit: {{allowed: all, flush_every: 200ms}}\n"
-        ),
-    )
-    .expect("write proxy config");
-    let proxy = Command::new(sigil_bin())
-        .args(["proxy", "start", "--config"])
-        .arg(&cfg)
-        .env("SIGIL_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.path().join("proxy.log")).expect("log"))
-        .spawn()
-        .expect("start sigil proxy");
-    let s = Setup {
-        auth,
-        work,
-        port,
-        _upstream: upstream,
-        _proxy: Kill(proxy),
-    };
-    // Listening, with the client CAs from the auth service.
-    let probe = s.client("probe", "dev-user");
-    wait_until("the proxy", Duration::from_secs(30), || {
-        s.get(&probe, "/").0 == 403
-    });
-    s
-}
-
-fn work_dup(auth: &Auth) -> Output {
-    let p = auth.dir.path().join("dup.yaml");
-    std::fs::write(
-        &p,
-        "kind: app\nversion: v1\nmetadata: {name: other}\n\
-         spec: {upstream: \"http://127.0.0.1:1\", public_addr: GRAFANA.example.test}\n",
-    )
-    .expect("write");
-    auth.admin(&["create", "-f", p.to_str().expect("utf8")])
-}
-
-fn proxy_log(s: &Setup) -> String {
-    std::fs::read_to_string(s.dir("proxy.log")).unwrap_or_default()
-}
 
 #[test]
 fn app_access_through_the_proxy() {
@@ -356,6 +85,68 @@ fn app_access_through_the_proxy() {
         &["https://unknown.example.test:PORT/"],
     );
     assert_eq!(stdout(&o), "404", "{}", text(&o));
+
+    // No SNI (an IP address dialled): the session names no app, 421.
+    let o = s.curl(
+        Some(&ci),
+        &[
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Host: {HOST}"),
+        ],
+        &["https://127.0.0.1:PORT/"],
+    );
+    assert_eq!(stdout(&o), "421", "{}", text(&o));
+    // Both refusals are audited with the caller the certificate names.
+    wait_until("404 and 421 audited", Duration::from_secs(10), || {
+        let ev = s.auth.audit("app.request");
+        [404, 421].iter().all(|code| {
+            ev.iter()
+                .any(|e| e["fields"]["status"] == *code && e["fields"]["bot"] == "ci")
+        })
+    });
+
+    // Request bodies over max_body_bytes (1 MiB here): 413, with a length
+    // or chunked; one under it passes.
+    let body = s.dir("body.bin");
+    std::fs::write(&body, vec![b'x'; 1024 * 1024 + 1]).expect("write");
+    let at_body = format!("@{}", body.display());
+    for extra in [&[][..], &["-H", "Transfer-Encoding: chunked"][..]] {
+        let o = s.curl(
+            Some(&ci),
+            &[
+                &["--http1.1", "-o", "/dev/null", "-w", "%{http_code}"][..],
+                extra,
+                &["--data-binary", &at_body],
+            ]
+            .concat(),
+            &[&format!("https://{HOST}:PORT/upload")],
+        );
+        assert_eq!(
+            stdout(&o),
+            "413",
+            "{extra:?}: {}\n{}",
+            text(&o),
+            proxy_log(&s)
+        );
+    }
+    let o = s.curl(
+        Some(&ci),
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            "small",
+        ],
+        &[&format!("https://{HOST}:PORT/upload")],
+    );
+    assert_eq!(stdout(&o), "200", "{}", text(&o));
 
     // No client certificate: refused at the handshake (no HTTP status at all).
     let o = s.curl(
@@ -453,37 +244,12 @@ fn app_access_through_the_proxy() {
     );
 }
 
-/// Runs `mode` (hold or ws) on an open connection, locks `bot`, and returns
-/// the seconds the proxy took to close the connection after the lock.
-fn closed_after_lock(s: &Setup, ident: &Path, mode: &str, bot: &str, expect: &str) -> f64 {
-    let mut child = s
-        .py_client(mode, ident)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("a line").expect("utf8");
-    assert!(first.contains(expect), "{first}\n{}", proxy_log(s));
-    s.auth
-        .ok(&["locks", "add", "--bot", bot, "--message", "e2e"]);
-    writeln!(child.stdin.as_mut().expect("stdin")).expect("go");
-    let secs: f64 = lines
-        .next()
-        .expect("a line")
-        .expect("utf8")
-        .parse()
-        .expect("seconds");
-    let _ = child.wait();
-    secs
-}
-
 #[test]
 fn a_lock_closes_open_connections_and_websockets() {
     let s = start();
     let held = s.client("held", "app-user");
     let ws = s.client("wsbot", "app-user");
-    let secs = closed_after_lock(&s, &held, "hold", "held", "HTTP/1.1 200");
+    let secs = closed_after_lock(&s, &held, "hold", &["--bot", "held"], "HTTP/1.1 200");
     assert!(
         secs <= 1.0,
         "closed {secs}s after the lock\n{}",
@@ -496,7 +262,7 @@ fn a_lock_closes_open_connections_and_websockets() {
         &s,
         &ws,
         "ws",
-        "wsbot",
+        &["--bot", "wsbot"],
         "HTTP/1.1 101 Switching Protocols hello",
     );
     assert!(secs <= 1.0, "WebSocket closed {secs}s after the lock");
@@ -644,9 +410,10 @@ fn application_tunnel_lets_a_plain_http_client_through() {
             .expect("curl");
         assert_eq!(stdout(&o), "403", "{header}: {}", text(&o));
     }
-    // One local keep-alive connection across several renewals of the agent:
-    // the proxy refuses a superseded agent credential, so the tunnel
-    // reconnects with each new one and every request still goes through.
+    // One local keep-alive connection across several renewals of the agent
+    // (every second here): the tunnel presents a certificate of its own,
+    // which no renewal supersedes, so every request goes through — none is
+    // refused for racing a renewal.
     let o = Command::new("python3")
         .args([
             "-c",
@@ -705,8 +472,42 @@ fn application_tunnel_lets_a_plain_http_client_through() {
             })
         },
     );
-    // A lock on the bot reaches tunnelled requests too.
+    // A WebSocket through the tunnel; a lock on the bot closes it within
+    // 1 s, and reaches tunnelled requests too.
+    let mut ws = Command::new("python3")
+        .arg(fixture("app_client.py"))
+        .args(["ws", &tport.to_string(), "plain", "-", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(ws.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("utf8");
+    assert_eq!(
+        first,
+        "HTTP/1.1 101 Switching Protocols hello",
+        "{}",
+        proxy_log(&s)
+    );
+    // Still open after several renewals of the agent and past the proxy's
+    // 5 s decision reuse: renewing does not cut a tunnelled WebSocket.
+    std::thread::sleep(Duration::from_secs(7));
+    writeln!(ws.stdin.as_mut().expect("stdin"), "echo").expect("echo");
+    let again = lines.next().expect("a line").expect("utf8");
+    assert_eq!(again, "again", "{}", proxy_log(&s));
     s.auth.ok(&["locks", "add", "--bot", "tool"]);
+    writeln!(ws.stdin.as_mut().expect("stdin")).expect("go");
+    let secs: f64 = lines
+        .next()
+        .expect("a line")
+        .expect("utf8")
+        .parse()
+        .expect("seconds");
+    let _ = ws.wait();
+    assert!(
+        secs <= 1.0,
+        "tunnelled WebSocket closed {secs}s after the lock"
+    );
     wait_until("the lock", Duration::from_secs(5), || get().0 == "403");
     // Non-loopback listen addresses are refused at start, naming the field.
     std::fs::write(

@@ -3,6 +3,7 @@
 //! CPU accounting.
 
 pub mod cfssl;
+pub mod open_loop;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,7 @@
 //! Test harness: starts the real `sigil` binary as processes.
 #![allow(dead_code)]
 
+pub mod app_proxy;
 pub mod https;
 pub mod kube_apiserver;
 pub mod oidc_issuer;

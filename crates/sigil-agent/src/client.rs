@@ -32,8 +32,15 @@ pub use dial::{Dialled, Servers};
 pub use failover::AuthChannel;
 pub use server_addr::{ServerAddr, parse_list};
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+/// The rustls crypto provider (aws-lc-rs) of the agent and of what builds
+/// on it (the application tunnel, `sigil proxy`): built once, shared — it is
+/// asked for on every handshake's signature check.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
 }
 
 /// Trusts a server whose chain contains a CA matching one of the pins.

@@ -217,10 +217,16 @@ pub async fn run_with(
                 }
                 for (listener, t) in std::mem::take(&mut tunnels) {
                     tracing::info!(app = %t.app, listen = %t.listen, "application tunnel listening");
+                    let t = std::sync::Arc::new(t);
+                    let (cert_tx, cert_rx) = tokio::sync::watch::channel(None);
+                    ssh_tasks.push(AbortOnDrop(tokio::spawn(app_tunnel::follow_certificate(
+                        t.clone(),
+                        agent.cfg.credential_ttl,
+                        client_rx.clone(),
+                        cert_tx,
+                    ))));
                     ssh_tasks.push(AbortOnDrop(tokio::spawn(app_tunnel::serve(
-                        listener,
-                        t,
-                        Storage::new(&agent.cfg.storage),
+                        listener, t, cert_rx,
                     ))));
                 }
                 for (dest, service, reload) in std::mem::take(&mut db_servers) {

@@ -330,6 +330,10 @@ impl Cache {
     pub fn revocations(&self) -> Vec<WorkloadIdentityX509Revocation> {
         self.read().revocations.values().cloned().collect()
     }
+    /// Whether the X.509-SVID with this normalised serial is revoked.
+    pub fn is_revoked(&self, serial_hex: &str) -> bool {
+        self.read().revocations.contains_key(serial_hex)
+    }
 
     pub fn bot(&self, name: &str) -> Option<Bot> {
         self.read().bots.get(name).cloned()

@@ -134,6 +134,18 @@ impl X509Ca {
         dns_sans: &[String],
         ttl: Duration,
     ) -> Result<IssuedCert> {
+        self.issue_svid_leaf(subject_spki_der, spiffe_id, dns_sans, ttl, None)
+    }
+
+    /// [`X509Ca::issue_x509_svid`] with an optional extra extension (the holder).
+    pub(crate) fn issue_svid_leaf(
+        &self,
+        subject_spki_der: &[u8],
+        spiffe_id: &str,
+        dns_sans: &[String],
+        ttl: Duration,
+        extra: Option<(&[u8], &[u8])>,
+    ) -> Result<IssuedCert> {
         if self.purpose != CaPurpose::Spiffe {
             return Err(PkiError::WrongPurpose {
                 purpose: self.purpose,
@@ -153,10 +165,15 @@ impl X509Ca {
             common_name(&parts),
             &sans,
             &[OID_KP_SERVER_AUTH, OID_KP_CLIENT_AUTH],
-            None,
+            extra,
             ttl,
         )
     }
+}
+
+/// Check a SPIFFE ID against the SPIFFE-ID standard (see [`parse_spiffe_id`]).
+pub(crate) fn check_spiffe_id(id: &str) -> Result<()> {
+    parse_spiffe_id(id).map(|_| ())
 }
 
 #[cfg(test)]

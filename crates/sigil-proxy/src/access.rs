@@ -30,6 +30,8 @@ pub struct Allowed {
     pub bot: String,
     pub instance: String,
     pub roles: Vec<String>,
+    /// The caller's X.509-SVID's SPIFFE ID ("" for a Sigil identity).
+    pub spiffe_id: String,
 }
 
 /// The decision for one request.
@@ -40,8 +42,27 @@ pub enum Decision {
     Deny {
         bot: String,
         instance: String,
+        spiffe_id: String,
         reason: String,
     },
+}
+
+/// Whether a failed call was the auth service refusing (the caller's
+/// certificate, or the proxy's right to serve the app), not a failure to
+/// reach it: a connection re-checked with such an answer is closed.
+pub fn is_refusal(e: &anyhow::Error) -> bool {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<tonic::Status>())
+        .is_some_and(|s| {
+            matches!(
+                s.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::NotFound
+            )
+        })
 }
 
 /// The current apps, CAs and generation.
@@ -204,18 +225,20 @@ impl Access {
                 caller_cert_der: cert.to_vec(),
             })
             .await
-            .map_err(|e| anyhow::anyhow!("AuthorizeApp: {}", e.message()))?
+            .map_err(|e| anyhow::Error::new(e).context("AuthorizeApp"))?
             .into_inner();
         let d = if r.allowed {
             Decision::Allow(Arc::new(Allowed {
                 bot: r.bot,
                 instance: r.instance,
                 roles: r.roles,
+                spiffe_id: r.spiffe_id,
             }))
         } else {
             Decision::Deny {
                 bot: r.bot,
                 instance: r.instance,
+                spiffe_id: r.spiffe_id,
                 reason: r.reason,
             }
         };
@@ -283,5 +306,32 @@ pub fn strip_port(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
         _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_close_a_rechecked_connection() {
+        let call = |s: tonic::Status| anyhow::Error::new(s).context("AuthorizeApp");
+        for s in [
+            tonic::Status::invalid_argument("caller_cert_der: not a Sigil identity"),
+            tonic::Status::permission_denied("bot may not serve app"),
+            tonic::Status::unauthenticated("superseded"),
+        ] {
+            assert!(is_refusal(&call(s)));
+        }
+        for s in [
+            tonic::Status::unavailable("transport error"),
+            tonic::Status::deadline_exceeded("timeout"),
+            tonic::Status::internal("h2 protocol error"),
+        ] {
+            assert!(!is_refusal(&call(s)));
+        }
+        assert!(!is_refusal(&anyhow::anyhow!(
+            "the proxy has not joined yet"
+        )));
     }
 }

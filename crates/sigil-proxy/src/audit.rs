@@ -17,8 +17,22 @@ const MAX_PENDING: usize = 50_000;
 /// At most this many records in one report (the auth service takes 10,000).
 const MAX_BATCH: usize = 5_000;
 
-/// (app, bot, instance, status).
-type AggregateKey = (String, String, String, u32);
+/// At most this many (bot, status) counters of misdirected requests per
+/// flush; beyond, they are dropped (counted in
+/// `sigil_proxy_audit_dropped_total`).
+const MAX_MISDIRECTED_KEYS: usize = 10_000;
+
+/// (app, bot, instance, SPIFFE ID, status).
+type AggregateKey = (String, String, String, String, u32);
+
+/// (bot, status) of a 404/421 → (count, total latency, the first one).
+type Misdirected = HashMap<(String, u32), (u64, u64, AppRequestRecord)>;
+
+/// Whether a status is a request for no app (404) or the wrong one (421):
+/// aggregated, since any caller (a locked one too) can send them at will.
+pub fn is_misdirected(status: u32) -> bool {
+    matches!(status, 404 | 421)
+}
 
 /// The audit queue.
 pub struct Auditor {
@@ -27,6 +41,7 @@ pub struct Auditor {
     pending: Mutex<Vec<AppRequestRecord>>,
     /// → (count, total latency).
     aggregate: Mutex<HashMap<AggregateKey, (u64, u64)>>,
+    misdirected: Mutex<Misdirected>,
 }
 
 impl Auditor {
@@ -36,11 +51,25 @@ impl Auditor {
             seen: AtomicU64::new(0),
             pending: Mutex::default(),
             aggregate: Mutex::default(),
+            misdirected: Mutex::default(),
         })
     }
 
     /// Record one request; `r.reason` non-empty marks a denial.
     pub fn record(&self, r: AppRequestRecord) {
+        if is_misdirected(r.status) {
+            let mut m = self.misdirected.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (r.bot.clone(), r.status);
+            if let Some(e) = m.get_mut(&key) {
+                e.0 += 1;
+                e.1 += r.latency_micros;
+            } else if m.len() < MAX_MISDIRECTED_KEYS {
+                m.insert(key, (1, r.latency_micros, r));
+            } else {
+                metrics::counter!("sigil_proxy_audit_dropped_total").increment(1);
+            }
+            return;
+        }
         let denied = !r.reason.is_empty() || r.status == 403;
         if !denied {
             match self.cfg.allowed {
@@ -57,7 +86,7 @@ impl Auditor {
                 AllowedAudit::Aggregate => {
                     let mut agg = self.aggregate.lock().unwrap_or_else(|p| p.into_inner());
                     let e = agg
-                        .entry((r.app, r.bot, r.instance, r.status))
+                        .entry((r.app, r.bot, r.instance, r.spiffe_id, r.status))
                         .or_insert((0, 0));
                     e.0 += 1;
                     e.1 += r.latency_micros;
@@ -76,7 +105,7 @@ impl Auditor {
     fn take(&self) -> Vec<AppRequestRecord> {
         let mut out = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         let agg = std::mem::take(&mut *self.aggregate.lock().unwrap_or_else(|p| p.into_inner()));
-        for ((app, bot, instance, status), (count, total)) in agg {
+        for ((app, bot, instance, spiffe_id, status), (count, total)) in agg {
             out.push(AppRequestRecord {
                 app,
                 method: String::new(),
@@ -87,6 +116,15 @@ impl Auditor {
                 latency_micros: total / count.max(1),
                 reason: String::new(),
                 count,
+                spiffe_id,
+            });
+        }
+        let mis = std::mem::take(&mut *self.misdirected.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, (count, total, sample)) in mis {
+            out.push(AppRequestRecord {
+                latency_micros: total / count.max(1),
+                count,
+                ..sample
             });
         }
         out
@@ -170,7 +208,7 @@ mod tests {
         for _ in 0..5 {
             a.record(rec(200, ""));
         }
-        a.record(rec(404, ""));
+        a.record(rec(404, "no app answers"));
         a.record(rec(403, "denied"));
         let mut got = a.take();
         got.sort_by_key(|r| r.status);
@@ -185,5 +223,34 @@ mod tests {
             a.record(rec(200, ""));
         }
         assert_eq!(a.take().len(), 3);
+    }
+
+    #[test]
+    fn misdirected_requests_are_counted_per_bot_and_status_with_a_sample() {
+        let a = auditor(AllowedAudit::All, 1);
+        for i in 0..1000 {
+            let mut r = rec(if i % 2 == 0 { 404 } else { 421 }, "no app answers");
+            r.path = format!("/{i}");
+            a.record(r);
+        }
+        let mut other = rec(404, "no app answers");
+        other.bot = "web".into();
+        a.record(other);
+        let mut got = a.take();
+        got.sort_by_key(|r| (r.bot.clone(), r.status));
+        let seen: Vec<(&str, u32, u64)> = got
+            .iter()
+            .map(|r| (r.bot.as_str(), r.status, r.count))
+            .collect();
+        assert_eq!(seen, [("ci", 404, 500), ("ci", 421, 500), ("web", 404, 1)]);
+        assert_eq!(got[0].path, "/0", "the first one is the sample");
+        assert_eq!(got[0].reason, "no app answers");
+        // Bounded however many distinct bots a flood names.
+        for i in 0..(MAX_MISDIRECTED_KEYS + 10) {
+            let mut r = rec(404, "x");
+            r.bot = format!("b{i}");
+            a.record(r);
+        }
+        assert_eq!(a.take().len(), MAX_MISDIRECTED_KEYS);
     }
 }

@@ -8,6 +8,7 @@
 //! agent_config: /etc/sigil/proxy/agent.yaml # a normal agent config
 //! timeouts: {upstream_connect: 5s, upstream_response: 30s, client_header: 10s}
 //! max_header_bytes: 16384
+//! max_body_bytes: 10485760                  # 413 beyond
 //! audit: {allowed: sample, sample_every: 100}   # all | sample | aggregate; denials always
 //! ```
 
@@ -37,6 +38,10 @@ pub struct ProxyConfig {
     /// Largest request head (request line and headers) accepted: 431 beyond.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Largest request body forwarded: 413 beyond (by Content-Length, or
+    /// where a chunked body passes it).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
     /// Audit of allowed requests (denials are always recorded).
     #[serde(default)]
     pub audit: AuditConfig,
@@ -103,6 +108,10 @@ fn default_max_header_bytes() -> usize {
     16 * 1024
 }
 
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+
 impl ProxyConfig {
     /// Read and check `path`; relative paths in it are relative to its directory.
     pub fn load(path: &Path) -> anyhow::Result<ProxyConfig> {
@@ -128,6 +137,9 @@ impl ProxyConfig {
     fn check(&self) -> anyhow::Result<()> {
         if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
             bail!("max_header_bytes: must be from 8192 to 1048576");
+        }
+        if self.max_body_bytes == 0 {
+            bail!("max_body_bytes: must be at least 1");
         }
         if self.audit.sample_every == 0 {
             bail!("audit.sample_every: must be at least 1");
@@ -159,6 +171,15 @@ mod tests {
         let ok: ProxyConfig = serde_norway::from_str(base).unwrap();
         ok.check().unwrap();
         assert_eq!(ok.timeouts.upstream_response.0, Duration::from_secs(30));
+        assert_eq!(ok.max_body_bytes, 10 * 1024 * 1024);
+        let mut zero = ok.clone();
+        zero.max_body_bytes = 0;
+        assert!(
+            zero.check()
+                .unwrap_err()
+                .to_string()
+                .contains("max_body_bytes")
+        );
         let e = serde_norway::from_str::<ProxyConfig>(&format!("{base}bogus: 1\n")).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         let mut bad = ok.clone();

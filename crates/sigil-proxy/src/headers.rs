@@ -179,6 +179,7 @@ mod tests {
                 upstream: "http://127.0.0.1:3000/base".into(),
                 public_addr: "grafana.example.test".into(),
                 rewrite_headers: rewrite,
+                ..Default::default()
             },
         )
     }

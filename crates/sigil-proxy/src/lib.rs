@@ -6,6 +6,7 @@
 
 mod access;
 mod audit;
+mod caller;
 pub mod config;
 mod headers;
 mod server;
@@ -19,7 +20,6 @@ pub use config::ProxyConfig;
 
 /// Run the proxy until SIGTERM/SIGINT (or its agent stops).
 pub async fn run(cfg: ProxyConfig) -> anyhow::Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let id = tls::ServerIdentity::load(&cfg.tls_cert_file, &cfg.tls_key_file)?;
     let agent_cfg = sigil_agent::AgentConfig::load(&cfg.agent_config)
         .with_context(|| format!("agent_config: {}", cfg.agent_config.display()))?;

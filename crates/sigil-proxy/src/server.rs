@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,12 +33,18 @@ pub struct Ctx {
     pub cfg: ProxyConfig,
     pub access: Arc<Access>,
     pub audit: Arc<Auditor>,
-    pub upstream: Client<HttpConnector, Incoming>,
+    pub upstream: Client<HttpConnector, UpstreamBody>,
 }
+
+/// A request body on its way upstream: cut at `max_body_bytes`.
+pub type UpstreamBody = Limited<Incoming>;
 
 /// One client connection.
 struct Conn {
     cert: Arc<[u8]>,
+    /// (bot, instance) the certificate names, for the audit of requests
+    /// refused before any decision.
+    named: (String, String),
     sni: Option<String>,
     peer: std::net::SocketAddr,
     /// Apps requested on this connection: re-checked on every change.
@@ -47,6 +53,8 @@ struct Conn {
     /// header timeout is closed (a handshake alone proves nothing current —
     /// the caller may be locked — and must not hold a slot).
     used: std::sync::atomic::AtomicBool,
+    /// Requests answered 404 or 421 so far.
+    misdirected: std::sync::atomic::AtomicU32,
     /// Set when the caller is no longer allowed: the connection and every
     /// tunnel opened on it close. The re-check lives while any of them does.
     kill: watch::Sender<bool>,
@@ -56,7 +64,7 @@ struct Conn {
 const MAX_CONNECTIONS: usize = 10_000;
 
 /// The upstream client, with the configured connect timeout.
-pub fn upstream_client(cfg: &ProxyConfig) -> Client<HttpConnector, Incoming> {
+pub fn upstream_client(cfg: &ProxyConfig) -> Client<HttpConnector, UpstreamBody> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(cfg.timeouts.upstream_connect.0));
     http.set_nodelay(true);
@@ -128,11 +136,13 @@ async fn connection(
         .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
     let sni = session.server_name().map(str::to_ascii_lowercase);
     let conn = Arc::new(Conn {
+        named: crate::caller::named_in(&cert),
         cert,
         sni,
         peer,
         apps: Mutex::default(),
         used: std::sync::atomic::AtomicBool::new(false),
+        misdirected: std::sync::atomic::AtomicU32::new(0),
         kill: watch::channel(false).0,
     });
     {
@@ -211,6 +221,12 @@ async fn recheck(ctx: Arc<Ctx>, conn: Arc<Conn>) {
                 Some(app) => match ctx.access.decide(&conn.cert, &app).await {
                     Ok(Decision::Allow(_)) => true,
                     Ok(Decision::Deny { .. }) => false,
+                    // Refused as an error (a certificate no CA vouches for
+                    // any more, say): closed like a denial.
+                    Err(e) if crate::access::is_refusal(&e) => {
+                        tracing::info!(app = %name, error = %format!("{e:#}"), "re-check refused");
+                        false
+                    }
                     // No answer (the stream reconnecting after the auth
                     // service restarted or the proxy renewed): not a denial.
                     // Every new request still needs an answer, and the next
@@ -263,9 +279,24 @@ async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Respo
     let resp = route(&ctx, &conn, req, &mut rec).await;
     rec.status = u32::from(resp.status().as_u16());
     rec.latency_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    // A caller sending requests for no app (or the wrong one) has nothing
+    // to gain from this connection: after a few, it is closed.
+    if crate::audit::is_misdirected(rec.status)
+        && conn
+            .misdirected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+            >= MAX_MISDIRECTED_PER_CONN
+    {
+        tracing::info!(peer = %conn.peer, "closing a connection after {MAX_MISDIRECTED_PER_CONN} misdirected requests");
+        let _ = conn.kill.send(true);
+    }
     ctx.audit.record(rec);
     resp
 }
+
+/// Requests for no app (404) or the wrong one (421) a connection may make.
+const MAX_MISDIRECTED_PER_CONN: u32 = 20;
 
 async fn route(
     ctx: &Ctx,
@@ -301,13 +332,23 @@ async fn route(
         .or_else(|| conn.sni.clone())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    // Host must name the app the TLS session was opened for.
-    if let Some(sni) = &conn.sni
-        && *sni != host
-    {
+    // Host must name the app the TLS session was opened for; a session
+    // without SNI (a client dialling an IP address) is for no app.
+    let misdirected = match &conn.sni {
+        None => Some("the TLS session named no server (no SNI)".to_string()),
+        Some(sni) if *sni != host => {
+            Some(format!("Host {host:?} is not the TLS server name {sni:?}"))
+        }
+        Some(_) => None,
+    };
+    if let Some(why) = misdirected {
+        (rec.bot, rec.instance) = conn.named.clone();
+        rec.reason = why;
         return plain(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n");
     }
     let Some(app) = ctx.access.app_for(&host) else {
+        (rec.bot, rec.instance) = conn.named.clone();
+        rec.reason = format!("no app answers for {host:?}");
         return plain(StatusCode::NOT_FOUND, "no such app\n");
     };
     rec.app = app.metadata.name.clone();
@@ -320,10 +361,12 @@ async fn route(
         Ok(Decision::Deny {
             bot,
             instance,
+            spiffe_id,
             reason,
         }) => {
             rec.bot = bot;
             rec.instance = instance;
+            rec.spiffe_id = spiffe_id;
             rec.reason = reason;
             return plain(StatusCode::FORBIDDEN, "access denied\n");
         }
@@ -339,6 +382,7 @@ async fn route(
     };
     rec.bot = allowed.bot.clone();
     rec.instance = allowed.instance.clone();
+    rec.spiffe_id = allowed.spiffe_id.clone();
     let jwt = match ctx.access.jwt(&conn.cert, &app).await {
         Ok(t) => t,
         Err(e) => {
@@ -358,6 +402,7 @@ async fn route(
         name: allowed.bot.clone(),
         instance: allowed.instance.clone(),
         roles: allowed.roles.clone(),
+        spiffe_id: allowed.spiffe_id.clone(),
     };
     let is_upgrade = wants_upgrade(req.headers());
     if is_upgrade && !is_websocket(req.headers()) {
@@ -367,7 +412,16 @@ async fn route(
             "only WebSocket upgrades are passed through\n",
         );
     }
+    let max_body = ctx.cfg.max_body_bytes;
+    if let Some(len) = content_length(req.headers())
+        && len > max_body
+    {
+        rec.reason = format!("a request body of {len} bytes (max_body_bytes: {max_body})");
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    // A body without a length (chunked) is cut where it passes the limit.
+    let req = req.map(|b| Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX)));
     let out = match forward_request(
         req,
         &app,
@@ -393,6 +447,10 @@ async fn route(
     .await;
     let mut resp = match sent {
         Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+        Ok(Err(e)) if body_over_limit(&e) => {
+            rec.reason = format!("a chunked request body over max_body_bytes ({max_body})");
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
         Ok(Err(e)) => {
             tracing::warn!(app = %app.metadata.name, error = %e, "upstream failed");
             return plain(StatusCode::BAD_GATEWAY, "bad gateway\n");
@@ -417,6 +475,24 @@ async fn route(
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     resp.map(|b| b.boxed())
+}
+
+/// The request's Content-Length, if it has one (hyper already refused a
+/// malformed or duplicated one).
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Whether forwarding failed because the request body passed the limit.
+fn body_over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A WebSocket (or other upgraded) tunnel, closed with the connection's kill switch.

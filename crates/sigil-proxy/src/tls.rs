@@ -45,7 +45,7 @@ impl ServerIdentity {
 
     /// A server config requiring a client certificate from `client_ca_pem`.
     pub fn config(&self, client_ca_pem: &str) -> anyhow::Result<Arc<ServerConfig>> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = sigil_agent::client::provider();
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pemfile::certs(&mut client_ca_pem.as_bytes()) {
             roots

@@ -8,10 +8,12 @@
 //!   upstream: http://127.0.0.1:3000
 //!   public_addr: grafana.example.test
 //!   rewrite_headers: {X-Forwarded-User: "{{ identity.name }}"}
+//!   allowed_spiffe_ids: [spiffe://example.test/svc/web, spiffe://example.test/ci/*]
 //! ```
 //!
 //! Callers reach it by its labels (`app_labels`); a proxy serves it when its
-//! roles' `app_server_labels` match them.
+//! roles' `app_server_labels` match them. An X.509-SVID caller also needs its
+//! SPIFFE ID accepted by `allowed_spiffe_ids` (empty: no SVID callers).
 
 use std::collections::BTreeMap;
 
@@ -21,9 +23,11 @@ use serde::{Deserialize, Serialize};
 /// The header the proxy adds (and strips from clients): the signed JWT.
 pub const JWT_ASSERTION_HEADER: &str = "sigil-jwt-assertion";
 /// Fields a `rewrite_headers` template may name, as `{{ identity.FIELD }}`.
-pub const IDENTITY_FIELDS: &[&str] = &["name", "instance", "roles"];
+pub const IDENTITY_FIELDS: &[&str] = &["name", "instance", "roles", "spiffe_id"];
 /// At most this many rewritten headers per app.
 pub const MAX_REWRITE_HEADERS: usize = 32;
+/// At most this many `allowed_spiffe_ids` per app.
+pub const MAX_ALLOWED_SPIFFE_IDS: usize = 64;
 /// Headers an app may not set: hop-by-hop, framing, routing, and the JWT.
 const RESERVED_HEADERS: &[&str] = &[
     JWT_ASSERTION_HEADER,
@@ -55,6 +59,11 @@ pub struct AppSpec {
     /// Headers set on each forwarded request, from `{{ identity.* }}` templates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rewrite_headers: BTreeMap<String, String>,
+    /// SPIFFE IDs whose X.509-SVIDs may call the app (full IDs, or a path
+    /// prefix ending in `/*`); empty: none. The holder bot's roles must
+    /// still allow the app too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_spiffe_ids: Vec<String>,
 }
 
 /// An upstream URL, split.
@@ -79,6 +88,8 @@ pub struct IdentityFields {
     pub instance: String,
     /// Role names.
     pub roles: Vec<String>,
+    /// The SPIFFE ID of the caller's X.509-SVID ("" for a Sigil identity).
+    pub spiffe_id: String,
 }
 
 impl AppSpec {
@@ -86,6 +97,34 @@ impl AppSpec {
     pub fn upstream(&self) -> Result<Upstream, String> {
         parse_upstream(&self.upstream)
     }
+
+    /// Whether an X.509-SVID for `spiffe_id` may call the app: listed in
+    /// `allowed_spiffe_ids`, or under a `…/*` prefix there (whole segments).
+    pub fn accepts_spiffe_id(&self, spiffe_id: &str) -> bool {
+        self.allowed_spiffe_ids
+            .iter()
+            .any(|a| match a.strip_suffix("/*") {
+                Some(prefix) => spiffe_id
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/')),
+                None => a == spiffe_id,
+            })
+    }
+}
+
+/// Checks one `allowed_spiffe_ids` entry: a SPIFFE ID with a path, or one
+/// followed by `/*`; returns its trust domain.
+pub fn validate_allowed_spiffe_id(entry: &str) -> Result<String, String> {
+    let shown = crate::text::escape_unsafe(entry);
+    let id = entry.strip_suffix("/*").unwrap_or(entry);
+    let parsed = crate::spiffe::SpiffeId::parse(id).map_err(|e| format!("\"{shown}\": {e}"))?;
+    if parsed.is_trust_domain_id() && id == entry {
+        return Err(format!(
+            "\"{shown}\" names a trust domain only: give a workload's SPIFFE ID, or a prefix such as spiffe://{}/svc/*",
+            parsed.trust_domain()
+        ));
+    }
+    Ok(parsed.trust_domain().to_string())
 }
 
 /// Splits `http(s)://host[:port][/path]`; no user info, query or fragment.
@@ -189,6 +228,7 @@ pub fn render_template(template: &str, who: &IdentityFields) -> Result<String, S
             Some("name") => who.name.clone(),
             Some("instance") => who.instance.clone(),
             Some("roles") => who.roles.join(","),
+            Some("spiffe_id") => who.spiffe_id.clone(),
             _ => {
                 return Err(format!(
                     "unknown field {:?}: use identity.{}",
@@ -236,6 +276,16 @@ impl Kind for AppSpec {
             }
             validate_header_template(template).map_err(|m| ValidationError::new(field, m))?;
         }
+        if res.spec.allowed_spiffe_ids.len() > MAX_ALLOWED_SPIFFE_IDS {
+            return Err(ValidationError::new(
+                "spec.allowed_spiffe_ids",
+                format!("at most {MAX_ALLOWED_SPIFFE_IDS} entries"),
+            ));
+        }
+        for (i, entry) in res.spec.allowed_spiffe_ids.iter().enumerate() {
+            validate_allowed_spiffe_id(entry)
+                .map_err(|m| ValidationError::new(format!("spec.allowed_spiffe_ids[{i}]"), m))?;
+        }
         Ok(())
     }
 }
@@ -252,8 +302,54 @@ mod tests {
                 upstream: upstream.into(),
                 public_addr: addr.into(),
                 rewrite_headers: BTreeMap::new(),
+                allowed_spiffe_ids: Vec::new(),
             },
         )
+    }
+
+    #[test]
+    fn allowed_spiffe_ids_are_exact_or_whole_segment_prefixes() {
+        let mut a = app("http://127.0.0.1:1", "grafana.example.test");
+        assert!(!a.spec.accepts_spiffe_id("spiffe://example.test/svc/web"));
+        a.spec.allowed_spiffe_ids = vec![
+            "spiffe://example.test/svc/web".into(),
+            "spiffe://example.test/ci/*".into(),
+        ];
+        a.validate().unwrap();
+        for ok in [
+            "spiffe://example.test/svc/web",
+            "spiffe://example.test/ci/a",
+            "spiffe://example.test/ci/a/b",
+        ] {
+            assert!(a.spec.accepts_spiffe_id(ok), "{ok}");
+        }
+        for no in [
+            "spiffe://example.test/svc/web2",
+            "spiffe://example.test/svc/web/x",
+            "spiffe://example.test/ci",
+            "spiffe://example.test/ci/",
+            "spiffe://example.test/cix/a",
+            "spiffe://other.test/svc/web",
+        ] {
+            assert!(!a.spec.accepts_spiffe_id(no), "{no}");
+        }
+        for bad in [
+            "/svc/web",
+            "spiffe://example.test",
+            "spiffe://example.test/svc/*/x",
+            "spiffe://example.test/svc*",
+            "spiffe://Example.test/svc",
+            "spiffe://example.test/svc/",
+        ] {
+            let mut b = app("http://127.0.0.1:1", "grafana.example.test");
+            b.spec.allowed_spiffe_ids = vec![bad.into()];
+            let e = b.validate().unwrap_err();
+            assert_eq!(e.field, "spec.allowed_spiffe_ids[0]", "{bad}");
+        }
+        assert_eq!(
+            validate_allowed_spiffe_id("spiffe://example.test/*").unwrap(),
+            "example.test"
+        );
     }
 
     #[test]
@@ -309,7 +405,12 @@ mod tests {
             name: "ci".into(),
             instance: "i1".into(),
             roles: vec!["a".into(), "b".into()],
+            spiffe_id: "spiffe://example.test/svc/web".into(),
         };
+        assert_eq!(
+            render_template("{{ identity.spiffe_id }}", &who).unwrap(),
+            "spiffe://example.test/svc/web"
+        );
         assert_eq!(
             render_template("r={{identity.roles}}", &who).unwrap(),
             "r=a,b"

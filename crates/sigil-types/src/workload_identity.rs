@@ -8,6 +8,7 @@
 //! entry, [`MAX_VALUES`] values per `in`/`not_in`, [`MAX_DNS_SANS`] DNS SANs
 //! and [`MAX_EXTRA_CLAIMS`] extra JWT claims.
 
+mod id_match;
 mod rules;
 mod selector;
 pub(crate) mod template;

@@ -219,6 +219,11 @@ impl AuthService for AuthApi {
                 only_spiffe_id: &r.spiffe_id,
                 max_ttl: auth.max_ttl,
                 actor: format!("bot:{}/{}", id.bot, id.instance_id),
+                holder: Some(sigil_pki::SvidHolder {
+                    bot: id.bot.clone(),
+                    bot_uid: id.bot_uid.clone(),
+                    instance_id: id.instance_id.clone(),
+                }),
             },
         )
         .await?;

@@ -193,7 +193,7 @@ pub fn fill_defaults(state: &AuthState, res: &mut AnyResource, actor: &str) -> R
         | AnyResource::WorkloadIdentityX509Revocation(_)
         | AnyResource::KubernetesCluster(_) => {}
         AnyResource::Database(_) => {}
-        AnyResource::App(a) => crate::app_access::check_public_addr_free(state, a)?,
+        AnyResource::App(a) => crate::app_access::check_app(state, a)?,
         AnyResource::SpiffeFederation(f) => {
             if f.metadata.name == state.cluster {
                 return Err(Status::invalid_argument(format!(

@@ -46,6 +46,7 @@ pub async fn issue(
             only_spiffe_id: "",
             max_ttl: sigil_types::DEFAULT_MAX_TTL,
             actor,
+            holder: None,
         },
     )
     .await

@@ -17,7 +17,9 @@
 //!   the `jwt` CA (verifiable at `/jwks.json`), after the same check.
 //! - [`report`] (`ReportAppRequests`): the proxy's `app.request` audit.
 
+mod caller;
 mod report;
+mod svid;
 mod watch;
 
 pub use report::report;
@@ -44,6 +46,14 @@ pub const APP_JWT_SIGNED: &str = "app.jwt_signed";
 pub const APP_REPORT_SKIPPED: &str = "app.report_skipped";
 /// Lifetime of an app JWT: short, the proxy re-signs near expiry.
 pub const APP_JWT_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Checks an app against the cluster before it is written: its
+/// `allowed_spiffe_ids` are this trust domain's, its `public_addr` is free.
+pub fn check_app(state: &AuthState, app: &App) -> Result<(), Status> {
+    svid::check_trust_domain(app, &state.cluster)
+        .map_err(|e| Status::invalid_argument(format!("app {:?}: {e}", app.metadata.name)))?;
+    check_public_addr_free(state, app)
+}
 
 /// Two apps on one `public_addr` would make a proxy's choice arbitrary.
 pub fn check_public_addr_free(state: &AuthState, app: &App) -> Result<(), Status> {
@@ -98,46 +108,51 @@ struct Decision {
     caller: ClientIdentity,
     roles: Vec<String>,
     refused: Option<String>,
+    /// The caller presented an X.509-SVID for this SPIFFE ID.
+    spiffe_id: Option<String>,
 }
 
 async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decision, Status> {
-    let (caller, info) = sigil_pki::read_client_identity(cert_der)
-        .map_err(|_| Status::invalid_argument("caller_cert_der: not a Sigil identity"))?;
     let refuse = |caller: ClientIdentity, why: String| Decision {
         caller,
         roles: Vec::new(),
         refused: Some(why),
+        spiffe_id: None,
     };
-    // The proxy's handshake verified the chain; verified again here, so a
-    // proxy cannot name a caller with a certificate it made itself.
-    let trusted = state
-        .cas()
-        .client
-        .trusted
-        .iter()
-        .any(|ca| sigil_pki::issued_by(cert_der, ca.cert_der()));
-    if !trusted {
-        return Ok(refuse(
-            caller,
-            "the client certificate was not issued by a trusted client CA".into(),
-        ));
-    }
+    let (caller, not_after, svid) = match caller::identify(state, cert_der)? {
+        Ok(c) => (c.id, c.not_after, c.svid),
+        Err((caller, why)) => return Ok(refuse(caller, why)),
+    };
+    let spiffe_id = svid.as_ref().map(|s| s.spiffe_id.clone());
+    // Every refusal from here names the SVID too (audit).
+    let refuse = |caller, why| Decision {
+        spiffe_id: spiffe_id.clone(),
+        ..refuse(caller, why)
+    };
     if caller.cluster != state.cluster {
         return Ok(refuse(
             caller,
             "the identity belongs to another cluster".into(),
         ));
     }
-    if info.not_after <= OffsetDateTime::now_utc() {
+    if not_after <= OffsetDateTime::now_utc() {
         return Ok(refuse(caller, "the client certificate has expired".into()));
     }
     let auth = match bot_authority(state, &caller.bot, &caller.bot_uid) {
         Ok(a) => a,
         Err(why) => return Ok(refuse(caller, why)),
     };
-    if let Some(why) = not_current(state, &caller).await? {
+    let Some(inst) = current_instance(state, &caller).await? else {
+        return Ok(refuse(caller, "this bot instance was removed".into()));
+    };
+    if let Some(why) = superseded(&caller, &inst) {
         return Ok(refuse(caller, why));
     }
+    // An SVID carries no join facts: its holder's, for login templates.
+    let caller = match &svid {
+        Some(_) => caller::with_join_facts(caller, &inst),
+        None => caller,
+    };
     // The certificate's roles and the current ones: a lock on either applies.
     let mut targets = authz::lock_targets(&caller);
     targets.extend(
@@ -146,6 +161,16 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
             .cloned()
             .map(sigil_types::LockTarget::Role),
     );
+    // An SVID caller: a lock on its SPIFFE ID cuts it off too, and one on
+    // a login its holder's roles give (its SVID carries none).
+    if let Some(id) = &spiffe_id {
+        targets.push(sigil_types::LockTarget::SpiffeId(id.clone()));
+        targets.extend(
+            auth.logins_for(&caller)
+                .into_iter()
+                .map(sigil_types::LockTarget::Login),
+        );
+    }
     if let Some(lock) = state.cache.lock_for(&targets) {
         return Ok(refuse(caller, authz::locked(&lock).message().to_string()));
     }
@@ -159,35 +184,56 @@ async fn decide(state: &AuthState, app: &App, cert_der: &[u8]) -> Result<Decisio
         );
         return Ok(refuse(caller, why));
     }
+    // Both the bot's roles (above) and, for an SVID, the app's
+    // allowed_spiffe_ids, its revocation and its grant.
+    if let Some(s) = &svid {
+        let granted = crate::workload::granted_identities(state, &auth.role_set);
+        if let Some(why) = svid::refusal(
+            app,
+            &state.cluster,
+            &s.spiffe_id,
+            &s.serial_hex,
+            |serial| state.cache.is_revoked(serial),
+            &granted,
+        ) {
+            return Ok(refuse(caller, why));
+        }
+    }
     Ok(Decision {
         caller,
         roles: auth.roles,
         refused: None,
+        spiffe_id,
     })
 }
 
-/// Why the caller's certificate is no longer current, if it is not: its bot
-/// instance was removed, or (an agent's own identity) a renewal superseded
-/// it — what every other call refuses too (authz::check_current). Unlike
-/// there, a stale generation is only refused here, never taken for a
-/// stolen copy: the renewal protocol is where theft is judged, and a proxy
-/// connection may simply have outlived its holder's renewal.
-async fn not_current(state: &AuthState, caller: &ClientIdentity) -> Result<Option<String>, Status> {
+/// The caller's bot instance record, if it still exists.
+async fn current_instance(
+    state: &AuthState,
+    caller: &ClientIdentity,
+) -> Result<Option<sigil_types::BotInstance>, Status> {
     let Some(item) = authz::instance_item(state, caller).await? else {
-        return Ok(Some("this bot instance was removed".into()));
-    };
-    if !caller.is_agent_identity() {
         return Ok(None);
+    };
+    serde_json::from_slice(&item.value)
+        .map(Some)
+        .map_err(|e| Status::internal(format!("undecodable bot instance: {e}")))
+}
+
+/// Why the caller's certificate is no longer current, if (an agent's own
+/// identity) a renewal superseded it — what every other call refuses too
+/// (authz::check_current). Unlike there, a stale generation is only refused
+/// here, never taken for a stolen copy: the renewal protocol is where theft
+/// is judged, and a proxy connection may simply have outlived its holder's
+/// renewal.
+fn superseded(caller: &ClientIdentity, inst: &sigil_types::BotInstance) -> Option<String> {
+    if !caller.is_agent_identity() || inst.spec.generation == caller.generation {
+        return None;
     }
-    let inst: sigil_types::BotInstance = serde_json::from_slice(&item.value)
-        .map_err(|e| Status::internal(format!("undecodable bot instance: {e}")))?;
-    if inst.spec.generation != caller.generation {
-        return Ok(Some(format!(
-            "this agent credential (generation {}) was superseded by a renewal (now {}): reconnect with the current one",
-            caller.generation, inst.spec.generation
-        )));
-    }
-    Ok(None)
+    Some(format!(
+        "this agent credential (generation {}) was superseded by a renewal (now {}): reconnect with the current one",
+        caller.generation, inst.spec.generation
+    ))
 }
 
 /// `AuthorizeApp`: the decision for one caller and app, right now.
@@ -204,6 +250,7 @@ pub async fn authorize(
         bot: d.caller.bot,
         instance: d.caller.instance_id,
         roles: d.roles,
+        spiffe_id: d.spiffe_id.unwrap_or_default(),
     })
 }
 
@@ -232,8 +279,17 @@ pub async fn sign_jwt(
     );
     extra.insert("roles".into(), Value::from(d.roles));
     extra.insert("app".into(), Value::from(app.metadata.name.clone()));
+    if let Some(id) = &d.spiffe_id {
+        // The workload identity the caller presented, next to its holder.
+        extra.insert("spiffe_id".into(), Value::from(id.clone()));
+    }
+    // An SVID caller is its workload, with `sigil_bot` naming the holder.
+    let sub = match &d.spiffe_id {
+        Some(id) => id.clone(),
+        None => format!("spiffe://{}/sigil/bot/{}", state.cluster, d.caller.bot),
+    };
     let claims = JwtSvidClaims {
-        sub: format!("spiffe://{}/sigil/bot/{}", state.cluster, d.caller.bot),
+        sub,
         aud: vec![format!("https://{}", app.spec.public_addr)],
         iss: Some(state.jwt_issuer.clone()),
         ttl: APP_JWT_TTL,
@@ -254,6 +310,7 @@ pub async fn sign_jwt(
             "app": app.metadata.name, "bot": d.caller.bot, "bot_instance": d.caller.instance_id,
             "proxy": proxy.bot, "proxy_instance": proxy.instance_id,
             "expires": jwt.expires.unix_timestamp(),
+            "spiffe_id": d.spiffe_id,
         }),
     );
     state

@@ -53,6 +53,9 @@ pub async fn report(
             if !r.reason.is_empty() {
                 m.insert("reason".into(), shown(&r.reason, 512).into());
             }
+            if !r.spiffe_id.is_empty() {
+                m.insert("spiffe_id".into(), shown(&r.spiffe_id, 2048).into());
+            }
             if r.count > 1 {
                 m.insert("count".into(), r.count.into());
             }

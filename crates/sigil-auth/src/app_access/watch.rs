@@ -24,11 +24,13 @@ pub fn state_for(
         .iter()
         .map(|a| serde_json::to_string(a).map_err(|e| Status::internal(format!("app JSON: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let client_ca_pem = state
-        .cas()
+    // Identity certificates and X.509-SVIDs are both accepted at the handshake.
+    let cas = state.cas();
+    let client_ca_pem = cas
         .client
         .trusted
         .iter()
+        .chain(&cas.spiffe.trusted)
         .map(|c| c.cert_pem())
         .collect::<String>();
     Ok(AppAccessState {

@@ -44,6 +44,10 @@ pub struct IssueRequest<'a> {
     pub max_ttl: Duration,
     /// Who asked, for audit (`bot:NAME/INSTANCE` or the admin actor).
     pub actor: String,
+    /// The bot instance X.509-SVIDs are issued to, recorded in them (the
+    /// app proxy authorises an SVID by its holder's current roles); `None`
+    /// for an admin.
+    pub holder: Option<sigil_pki::SvidHolder>,
 }
 
 /// Validate the attested attributes an agent sends: `workload.*` only, bounded.
@@ -184,13 +188,16 @@ pub async fn issue(
                 DEFAULT_X509_TTL,
                 req.max_ttl,
             );
-            let cert = crate::telemetry::issue("x509_svid", || {
-                state.cas().spiffe.signer.issue_x509_svid(
+            let signer = &state.cas().spiffe.signer;
+            let cert = crate::telemetry::issue("x509_svid", || match &req.holder {
+                Some(h) => signer.issue_x509_svid_for(
                     req.x509_spki,
                     &spiffe_id,
                     &rendered.dns_sans,
                     ttl,
-                )
+                    h,
+                ),
+                None => signer.issue_x509_svid(req.x509_spki, &spiffe_id, &rendered.dns_sans, ttl),
             })
             .map_err(crate::issuance::pki_error)?;
             let mut ev = audit_base.clone();

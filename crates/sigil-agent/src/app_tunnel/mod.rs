@@ -1,13 +1,18 @@
 //! `application-tunnel`: plain HTTP on a loopback port, forwarded to
-//! `sigil proxy` over mTLS with the agent's own (current) identity, so a tool
-//! that cannot do mTLS can reach an app. Each local connection gets its own
-//! proxy connection, made with the credential stored at that moment and made
-//! again when a renewal replaced it (the proxy refuses a superseded one).
+//! `sigil proxy` over mTLS with the bot's identity, so a tool that cannot do
+//! mTLS can reach an app. The tunnel presents a certificate
+//! of its own ([`certificate`]), not the agent's renewable one. Each local
+//! connection gets its own proxy connection, made with the certificate of
+//! that moment and made again for the next request once it was replaced.
 //!
 //! Only requests addressed to the tunnel itself are forwarded: a `Host` other
 //! than a loopback name or the app's (DNS rebinding) or a cross-site browser
 //! request (a page making a browser on this host call the app as the bot) is
 //! refused with 403.
+
+mod certificate;
+
+pub use certificate::follow as follow_certificate;
 
 use std::sync::Arc;
 
@@ -18,12 +23,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::app_tunnel::TunnelConfig;
-use crate::storage::Storage;
+use certificate::{Current, TunnelCert};
 
-/// Serve `listener` for the agent's life.
-pub async fn serve(listener: TcpListener, cfg: TunnelConfig, storage: Storage) {
-    let cfg = Arc::new(cfg);
-    let storage = Arc::new(storage);
+/// Serve `listener` for the agent's life, presenting the certificate
+/// [`follow_certificate`] keeps in `current`.
+pub async fn serve(listener: TcpListener, cfg: Arc<TunnelConfig>, current: Current) {
     loop {
         let local = match listener.accept().await {
             Ok((local, _)) => local,
@@ -34,65 +38,42 @@ pub async fn serve(listener: TcpListener, cfg: TunnelConfig, storage: Storage) {
                 continue;
             }
         };
-        let (cfg, storage) = (cfg.clone(), storage.clone());
+        let (cfg, current) = (cfg.clone(), current.clone());
         tokio::spawn(async move {
             let app = cfg.app.clone();
-            if let Err(e) = connection(local, cfg, storage).await {
+            if let Err(e) = connection(local, cfg, current).await {
                 tracing::warn!(%app, error = %format!("{e:#}"), "application tunnel connection failed");
             }
         });
     }
 }
 
-fn tls_config(
-    cfg: &TunnelConfig,
-    storage: &Storage,
-) -> anyhow::Result<(rustls::ClientConfig, String)> {
-    let cred = storage
-        .load()?
-        .context("the agent has no credential yet (not joined)")?;
-    let ca = std::fs::read(&cfg.proxy_ca_file)
-        .with_context(|| format!("proxy_ca_file: reading {}", cfg.proxy_ca_file.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(c.context("proxy_ca_file: not PEM")?)?;
-    }
-    let chain = rustls_pemfile::certs(&mut cred.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("the agent's certificate")?;
-    let key = rustls_pemfile::private_key(&mut cred.key_pem.as_bytes())
-        .ok()
-        .flatten()
-        .context("the agent's key")?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    Ok((config, cred.cert_pem))
-}
-
 /// The proxy connection of one local connection, and the certificate it
 /// was made with.
 struct Upstream {
-    cert_pem: String,
+    cert: Arc<TunnelCert>,
     sender: hyper::client::conn::http1::SendRequest<Incoming>,
 }
 
-async fn connect(cfg: &TunnelConfig, storage: &Storage) -> anyhow::Result<Upstream> {
-    let (tls, cert_pem) = tls_config(cfg, storage)?;
+async fn connect(cfg: &TunnelConfig, current: &Current) -> anyhow::Result<Upstream> {
+    let cert = current
+        .borrow()
+        .clone()
+        .context("the tunnel has no certificate yet (the agent has not joined)")?;
     let name = rustls_pki_types::ServerName::try_from(cfg.app.clone())?;
     let tcp = TcpStream::connect(&cfg.proxy)
         .await
         .with_context(|| format!("connecting to the proxy at {}", cfg.proxy))?;
     let _ = tcp.set_nodelay(true);
-    let upstream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+    let upstream = tokio_rustls::TlsConnector::from(cert.tls.clone())
         .connect(name, tcp)
         .await
         .context("TLS to the proxy")?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
-    tokio::spawn(conn);
-    Ok(Upstream { cert_pem, sender })
+    // With upgrades: a WebSocket takes the connection over (the next local
+    // request then finds it closed and dials anew).
+    tokio::spawn(conn.with_upgrades());
+    Ok(Upstream { cert, sender })
 }
 
 /// Whether a local request is meant for this tunnel (see the module comment).
@@ -122,25 +103,33 @@ fn addressed_here(h: &http::HeaderMap, app: &str) -> bool {
 async fn connection(
     local: TcpStream,
     cfg: Arc<TunnelConfig>,
-    storage: Arc<Storage>,
+    current: Current,
 ) -> anyhow::Result<()> {
-    let first = connect(&cfg, &storage).await?;
+    let first = connect(&cfg, &current).await?;
     let upstream = Arc::new(tokio::sync::Mutex::new(first));
     let host = HeaderValue::from_str(&cfg.app)?;
     let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-        let (upstream, host, cfg, storage) =
-            (upstream.clone(), host.clone(), cfg.clone(), storage.clone());
+        let (upstream, host, cfg, current) =
+            (upstream.clone(), host.clone(), cfg.clone(), current.clone());
         async move {
             if !addressed_here(req.headers(), &cfg.app) {
                 tracing::warn!(app = %cfg.app, "application tunnel: refused a request not addressed to it (Host, Origin or Sec-Fetch-Site)");
                 return Ok(refused());
             }
             req.headers_mut().insert(HOST, host);
+            let local_upgrade = req
+                .headers()
+                .contains_key(http::header::UPGRADE)
+                .then(|| hyper::upgrade::on(&mut req));
             let mut up = upstream.lock().await;
-            // Renewed since: reconnect with the current credential.
-            let current = storage.load().ok().flatten().map(|c| c.cert_pem);
-            if current.is_some_and(|c| c != up.cert_pem) || up.sender.is_closed() {
-                match connect(&cfg, &storage).await {
+            // A newer certificate since: the next request goes with it
+            // (the old one stays valid, so nothing in flight is refused).
+            let replaced = current
+                .borrow()
+                .as_ref()
+                .is_some_and(|c| c.cert_pem != up.cert.cert_pem);
+            if replaced || up.sender.is_closed() {
+                match connect(&cfg, &current).await {
                     Ok(next) => *up = next,
                     Err(e) => {
                         tracing::warn!(app = %cfg.app, error = %format!("{e:#}"), "application tunnel: reconnecting failed");
@@ -148,18 +137,37 @@ async fn connection(
                     }
                 }
             }
-            up.sender
-                .send_request(req)
-                .await
-                .map(|r| r.map(Either::Left))
+            let mut resp = up.sender.send_request(req).await?;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                && let Some(local) = local_upgrade
+            {
+                tokio::spawn(splice(local, hyper::upgrade::on(&mut resp)));
+            }
+            Ok::<_, hyper::Error>(resp.map(Either::Left))
         }
     });
     hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(30))
         .serve_connection(TokioIo::new(local), svc)
+        .with_upgrades()
         .await?;
     Ok(())
+}
+
+/// An upgraded (WebSocket) local connection joined to the proxy's; it ends
+/// when either side closes (the proxy closes it on a lock).
+async fn splice(local: hyper::upgrade::OnUpgrade, proxy: hyper::upgrade::OnUpgrade) {
+    match (local.await, proxy.await) {
+        (Ok(l), Ok(p)) => {
+            let (mut l, mut p) = (TokioIo::new(l), TokioIo::new(p));
+            let r = tokio::io::copy_bidirectional(&mut l, &mut p).await;
+            tracing::debug!(result = ?r, "application tunnel: upgraded connection ended");
+        }
+        (l, p) => {
+            tracing::warn!(local = ?l.err(), proxy = ?p.err(), "application tunnel: upgrade failed");
+        }
+    }
 }
 
 type Either = http_body_util::Either<Incoming, http_body_util::Full<hyper::body::Bytes>>;
