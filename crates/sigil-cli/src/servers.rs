@@ -34,6 +34,7 @@ pub fn auth_config(
         ca_keys: args.ca_keys.source(|k| std::env::var(k).ok())?,
         instance_retention: parse_flag_duration("instance-retention", &args.instance_retention)?,
         spiffe_bundle_endpoint_listen: args.spiffe_bundle_endpoint_listen,
+        web_client_certificates: args.web_client_certificates,
     })
 }
 

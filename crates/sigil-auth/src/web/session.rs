@@ -33,6 +33,8 @@ pub const CSRF_COOKIE: &str = "__Host-sigil_csrf";
 pub const CSRF_HEADER: &str = "x-sigil-csrf";
 
 const LOGINS: &str = "/web_logins/";
+/// Why a link login is refused when the link is not (or no longer) there.
+const UNKNOWN: &str = "unknown, used or expired login link";
 const SESSIONS: &str = "/web_sessions/";
 
 pub const WEB_LOGIN_LINK: &str = "web.login_link";
@@ -269,7 +271,6 @@ pub async fn redeem(state: &AuthState, secret: &str, remote: &str) -> Result<New
 }
 
 async fn redeem_inner(state: &AuthState, secret: &str, remote: &str) -> Result<NewSession, String> {
-    const UNKNOWN: &str = "unknown, used or expired login link";
     if !well_formed(secret) {
         return Err("malformed login link".into());
     }
@@ -294,6 +295,25 @@ async fn redeem_inner(state: &AuthState, secret: &str, remote: &str) -> Result<N
             .await
             .map_err(|e| e.message().to_string())?;
     }
+    let spend = Op::Delete {
+        key,
+        expected_revision: Some(item.revision),
+    };
+    open(state, login.principal, now, remote, "link", Some(spend)).await
+}
+
+/// Open a session for `principal` (checked already), in one transaction
+/// with `spend` (the login link's deletion, if any); audited as a login by
+/// `method`.
+async fn open(
+    state: &AuthState,
+    principal: Principal,
+    now: i64,
+    remote: &str,
+    method: &str,
+    spend: Option<Op>,
+) -> Result<NewSession, String> {
+    let p = &principal;
     if at_session_cap(state, p, now).await? {
         return Err(format!(
             "{} holds {SESSIONS_PER_PRINCIPAL} live sessions already (log out of one)",
@@ -304,28 +324,25 @@ async fn redeem_inner(state: &AuthState, secret: &str, remote: &str) -> Result<N
     let csrf = new_secret().map_err(|e| e.message().to_string())?;
     let ends = (now + SESSION_TTL.as_secs() as i64).min(p.cert_not_after);
     let record = SessionRecord {
-        principal: login.principal.clone(),
+        principal: principal.clone(),
         csrf_sha256: sha256(&csrf),
         created_unix: now,
         ends_unix: ends,
         last_seen_unix: now,
     };
     let actor = record.principal.actor();
+    let mut ops: Vec<Op> = spend.into_iter().collect();
+    ops.push(Op::Create {
+        key: format!("{SESSIONS}{}", sha256(&id)),
+        value: serde_json::to_vec(&record).map_err(|e| e.to_string())?,
+        expires: at(idle_end(&record, now)),
+    });
     let txn = Txn {
-        ops: vec![
-            Op::Delete {
-                key,
-                expected_revision: Some(item.revision),
-            },
-            Op::Create {
-                key: format!("{SESSIONS}{}", sha256(&id)),
-                value: serde_json::to_vec(&record).map_err(|e| e.to_string())?,
-                expires: at(idle_end(&record, now)),
-            },
-        ],
+        ops,
         audit: vec![audit::event(
             WEB_LOGIN,
-            serde_json::json!({"by": actor, "remote_addr": remote, "session_ends_unix": ends}),
+            serde_json::json!({"by": actor, "remote_addr": remote, "session_ends_unix": ends,
+                "via": "web", "method": method}),
         )],
     };
     match state.store.commit(txn).await {
@@ -337,6 +354,32 @@ async fn redeem_inner(state: &AuthState, secret: &str, remote: &str) -> Result<N
         Err(StoreError::NotFound(_) | StoreError::Conflict(_)) => Err(UNKNOWN.into()),
         Err(e) => Err(format!("storage: {e}")),
     }
+}
+
+/// Open a session for the bot whose identity-output certificate the
+/// browser presented on this connection (verified against the client CAs
+/// trusted now; `client_ca_pin` names the one that signed it). Checked as
+/// the admin API checks an mTLS caller, plus what `CreateWebLogin` asks:
+/// never an agent's own identity, and a role that may list something.
+/// `Err` is the reason, for the audit log only.
+pub async fn open_with_certificate(
+    state: &AuthState,
+    identity: &ClientIdentity,
+    info: &CertInfo,
+    client_ca_pin: &str,
+    remote: &str,
+) -> Result<NewSession, String> {
+    if identity.is_agent_identity() {
+        return Err(AGENT_IDENTITY_REFUSED.into());
+    }
+    let caller = Caller::Bot(Box::new((identity.clone(), info.clone())));
+    let principal = Principal::of(&caller, Some(client_ca_pin));
+    let caller = caller_of(state, &principal, remote)
+        .await
+        .map_err(|e| e.message().to_string())?;
+    authz::authorize_any(state, &caller, "list").map_err(|e| e.message().to_string())?;
+    let now = unix(OffsetDateTime::now_utc());
+    open(state, principal, now, remote, "client_certificate", None).await
 }
 
 /// When a session seen at `now` ends if unused.
