@@ -67,7 +67,17 @@ fn curl(
     cert: Option<(&Path, &Path)>,
 ) -> (u16, String) {
     let mut c = Command::new("curl");
-    c.args(["-sk", "-m", "10", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    c.args([
+        "-sk",
+        "-m",
+        "10",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ]);
     for h in headers {
         c.args(["-H", h]);
     }
@@ -163,9 +173,11 @@ fn console_login_with_a_client_certificate() {
     let logins = auth.audit("web.login");
     for bot in ["viewer", "auditor"] {
         assert!(
-            logins.iter().any(|e| e["fields"]["by"] == format!("bot:{bot}")
-                && e["fields"]["method"] == "client_certificate"
-                && e["fields"]["via"] == "web"),
+            logins
+                .iter()
+                .any(|e| e["fields"]["by"] == format!("bot:{bot}")
+                    && e["fields"]["method"] == "client_certificate"
+                    && e["fields"]["via"] == "web"),
             "no certificate login of {bot} in {logins:?}"
         );
     }
@@ -219,7 +231,14 @@ fn console_login_with_a_client_certificate() {
     // (the public endpoints answer), the login is denied.
     let (rogue_crt, rogue_key) = (tmp.path().join("rogue.crt"), tmp.path().join("rogue.key"));
     run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=rogue"])
         .arg("-keyout")
         .arg(&rogue_key)
@@ -256,7 +275,10 @@ fn console_login_with_a_client_certificate() {
         std::slice::from_ref(&origin),
         viewer_cert,
     );
-    assert_eq!(code, 200, "the viewer's certificate no longer logs in: {body}");
+    assert_eq!(
+        code, 200,
+        "the viewer's certificate no longer logs in: {body}"
+    );
 
     // The client CA rotated out: the viewer's certificate logs in no more.
     for phase in ["init", "update_clients", "update_servers"] {
