@@ -8,12 +8,15 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use sigil_pki::{CertInfo, ClientIdentity};
+use time::OffsetDateTime;
 
 use super::client_cert::{ConnCert, PresentedCert};
 use super::context::{self, error};
-use super::session::{self, WEB_LOGIN_DENIED};
+use super::session::{self, AGENT_IDENTITY_REFUSED, NewSession, Principal, WEB_LOGIN_DENIED};
 use crate::audit;
-use crate::state::SharedState;
+use crate::authz::{self, Caller};
+use crate::state::{AuthState, SharedState};
 
 /// What every refused certificate login is told; the audit log says why.
 const DENIED: &str = "access denied";
@@ -60,7 +63,7 @@ pub async fn login(State(state): State<SharedState>, req: Request) -> Response {
             identity,
             info,
             client_ca_pin,
-        }) => session::open_with_certificate(&state, identity, info, client_ca_pin, &remote)
+        }) => open_with_certificate(&state, identity, info, client_ca_pin, &remote)
             .await
             .map_err(|why| (Some(identity.bot.clone()), why)),
     };
@@ -78,4 +81,32 @@ pub async fn login(State(state): State<SharedState>, req: Request) -> Response {
             error(StatusCode::FORBIDDEN, DENIED)
         }
     }
+}
+
+/// Open a session for the bot whose identity-output certificate the
+/// browser presented on this connection (verified against the client CAs
+/// trusted now; `client_ca_pin` names the one that signed it). Checked as
+/// the admin API checks an mTLS caller, plus what `CreateWebLogin` asks:
+/// never an agent's own identity, and a role that may list something.
+/// `Err` is the reason, for the audit log only.
+async fn open_with_certificate(
+    state: &AuthState,
+    identity: &ClientIdentity,
+    info: &CertInfo,
+    client_ca_pin: &str,
+    remote: &str,
+) -> Result<NewSession, String> {
+    if identity.is_agent_identity() {
+        return Err(AGENT_IDENTITY_REFUSED.into());
+    }
+    let caller = Caller::Bot(Box::new((identity.clone(), info.clone())));
+    let principal = Principal::of(&caller, Some(client_ca_pin));
+    // Cluster, expiry, the CA's pin still trusted, locks, bot and instance
+    // current: what every request of the session re-checks.
+    let caller = session::caller_of(state, &principal, remote)
+        .await
+        .map_err(|e| e.message().to_string())?;
+    authz::authorize_any(state, &caller, "list").map_err(|e| e.message().to_string())?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    session::open(state, principal, now, remote, "client_certificate", None).await
 }

@@ -107,7 +107,7 @@ impl Session {
 }
 
 impl Principal {
-    fn of(caller: &Caller, client_ca_pin: Option<&str>) -> Principal {
+    pub(super) fn of(caller: &Caller, client_ca_pin: Option<&str>) -> Principal {
         match caller {
             Caller::LocalAdmin => Principal {
                 identity: None,
@@ -305,7 +305,7 @@ async fn redeem_inner(state: &AuthState, secret: &str, remote: &str) -> Result<N
 /// Open a session for `principal` (checked already), in one transaction
 /// with `spend` (the login link's deletion, if any); audited as a login by
 /// `method`.
-async fn open(
+pub(super) async fn open(
     state: &AuthState,
     principal: Principal,
     now: i64,
@@ -354,32 +354,6 @@ async fn open(
         Err(StoreError::NotFound(_) | StoreError::Conflict(_)) => Err(UNKNOWN.into()),
         Err(e) => Err(format!("storage: {e}")),
     }
-}
-
-/// Open a session for the bot whose identity-output certificate the
-/// browser presented on this connection (verified against the client CAs
-/// trusted now; `client_ca_pin` names the one that signed it). Checked as
-/// the admin API checks an mTLS caller, plus what `CreateWebLogin` asks:
-/// never an agent's own identity, and a role that may list something.
-/// `Err` is the reason, for the audit log only.
-pub async fn open_with_certificate(
-    state: &AuthState,
-    identity: &ClientIdentity,
-    info: &CertInfo,
-    client_ca_pin: &str,
-    remote: &str,
-) -> Result<NewSession, String> {
-    if identity.is_agent_identity() {
-        return Err(AGENT_IDENTITY_REFUSED.into());
-    }
-    let caller = Caller::Bot(Box::new((identity.clone(), info.clone())));
-    let principal = Principal::of(&caller, Some(client_ca_pin));
-    let caller = caller_of(state, &principal, remote)
-        .await
-        .map_err(|e| e.message().to_string())?;
-    authz::authorize_any(state, &caller, "list").map_err(|e| e.message().to_string())?;
-    let now = unix(OffsetDateTime::now_utc());
-    open(state, principal, now, remote, "client_certificate", None).await
 }
 
 /// When a session seen at `now` ends if unused.
@@ -486,7 +460,11 @@ pub async fn caller(state: &AuthState, s: &Session, remote: &str) -> Result<Call
     caller_of(state, &s.record.principal, remote).await
 }
 
-async fn caller_of(state: &AuthState, p: &Principal, remote: &str) -> Result<Caller, Status> {
+pub(super) async fn caller_of(
+    state: &AuthState,
+    p: &Principal,
+    remote: &str,
+) -> Result<Caller, Status> {
     let Some(ident) = &p.identity else {
         return Ok(Caller::LocalAdmin);
     };
