@@ -151,3 +151,92 @@ impl ClientCertVerifier for RequestClientCert {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConnection, ServerConnection};
+
+    fn self_signed() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = PrivatePkcs8KeyDer::from(c.signing_key.serialize_der());
+        (c.cert.der().clone(), PrivateKeyDer::Pkcs8(key))
+    }
+
+    /// Presents `cert` signed for by `key`, matching or not (rustls's own
+    /// client configs refuse a mismatch before any handshake).
+    #[derive(Debug)]
+    struct Present(Arc<rustls::sign::CertifiedKey>);
+
+    impl rustls::client::ResolvesClientCert for Present {
+        fn resolve(
+            &self,
+            _hints: &[&[u8]],
+            _schemes: &[rustls::SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+
+    /// A TLS 1.3 handshake in memory against a server using
+    /// [`RequestClientCert`]: the certificates the server then holds.
+    fn handshake(
+        present: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+    ) -> Result<usize, rustls::Error> {
+        let provider = crate::tls::provider();
+        let (server_cert, server_key) = self_signed();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(RequestClientCert::new())
+            .with_single_cert(vec![server_cert.clone()], server_key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server_cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots);
+        let client = match present {
+            None => client.with_no_client_auth(),
+            Some((cert, key)) => {
+                let signer = provider.key_provider.load_private_key(key).unwrap();
+                let ck = rustls::sign::CertifiedKey::new(vec![cert], signer);
+                client.with_client_cert_resolver(Arc::new(Present(Arc::new(ck))))
+            }
+        };
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = ServerConnection::new(Arc::new(server)).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            c.write_tls(&mut wire).unwrap();
+            s.read_tls(&mut wire.as_slice()).unwrap();
+            s.process_new_packets()?;
+            let mut wire = Vec::new();
+            s.write_tls(&mut wire).unwrap();
+            c.read_tls(&mut wire.as_slice()).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(s.peer_certificates().map_or(0, |p| p.len()));
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    #[test]
+    fn any_certificate_is_accepted_but_only_with_its_key() {
+        assert_eq!(handshake(None).unwrap(), 0, "no certificate: served");
+        // A certificate of no trusted CA still completes the handshake
+        // (`inspect` refuses it for login).
+        assert_eq!(handshake(Some(self_signed())).unwrap(), 1);
+        // Someone else's certificate without its key does not.
+        let (cert, _) = self_signed();
+        let (_, other_key) = self_signed();
+        assert!(handshake(Some((cert, other_key))).is_err());
+    }
+}
