@@ -263,7 +263,7 @@ pub async fn redeem(state: &AuthState, secret: &str, remote: &str) -> Result<New
     if let Err(reason) = &result {
         let ev = audit::event(
             WEB_LOGIN_DENIED,
-            serde_json::json!({"reason": reason, "remote_addr": remote}),
+            serde_json::json!({"reason": reason, "remote_addr": remote, "via": "web", "method": "link"}),
         );
         state.denials.record(state.store.as_ref(), ev).await;
     }
