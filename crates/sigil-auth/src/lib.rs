@@ -84,6 +84,9 @@ pub struct AuthConfig {
     pub instance_retention: Duration,
     /// The `https_spiffe` bundle endpoint's listen address (federation/endpoint.rs).
     pub spiffe_bundle_endpoint_listen: Option<SocketAddr>,
+    /// The public listener asks browsers for an (optional) client certificate,
+    /// for the web console's certificate login (web/client_cert.rs).
+    pub web_client_certificates: bool,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -109,6 +112,7 @@ impl std::fmt::Debug for AuthConfig {
                 "spiffe_bundle_endpoint_listen",
                 &self.spiffe_bundle_endpoint_listen,
             )
+            .field("web_client_certificates", &self.web_client_certificates)
             .finish()
     }
 }
@@ -227,7 +231,12 @@ pub async fn serve(cfg: AuthConfig, mut stop: watch::Receiver<bool>) -> anyhow::
     )?);
     let client_roots = Arc::new(tls::ClientRoots::new(&cas.client.trusted)?);
     let grpc_tls = tls::server_config(server_cert.clone(), Some(client_roots.clone()))?;
-    let public_tls = tls::server_config(server_cert.clone(), None)?;
+    // The console's certificate login (web/client_cert.rs), when configured.
+    let public_tls = tls::server_config(
+        server_cert.clone(),
+        cfg.web_client_certificates
+            .then(|| web::client_cert::RequestClientCert::new() as _),
+    )?;
 
     let jwt_issuer = match &cfg.public_url {
         Some(u) => check_public_url(u)?,

@@ -1,4 +1,5 @@
-//! Public HTTPS (no client certificate): health, readiness, Prometheus
+//! Public HTTPS (no client certificate, unless the console's certificate
+//! login is on: web/client_cert.rs): health, readiness, Prometheus
 //! metrics, the SPIFFE bundle endpoint (`https_web` profile) and OIDC
 //! discovery + JWKS, so cloud providers can trust JWT-SVIDs by federation.
 
@@ -64,7 +65,7 @@ pub async fn serve(
             state: state.clone(),
             metrics,
         })
-        .merge(crate::web::router(state));
+        .merge(crate::web::router(state.clone()));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     http.http1()
@@ -90,6 +91,7 @@ pub async fn serve(
             .layer(axum::Extension(crate::web::RemoteAddr(remote)));
         let http = http.clone();
         let key_exchanges = key_exchanges.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let tcp = ReadDeadline::new(tcp, DEADLINES);
             let Ok(Ok(tls)) =
@@ -98,6 +100,11 @@ pub async fn serve(
                 return;
             };
             key_exchanges.record("public", &crate::key_exchange::group_of(tls.get_ref().1));
+            // The client certificate, if asked for and sent, verified once.
+            let cert = crate::web::client_cert::inspect(&state, tls.get_ref().1);
+            let app = app.layer(axum::Extension(crate::web::client_cert::ConnCert(
+                Arc::new(cert),
+            )));
             let svc = TowerToHyperService::new(app);
             let _ = http.serve_connection(TokioIo::new(tls), svc).await;
         });

@@ -152,17 +152,17 @@ fn certified_key(
     Ok(rustls::sign::CertifiedKey::new(chain, signer))
 }
 
-/// Build the rustls server config for a listener, optionally verifying
-/// client certificates against the client CAs `roots` trusts at handshake time.
+/// Build the rustls server config for a listener, optionally asking for
+/// client certificates and checking them with `client_verifier`.
 pub fn server_config(
     cert: Arc<ServerCert>,
-    client_roots: Option<Arc<ClientRoots>>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> anyhow::Result<rustls::ServerConfig> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with aws-lc-rs")?;
-    let builder = match client_roots {
-        Some(roots) => builder.with_client_cert_verifier(roots),
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_cert_resolver(cert);

@@ -230,6 +230,11 @@ pub struct AuthStartArgs {
     /// stay in the audit log.
     #[arg(long, value_name = "DURATION", default_value = "7d")]
     pub instance_retention: String,
+    /// The public listener asks for an optional client certificate: the web
+    /// console then offers a login with an identity output's certificate.
+    /// Off by default: browsers may show a certificate picker to every visitor.
+    #[arg(long)]
+    pub web_client_certificates: bool,
 }
 
 /// `sigil proxy ...`

@@ -69,6 +69,10 @@ fn auth_start() {
     assert_eq!(a.cluster_name.as_deref(), Some("example.test"));
     assert_eq!(a.server_names, ["a.example.test", "10.0.0.1"]);
     assert_eq!(a.public_url, None);
+    assert!(
+        !a.web_client_certificates,
+        "the public listener asks for no client certificate by default"
+    );
     let c = parse(&[
         "auth",
         "start",

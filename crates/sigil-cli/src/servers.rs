@@ -34,6 +34,7 @@ pub fn auth_config(
         ca_keys: args.ca_keys.source(|k| std::env::var(k).ok())?,
         instance_retention: parse_flag_duration("instance-retention", &args.instance_retention)?,
         spiffe_bundle_endpoint_listen: args.spiffe_bundle_endpoint_listen,
+        web_client_certificates: args.web_client_certificates,
     })
 }
 
@@ -219,6 +220,7 @@ mod tests {
             ca_keys: Default::default(),
             instance_retention: "7d".into(),
             spiffe_bundle_endpoint_listen: None,
+            web_client_certificates: true,
         };
         assert!(
             auth_config(&GlobalArgs::default(), &args)
@@ -236,6 +238,10 @@ mod tests {
         assert_eq!(cfg.cluster_name.as_deref(), Some("example.test"));
         assert_eq!(cfg.store_url, None, "SQLite by default");
         assert_eq!(cfg.instance_retention.as_secs(), 7 * 86_400);
+        assert!(
+            cfg.web_client_certificates,
+            "the flag reaches the auth service"
+        );
         let bad = AuthStartArgs {
             instance_retention: "a week".into(),
             ..args

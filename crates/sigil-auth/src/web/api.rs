@@ -123,7 +123,12 @@ pub async fn login(State(state): State<SharedState>, req: Request) -> Response {
             "login refused: the link is used, expired or wrong; run `sigil admin login` for a new one",
         );
     };
-    let mut resp = ok(json!({"ok": true}));
+    with_session_cookies(ok(json!({"ok": true})), &s)
+}
+
+/// `resp` setting the cookies of the new session `s`.
+pub(super) fn with_session_cookies(resp: impl IntoResponse, s: &session::NewSession) -> Response {
+    let mut resp = resp.into_response();
     let h = resp.headers_mut();
     h.append(
         header::SET_COOKIE,

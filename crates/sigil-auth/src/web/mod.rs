@@ -2,7 +2,8 @@
 //! their assets built into the binary, and a JSON API under `/web/api/`.
 //!
 //! Security model: a session comes only from a single-use login link
-//! (`sigil admin login`, session.rs); every API call runs as the session's
+//! (`sigil admin login`, session.rs) or, with `--web-client-certificates`,
+//! an identity output's client certificate (cert_login.rs); every API call runs as the session's
 //! principal through the admin API's own authorisation (authz.rs); every
 //! change needs the session's CSRF token in a header and a same-origin
 //! `Origin` (and `Sec-Fetch-Site`, when sent); every response carries a
@@ -10,6 +11,8 @@
 
 mod api;
 mod cas;
+mod cert_login;
+pub mod client_cert;
 mod context;
 mod overview;
 pub mod session;
@@ -66,6 +69,8 @@ pub fn router(state: SharedState) -> Router {
             get(|| async { asset(STYLE_CSS, "text/css") }),
         )
         .route("/web/api/login", post(api::login))
+        .route("/web/api/login/certificate", post(cert_login::login))
+        .route("/web/api/certificate", get(cert_login::certificate))
         .route("/web/api/logout", post(api::logout))
         .route("/web/api/session", get(api::whoami))
         .route("/web/api/bots", get(api::bots))

@@ -33,6 +33,8 @@ pub const CSRF_COOKIE: &str = "__Host-sigil_csrf";
 pub const CSRF_HEADER: &str = "x-sigil-csrf";
 
 const LOGINS: &str = "/web_logins/";
+/// Why a link login is refused when the link is not (or no longer) there.
+const UNKNOWN: &str = "unknown, used or expired login link";
 const SESSIONS: &str = "/web_sessions/";
 
 pub const WEB_LOGIN_LINK: &str = "web.login_link";
@@ -105,7 +107,7 @@ impl Session {
 }
 
 impl Principal {
-    fn of(caller: &Caller, client_ca_pin: Option<&str>) -> Principal {
+    pub(super) fn of(caller: &Caller, client_ca_pin: Option<&str>) -> Principal {
         match caller {
             Caller::LocalAdmin => Principal {
                 identity: None,
@@ -261,7 +263,7 @@ pub async fn redeem(state: &AuthState, secret: &str, remote: &str) -> Result<New
     if let Err(reason) = &result {
         let ev = audit::event(
             WEB_LOGIN_DENIED,
-            serde_json::json!({"reason": reason, "remote_addr": remote}),
+            serde_json::json!({"reason": reason, "remote_addr": remote, "via": "web", "method": "link"}),
         );
         state.denials.record(state.store.as_ref(), ev).await;
     }
@@ -269,7 +271,6 @@ pub async fn redeem(state: &AuthState, secret: &str, remote: &str) -> Result<New
 }
 
 async fn redeem_inner(state: &AuthState, secret: &str, remote: &str) -> Result<NewSession, String> {
-    const UNKNOWN: &str = "unknown, used or expired login link";
     if !well_formed(secret) {
         return Err("malformed login link".into());
     }
@@ -294,6 +295,25 @@ async fn redeem_inner(state: &AuthState, secret: &str, remote: &str) -> Result<N
             .await
             .map_err(|e| e.message().to_string())?;
     }
+    let spend = Op::Delete {
+        key,
+        expected_revision: Some(item.revision),
+    };
+    open(state, login.principal, now, remote, "link", Some(spend)).await
+}
+
+/// Open a session for `principal` (checked already), in one transaction
+/// with `spend` (the login link's deletion, if any); audited as a login by
+/// `method`.
+pub(super) async fn open(
+    state: &AuthState,
+    principal: Principal,
+    now: i64,
+    remote: &str,
+    method: &str,
+    spend: Option<Op>,
+) -> Result<NewSession, String> {
+    let p = &principal;
     if at_session_cap(state, p, now).await? {
         return Err(format!(
             "{} holds {SESSIONS_PER_PRINCIPAL} live sessions already (log out of one)",
@@ -304,28 +324,25 @@ async fn redeem_inner(state: &AuthState, secret: &str, remote: &str) -> Result<N
     let csrf = new_secret().map_err(|e| e.message().to_string())?;
     let ends = (now + SESSION_TTL.as_secs() as i64).min(p.cert_not_after);
     let record = SessionRecord {
-        principal: login.principal.clone(),
+        principal: principal.clone(),
         csrf_sha256: sha256(&csrf),
         created_unix: now,
         ends_unix: ends,
         last_seen_unix: now,
     };
     let actor = record.principal.actor();
+    let mut ops: Vec<Op> = spend.into_iter().collect();
+    ops.push(Op::Create {
+        key: format!("{SESSIONS}{}", sha256(&id)),
+        value: serde_json::to_vec(&record).map_err(|e| e.to_string())?,
+        expires: at(idle_end(&record, now)),
+    });
     let txn = Txn {
-        ops: vec![
-            Op::Delete {
-                key,
-                expected_revision: Some(item.revision),
-            },
-            Op::Create {
-                key: format!("{SESSIONS}{}", sha256(&id)),
-                value: serde_json::to_vec(&record).map_err(|e| e.to_string())?,
-                expires: at(idle_end(&record, now)),
-            },
-        ],
+        ops,
         audit: vec![audit::event(
             WEB_LOGIN,
-            serde_json::json!({"by": actor, "remote_addr": remote, "session_ends_unix": ends}),
+            serde_json::json!({"by": actor, "remote_addr": remote, "session_ends_unix": ends,
+                "via": "web", "method": method}),
         )],
     };
     match state.store.commit(txn).await {
@@ -443,7 +460,11 @@ pub async fn caller(state: &AuthState, s: &Session, remote: &str) -> Result<Call
     caller_of(state, &s.record.principal, remote).await
 }
 
-async fn caller_of(state: &AuthState, p: &Principal, remote: &str) -> Result<Caller, Status> {
+pub(super) async fn caller_of(
+    state: &AuthState,
+    p: &Principal,
+    remote: &str,
+) -> Result<Caller, Status> {
     let Some(ident) = &p.identity else {
         return Ok(Caller::LocalAdmin);
     };

@@ -53,7 +53,51 @@ async function signIn() {
     status.className = "error";
   }
 }
+// The client certificate the browser presented on this connection, if any
+// (the server asks for one only with --web-client-certificates).
+async function offerCertificate() {
+  const button = document.getElementById("signin-cert");
+  try {
+    const resp = await fetch("/web/api/certificate", { credentials: "same-origin" });
+    const body = await resp.json();
+    if (!resp.ok || !body.presented) {
+      return;
+    }
+    button.textContent =
+      "Sign in with your certificate" + (body.bot ? " (" + body.bot + ")" : "");
+    button.hidden = false;
+  } catch (e) {
+    // No certificate login offered.
+  }
+}
+async function signInWithCertificate() {
+  const status = document.getElementById("status");
+  const button = document.getElementById("signin-cert");
+  button.hidden = true;
+  status.textContent = "Logging in…";
+  status.className = "";
+  try {
+    const resp = await fetch("/web/api/login/certificate", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      credentials: "same-origin",
+      body: "{}",
+    });
+    if (resp.ok) {
+      window.location.replace("/web/fleet");
+      return;
+    }
+    const body = await resp.json().catch(() => ({}));
+    status.textContent = "Login refused: " + (body.error || resp.statusText);
+    status.className = "error";
+  } catch (e) {
+    status.textContent = "Login failed: " + e;
+    status.className = "error";
+  }
+}
 document.getElementById("signin").addEventListener("click", signIn);
+document.getElementById("signin-cert").addEventListener("click", signInWithCertificate);
+offerCertificate();
 // A link opened in a tab already on this page changes only the fragment.
 window.addEventListener("hashchange", pick);
 pick();
