@@ -169,6 +169,7 @@ fn start_nginx(dir: &Path, port: u16, upstream: u16) -> anyhow::Result<Proc> {
          \x20 server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name {HOST};\n\
          \x20   ssl_certificate {d}/server.crt; ssl_certificate_key {d}/server.key;\n\
          \x20   ssl_client_certificate {d}/client-ca.pem; ssl_verify_client on;\n\
+         \x20   ssl_protocols TLSv1.2 TLSv1.3;\n\
          \x20   location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
          \x20 }}\n}}\n"
     );

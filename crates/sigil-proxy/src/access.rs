@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::HeaderValue;
 use sigil_agent::client::AuthChannel;
 use sigil_proto::v1::auth_service_client::AuthServiceClient;
 use sigil_proto::v1::{AppAccessState, AuthorizeAppRequest, WatchAppAccessRequest};
@@ -32,6 +33,38 @@ pub struct Allowed {
     pub roles: Vec<String>,
     /// The caller's X.509-SVID's SPIFFE ID ("" for a Sigil identity).
     pub spiffe_id: String,
+}
+
+/// A connection's last allowed decision and its JWT header, reused while
+/// `generation` is current and until `until` (see [`Access::authorize`]).
+pub struct Memo {
+    app: String,
+    generation: u64,
+    until: Instant,
+    allowed: Arc<Allowed>,
+    jwt: HeaderValue,
+}
+
+/// A request's authorisation: allowed with the JWT header to send, or not.
+pub enum Authorized {
+    Allow(Arc<Allowed>, HeaderValue),
+    /// Refused; the reason is for the audit log only.
+    Deny {
+        bot: String,
+        instance: String,
+        spiffe_id: String,
+        reason: String,
+    },
+}
+
+/// Marks an error as the JWT's (signing failed), not the decision's.
+#[derive(Debug)]
+pub struct JwtFailed;
+
+impl std::fmt::Display for JwtFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("signing the app JWT")
+    }
 }
 
 /// The decision for one request.
@@ -102,12 +135,6 @@ impl Access {
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()
-    }
-
-    /// The app answering for `host` (SNI or Host, port stripped).
-    pub fn app_for(&self, host: &str) -> Option<Arc<App>> {
-        let host = strip_port(host).to_ascii_lowercase();
-        self.snapshot().apps.get(&host).cloned()
     }
 
     fn auth_client(&self) -> anyhow::Result<AuthServiceClient<AuthChannel>> {
@@ -205,6 +232,16 @@ impl Access {
 
     /// The decision for `cert` on `app` under the current generation.
     pub async fn decide(&self, cert: &Arc<[u8]>, app: &App) -> anyhow::Result<Decision> {
+        Ok(self.decide_reusable(cert, app).await?.0)
+    }
+
+    /// The decision, and (generation, when made) if it may be reused under
+    /// that generation for `DECISION_MAX_AGE` from then.
+    async fn decide_reusable(
+        &self,
+        cert: &Arc<[u8]>,
+        app: &App,
+    ) -> anyhow::Result<(Decision, Option<(u64, Instant)>)> {
         let snap = self.snapshot();
         let (generation, live) = (snap.generation, snap.live);
         let key: Key = (cert.clone(), app.metadata.name.clone());
@@ -216,7 +253,7 @@ impl Access {
             && *g == generation
             && at.elapsed() < DECISION_MAX_AGE
         {
-            return Ok(d.clone());
+            return Ok((d.clone(), Some((*g, *at))));
         }
         let r = self
             .auth_client()?
@@ -245,18 +282,85 @@ impl Access {
         // Only under the generation read before asking: a change during the
         // call leaves this entry stale at once.
         if live {
+            let at = Instant::now();
             let mut map = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
             if map.len() > 100_000 {
                 map.clear();
             }
-            map.insert(key, (generation, Instant::now(), d.clone()));
+            map.insert(key, (generation, at, d.clone()));
+            return Ok((d, Some((generation, at))));
         }
-        Ok(d)
+        Ok((d, None))
+    }
+
+    /// The caller's decision and JWT header for `app`, from the connection's
+    /// memo while the generation it was made under is current and neither
+    /// has aged out — the same rule as the shared caches, without hashing
+    /// the certificate or signing, parsing or copying anything per request.
+    pub async fn authorize(
+        &self,
+        cert: &Arc<[u8]>,
+        app: &App,
+        generation: u64,
+        memo: &Mutex<Option<Memo>>,
+    ) -> anyhow::Result<Authorized> {
+        if let Some(m) = memo.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && m.generation == generation
+            && m.app == app.metadata.name
+            && Instant::now() < m.until
+        {
+            return Ok(Authorized::Allow(m.allowed.clone(), m.jwt.clone()));
+        }
+        let (allowed, decided) = match self.decide_reusable(cert, app).await? {
+            (Decision::Allow(a), d) => (a, d),
+            (
+                Decision::Deny {
+                    bot,
+                    instance,
+                    spiffe_id,
+                    reason,
+                },
+                _,
+            ) => {
+                return Ok(Authorized::Deny {
+                    bot,
+                    instance,
+                    spiffe_id,
+                    reason,
+                });
+            }
+        };
+        let (token, signed) = self
+            .jwt_reusable(cert, app)
+            .await
+            .map_err(|e| e.context(JwtFailed))?;
+        let mut jwt = HeaderValue::from_str(&token)
+            .map_err(|e| anyhow::anyhow!("the app JWT is not a header value: {e}"))
+            .map_err(|e| e.context(JwtFailed))?;
+        jwt.set_sensitive(true);
+        // Both reusable under one generation: memoised until the earlier end.
+        if let (Some((g, at)), Some((jg, jwt_until))) = (decided, signed)
+            && g == jg
+        {
+            *memo.lock().unwrap_or_else(|p| p.into_inner()) = Some(Memo {
+                app: app.metadata.name.clone(),
+                generation: g,
+                until: (at + DECISION_MAX_AGE).min(jwt_until),
+                allowed: allowed.clone(),
+                jwt: jwt.clone(),
+            });
+        }
+        Ok(Authorized::Allow(allowed, jwt))
     }
 
     /// The JWT for `cert` on `app`, signed anew near its expiry and after
-    /// any change (it names the caller's roles).
-    pub async fn jwt(&self, cert: &Arc<[u8]>, app: &App) -> anyhow::Result<String> {
+    /// any change (it names the caller's roles); with (generation, until
+    /// when) if it may be reused.
+    async fn jwt_reusable(
+        &self,
+        cert: &Arc<[u8]>,
+        app: &App,
+    ) -> anyhow::Result<(String, Option<(u64, Instant)>)> {
         let snap = self.snapshot();
         let (generation, live) = (snap.generation, snap.live);
         let key: Key = (cert.clone(), app.metadata.name.clone());
@@ -268,7 +372,7 @@ impl Access {
             && *g == generation
             && Instant::now() < *until
         {
-            return Ok(t.clone());
+            return Ok((t.clone(), Some((*g, *until))));
         }
         let r = self
             .auth_client()?
@@ -288,8 +392,9 @@ impl Access {
                 map.clear();
             }
             map.insert(key, (generation, until, r.token.clone()));
+            return Ok((r.token, Some((generation, until))));
         }
-        Ok(r.token)
+        Ok((r.token, None))
     }
 
     /// The client for audit reports.

@@ -55,8 +55,33 @@ impl Auditor {
         })
     }
 
+    /// Whether the record of a request answered `status` (a non-empty
+    /// `reason` marks a denial) is kept: denials and misdirected requests
+    /// always, allowed ones per `audit.allowed` (a sample counted here).
+    /// Asked first, so that a record sampled out is never built.
+    pub fn keeps(&self, status: u32, reason: &str) -> bool {
+        if is_misdirected(status) || !reason.is_empty() || status == 403 {
+            return true;
+        }
+        match self.cfg.allowed {
+            AllowedAudit::All | AllowedAudit::Aggregate => true,
+            AllowedAudit::Sample => self
+                .seen
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(self.cfg.sample_every),
+        }
+    }
+
     /// Record one request; `r.reason` non-empty marks a denial.
+    #[cfg(test)]
     pub fn record(&self, r: AppRequestRecord) {
+        if self.keeps(r.status, &r.reason) {
+            self.add(r);
+        }
+    }
+
+    /// Add a record [`Auditor::keeps`] kept.
+    pub fn add(&self, r: AppRequestRecord) {
         if is_misdirected(r.status) {
             let mut m = self.misdirected.lock().unwrap_or_else(|p| p.into_inner());
             let key = (r.bot.clone(), r.status);
@@ -73,16 +98,7 @@ impl Auditor {
         let denied = !r.reason.is_empty() || r.status == 403;
         if !denied {
             match self.cfg.allowed {
-                AllowedAudit::All => {}
-                AllowedAudit::Sample => {
-                    if !self
-                        .seen
-                        .fetch_add(1, Ordering::Relaxed)
-                        .is_multiple_of(self.cfg.sample_every)
-                    {
-                        return;
-                    }
-                }
+                AllowedAudit::All | AllowedAudit::Sample => {}
                 AllowedAudit::Aggregate => {
                     let mut agg = self.aggregate.lock().unwrap_or_else(|p| p.into_inner());
                     let e = agg

@@ -85,7 +85,7 @@ pub struct Forward<'a> {
     /// The caller, for `rewrite_headers`.
     pub who: &'a IdentityFields,
     /// The signed assertion.
-    pub jwt: &'a str,
+    pub jwt: &'a HeaderValue,
     /// The Host the client asked for (`X-Forwarded-Host`).
     pub host: &'a str,
     /// The client's address (`X-Forwarded-For`, replacing any it sent).
@@ -117,11 +117,7 @@ pub fn forward_request<B>(
         upgrade,
     } = *f;
     let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = if upstream.host.contains(':') {
         format!("[{}]:{}", upstream.host, upstream.port)
     } else {
@@ -132,7 +128,8 @@ pub fn forward_request<B>(
     if !upstream.base_path.is_empty() && has_dot_segment(parts.uri.path()) {
         anyhow::bail!("a path with `.` or `..` segments under the app's base path");
     }
-    parts.uri = format!("http://{authority}{}{pq}", upstream.base_path).parse()?;
+    // Origin-form: the request goes on a connection to the upstream itself.
+    parts.uri = format!("{}{pq}", upstream.base_path).parse()?;
     parts.version = http::Version::HTTP_11;
     let h = &mut parts.headers;
     strip_hop_by_hop(h, upgrade);
@@ -158,7 +155,7 @@ pub fn forward_request<B>(
             HeaderValue::from_str(&v)?,
         );
     }
-    h.insert(JWT_ASSERTION_HEADER, HeaderValue::from_str(jwt)?);
+    h.insert(JWT_ASSERTION_HEADER, jwt.clone());
     Ok(Request::from_parts(parts, body))
 }
 
@@ -210,14 +207,14 @@ mod tests {
             &up,
             &Forward {
                 who: &who,
-                jwt: "JWT",
+                jwt: &HeaderValue::from_static("JWT"),
                 host: "grafana.example.test",
                 client_ip: "192.0.2.7".parse().unwrap(),
                 upgrade: false,
             },
         )
         .unwrap();
-        assert_eq!(out.uri().to_string(), "http://127.0.0.1:3000/base/d/x?q=1");
+        assert_eq!(out.uri().to_string(), "/base/d/x?q=1");
         let h = out.headers();
         assert_eq!(
             h.get_all(JWT_ASSERTION_HEADER).iter().collect::<Vec<_>>(),
@@ -266,7 +263,7 @@ mod tests {
                 up,
                 &Forward {
                     who: &who,
-                    jwt: "JWT",
+                    jwt: &HeaderValue::from_static("JWT"),
                     host: "grafana.example.test",
                     client_ip: "192.0.2.7".parse().unwrap(),
                     upgrade: false,

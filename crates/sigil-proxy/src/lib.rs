@@ -11,6 +11,7 @@ pub mod config;
 mod headers;
 mod server;
 mod tls;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -30,7 +31,6 @@ pub async fn run(cfg: ProxyConfig) -> anyhow::Result<()> {
     let access = access::Access::new(client_rx);
     let auditor = audit::Auditor::new(cfg.audit.clone());
     let ctx = Arc::new(server::Ctx {
-        upstream: server::upstream_client(&cfg),
         cfg,
         access: access.clone(),
         audit: auditor.clone(),

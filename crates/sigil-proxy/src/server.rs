@@ -12,19 +12,18 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sigil_proto::v1::AppRequestRecord;
-use sigil_types::IdentityFields;
+use sigil_types::{App, IdentityFields};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::access::{Access, Decision};
+use crate::access::{Access, Allowed, Authorized, Decision, JwtFailed, Memo};
 use crate::audit::Auditor;
 use crate::config::ProxyConfig;
 use crate::headers::{Forward, forward_request, is_websocket, strip_hop_by_hop, wants_upgrade};
 use crate::tls::ServerIdentity;
+use crate::upstream::{Target, Upstreams};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -33,11 +32,7 @@ pub struct Ctx {
     pub cfg: ProxyConfig,
     pub access: Arc<Access>,
     pub audit: Arc<Auditor>,
-    pub upstream: Client<HttpConnector, UpstreamBody>,
 }
-
-/// A request body on its way upstream: cut at `max_body_bytes`.
-pub type UpstreamBody = Limited<Incoming>;
 
 /// One client connection.
 struct Conn {
@@ -58,21 +53,15 @@ struct Conn {
     /// Set when the caller is no longer allowed: the connection and every
     /// tunnel opened on it close. The re-check lives while any of them does.
     kill: watch::Sender<bool>,
+    /// Its own upstream connections, driven in its task.
+    upstreams: Upstreams,
+    /// The last decision and JWT header, reused under the same rule as the
+    /// shared caches (see `Access::authorize`).
+    memo: Mutex<Option<Memo>>,
 }
 
 /// Open client connections at most; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 10_000;
-
-/// The upstream client, with the configured connect timeout.
-pub fn upstream_client(cfg: &ProxyConfig) -> Client<HttpConnector, UpstreamBody> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(cfg.timeouts.upstream_connect.0));
-    http.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .build(http)
-}
 
 /// Accept connections until the listener fails.
 pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, id: ServerIdentity) -> anyhow::Result<()> {
@@ -135,6 +124,8 @@ async fn connection(
         .map(|c| Arc::from(c.as_ref()))
         .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
     let sni = session.server_name().map(str::to_ascii_lowercase);
+    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+    let (upstreams, upstream_driver) = Upstreams::new(!h2);
     let conn = Arc::new(Conn {
         named: crate::caller::named_in(&cert),
         cert,
@@ -144,6 +135,8 @@ async fn connection(
         used: std::sync::atomic::AtomicBool::new(false),
         misdirected: std::sync::atomic::AtomicU32::new(0),
         kill: watch::channel(false).0,
+        upstreams,
+        memo: Mutex::default(),
     });
     {
         let (conn, idle) = (conn.clone(), ctx.cfg.timeouts.client_header.0);
@@ -169,7 +162,7 @@ async fn connection(
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // The protocol is the one ALPN chose: no sniffing of the first bytes,
     // which has no timeout of its own.
-    let mut builder = if session.alpn_protocol() == Some(b"h2".as_slice()) {
+    let mut builder = if h2 {
         builder.http2_only()
     } else {
         builder.http1_only()
@@ -190,6 +183,8 @@ async fn connection(
     tokio::select! {
         r = served => r.map_err(|e| anyhow::anyhow!("{e}")),
         _ = kill.wait_for(|k| *k) => Ok(()),
+        // Never ends: its connections close when this task ends.
+        () = upstream_driver.run() => Ok(()),
     }
 }
 
@@ -265,23 +260,26 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 /// How much of a request's path the audit record keeps.
 const MAX_AUDITED_PATH: usize = 256;
 
+/// What an allowed request's audit record names, copied into it only if
+/// the record is kept (most allowed requests are sampled out).
+#[derive(Default)]
+struct Seen {
+    app: Option<Arc<App>>,
+    allowed: Option<Arc<Allowed>>,
+}
+
 async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     conn.used.store(true, std::sync::atomic::Ordering::Relaxed);
-    let method = req.method().to_string();
-    // Bounded: a path is up to the header limit, and every denial is kept.
-    let path: String = req.uri().path().chars().take(MAX_AUDITED_PATH).collect();
-    let mut rec = AppRequestRecord {
-        method,
-        path,
-        ..Default::default()
-    };
-    let resp = route(&ctx, &conn, req, &mut rec).await;
-    rec.status = u32::from(resp.status().as_u16());
-    rec.latency_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    // Denials: their reason and who; the rest is filled in below.
+    let mut rec = AppRequestRecord::default();
+    let mut seen = Seen::default();
+    let resp = route(&ctx, &conn, req, &mut rec, &mut seen).await;
+    let status = u32::from(resp.status().as_u16());
     // A caller sending requests for no app (or the wrong one) has nothing
     // to gain from this connection: after a few, it is closed.
-    if crate::audit::is_misdirected(rec.status)
+    if crate::audit::is_misdirected(status)
         && conn
             .misdirected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -291,7 +289,23 @@ async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Respo
         tracing::info!(peer = %conn.peer, "closing a connection after {MAX_MISDIRECTED_PER_CONN} misdirected requests");
         let _ = conn.kill.send(true);
     }
-    ctx.audit.record(rec);
+    if !ctx.audit.keeps(status, &rec.reason) {
+        return resp;
+    }
+    rec.status = status;
+    rec.latency_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    rec.method = method.to_string();
+    // Bounded: a path is up to the header limit, and every denial is kept.
+    rec.path = uri.path().chars().take(MAX_AUDITED_PATH).collect();
+    if let Some(app) = seen.app {
+        rec.app = app.metadata.name.clone();
+    }
+    if let Some(a) = seen.allowed {
+        rec.bot = a.bot.clone();
+        rec.instance = a.instance.clone();
+        rec.spiffe_id = a.spiffe_id.clone();
+    }
+    ctx.audit.add(rec);
     resp
 }
 
@@ -303,6 +317,7 @@ async fn route(
     conn: &Conn,
     mut req: Request<Incoming>,
     rec: &mut AppRequestRecord,
+    seen: &mut Seen,
 ) -> Response<Body> {
     // TRACE would echo the request, the JWT assertion included, back to the
     // caller; CONNECT would open a raw tunnel past per-request decisions.
@@ -346,19 +361,27 @@ async fn route(
         rec.reason = why;
         return plain(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n");
     }
-    let Some(app) = ctx.access.app_for(&host) else {
+    // One snapshot: the app and the generation its decisions are under.
+    let snap = ctx.access.snapshot();
+    let Some(app) = snap.apps.get(crate::access::strip_port(&host)).cloned() else {
         (rec.bot, rec.instance) = conn.named.clone();
         rec.reason = format!("no app answers for {host:?}");
         return plain(StatusCode::NOT_FOUND, "no such app\n");
     };
-    rec.app = app.metadata.name.clone();
-    conn.apps
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(app.metadata.name.clone());
-    let allowed = match ctx.access.decide(&conn.cert, &app).await {
-        Ok(Decision::Allow(a)) => a,
-        Ok(Decision::Deny {
+    seen.app = Some(app.clone());
+    {
+        let mut apps = conn.apps.lock().unwrap_or_else(|p| p.into_inner());
+        if !apps.contains(&app.metadata.name) {
+            apps.insert(app.metadata.name.clone());
+        }
+    }
+    let authorized = ctx
+        .access
+        .authorize(&conn.cert, &app, snap.generation, &conn.memo)
+        .await;
+    let (allowed, jwt) = match authorized {
+        Ok(Authorized::Allow(a, jwt)) => (a, jwt),
+        Ok(Authorized::Deny {
             bot,
             instance,
             spiffe_id,
@@ -370,6 +393,12 @@ async fn route(
             rec.reason = reason;
             return plain(StatusCode::FORBIDDEN, "access denied\n");
         }
+        Err(e) if e.downcast_ref::<JwtFailed>().is_some() => {
+            tracing::warn!(error = %format!("{e:#}"), "signing the app JWT failed");
+            rec.reason = format!("{e:#}");
+            (rec.bot, rec.instance) = conn.named.clone();
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "identity unavailable\n");
+        }
         Err(e) => {
             // Fail closed: no decision, no access.
             tracing::warn!(error = %format!("{e:#}"), "authorization unavailable");
@@ -380,17 +409,7 @@ async fn route(
             );
         }
     };
-    rec.bot = allowed.bot.clone();
-    rec.instance = allowed.instance.clone();
-    rec.spiffe_id = allowed.spiffe_id.clone();
-    let jwt = match ctx.access.jwt(&conn.cert, &app).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "signing the app JWT failed");
-            rec.reason = format!("{e:#}");
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "identity unavailable\n");
-        }
-    };
+    seen.allowed = Some(allowed.clone());
     let upstream = match app.spec.upstream() {
         Ok(u) if !u.tls => u,
         _ => {
@@ -398,11 +417,16 @@ async fn route(
             return plain(StatusCode::BAD_GATEWAY, "bad gateway\n");
         }
     };
-    let who = IdentityFields {
-        name: allowed.bot.clone(),
-        instance: allowed.instance.clone(),
-        roles: allowed.roles.clone(),
-        spiffe_id: allowed.spiffe_id.clone(),
+    // Only the app's `rewrite_headers` read it.
+    let who = if app.spec.rewrite_headers.is_empty() {
+        IdentityFields::default()
+    } else {
+        IdentityFields {
+            name: allowed.bot.clone(),
+            instance: allowed.instance.clone(),
+            roles: allowed.roles.clone(),
+            spiffe_id: allowed.spiffe_id.clone(),
+        }
     };
     let is_upgrade = wants_upgrade(req.headers());
     if is_upgrade && !is_websocket(req.headers()) {
@@ -440,14 +464,19 @@ async fn route(
             return plain(StatusCode::BAD_REQUEST, "bad request\n");
         }
     };
+    let target = Target {
+        host: &upstream.host,
+        port: upstream.port,
+        connect_timeout: ctx.cfg.timeouts.upstream_connect.0,
+    };
     let sent = tokio::time::timeout(
         ctx.cfg.timeouts.upstream_response.0,
-        ctx.upstream.request(out),
+        conn.upstreams.send(&target, out, is_upgrade),
     )
     .await;
     let mut resp = match sent {
         Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
-        Ok(Err(e)) if body_over_limit(&e) => {
+        Ok(Err(e)) if body_over_limit(&*e) => {
             rec.reason = format!("a chunked request body over max_body_bytes ({max_body})");
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
