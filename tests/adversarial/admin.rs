@@ -422,6 +422,48 @@ fn locked_bot_calls_the_admin_api() {
     refused(r, Code::PermissionDenied, "locked");
 }
 
+/// attack: admin | a role given to a bot after its identity output was issued is locked; the output (naming only its old role) uses the new role's rights | PermissionDenied "locked"; no role created
+#[test]
+fn caller_acting_with_a_locked_role_its_certificate_does_not_name() {
+    let (auth, _g) = auth();
+    admin_bot(&auth, "adm-regranted", "reader");
+    auth.ok(&[
+        "bots",
+        "update",
+        "adm-regranted",
+        "--set-roles",
+        "reader,role-editor",
+    ]);
+    let out = auth.ok(&[
+        "locks",
+        "add",
+        "--role",
+        "role-editor",
+        "--message",
+        "incident",
+        "--format",
+        "json",
+    ]);
+    let lock: serde_json::Value = serde_json::from_str(&out).expect("lock json");
+    let r = as_bot(&auth, "adm-regranted", async |c| {
+        c.create_resource(create(
+            r#"{"kind":"role","version":"v1","metadata":{"name":"by-regranted"},"spec":{}}"#,
+        ))
+        .await
+    });
+    // Lifted before asserting, so a failure leaves the other cases unlocked.
+    auth.ok(&[
+        "locks",
+        "rm",
+        lock["metadata"]["name"].as_str().expect("lock id"),
+    ]);
+    refused(r, Code::PermissionDenied, "locked");
+    assert!(
+        !get_json(&auth, "roles").contains("by-regranted"),
+        "the role was created"
+    );
+}
+
 /// attack: admin | an identity output still naming an admin role the bot no longer holds (roles in the certificate are stale) | PermissionDenied "may not list role"; admin.denied
 #[test]
 fn caller_whose_admin_role_was_taken_away() {

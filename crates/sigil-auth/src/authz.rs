@@ -216,6 +216,18 @@ pub fn current_roles(state: &AuthState, caller: &Caller) -> Result<Option<RoleSe
         Caller::Bot(b) => {
             let current = crate::issuance::bot_authority(state, &b.0.bot, &b.0.bot_uid)
                 .map_err(|e| Status::permission_denied(format!("{e}: access revoked")))?;
+            // The caller was checked against the locks on the roles its
+            // certificate names; a role given since acts too, so a lock on
+            // it must stop the caller as well.
+            let granted: Vec<LockTarget> = current
+                .roles
+                .iter()
+                .cloned()
+                .map(LockTarget::Role)
+                .collect();
+            if let Some(lock) = state.cache.lock_for(&granted) {
+                return Err(locked(&lock));
+            }
             let roles = state.cache.roles(&current.roles).map_err(|missing| {
                 Status::permission_denied(format!("role {missing:?} no longer exists"))
             })?;

@@ -58,7 +58,10 @@ pub async fn login(State(state): State<SharedState>, req: Request) -> Response {
             None,
             "no client certificate on this connection (is the auth service started with --web-client-certificates?)".to_string(),
         )),
-        Some(PresentedCert::Refused { bot, why }) => Err((bot.clone(), why.clone())),
+        // The name an unverified certificate states is not audited: anyone
+        // can mint one naming any bot, and a name per attempt would keep
+        // the denials from aggregating into one row per kind.
+        Some(PresentedCert::Refused { why, .. }) => Err((None, why.clone())),
         Some(PresentedCert::Verified {
             identity,
             info,

@@ -331,6 +331,15 @@ pub(super) async fn open(
         last_seen_unix: now,
     };
     let actor = record.principal.actor();
+    // Which certificate opened it (for a bot): the serial, its instance and
+    // the CA that verified it, so an investigator can tell outputs apart.
+    let mut fields = serde_json::json!({"by": actor, "remote_addr": remote,
+        "session_ends_unix": ends, "via": "web", "method": method});
+    if let Some(id) = &p.identity {
+        fields["cert_serial"] = p.cert_serial.clone().into();
+        fields["bot_instance"] = id.instance_id.clone().into();
+        fields["client_ca_pin"] = p.client_ca_pin.clone().into();
+    }
     let mut ops: Vec<Op> = spend.into_iter().collect();
     ops.push(Op::Create {
         key: format!("{SESSIONS}{}", sha256(&id)),
@@ -339,11 +348,7 @@ pub(super) async fn open(
     });
     let txn = Txn {
         ops,
-        audit: vec![audit::event(
-            WEB_LOGIN,
-            serde_json::json!({"by": actor, "remote_addr": remote, "session_ends_unix": ends,
-                "via": "web", "method": method}),
-        )],
+        audit: vec![audit::event(WEB_LOGIN, fields)],
     };
     match state.store.commit(txn).await {
         Ok(_) => Ok(NewSession {
