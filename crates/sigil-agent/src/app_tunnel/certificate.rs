@@ -28,6 +28,14 @@ pub struct TunnelCert {
     expires: OffsetDateTime,
 }
 
+impl TunnelCert {
+    /// Whether it is past its end (never presented then: the tunnel
+    /// answers 503 until a new one is issued).
+    pub fn expired(&self) -> bool {
+        self.expires <= OffsetDateTime::now_utc()
+    }
+}
+
 /// The current certificate (`None` until the first one is issued).
 pub type Current = watch::Receiver<Option<Arc<TunnelCert>>>;
 
@@ -98,7 +106,11 @@ async fn issue(
         .context("requesting the tunnel's certificate")?
         .into_inner();
     let expires = OffsetDateTime::from_unix_timestamp(resp.expires_unix)?;
-    let tls = client_config(roots, &resp.tls_cert_pem, &key.to_pkcs8_pem())?;
+    // The key's DER straight to rustls: no PEM copy of it left in memory.
+    let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(
+        rustls_pki_types::PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()),
+    );
+    let tls = client_config(roots, &resp.tls_cert_pem, key_der)?;
     Ok(TunnelCert {
         cert_pem: resp.tls_cert_pem,
         tls: Arc::new(tls),
@@ -127,15 +139,11 @@ fn proxy_roots(cfg: &TunnelConfig) -> anyhow::Result<rustls::RootCertStore> {
 fn client_config(
     roots: rustls::RootCertStore,
     cert_pem: &str,
-    key_pem: &str,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
 ) -> anyhow::Result<rustls::ClientConfig> {
     let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("the tunnel's certificate")?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .ok()
-        .flatten()
-        .context("the tunnel's key")?;
     Ok(
         rustls::ClientConfig::builder_with_provider(crate::client::provider())
             .with_safe_default_protocol_versions()?

@@ -55,11 +55,29 @@ struct Upstream {
     sender: hyper::client::conn::http1::SendRequest<Incoming>,
 }
 
+/// Why a request cannot go through: no certificate yet, or only an expired
+/// one (issuance has been failing for its whole life).
+#[derive(Debug)]
+struct NoCertificate(&'static str);
+
+impl std::fmt::Display for NoCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for NoCertificate {}
+
 async fn connect(cfg: &TunnelConfig, current: &Current) -> anyhow::Result<Upstream> {
-    let cert = current
-        .borrow()
-        .clone()
-        .context("the tunnel has no certificate yet (the agent has not joined)")?;
+    let cert = current.borrow().clone().ok_or(NoCertificate(
+        "the tunnel has no certificate yet (the agent has not joined)",
+    ))?;
+    if cert.expired() {
+        return Err(NoCertificate(
+            "the tunnel's certificate has expired and no new one could be issued",
+        )
+        .into());
+    }
     let name = rustls_pki_types::ServerName::try_from(cfg.app.clone())?;
     let tcp = TcpStream::connect(&cfg.proxy)
         .await
@@ -88,7 +106,12 @@ fn addressed_here(h: &http::HeaderMap, app: &str) -> bool {
     if !(local(name) || name.eq_ignore_ascii_case(app)) {
         return false;
     }
-    if value("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+    // `same-site` too is refused: a page on another loopback port (another
+    // tunnel, a local dev server) is same-site, and its `<img>` or no-cors
+    // GET carries no Origin.
+    if value("sec-fetch-site")
+        .is_some_and(|s| !s.eq_ignore_ascii_case("same-origin") && !s.eq_ignore_ascii_case("none"))
+    {
         return false;
     }
     // A browser names the page's origin: only the tunnel's own is accepted.
@@ -105,8 +128,9 @@ async fn connection(
     cfg: Arc<TunnelConfig>,
     current: Current,
 ) -> anyhow::Result<()> {
-    let first = connect(&cfg, &current).await?;
-    let upstream = Arc::new(tokio::sync::Mutex::new(first));
+    // Dialled on the first request addressed here, not on accept: a local
+    // connection that sends nothing (or garbage) costs no handshake.
+    let upstream: Arc<tokio::sync::Mutex<Option<Upstream>>> = Arc::default();
     let host = HeaderValue::from_str(&cfg.app)?;
     let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         let (upstream, host, cfg, current) =
@@ -121,22 +145,34 @@ async fn connection(
                 .headers()
                 .contains_key(http::header::UPGRADE)
                 .then(|| hyper::upgrade::on(&mut req));
-            let mut up = upstream.lock().await;
+            let mut guard = upstream.lock().await;
             // A newer certificate since: the next request goes with it
-            // (the old one stays valid, so nothing in flight is refused).
-            let replaced = current
-                .borrow()
-                .as_ref()
-                .is_some_and(|c| c.cert_pem != up.cert.cert_pem);
-            if replaced || up.sender.is_closed() {
+            // (the old one stays valid, so nothing in flight is refused);
+            // an expired one is never presented.
+            let stale = guard.as_ref().is_none_or(|up| {
+                up.sender.is_closed()
+                    || up.cert.expired()
+                    || current
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|c| c.cert_pem != up.cert.cert_pem)
+            });
+            if stale {
+                *guard = None;
                 match connect(&cfg, &current).await {
-                    Ok(next) => *up = next,
+                    Ok(next) => *guard = Some(next),
                     Err(e) => {
-                        tracing::warn!(app = %cfg.app, error = %format!("{e:#}"), "application tunnel: reconnecting failed");
-                        return Ok(unavailable());
+                        tracing::warn!(app = %cfg.app, error = %format!("{e:#}"), "application tunnel: connecting to the proxy failed");
+                        return Ok(match e.downcast_ref::<NoCertificate>() {
+                            Some(_) => no_certificate(),
+                            None => unavailable(),
+                        });
                     }
                 }
             }
+            let Some(up) = guard.as_mut() else {
+                return Ok(unavailable());
+            };
             let mut resp = up.sender.send_request(req).await?;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                 && let Some(local) = local_upgrade
@@ -186,6 +222,13 @@ fn unavailable() -> http::Response<Either> {
     )
 }
 
+fn no_certificate() -> http::Response<Either> {
+    short(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "the tunnel has no valid certificate (see the agent's log)\n",
+    )
+}
+
 fn short(status: http::StatusCode, text: &'static str) -> http::Response<Either> {
     let mut r = http::Response::new(Either::Right(http_body_util::Full::new(
         hyper::body::Bytes::from_static(text.as_bytes()),
@@ -223,6 +266,7 @@ mod tests {
                 ("host", "127.0.0.1:8080"),
                 ("sec-fetch-site", "same-origin"),
             ],
+            &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "none")],
         ] {
             assert!(addressed_here(&headers(ok), app), "{ok:?}");
         }
@@ -236,6 +280,7 @@ mod tests {
             ],
             &[("host", "127.0.0.1:8080"), ("origin", "null")],
             &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")],
+            &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "same-site")],
         ] {
             assert!(!addressed_here(&headers(bad), app), "{bad:?}");
         }
