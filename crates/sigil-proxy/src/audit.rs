@@ -1,6 +1,9 @@
-//! Per-request audit (`app.request`): denials always, one event each;
-//! allowed requests all, sampled or aggregated (config `audit.allowed`), so
-//! a busy app cannot flood the log. Sent in batches to `ReportAppRequests`.
+//! Per-request audit (`app.request`): every denial is recorded, the first
+//! [`DENIALS_KEPT_PER_KEY`] of each kind per flush one event each with its
+//! method and path, the rest counted on one event of that kind; allowed
+//! requests all, sampled or aggregated (config `audit.allowed`), so a busy
+//! app — or a caller sending requests it knows are refused — cannot flood
+//! the log or the proxy's memory. Sent in batches to `ReportAppRequests`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +14,18 @@ use sigil_proto::v1::{AppRequestRecord, ReportAppRequestsRequest};
 use crate::access::Access;
 use crate::config::{AllowedAudit, AuditConfig};
 
-/// At most this many records wait for a flush; beyond, allowed ones are dropped
-/// (counted in `sigil_proxy_audit_dropped_total`), denials are kept.
+/// At most this many records wait for a flush; beyond, allowed ones are
+/// dropped (counted in `sigil_proxy_audit_dropped_total`) and denials are
+/// counted on their kind's aggregate event.
 const MAX_PENDING: usize = 50_000;
+/// Denials of one kind (app, caller, status, reason) kept as single events
+/// per flush; the rest of that kind are counted on one event.
+const DENIALS_KEPT_PER_KEY: u32 = 10;
+/// At most this many kinds of denial per flush; beyond, a denial of a new
+/// kind is dropped and counted in `sigil_proxy_audit_dropped_total`
+/// (a kind is keyed by names from certificates the CA issued, so reaching
+/// this takes very many distinct callers).
+const MAX_DENIAL_KEYS: usize = 10_000;
 /// At most this many records in one report (the auth service takes 10,000).
 const MAX_BATCH: usize = 5_000;
 
@@ -27,6 +39,17 @@ type AggregateKey = (String, String, String, String, u32);
 
 /// (bot, status) of a 404/421 → (count, total latency, the first one).
 type Misdirected = HashMap<(String, u32), (u64, u64, AppRequestRecord)>;
+
+/// (app, bot, instance, SPIFFE ID, status, reason) of a denial.
+type DenialKey = (String, String, String, String, u32, String);
+
+/// One kind of denial this flush: how many were kept as single events, and
+/// the count, total latency and first of those beyond.
+#[derive(Default)]
+struct Denials {
+    kept: u32,
+    over: Option<(u64, u64, AppRequestRecord)>,
+}
 
 /// Whether a status is a request for no app (404) or the wrong one (421):
 /// aggregated, since any caller (a locked one too) can send them at will.
@@ -42,6 +65,7 @@ pub struct Auditor {
     /// → (count, total latency).
     aggregate: Mutex<HashMap<AggregateKey, (u64, u64)>>,
     misdirected: Mutex<Misdirected>,
+    denials: Mutex<HashMap<DenialKey, Denials>>,
 }
 
 impl Auditor {
@@ -52,6 +76,7 @@ impl Auditor {
             pending: Mutex::default(),
             aggregate: Mutex::default(),
             misdirected: Mutex::default(),
+            denials: Mutex::default(),
         })
     }
 
@@ -96,26 +121,64 @@ impl Auditor {
             return;
         }
         let denied = !r.reason.is_empty() || r.status == 403;
-        if !denied {
-            match self.cfg.allowed {
-                AllowedAudit::All | AllowedAudit::Sample => {}
-                AllowedAudit::Aggregate => {
-                    let mut agg = self.aggregate.lock().unwrap_or_else(|p| p.into_inner());
-                    let e = agg
-                        .entry((r.app, r.bot, r.instance, r.spiffe_id, r.status))
-                        .or_insert((0, 0));
-                    e.0 += 1;
-                    e.1 += r.latency_micros;
-                    return;
-                }
-            }
+        if denied {
+            self.add_denial(r);
+            return;
+        }
+        if self.cfg.allowed == AllowedAudit::Aggregate {
+            let mut agg = self.aggregate.lock().unwrap_or_else(|p| p.into_inner());
+            let e = agg
+                .entry((r.app, r.bot, r.instance, r.spiffe_id, r.status))
+                .or_insert((0, 0));
+            e.0 += 1;
+            e.1 += r.latency_micros;
+            return;
         }
         let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if p.len() >= MAX_PENDING && !denied {
+        if p.len() >= MAX_PENDING {
             metrics::counter!("sigil_proxy_audit_dropped_total").increment(1);
             return;
         }
         p.push(r);
+    }
+
+    /// A denial: a single event while its kind is under
+    /// [`DENIALS_KEPT_PER_KEY`] this flush and the queue has room, else
+    /// counted on its kind's aggregate event.
+    fn add_denial(&self, r: AppRequestRecord) {
+        let key: DenialKey = (
+            r.app.clone(),
+            r.bot.clone(),
+            r.instance.clone(),
+            r.spiffe_id.clone(),
+            r.status,
+            r.reason.clone(),
+        );
+        let mut d = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        let full = d.len() >= MAX_DENIAL_KEYS;
+        let kind = match d.get_mut(&key) {
+            Some(k) => k,
+            None if full => {
+                metrics::counter!("sigil_proxy_audit_dropped_total").increment(1);
+                return;
+            }
+            None => d.entry(key).or_default(),
+        };
+        if kind.kept < DENIALS_KEPT_PER_KEY {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if p.len() < MAX_PENDING {
+                kind.kept += 1;
+                p.push(r);
+                return;
+            }
+        }
+        match &mut kind.over {
+            Some((count, total, _)) => {
+                *count += 1;
+                *total += r.latency_micros;
+            }
+            None => kind.over = Some((1, r.latency_micros, r)),
+        }
     }
 
     fn take(&self) -> Vec<AppRequestRecord> {
@@ -133,6 +196,14 @@ impl Auditor {
                 reason: String::new(),
                 count,
                 spiffe_id,
+            });
+        }
+        let denials = std::mem::take(&mut *self.denials.lock().unwrap_or_else(|p| p.into_inner()));
+        for (count, total, sample) in denials.into_values().filter_map(|d| d.over) {
+            out.push(AppRequestRecord {
+                latency_micros: total / count.max(1),
+                count,
+                ..sample
             });
         }
         let mis = std::mem::take(&mut *self.misdirected.lock().unwrap_or_else(|p| p.into_inner()));
@@ -268,5 +339,49 @@ mod tests {
             a.record(r);
         }
         assert_eq!(a.take().len(), MAX_MISDIRECTED_KEYS);
+    }
+
+    #[test]
+    fn a_flood_of_denials_is_counted_beyond_the_first_of_each_kind() {
+        let a = auditor(AllowedAudit::All, 1);
+        for i in 0..1000 {
+            let mut r = rec(403, "no role's app_labels match");
+            r.path = format!("/{i}");
+            a.record(r);
+        }
+        let mut other = rec(403, "the bot is locked");
+        other.bot = "web".into();
+        a.record(other);
+        let got = a.take();
+        // Ten single events of the flooded kind with their paths, one
+        // counting the other 990 (its first as the sample), one of the other.
+        let singles: Vec<&str> = got
+            .iter()
+            .filter(|r| r.bot == "ci" && r.count == 0)
+            .map(|r| r.path.as_str())
+            .collect();
+        assert_eq!(singles.len(), DENIALS_KEPT_PER_KEY as usize);
+        assert_eq!(singles[0], "/0");
+        let counted: Vec<(&str, u64)> = got
+            .iter()
+            .filter(|r| r.count > 0)
+            .map(|r| (r.path.as_str(), r.count))
+            .collect();
+        assert_eq!(counted, [("/10", 990)]);
+        assert!(
+            got.iter()
+                .any(|r| r.bot == "web" && r.reason == "the bot is locked")
+        );
+        assert_eq!(got.len(), DENIALS_KEPT_PER_KEY as usize + 2);
+        // Each flush starts the kinds afresh.
+        a.record(rec(403, "no role's app_labels match"));
+        assert_eq!(a.take().len(), 1);
+        // Bounded however many kinds a flood names; the queue too.
+        for i in 0..(MAX_DENIAL_KEYS + 10) {
+            let mut r = rec(403, "x");
+            r.bot = format!("b{i}");
+            a.record(r);
+        }
+        assert_eq!(a.take().len(), MAX_DENIAL_KEYS);
     }
 }

@@ -48,8 +48,8 @@ struct Conn {
     /// header timeout is closed (a handshake alone proves nothing current —
     /// the caller may be locked — and must not hold a slot).
     used: std::sync::atomic::AtomicBool,
-    /// Requests answered 404 or 421 so far.
-    misdirected: std::sync::atomic::AtomicU32,
+    /// Requests refused so far: 403, 404 or 421.
+    refused: std::sync::atomic::AtomicU32,
     /// Set when the caller is no longer allowed: the connection and every
     /// tunnel opened on it close. The re-check lives while any of them does.
     kill: watch::Sender<bool>,
@@ -133,7 +133,7 @@ async fn connection(
         peer,
         apps: Mutex::default(),
         used: std::sync::atomic::AtomicBool::new(false),
-        misdirected: std::sync::atomic::AtomicU32::new(0),
+        refused: std::sync::atomic::AtomicU32::new(0),
         kill: watch::channel(false).0,
         upstreams,
         memo: Mutex::default(),
@@ -277,16 +277,17 @@ async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Respo
     let mut seen = Seen::default();
     let resp = route(&ctx, &conn, req, &mut rec, &mut seen).await;
     let status = u32::from(resp.status().as_u16());
-    // A caller sending requests for no app (or the wrong one) has nothing
-    // to gain from this connection: after a few, it is closed.
-    if crate::audit::is_misdirected(status)
+    // A caller sending requests for no app, the wrong one or one it may not
+    // reach has nothing to gain from this connection: after a few, it is
+    // closed, so a flood of refusals costs it a handshake per few requests.
+    if (crate::audit::is_misdirected(status) || status == 403)
         && conn
-            .misdirected
+            .refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1
-            >= MAX_MISDIRECTED_PER_CONN
+            >= MAX_REFUSED_PER_CONN
     {
-        tracing::info!(peer = %conn.peer, "closing a connection after {MAX_MISDIRECTED_PER_CONN} misdirected requests");
+        tracing::info!(peer = %conn.peer, "closing a connection after {MAX_REFUSED_PER_CONN} refused requests");
         let _ = conn.kill.send(true);
     }
     if !ctx.audit.keeps(status, &rec.reason) {
@@ -295,7 +296,7 @@ async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Respo
     rec.status = status;
     rec.latency_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     rec.method = method.to_string();
-    // Bounded: a path is up to the header limit, and every denial is kept.
+    // Bounded: a path is up to the header limit, and denials are recorded.
     rec.path = uri.path().chars().take(MAX_AUDITED_PATH).collect();
     if let Some(app) = seen.app {
         rec.app = app.metadata.name.clone();
@@ -309,8 +310,9 @@ async fn handle(ctx: Arc<Ctx>, conn: Arc<Conn>, req: Request<Incoming>) -> Respo
     resp
 }
 
-/// Requests for no app (404) or the wrong one (421) a connection may make.
-const MAX_MISDIRECTED_PER_CONN: u32 = 20;
+/// Requests for no app (404), the wrong one (421) or one refused (403) a
+/// connection may make before it is closed.
+const MAX_REFUSED_PER_CONN: u32 = 20;
 
 async fn route(
     ctx: &Ctx,
